@@ -1,0 +1,121 @@
+"""FlashInfer's CUTLASS fused MoE (`cutlass_fused_moe`): SM90 and Blackwell, per-scheme arch lists.
+
+Not verified on hardware: on SM90 its JIT module takes well over 40 minutes to build on the
+project's 16-core GPU machines (flashinfer-moe-api.md 1.9, measured), and there is no SM100 here.
+"""
+
+from __future__ import annotations
+
+from moe_registry.registry import hookimpl
+from moe_registry.schemas.activation import Activation
+from moe_registry.schemas.capability import (
+    ActivationImpl, BackendCapability, Condition, DeviceRule, EngineNames, FeatureSupport, HardwareStatus,
+    QuantSupport, Requirement, RoutingSupport, ShapeRule,
+)
+from moe_registry.schemas.quant import QuantFamily, QuantKind, ScaleLayout
+
+_API = "flashinfer 0.7.2.post1 fused_moe/api.py L517-562"
+_KERNELS = "flashinfer data/csrc/fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh L2237-2300, L2384"
+_ENUM = "flashinfer tllm_enums.py ActivationType"
+
+_BF16_ARCHS = (89, 90, 100, 103, 107, 110, 120, 121)  # _CUTLASS_BF16_ARCHS (= _CUTLASS_FP8_ARCHS)
+_NVFP4_ARCHS = (100, 103, 107, 110, 120, 121)  # _CUTLASS_NVFP4_ARCHS, _CUTLASS_MXFP8_MXFP4_ARCHS
+_HOPPER = (90,)  # _CUTLASS_FP8_BLOCK_ARCHS, _CUTLASS_W4A16_ARCHS, _CUTLASS_W4A8_ARCHS
+
+
+def _on(archs: tuple[int, ...], name: str) -> tuple[DeviceRule, ...]:
+    return (DeviceRule(sm=archs, source=f"{_API} {name}"),)
+
+
+DECLARATION = BackendCapability(
+    id="flashinfer-cutlass",
+    name="FlashInfer CUTLASS fused MoE",
+    provider="FlashInfer 0.7.2.post1 (TensorRT-LLM CUTLASS kernels, JIT-built)",
+    description="Grouped-GEMM MoE with fused activation and finalize; top-k computed outside the kernel.",
+    kernel="flashinfer.fused_moe.cutlass_fused_moe",
+    adapter="moe_registry.backends.flashinfer_cutlass.kernel:FlashInferCutlassExperts",
+    gemm1_order="up_gate",
+    devices=(DeviceRule(sm=tuple(sorted(set(_BF16_ARCHS + _NVFP4_ARCHS))), source=(
+        f"{_API} (union of the per-scheme arch lists); core.py get_cutlass_fused_moe_module raises "
+        "'Invalid backend' for other archs (e.g. SM80)")),),
+    dtypes=("bf16", "fp16"),
+    activations={
+        Activation.SILU: ActivationImpl(kernel_name="Swiglu (3)", source=f"{_ENUM}; {_KERNELS}"),
+        Activation.GELU: ActivationImpl(kernel_name="Geglu (4)", note="CUTLASS GELU epilogue uses erf", source=(
+            f"{_KERNELS} (Geglu = gelu(g) * u, erf); vLLM flashinfer_cutlass_moe.py L184 leaves GELU out of its "
+            "own list, a vLLM choice, not the kernel's")),
+        Activation.GELU_TANH: ActivationImpl(kernel_name="GegluTanh (8)", source=f"{_ENUM}; {_KERNELS} L2387"),
+        Activation.SWIGLUOAI: ActivationImpl(kernel_name="SwigluBias (5)", source=(
+            f"{_KERNELS}: SwigluBias with swiglu_alpha / swiglu_beta / swiglu_limit (flashinfer-moe-api.md 1.3)")),
+        Activation.RELU2_NO_MUL: ActivationImpl(kernel_name="Relu2 (6)", source=f"{_ENUM}; vLLM L184"),
+        Activation.SILU_NO_MUL: ActivationImpl(kernel_name="Silu (2)", source=f"{_ENUM} (non-gated Silu)"),
+        Activation.GELU_NO_MUL: ActivationImpl(kernel_name="Gelu (0)", source=f"{_ENUM} (non-gated Gelu, erf)"),
+    },
+    quant=(
+        QuantSupport(kind=QuantKind.BF16, devices=_on(_BF16_ARCHS, "_CUTLASS_BF16_ARCHS"), source=f"{_API}"),
+        QuantSupport(kind=QuantKind.FP16, devices=_on(_BF16_ARCHS, "_CUTLASS_BF16_ARCHS"), source=f"{_API}"),
+        QuantSupport(kind=QuantKind.FP8, devices=_on(_BF16_ARCHS, "_CUTLASS_FP8_ARCHS"), source=(
+            f"{_API}; quant_scales order flashinfer-moe-api.md 1.6 (test_moe_fp8)")),
+        QuantSupport(kind=QuantKind.FP8_BLOCK, devices=_on(_HOPPER, "_CUTLASS_FP8_BLOCK_ARCHS"), source=(
+            f"{_API}; use_deepseek_fp8_block_scale needs SM90 and CUDA >= 12.8 (flashinfer-moe-api.md 1.5)")),
+        QuantSupport(kind=QuantKind.MXFP4, devices=_on(_HOPPER, "_CUTLASS_W4A16_ARCHS"), dtypes=("bf16",),
+                     source=f"{_API}; W4A16 MXFP4 takes bf16 input only (flashinfer-moe-api.md 1.5)"),
+        QuantSupport(kind=QuantKind.INT4_FP8, group_sizes=(128,), devices=_on(_HOPPER, "_CUTLASS_W4A8_ARCHS"),
+                     adapter_implemented=False,
+                     source=f"{_API}; W4A8 INT4 group 128 (flashinfer-moe-api.md 1.6, test_moe_w4a8)"),
+        QuantSupport(kind=QuantKind.NVFP4, activation_scale_layout=ScaleLayout.SWIZZLED_128X4,
+                     devices=_on(_NVFP4_ARCHS, "_CUTLASS_NVFP4_ARCHS"), source=(
+                         f"{_API}; weight block scales swizzled 128x4 (vLLM flashinfer_cutlass_moe.py L146); not on "
+                         "SM90 (flashinfer-moe-api.md 1.5)")),
+        QuantSupport(kind=QuantKind.MXFP4_MXFP8, devices=_on(_NVFP4_ARCHS, "_CUTLASS_MXFP8_MXFP4_ARCHS"),
+                     adapter_implemented=False, source=f"{_API}"),
+    ),
+    shape_rules=(
+        ShapeRule(dimension="hidden", multiple_of=8, when=Condition(quant=(QuantKind.BF16, QuantKind.FP16)),
+                  source="flashinfer binding runMoe ~L420-436: TMA alignment 128 bits / 16-bit = 8"),
+        ShapeRule(dimension="intermediate", multiple_of=8, when=Condition(quant=(QuantKind.BF16, QuantKind.FP16)),
+                  source="flashinfer binding runMoe ~L420-436: TMA alignment 128 bits / 16-bit = 8"),
+        ShapeRule(dimension="hidden", multiple_of=16, when=Condition(quant=(QuantKind.FP8,)),
+                  source="flashinfer binding runMoe ~L420-436: TMA alignment 128 bits / 8-bit = 16"),
+        ShapeRule(dimension="intermediate", multiple_of=16, when=Condition(quant=(QuantKind.FP8,)),
+                  source="flashinfer binding runMoe ~L420-436: TMA alignment 128 bits / 8-bit = 16"),
+        *(ShapeRule(dimension=dim, multiple_of=128,
+                    when=Condition(quant=(QuantKind.FP8_BLOCK, QuantKind.MXFP4, QuantKind.MXFP4_MXFP8,
+                                          QuantKind.INT4_FP8)),
+                    source="flashinfer prepare.py prepare_cutlass_fp8_block_weights / prepare_cutlass_w4a16_weights: "
+                           "H, I % 128 (flashinfer-moe-api.md 1.6-1.7)")
+          for dim in ("hidden", "intermediate")),
+        ShapeRule(dimension="hidden", multiple_of=64, when=Condition(quant=(QuantKind.NVFP4,)),
+                  source="flashinfer-moe-api.md 1.7: NVFP4 (SM100) H % 64"),
+        ShapeRule(dimension="intermediate", multiple_of=16, when=Condition(quant=(QuantKind.NVFP4,)),
+                  source="flashinfer-moe-api.md 1.7: NVFP4 (SM100) I % 16"),
+    ),
+    routing=RoutingSupport(precomputed=True, source="cutlass_fused_moe takes token_selected_experts / token_final_scales"),
+    features=FeatureSupport(bias=True, swigluoai_params=True, source=(
+        "cutlass_fused_moe fc1_expert_biases / fc2_expert_biases and swiglu_alpha/beta/limit (flashinfer-moe-api.md 1.2)")),
+    requirements=(
+        Requirement(kind="package", name="flashinfer-python", package="flashinfer-python", import_name="flashinfer",
+                    hint="pip install flashinfer-python", source="flashinfer-moe-api.md 6"),
+        Requirement(kind="jit_module", name="fused_moe_90", package="flashinfer-python",
+                    probe="moe_registry.backends.flashinfer_cutlass.jit:fused_moe_module_status",
+                    build_cost="well over 40 minutes on 16 cores (87 of 242 objects after 19 min)",
+                    devices=(DeviceRule(sm=(90,), source="core.py get_cutlass_fused_moe_module('90')"),),
+                    hint="prebuild it once (flashinfer.jit.fused_moe.gen_cutlass_fused_moe_sm90_module()"
+                         ".build_and_load()) and keep the cache, or install flashinfer-jit-cache",
+                    source="flashinfer-moe-api.md 1.9 (measured on the project's H100/H200 machines)"),
+    ),
+    priority={QuantFamily.UNQUANTIZED: 70, QuantFamily.FP8: 80, QuantFamily.NVFP4: 80, QuantFamily.MXFP4: 80,
+              QuantFamily.INT4: 80},
+    engines=EngineNames(vllm="flashinfer_cutlass", sglang="flashinfer_cutlass", trtllm="CUTLASS",
+                        source="vLLM config/kernel.py MoEBackend; SGLang MoeRunnerBackend; TRT-LLM MoeConfig.backend"),
+    hardware=(
+        HardwareStatus(devices="sm90", status="not verified on hardware",
+                       note="the fused_moe_90 JIT build does not fit a GPU session (> 40 min)"),
+        HardwareStatus(devices="sm100", status="not verified on hardware", note="no SM100 machine available"),
+    ),
+)
+
+
+@hookimpl
+def moe_registry_backends() -> list[BackendCapability]:
+    return [DECLARATION]

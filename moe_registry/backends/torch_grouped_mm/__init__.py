@@ -1,0 +1,61 @@
+"""PyTorch's grouped GEMM (`torch.nn.functional.grouped_mm`, CUTLASS on SM90+): tokens sorted
+by expert, one grouped GEMM per projection, the activation applied in between.
+
+No JIT is involved, which makes it the practical SM90 backend while FlashInfer's module is not
+prebuilt (flashinfer-moe-api.md 7). Quantized checkpoints are dequantized to 16-bit at load.
+"""
+
+from __future__ import annotations
+
+from moe_registry.registry import hookimpl
+from moe_registry.schemas.activation import Activation
+from moe_registry.schemas.capability import (
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, QuantSupport, Requirement,
+    RoutingSupport, ShapeRule,
+)
+from moe_registry.schemas.quant import QuantFamily, QuantKind
+
+_BETWEEN = "applied between the grouped GEMMs by moe_registry.execution.activations (exact maths)"
+_DEQUANT = "weights dequantized to bf16 once at load by moe_registry.formats, then the bf16 grouped GEMM"
+
+DECLARATION = BackendCapability(
+    id="torch-grouped-mm",
+    name="PyTorch grouped GEMM",
+    provider="PyTorch >= 2.9 (torch.nn.functional.grouped_mm)",
+    description="Token sort + two bf16 grouped GEMMs (CUTLASS on SM90) + activation + weighted combine; "
+                "no loop over experts.",
+    kernel="torch.nn.functional.grouped_mm",
+    adapter="moe_registry.backends.torch_grouped_mm.kernel:TorchGroupedMMExperts",
+    devices=(
+        DeviceRule(min_sm=90, source=(
+            "PyTorch aten/src/ATen/native/cuda/GroupedBlas.cpp (CUTLASS grouped GEMM on SM90+); "
+            "flashinfer-moe-api.md 7 (measured ~448 TFLOP/s on H100)")),
+        DeviceRule(vendor="cpu", source="PyTorch >= 2.9 CPU fallback of grouped_mm (exercised by tests/test_grouped_mm_cpu.py)"),
+    ),
+    dtypes=("bf16",),
+    activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN) for act in Activation},
+    quant=(
+        QuantSupport(kind=QuantKind.BF16, source="torch grouped_mm takes bf16 operands"),
+        *(QuantSupport(kind=kind, dequantized_at_load=True, source=_DEQUANT)
+          for kind in (QuantKind.FP8, QuantKind.FP8_BLOCK, QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4,
+                       QuantKind.INT4_W4A16)),
+    ),
+    shape_rules=(
+        ShapeRule(dimension="hidden", multiple_of=8, source=(
+            "PyTorch grouped_mm: operand strides must be 16-byte aligned (8 bf16 elements)")),
+        ShapeRule(dimension="intermediate", multiple_of=8, source=(
+            "PyTorch grouped_mm: operand strides must be 16-byte aligned (8 bf16 elements)")),
+    ),
+    routing=RoutingSupport(precomputed=True, source="the adapter takes topk_ids / topk_weights"),
+    features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True,
+                            source="moe_registry.backends.torch_grouped_mm.kernel"),
+    requirements=(Requirement(kind="package", name="torch", package="torch", import_name="torch",
+                              hint="pip install 'torch>=2.9'", source="torch.nn.functional.grouped_mm"),),
+    priority={QuantFamily.UNQUANTIZED: 60, QuantFamily.FP8: 30, QuantFamily.NVFP4: 30, QuantFamily.MXFP4: 30,
+              QuantFamily.INT4: 30},
+)
+
+
+@hookimpl
+def moe_registry_backends() -> list[BackendCapability]:
+    return [DECLARATION]

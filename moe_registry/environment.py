@@ -1,0 +1,110 @@
+"""What is installed and built on the machine that will run the kernels: the impure input to
+selection, taken once as a frozen snapshot so that selection itself stays a pure function.
+
+Planning for a named device uses ``Environment.planning()``: packages are assumed installable
+(and noted), because the target is not this machine. Software presence is kept apart from
+hardware support so "not installed" never reads as "device unsupported" (vLLM #50925, #31085).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from typing import TYPE_CHECKING, Iterable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from .schemas.capability import BackendCapability, Requirement
+
+
+class RequirementState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    name: str
+    satisfied: bool
+    detail: str
+
+
+class Environment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    planning: bool
+    requirements: tuple[RequirementState, ...] = ()
+    versions: tuple[tuple[str, str], ...] = ()  # distributions relevant to the fingerprint
+
+    @classmethod
+    def planning_target(cls) -> "Environment":
+        return cls(planning=True)
+
+    def state(self, backend: str, name: str) -> RequirementState | None:
+        for entry in self.requirements:
+            if entry.backend == backend and entry.name == name:
+                return entry
+        return None
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _torch_op_registered(qualified: str) -> bool:
+    # Only look when torch is already loaded: selection must not import torch.
+    if "torch" not in sys.modules:
+        return False
+    namespace, _, op = qualified.partition("::")
+    try:
+        return hasattr(getattr(sys.modules["torch"].ops, namespace), op)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _run_probe(reference: str) -> tuple[bool, str]:
+    module_name, _, attr = reference.partition(":")
+    try:
+        built, detail = getattr(importlib.import_module(module_name), attr)()
+    except Exception as exc:  # a broken probe must not break selection for other backends
+        return False, f"probe {reference} failed: {type(exc).__name__}: {exc}"
+    return bool(built), str(detail)
+
+
+def check_requirement(backend: str, req: "Requirement") -> RequirementState:
+    if req.kind == "package":
+        module = req.import_name or req.name
+        ok = _importable(module)
+        detail = f"{module} importable" if ok else f"{module} is not installed"
+    elif req.kind == "torch_op":
+        ok = _torch_op_registered(req.name)
+        detail = f"torch.ops.{req.name.replace('::', '.')} registered"
+        if not ok and req.package and _importable(req.package):
+            # Importing the package registers the op (vLLM loads _moe_C on import).
+            ok, detail = True, f"{req.package} installed (importing it registers {req.name})"
+        elif not ok:
+            detail = f"torch.ops.{req.name.replace('::', '.')} not registered"
+    else:
+        ok, detail = _run_probe(req.probe) if req.probe else (False, "no probe declared")
+    return RequirementState(backend=backend, name=req.name, satisfied=ok, detail=detail)
+
+
+def probe_environment(declarations: Iterable["BackendCapability"]) -> Environment:
+    """Snapshot this machine's software for the given declarations. The registry caches the
+    result; call ``Registry.refresh_environment()`` after installing or loading something."""
+    declarations = tuple(declarations)
+    states = [check_requirement(d.id, req) for d in declarations for req in d.requirements]
+    names = sorted({"torch", "flashinfer-python", "vllm", *(r.package for d in declarations
+                                                            for r in d.requirements if r.package)})
+    versions = tuple((n, v) for n in names if (v := _distribution_version(n)) is not None)
+    return Environment(planning=False, requirements=tuple(states), versions=versions)

@@ -1,0 +1,48 @@
+"""Typed errors. Each renders as one readable message; the structured data stays attached."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .schemas.layer import LayerSpec
+    from .schemas.selection import Reason, Rejection
+
+
+class MoeRegistryError(Exception):
+    """Base class of the library's own errors."""
+
+
+class UnknownBackend(MoeRegistryError, ValueError):
+    """A backend id that no declaration in the registry has."""
+
+    def __init__(self, backend: str, known: list[str]):
+        self.backend = backend
+        self.known = known
+        super().__init__(f"unknown backend {backend!r}; known backends: {', '.join(known)}")
+
+
+def _layer_label(layer: "LayerSpec") -> str:
+    return layer.name or layer.describe()
+
+
+class BackendNotEligible(MoeRegistryError):
+    """A forced backend cannot run the layer. Never falls back silently."""
+
+    def __init__(self, backend: str, layer: "LayerSpec", reasons: "tuple[Reason, ...]", *, origin: str = "forced"):
+        self.backend = backend
+        self.layer = layer
+        self.reasons = reasons
+        self.origin = origin
+        details = "; ".join(r.render() for r in reasons)
+        super().__init__(f"{origin} backend {backend!r} cannot run {_layer_label(layer)}: {details}")
+
+
+class NoEligibleBackend(MoeRegistryError):
+    """No backend can run the layer; carries every rejection."""
+
+    def __init__(self, layer: "LayerSpec", rejections: "tuple[Rejection, ...]"):
+        self.layer = layer
+        self.rejections = rejections
+        details = " | ".join(f"{r.backend}: " + "; ".join(x.render() for x in r.reasons) for r in rejections)
+        super().__init__(f"no backend can run {_layer_label(layer)}: {details}")

@@ -1,0 +1,162 @@
+"""The registry: a thin, typed layer over a pluggy PluginManager.
+
+Built-in backends and third-party plugins contribute declarations through the same hook; plugins
+are found through the ``moe_registry`` entry-point group. A plugin that fails to load, raises,
+returns something that is not a valid declaration, or reuses an id is isolated and reported in
+``Registry.problems``; every other backend keeps working.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.metadata
+from typing import Any, Iterable, Iterator, Literal
+
+import pluggy
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .environment import Environment, probe_environment
+from .errors import UnknownBackend
+from .schemas.capability import BackendCapability
+
+PROJECT = "moe_registry"
+ENTRY_POINT_GROUP = "moe_registry"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# Built-in backends, registered exactly as a plugin would be (each module has a hookimpl).
+BUILTIN_BACKENDS = (
+    "moe_registry.backends.trtllm_nvfp4",
+    "moe_registry.backends.flashinfer_cutlass",
+    "moe_registry.backends.marlin",
+    "moe_registry.backends.torch_grouped_mm",
+    "moe_registry.backends.reference",
+)
+
+
+class BackendSpec:
+    """Hook specifications a backend plugin implements (plain functions, any subset)."""
+
+    @hookspec
+    def moe_registry_backends(self) -> "list[BackendCapability | dict[str, Any]]":
+        """Return the declarations this plugin contributes: BackendCapability objects, or dicts
+        that validate as one. A declaration's ``adapter`` ("module:Class") names the class that
+        runs its kernel; it is imported only when a layer is built."""
+        raise NotImplementedError
+
+
+class PluginProblem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plugin: str
+    stage: Literal["load", "register", "call", "validate", "duplicate"]
+    message: str
+
+
+class Registry:
+    """All declarations visible to selection, in registration order (built-ins first)."""
+
+    def __init__(self, *, builtins: bool = True, entry_points: bool = True, plugins: Iterable[object] = ()):
+        self.problems: list[PluginProblem] = []
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(BackendSpec)
+        self._order: list[str] = []
+        if builtins:
+            for module in BUILTIN_BACKENDS:
+                self._register(importlib.import_module(module), module)
+        if entry_points:
+            self._load_entry_points()
+        for plugin in plugins:
+            self._register(plugin, getattr(plugin, "__name__", None) or type(plugin).__name__)
+        self._declarations = self._collect()
+        self._environment: Environment | None = None
+        self.digest = hashlib.sha256(
+            "\n".join(d.model_dump_json() for d in self._declarations.values()).encode()).hexdigest()[:16]
+
+    # --- Building ------------------------------------------------------------------------------
+
+    def _register(self, plugin: object, name: str) -> None:
+        try:
+            self._pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy validates hookimpl signatures at registration
+            self.problems.append(PluginProblem(plugin=name, stage="register", message=_one_line(exc)))
+            return
+        self._order.append(name)
+
+    def _load_entry_points(self) -> None:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            name = f"{entry.name} ({entry.value})"
+            try:
+                plugin = entry.load()
+            except Exception as exc:
+                self.problems.append(PluginProblem(plugin=name, stage="load", message=_one_line(exc)))
+                continue
+            self._register(plugin, name)
+
+    def _collect(self) -> dict[str, BackendCapability]:
+        impls = {impl.plugin_name: impl for impl in self._pm.hook.moe_registry_backends.get_hookimpls()}
+        found: dict[str, BackendCapability] = {}
+        for name in self._order:
+            impl = impls.get(name)
+            if impl is None:
+                continue
+            try:
+                contributed = impl.function()
+            except Exception as exc:  # isolate: one plugin's bug must not hide the others
+                self.problems.append(PluginProblem(plugin=name, stage="call", message=_one_line(exc)))
+                continue
+            for item in contributed or ():
+                try:
+                    decl = item if isinstance(item, BackendCapability) else BackendCapability.model_validate(item)
+                except ValidationError as exc:
+                    self.problems.append(PluginProblem(plugin=name, stage="validate", message=_one_line(exc)))
+                    continue
+                if decl.id in found:
+                    self.problems.append(PluginProblem(
+                        plugin=name, stage="duplicate", message=f"backend id {decl.id!r} is already declared; ignored"))
+                    continue
+                found[decl.id] = decl
+        return found
+
+    # --- Access --------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[BackendCapability]:
+        return iter(self._declarations.values())
+
+    def __len__(self) -> int:
+        return len(self._declarations)
+
+    def ids(self) -> list[str]:
+        return list(self._declarations)
+
+    def get(self, backend: str) -> BackendCapability:
+        try:
+            return self._declarations[backend]
+        except KeyError:
+            raise UnknownBackend(backend, self.ids()) from None
+
+    def declarations(self) -> tuple[BackendCapability, ...]:
+        return tuple(self._declarations.values())
+
+    def environment(self) -> Environment:
+        """This machine's software for these declarations (probed once, then cached)."""
+        if self._environment is None:
+            self._environment = probe_environment(self._declarations.values())
+        return self._environment
+
+    def refresh_environment(self) -> None:
+        self._environment = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The process-wide registry: built-ins plus installed entry-point plugins."""
+    return Registry()

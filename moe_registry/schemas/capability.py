@@ -1,0 +1,313 @@
+"""The declaration: what one fused-MoE experts backend supports, as data with a source per fact.
+
+A BackendCapability is the single place a fact lives. Selection, the capability matrix, the CLI's
+engine-flag names, the probe's expectations and the adapters' guards are all derived from it
+(vLLM's #41050: the GELU allow-list and two asserts said the same thing, and only one was edited).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .activation import Activation
+from .device import DeviceSpec
+from .layer import DType, LayerSpec, RoutingMethod
+from .quant import QuantFamily, QuantKind, ScaleLayout, family_of
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+Dimension = Literal["hidden", "intermediate", "experts", "top_k"]
+Fidelity = Literal["exact", "approximate"]
+
+
+def dimension_value(layer: LayerSpec, dimension: Dimension) -> int:
+    """Per-rank value of a dimension: rules always judge what one GPU actually runs."""
+    return {
+        "hidden": layer.hidden_size,
+        "intermediate": layer.local_intermediate_size,
+        "experts": layer.local_num_experts,
+        "top_k": layer.top_k,
+    }[dimension]
+
+
+class Sourced(BaseModel):
+    """A fact with its provenance: an upstream citation, and the devices on which one of our
+    probe records confirmed it (``verified_on``: smNN names; the record lives in docs/verification)."""
+
+    model_config = _FROZEN
+
+    source: str = Field(min_length=1)
+    verified_on: tuple[str, ...] = ()
+
+
+class DeviceRule(Sourced):
+    """Which devices a backend (or one of its quant schemes) runs on. ``sm`` lists exact
+    capabilities; ``min_sm``/``max_sm`` give an inclusive range; vendor "any" matches every device."""
+
+    vendor: Literal["nvidia", "amd", "cpu", "any"] = "nvidia"
+    sm: tuple[int, ...] | None = None
+    min_sm: int | None = None
+    max_sm: int | None = None
+
+    def matches(self, device: DeviceSpec) -> bool:
+        if self.vendor == "any":
+            return True
+        if device.vendor != self.vendor:
+            return False
+        if self.vendor != "nvidia" or device.sm is None:
+            return self.sm is None and self.min_sm is None and self.max_sm is None
+        if self.sm is not None and device.sm not in self.sm:
+            return False
+        if self.min_sm is not None and device.sm < self.min_sm:
+            return False
+        return self.max_sm is None or device.sm <= self.max_sm
+
+    def describe(self) -> str:
+        if self.vendor == "any":
+            return "any device"
+        if self.vendor != "nvidia":
+            return self.vendor.upper()
+        if self.sm is not None:
+            return "/".join(f"SM{s}" for s in self.sm)
+        if self.min_sm is not None and self.max_sm is not None:
+            return f"SM{self.min_sm}-SM{self.max_sm}"
+        if self.min_sm is not None:
+            return f"SM{self.min_sm}+"
+        return f"up to SM{self.max_sm}" if self.max_sm is not None else "any NVIDIA GPU"
+
+
+class DimTest(BaseModel):
+    """A test on one per-rank dimension, used inside conditions."""
+
+    model_config = _FROZEN
+
+    dimension: Dimension
+    multiple_of: int | None = Field(default=None, gt=0)
+    not_multiple_of: int | None = Field(default=None, gt=0)
+    min: int | None = None
+    max: int | None = None
+
+    def matches(self, layer: LayerSpec) -> bool:
+        value = dimension_value(layer, self.dimension)
+        if self.multiple_of is not None and value % self.multiple_of:
+            return False
+        if self.not_multiple_of is not None and value % self.not_multiple_of == 0:
+            return False
+        if self.min is not None and value < self.min:
+            return False
+        return self.max is None or value <= self.max
+
+    def describe(self) -> str:
+        parts = []
+        if self.multiple_of is not None:
+            parts.append(f"{self.dimension} % {self.multiple_of} == 0")
+        if self.not_multiple_of is not None:
+            parts.append(f"{self.dimension} % {self.not_multiple_of} != 0")
+        if self.min is not None:
+            parts.append(f"{self.dimension} >= {self.min}")
+        if self.max is not None:
+            parts.append(f"{self.dimension} <= {self.max}")
+        return " and ".join(parts)
+
+
+class Condition(BaseModel):
+    """When a rule applies. Every given field must match; an empty Condition always matches."""
+
+    model_config = _FROZEN
+
+    activations: tuple[Activation, ...] | None = None
+    gated: bool | None = None
+    quant: tuple[QuantKind, ...] | None = None
+    group_sizes: tuple[int, ...] | None = None  # the layer's quant group size is one of these
+    dims: tuple[DimTest, ...] = ()
+
+    def matches(self, layer: LayerSpec) -> bool:
+        if self.activations is not None and layer.activation not in self.activations:
+            return False
+        if self.gated is not None and layer.activation.is_gated != self.gated:
+            return False
+        if self.quant is not None and layer.quant.kind not in self.quant:
+            return False
+        if self.group_sizes is not None and layer.quant.group_size not in self.group_sizes:
+            return False
+        return all(test.matches(layer) for test in self.dims)
+
+    def describe(self) -> str:
+        parts = []
+        if self.activations is not None:
+            parts.append("activation in {" + ", ".join(a.value for a in self.activations) + "}")
+        if self.gated is not None:
+            parts.append("gated" if self.gated else "non-gated")
+        if self.quant is not None:
+            parts.append("quant in {" + ", ".join(q.value for q in self.quant) + "}")
+        if self.group_sizes is not None:
+            parts.append("group size in {" + ", ".join(map(str, self.group_sizes)) + "}")
+        parts += [test.describe() for test in self.dims]
+        return " and ".join(parts) or "always"
+
+
+class ActivationImpl(Sourced):
+    """How the kernel computes one of our activations.
+
+    ``approximate`` means the kernel runs a different function (e.g. exact-erf GeGLU for the
+    tanh form); ``max_abs_error`` bounds the difference of the activation itself.
+    """
+
+    kernel_name: str
+    fidelity: Fidelity = "exact"
+    max_abs_error: float | None = Field(default=None, ge=0)
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _approximation_is_bounded(self) -> "ActivationImpl":
+        if self.fidelity == "approximate" and not self.note:
+            raise ValueError("an approximate activation must say what the kernel computes instead (note)")
+        return self
+
+
+class QuantSupport(Sourced):
+    """One quantization scheme the backend runs, with its limits."""
+
+    kind: QuantKind
+    group_sizes: tuple[int, ...] | None = None  # None: whatever the format allows
+    zero_point: bool = False
+    act_order: bool = False
+    activation_scale_layout: ScaleLayout | None = None  # the layout the kernel consumes
+    devices: tuple[DeviceRule, ...] | None = None  # None: the backend's devices
+    dtypes: tuple[DType, ...] | None = None  # None: the backend's dtypes
+    dequantized_at_load: bool = False  # weights expanded to 16-bit when the layer is built
+    # False: the kernel runs this scheme (cited) but moe-registry's adapter cannot convert its
+    # weights yet. Planning for a target still reports it; selecting to run here rejects it.
+    adapter_implemented: bool = True
+    note: str = ""
+
+
+class ShapeRule(Sourced):
+    """An alignment or size limit on a per-rank dimension. ``pad`` means the adapter zero-pads
+    the weights up to the next multiple, which is exact (padded rows and columns are zero)."""
+
+    dimension: Dimension
+    multiple_of: int | None = Field(default=None, gt=0)
+    min: int | None = None
+    max: int | None = None
+    pad: bool = False
+    when: Condition = Condition()
+
+    @model_validator(mode="after")
+    def _pad_needs_multiple(self) -> "ShapeRule":
+        if self.pad and (self.multiple_of is None or self.dimension not in ("hidden", "intermediate")):
+            raise ValueError("only hidden / intermediate multiple_of rules can be padded")
+        return self
+
+
+class KnownLimitation(Sourced):
+    """A combination the kernel is known not to run, which no other rule expresses
+    (e.g. TRT-LLM-gen has no tile configuration for non-gated relu2 at intermediate 704)."""
+
+    when: Condition
+    reason: str
+    hint: str = ""
+
+
+class RoutingSupport(Sourced):
+    """Routing the kernel computes itself (``in_kernel``) and whether it accepts top-k ids and
+    weights computed outside (then any routing works, routed separately)."""
+
+    in_kernel: tuple[RoutingMethod, ...] = ()
+    precomputed: bool = True
+
+
+class FeatureSupport(Sourced):
+    bias: bool = False
+    apply_router_weight_on_input: bool = False
+    swigluoai_params: bool = False  # custom alpha / limit / up_offset / interleave
+    tensor_parallel: bool = True
+    expert_parallel: bool = True
+
+
+class Requirement(Sourced):
+    """Software a backend needs on the machine that runs it.
+
+    kind "package": an importable distribution. kind "torch_op": an op that must be registered;
+    ``package`` names who registers it. kind "jit_module": a compiled module that must already be
+    built; ``probe`` ("module:function", returning (built, detail)) checks without building, and
+    ``build_cost`` is what the first use would cost.
+    """
+
+    kind: Literal["package", "torch_op", "jit_module"]
+    name: str
+    package: str | None = None  # distribution name for installing (pip)
+    import_name: str | None = None  # module to import (package kind)
+    probe: str | None = None
+    build_cost: str | None = None
+    when: Condition = Condition()
+    devices: tuple[DeviceRule, ...] | None = None  # only needed on these devices
+    hint: str = ""
+
+
+class EngineNames(BaseModel):
+    """The same kernel in other engines, for `explain` output and migration."""
+
+    model_config = _FROZEN
+
+    vllm: str | None = None  # --moe-backend value
+    sglang: str | None = None  # --moe-runner-backend value
+    trtllm: str | None = None  # MoeConfig.backend value
+    source: str = ""
+
+
+class HardwareStatus(BaseModel):
+    """Whether this backend has run on a device family, and the record that shows it."""
+
+    model_config = _FROZEN
+
+    devices: str  # e.g. "sm90"
+    status: Literal["verified", "not verified on hardware"]
+    record: str | None = None  # docs/verification/... path
+    note: str = ""
+
+
+class BackendCapability(BaseModel):
+    """The declaration of one backend."""
+
+    model_config = _FROZEN
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    name: str
+    provider: str
+    description: str
+    kernel: str  # the real kernel entry point
+    adapter: str | None = None  # "module:Class" building an Experts for this backend
+    # Row order of the gated GEMM1 weight the kernel consumes; adapters convert from the
+    # canonical [gate; up] (FlashInfer/TRT-LLM want [up; gate], flashinfer-moe-api.md 1.4).
+    gemm1_order: Literal["gate_up", "up_gate"] = "gate_up"
+    devices: tuple[DeviceRule, ...]
+    dtypes: tuple[DType, ...]
+    activations: dict[Activation, ActivationImpl]
+    quant: tuple[QuantSupport, ...]
+    shape_rules: tuple[ShapeRule, ...] = ()
+    max_experts: int | None = None  # per rank
+    max_top_k: int | None = None
+    limitations: tuple[KnownLimitation, ...] = ()
+    routing: RoutingSupport
+    features: FeatureSupport
+    requirements: tuple[Requirement, ...] = ()
+    priority: dict[QuantFamily, int]  # higher runs first among eligible backends
+    engines: EngineNames = EngineNames()
+    hardware: tuple[HardwareStatus, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BackendCapability":
+        # Catch table drift at declaration time, not at 3 a.m. (TRT-LLM moe_resolution.py).
+        declared_families = {family_of(support.kind) for support in self.quant}
+        missing = declared_families - set(self.priority)
+        if missing:
+            raise ValueError(f"{self.id}: no priority for quant families {sorted(f.value for f in missing)}")
+        if not self.devices:
+            raise ValueError(f"{self.id}: declares no devices")
+        return self
+
+    def quant_support(self, kind: QuantKind) -> tuple[QuantSupport, ...]:
+        return tuple(s for s in self.quant if s.kind is kind)

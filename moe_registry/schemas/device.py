@@ -1,0 +1,142 @@
+"""Target devices: named presets, generic ``smNN`` targets, and detection of this machine.
+
+Planning for a device that is not this machine is the point of the tool, so a DeviceSpec is plain
+data. Figures for memory, bandwidth and bf16 peak are vendor datasheet values (dense, no
+sparsity) used only for roofline arithmetic in benchmarks; ``None`` where no datasheet is cited.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Vendor = Literal["nvidia", "amd", "cpu"]
+
+
+class DeviceSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    vendor: Vendor
+    # NVIDIA compute capability as one integer: 90 for SM 9.0, 103 for SM 10.3. None on CPU.
+    sm: int | None = Field(default=None, ge=10, le=200)
+    memory_gb: float | None = Field(default=None, gt=0)
+    memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
+    bf16_dense_tflops: float | None = Field(default=None, gt=0)
+    source: str = ""
+
+    @property
+    def family(self) -> int | None:
+        """SM major version (10 for SM100 and SM103), the unit vLLM's ``is_device_capability_family`` uses."""
+        return None if self.sm is None else self.sm // 10
+
+    def label(self) -> str:
+        return self.name if self.sm is None else f"{self.name} (SM{self.sm})"
+
+
+_DATASHEETS = "NVIDIA datasheets (A100, L40S, H100 SXM, H200 SXM, HGX B200, GB200 NVL72, B300, RTX PRO 6000)"
+
+PRESETS: dict[str, DeviceSpec] = {
+    d.name: d
+    for d in (
+        DeviceSpec(name="cpu", vendor="cpu"),
+        DeviceSpec(name="a100", vendor="nvidia", sm=80, memory_gb=80, memory_bandwidth_gbs=2039,
+                   bf16_dense_tflops=312, source=_DATASHEETS),
+        DeviceSpec(name="l40s", vendor="nvidia", sm=89, memory_gb=48, memory_bandwidth_gbs=864,
+                   bf16_dense_tflops=362, source=_DATASHEETS),
+        DeviceSpec(name="h100", vendor="nvidia", sm=90, memory_gb=80, memory_bandwidth_gbs=3350,
+                   bf16_dense_tflops=989, source=_DATASHEETS),
+        DeviceSpec(name="h200", vendor="nvidia", sm=90, memory_gb=141, memory_bandwidth_gbs=4800,
+                   bf16_dense_tflops=989, source=_DATASHEETS),
+        DeviceSpec(name="b200", vendor="nvidia", sm=100, memory_gb=180, memory_bandwidth_gbs=8000,
+                   bf16_dense_tflops=2250, source=_DATASHEETS),
+        DeviceSpec(name="gb200", vendor="nvidia", sm=100, memory_gb=186, memory_bandwidth_gbs=8000,
+                   bf16_dense_tflops=2500, source=_DATASHEETS),
+        DeviceSpec(name="b300", vendor="nvidia", sm=103, memory_gb=288, memory_bandwidth_gbs=8000,
+                   source=_DATASHEETS),
+        DeviceSpec(name="rtx-pro-6000", vendor="nvidia", sm=120, memory_gb=96, memory_bandwidth_gbs=1792,
+                   source=_DATASHEETS),
+        *(DeviceSpec(name=f"sm{sm}", vendor="nvidia", sm=sm) for sm in (75, 80, 86, 89, 90, 100, 103, 110, 120, 121)),
+    )
+}
+
+
+def get_device(name: str) -> DeviceSpec:
+    """A preset by name (case-insensitive, ``sm_90`` and ``SM90`` accepted); ValueError otherwise."""
+    key = name.strip().lower().replace("_", "")
+    key = {"rtxpro6000": "rtx-pro-6000"}.get(key, key)
+    if key in PRESETS:
+        return PRESETS[key]
+    if key.startswith("sm") and key[2:].isdigit():
+        sm = int(key[2:])
+        if 10 <= sm <= 200:
+            return DeviceSpec(name=f"sm{sm}", vendor="nvidia", sm=sm)
+    raise ValueError(f"unknown device {name!r}; presets: {', '.join(PRESETS)} (or any smNN)")
+
+
+# --- Detection of this machine ---------------------------------------------------------------
+
+_NAME_TO_PRESET = (("H200", "h200"), ("H100", "h100"), ("GB200", "gb200"), ("B300", "b300"),
+                   ("B200", "b200"), ("A100", "a100"), ("L40S", "l40s"), ("RTX PRO 6000", "rtx-pro-6000"))
+
+
+def _from_gpu(product: str, sm: int, memory_gb: float | None) -> DeviceSpec:
+    for marker, preset in _NAME_TO_PRESET:
+        if marker in product.upper() and PRESETS[preset].sm == sm:
+            return PRESETS[preset].model_copy(update={"memory_gb": memory_gb or PRESETS[preset].memory_gb})
+    return DeviceSpec(name=product.strip() or f"sm{sm}", vendor="nvidia", sm=sm, memory_gb=memory_gb)
+
+
+def _detect_with_torch() -> DeviceSpec | None:
+    torch = sys.modules["torch"]
+    if not torch.cuda.is_available() or torch.version.cuda is None:
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return _from_gpu(props.name, major * 10 + minor, round(props.total_memory / 2**30, 1))
+
+
+def _detect_with_nvidia_smi() -> DeviceSpec | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    fields = [f.strip() for f in first.split(",")]
+    if len(fields) < 2:
+        return None
+    try:
+        major, minor = fields[1].split(".")
+        sm = int(major) * 10 + int(minor)
+        memory = round(float(fields[2]) / 1024, 1) if len(fields) > 2 else None
+    except ValueError:
+        return None
+    return _from_gpu(fields[0], sm, memory)
+
+
+@functools.lru_cache(maxsize=1)
+def detect() -> DeviceSpec:
+    """This machine's first accelerator, without importing torch.
+
+    ``MOE_REGISTRY_DEVICE`` names a preset to use instead. If torch is already imported, CUDA's
+    answer is used (it is what kernels will see); otherwise ``nvidia-smi``; otherwise the CPU.
+    """
+    override = os.environ.get("MOE_REGISTRY_DEVICE")
+    if override:
+        return get_device(override)
+    if "torch" in sys.modules:
+        found = _detect_with_torch()
+        if found is not None:
+            return found
+        return PRESETS["cpu"]
+    return _detect_with_nvidia_smi() or PRESETS["cpu"]

@@ -1,0 +1,197 @@
+"""Quantization schemes of expert weights and activations.
+
+A scheme is weight format x activation format x scale layout. The kinds follow vLLM's QuantKey
+pairs (quantization/utils/quant_utils.py L197-330) but also carry what QuantKey leaves out: the
+group size and the activation-scale layout (vllm-moe-backends.md section 8, item 9).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class QuantKind(str, Enum):
+    BF16 = "bf16"  # unquantized
+    FP16 = "fp16"  # unquantized
+    FP8 = "fp8"  # W8A8 e4m3, per-tensor scales
+    FP8_BLOCK = "fp8_block"  # W8A8 e4m3, 128x128 weight blocks, 1x128 dynamic activation groups
+    NVFP4 = "nvfp4"  # W4A4: e2m1, e4m3 scale per 16, fp32 global scale
+    NVFP4_W4A16 = "nvfp4_w4a16"  # NvFP4 weights, 16-bit activations (Marlin on pre-Blackwell)
+    MXFP4 = "mxfp4"  # W4A16: e2m1, e8m0 scale per 32 (gpt-oss)
+    MXFP4_MXFP8 = "mxfp4_mxfp8"  # MXFP4 weights, MXFP8 activations
+    INT4_W4A16 = "int4_w4a16"  # GPTQ / AWQ int4 weights with group scales
+    INT4_FP8 = "int4_fp8"  # W4A8: int4 weights, fp8 activations
+
+
+class QuantFamily(str, Enum):
+    """Priorities are declared per family: the order of backends for NvFP4 differs from BF16."""
+
+    UNQUANTIZED = "unquantized"
+    FP8 = "fp8"
+    NVFP4 = "nvfp4"
+    MXFP4 = "mxfp4"
+    INT4 = "int4"
+
+
+class ScaleLayout(str, Enum):
+    LINEAR = "linear"  # row-major [rows, K/group]
+    SWIZZLED_128X4 = "swizzled_128x4"  # CUTLASS/TRT-LLM 128x4 block-scale interleave
+
+
+_FAMILY = {
+    QuantKind.BF16: QuantFamily.UNQUANTIZED,
+    QuantKind.FP16: QuantFamily.UNQUANTIZED,
+    QuantKind.FP8: QuantFamily.FP8,
+    QuantKind.FP8_BLOCK: QuantFamily.FP8,
+    QuantKind.NVFP4: QuantFamily.NVFP4,
+    QuantKind.NVFP4_W4A16: QuantFamily.NVFP4,
+    QuantKind.MXFP4: QuantFamily.MXFP4,
+    QuantKind.MXFP4_MXFP8: QuantFamily.MXFP4,
+    QuantKind.INT4_W4A16: QuantFamily.INT4,
+    QuantKind.INT4_FP8: QuantFamily.INT4,
+}
+
+def family_of(kind: QuantKind) -> QuantFamily:
+    return _FAMILY[kind]
+
+
+# Weight bits (for memory / roofline arithmetic) and activation format per kind.
+_WEIGHT_BITS = {
+    QuantKind.BF16: 16, QuantKind.FP16: 16, QuantKind.FP8: 8, QuantKind.FP8_BLOCK: 8,
+    QuantKind.NVFP4: 4, QuantKind.NVFP4_W4A16: 4, QuantKind.MXFP4: 4, QuantKind.MXFP4_MXFP8: 4,
+    QuantKind.INT4_W4A16: 4, QuantKind.INT4_FP8: 4,
+}
+_ACTIVATION_FORMAT = {
+    QuantKind.BF16: "bf16", QuantKind.FP16: "fp16", QuantKind.FP8: "fp8_e4m3",
+    QuantKind.FP8_BLOCK: "fp8_e4m3", QuantKind.NVFP4: "nvfp4", QuantKind.NVFP4_W4A16: "16-bit",
+    QuantKind.MXFP4: "16-bit", QuantKind.MXFP4_MXFP8: "mxfp8", QuantKind.INT4_W4A16: "16-bit",
+    QuantKind.INT4_FP8: "fp8_e4m3",
+}
+
+# Group size along K per kind: fixed by the format, or a default that a checkpoint may change.
+_FIXED_GROUP = {QuantKind.NVFP4: 16, QuantKind.NVFP4_W4A16: 16, QuantKind.MXFP4: 32,
+                QuantKind.MXFP4_MXFP8: 32, QuantKind.FP8_BLOCK: 128}
+_DEFAULT_GROUP = {QuantKind.INT4_W4A16: 128, QuantKind.INT4_FP8: 128}
+
+
+class QuantScheme(BaseModel):
+    """How a layer's expert weights (and activations) are quantized.
+
+    ``group_size`` is the number of K elements that share one weight scale (-1: one per output
+    channel); ``None`` for unquantized and per-tensor FP8. ``activation_scale_layout`` is left
+    ``None`` (unknown: rules abstain) unless activations arrive pre-quantized in a known layout.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: QuantKind = QuantKind.BF16
+    group_size: int | None = None
+    zero_point: bool = False  # asymmetric int4 (AWQ); GPTQ is symmetric
+    act_order: bool = False  # GPTQ desc_act: groups follow a permutation (g_idx)
+    activation_scale_layout: ScaleLayout | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_group_default(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("group_size") is None and "kind" in data:
+            try:
+                kind = QuantKind(data["kind"])
+            except ValueError:
+                return data
+            default = _FIXED_GROUP.get(kind, _DEFAULT_GROUP.get(kind))
+            if default is not None:
+                data = {**data, "group_size": default}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "QuantScheme":
+        fixed = _FIXED_GROUP.get(self.kind)
+        if fixed is not None and self.group_size != fixed:
+            raise ValueError(f"{self.kind.value} has a fixed group size of {fixed}, got {self.group_size}")
+        if self.kind in _DEFAULT_GROUP:
+            if self.group_size is None or not (self.group_size == -1 or self.group_size > 0):
+                raise ValueError(f"{self.kind.value} group size must be -1 (per channel) or positive")
+        elif fixed is None and self.group_size is not None:
+            raise ValueError(f"{self.kind.value} takes no group size")
+        if self.zero_point and self.family is not QuantFamily.INT4:
+            raise ValueError("zero points apply to int4 schemes only")
+        if self.act_order and self.family is not QuantFamily.INT4:
+            raise ValueError("act_order (GPTQ desc_act) applies to int4 schemes only")
+        if self.activation_scale_layout is not None and self.kind not in (QuantKind.NVFP4, QuantKind.MXFP4_MXFP8):
+            raise ValueError(f"{self.kind.value} has no block-scaled activations, so no activation scale layout")
+        return self
+
+    # --- Derived facts -------------------------------------------------------------------------
+
+    @property
+    def family(self) -> QuantFamily:
+        return _FAMILY[self.kind]
+
+    @property
+    def weight_bits(self) -> int:
+        return _WEIGHT_BITS[self.kind]
+
+    @property
+    def activation_format(self) -> str:
+        return _ACTIVATION_FORMAT[self.kind]
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.family is not QuantFamily.UNQUANTIZED
+
+    @property
+    def scale_group_k(self) -> int | None:
+        """K elements per weight scale (the alignment a per-rank K must keep), None if none."""
+        return self.group_size if self.group_size and self.group_size > 0 else None
+
+    def label(self) -> str:
+        """Short, parseable form: ``int4_w4a16:g128``, ``nvfp4``, ``int4_w4a16:gchannel:zp``."""
+        text = self.kind.value
+        if self.kind in _DEFAULT_GROUP:
+            text += ":gchannel" if self.group_size == -1 else f":g{self.group_size}"
+        if self.zero_point:
+            text += ":zp"
+        if self.act_order:
+            text += ":act_order"
+        if self.activation_scale_layout is not None:
+            text += f":{self.activation_scale_layout.value}"
+        return text
+
+    def __str__(self) -> str:
+        return self.label()
+
+    @classmethod
+    def parse(cls, text: str) -> "QuantScheme":
+        """Parse ``kind[:gN|:gchannel][:zp][:act_order][:linear|:swizzled_128x4]``.
+
+        Raises ValueError with the list of valid kinds for anything else.
+        """
+        parts = [p for p in text.strip().lower().split(":") if p]
+        if not parts:
+            raise ValueError("empty quantization scheme")
+        name = _KIND_ALIASES.get(parts[0], parts[0])
+        try:
+            kind = QuantKind(name)
+        except ValueError:
+            valid = ", ".join(k.value for k in QuantKind)
+            raise ValueError(f"unknown quantization scheme {parts[0]!r}; valid: {valid}") from None
+        fields: dict[str, object] = {"kind": kind}
+        for part in parts[1:]:
+            if part in ("gchannel", "g-1"):
+                fields["group_size"] = -1
+            elif part.startswith("g") and part[1:].isdigit():
+                fields["group_size"] = int(part[1:])
+            elif part == "zp":
+                fields["zero_point"] = True
+            elif part == "act_order":
+                fields["act_order"] = True
+            elif part in {layout.value for layout in ScaleLayout}:
+                fields["activation_scale_layout"] = ScaleLayout(part)
+            else:
+                raise ValueError(f"unknown quantization option {part!r} in {text!r}")
+        return cls(**fields)
+
+
+_KIND_ALIASES = {"unquantized": "bf16", "bfloat16": "bf16", "float16": "fp16"}

@@ -1,0 +1,131 @@
+"""What selection answers: the chosen backend, and for every other backend every reason it lost."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .device import DeviceSpec
+from .layer import LayerSpec
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReasonCode(str, Enum):
+    """Closed set of rejection causes (cf. TensorRT-LLM's MoERejectReason)."""
+
+    DEVICE_UNSUPPORTED = "device_unsupported"
+    ACTIVATION_UNSUPPORTED = "activation_unsupported"
+    ACTIVATION_APPROXIMATE = "activation_approximate"
+    QUANT_UNSUPPORTED = "quant_unsupported"
+    QUANT_OPTION_UNSUPPORTED = "quant_option_unsupported"
+    DTYPE_UNSUPPORTED = "dtype_unsupported"
+    SHAPE_UNALIGNED = "shape_unaligned"
+    SHAPE_OUT_OF_RANGE = "shape_out_of_range"
+    KNOWN_LIMITATION = "known_limitation"
+    ROUTING_UNSUPPORTED = "routing_unsupported"
+    FEATURE_UNSUPPORTED = "feature_unsupported"
+    PARALLEL_UNSUPPORTED = "parallel_unsupported"
+    PACKAGE_MISSING = "package_missing"
+    KERNEL_NOT_BUILT = "kernel_not_built"
+    ADAPTER_MISSING = "adapter_missing"
+    FORBIDDEN = "forbidden"
+
+
+class Reason(BaseModel):
+    """One failed rule: what it required, what the layer had, and what would make it pass."""
+
+    model_config = _FROZEN
+
+    code: ReasonCode
+    field: str
+    required: str
+    actual: str
+    message: str
+    hint: str = ""
+    source: str = ""
+
+    def render(self) -> str:
+        return self.message + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class Note(BaseModel):
+    """Something the user should know that did not reject: an abstention ("unknown is not
+    false"), an approximation accepted by policy, an assumption made while planning."""
+
+    model_config = _FROZEN
+
+    kind: Literal["abstained", "approximation", "assumed", "routing", "memory", "measured"]
+    message: str
+
+
+class Padding(BaseModel):
+    """Zero-padding the adapter applies so the kernel's alignment holds (exact: padded weights
+    are zero), with its cost relative to the unpadded layer."""
+
+    model_config = _FROZEN
+
+    dimension: Literal["hidden", "intermediate"]
+    original: int
+    padded: int
+    multiple_of: int
+    extra_weight_memory_pct: float
+    extra_flops_pct: float
+
+
+class Candidate(BaseModel):
+    """An eligible backend, in the order the policy ranks them."""
+
+    model_config = _FROZEN
+
+    backend: str
+    priority: int
+    padding: tuple[Padding, ...] = ()
+    notes: tuple[Note, ...] = ()
+    estimated_us: float | None = None  # from a measured cost table, when one was given
+
+
+class Rejection(BaseModel):
+    model_config = _FROZEN
+
+    backend: str
+    reasons: tuple[Reason, ...] = Field(min_length=1)
+    notes: tuple[Note, ...] = ()
+
+    def codes(self) -> set[ReasonCode]:
+        return {r.code for r in self.reasons}
+
+
+DecidedBy = Literal["forced", "env", "preferred", "priority", "measured"]
+
+
+class Selection(BaseModel):
+    """The answer for one layer on one device. ``fingerprint`` lets ranks of a distributed job
+    check they resolved the same way (ranks that disagree hang)."""
+
+    model_config = _FROZEN
+
+    layer: LayerSpec
+    device: DeviceSpec
+    planning: bool  # True: a named target device (packages assumed installable)
+    backend: str
+    decided_by: DecidedBy
+    padding: tuple[Padding, ...] = ()
+    notes: tuple[Note, ...] = ()
+    eligible: tuple[Candidate, ...]
+    rejections: tuple[Rejection, ...] = ()
+    engines: dict[str, str] = {}
+    fingerprint: str
+
+    def rejection(self, backend: str) -> Rejection | None:
+        return next((r for r in self.rejections if r.backend == backend), None)
+
+    def describe(self) -> str:
+        """One line: what runs, why, and what lost."""
+        where = self.layer.name or "layer"
+        pad = "".join(f", pad {p.dimension} {p.original}->{p.padded}" for p in self.padding)
+        lost = ", ".join(f"{r.backend} ({', '.join(sorted(c.value for c in r.codes()))})" for r in self.rejections)
+        return (f"{where} on {self.device.label()}: {self.backend} (by {self.decided_by}{pad})"
+                + (f"; rejected: {lost}" if lost else ""))

@@ -128,22 +128,25 @@ def _check_activation(d: BackendCapability, layer: LayerSpec, policy: Policy,
                  source=d.features.source)
 
 
-def _quant_options_fail(support: QuantSupport, layer: LayerSpec) -> list[tuple[str, str, str]]:
-    """(field, required, actual) for each option of the layer's scheme this support lacks."""
+def _quant_options_fail(support: QuantSupport, layer: LayerSpec) -> list[tuple[str, str, str, str]]:
+    """(field, required, actual, what) for each option of the layer's scheme this support lacks."""
     q = layer.quant
     fails = []
     if support.group_sizes is not None and q.group_size not in support.group_sizes:
-        fails.append(("quant.group_size", " or ".join(map(str, support.group_sizes)), str(q.group_size)))
+        allowed = " or ".join(map(str, support.group_sizes))
+        fails.append(("quant.group_size", allowed, str(q.group_size), f"group size {q.group_size} (runs {allowed})"))
     if q.zero_point and not support.zero_point:
-        fails.append(("quant.zero_point", "symmetric", "zero points"))
+        fails.append(("quant.zero_point", "symmetric", "zero points", "zero points (asymmetric)"))
     if q.act_order and not support.act_order:
-        fails.append(("quant.act_order", "no act_order", "act_order (desc_act)"))
+        fails.append(("quant.act_order", "no act_order", "act_order", "act_order (GPTQ desc_act)"))
     if (q.activation_scale_layout is not None and support.activation_scale_layout is not None
             and q.activation_scale_layout is not support.activation_scale_layout):
         fails.append(("quant.activation_scale_layout", support.activation_scale_layout.value,
-                      q.activation_scale_layout.value))
+                      q.activation_scale_layout.value, f"{q.activation_scale_layout.value} activation scales "
+                      f"(consumes {support.activation_scale_layout.value})"))
     if support.dtypes is not None and layer.dtype not in support.dtypes:
-        fails.append(("dtype", " or ".join(support.dtypes), layer.dtype))
+        allowed = " or ".join(support.dtypes)
+        fails.append(("dtype", allowed, layer.dtype, f"{layer.dtype} hidden states (takes {allowed})"))
     return fails
 
 
@@ -185,9 +188,9 @@ def _check_quant(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, pla
             if support.note:
                 v.notes.append(Note(kind="assumed", message=f"{d.id}: {support.note}"))
             return support
-    for field, required, actual in _quant_options_fail(on_device[0], layer):
+    for field, required, actual, what in _quant_options_fail(on_device[0], layer):
         code = ReasonCode.DTYPE_UNSUPPORTED if field == "dtype" else ReasonCode.QUANT_OPTION_UNSUPPORTED
-        v.reject(code, field, required, actual, f"{d.name} runs {kind.value} with {field} {required}, not {actual}",
+        v.reject(code, field, required, actual, f"{d.name} does not run {kind.value} with {what}",
                  source=on_device[0].source)
     return None
 

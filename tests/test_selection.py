@@ -1,0 +1,206 @@
+"""Selection: the seed cases, every reason with hints, force / prefer / forbid, env override,
+abstention, padding, fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_registry import LayerSpec, ParallelConfig, select_backend
+from moe_registry.errors import BackendNotEligible, NoEligibleBackend, UnknownBackend
+from moe_registry.registry import Registry
+from moe_registry.schemas.device import get_device
+from moe_registry.schemas.layer import RoutingMethod
+from moe_registry.schemas.selection import ReasonCode
+from moe_registry.selection import DeclaredPriority
+
+GEMMA4 = LayerSpec(name="model.language_model.layers.0.experts", index=0, num_experts=128, top_k=8,
+                   hidden_size=2816, intermediate_size=704, activation="gelu_tanh", quant="nvfp4")
+
+
+def codes(selection, backend):
+    rejection = selection.rejection(backend)
+    return set() if rejection is None else rejection.codes()
+
+
+# --- The seed cases ---------------------------------------------------------------------------
+
+def test_gemma4_nvfp4_on_b200_selects_trtllm():
+    s = select_backend(GEMMA4, "b200")
+    assert s.backend == "trtllm-nvfp4"
+    assert s.decided_by == "priority"
+    assert s.engines["vllm"] == "flashinfer_trtllm"
+    # gelu_tanh runs through the Geglu gate: accepted, but said out loud.
+    assert any(n.kind == "approximation" and "gelu_tanh" in n.message for n in s.notes)
+
+
+def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallback():
+    s = select_backend(GEMMA4, "h100")
+    trt = s.rejection("trtllm-nvfp4")
+    assert trt is not None and trt.codes() == {ReasonCode.DEVICE_UNSUPPORTED}
+    reason = trt.reasons[0]
+    assert "SM100" in reason.required and "SM90" in reason.actual
+    assert "b200" in reason.hint and "SM100" in reason.hint
+    assert codes(s, "flashinfer-cutlass") == {ReasonCode.QUANT_UNSUPPORTED}
+    assert "nvfp4" in s.rejection("flashinfer-cutlass").reasons[0].message
+    # The fallback is named: vLLM's own choice on Hopper (weight-only Marlin).
+    assert s.backend == "marlin"
+    assert [c.backend for c in s.eligible][:2] == ["marlin", "torch-grouped-mm"]
+
+
+def test_relu2_at_704_hits_the_tile_limitation_but_gated_gelu_at_704_is_accepted():
+    relu2 = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200")
+    assert codes(relu2, "trtllm-nvfp4") == {ReasonCode.KNOWN_LIMITATION}
+    assert "tile configuration" in relu2.rejection("trtllm-nvfp4").reasons[0].message
+    gelu = select_backend(GEMMA4.replace(activation="gelu"), "b200")
+    assert gelu.backend == "trtllm-nvfp4" and gelu.rejection("trtllm-nvfp4") is None
+    assert not any(n.kind == "approximation" for n in gelu.notes)  # exact erf GeGLU
+
+
+def test_relu2_at_a_multiple_of_256_is_not_limited():
+    s = select_backend(GEMMA4.replace(activation="relu2_no_mul", intermediate_size=1024), "b200")
+    assert s.backend == "trtllm-nvfp4"
+
+
+# --- Every reason, not the first --------------------------------------------------------------
+
+def test_every_failing_rule_is_reported():
+    layer = LayerSpec(num_experts=8, top_k=2, hidden_size=96, intermediate_size=96, activation="gelu_tanh",
+                      quant="int4_w4a16:g32:act_order", dtype="fp32", bias=True)
+    s = select_backend(layer, "h100")
+    marlin = codes(s, "marlin")
+    # fp32 hidden states, act_order, hidden % 128, intermediate % 64, biases: all of them, not the first.
+    assert {ReasonCode.DTYPE_UNSUPPORTED, ReasonCode.QUANT_OPTION_UNSUPPORTED, ReasonCode.SHAPE_UNALIGNED,
+            ReasonCode.FEATURE_UNSUPPORTED} <= marlin
+    assert len(s.rejection("marlin").reasons) >= 5
+    assert s.backend == "reference"
+
+
+def test_unaligned_tp_shard_gets_an_ep_hint():
+    with pytest.raises(NoEligibleBackend) as err:
+        select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
+    reasons = [r for rej in err.value.rejections for r in rej.reasons if r.field == "intermediate"]
+    assert reasons and all(r.actual == "88" for r in reasons)
+    assert any("EP8 instead of TP8 keeps intermediate 704" in r.hint for r in reasons)
+    s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
+    assert s_ep8.backend == "trtllm-nvfp4" and s_ep8.layer.local_num_experts == 16
+
+
+def test_padding_is_applied_and_costed():
+    # TRT-LLM-gen weight prep pads a gated intermediate to a multiple of 64 (vLLM flashinfer_fp4_moe.py).
+    gated = select_backend(GEMMA4.replace(intermediate_size=720), "b200")  # 720 % 64 = 16
+    assert gated.backend == "trtllm-nvfp4"
+    (pad,) = gated.padding
+    assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 720, 768, 64)
+    assert pad.extra_weight_memory_pct == pytest.approx(100 * (768 / 720 - 1), abs=0.01)
+    assert pad.extra_flops_pct == pad.extra_weight_memory_pct
+    no_pad = select_backend(GEMMA4.replace(intermediate_size=720), "b200",
+                            policy=DeclaredPriority(allow_padding=False))
+    assert no_pad.backend != "trtllm-nvfp4"
+    hint = no_pad.rejection("trtllm-nvfp4").reasons[0].hint
+    assert "allow padding to 768" in hint
+
+
+def test_exact_activation_policy_rejects_approximations():
+    s = select_backend(GEMMA4, "b200", policy=DeclaredPriority(exact_activations=True))
+    assert codes(s, "trtllm-nvfp4") == {ReasonCode.ACTIVATION_APPROXIMATE}
+    assert s.backend == "flashinfer-cutlass"  # runs GegluTanh itself
+
+
+# --- Unknown is not false ---------------------------------------------------------------------
+
+def test_unknown_routing_abstains_and_known_routing_is_checked():
+    s = select_backend(GEMMA4, "b200")
+    assert any(n.kind == "abstained" and "routing" in n.message for n in s.notes)
+    known = select_backend(GEMMA4.replace(routing=RoutingMethod.DEEPSEEK_V3), "b200")
+    assert any(n.kind == "routing" for n in known.notes)
+    assert not any(n.kind == "abstained" for n in known.notes)
+
+
+# --- force / prefer / forbid / env ------------------------------------------------------------
+
+def test_force_eligible_and_ineligible():
+    s = select_backend(GEMMA4, "h100", force="torch-grouped-mm")
+    assert s.backend == "torch-grouped-mm" and s.decided_by == "forced"
+    with pytest.raises(BackendNotEligible) as err:
+        select_backend(GEMMA4, "h100", force="trtllm-nvfp4")
+    assert err.value.backend == "trtllm-nvfp4"
+    assert [r.code for r in err.value.reasons] == [ReasonCode.DEVICE_UNSUPPORTED]
+    assert "SM100" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prefer_and_forbid():
+    s = select_backend(GEMMA4, "h100", prefer=["reference", "torch-grouped-mm"])
+    assert s.backend == "reference" and s.decided_by == "preferred"
+    s = select_backend(GEMMA4, "h100", forbid=["marlin"])
+    assert s.backend == "torch-grouped-mm"
+    assert ReasonCode.FORBIDDEN in codes(s, "marlin")
+    with pytest.raises(UnknownBackend):
+        select_backend(GEMMA4, "h100", prefer=["marlinn"])
+
+
+def test_environment_variable_forces(monkeypatch):
+    monkeypatch.setenv("MOE_REGISTRY_BACKEND", "reference")
+    s = select_backend(GEMMA4, "h100")
+    assert s.backend == "reference" and s.decided_by == "env"
+    monkeypatch.setenv("MOE_REGISTRY_BACKEND", "trtllm-nvfp4")
+    with pytest.raises(BackendNotEligible) as err:
+        select_backend(GEMMA4, "h100")
+    assert str(err.value).startswith("env backend")
+
+
+def test_no_eligible_backend_carries_every_rejection():
+    registry = Registry(builtins=True, entry_points=False)
+    with pytest.raises(NoEligibleBackend) as err:
+        select_backend(GEMMA4, "h100", forbid=registry.ids(), registry=registry)
+    assert {r.backend for r in err.value.rejections} == set(registry.ids())
+    assert "\n" not in str(err.value)
+
+
+# --- This machine vs a planned target ---------------------------------------------------------
+
+def test_planning_notes_assumed_packages():
+    s = select_backend(GEMMA4.replace(quant="int4_w4a16", intermediate_size=768), "h100")
+    assert s.backend == "marlin" and s.planning
+    assert any(n.kind == "assumed" and "_moe_C" in n.message for n in s.notes)
+
+
+def test_this_machine_checks_packages(monkeypatch):
+    monkeypatch.setenv("MOE_REGISTRY_DEVICE", "h100")
+    from moe_registry.schemas import device as device_module
+
+    device_module.detect.cache_clear()
+    registry = Registry(entry_points=False)
+    try:
+        s = select_backend(GEMMA4.replace(quant="int4_w4a16", intermediate_size=768), registry=registry)
+    finally:
+        device_module.detect.cache_clear()
+    assert not s.planning and s.device.name == "h100"
+    marlin = s.rejection("marlin")
+    # No vLLM here (CI and this machine): the reason says what to install, not "unsupported device".
+    assert marlin is not None and marlin.codes() == {ReasonCode.PACKAGE_MISSING}
+    assert "pip install vllm" in marlin.reasons[0].hint
+
+
+def test_selection_fingerprint_is_stable_and_sensitive():
+    a = select_backend(GEMMA4, "b200")
+    b = select_backend(GEMMA4.replace(name="other.name", index=5), "b200")
+    assert a.fingerprint == b.fingerprint  # names do not change the decision
+    assert a.fingerprint != select_backend(GEMMA4, "gb200").fingerprint
+    assert a.fingerprint != select_backend(GEMMA4.replace(top_k=4), "b200").fingerprint
+    assert len(a.fingerprint) == 16
+
+
+def test_selection_round_trips_through_json():
+    s = select_backend(GEMMA4, "h100")
+    from moe_registry.schemas.selection import Selection
+
+    assert Selection.model_validate_json(s.model_dump_json()) == s
+
+
+def test_describe_is_one_line():
+    line = select_backend(GEMMA4, "h100").describe()
+    assert "\n" not in line and "marlin" in line and "trtllm-nvfp4 (device_unsupported)" in line
+
+
+def test_device_objects_and_names_agree():
+    assert select_backend(GEMMA4, get_device("B200")).backend == select_backend(GEMMA4, "b200").backend

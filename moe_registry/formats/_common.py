@@ -1,0 +1,79 @@
+"""Shared pieces of the quantized formats: input checks, the e2m1 code table, nibble packing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+# e2m1 (FP4) magnitudes by 3-bit code; bit 3 of a nibble is the sign. Same table as FlashInfer's
+# ``quantization/fp4_quantization.py::_E2M1_VALUES`` (signed, 16 entries).
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+E2M1_LUT = torch.tensor(list(E2M1_VALUES) + [-v for v in E2M1_VALUES], dtype=torch.float32)
+# Midpoints between neighbouring magnitudes; a value above the last one saturates to 6.
+E2M1_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+# Round-half-even: a tie goes to the neighbour whose code is even (mantissa bit 0), i.e. up for
+# 0.75 (code 1 -> 2), 1.75 (3 -> 4) and 3.5 (5 -> 6), down for the others.
+_TIE_UP_EVEN = (False, True, False, True, False, True, False)
+
+FP8_E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+
+
+def check_weight(w: object, fmt: str, k_multiple: int = 1) -> torch.Tensor:
+    """Validate a weight ``[..., N, K]`` to quantize; raise ValueError with one clear line."""
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"{fmt}: expected a torch.Tensor weight, got {type(w).__name__}")
+    if not w.is_floating_point() or w.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        raise ValueError(f"{fmt}: weight must be fp32/fp16/bf16, got {w.dtype}")
+    if w.dim() < 2:
+        raise ValueError(f"{fmt}: weight must be [..., N, K] (2 dims or more), got shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"{fmt}: weight is empty, shape {tuple(w.shape)}")
+    if w.shape[-1] % k_multiple:
+        raise ValueError(f"{fmt}: K = {w.shape[-1]} (last dim) must be a multiple of {k_multiple}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{fmt}: weight contains NaN or inf")
+    return w
+
+
+def e2m1_magnitude_code(a: torch.Tensor, *, ties_even: bool) -> torch.Tensor:
+    """3-bit e2m1 code (uint8) of magnitudes ``a >= 0``, saturating to 6 (code 7).
+
+    ``ties_even=True``: round-half-even (PTX ``cvt.rn.satfinite.e2m1x2.f32``).
+    ``ties_even=False``: ties to the lower magnitude, i.e. ``torch.bucketize(a, midpoints,
+    right=False)`` as in FlashInfer's ``_quantize_mxfp4_linear``. Counting the midpoints passed
+    keeps the temporaries at one byte per element.
+    """
+    code = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
+    for mid, tie_up in zip(E2M1_MIDPOINTS, _TIE_UP_EVEN):
+        code += (a >= mid) if (ties_even and tie_up) else (a > mid)
+    return code
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """[..., K] 4-bit codes -> uint8 [..., K/2]; element 2j in the low nibble, 2j+1 in the high."""
+    codes = codes.to(torch.uint8)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack_nibbles(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K/2] -> uint8 codes [..., K] (inverse of ``pack_nibbles``)."""
+    return torch.stack((data & 0x0F, data >> 4), dim=-1).flatten(-2)
+
+
+def e2m1_decode(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K/2] packed e2m1 -> fp32 [..., K]."""
+    return E2M1_LUT.to(data.device)[unpack_nibbles(data).long()]
+
+
+class TensorFormat:
+    """Mixin of the format dataclasses: ``.to(device)`` moves every tensor field."""
+
+    def to(self, device: torch.device | str):
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
+
+
+def fail(cls: str, message: str) -> None:
+    raise ValueError(f"{cls}: {message}")

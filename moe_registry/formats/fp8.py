@@ -1,0 +1,110 @@
+"""FP8 e4m3 weights: per-tensor (per-expert) scales and DeepSeek 128x128 block scales.
+
+Both store *dequant* scales (``w ~= data * scale``; vLLM/DeepSeek call the block one
+``weight_scale_inv``).
+
+- Per tensor: FlashInfer 0.7.2.post1 ``fused_moe/prepare.py::_quantize_fp8_per_expert``
+  (L967-983): ``mult = 448 / amax`` (1 when amax == 0), ``data = e4m3(clamp(w * mult, +-448))``;
+  we store ``scale = 1 / mult`` (= ``amax / 448``), as ``prepare_cutlass_fp8_per_tensor_weights``
+  does for ``fc1_dequant``.
+- 128x128 blocks: ``prepare.py::_deepseek_fp8_quantize_weights`` (L742-757):
+  ``scale = clamp(amax_block / 448, min=1e-12)``, ``data = e4m3(clamp(w / scale, +-448))``.
+  FlashInfer requires N, K % 128 == 0; here partial edge tiles are zero-padded for the amax and
+  the padding cropped, as DeepGEMM's ``per_block_cast_to_fp8`` does (copied in FlashInfer
+  ``testing/utils.py`` L249-263; that helper also rounds scales to powers of two, which we do not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from moe_registry.schemas.quant import QuantKind, QuantScheme
+
+from ._common import FP8_E4M3_MAX, TensorFormat, check_weight, fail
+
+FP8_BLOCK = 128
+
+
+@dataclass(frozen=True, eq=False)
+class Fp8Tensor(TensorFormat):
+    """``data`` float8_e4m3fn [..., N, K], ``scale`` fp32 [...] dequant scale (``amax/448``)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    scheme: QuantScheme | None = None
+
+    def __post_init__(self) -> None:
+        if self.data.dtype != torch.float8_e4m3fn or self.scale.dtype != torch.float32:
+            fail("Fp8Tensor", f"dtypes must be float8_e4m3fn/float32, got {self.data.dtype}/{self.scale.dtype}")
+        if self.data.dim() < 2 or self.scale.shape != self.data.shape[:-2]:
+            fail("Fp8Tensor", f"scale shape {tuple(self.scale.shape)} must be data's leading dims "
+                 f"{tuple(self.data.shape[:-2])}")
+
+    @property
+    def kind(self) -> QuantKind:
+        return QuantKind.FP8
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.data.float() * self.scale[..., None, None]).to(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Fp8BlockTensor(TensorFormat):
+    """``data`` float8_e4m3fn [..., N, K], ``scale`` fp32 [..., ceil(N/128), ceil(K/128)]
+    (``weight_scale_inv``: ``w = data * scale`` per 128x128 tile)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    scheme: QuantScheme | None = None
+
+    def __post_init__(self) -> None:
+        d, s = self.data, self.scale
+        if d.dtype != torch.float8_e4m3fn or s.dtype != torch.float32:
+            fail("Fp8BlockTensor", f"dtypes must be float8_e4m3fn/float32, got {d.dtype}/{s.dtype}")
+        tiles = (-(-d.shape[-2] // FP8_BLOCK), -(-d.shape[-1] // FP8_BLOCK)) if d.dim() >= 2 else ()
+        if d.dim() < 2 or s.shape != (*d.shape[:-2], *tiles):
+            fail("Fp8BlockTensor", f"scale shape {tuple(s.shape)} does not tile data {tuple(d.shape)} by 128x128")
+
+    @property
+    def kind(self) -> QuantKind:
+        return QuantKind.FP8_BLOCK
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        n, k = self.data.shape[-2:]
+        scale = self.scale.repeat_interleave(FP8_BLOCK, -2).repeat_interleave(FP8_BLOCK, -1)
+        return (self.data.float() * scale[..., :n, :k]).to(dtype)
+
+
+def quantize_fp8(w: torch.Tensor) -> Fp8Tensor:
+    """Per-tensor e4m3, one scale per leading index (per expert) — FlashInfer's recipe."""
+    check_weight(w, "fp8")
+    x = w.float()
+    amax = x.abs().amax(dim=(-1, -2))
+    mult = torch.where(amax > 0, FP8_E4M3_MAX / amax, torch.ones_like(amax))
+    data = (x * mult[..., None, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return Fp8Tensor(data=data, scale=1.0 / mult)
+
+
+def quantize_fp8_block(w: torch.Tensor) -> Fp8BlockTensor:
+    """DeepSeek 128x128 block e4m3 (any N, K; edge tiles may be partial)."""
+    check_weight(w, "fp8_block")
+    x = w.float()
+    n, k = x.shape[-2:]
+    pn, pk = -n % FP8_BLOCK, -k % FP8_BLOCK
+    padded = F.pad(x, (0, pk, 0, pn))  # zeros do not change a tile's amax
+    tiles = padded.unflatten(-1, (-1, FP8_BLOCK)).unflatten(-3, (-1, FP8_BLOCK))  # [..., N/128, 128, K/128, 128]
+    scale = (tiles.abs().amax(dim=(-3, -1)) / FP8_E4M3_MAX).clamp(min=1e-12)  # [..., N/128, K/128]
+    q = (tiles / scale[..., :, None, :, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
+    data = q.flatten(-2).flatten(-3, -2)[..., :n, :k].to(torch.float8_e4m3fn)
+    return Fp8BlockTensor(data=data.contiguous(), scale=scale)

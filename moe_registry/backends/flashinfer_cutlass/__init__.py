@@ -85,10 +85,9 @@ DECLARATION = BackendCapability(
                     source="flashinfer prepare.py prepare_cutlass_fp8_block_weights / prepare_cutlass_w4a16_weights: "
                            "H, I % 128 (flashinfer-moe-api.md 1.6-1.7)")
           for dim in ("hidden", "intermediate")),
+        # NVFP4's I % 16 (flashinfer-moe-api.md 1.7) is the format's scale group, checked for every backend.
         ShapeRule(dimension="hidden", multiple_of=64, when=Condition(quant=(QuantKind.NVFP4,)),
                   source="flashinfer-moe-api.md 1.7: NVFP4 (SM100) H % 64"),
-        ShapeRule(dimension="intermediate", multiple_of=16, when=Condition(quant=(QuantKind.NVFP4,)),
-                  source="flashinfer-moe-api.md 1.7: NVFP4 (SM100) I % 16"),
     ),
     routing=RoutingSupport(precomputed=True, source="cutlass_fused_moe takes token_selected_experts / token_final_scales"),
     features=FeatureSupport(bias=True, swigluoai_params=True, source=(

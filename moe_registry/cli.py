@@ -1,0 +1,343 @@
+"""`moe-registry`: explain, select, backends, schema, models, run, probe, bench.
+
+Thin: parse arguments, call the library, render. Exit codes: 0 ok; 2 bad input (one line on
+stderr, no traceback); 3 no eligible backend, or a forced backend that cannot run the layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_BACKEND = 0, 2, 3
+
+
+class BadInput(Exception):
+    """Anything the user can fix by changing the command line or the input files."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        raise BadInput(message)
+
+
+# --- Output -------------------------------------------------------------------------------------
+
+
+def _console():
+    from rich.console import Console
+
+    # Pipes and NO_COLOR get plain text (rich honours both); give tables room when not a terminal.
+    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False, highlight=False)
+
+
+def _emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _output_mode(args: argparse.Namespace) -> str:
+    return "json" if getattr(args, "json", False) else "markdown" if getattr(args, "markdown", False) else "table"
+
+
+# --- Shared argument groups -----------------------------------------------------------------------
+
+
+def _add_output(p: argparse.ArgumentParser, markdown: bool = True) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="machine-readable output (docs/cli-json.md)")
+    if markdown:
+        group.add_argument("--markdown", action="store_true", help="Markdown, ready to paste into a bug report")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="target device preset (h100, b200, sm90, ...); default: this machine")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (splits each expert's intermediate size)")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (splits the experts)")
+
+
+def _add_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", metavar="BACKEND", help="run this backend or fail with its reasons")
+    p.add_argument("--prefer", metavar="BACKEND", action="append", default=[], help="put an eligible backend first")
+    p.add_argument("--forbid", metavar="BACKEND", action="append", default=[], help="never choose this backend")
+    p.add_argument("--exact", action="store_true", help="reject backends that approximate the activation")
+    p.add_argument("--no-pad", action="store_true", help="reject backends that would need padding")
+    p.add_argument("--policy", choices=("declared", "measured"), default="declared",
+                   help="rank eligible backends by declared priority or by a measured cost table (--costs)")
+    p.add_argument("--costs", metavar="FILE", help="cost table JSON written by `moe-registry bench` (--policy measured)")
+    p.add_argument("--tokens", type=int, help="tokens per forward, for --policy measured")
+
+
+def _device(name: str | None):
+    from .schemas.device import get_device
+
+    return None if name is None else get_device(name)
+
+
+def _parallel(args: argparse.Namespace):
+    from .schemas.layer import ParallelConfig
+
+    if args.tp < 1 or args.ep < 1:
+        raise BadInput("--tp and --ep must be positive")
+    return ParallelConfig(tp=args.tp, ep=args.ep)
+
+
+def _policy(args: argparse.Namespace):
+    from .selection import DeclaredPriority
+
+    declared = DeclaredPriority(exact_activations=args.exact, allow_padding=not args.no_pad)
+    if args.policy == "declared":
+        if args.costs:
+            raise BadInput("--costs needs --policy measured")
+        return declared
+    if not args.costs:
+        raise BadInput("--policy measured needs --costs FILE (written by `moe-registry bench`)")
+    from .measured import CostTable, MeasuredPolicy
+
+    return MeasuredPolicy(CostTable.load(args.costs), num_tokens=args.tokens, fallback=declared)
+
+
+def _choice_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"force": args.force, "prefer": tuple(args.prefer), "forbid": tuple(args.forbid), "policy": _policy(args)}
+
+
+# --- Commands -------------------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import render
+    from .planner import plan_model
+
+    plan = plan_model(args.model, device=_device(args.device), parallel=_parallel(args), quant=args.quant,
+                      **_choice_kwargs(args))
+    mode = _output_mode(args)
+    if mode == "json":
+        _emit_json(render.plan_json(plan))
+    elif mode == "markdown":
+        sys.stdout.write(render.plan_markdown(plan))
+    else:
+        render.print_plan(_console(), plan)
+    return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from . import render
+    from .schemas.activation import SwigluOAIParams
+    from .schemas.layer import LayerSpec
+    from .selection import select_backend
+
+    layer = LayerSpec(
+        num_experts=args.experts, top_k=args.top_k, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        activation=args.activation, quant=args.quant, dtype=args.dtype, routing=args.routing, bias=args.bias,
+        apply_router_weight_on_input=args.router_weight_on_input, parallel=_parallel(args),
+        activation_params=SwigluOAIParams() if args.activation == "swigluoai" else None)
+    selection = select_backend(layer, _device(args.device), **_choice_kwargs(args))
+    mode = _output_mode(args)
+    if mode == "json":
+        _emit_json(render.selection_json(selection))
+    elif mode == "markdown":
+        sys.stdout.write(render.selection_markdown(selection) + "\n")
+    else:
+        render.print_selection(_console(), selection)
+    return EXIT_OK
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from . import render
+    from .registry import default_registry
+
+    registry = default_registry()
+    device = _device(args.device)
+    mode = _output_mode(args)
+    if mode == "json":
+        data = render.matrix_json(registry, device)
+        data["problems"] = [p.model_dump() for p in registry.problems]
+        _emit_json(data)
+    elif mode == "markdown":
+        sys.stdout.write(render.matrix_markdown(registry, device))
+    else:
+        console = _console()
+        render.print_matrix(console, registry, device)
+        for problem in registry.problems:
+            console.print(f"plugin problem ({problem.stage}) {problem.plugin}: {problem.message}", markup=False)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schemas.capability import BackendCapability
+    from .schemas.layer import LayerSpec
+    from .schemas.selection import Selection
+
+    models = {"capability": BackendCapability, "layer": LayerSpec, "selection": Selection}
+    chosen = models if args.which == "all" else {args.which: models[args.which]}
+    _emit_json({name: model.model_json_schema() for name, model in chosen.items()})
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .planner import list_presets
+
+    presets = list_presets()
+    if args.json:
+        _emit_json(presets)
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("preset", no_wrap=True)
+    table.add_column("description")
+    for name, description in presets.items():
+        table.add_row(name, description)
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_preset_layer
+
+    report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, device=args.device,
+                              seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats)
+    if args.json:
+        _emit_json(report)
+    else:
+        console = _console()
+        for key, value in report.items():
+            console.print(f"{key}: {value}", markup=False)
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe import main as probe_main
+
+    return probe_main(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+# --- Parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moe-registry", description=(
+        "Which fused-MoE kernel runs each layer of a model, on any GPU, and why the others were rejected."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model")
+    p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
+    p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
+    _add_target(p), _add_choice(p), _add_output(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("select", help="select the backend of one layer")
+    p.add_argument("--experts", type=int, required=True)
+    p.add_argument("--top-k", type=int, required=True)
+    p.add_argument("--hidden", type=int, required=True)
+    p.add_argument("--intermediate", type=int, required=True)
+    p.add_argument("--activation", default="silu")
+    p.add_argument("--quant", default="bf16")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--routing", default=None)
+    p.add_argument("--bias", action="store_true")
+    p.add_argument("--router-weight-on-input", action="store_true")
+    _add_target(p), _add_choice(p), _add_output(p)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("backends", help="the capability matrix generated from the declarations")
+    p.add_argument("--device", help="only what runs on this device preset")
+    _add_output(p)
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("schema", help="JSON Schema of declarations, layer specs and selections")
+    p.add_argument("--which", choices=("all", "capability", "layer", "selection"), default="all")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("models", help="the bundled model presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("run", help="run one layer of a preset on this machine and compare with the reference")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--layer", type=int, default=0, help="index among the MoE layers' model layers (default 0)")
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--force", metavar="BACKEND")
+    p.add_argument("--quant", help="override the layer's quantization scheme")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("probe", help="check every declaration against the real kernels on this machine")
+    p.add_argument("--backend", action="append", default=[], help="probe only this backend (repeatable)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes")
+    p.add_argument("--out", metavar="FILE", help="write a verification record (JSON)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers")
+    p.add_argument("target", help="preset name, model directory, config.json, or 'layer' with --experts etc.")
+    p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
+    p.add_argument("--quant", help="override the quantization scheme")
+    p.add_argument("--backend", action="append", default=[], help="only these backends")
+    p.add_argument("--out", metavar="FILE", help="write the cost table (JSON)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot time vs tokens per backend")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reps", type=int, default=50)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
+                         for e in exc.errors())
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from .errors import BackendNotEligible, NoEligibleBackend
+
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.func
+        return handler(args)
+    except (NoEligibleBackend, BackendNotEligible) as exc:
+        _print_no_backend(exc)
+        return EXIT_NO_BACKEND
+    except (BadInput, ValidationError, ValueError, OSError, KeyError) as exc:
+        # ValueError covers UnknownBackend, PlanError and quant/activation/device parse errors.
+        print(f"moe-registry: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_no_backend(exc: Exception) -> None:
+    from . import render
+    from .errors import BackendNotEligible
+
+    if "--json" in sys.argv:
+        if isinstance(exc, BackendNotEligible):
+            data = {"error": "backend_not_eligible", "backend": exc.backend,
+                    "reasons": [r.model_dump(mode="json") for r in exc.reasons]}
+        else:
+            data = {"error": "no_eligible_backend", "rejections": [r.model_dump(mode="json") for r in exc.rejections]}
+        _emit_json({"schema_version": render.JSON_SCHEMA_VERSION, **data})
+    else:
+        print(f"moe-registry: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

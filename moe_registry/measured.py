@@ -1,0 +1,137 @@
+"""Choosing by measured speed: a cost table written by `moe-registry bench`, and a policy that ranks
+eligible backends by their measured time for the layer's token count.
+
+Where a backend has no measurement for the layer on this device, declared priority decides: the
+measured policy only reorders what it has evidence for, and says so in the Selection's notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .schemas.device import DeviceSpec
+from .schemas.layer import LayerSpec
+from .schemas.selection import Candidate, DecidedBy, Note
+from .selection import DeclaredPriority
+
+COST_SCHEMA_VERSION = 1
+
+
+class CostEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    layer: LayerSpec  # shape key: name and index are dropped
+    tokens: int = Field(gt=0)
+    median_us: float = Field(gt=0)
+    p10_us: float | None = None
+    p90_us: float | None = None
+
+
+class CostTable(BaseModel):
+    """Measured forward times per (backend, layer shape, token count) on one device."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = COST_SCHEMA_VERSION
+    device: DeviceSpec
+    card: str = ""  # the card's own name, e.g. "NVIDIA H100 80GB HBM3"
+    date: str = ""
+    versions: dict[str, str] = {}
+    entries: tuple[CostEntry, ...] = ()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CostTable":
+        """Read a cost table; ValueError (one line) for a missing or malformed file."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read cost table {path}: {exc.strerror or exc}") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path} is not a moe-registry cost table: {first}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=1) + "\n")
+
+    def points(self, backend: str, layer: LayerSpec) -> list[tuple[int, float]]:
+        key = layer.shape_key()
+        return sorted((e.tokens, e.median_us) for e in self.entries if e.backend == backend and e.layer == key)
+
+    def estimate_us(self, backend: str, layer: LayerSpec, tokens: int) -> float | None:
+        """Interpolated time (log-log between the nearest measured token counts; the nearest
+        measurement outside the measured range). None when the pair was never measured."""
+        pts = self.points(backend, layer)
+        if not pts:
+            return None
+        if tokens <= pts[0][0]:
+            return pts[0][1]
+        if tokens >= pts[-1][0]:
+            return pts[-1][1]
+        for (t0, y0), (t1, y1) in zip(pts, pts[1:]):
+            if t0 <= tokens <= t1:
+                f = (math.log(tokens) - math.log(t0)) / (math.log(t1) - math.log(t0))
+                return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
+        return None  # unreachable: the points are sorted
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MeasuredPolicy:
+    """Rank eligible backends by measured time for ``num_tokens`` tokens per forward (or, when
+    None, by the total over every measured token count: the same weight to decode and prefill).
+    Unmeasured candidates follow, in declared-priority order."""
+
+    costs: CostTable
+    num_tokens: int | None = None
+    fallback: DeclaredPriority = DeclaredPriority()
+
+    @property
+    def exact_activations(self) -> bool:
+        return self.fallback.exact_activations
+
+    @property
+    def allow_padding(self) -> bool:
+        return self.fallback.allow_padding
+
+    def key(self) -> str:
+        return f"measured({self.costs.digest()},T={self.num_tokens},{self.fallback.key()})"
+
+    def _cost(self, backend: str, layer: LayerSpec) -> float | None:
+        if self.num_tokens is not None:
+            return self.costs.estimate_us(backend, layer, self.num_tokens)
+        pts = self.costs.points(backend, layer)
+        return sum(t for _, t in pts) if pts else None
+
+    def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
+              device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]:
+        by_priority, _, _ = self.fallback.order(candidates, layer, device)
+        if (self.costs.device.sm, self.costs.device.vendor) != (device.sm, device.vendor):
+            note = Note(kind="measured", message=(
+                f"cost table measured on {self.costs.device.label()}, not {device.label()}: declared priority decides"))
+            return by_priority, "priority", (note,)
+        timed = [(c, self._cost(c.backend, layer)) for c in by_priority]
+        measured = sorted(((t, i, c) for i, (c, t) in enumerate(timed) if t is not None), key=lambda x: (x[0], x[1]))
+        if not measured:
+            note = Note(kind="measured", message="no measurement for this layer shape: declared priority decides")
+            return by_priority, "priority", (note,)
+        ordered = [c.model_copy(update={"estimated_us": round(t, 3)}) for t, _, c in measured]
+        ordered += [c for c, t in timed if t is None]
+        where = f"T={self.num_tokens}" if self.num_tokens is not None else "summed over measured T"
+        text = ", ".join(f"{c.backend} {c.estimated_us:g} us" for c in ordered if c.estimated_us is not None)
+        missing = [c.backend for c, t in timed if t is None]
+        note = Note(kind="measured", message=(
+            f"measured on {self.costs.card or self.costs.device.label()} ({where}): {text}"
+            + (f"; unmeasured, ranked by priority: {', '.join(missing)}" if missing else "")))
+        return ordered, "measured", (note,)

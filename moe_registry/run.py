@@ -1,0 +1,102 @@
+"""`moe-registry run`: one layer of a preset, at its real shape, on this machine.
+
+Builds random weights of the layer's shape (quantized like the checkpoint), selects a backend for
+this machine, runs it, and reports the backend, the time per forward and the error against the
+reference backend on the same (dequantized) weights.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from .planner import plan_model
+from .schemas.layer import RoutingMethod
+
+# Routers that need checkpoint tensors (DeepSeek's correction bias, Gemma 4's per-expert scale)
+# are replaced by softmax top-k renormalised: the experts' kernel sees the same kind of input.
+_SELF_CONTAINED = {RoutingMethod.SOFTMAX_TOPK, RoutingMethod.TOPK_SOFTMAX, RoutingMethod.SOFTMAX_TOPK_RENORM,
+                   RoutingMethod.LLAMA4, RoutingMethod.SIGMOID, RoutingMethod.SIGMOID_RENORM}
+
+
+def _timer(device):
+    import torch
+
+    if device.type == "cuda":
+        def run(fn, repeats: int) -> list[float]:
+            times = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e3)
+            return times
+    else:
+        def run(fn, repeats: int) -> list[float]:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e6)
+            return times
+    return run
+
+
+def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: str | None = None, seed: int = 0,
+                     force: str | None = None, quant: str | None = None, repeats: int = 20) -> dict[str, Any]:
+    import torch
+
+    from .backends.reference.kernel import ReferenceExperts
+    from .execution import build_experts, random_weights, route
+    from .selection import select_backend
+
+    if tokens < 1:
+        raise ValueError("--tokens must be at least 1")
+    if repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    plan = plan_model(preset, quant=quant, select=False)
+    by_index = {lp.layer.index: lp.layer for lp in plan.layers}
+    if layer not in by_index:
+        moe = sorted(by_index)
+        raise ValueError(f"layer {layer} of {plan.model} is not an MoE layer; MoE layers: "
+                         f"{moe[0]}-{moe[-1]} ({len(moe)})" if moe else f"{plan.model} has no MoE layers")
+    spec = by_index[layer]
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available here")
+
+    # Select for this machine (device=None: detected, packages checked); a CPU run on a GPU
+    # machine plans for the CPU instead.
+    from .schemas.device import detect
+
+    target = "cpu" if torch_device.type == "cpu" and detect().vendor != "cpu" else None
+    selection = select_backend(spec, target, force=force)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    weights = random_weights(spec, device=torch_device, seed=seed)
+    hidden = torch.randn(tokens, spec.hidden_size, generator=generator).to(torch_device, torch.bfloat16)
+    logits = torch.randn(tokens, spec.num_experts, generator=generator).to(torch_device)
+    method = spec.routing if spec.routing in _SELF_CONTAINED else RoutingMethod.SOFTMAX_TOPK_RENORM
+    topk_weights, topk_ids = route(logits, spec, method=method)
+
+    experts = build_experts(selection, weights)
+    reference = ReferenceExperts(spec, weights)
+    out = experts(hidden, topk_weights, topk_ids)  # warm-up (and first-use setup)
+    timer = _timer(torch_device)
+    times = timer(lambda: experts(hidden, topk_weights, topk_ids), repeats)
+    ref = reference(hidden, topk_weights, topk_ids).float()
+    diff = (out.float() - ref)
+    rel = (diff.norm() / ref.norm().clamp_min(1e-30)).item()
+    return {
+        "model": plan.model, "layer": spec.name, "shape": spec.describe(), "tokens": tokens,
+        "device": str(torch_device) + (f" ({torch.cuda.get_device_name(torch_device)})"
+                                       if torch_device.type == "cuda" else ""),
+        "backend": selection.backend, "decided_by": selection.decided_by, "fingerprint": selection.fingerprint,
+        "routing": method.value + ("" if method == spec.routing else f" (stand-in for {spec.routing.value if spec.routing else 'unknown'})"),
+        "median_us": round(statistics.median(times), 2), "repeats": repeats,
+        "rel_error_vs_reference": float(f"{rel:.3e}"),
+        "max_abs_error_vs_reference": float(f"{diff.abs().max().item():.3e}"),
+        "notes": [n.message for n in selection.notes],
+    }

@@ -309,26 +309,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .errors import BackendNotEligible, NoEligibleBackend
 
+    json_mode = False
     try:
         args = build_parser().parse_args(argv)
+        json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
         return handler(args)
     except (NoEligibleBackend, BackendNotEligible) as exc:
-        _print_no_backend(exc)
+        _print_no_backend(exc, json_mode)
         return EXIT_NO_BACKEND
-    except (BadInput, ValidationError, ValueError, OSError, KeyError) as exc:
+    except (BadInput, ValidationError, ValueError, OSError) as exc:
         # ValueError covers UnknownBackend, PlanError and quant/activation/device parse errors.
         print(f"moe-registry: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line; MOE_REGISTRY_DEBUG=1 shows the traceback
+        if os.environ.get("MOE_REGISTRY_DEBUG"):
+            raise
+        print(f"moe-registry: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set MOE_REGISTRY_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
-def _print_no_backend(exc: Exception) -> None:
+def _print_no_backend(exc: Exception, json_mode: bool) -> None:
     from . import render
     from .errors import BackendNotEligible
 
-    if "--json" in sys.argv:
+    if json_mode:
         if isinstance(exc, BackendNotEligible):
             data = {"error": "backend_not_eligible", "backend": exc.backend,
                     "reasons": [r.model_dump(mode="json") for r in exc.reasons]}

@@ -1,0 +1,170 @@
+"""The CLI: what `explain` shows, exit codes, one-line errors, plain output, the generated matrix."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from moe_registry.cli import main
+from moe_registry.models import preset_text
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_gemma4_nvfp4_on_b200_every_layer_on_trtllm(capsys):
+    code, out, err = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--json")
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert data["schema_version"] == 1 and data["moe_layers"] == 30
+    assert {layer["backend"] for layer in data["layers"]} == {"trtllm-nvfp4"}
+    (group,) = data["groups"]
+    assert group["layer"]["activation"] == "gelu_tanh" and group["layer"]["quant"]["kind"] == "nvfp4"
+    assert group["selection"]["engines"]["vllm"] == "flashinfer_trtllm"
+
+
+def test_explain_gemma4_nvfp4_on_h100_shows_fallback_and_sm100_reason(capsys):
+    code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "h100")
+    assert code == 0
+    assert "marlin" in out and "layers 0-29 (30)" in out
+    assert "trtllm-nvfp4" in out and "device_unsupported" in out and "SM100" in out
+    assert not ANSI.search(out)  # not a terminal: plain text
+
+
+def test_explain_markdown_is_pasteable(capsys):
+    code, out, _ = run(capsys, "explain", "deepseek-v3", "--device", "h100", "--markdown")
+    assert code == 0
+    assert out.startswith("## MoE backend plan: deepseek-v3")
+    assert "| layers 3-60 (58) |" in out and "| rejected backend | code | reason | hint |" in out
+
+
+def test_explain_tp8_breaks_nvfp4_groups_with_ep_hint_and_exit_3(capsys):
+    code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--json")
+    assert code == 3
+    group = json.loads(out)["groups"][0]
+    hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}
+    assert any("EP8 instead of TP8 keeps intermediate 704" in h for h in hints)
+    code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--ep", "8", "--json")
+    assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-nvfp4"}
+
+
+def test_select_exit_codes(capsys):
+    args = ["select", "--experts", "128", "--top-k", "8", "--hidden", "2816", "--intermediate", "704",
+            "--activation", "gelu_pytorch_tanh", "--quant", "nvfp4"]
+    assert run(capsys, *args, "--device", "b200")[0] == 0
+    code, _, err = run(capsys, *args, "--device", "h100", "--force", "trtllm-nvfp4")
+    assert code == 3 and "SM100" in err and err.count("\n") == 1
+    registry_ids = ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "torch-grouped-mm", "reference"]
+    forbid = [x for b in registry_ids for x in ("--forbid", b)]
+    code, out, _ = run(capsys, *args, "--device", "h100", *forbid, "--json")
+    assert code == 3 and json.loads(out)["error"] == "no_eligible_backend"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["explain", "/nonexistent/config.json"], "/nonexistent"),
+    (["explain", "no-such-model"], "no-such-model"),
+    (["explain", "qwen3-30b-a3b", "--device", "h300"], "unknown device 'h300'"),
+    (["explain", "qwen3-30b-a3b", "--tp", "5"], "TP5"),
+    (["explain", "qwen3-30b-a3b", "--quant", "int3"], "unknown quantization scheme"),
+    (["explain", "qwen3-30b-a3b", "--force", "marlinn"], "unknown backend 'marlinn'"),
+    (["select", "--experts", "8", "--top-k", "2", "--hidden", "64", "--intermediate", "64", "--activation", "x"],
+     "unknown activation 'x'"),
+    (["select", "--experts", "8", "--top-k", "9", "--hidden", "64", "--intermediate", "64"], "top_k (9) exceeds"),
+    (["select", "--experts", "8"], "required"),
+    (["nonsense"], "invalid choice"),
+    (["select", "--experts", "8", "--top-k", "2", "--hidden", "64", "--intermediate", "64", "--policy", "measured"],
+     "--costs"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, argv, needle):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("moe-registry: error:") and err.count("\n") == 1 and needle in err
+    assert "Traceback" not in err
+
+
+def test_malformed_and_truncated_files_exit_2(capsys, tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{"num_local_experts": 8, "hidden_size": ')
+    code, _, err = run(capsys, "explain", str(bad))
+    assert code == 2 and err.count("\n") == 1
+
+
+def _mutations():
+    text = preset_text("deepseek-v3")
+    return st.one_of(
+        st.integers(0, len(text)).map(lambda n: text[:n]),  # truncated
+        st.recursive(st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
+                     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
+                         ["num_experts", "num_local_experts", "n_routed_experts", "hidden_size", "moe_intermediate_size",
+                          "intermediate_size", "num_experts_per_tok", "num_hidden_layers", "hidden_act",
+                          "first_k_dense_replace", "quantization_config", "text_config", "mlp_only_layers",
+                          "decoder_sparse_step", "hybrid_override_pattern", "quant_method", "weight_block_size",
+                          "config_groups", "ignore", "bits", "group_size"]), children, max_size=8),
+                     max_leaves=20).map(json.dumps),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_mutations(), device=st.sampled_from(["h100", "b200", "cpu"]))
+def test_fuzzed_configs_never_traceback(tmp_path_factory, capsys, text, device):
+    path = tmp_path_factory.mktemp("cfg") / "config.json"
+    path.write_text(text)
+    code = main(["explain", str(path), "--device", device, "--json"])
+    _, err = capsys.readouterr()
+    assert code in (0, 2, 3), err
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.count("\n") == 1
+
+
+def test_backends_markdown_matches_the_committed_matrix(capsys):
+    code, out, _ = run(capsys, "backends", "--markdown")
+    assert code == 0
+    committed = (ROOT / "docs" / "capability-matrix.md").read_text()
+    assert out == committed, "docs/capability-matrix.md is stale: moe-registry backends --markdown > docs/capability-matrix.md"
+
+
+def test_backends_json_and_device_filter(capsys):
+    code, out, _ = run(capsys, "backends", "--json", "--device", "h100")
+    data = json.loads(out)
+    assert code == 0 and data["problems"] == []
+    by_id = {b["id"]: b for b in data["backends"]}
+    assert by_id["trtllm-nvfp4"]["runs_on_device"] is False
+    assert "fp8_block" in by_id["flashinfer-cutlass"]["quant_on_device"]
+    assert "nvfp4" not in by_id["flashinfer-cutlass"]["quant_on_device"]
+
+
+def test_schema_and_models(capsys):
+    code, out, _ = run(capsys, "schema")
+    data = json.loads(out)
+    assert code == 0 and set(data) == {"capability", "layer", "selection"}
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0 and "gemma-4-26b-a4b-nvfp4" in json.loads(out)
+
+
+def test_console_script_does_not_import_torch():
+    probe = ("import sys, io, contextlib; from moe_registry.cli import main; "
+             "f = io.StringIO();\nwith contextlib.redirect_stdout(f): rc = main(['explain', 'qwen3-235b-a22b', "
+             "'--device', 'b200', '--json'])\nprint(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]
+
+
+def test_no_color_env_gives_plain_text():
+    env = {"NO_COLOR": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "moe_registry.cli", "backends"], capture_output=True, text=True,
+                            env={**env, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and not ANSI.search(result.stdout)

@@ -27,9 +27,11 @@ DECLARATION = BackendCapability(
     kernel="torch.nn.functional.grouped_mm",
     adapter="moe_registry.backends.torch_grouped_mm.kernel:TorchGroupedMMExperts",
     devices=(
-        DeviceRule(min_sm=90, source=(
-            "PyTorch aten/src/ATen/native/cuda/GroupedBlas.cpp (CUTLASS grouped GEMM on SM90+); "
-            "flashinfer-moe-api.md 7 (measured ~448 TFLOP/s on H100)")),
+        # Only majors 9 and 10 take the CUTLASS path; elsewhere grouped_mm silently becomes one mm per
+        # expert after a host sync (GroupedMMUtils.h _grouped_mm_fallback): correct, but not this kernel.
+        DeviceRule(min_sm=90, max_sm=109, source=(
+            "PyTorch aten/src/ATen/native/cuda/GroupedBlas.cpp _grouped_mm_cuda: use_fast_path needs bf16 and "
+            "_scaled_mm_allowed_device (major 9 or 10); flashinfer-moe-api.md 7 (measured ~448 TFLOP/s on H100)")),
         DeviceRule(vendor="cpu", source="PyTorch >= 2.9 CPU fallback of grouped_mm (exercised by tests/test_grouped_mm_cpu.py)"),
     ),
     dtypes=("bf16",),
@@ -40,12 +42,12 @@ DECLARATION = BackendCapability(
           for kind in (QuantKind.FP8, QuantKind.FP8_BLOCK, QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4,
                        QuantKind.INT4_W4A16)),
     ),
-    shape_rules=(
-        ShapeRule(dimension="hidden", multiple_of=8, source=(
-            "PyTorch grouped_mm: operand strides must be 16-byte aligned (8 bf16 elements)")),
-        ShapeRule(dimension="intermediate", multiple_of=8, source=(
-            "PyTorch grouped_mm: operand strides must be 16-byte aligned (8 bf16 elements)")),
-    ),
+    shape_rules=tuple(
+        ShapeRule(dimension=dim, multiple_of=8, pad=True, source=(
+            "PyTorch aten/src/ATen/native/GroupedMMUtils.h check_valid_strides_and_return_transposed: non-unit "
+            "strides must be multiples of 16 bytes (8 bf16 elements); the adapter zero-pads"))
+        for dim in ("hidden", "intermediate")),
+    max_experts=1023,  # aten/src/ATen/native/cuda/GroupMM.cu: TORCH_CHECK(group_count < 1024)
     routing=RoutingSupport(precomputed=True, source="the adapter takes topk_ids / topk_weights"),
     features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True,
                             source="moe_registry.backends.torch_grouped_mm.kernel"),

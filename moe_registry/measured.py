@@ -65,7 +65,9 @@ class CostTable(BaseModel):
 
     def points(self, backend: str, layer: LayerSpec) -> list[tuple[int, float]]:
         key = layer.shape_key()
-        return sorted((e.tokens, e.median_us) for e in self.entries if e.backend == backend and e.layer == key)
+        # shape_key() on both sides: an entry written with a layer name still matches its shape.
+        return sorted((e.tokens, e.median_us) for e in self.entries
+                      if e.backend == backend and e.layer.shape_key() == key)
 
     def estimate_us(self, backend: str, layer: LayerSpec, tokens: int) -> float | None:
         """Interpolated time (log-log between the nearest measured token counts; the nearest
@@ -108,27 +110,40 @@ class MeasuredPolicy:
     def key(self) -> str:
         return f"measured({self.costs.digest()},T={self.num_tokens},{self.fallback.key()})"
 
-    def _cost(self, backend: str, layer: LayerSpec) -> float | None:
+    def _costs(self, backends: Sequence[str], layer: LayerSpec) -> tuple[dict[str, float | None], str]:
+        """Cost per backend (None: unmeasured) and the token counts it stands for."""
         if self.num_tokens is not None:
-            return self.costs.estimate_us(backend, layer, self.num_tokens)
-        pts = self.costs.points(backend, layer)
-        return sum(t for _, t in pts) if pts else None
+            return {b: self.costs.estimate_us(b, layer, self.num_tokens) for b in backends}, f"T={self.num_tokens}"
+        # Summed over the token counts every measured candidate has, so a backend that lacks a
+        # (costly) point, e.g. one that failed at large T, is not favoured by the gap. Without a
+        # common count: interpolated (clamped) estimates over the union.
+        measured = {b: {t for t, _ in self.costs.points(b, layer)} for b in backends}
+        measured = {b: ts for b, ts in measured.items() if ts}
+        grid = sorted(set.intersection(*measured.values())) if measured else []
+        if not grid:
+            grid = sorted(set().union(*measured.values())) if measured else []
+        costs: dict[str, float | None] = {b: None for b in backends}
+        for b in measured:
+            costs[b] = sum(self.costs.estimate_us(b, layer, t) or 0.0 for t in grid)
+        return costs, "summed over T=" + ",".join(map(str, grid))
 
     def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
               device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]:
         by_priority, _, _ = self.fallback.order(candidates, layer, device)
-        if (self.costs.device.sm, self.costs.device.vendor) != (device.sm, device.vendor):
+        # The same card, not just the same architecture: an H100 table would misplace an H200's
+        # crossovers (3.35 vs 4.8 TB/s of memory bandwidth).
+        if (self.costs.device.name, self.costs.device.sm) != (device.name, device.sm):
             note = Note(kind="measured", message=(
                 f"cost table measured on {self.costs.device.label()}, not {device.label()}: declared priority decides"))
             return by_priority, "priority", (note,)
-        timed = [(c, self._cost(c.backend, layer)) for c in by_priority]
+        costs, where = self._costs([c.backend for c in by_priority], layer)
+        timed = [(c, costs[c.backend]) for c in by_priority]
         measured = sorted(((t, i, c) for i, (c, t) in enumerate(timed) if t is not None), key=lambda x: (x[0], x[1]))
         if not measured:
             note = Note(kind="measured", message="no measurement for this layer shape: declared priority decides")
             return by_priority, "priority", (note,)
         ordered = [c.model_copy(update={"estimated_us": round(t, 3)}) for t, _, c in measured]
         ordered += [c for c, t in timed if t is None]
-        where = f"T={self.num_tokens}" if self.num_tokens is not None else "summed over measured T"
         text = ", ".join(f"{c.backend} {c.estimated_us:g} us" for c in ordered if c.estimated_us is not None)
         missing = [c.backend for c, t in timed if t is None]
         note = Note(kind="measured", message=(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import sys
 from typing import TYPE_CHECKING, Iterable
 
@@ -89,7 +90,10 @@ def check_requirement(backend: str, req: "Requirement") -> RequirementState:
     elif req.kind == "torch_op":
         ok = _torch_op_registered(req.name)
         detail = f"torch.ops.{req.name.replace('::', '.')} registered"
-        if not ok and req.package and _importable(req.package):
+        library = os.environ.get(req.library_env) if req.library_env else None
+        if not ok and library and os.path.isfile(library):
+            ok, detail = True, f"loadable from ${req.library_env} ({library})"
+        elif not ok and req.package and _importable(req.package):
             # Importing the package registers the op (vLLM loads _moe_C on import).
             ok, detail = True, f"{req.package} installed (importing it registers {req.name})"
         elif not ok:

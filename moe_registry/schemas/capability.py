@@ -156,6 +156,9 @@ class ActivationImpl(Sourced):
     """
 
     kernel_name: str
+    # The kernel's own enum value for this activation (e.g. FlashInfer ActivationType); adapters
+    # pass it to the kernel, so it is stated here and nowhere else.
+    kernel_value: int | None = None
     fidelity: Fidelity = "exact"
     max_abs_error: float | None = Field(default=None, ge=0)
     note: str = ""
@@ -245,6 +248,9 @@ class Requirement(Sourced):
     when: Condition = Condition()
     devices: tuple[DeviceRule, ...] | None = None  # only needed on these devices
     hint: str = ""
+    # torch_op: an environment variable that may name a library to load the op from (vLLM's _moe_C
+    # on a machine without a vLLM install); a set variable naming an existing file satisfies the check.
+    library_env: str | None = None
 
 
 class EngineNames(BaseModel):

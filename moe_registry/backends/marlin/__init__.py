@@ -47,12 +47,17 @@ DECLARATION = BackendCapability(
         ShapeRule(dimension="intermediate", multiple_of=64, source=f"{_CHECK}: intermediate % max(64, group)"),
         ShapeRule(dimension="intermediate", multiple_of=128, when=Condition(group_sizes=(128,)),
                   source=f"{_CHECK}: intermediate % max(64, group)"),
+        ShapeRule(dimension="intermediate", multiple_of=128, pad=True, when=Condition(gated=False), source=(
+            "vLLM csrc/moe/marlin_moe_wna16 thread configs all have thread_n 128 or 256, so GEMM1's N = I "
+            "(non-gated) must be a multiple of 128; stricter than check_moe_marlin_supports_config "
+            "(inferred from the kernel source; the adapter zero-pads)")),
     ),
     routing=RoutingSupport(precomputed=True, source=f"{_VLLM} fused_marlin_moe takes topk_ids / topk_weights"),
     features=FeatureSupport(bias=False, apply_router_weight_on_input=False, swigluoai_params=True, source=(
         "moe_registry.backends.marlin.kernel: biases and router weight on input are not wired in the adapter")),
     requirements=(Requirement(
         kind="torch_op", name="_moe_C::moe_wna16_marlin_gemm", package="vllm",
+        library_env="MOE_REGISTRY_VLLM_MOE_C",
         hint="pip install vllm (importing it registers torch.ops._moe_C), or point MOE_REGISTRY_VLLM_MOE_C at "
              "vLLM's _moe_C library",
         source="../shared/reference/gpu-machine-notes.md (vLLM 0.33.0 _moe_C_stable_libtorch.abi3.so)"),),

@@ -166,7 +166,7 @@ def _check_quant(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, pla
     if not on_device:
         rules = tuple(r for s in supports for r in (s.devices or ()))
         needs = " or ".join(r.describe() for r in rules)
-        v.reject(ReasonCode.QUANT_UNSUPPORTED, "quant", f"{kind.value} on {needs}", f"{kind.value} on {device.label()}",
+        v.reject(ReasonCode.QUANT_UNSUPPORTED, "quant.device", f"{kind.value} on {needs}", f"{kind.value} on {device.label()}",
                  f"{d.name} runs {kind.value} only on {needs}", _device_rule_hint(rules),
                  "; ".join(s.source for s in supports))
         return None

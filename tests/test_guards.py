@@ -7,6 +7,7 @@ import torch
 
 from moe_registry.backends.reference.kernel import ReferenceExperts
 from moe_registry.execution.guards import check_forward_inputs, check_weights
+from moe_registry.execution.routing import route
 from moe_registry.execution.weights import ExpertWeights, random_weights
 from moe_registry.schemas.layer import LayerSpec, ParallelConfig
 
@@ -133,3 +134,17 @@ def test_int4_group_size_must_match_the_layer():
     assert "int4 group size 64" in refuses("w13", check_weights, g64, w)
     zp = base.model_copy(update={"quant": base.quant.parse("int4_w4a16:g32:zp")})
     assert "zero points present" in refuses("w13", check_weights, zp, w)
+
+
+def test_route_marks_ids_so_forward_skips_the_range_sync_until_they_change():
+    from moe_registry.execution.guards import _known_in_range
+
+    layer = LayerSpec(num_experts=8, top_k=2, hidden_size=16, intermediate_size=16)
+    weights, ids = route(torch.randn(4, 8), layer)
+    assert _known_in_range(ids, 8) and not _known_in_range(ids, 7)
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    check_forward_inputs(layer, x, weights, ids)
+    ids[0, 0] = 8  # an in-place edit bumps the version: the range check runs again
+    assert not _known_in_range(ids, 8)
+    with pytest.raises(ValueError, match="topk_ids"):
+        check_forward_inputs(layer, x, weights, ids)

@@ -61,6 +61,22 @@ def _contiguous_strides(shape: torch.Size) -> list[int]:
     return strides[::-1]
 
 
+# route() yields ids in [0, E) by construction (top-k over E columns). It marks them with that
+# bound and the tensor's version counter, so forward can skip the range check's device sync; any
+# in-place change to the ids bumps the version and brings the check back.
+_ID_BOUND = "_moe_registry_id_bound"
+
+
+def mark_ids_in_range(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    setattr(ids, _ID_BOUND, (num_experts, ids._version))
+    return ids
+
+
+def _known_in_range(ids: torch.Tensor, num_experts: int) -> bool:
+    mark = getattr(ids, _ID_BOUND, None)
+    return mark is not None and mark[0] <= num_experts and mark[1] == ids._version
+
+
 def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any, topk_ids: Any, *,
                          device: Any = None, dtype: torch.dtype | None = None,
                          check_id_range: bool = True) -> None:
@@ -82,7 +98,7 @@ def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any
             raise _fail(name, f"{k} columns (layer top_k)", f"{t.shape[1]} columns", layer)
     _check_tensor("topk_weights", topk_weights, (T, k), (torch.float32,), where, layer)
     _check_tensor("topk_ids", topk_ids, (T, k), (torch.int32, torch.int64), where, layer)
-    if check_id_range and topk_ids.numel():
+    if check_id_range and topk_ids.numel() and not _known_in_range(topk_ids, E):
         lo, hi = torch.stack([topk_ids.min(), topk_ids.max()]).tolist()  # one device sync
         if lo < 0 or hi >= E:
             raise _fail("topk_ids", f"local expert ids in [0, {E})", f"min {lo} max {hi}", layer)

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..schemas.layer import LayerSpec, RoutingMethod
+from .guards import mark_ids_in_range
 
 # TRT-LLM's and transformers' renormalisation epsilon: keeps a zero sum finite, invisible otherwise.
 _RENORM_EPS = 1e-20
@@ -128,7 +129,7 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
         weights = weights * routed_scaling_factor
     else:  # pragma: no cover - every enum member is handled above
         raise NotImplementedError(f"routing method {method.value!r} has no reference implementation")
-    return weights.float().contiguous(), ids.to(torch.int32).contiguous()
+    return weights.float().contiguous(), mark_ids_in_range(ids.to(torch.int32).contiguous(), E)
 
 
 def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n_group: int | None,
@@ -187,4 +188,4 @@ def _custom(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
         lo, hi = torch.stack([ids.min(), ids.max()]).tolist()  # one device sync
         if lo < 0 or hi >= logits.shape[1]:
             raise ValueError(f"custom routing ids: expected values in [0, {logits.shape[1]}), got min {lo} max {hi}")
-    return weights.float().contiguous(), ids.to(torch.int32).contiguous()
+    return weights.float().contiguous(), mark_ids_in_range(ids.to(torch.int32).contiguous(), logits.shape[1])

@@ -16,7 +16,8 @@ from moe_registry.schemas.quant import QuantFamily, QuantKind, ScaleLayout
 
 _API = "flashinfer 0.7.2.post1 fused_moe/api.py L517-562"
 _KERNELS = "flashinfer data/csrc/fused_moe/cutlass_backend/cutlass_fused_moe_kernels.cuh L2237-2300, L2384"
-_ENUM = "flashinfer tllm_enums.py ActivationType"
+_ENUM = "flashinfer tllm_enums.py ActivationType"  # also the source of every kernel_value below
+_BINDING = "flashinfer data/csrc/fused_moe/cutlass_backend/flashinfer_cutlass_fused_moe_binding.cu"
 
 _BF16_ARCHS = (89, 90, 100, 103, 107, 110, 120, 121)  # _CUTLASS_BF16_ARCHS (= _CUTLASS_FP8_ARCHS)
 _NVFP4_ARCHS = (100, 103, 107, 110, 120, 121)  # _CUTLASS_NVFP4_ARCHS, _CUTLASS_MXFP8_MXFP4_ARCHS
@@ -40,26 +41,37 @@ DECLARATION = BackendCapability(
         "'Invalid backend' for other archs (e.g. SM80)")),),
     dtypes=("bf16", "fp16"),
     activations={
-        Activation.SILU: ActivationImpl(kernel_name="Swiglu (3)", source=f"{_ENUM}; {_KERNELS}"),
-        Activation.GELU: ActivationImpl(kernel_name="Geglu (4)", note="CUTLASS GELU epilogue uses erf", source=(
-            f"{_KERNELS} (Geglu = gelu(g) * u, erf); vLLM flashinfer_cutlass_moe.py L184 leaves GELU out of its "
-            "own list, a vLLM choice, not the kernel's")),
-        Activation.GELU_TANH: ActivationImpl(kernel_name="GegluTanh (8)", source=f"{_ENUM}; {_KERNELS} L2387"),
-        Activation.SWIGLUOAI: ActivationImpl(kernel_name="SwigluBias (5)", source=(
+        Activation.SILU: ActivationImpl(kernel_name="Swiglu", kernel_value=3, source=f"{_ENUM}; {_KERNELS}"),
+        Activation.GELU: ActivationImpl(
+            kernel_name="Geglu", kernel_value=4, note="CUTLASS GELU epilogue uses erf", source=(
+                f"{_ENUM}; {_KERNELS} (Geglu = gelu(g) * u, erf); vLLM flashinfer_cutlass_moe.py L184 leaves GELU "
+                "out of its own list, a vLLM choice, not the kernel's")),
+        Activation.GELU_TANH: ActivationImpl(kernel_name="GegluTanh", kernel_value=8,
+                                             source=f"{_ENUM}; {_KERNELS} L2387"),
+        Activation.SWIGLUOAI: ActivationImpl(kernel_name="SwigluBias", kernel_value=5, source=(
             f"{_KERNELS}: SwigluBias with swiglu_alpha / swiglu_beta / swiglu_limit (flashinfer-moe-api.md 1.3)")),
-        Activation.RELU2_NO_MUL: ActivationImpl(kernel_name="Relu2 (6)", source=f"{_ENUM}; vLLM L184"),
-        Activation.SILU_NO_MUL: ActivationImpl(kernel_name="Silu (2)", source=f"{_ENUM} (non-gated Silu)"),
-        Activation.GELU_NO_MUL: ActivationImpl(kernel_name="Gelu (0)", source=f"{_ENUM} (non-gated Gelu, erf)"),
+        Activation.RELU2_NO_MUL: ActivationImpl(kernel_name="Relu2", kernel_value=6, source=f"{_ENUM}; vLLM L184"),
+        Activation.SILU_NO_MUL: ActivationImpl(kernel_name="Silu", kernel_value=2,
+                                               source=f"{_ENUM} (non-gated Silu)"),
+        Activation.GELU_NO_MUL: ActivationImpl(kernel_name="Gelu", kernel_value=0,
+                                               source=f"{_ENUM} (non-gated Gelu, erf)"),
     },
     quant=(
-        QuantSupport(kind=QuantKind.BF16, devices=_on(_BF16_ARCHS, "_CUTLASS_BF16_ARCHS"), source=f"{_API}"),
-        QuantSupport(kind=QuantKind.FP16, devices=_on(_BF16_ARCHS, "_CUTLASS_BF16_ARCHS"), source=f"{_API}"),
+        # Unquantized weights run only with activations of the same dtype: FusedMoeRunner builds a
+        # runner for (fp16, fp16) and (bf16, bf16) only, anything else throws "Could not construct".
+        QuantSupport(kind=QuantKind.BF16, devices=_on(_BF16_ARCHS, "_CUTLASS_BF16_ARCHS"), dtypes=("bf16",),
+                     source=f"{_API}; {_BINDING} FusedMoeRunner L184-194 (bf16 weights with bf16 activations)"),
+        QuantSupport(kind=QuantKind.FP16, devices=_on(_BF16_ARCHS, "_CUTLASS_BF16_ARCHS"), dtypes=("fp16",),
+                     source=f"{_API}; {_BINDING} FusedMoeRunner L184-186 (fp16 weights with fp16 activations)"),
         QuantSupport(kind=QuantKind.FP8, devices=_on(_BF16_ARCHS, "_CUTLASS_FP8_ARCHS"), source=(
             f"{_API}; quant_scales order flashinfer-moe-api.md 1.6 (test_moe_fp8)")),
-        QuantSupport(kind=QuantKind.FP8_BLOCK, devices=_on(_HOPPER, "_CUTLASS_FP8_BLOCK_ARCHS"), source=(
-            f"{_API}; use_deepseek_fp8_block_scale needs SM90 and CUDA >= 12.8 (flashinfer-moe-api.md 1.5)")),
+        QuantSupport(kind=QuantKind.FP8_BLOCK, devices=_on(_HOPPER, "_CUTLASS_FP8_BLOCK_ARCHS"), dtypes=("bf16",),
+                     source=(f"{_API}; use_deepseek_fp8_block_scale needs SM90 and CUDA >= 12.8 (flashinfer-moe-api.md "
+                             f"1.5); bf16 input only: {_BINDING} FusedMoeRunner L192 builds the fp8-weight runner for "
+                             "bf16 activations only (fp16 throws 'Could not construct fused moe op', L315)")),
         QuantSupport(kind=QuantKind.MXFP4, devices=_on(_HOPPER, "_CUTLASS_W4A16_ARCHS"), dtypes=("bf16",),
-                     source=f"{_API}; W4A16 MXFP4 takes bf16 input only (flashinfer-moe-api.md 1.5)"),
+                     source=(f"{_API}; W4A16 MXFP4 takes bf16 input only (flashinfer-moe-api.md 1.5; {_BINDING} "
+                             "L270 'SM90 MXFP4 W4A16 supports BF16 activations only')")),
         QuantSupport(kind=QuantKind.INT4_FP8, group_sizes=(128,), devices=_on(_HOPPER, "_CUTLASS_W4A8_ARCHS"),
                      adapter_implemented=False,
                      source=f"{_API}; W4A8 INT4 group 128 (flashinfer-moe-api.md 1.6, test_moe_w4a8)"),
@@ -87,7 +99,18 @@ DECLARATION = BackendCapability(
           for dim in ("hidden", "intermediate")),
         # NVFP4's I % 16 (flashinfer-moe-api.md 1.7) is the format's scale group, checked for every backend.
         ShapeRule(dimension="hidden", multiple_of=64, when=Condition(quant=(QuantKind.NVFP4,)),
-                  source="flashinfer-moe-api.md 1.7: NVFP4 (SM100) H % 64"),
+                  source="flashinfer-moe-api.md 1.7: NVFP4 (SM100) H % 64; prepare.py prepare_cutlass_nvfp4_weights"),
+        # The fc1 block scales must have alignToSfDim(I, 64) rows per half (MinKDimAlignmentNVFP4 = 64,
+        # moe_gemm_kernels.h L118), and the 128x4 swizzle pads rows to 128, so the [up; gate] halves
+        # meet the kernel's layout only when I % 64 == 0 (gated, 2I % 128) or I % 128 == 0 (non-gated).
+        ShapeRule(dimension="intermediate", multiple_of=64, pad=True,
+                  when=Condition(gated=True, quant=(QuantKind.NVFP4,)), source=(
+                      f"{_BINDING} runMoe ~L1489-1500: fc1 weight block rows == alignToSfDim(I, 64) * 2; 128-row "
+                      "swizzled scales (fused_moe/runners.py CutlassNvfp4Runner: round_up(gemm1_rows, 128))")),
+        ShapeRule(dimension="intermediate", multiple_of=128, pad=True,
+                  when=Condition(gated=False, quant=(QuantKind.NVFP4,)), source=(
+                      f"{_BINDING} runMoe ~L1501-1511: fc1 weight block rows == alignToSfDim(I, 64); 128-row "
+                      "swizzled scales (fused_moe/runners.py CutlassNvfp4Runner: round_up(gemm1_rows, 128))")),
     ),
     routing=RoutingSupport(precomputed=True, source="cutlass_fused_moe takes token_selected_experts / token_final_scales"),
     features=FeatureSupport(bias=True, swigluoai_params=True, source=(
@@ -95,12 +118,12 @@ DECLARATION = BackendCapability(
     requirements=(
         Requirement(kind="package", name="flashinfer-python", package="flashinfer-python", import_name="flashinfer",
                     hint="pip install flashinfer-python", source="flashinfer-moe-api.md 6"),
-        Requirement(kind="jit_module", name="fused_moe_90", package="flashinfer-python",
-                    probe="moe_registry.backends.flashinfer_cutlass.jit:fused_moe_module_status",
-                    build_cost="well over 40 minutes on 16 cores (87 of 242 objects after 19 min)",
-                    devices=(DeviceRule(sm=(90,), source="core.py get_cutlass_fused_moe_module('90')"),),
-                    hint="prebuild it once (flashinfer.jit.fused_moe.gen_cutlass_fused_moe_sm90_module()"
-                         ".build_and_load()) and keep the cache, or install flashinfer-jit-cache",
+        Requirement(kind="jit_module", name="fused_moe JIT module", package="flashinfer-python",
+                    probe="moe_registry.backends._flashinfer_common:fused_moe_module_status",
+                    build_cost=("well over 40 minutes for fused_moe_90 on 16 cores (measured: 87 of 242 objects "
+                                "after 19 min); other archs unmeasured"),
+                    hint="prebuild it once (flashinfer.jit.fused_moe.gen_cutlass_fused_moe_sm<arch>_module()"
+                         ".build_and_load(), e.g. sm90) and keep the cache, or install flashinfer-jit-cache",
                     source="flashinfer-moe-api.md 1.9 (measured on the project's H100/H200 machines)"),
     ),
     priority={QuantFamily.UNQUANTIZED: 70, QuantFamily.FP8: 80, QuantFamily.NVFP4: 80, QuantFamily.MXFP4: 80,

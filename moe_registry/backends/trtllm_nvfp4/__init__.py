@@ -17,7 +17,8 @@ from moe_registry.schemas.layer import RoutingMethod
 from moe_registry.schemas.quant import QuantFamily, QuantKind, ScaleLayout
 
 _VLLM = "vLLM 0.33.0 model_executor/layers/fused_moe/experts/trtllm_nvfp4_moe.py"
-_LAUNCHER = "flashinfer 0.7.2.post1 data/csrc/trtllm_fused_moe_runner.cu activationTypeToGatedActType / EltwiseActType"
+_LAUNCHER = ("flashinfer 0.7.2.post1 data/csrc/trtllm_fused_moe_runner.cu activationTypeToGatedActType / "
+             "EltwiseActType; kernel_value: tllm_enums.py ActivationType")
 
 DECLARATION = BackendCapability(
     id="trtllm-nvfp4",
@@ -33,19 +34,20 @@ DECLARATION = BackendCapability(
         "FusedMoeLauncher::init_common requires SM 10.x; vLLM trtllm_nvfp4_moe.py L204 (family 100)")),),
     dtypes=("bf16",),
     activations={
-        Activation.SILU: ActivationImpl(kernel_name="Swiglu (3)", source=f"{_LAUNCHER}; {_VLLM} _supports_activation"),
-        Activation.GELU: ActivationImpl(kernel_name="Geglu (4)", source=(
+        Activation.SILU: ActivationImpl(kernel_name="Swiglu", kernel_value=3,
+                                        source=f"{_LAUNCHER}; {_VLLM} _supports_activation"),
+        Activation.GELU: ActivationImpl(kernel_name="Geglu", kernel_value=4, source=(
             f"{_LAUNCHER} (Geglu -> ActType::GeGlu); vLLM PR #41050 (GELU enabled, Gemma 4); vLLM "
             "quantization/utils/flashinfer_utils.py L31 maps GELU to Geglu"), note=(
             "the GeGlu gate's phi is inside closed cubins; KernelRunner.h documents the tanh form only for the "
             "element-wise Gelu")),
         Activation.GELU_TANH: ActivationImpl(
-            kernel_name="Geglu (4)", fidelity="approximate", max_abs_error=GELU_TANH_MAX_ABS_DIFF,
+            kernel_name="Geglu", kernel_value=4, fidelity="approximate", max_abs_error=GELU_TANH_MAX_ABS_DIFF,
             note="TRT-LLM-gen has no GegluTanh (the launcher accepts 3, 4, 6, 7, 9, 10), so the tanh form runs "
                  "through the Geglu gate",
             source="flashinfer-moe-api.md 2.1 (activation_type values accepted); vLLM flashinfer_utils.py L31 maps "
-                   "GELU_TANH to Geglu"),
-        Activation.RELU2_NO_MUL: ActivationImpl(kernel_name="Relu2 (6)", source=f"{_LAUNCHER}; {_VLLM}"),
+                   "GELU_TANH to Geglu; kernel_value: tllm_enums.py ActivationType.Geglu"),
+        Activation.RELU2_NO_MUL: ActivationImpl(kernel_name="Relu2", kernel_value=6, source=f"{_LAUNCHER}; {_VLLM}"),
     },
     quant=(QuantSupport(
         kind=QuantKind.NVFP4, activation_scale_layout=ScaleLayout.LINEAR,

@@ -209,7 +209,11 @@ def main() -> int:
         cap = torch.cuda.get_device_capability(dev)
         props = torch.cuda.get_device_properties(dev)
         print(f"device {props.name}, SM{cap[0]}{cap[1]}, {props.multi_processor_count} SMs")
-    path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("MOE_REGISTRY_VLLM_MOE_C")
+    # --case N runs only case N (one process per case isolates a hung kernel); --list prints them.
+    args = sys.argv[1:]
+    only = int(args[args.index("--case") + 1]) if "--case" in args else None
+    args = [a for i, a in enumerate(args) if a != "--case" and (i == 0 or args[i - 1] != "--case")]
+    path = args[0] if args else os.environ.get("MOE_REGISTRY_VLLM_MOE_C")
     ns = getattr(torch.ops, "_moe_C")
     if not hasattr(ns, "moe_wna16_marlin_gemm"):
         if not path:
@@ -239,7 +243,9 @@ def main() -> int:
     cases += [("nvfp4", "nvfp4", 16, torch.bfloat16), ("nvfp4", "nvfp4", 16, torch.float16),
               ("mxfp4", "mxfp4", 32, torch.bfloat16)]
     print("\nE=3 K=512 N=256 T=5 top2 block16 mul_topk_weights=True; rel err vs float32 dense")
-    for label, kind, group, dtype in cases:
+    for index, (label, kind, group, dtype) in enumerate(cases):
+        if only is not None and index != only:
+            continue
         tol = 1e-2 if dtype == torch.bfloat16 else 3e-3
         name = f"{label:<14} g{group:<4} {str(dtype)[6:]:<9}"
         try:
@@ -252,6 +258,9 @@ def main() -> int:
             print(f"  {name} ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             traceback.print_exc(limit=2)
 
+    if only is not None:
+        print("\nSMOKE", "PASS" if ok else "FAIL")
+        return 0 if ok else 1
     if hasattr(ns, "moe_align_block_size"):
         try:
             T, k, E, block = 7, 2, 8, 16

@@ -315,13 +315,9 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
 
 def verification_text(d: BackendCapability) -> str:
     """Per device family: verified on hardware (with the record) or only cited from upstream."""
-    parts = [f"{h.devices} {h.status}" + (f" ({h.record})" if h.record else "") + (f": {h.note}" if h.note else "")
-             for h in d.hardware]
-    verified = sorted({tag for impl in d.activations.values() for tag in impl.verified_on}
-                      | {tag for s in d.quant for tag in s.verified_on})
-    if verified and not any(h.status == "verified" for h in d.hardware):
-        parts.append("facts verified on " + ", ".join(verified))
-    return "; ".join(parts) or "cited from upstream source only"
+    from .probe import verification_lines
+
+    return " | ".join(verification_lines(d))
 
 
 def print_matrix(console: "Console", declarations: Iterable[BackendCapability], device: DeviceSpec | None) -> None:

@@ -218,7 +218,9 @@ def _check_format_groups(layer: LayerSpec, v: _Verdict) -> None:
         return
     for dimension in ("hidden", "intermediate"):
         value = dimension_value(layer, dimension)
-        if value % group:
+        # A partial last group is fine where the format allows one, unless TP cuts through it.
+        unsplit = dimension == "hidden" or layer.parallel.tp == 1
+        if value % group and not (layer.quant.partial_last_group and unsplit):
             hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
             v.reject(ReasonCode.SHAPE_UNALIGNED, dimension, f"multiple of {group}", str(value),
                      f"per-rank {dimension} {value} splits {layer.quant.kind.value}'s {group}-element scale groups",

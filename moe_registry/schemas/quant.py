@@ -142,6 +142,13 @@ class QuantScheme(BaseModel):
         return self.family is not QuantFamily.UNQUANTIZED
 
     @property
+    def partial_last_group(self) -> bool:
+        """Whether a weight may end in a partial scale group along K: DeepSeek's 128x128 blocks are
+        ceil(N/128) x ceil(K/128) (README_WEIGHTS.md), so I=704 is a valid fp8_block checkpoint; the
+        other formats need K % group == 0 (GPTQ packing, NvFP4/MXFP4 quantizers)."""
+        return self.kind is QuantKind.FP8_BLOCK
+
+    @property
     def scale_group_k(self) -> int | None:
         """K elements per weight scale (the alignment a per-rank K must keep), None if none."""
         return self.group_size if self.group_size and self.group_size > 0 else None

@@ -38,7 +38,8 @@ DECLARATION = BackendCapability(
     activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN) for act in Activation},
     quant=(
         QuantSupport(kind=QuantKind.BF16, source="torch grouped_mm takes bf16 operands"),
-        *(QuantSupport(kind=kind, dequantized_at_load=True, source=_DEQUANT)
+        # Dequantizing handles zero points and act-order g_idx alike (moe_registry.formats.int4).
+        *(QuantSupport(kind=kind, dequantized_at_load=True, zero_point=True, act_order=True, source=_DEQUANT)
           for kind in (QuantKind.FP8, QuantKind.FP8_BLOCK, QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4,
                        QuantKind.INT4_W4A16)),
     ),

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ...execution.activations import apply_activation
 from ...execution.base import Experts, pad_weights
+from ...execution.declared import check_declared
 from ...execution.guards import check_forward_inputs, check_weights
 from ...execution.weights import ExpertWeights, torch_dtype
 from ...schemas.activation import Activation
@@ -205,6 +206,11 @@ class TorchGroupedMMExperts(Experts):
         weight_layout: WeightLayout | None = None,
     ) -> None:
         super().__init__(layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
+        # What the declaration says this backend does not run (fp16, W4A8/MXFP8 schemes whose activation
+        # quantization a dequantize-at-load path would silently drop, unpadded misaligned sizes, > 1023
+        # experts) is refused here from the declaration itself, not from a second list.
+        check_declared(self.backend, layer, None, hidden_padded=self.hidden_padded,
+                       intermediate_padded=self.intermediate_padded)
         self.weight_layout: WeightLayout = weight_layout or self.default_weight_layout
         if self.weight_layout not in ("k_major", "n_major"):
             raise ValueError(f"weight_layout must be 'k_major' or 'n_major', got {self.weight_layout!r}")
@@ -224,17 +230,6 @@ class TorchGroupedMMExperts(Experts):
                             interleaved=bool(swiglu and swiglu.interleaved))
         device = plain.w2.device
 
-        align = alignment_elements(dtype)
-        for what, size, option in (("hidden", self.hidden_padded, "pad_hidden_to"),
-                                   ("intermediate", self.intermediate_padded, "pad_intermediate_to")):
-            if size % align:
-                fix = (size + align - 1) // align * align
-                raise ValueError(
-                    f"torch grouped_mm needs the {what} size to be a multiple of {align} for {layer.dtype} "
-                    f"(16-byte strides), got {size}; pass {option}={fix}")
-        if device.type == "cuda" and E > GROUPED_MM_MAX_GROUPS:
-            raise ValueError(f"torch grouped_mm handles at most {GROUPED_MM_MAX_GROUPS} groups (local experts), "
-                             f"got {E}")
         # bf16 on SM90/SM100: CUTLASS, no host sync. Otherwise PyTorch's per-group fallback.
         self.fast_path = uses_fast_path(dtype, device)
 

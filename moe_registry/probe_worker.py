@@ -1,0 +1,331 @@
+"""The probe's worker: runs one backend's combinations and streams one JSON line per result.
+
+``python -m moe_registry.probe_worker JOB.json [--start N]`` runs combinations ``N..`` of the job
+written by ``moe_registry.probe`` (one backend, its adapter ``module:Class``, the combinations in
+order) and writes, on its own stdout, one JSON object per line:
+
+- ``{"event": "hello", ...}`` once the adapter class is imported (or ``"error"`` if it is not);
+- ``{"event": "result", "index": i, "status": ..., ...}`` per finished combination, in order;
+- ``{"event": "exit", "reason": "cuda_context"}`` just before exiting after a CUDA error (the
+  context is unusable; the parent starts a fresh worker at the next combination).
+
+Anything else the adapter prints goes to stderr: the protocol has a file descriptor of its own.
+The parent treats a worker that dies without a result for the combination in flight (segfault,
+``os.abort``, a kernel that kills the process) as "raised: worker crashed" for that combination.
+
+Each combination builds random weights of its layer (quantized with the layer's scheme; cached
+across activations of the same shape), random hidden states and routing, constructs the adapter
+directly (no selection: undeclared combinations are attempted too), runs ``forward`` and compares
+with the oracle: ``ReferenceExperts`` on the same weights, or, for the ``reference`` backend
+itself, an independent float64 dense evaluation written below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import importlib
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from typing import Any, Callable
+
+EXIT_CUDA_CONTEXT = 3  # the worker stopped after a CUDA error; restart it at the next combination
+
+# Texts that mean the CUDA context is poisoned: every later CUDA call in this process fails.
+CUDA_POISON_MARKERS = ("CUDA error", "illegal memory access", "CUBLAS_STATUS_EXECUTION_FAILED",
+                       "device-side assert")
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """``Type: message`` on one line (whitespace collapsed, cut at ``limit`` characters)."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def poisons_cuda(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(marker in text for marker in CUDA_POISON_MARKERS)
+
+
+def load_adapter(spec: str) -> type:
+    from moe_registry.execution.base import Experts
+
+    module_name, _, class_name = spec.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Experts)):
+        raise TypeError(f"adapter {spec!r} is not an Experts subclass")
+    return cls
+
+
+# --- The float64 oracle (for the reference backend itself) ----------------------------------------
+
+def _act64(h: Any, layer: Any) -> Any:
+    """Every activation from its definition, in float64 (shares no code with execution.activations)."""
+    import torch
+
+    from moe_registry.schemas.activation import Activation
+
+    act = layer.activation
+    if act is Activation.SWIGLUOAI:
+        p = layer.swigluoai
+        n = h.shape[-1] // 2
+        gate, up = (h[..., 0::2], h[..., 1::2]) if p.interleaved else (h[..., :n], h[..., n:])
+        if p.limit is not None:
+            gate = torch.minimum(gate, torch.full_like(gate, p.limit))
+            up = torch.maximum(torch.minimum(up, torch.full_like(up, p.limit)), torch.full_like(up, -p.limit))
+        return (up + p.up_offset) * gate / (1 + torch.exp(-p.alpha * gate))
+
+    def silu(g: Any) -> Any:
+        return g / (1 + torch.exp(-g))
+
+    def gelu(g: Any) -> Any:
+        return 0.5 * g * (1 + torch.special.erf(g / math.sqrt(2)))
+
+    def gelu_tanh(g: Any) -> Any:
+        return 0.5 * g * (1 + torch.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g ** 3)))
+
+    def relu2(g: Any) -> Any:
+        return torch.where(g > 0, g * g, torch.zeros_like(g))
+
+    fn = {Activation.SILU: silu, Activation.GELU: gelu, Activation.GELU_TANH: gelu_tanh,
+          Activation.SILU_NO_MUL: silu, Activation.GELU_NO_MUL: gelu, Activation.GELU_TANH_NO_MUL: gelu_tanh,
+          Activation.RELU2_NO_MUL: relu2}[act]
+    if not act.is_gated:
+        return fn(h)
+    n = h.shape[-1] // 2
+    return fn(h[..., :n]) * h[..., n:]
+
+
+def dense_oracle(layer: Any, weights: Any, x: Any, topk_weights: Any, topk_ids: Any) -> Any:
+    """Every expert for every (token, slot) pair with dense einsums, combined through a one-hot
+    ``[T, k, E]`` matrix; float64 throughout, on the dequantized weights. Returns ``[T, H]`` float64."""
+    import torch
+
+    d = torch.float64
+    plain = weights.dequantized(torch.float32)
+    w13, w2 = plain.w13.to(d), plain.w2.to(d)
+    n_exp = w2.shape[0]
+    X, S = x.to(d), topk_weights.to(d)
+    T, k = topk_ids.shape
+    onehot = torch.nn.functional.one_hot(topk_ids.long(), n_exp).to(d)  # [T, k, E]
+    if layer.apply_router_weight_on_input:
+        xin, scale = S[..., None] * X[:, None, :], torch.ones_like(S)
+    else:
+        xin, scale = X[:, None, :].expand(T, k, X.shape[1]), S
+    h = torch.einsum("tjh,erh->tjer", xin, w13)
+    if plain.w13_bias is not None:
+        h = h + plain.w13_bias.to(d)
+    y = torch.einsum("tjei,ehi->tjeh", _act64(h, layer), w2)
+    if plain.w2_bias is not None:
+        y = y + plain.w2_bias.to(d)
+    return torch.einsum("tje,tj,tjeh->th", onehot, scale, y)
+
+
+# --- Running combinations -----------------------------------------------------------------------
+
+class _Context:
+    """Per-worker state: the device, and small caches (same key, same seed, same data) of weights,
+    their float32 dequantization (the oracles' input) and inputs. Combinations arrive ordered by
+    scheme, then weight shape, then activation, so a few entries cover every reuse."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self._weights: dict[str, Any] = {}
+        self._plain: dict[str, Any] = {}
+        self._inputs: dict[str, Any] = {}
+
+    @staticmethod
+    def _put(cache: dict[str, Any], key: str, value: Any, size: int) -> Any:
+        while len(cache) >= size:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+        return value
+
+    @staticmethod
+    def weights_key(layer: Any) -> str:
+        return (f"E{layer.local_num_experts} R{layer.gemm1_rows} H{layer.hidden_size} "
+                f"I{layer.local_intermediate_size} {layer.quant.label()} {layer.dtype} bias{layer.bias}")
+
+    def weights(self, layer: Any) -> Any:
+        from moe_registry.execution.weights import random_weights, torch_dtype
+
+        key = self.weights_key(layer)
+        if key not in self._weights:
+            seed = zlib.crc32(key.encode()) & 0x7FFFFFFF
+            self._put(self._weights, key,
+                      random_weights(layer, device=self.device, dtype=torch_dtype(layer), seed=seed), 4)
+        return self._weights[key]
+
+    def plain(self, layer: Any) -> Any:
+        """The layer's weights dequantized to float32 (what the reference computes with)."""
+        key = self.weights_key(layer)
+        if key not in self._plain:
+            self._put(self._plain, key, self.weights(layer).dequantized(self.torch.float32), 2)
+        return self._plain[key]
+
+    def inputs(self, layer: Any, tokens: int) -> tuple[Any, Any, Any]:
+        from moe_registry.execution.routing import route
+        from moe_registry.execution.weights import torch_dtype
+
+        torch = self.torch
+        key = f"T{tokens} H{layer.hidden_size} E{layer.num_experts} k{layer.top_k} {layer.dtype}"
+        if key not in self._inputs:
+            gen = torch.Generator(device=self.device).manual_seed(zlib.crc32(key.encode()) & 0x7FFFFFFF)
+            x = torch.randn(tokens, layer.hidden_size, generator=gen, device=self.device).to(torch_dtype(layer))
+            logits = torch.randn(tokens, layer.num_experts, generator=gen, device=self.device)
+            topk_weights, topk_ids = route(logits, layer)
+            self._put(self._inputs, key, (x, topk_weights, topk_ids), 4)
+        return self._inputs[key]
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+
+def _compare(ctx: _Context, out: Any, ref: Any, layer: Any, tokens: int, tolerance: float) -> dict[str, Any]:
+    from moe_registry.execution.weights import torch_dtype
+
+    torch = ctx.torch
+    expected = (tokens, layer.hidden_size)
+    if not isinstance(out, torch.Tensor):
+        return {"status": "wrong", "message": f"forward returned a {type(out).__name__}, not a tensor"}
+    if tuple(out.shape) != expected:
+        return {"status": "wrong", "message": f"output shape {list(out.shape)}, expected {list(expected)}"}
+    if out.dtype != torch_dtype(layer):
+        return {"status": "wrong", "message": f"output dtype {out.dtype}, expected {torch_dtype(layer)} (layer dtype)"}
+    out32, ref32 = out.float(), ref.float()
+    if not bool(torch.isfinite(out32).all()):
+        bad = int((~torch.isfinite(out32)).sum())
+        return {"status": "wrong", "message": f"non-finite output ({bad} NaN/inf values)", "rel_error": None}
+    diff = out32 - ref32
+    denom = float(ref32.norm())
+    rel = float(diff.norm()) / denom if denom > 0 else float(diff.norm())
+    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
+    result = {"rel_error": rel, "max_abs_error": max_abs}
+    if rel <= tolerance:
+        return {"status": "passed", **result}
+    return {"status": "wrong", "message": f"relative error {rel:.3g} > tolerance {tolerance:g}", **result}
+
+
+def run_combo(ctx: _Context, cls: type, combo: dict[str, Any], oracle: str) -> dict[str, Any]:
+    """One combination -> a result dict (status, errors, message). Never raises; ``fatal`` marks a
+    CUDA error after which this process must not run anything else."""
+    from moe_registry.schemas.layer import LayerSpec
+
+    layer = LayerSpec.model_validate(combo["layer"])
+    tokens = int(combo["tokens"])
+    try:
+        weights = ctx.weights(layer)
+        x, topk_weights, topk_ids = ctx.inputs(layer, tokens)
+    except Exception as exc:  # the format cannot represent these weights: nothing to run
+        if poisons_cuda(exc):
+            return {"status": "raised", "message": "while building inputs: " + one_line(exc), "fatal": True}
+        return {"status": "skipped", "message": "cannot build the layer's weights: " + one_line(exc)}
+    try:
+        experts = cls(layer, weights, pad_hidden_to=combo.get("pad_hidden_to"),
+                      pad_intermediate_to=combo.get("pad_intermediate_to"))
+        out = experts(x, topk_weights, topk_ids)
+        ctx.sync()  # an asynchronous kernel error belongs to this combination, not the next
+    except Exception as exc:
+        return {"status": "raised", "message": one_line(exc), "fatal": poisons_cuda(exc)}
+    finally:
+        experts = None  # noqa: F841  (free the adapter's prepared weights before the oracle)
+    try:
+        plain = ctx.plain(layer)
+        if oracle == "float64":
+            ref = dense_oracle(layer, plain, x, topk_weights, topk_ids)
+        else:
+            from moe_registry.backends.reference.kernel import ReferenceExperts
+
+            # The reference on the same weights: it computes with their float32 dequantization,
+            # which is cached here and handed over as plain weights (the same numbers it would
+            # dequantize itself, without paying for it per activation).
+            ref = ReferenceExperts(layer.replace(quant={"kind": "bf16"}), plain)(x, topk_weights, topk_ids)
+        ctx.sync()
+    except Exception as exc:
+        if poisons_cuda(exc):
+            return {"status": "raised", "message": "the oracle failed after this backend ran: " + one_line(exc),
+                    "fatal": True}
+        return {"status": "skipped", "message": "the oracle failed: " + one_line(exc)}
+    try:
+        return _compare(ctx, out, ref, layer, tokens, float(combo["tolerance"]))
+    except Exception as exc:
+        return {"status": "raised", "message": "reading the output failed: " + one_line(exc),
+                "fatal": poisons_cuda(exc)}
+
+
+def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: bool = True) -> int:
+    """Run ``job["combos"][start:]``, emitting one event per result. Returns the exit code:
+    0 when done, ``EXIT_CUDA_CONTEXT`` when stopped after a CUDA error."""
+    try:
+        import torch
+
+        cls = load_adapter(job["adapter"])
+    except BaseException as exc:  # an ImportError, or a library that fails to load
+        emit({"event": "hello", "error": one_line(exc)})
+        return 0
+    hello: dict[str, Any] = {"event": "hello", "pid": os.getpid(), "torch": torch.__version__,
+                             "cuda": torch.version.cuda}
+    if job["device"] == "cuda":
+        try:
+            hello["card"] = torch.cuda.get_device_name(0)
+        except Exception as exc:
+            emit({"event": "hello", "error": "CUDA is not usable in the worker: " + one_line(exc)})
+            return 0
+    emit(hello)
+    ctx = _Context(job["device"])
+    # On the CPU the combinations are small: one intra-op thread. Several threads gain little here
+    # and, on a shared machine, OpenMP's spinning barriers make each op ~10x slower under load.
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("MOE_REGISTRY_PROBE_THREADS", "1"))))
+    try:
+        for combo in job["combos"][start:]:
+            t0 = time.perf_counter()
+            result = run_combo(ctx, cls, combo, job["oracle"])
+            fatal = bool(result.pop("fatal", False))
+            emit({"event": "result", "index": combo["index"], "seconds": round(time.perf_counter() - t0, 4),
+                  **result})
+            if fatal and stop_on_cuda_error:
+                emit({"event": "exit", "reason": "cuda_context"})
+                return EXIT_CUDA_CONTEXT
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moe_registry.probe_worker")
+    parser.add_argument("job")
+    parser.add_argument("--start", type=int, default=0)
+    args = parser.parse_args(argv)
+    # The protocol gets a descriptor of its own; fd 1 (and sys.stdout) become stderr, so whatever a
+    # kernel library prints cannot corrupt the stream.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    faulthandler.enable(file=sys.stderr)  # a segfault or abort leaves its cause on stderr
+
+    def emit(event: dict[str, Any]) -> None:
+        protocol.write(json.dumps(event) + "\n")
+        protocol.flush()
+
+    with open(args.job, encoding="utf-8") as f:
+        job = json.load(f)
+    code = run_job(job, args.start, emit)
+    protocol.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,12 +17,12 @@ step() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s) ==="
   > "$OUT/r/env.txt" 2>&1; cat "$OUT/r/env.txt"
 for s in "$@"; do case $s in
   smoke) step marlin-smoke 60 python3 tests/gpu/marlin_smoke.py ;;
-  smokecases) for i in $(seq 0 13); do step "marlin-case-$i" 25 python3 tests/gpu/marlin_smoke.py --case "$i"; done ;;
+  smokecases) for i in $(seq 0 13); do step "marlin-case-$i" 15 python3 tests/gpu/marlin_smoke.py --case "$i"; done ;;
   marlin) step marlin-tests 150 python3 -m pytest -m gpu tests/gpu/test_marlin_gpu.py -q -rs -p no:cacheprovider \
             -k "not fp4 and not nvfp4 and not mxfp4" ;;
   tests) step gpu-tests 170 python3 -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider ;;
   verify) step verify 100 python3 benchmarks/verify_gpu.py "$OUT/r/torch-grouped-mm-verify.json" ;;
-  probe) step probe 170 python3 -m moe_registry.cli probe --out "$OUT/r/probe.json" ;;
+  probe) MOE_REGISTRY_PROBE_TIMEOUT=20 step probe 170 python3 -m moe_registry.cli probe --out "$OUT/r/probe.json" ;;
   bench) step bench-moe 230 python3 benchmarks/bench_moe.py --out "$OUT/r/bench-moe.json" --plot "$OUT/r/bench-moe.png" ;;
   policy) step measured-policy 230 python3 benchmarks/measured_policy.py --out-dir "$OUT/r/measured-policy" --budget-s 200 ;;
 esac; done

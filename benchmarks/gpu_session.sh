@@ -5,6 +5,10 @@
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/r"
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# vLLM's Marlin MoE kernels ship as sm_80 SASS + compute_80 PTX (no sm_90 cubin in the wheel's
+# _moe_C): on an H100 the driver JIT-compiles each kernel variant on first use. Keep every compiled
+# variant in the cache for the later steps of this session.
+export CUDA_CACHE_MAXSIZE=4294967296
 if [ -d .whl ] && [ ! -d /tmp/site/pydantic ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
@@ -23,8 +27,13 @@ for s in "$@"; do case $s in
   tests) step gpu-tests 170 python3 -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider ;;
   verify) step verify 100 python3 benchmarks/verify_gpu.py "$OUT/r/torch-grouped-mm-verify.json" ;;
   probe) MOE_REGISTRY_PROBE_TIMEOUT=20 step probe 170 python3 -m moe_registry.cli probe --out "$OUT/r/probe.json" ;;
+  probe-sm90) step probe-sm90 110 python3 -m moe_registry.cli probe --backend torch-grouped-mm --backend reference \
+            --out "$OUT/r/h100-probe.json" ;;
+  marlin-models) step marlin-models 220 python3 -m pytest -m gpu tests/gpu/test_marlin_gpu.py -q -s -rs \
+            -p no:cacheprovider -k "model_shapes and not nvfp4 and not mxfp4" ;;
   bench) step bench-moe 230 python3 benchmarks/bench_moe.py --out "$OUT/r/bench-moe.json" --plot "$OUT/r/bench-moe.png" ;;
-  policy) step measured-policy 230 python3 benchmarks/measured_policy.py --out-dir "$OUT/r/measured-policy" --budget-s 200 ;;
+  policy) step measured-policy 240 python3 benchmarks/measured_policy.py --out-dir "$OUT/r/measured-policy" \
+            --budget-s 225 --cases gemma4-bf16,qwen3-bf16,qwen3-int4 ;;
 esac; done
 cp -f "$OUT"/*.txt "$OUT/r/" 2>/dev/null
 tar czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$OUT/r"

@@ -181,6 +181,14 @@ def test_single_gemm_layout(marlin, group, zp, dtype):
         assert err <= tol, f"single GEMM g={group} zp={zp} {dtype} mul={mul}: rel err {err:.3e}"
 
 
+# vLLM 0.33.0's wheel ships the Marlin MoE kernels as sm_80 SASS + compute_80 PTX, so an H100 JIT-compiles
+# each kernel variant on its first launch; the FP4 variants did not finish compiling within a GPU session
+# (2026-11-28), so they run only on request, on a machine that can afford the compile (or keeps the cache).
+FP4 = pytest.mark.skipif(not os.environ.get("MOE_REGISTRY_MARLIN_FP4"),
+                         reason="FP4 Marlin variants JIT-compile from PTX on SM90 for minutes; set MOE_REGISTRY_MARLIN_FP4=1")
+
+
+@FP4
 @pytest.mark.parametrize("fmt,dtype", [("nvfp4", torch.bfloat16), ("nvfp4", torch.float16), ("mxfp4", torch.bfloat16)],
                          ids=["nvfp4-bf16", "nvfp4-fp16", "mxfp4-bf16"])
 def test_single_gemm_fp4_layout(marlin, fmt, dtype):
@@ -269,8 +277,8 @@ MODEL_CASES = [
     ("gemma4", "silu", "int4_w4a16:g64"),
     ("gemma4", "gelu_tanh", "int4_w4a16:g64"),
     ("gemma4", "relu2_no_mul", "int4_w4a16:g64"),  # I=704 -> padded to 768 (A7)
-    ("gemma4", "gelu_tanh", "nvfp4_w4a16"),
-    ("gemma4", "silu", "mxfp4"),
+    pytest.param("gemma4", "gelu_tanh", "nvfp4_w4a16", marks=FP4),
+    pytest.param("gemma4", "silu", "mxfp4", marks=FP4),
 ]
 _WEIGHTS: dict = {}
 
@@ -307,7 +315,8 @@ def _compare(marlin_experts, ref, layer, device, case, make_routing, rel_err, Ts
     return failures
 
 
-@pytest.mark.parametrize("shape,act,quant", MODEL_CASES, ids=["-".join(c) for c in MODEL_CASES])
+@pytest.mark.parametrize("shape,act,quant", MODEL_CASES,
+                         ids=["-".join(getattr(c, "values", c)) for c in MODEL_CASES])
 def test_model_shapes(marlin, shape, act, quant, make_routing, rel_err):
     E, k, H, I = SHAPES[shape]
     layer = LayerSpec(name=f"{shape}-{act}", num_experts=E, top_k=k, hidden_size=H, intermediate_size=I,

@@ -10,13 +10,14 @@ from __future__ import annotations
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, QuantSupport, Requirement,
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
     RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
 _BETWEEN = "applied between the grouped GEMMs by moe_registry.execution.activations (exact maths)"
 _DEQUANT = "weights dequantized to bf16 once at load by moe_registry.formats, then the bf16 grouped GEMM"
+_PROBE = "docs/verification/h100-probe.json"  # moe-registry probe, NVIDIA H100 80GB HBM3, 2026-11-28
 
 DECLARATION = BackendCapability(
     id="torch-grouped-mm",
@@ -35,11 +36,13 @@ DECLARATION = BackendCapability(
         DeviceRule(vendor="cpu", source="PyTorch >= 2.9 CPU fallback of grouped_mm (exercised by tests/test_grouped_mm_cpu.py)"),
     ),
     dtypes=("bf16",),
-    activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN) for act in Activation},
+    activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN, verified_on=("sm90",))
+                 for act in Activation},
     quant=(
-        QuantSupport(kind=QuantKind.BF16, source="torch grouped_mm takes bf16 operands"),
+        QuantSupport(kind=QuantKind.BF16, source="torch grouped_mm takes bf16 operands", verified_on=("sm90",)),
         # Dequantizing handles zero points and act-order g_idx alike (moe_registry.formats.int4).
-        *(QuantSupport(kind=kind, dequantized_at_load=True, zero_point=True, act_order=True, source=_DEQUANT)
+        *(QuantSupport(kind=kind, dequantized_at_load=True, zero_point=True, act_order=True, source=_DEQUANT,
+                       verified_on=("sm90",))
           for kind in (QuantKind.FP8, QuantKind.FP8_BLOCK, QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4,
                        QuantKind.INT4_W4A16)),
     ),
@@ -56,6 +59,9 @@ DECLARATION = BackendCapability(
                               hint="pip install 'torch>=2.9'", source="torch.nn.functional.grouped_mm"),),
     priority={QuantFamily.UNQUANTIZED: 60, QuantFamily.FP8: 30, QuantFamily.NVFP4: 30, QuantFamily.MXFP4: 30,
               QuantFamily.INT4: 30},
+    hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
+        "probe 2026-11-28 on NVIDIA H100 80GB HBM3: 336 declared combinations passed, 0 failed, 0 drift; "
+        "tests/gpu 68 passed; docs/verification/h100-torch-grouped-mm.json 62/62 cases, max rel err 4.8e-3")),),
 )
 
 

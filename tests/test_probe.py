@@ -257,8 +257,14 @@ def test_verification_summary_and_provenance(reference_record):
     assert all("cpu" in impl.verified_on for impl in updated.activations.values())
     assert [h.status for h in updated.hardware if h.devices == "cpu"] == ["verified"]
     lines = probe.verification_lines(updated)
-    assert lines[0].startswith("cpu: verified (docs/verification/cpu-probe.json); verified activations silu")
-    assert probe.verification_lines(REFERENCE) == ["cited from upstream source only"]
+    (cpu_line,) = [line for line in lines if line.startswith("cpu:")]
+    assert cpu_line.startswith("cpu: verified (docs/verification/cpu-probe.json); verified activations silu")
+    # The committed declaration already points at the H100 record; the CPU line is what this record added.
+    assert [line.split(":")[0] for line in probe.verification_lines(REFERENCE)] == ["sm90"]
+    unverified = REFERENCE.model_copy(update={"hardware": (), "activations": {
+        a: i.model_copy(update={"verified_on": ()}) for a, i in REFERENCE.activations.items()},
+        "quant": tuple(q.model_copy(update={"verified_on": ()}) for q in REFERENCE.quant)})
+    assert probe.verification_lines(unverified) == ["cited from upstream source only"]
 
 
 def test_cli_json_output_parses_and_out_writes_a_record(tmp_path, monkeypatch, capsys):

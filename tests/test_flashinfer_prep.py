@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+import moe_registry.execution.declared as _declared  # noqa: E402
 from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
 from moe_registry.backends.flashinfer_cutlass import DECLARATION  # noqa: E402
 from moe_registry.backends.flashinfer_cutlass import kernel as K  # noqa: E402
@@ -738,12 +739,12 @@ def test_runtime_device_check_is_the_declarations(monkeypatch, quant, device, ma
     from moe_registry.schemas.device import get_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(K, "device_spec_of", lambda d: get_device(device))
+    monkeypatch.setattr(_declared, "device_spec_of", lambda d: get_device(device))
     monkeypatch.setattr(fic, "flashinfer_package_root", lambda: "/somewhere")
     layer = make_layer(quant=quant)
     cuda = torch.device("cuda", 0)
     if match is None:
-        assert K._require_runtime(cuda, layer, 256, 128) == get_device(device).sm
+        assert fic.require_runtime(K.BACKEND, cuda, layer, 256, 128) == get_device(device).sm
     else:
         with pytest.raises(RuntimeError, match=f"^flashinfer-cutlass: .*{match}"):
-            K._require_runtime(cuda, layer, 256, 128)
+            fic.require_runtime(K.BACKEND, cuda, layer, 256, 128)

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+import moe_registry.execution.declared as _declared  # noqa: E402
 from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
 from moe_registry.backends.trtllm_nvfp4 import DECLARATION  # noqa: E402
@@ -389,9 +390,9 @@ def test_runtime_device_check_is_the_declarations(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     layer = make_layer()
     cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(K, "device_spec_of", lambda device: get_device("h100"))
+    monkeypatch.setattr(_declared, "device_spec_of", lambda device: get_device("h100"))
     with pytest.raises(RuntimeError, match=r"^trtllm-nvfp4: .*needs SM100/SM103/SM107; h100 \(SM90\) is not"):
-        K._require_runtime(cuda, DECLARATION, layer, 256, 128)
-    monkeypatch.setattr(K, "device_spec_of", lambda device: get_device("b200"))
+        fic.require_runtime(K.BACKEND, cuda, layer, 256, 128)
+    monkeypatch.setattr(_declared, "device_spec_of", lambda device: get_device("b200"))
     monkeypatch.setattr(fic, "flashinfer_package_root", lambda: "/somewhere")
-    assert K._require_runtime(cuda, DECLARATION, layer, 256, 128) == 100
+    assert fic.require_runtime(K.BACKEND, cuda, layer, 256, 128) == 100

@@ -517,6 +517,35 @@ def kernel_activation(decl: "BackendCapability", layer: "LayerSpec") -> int:
     return impl.kernel_value
 
 
+# --- Runtime check shared by the two kernel modules ----------------------------------------------
+
+def require_runtime(backend: str, device, layer, hidden_padded: int, intermediate_padded: int,
+                    registry=None) -> int:
+    """RuntimeError unless the weights sit on a CUDA GPU the backend's declaration runs this layer
+    on, and flashinfer is installed; returns the GPU's SM. (The device facts come from the
+    declaration through check_declared, never from a list here.)"""
+    import torch
+
+    from moe_registry.execution.declared import check_declared, device_spec_of
+    from moe_registry.registry import default_registry
+
+    if device.type != "cuda" or not torch.cuda.is_available():
+        decl = (registry or default_registry()).get(backend)
+        needs = " or ".join(rule.describe() for rule in decl.devices)
+        raise RuntimeError(f"{backend} needs CUDA weights on {needs}; weights are on {device}"
+                           + ("" if torch.cuda.is_available() else " and CUDA is not available"))
+    spec = device_spec_of(device)
+    try:
+        check_declared(backend, layer, spec, hidden_padded=hidden_padded, intermediate_padded=intermediate_padded,
+                       registry=registry)
+    except ValueError as exc:  # the layer already passed without a device: what is left is about this GPU
+        raise RuntimeError(str(exc)) from None
+    if flashinfer_package_root() is None:
+        raise RuntimeError(f"{backend} needs {FLASHINFER_DISTRIBUTION} "
+                           f"(pip install {FLASHINFER_DISTRIBUTION}=={FLASHINFER_VERSION_WRITTEN_FOR})")
+    return spec.sm
+
+
 # --- Torch helpers shared by the two kernel modules ---------------------------------------------
 # Everything below imports torch (and moe_registry.formats / execution) inside the function, so
 # this module stays importable without torch. Only the adapters call these.

@@ -247,26 +247,6 @@ def swiglu_bias_params(layer: LayerSpec, num_experts: int, device: Any) -> dict[
 
 # --- Runtime (CUDA, FlashInfer) ----------------------------------------------------------------------
 
-def _require_runtime(device: torch.device, layer: LayerSpec, hidden_padded: int, intermediate_padded: int,
-                     registry: Registry | None = None) -> int:
-    """RuntimeError unless weights sit on a CUDA GPU the declaration runs this layer's scheme on
-    and flashinfer is installed; returns the GPU's SM."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise RuntimeError(f"flashinfer-cutlass needs CUDA weights on an NVIDIA GPU; weights are on {device}"
-                           + ("" if torch.cuda.is_available() else " and CUDA is not available"))
-    spec = device_spec_of(device)
-    try:
-        check_declared(BACKEND, layer, spec, hidden_padded=hidden_padded, intermediate_padded=intermediate_padded,
-                       registry=registry)
-    except ValueError as exc:  # the layer passed without a device: what is left is about this GPU
-        raise RuntimeError(str(exc)) from None
-    sm = spec.sm
-    if fic.flashinfer_package_root() is None:
-        raise RuntimeError(f"flashinfer-cutlass needs {fic.FLASHINFER_DISTRIBUTION} "
-                           f"(pip install {fic.FLASHINFER_DISTRIBUTION}=={fic.FLASHINFER_VERSION_WRITTEN_FOR})")
-    return sm
-
-
 @contextlib.contextmanager
 def _env(name: str, value: str | None):
     old = os.environ.get(name)
@@ -395,8 +375,8 @@ class FlashInferCutlassExperts(Experts):
         self.scheme = cutlass_call(layer)
         check_weights(layer, weights)  # ValueError
         self.device = weights.device
-        self.sm = _require_runtime(self.device, layer, self.hidden_padded, self.intermediate_padded,
-                                   registry)  # RuntimeError
+        self.sm = fic.require_runtime(BACKEND, self.device, layer, self.hidden_padded, self.intermediate_padded,
+                                      registry)  # RuntimeError
         self.module_status = load_cutlass_module(self.device, allow_jit_build=allow_jit_build)  # RuntimeError
         self._setup(layer, weights, input_amax=input_amax, intermediate_amax=intermediate_amax,
                     max_num_tokens=max_num_tokens, tune_max_num_tokens=tune_max_num_tokens,

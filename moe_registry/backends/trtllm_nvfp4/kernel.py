@@ -202,27 +202,6 @@ def output_scalars(w1_gs: torch.Tensor, w2_gs: torch.Tensor, a1_gs: torch.Tensor
 
 # --- Runtime ---------------------------------------------------------------------------------------
 
-def _require_runtime(device: torch.device, decl: BackendCapability, layer: LayerSpec, hidden_padded: int,
-                     intermediate_padded: int, registry: Registry | None = None) -> int:
-    """RuntimeError unless the weights are on a CUDA GPU the declaration runs this layer on and
-    flashinfer is installed; returns the GPU's SM."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        needs = " or ".join(rule.describe() for rule in decl.devices)
-        raise RuntimeError(f"{BACKEND} needs CUDA weights on {needs}; weights are on {device}"
-                           + ("" if torch.cuda.is_available() else " and CUDA is not available"))
-    spec = device_spec_of(device)
-    try:
-        check_declared(BACKEND, layer, spec, hidden_padded=hidden_padded, intermediate_padded=intermediate_padded,
-                       registry=registry)
-    except ValueError as exc:  # the layer passed without a device: what is left is about this GPU
-        raise RuntimeError(str(exc)) from None
-    sm = spec.sm
-    if fic.flashinfer_package_root() is None:
-        raise RuntimeError(f"trtllm-nvfp4 needs {fic.FLASHINFER_DISTRIBUTION} "
-                           f"(pip install {fic.FLASHINFER_DISTRIBUTION}=={fic.FLASHINFER_VERSION_WRITTEN_FOR})")
-    return sm
-
-
 def _quantize_input(x: torch.Tensor, a1_gs: torch.Tensor, *,
                     on_kernel_device: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 ``[T, H]`` -> (uint8 ``[T, H/2]``, float8 linear scales ``[T, H/16]``). On a device the
@@ -278,8 +257,8 @@ class TrtllmNvFp4Experts(Experts):
                                           registry=registry)  # ValueError
         check_weights(layer, weights)  # ValueError
         self.device = weights.device
-        self.sm = _require_runtime(self.device, self.declaration, layer, self.hidden_padded,
-                                   self.intermediate_padded, registry)  # RuntimeError
+        self.sm = fic.require_runtime(BACKEND, self.device, layer, self.hidden_padded, self.intermediate_padded,
+                                      registry)  # RuntimeError
         self._setup(layer, weights, input_amax=input_amax, intermediate_amax=intermediate_amax,
                     tune_max_num_tokens=tune_max_num_tokens, check_id_range=check_id_range, registry=registry)
 

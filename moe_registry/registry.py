@@ -141,6 +141,20 @@ class Registry:
     def declarations(self) -> tuple[BackendCapability, ...]:
         return tuple(self._declarations.values())
 
+    def with_declaration(self, declaration: BackendCapability) -> "Registry":
+        """This registry with one declaration added, or replacing the one with its id: the way to
+        ask "what would change if this backend declared X?" (the rest stays identical)."""
+        replaced = [declaration if d.id == declaration.id else d for d in self._declarations.values()]
+        if declaration.id not in self._declarations:
+            replaced.append(declaration)
+
+        class _Fixed:
+            @hookimpl
+            def moe_registry_backends(self) -> list[BackendCapability]:
+                return replaced
+
+        return Registry(builtins=False, entry_points=False, plugins=[_Fixed()])
+
     def environment(self) -> Environment:
         """This machine's software for these declarations (probed once, then cached)."""
         if self._environment is None:

@@ -17,7 +17,7 @@ from moe_registry import LayerSpec, select_backend
 from moe_registry.backends.flashinfer_cutlass import DECLARATION as CUTLASS
 from moe_registry.backends.trtllm_nvfp4 import DECLARATION as TRTLLM
 from moe_registry.execution.declared import DEVICE_FIELDS, check_declared, declared_padding, device_spec_of
-from moe_registry.registry import Registry, hookimpl
+from moe_registry.registry import Registry
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.device import PRESETS, get_device
 
@@ -31,21 +31,8 @@ def nvfp4(**kw) -> LayerSpec:
 
 
 def _registry_with(declaration):
-    """Every built-in but the one replaced, plus the replacement (as tests/test_registry.py does)."""
-
-    class Plugin:
-        @hookimpl
-        def moe_registry_backends(self):
-            return [declaration]
-
-    builtins = [d for d in Registry(entry_points=False) if d.id != declaration.id]
-
-    class Others:
-        @hookimpl
-        def moe_registry_backends(self):
-            return builtins
-
-    return Registry(builtins=False, entry_points=False, plugins=[Plugin(), Others()])
+    """The built-in registry with only this declaration replaced."""
+    return Registry(entry_points=False).with_declaration(declaration)
 
 
 def check(backend: str, layer: LayerSpec, device=None, **kw):

@@ -95,20 +95,8 @@ def test_faulty_plugins_are_reported_and_isolated():
 
 
 def _registry_with(declaration):
-    class Plugin:
-        @hookimpl
-        def moe_registry_backends(self):
-            return [declaration]
-
-    # Every built-in but the one replaced, plus the replacement: only that declaration differs.
-    builtins = [d for d in Registry(entry_points=False) if d.id != declaration.id]
-
-    class Others:
-        @hookimpl
-        def moe_registry_backends(self):
-            return builtins
-
-    return Registry(builtins=False, entry_points=False, plugins=[Plugin(), Others()])
+    """The built-in registry with only this declaration replaced."""
+    return Registry(entry_points=False).with_declaration(declaration)
 
 
 def test_adding_an_activation_to_the_declaration_is_the_only_change_needed():
@@ -134,3 +122,13 @@ def test_unknown_backend_lookup_is_typed():
 
     with pytest.raises(UnknownBackend, match="known backends"):
         Registry(entry_points=False).get("nope")
+
+
+def test_with_declaration_replaces_or_adds_and_keeps_the_rest():
+    base = Registry(entry_points=False)
+    renamed = TRTLLM.model_copy(update={"name": "changed"})
+    replaced = base.with_declaration(renamed)
+    assert replaced.ids() == base.ids() and replaced.get("trtllm-nvfp4").name == "changed"
+    assert [d for d in replaced if d.id != "trtllm-nvfp4"] == [d for d in base if d.id != "trtllm-nvfp4"]
+    added = base.with_declaration(TRTLLM.model_copy(update={"id": "trtllm-nvfp4-copy"}))
+    assert added.ids() == [*base.ids(), "trtllm-nvfp4-copy"]

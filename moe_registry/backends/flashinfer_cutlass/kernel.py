@@ -45,12 +45,10 @@ import warnings
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.base import Experts
-from moe_registry.execution.declared import check_declared, device_spec_of
-from moe_registry.execution.guards import check_forward_inputs, check_weights
+from moe_registry.backends._flashinfer_base import FlashInferExperts
+from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights, torch_dtype
 from moe_registry.formats._common import FP8_E4M3_MAX
 from moe_registry.registry import Registry
@@ -354,7 +352,7 @@ def _sm90_interleave(weight: torch.Tensor) -> torch.Tensor:
 
 # --- The adapter -------------------------------------------------------------------------------------
 
-class FlashInferCutlassExperts(Experts):
+class FlashInferCutlassExperts(FlashInferExperts):
     """FlashInfer ``cutlass_fused_moe`` for one layer (module docstring). Extra keyword arguments
     (all optional; ``build_experts`` passes none): ``allow_jit_build`` (None: the
     ``MOE_REGISTRY_FLASHINFER_ALLOW_JIT`` env var), ``input_amax`` / ``intermediate_amax`` (static
@@ -369,18 +367,18 @@ class FlashInferCutlassExperts(Experts):
                  max_num_tokens: int | None = None, tune_max_num_tokens: int = 8192,
                  check_id_range: bool = True, registry: Registry | None = None) -> None:
         super().__init__(layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        self.declaration = check_declared(BACKEND, layer, None, hidden_padded=self.hidden_padded,
-                                          intermediate_padded=self.intermediate_padded,
-                                          registry=registry)  # ValueError
-        self.scheme = cutlass_call(layer)
-        check_weights(layer, weights)  # ValueError
-        self.device = weights.device
-        self.sm = fic.require_runtime(BACKEND, self.device, layer, self.hidden_padded, self.intermediate_padded,
-                                      registry)  # RuntimeError
+        self._check_layer(layer, weights, registry)  # ValueError
+        self._check_runtime(layer, registry)  # RuntimeError
         self.module_status = load_cutlass_module(self.device, allow_jit_build=allow_jit_build)  # RuntimeError
         self._setup(layer, weights, input_amax=input_amax, intermediate_amax=intermediate_amax,
                     max_num_tokens=max_num_tokens, tune_max_num_tokens=tune_max_num_tokens,
                     check_id_range=check_id_range, registry=registry)
+
+    SETUP_DEFAULTS = dict(input_amax=None, intermediate_amax=None, max_num_tokens=None, tune_max_num_tokens=8192,
+                          check_id_range=True)
+
+    def _check_call(self, layer: LayerSpec) -> None:
+        self.scheme = cutlass_call(layer)
 
     def _setup(self, layer: LayerSpec, weights: ExpertWeights, *, input_amax: float | None,
                intermediate_amax: float | None, max_num_tokens: int | None, tune_max_num_tokens: int,
@@ -398,52 +396,12 @@ class FlashInferCutlassExperts(Experts):
             self.prepared.needs_sm90_interleave = False
         E = layer.local_num_experts
         self.activation_params = swiglu_bias_params(layer, E, self.device)
-        # Static activation ranges (amax, 0-dim fp32); None: GEMM1 input dynamic per batch, GEMM2
-        # input calibrated on the first batch.
-        self.input_amax = None if input_amax is None else self._amax(input_amax)
-        self.intermediate_amax = None if intermediate_amax is None else self._amax(intermediate_amax)
-        # The canonical weights are kept only until the first batch calibrates the GEMM2 input scale.
-        needs_calibration = self.scheme.kind in ("fp8", "nvfp4") and self.intermediate_amax is None
-        self._calibration_weights = weights if needs_calibration else None
+        self._init_ranges(weights, input_amax, intermediate_amax,
+                          quantizes_activations=self.scheme.kind in ("fp8", "nvfp4"))
         self._workspace: torch.Tensor | None = None
         self._workspace_tokens = 0
         if max_num_tokens:
             self._ensure_workspace(max_num_tokens)
-
-    @classmethod
-    def _without_runtime_checks(cls, layer: LayerSpec, weights: ExpertWeights, *, pad_hidden_to: int | None = None,
-                                pad_intermediate_to: int | None = None, **kwargs: Any) -> "FlashInferCutlassExperts":
-        """Build without the CUDA / SM / module checks and without loading FlashInfer: lets CPU tests
-        exercise preparation and the exact kernel-call wiring against a stub. Not for real use. The
-        layer is still checked against the declaration (without a device); ``registry=`` picks the
-        one it comes from."""
-        self = cls.__new__(cls)
-        Experts.__init__(self, layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        self.declaration = check_declared(BACKEND, layer, None, hidden_padded=self.hidden_padded,
-                                          intermediate_padded=self.intermediate_padded,
-                                          registry=kwargs.get("registry"))
-        self.scheme = cutlass_call(layer)
-        check_weights(layer, weights)
-        self.device = weights.device
-        self.sm = None
-        self.module_status = None
-        kwargs.pop("allow_jit_build", None)
-        defaults = dict(input_amax=None, intermediate_amax=None, max_num_tokens=None, tune_max_num_tokens=8192,
-                        check_id_range=True, registry=None)
-        defaults.update(kwargs)
-        self._setup(layer, weights, **defaults)
-        return self
-
-    def _amax(self, value: Any) -> torch.Tensor:
-        return torch.as_tensor(value, dtype=torch.float32, device=self.device).reshape(()).clamp(min=1e-12)
-
-    def calibrate(self, hidden_states: torch.Tensor, topk_ids: torch.Tensor) -> None:
-        """Set the static GEMM2-input scale from one batch (float32 torch pass; one host sync)."""
-        weights = self._calibration_weights
-        if weights is None:
-            return
-        self.intermediate_amax = self._amax(fic.intermediate_amax(self.layer, weights, hidden_states, topk_ids))
-        self._calibration_weights = None
 
     def _ensure_workspace(self, num_tokens: int) -> torch.Tensor:
         if self._workspace is not None and num_tokens <= self._workspace_tokens:
@@ -483,14 +441,10 @@ class FlashInferCutlassExperts(Experts):
 
     def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
-        check_forward_inputs(self.layer, hidden_states, topk_weights, topk_ids, device=self.device,
-                             check_id_range=self.check_id_range)
         T, H = hidden_states.shape
-        if T == 0:
+        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
+        if x is None:
             return hidden_states.new_empty((0, H))
-        if self._calibration_weights is not None:
-            self.calibrate(hidden_states, topk_ids)
-        x = F.pad(hidden_states, (0, self.hidden_padded - H)) if self.hidden_padded != H else hidden_states
         x_in, quant_scales = self._inputs_and_scales(x)
         if x_in.data_ptr() % _ALIGN_BYTES:
             raise ValueError(f"hidden_states: expected a {_ALIGN_BYTES}-byte aligned data pointer "

@@ -49,15 +49,12 @@ import dataclasses
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.base import Experts
-from moe_registry.execution.declared import check_declared, device_spec_of
-from moe_registry.execution.guards import check_forward_inputs, check_weights
+from moe_registry.backends._flashinfer_base import FlashInferExperts
+from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights, torch_dtype
 from moe_registry.registry import Registry
-from moe_registry.schemas.capability import BackendCapability
 from moe_registry.schemas.layer import LayerSpec
 
 BACKEND = "trtllm-nvfp4"
@@ -235,7 +232,7 @@ def _sf_layout_linear() -> Any:
 
 # --- The adapter -----------------------------------------------------------------------------------
 
-class TrtllmNvFp4Experts(Experts):
+class TrtllmNvFp4Experts(FlashInferExperts):
     """FlashInfer TRT-LLM-gen NvFP4 MoE for one layer. Not verified on hardware (TRT-LLM-gen needs
     SM100; the project's GPUs are SM90). Extra optional keyword arguments: ``input_amax``,
     ``intermediate_amax`` (static activation ranges), ``tune_max_num_tokens``, ``check_id_range``.
@@ -252,15 +249,12 @@ class TrtllmNvFp4Experts(Experts):
                  intermediate_amax: float | None = None, tune_max_num_tokens: int = 8192,
                  check_id_range: bool = True, registry: Registry | None = None) -> None:
         super().__init__(layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        self.declaration = check_declared(BACKEND, layer, None, hidden_padded=self.hidden_padded,
-                                          intermediate_padded=self.intermediate_padded,
-                                          registry=registry)  # ValueError
-        check_weights(layer, weights)  # ValueError
-        self.device = weights.device
-        self.sm = fic.require_runtime(BACKEND, self.device, layer, self.hidden_padded, self.intermediate_padded,
-                                      registry)  # RuntimeError
+        self._check_layer(layer, weights, registry)  # ValueError
+        self._check_runtime(layer, registry)  # RuntimeError
         self._setup(layer, weights, input_amax=input_amax, intermediate_amax=intermediate_amax,
                     tune_max_num_tokens=tune_max_num_tokens, check_id_range=check_id_range, registry=registry)
+
+    SETUP_DEFAULTS = dict(input_amax=None, intermediate_amax=None, tune_max_num_tokens=8192, check_id_range=True)
 
     def _setup(self, layer: LayerSpec, weights: ExpertWeights, *, input_amax: float | None,
                intermediate_amax: float | None, tune_max_num_tokens: int, check_id_range: bool,
@@ -271,51 +265,14 @@ class TrtllmNvFp4Experts(Experts):
         self.activation_type = fic.kernel_activation(self.declaration, layer)
         self.prepared = prepare_trtllm_nvfp4_weights(layer, weights, hidden_to=self.hidden_padded,
                                                      intermediate_to=self.intermediate_padded, registry=registry)
-        self.input_amax = None if input_amax is None else self._amax(input_amax)
-        self.intermediate_amax = None if intermediate_amax is None else self._amax(intermediate_amax)
-        self._calibration_weights = weights if self.intermediate_amax is None else None
-
-    @classmethod
-    def _without_runtime_checks(cls, layer: LayerSpec, weights: ExpertWeights, *, pad_hidden_to: int | None = None,
-                                pad_intermediate_to: int | None = None, **kwargs: Any) -> "TrtllmNvFp4Experts":
-        """Build without the CUDA / SM / flashinfer checks: lets CPU tests exercise preparation and the
-        exact kernel-call wiring against a stub. Not for real use. The layer is still checked against
-        the declaration (without a device); ``registry=`` picks the one it comes from."""
-        self = cls.__new__(cls)
-        Experts.__init__(self, layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        self.declaration = check_declared(BACKEND, layer, None, hidden_padded=self.hidden_padded,
-                                          intermediate_padded=self.intermediate_padded,
-                                          registry=kwargs.get("registry"))
-        check_weights(layer, weights)
-        self.device = weights.device
-        self.sm = None
-        defaults = dict(input_amax=None, intermediate_amax=None, tune_max_num_tokens=8192, check_id_range=True,
-                        registry=None)
-        defaults.update(kwargs)
-        self._setup(layer, weights, **defaults)
-        return self
-
-    def _amax(self, value: Any) -> torch.Tensor:
-        return torch.as_tensor(value, dtype=torch.float32, device=self.device).reshape(()).clamp(min=1e-12)
-
-    def calibrate(self, hidden_states: torch.Tensor, topk_ids: torch.Tensor) -> None:
-        """Set the static FC2-input global scale from one batch (float32 torch pass; one host sync)."""
-        if self._calibration_weights is None:
-            return
-        self.intermediate_amax = self._amax(
-            fic.intermediate_amax(self.layer, self._calibration_weights, hidden_states, topk_ids))
-        self._calibration_weights = None
+        self._init_ranges(weights, input_amax, intermediate_amax)
 
     def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
-        check_forward_inputs(self.layer, hidden_states, topk_weights, topk_ids, device=self.device,
-                             check_id_range=self.check_id_range)
         T, H = hidden_states.shape
-        if T == 0:
+        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
+        if x is None:
             return hidden_states.new_empty((0, H))
-        if self._calibration_weights is not None:
-            self.calibrate(hidden_states, topk_ids)
-        x = F.pad(hidden_states, (0, self.hidden_padded - H)) if self.hidden_padded != H else hidden_states
         in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
         a1_gs = (NVFP4_GS_NUMERATOR / in_amax).reshape(())
         c_gs = (NVFP4_GS_NUMERATOR / self.intermediate_amax).reshape(())

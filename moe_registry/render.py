@@ -104,8 +104,6 @@ def _md(text: str) -> str:
 
 
 def print_selection(console: "Console", selection: Selection) -> None:
-    from rich.table import Table
-
     console.print(f"[bold]{selection.layer.name or 'layer'}[/bold] on {selection.device.label()}"
                   f"{' (planning)' if selection.planning else ''}: [bold green]{selection.backend}[/bold green]")
     console.print(f"  {shape_text(selection)}, {selection.layer.activation.value}, {selection.layer.quant.label()}, "
@@ -296,7 +294,7 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
            f"- devices: {' or '.join(r.describe() for r in d.devices)}; hidden-state dtypes: {', '.join(d.dtypes)}",
            f"- engines: vLLM `{d.engines.vllm or '-'}`, SGLang `{d.engines.sglang or '-'}`, TRT-LLM "
            f"`{d.engines.trtllm or '-'}`",
-           f"- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())]
+           "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())]
     for act, impl in d.activations.items():
         if impl.fidelity == "approximate":
             out.append(f"- {act.value} is approximate: {impl.note} (source: {impl.source})")

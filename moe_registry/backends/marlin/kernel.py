@@ -366,7 +366,7 @@ class MarlinExperts(Experts):
         self.dtype = cfg.dtype
         params = layer.swigluoai
         halves = cfg.gated and not (params is not None and params.interleaved)
-        H, Hp, I, Ip = cfg.hidden, cfg.hidden_padded, cfg.intermediate, cfg.intermediate_padded
+        H, Hp, Ip = cfg.hidden, cfg.hidden_padded, cfg.intermediate_padded
         n13 = layer.gemm1_rows
         idx13 = _n_pad_index(n13, cfg.gemm1_n, halves, device)
         idx2 = _n_pad_index(H, Hp, False, device)

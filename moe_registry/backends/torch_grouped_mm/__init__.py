@@ -10,7 +10,7 @@ from __future__ import annotations
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
+    ActivationImpl, BackendCapability, DeviceRule, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
     RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind

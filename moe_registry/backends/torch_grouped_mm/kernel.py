@@ -215,7 +215,7 @@ class TorchGroupedMMExperts(Experts):
         if self.weight_layout not in ("k_major", "n_major"):
             raise ValueError(f"weight_layout must be 'k_major' or 'n_major', got {self.weight_layout!r}")
         dtype = torch_dtype(layer)
-        E, H, I, R = layer.local_num_experts, layer.hidden_size, layer.local_intermediate_size, layer.gemm1_rows
+        E, H, I = layer.local_num_experts, layer.hidden_size, layer.local_intermediate_size
         self.dtype = dtype
         self.dequantized_at_load = weights.is_quantized
 

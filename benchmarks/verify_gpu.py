@@ -37,6 +37,8 @@ import torch  # noqa: E402
 
 from _timing import machine_info, time_calls  # noqa: E402
 
+from moe_registry.execution.patterns import relative_error, routing_pattern  # noqa: E402
+
 BF16_TOL = 1e-2
 
 # --- Cases ------------------------------------------------------------------------------------------
@@ -153,36 +155,6 @@ def _poison_allocator(device: torch.device, nbytes: int = 256 << 20) -> None:
         pass
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out64, ref64 = out.detach().double(), ref.detach().double()
-    if not bool(torch.isfinite(out64).all()):
-        return float("inf")
-    denom = float(ref64.norm())
-    diff = float((out64 - ref64).norm())
-    return diff / denom if denom > 0 else diff
-
-
-def make_routing(T: int, E: int, k: int, *, device: torch.device, kind: str = "random",
-                 ids_dtype: torch.dtype = torch.int32, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Routing patterns: ``random`` (softmax top-k of Gaussian logits, renormalised),
-    ``imbalanced`` (a few experts take most tokens), ``empty`` (experts 0, E-1 and every third get
-    no tokens: empty first, last and middle groups)."""
-    logits = torch.randn(T, E, device=device, generator=generator)
-    if kind == "imbalanced":
-        logits = logits + torch.linspace(6.0, 0.0, E, device=device) ** 2 / 4
-    elif kind == "empty":
-        banned = torch.zeros(E, dtype=torch.bool, device=device)
-        banned[0::3] = True
-        banned[E - 1] = True
-        logits = logits.masked_fill(banned, float("-inf"))
-    elif kind != "random":
-        raise ValueError(f"unknown routing {kind!r}")
-    w, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
-    w = w / w.sum(dim=-1, keepdim=True)
-    return w.float().contiguous(), ids.to(ids_dtype).contiguous()
-
-
 def run_case(case: Case, device: torch.device, cache: LayerCache, *, seed: int = 0) -> dict[str, Any]:
     """Run one case; return its record (never raises: errors are recorded)."""
     from moe_registry.backends.reference.kernel import ReferenceExperts
@@ -211,7 +183,7 @@ def run_case(case: Case, device: torch.device, cache: LayerCache, *, seed: int =
         gen = torch.Generator(device=device).manual_seed(zlib.crc32(f"{case.name}|{seed}".encode()))
         dtype = torch_dtype(layer)
         x = torch.randn(case.T, layer.hidden_size, device=device, generator=gen).to(dtype)
-        w, ids = make_routing(case.T, layer.local_num_experts, layer.top_k, device=device, kind=case.routing,
+        w, ids = routing_pattern(case.T, layer.local_num_experts, layer.top_k, device=device, kind=case.routing,
                               ids_dtype=getattr(torch, case.ids_dtype), generator=gen)
         rec["experts_hit"] = int(torch.unique(ids).numel()) if case.T else 0
         ref = ref_experts(x, w, ids)
@@ -259,7 +231,7 @@ def experiment_no_host_sync(device: torch.device, built: Any = None) -> dict[str
         experts.check_id_range = False
         results = {}
         for T in (1, 64, 4096):
-            w, ids = make_routing(T, layer.local_num_experts, layer.top_k, device=device)
+            w, ids = routing_pattern(T, layer.local_num_experts, layer.top_k, device=device)
             x = torch.randn(T, layer.hidden_size, device=device, dtype=torch.bfloat16)
             experts(x, w, ids)  # warm (first-call allocations)
             torch.cuda.synchronize(device)
@@ -295,7 +267,7 @@ def experiment_cuda_graph(device: torch.device, built: Any = None) -> dict[str, 
         results = {}
         for T in (1, 16, 64):
             x = torch.randn(T, layer.hidden_size, device=device, dtype=torch.bfloat16)
-            w, ids = make_routing(T, layer.local_num_experts, layer.top_k, device=device)
+            w, ids = routing_pattern(T, layer.local_num_experts, layer.top_k, device=device)
             s = torch.cuda.Stream(device)
             s.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(s):
@@ -306,7 +278,7 @@ def experiment_cuda_graph(device: torch.device, built: Any = None) -> dict[str, 
             with torch.cuda.graph(g):
                 static_out = experts(x, w, ids)
             x2 = torch.randn_like(x)
-            w2, ids2 = make_routing(T, layer.local_num_experts, layer.top_k, device=device)
+            w2, ids2 = routing_pattern(T, layer.local_num_experts, layer.top_k, device=device)
             x.copy_(x2)
             w.copy_(w2)
             ids.copy_(ids2)
@@ -351,7 +323,7 @@ def experiment_fp8_rowwise(device: torch.device) -> dict[str, Any]:
         runs = {}
         for T in (1, 64, 512, 4096):
             M = T * k
-            _, ids = make_routing(T, E, k, device=device)
+            _, ids = routing_pattern(T, E, k, device=device)
             sorted_ids = torch.sort(ids.reshape(-1)).values
             offs = torch.searchsorted(sorted_ids, torch.arange(E, device=device, dtype=sorted_ids.dtype),
                                       right=True, out_int32=True)
@@ -405,7 +377,7 @@ def experiment_fp16_path(device: torch.device) -> dict[str, Any]:
         return {**rec, "status": "skipped (needs CUDA)"}
     try:
         E, K, N, k, T = 128, 2816, 1408, 8, 64
-        _, ids = make_routing(T, E, k, device=device)
+        _, ids = routing_pattern(T, E, k, device=device)
         sorted_ids = torch.sort(ids.reshape(-1)).values
         offs = torch.searchsorted(sorted_ids, torch.arange(E, device=device, dtype=sorted_ids.dtype),
                                   right=True, out_int32=True)

@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from moe_registry.execution.patterns import relative_error
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
 from moe_registry.backends.torch_grouped_mm.kernel import (  # noqa: E402
     TorchGroupedMMExperts,
@@ -27,10 +28,8 @@ BF16_TOL = 1e-2
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
     assert torch.isfinite(out).all(), "non-finite output"
-    denom = ref.norm()
-    return float((out - ref).norm() / denom) if denom > 0 else float((out - ref).norm())
+    return relative_error(out, ref)
 
 
 def make_layer(**kw) -> LayerSpec:

@@ -32,6 +32,8 @@ BUILTIN_BACKENDS = (
     "moe_registry.backends.trtllm_nvfp4",
     "moe_registry.backends.flashinfer_cutlass",
     "moe_registry.backends.marlin",
+    "moe_registry.backends.humming",
+    "moe_registry.backends.triton_fused_moe",
     "moe_registry.backends.torch_grouped_mm",
     "moe_registry.backends.reference",
 )

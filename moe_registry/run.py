@@ -83,7 +83,11 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: s
 
     experts = build_experts(selection, weights)
     reference = ReferenceExperts(spec, weights)
-    out = experts(hidden, topk_weights, topk_ids)  # warm-up (and first-use setup)
+    t_first = time.perf_counter()
+    out = experts(hidden, topk_weights, topk_ids)  # warm-up (and first-use setup, e.g. a JIT compile)
+    if torch_device.type == "cuda":
+        torch.cuda.synchronize(torch_device)
+    t_first = time.perf_counter() - t_first
     timer = _timer(torch_device)
     times = timer(lambda: experts(hidden, topk_weights, topk_ids), repeats)
     ref = reference(hidden, topk_weights, topk_ids).float()
@@ -98,5 +102,8 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: s
         "median_us": round(statistics.median(times), 2), "repeats": repeats,
         "rel_error_vs_reference": float(f"{rel:.3e}"),
         "max_abs_error_vs_reference": float(f"{diff.abs().max().item():.3e}"),
-        "notes": [n.message for n in selection.notes],
+        "first_call_s": round(t_first, 3),
+        "notes": [n.message for n in selection.notes] + (
+            [f"the first forward took {t_first:.2f} s (kernel JIT compile or first-use setup included; "
+             f"the median excludes it)"] if t_first > 1.0 else []),
     }

@@ -1,0 +1,134 @@
+"""Humming (package ``humming-kernels`` 0.1.19): the MoE GEMMs vLLM 0.33 runs as ``HummingIndexedExperts``.
+
+Humming JIT-compiles its kernels with NVRTC on first use (one kernel per tuning interval, compiled
+in parallel, cached on disk in ``$HUMMING_CACHE_DIR``, default ``~/.humming/cache``). vLLM 0.33 ranks
+it ahead of Marlin on SM90 only (``quantization/utils/humming/priority.py`` ``prefers_humming``:
+``_HUMMING_PREFERRED_CAPABILITIES = {90}``; ``prioritize_humming`` in ``oracle/nvfp4.py``,
+``oracle/int_wna16.py``, ``oracle/mxfp4.py``).
+
+Activations: vLLM's NvFP4 / int4 / MXFP4 Humming paths build a 16-bit input schema
+(``utils/humming/moe.py`` ``convert_to_humming_moe_kernel_format``: ``VLLM_HUMMING_INPUT_QUANT_CONFIG``
+unset -> ``HummingInputSchema()``), so the GEMMs run with bf16/fp16 activations (W4A16). Even when
+e2m1 activations are asked for, ``check_and_fallback_input_schema`` (``utils/humming/schema.py``)
+tries e2m1 -> fp8 e4m3 -> fp8 e3m4 -> int8 -> 16-bit, and on SM90 every low-bit candidate fails
+Humming's own ``is_humming_schema_compatible`` for group-16 NvFP4 weights (e2m1/e3m4 activations need
+SM100; 8-bit activations need weight groups >= 32; int8 needs integer or MXFP4 weights), so NvFP4
+ends at 16-bit activations there; and for groupwise weights with 8-bit activations it prefers W4A16
+("prefer wna16 for groupwise weight or groupwise input"). This declaration states exactly that.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from moe_registry.registry import hookimpl
+from moe_registry.schemas.activation import Activation
+from moe_registry.schemas.capability import (
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, QuantSupport, Requirement,
+    RoutingSupport, ShapeRule,
+)
+from moe_registry.schemas.quant import QuantFamily, QuantKind
+
+_V = "vLLM 0.33.0"
+_EXPERTS = f"{_V} model_executor/layers/fused_moe/experts/fused_humming_moe.py"
+_MOE = f"{_V} quantization/utils/humming/moe.py"
+_SCHEMA = f"{_V} quantization/utils/humming/schema.py check_and_fallback_input_schema"
+_HM = "humming-kernels 0.1.19"
+_COMPAT = f"{_HM} humming/schema/humming.py is_humming_schema_compatible"
+_FUSED = (f"fused into Humming's process_input kernel that quantizes/prepares GEMM2's input, as vLLM does "
+          f"({_EXPERTS} HummingExpertsBase.process_input -> humming.forward.may_process_input with "
+          f"{_V} quantization/utils/humming/activation.py get_humming_activation); the expression is compiled "
+          f"in fp32 by NVRTC (humming/kernel/process_input.py ProcessInputActivation)")
+_A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path builds a 16-bit input schema, and "
+        "on SM90 no e2m1/fp8/int8 activation schema is compatible with group-16 NvFP4 weights")
+
+#: Measured on the H200 by tests/gpu/test_humming_gpu.py (first forward of a freshly built layer, cold
+#: cache): both GEMMs' tuning intervals and the activation kernel compiled in parallel by NVRTC.
+JIT_COST = ("first forward per layer shape and scheme JIT-compiles Humming's kernels with NVRTC (~10-20 s on an "
+            "H200, cold cache; not yet measured per shape); cached in $HUMMING_CACHE_DIR (default ~/.humming/cache) "
+            "for later runs")
+
+
+def nvrtc_available() -> tuple[bool, str]:
+    """Requirement probe (torch-free): Humming compiles with NVRTC from ``cuda-bindings``
+    (``humming/jit/runtime.py`` ``_get_compiler``: NVRTCCompiler when ``cuda.bindings.nvrtc`` imports,
+    else nvcc)."""
+    try:
+        found = importlib.util.find_spec("cuda.bindings.nvrtc") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return True, "cuda.bindings.nvrtc importable (Humming compiles its kernels on first use)"
+    return False, "cuda.bindings.nvrtc is not importable (pip install cuda-bindings; Humming needs NVRTC or nvcc)"
+
+
+DECLARATION = BackendCapability(
+    id="humming",
+    name="Humming MoE (vLLM 0.33 HummingIndexedExperts)",
+    provider=f"{_HM} (NVRTC JIT), driven as {_V} drives it",
+    description="Tokens sorted into expert blocks (moe_align_block_size), indexed Humming GEMM1 on quantized weights, "
+                "activation fused into Humming's input-processing kernel, indexed GEMM2, weighted top-k sum.",
+    kernel="humming.forward.humming_forward (gemm_type indexed) + humming.forward.may_process_input",
+    adapter="moe_registry.backends.humming.kernel:HummingExperts",
+    devices=(DeviceRule(min_sm=75, source=f"{_EXPERTS} _supports_current_device: CUDA capability >= 7.5; "
+                                          f"{_V} quantization/humming.py HummingConfig.get_min_capability = 75"),),
+    # c_dtype float16 / bfloat16 only (humming/config/mma.py get_dtype_compatibility_error); bf16 needs
+    # SM80 (schema/humming.py dtype_min_sm_version_map).
+    dtypes=("bf16", "fp16"),
+    activations={act: ActivationImpl(kernel_name="humming process_input (fused expression)", source=_FUSED)
+                 for act in Activation},
+    quant=(
+        QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 16, 32, 64, 128, 256), zero_point=True,
+                     source=(f"{_EXPERTS} _supports_quant_scheme (kInt4Static, None) and uintN group/channel keys; "
+                             f"{_COMPAT}: weight groups < 16 incompatible; zero points as uint4 codes "
+                             f"({_HM} schema/humming.py HummingWeightSchema.has_zero_point); act-order not run: "
+                             f"{_HM} schema/gptq.py GPTQWeightSchema.to_humming_schema asserts not desc_act")),
+        QuantSupport(kind=QuantKind.NVFP4, note=_A16, source=(
+            f"{_EXPERTS} _supports_quant_scheme (kNvfp4Static, kNvfp4Dynamic); {_V} fused_moe/oracle/nvfp4.py "
+            f"HUMMING branch -> {_MOE} convert_to_humming_moe_kernel_format(quant_method modelopt nvfp4) with a "
+            f"16-bit HummingInputSchema; {_SCHEMA}; {_COMPAT} (e2m1 activations SM100+, 8-bit activations need "
+            f"weight groups >= 32)")),
+        QuantSupport(kind=QuantKind.NVFP4_W4A16, source=f"{_EXPERTS} _supports_quant_scheme (kNvfp4Static, None)"),
+        QuantSupport(kind=QuantKind.MXFP4, source=(
+            f"{_EXPERTS} _supports_quant_scheme (kMxfp4Static, None); {_HM} schema/mxfp4.py Mxfp4WeightSchema "
+            f"(e2m1, e8m0 scale per 32)")),
+        QuantSupport(kind=QuantKind.FP8, adapter_implemented=False, source=(
+            f"{_EXPERTS} _supports_quant_scheme (kFp8StaticTensorSym, kFp8StaticTensorSym); {_HM} schema/fp8.py; "
+            f"moe-registry's adapter does not convert Fp8Tensor weights yet")),
+    ),
+    shape_rules=(
+        # Weights are int32 words of 32 / bits values along K (schema/humming.py get_tensors_attrs
+        # "weight" (N, K*bits/32)); e2m1 bytes are viewed as int32 (schema/modelopt.py, mxfp4.py).
+        ShapeRule(dimension="hidden", multiple_of=8, source=f"{_HM} schema/humming.py get_tensors_attrs: "
+                                                            f"K packed 8 x 4-bit per int32 (GEMM1 K = hidden)"),
+        ShapeRule(dimension="intermediate", multiple_of=8, source=f"{_HM} schema/humming.py get_tensors_attrs: "
+                                                                  f"K packed 8 x 4-bit per int32 (GEMM2 K = intermediate)"),
+    ),
+    routing=RoutingSupport(precomputed=True, source=f"{_EXPERTS} HummingIndexedExperts.apply takes topk_ids / "
+                                                    f"topk_weights and aligns them with moe_align_block_size"),
+    features=FeatureSupport(
+        bias=True, apply_router_weight_on_input=False, swigluoai_params=True, tensor_parallel=True,
+        expert_parallel=True, source=(
+            f"{_EXPERTS}: humming_forward(bias=w1_bias / w2_bias), LayerConfig.has_bias; apply() asserts not "
+            f"apply_router_weight_on_input; {_V} utils/humming/activation.py clamped-SiLU template takes limit, "
+            f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True")),
+    requirements=(
+        Requirement(kind="package", name="humming-kernels", package="humming-kernels", import_name="humming",
+                    hint="pip install 'moe-registry[humming]' (humming-kernels; needs a CUDA torch and cuda-bindings)",
+                    source=f"{_V} utils/import_utils.py has_humming; PyPI humming-kernels 0.1.19 (Apache-2.0)"),
+        Requirement(kind="jit_module", name="humming NVRTC JIT", probe="moe_registry.backends.humming:nvrtc_available",
+                    build_cost=JIT_COST, hint="pip install cuda-bindings (NVRTC), or put nvcc on PATH",
+                    source=f"{_HM} humming/jit/runtime.py KernelRuntime._get_compiler / compile_many; "
+                           f"humming/utils/jit.py get_humming_cache_dir (HUMMING_CACHE_DIR)"),
+    ),
+    # vLLM puts Humming directly ahead of Marlin on SM90 and keeps FlashInfer ahead of both
+    # (oracle/nvfp4.py AVAILABLE_BACKENDS + prioritize_humming). Marlin: int4 100, fp4 60;
+    # FlashInfer CUTLASS 80. INT4 follows the H200 measurement (benchmarks/results/humming-h200).
+    priority={QuantFamily.NVFP4: 70, QuantFamily.MXFP4: 70, QuantFamily.INT4: 90, QuantFamily.FP8: 35},
+    engines=EngineNames(vllm="humming", source=f"{_V} fused_moe/oracle/nvfp4.py map_nvfp4_backend 'humming'"),
+)
+
+
+@hookimpl
+def moe_registry_backends() -> list[BackendCapability]:
+    return [DECLARATION]

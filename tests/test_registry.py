@@ -48,7 +48,8 @@ def _install_distribution(tmp_path, monkeypatch, name: str, entry_points: dict[s
 
 def test_builtins_are_registered_in_order():
     registry = Registry(entry_points=False)
-    assert registry.ids() == ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "torch-grouped-mm", "reference"]
+    assert registry.ids() == ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "humming", "triton-fused-moe",
+                              "torch-grouped-mm", "reference"]
     assert registry.problems == []
 
 
@@ -90,7 +91,8 @@ def test_faulty_plugins_are_reported_and_isolated():
     registry = Registry(entry_points=False, plugins=[_Raising(), _Invalid(), _Duplicate()])
     stages = sorted(p.stage for p in registry.problems)
     assert stages == ["call", "duplicate", "validate"]
-    assert registry.ids() == ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "torch-grouped-mm", "reference"]
+    assert registry.ids() == ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "humming", "triton-fused-moe",
+                              "torch-grouped-mm", "reference"]
     assert select_backend(GEMMA4, "b200", registry=registry).backend == "trtllm-nvfp4"
 
 

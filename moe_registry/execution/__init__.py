@@ -19,13 +19,13 @@ if TYPE_CHECKING:
     from .weights import ExpertWeights
 
 __all__ = [
-    "Experts", "ExpertWeights", "apply_activation", "build_experts", "check_forward_inputs", "check_weights",
+    "Experts", "ExpertWeights", "GraphedExperts", "apply_activation", "build_experts", "check_forward_inputs", "check_weights",
     "pad_weights", "random_weights", "route", "run_layer", "torch_dtype",
 ]
 
 # Lazily re-exported names -> submodule.
 _LAZY = {
-    "Experts": "base", "pad_weights": "base",
+    "Experts": "base", "pad_weights": "base", "GraphedExperts": "graphs",
     "ExpertWeights": "weights", "random_weights": "weights", "torch_dtype": "weights",
     "apply_activation": "activations", "route": "routing",
     "check_forward_inputs": "guards", "check_weights": "guards",

@@ -2,8 +2,9 @@
 
 A kernel given a wrong shape, dtype, device or layout reads garbage or crashes asynchronously far
 from the cause; here every mismatch is a ``ValueError`` with one line naming the tensor, what was
-expected and what arrived. The checks read metadata only, except the id-range check, which costs
-one device sync and can be skipped when the ids come from ``route()``.
+expected and what arrived. The checks read metadata only, except the id-range check: on the CPU it
+reads min/max; on a GPU it is a device-side assert (no host sync, capturable in a CUDA graph). It
+is skipped when the ids come from ``route()``.
 """
 
 from __future__ import annotations
@@ -99,9 +100,21 @@ def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any
     _check_tensor("topk_weights", topk_weights, (T, k), (torch.float32,), where, layer)
     _check_tensor("topk_ids", topk_ids, (T, k), (torch.int32, torch.int64), where, layer)
     if check_id_range and topk_ids.numel() and not _known_in_range(topk_ids, E):
-        lo, hi = torch.stack([topk_ids.min(), topk_ids.max()]).tolist()  # one device sync
-        if lo < 0 or hi >= E:
-            raise _fail("topk_ids", f"local expert ids in [0, {E})", f"min {lo} max {hi}", layer)
+        check_id_range_of(topk_ids, E, layer)
+
+
+def check_id_range_of(topk_ids: torch.Tensor, num_experts: int, layer: LayerSpec | None = None) -> None:
+    """Ids in ``[0, num_experts)``. On the CPU: a ``ValueError`` naming min and max. On a GPU: a
+    device-side assert (``torch._assert_async``), so a forward keeps no host sync and stays
+    capturable in a CUDA graph; a bad id then fails the stream ("device-side assert triggered")
+    before any later kernel runs, instead of being read as an address."""
+    if topk_ids.device.type == "cpu":
+        lo, hi = torch.stack([topk_ids.min(), topk_ids.max()]).tolist()
+        if lo < 0 or hi >= num_experts:
+            raise _fail("topk_ids", f"local expert ids in [0, {num_experts})", f"min {lo} max {hi}", layer)
+        return
+    # clamp, compare, all, assert: an id is in range iff it equals itself clamped to [0, E-1].
+    torch._assert_async((topk_ids.clamp(0, num_experts - 1) == topk_ids).all())
 
 
 def check_weights(layer: LayerSpec, weights: ExpertWeights, *, dtype: torch.dtype | None = None,

@@ -226,6 +226,7 @@ class FeatureSupport(Sourced):
     bias: bool = False
     apply_router_weight_on_input: bool = False
     swigluoai_params: bool = False  # custom alpha / limit / up_offset / interleave
+    cuda_graphs: bool = False  # a forward has no host sync and can be captured (moe_registry.execution.graphs)
     tensor_parallel: bool = True
     expert_parallel: bool = True
 

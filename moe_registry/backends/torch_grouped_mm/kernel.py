@@ -191,9 +191,8 @@ class TorchGroupedMMExperts(Experts):
 
     backend = "torch-grouped-mm"
     default_weight_layout: WeightLayout = "k_major"
-    # The guard's id-range check reads min/max back to the host: one device sync per forward, which
-    # on CUDA also stops the host from queueing ahead. Set False (per instance) when the ids come
-    # from ``route()``; out-of-range ids then give wrong rows instead of a ValueError.
+    # The guard's id-range check: a device-side assert on CUDA (no host sync), min/max on the CPU.
+    # Set False (per instance) to skip it; out-of-range ids then give wrong rows instead of an error.
     check_id_range: bool = True
 
     def __init__(

@@ -1,0 +1,93 @@
+"""``triton-fused-moe``: this project's Triton fused-MoE kernels (the design of vLLM's
+``TritonExperts``: tokens aligned into expert blocks, GEMM1 with the activation in its epilogue,
+GEMM2 with the router weight in its epilogue, one top-k sum).
+
+Every fact below is a property of our own kernels (``kernels.py``, ``ops.py``), cited by function;
+``verified_on`` names what the probe and the GPU tests confirmed on hardware.
+"""
+
+from __future__ import annotations
+
+from moe_registry.registry import hookimpl
+from moe_registry.schemas.activation import Activation
+from moe_registry.schemas.capability import (
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
+    RoutingSupport,
+)
+from moe_registry.schemas.quant import QuantFamily, QuantKind
+
+from . import codes as C
+
+_K = "moe_registry/backends/triton_fused_moe/kernels.py"
+_OPS = "moe_registry/backends/triton_fused_moe/ops.py"
+_EPI = f"{_K} moe_gemm_kernel epilogue (GEMM1 accumulators in float32)"
+_VERIFIED: tuple[str, ...] = ()  # set to ("sm90",) by the H200 probe record (see hardware below)
+
+_ACT = {
+    Activation.SILU: (C.ACT_SILU, "silu(gate) * up, silu = x * sigmoid(x)"),
+    Activation.GELU: (C.ACT_GELU, "gelu(gate) * up with exact erf (tl.erf)"),
+    Activation.GELU_TANH: (C.ACT_GELU_TANH, "gelu_tanh(gate) * up: the tanh formula, tanh(u) = 2 sigmoid(2u) - 1"),
+    Activation.SWIGLUOAI: (C.ACT_SWIGLUOAI, "(clamp(up) + up_offset) * g * sigmoid(alpha g), g = min(gate, limit); "
+                                            "interleaved or [gate; up] rows"),
+    Activation.RELU2_NO_MUL: (C.ACT_RELU2, "relu(h)^2, non-gated"),
+    Activation.SILU_NO_MUL: (C.ACT_SILU_NO_MUL, "silu(h), non-gated"),
+    Activation.GELU_NO_MUL: (C.ACT_GELU_NO_MUL, "gelu(h) exact erf, non-gated"),
+    Activation.GELU_TANH_NO_MUL: (C.ACT_GELU_TANH_NO_MUL, "gelu_tanh(h), non-gated"),
+}
+
+DECLARATION = BackendCapability(
+    id="triton-fused-moe",
+    name="Triton fused MoE (moe-registry)",
+    provider="moe-registry (Triton >= 3.4 kernels)",
+    description="Expert-block alignment in one Triton program, GEMM1 with the activation fused in its epilogue, "
+                "GEMM2 with the router weight fused, one top-k sum; bf16/fp16 and FP8 (per-tensor, 128x128 block) "
+                "with dynamic activation quantization; no host sync, CUDA-graph capturable.",
+    kernel="moe_registry.backends.triton_fused_moe.kernels.moe_gemm_kernel",
+    adapter="moe_registry.backends.triton_fused_moe.kernel:TritonFusedMoEExperts",
+    devices=(
+        DeviceRule(min_sm=80, source=(
+            "Triton tl.dot on bf16/fp16 lowers to mma (SM80) / wgmma (SM90); tuned configs for the H200 in "
+            "moe_registry/backends/triton_fused_moe/configs/")),
+        DeviceRule(vendor="cpu", source=(
+            "Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors, slowly "
+            "(tests/test_triton_fused_moe_cpu.py); the adapter refuses CPU weights without it")),
+    ),
+    dtypes=("bf16", "fp16"),
+    activations={act: ActivationImpl(kernel_name=f"{_K} ACT code {code}", kernel_value=code,
+                                     source=f"{_EPI}: {what}", verified_on=_VERIFIED)
+                 for act, (code, what) in _ACT.items()},
+    quant=(
+        QuantSupport(kind=QuantKind.BF16, dtypes=("bf16",), source=f"{_K} moe_gemm_kernel: bf16 tl.dot, fp32 accumulate",
+                     verified_on=_VERIFIED),
+        QuantSupport(kind=QuantKind.FP16, dtypes=("fp16",), source=f"{_K} moe_gemm_kernel: fp16 tl.dot, fp32 accumulate",
+                     verified_on=_VERIFIED),
+        QuantSupport(kind=QuantKind.FP8, devices=(DeviceRule(min_sm=89, source=(
+            "Triton: e4m3 (fp8e4nv) tl.dot needs SM89+")),), source=(
+            f"{_OPS} quant_fp8_tensor (dynamic per-tensor activation scale amax/448) + {_K} moe_gemm_kernel "
+            "QUANT_FP8_TENSOR (weight scale per expert, Fp8Tensor)"), verified_on=_VERIFIED),
+        QuantSupport(kind=QuantKind.FP8_BLOCK, devices=(DeviceRule(min_sm=89, source=(
+            "Triton: e4m3 (fp8e4nv) tl.dot needs SM89+")),), source=(
+            f"{_OPS} quant_fp8_groups (dynamic 1x128 activation scales) + {_K} moe_gemm_kernel QUANT_FP8_BLOCK "
+            "(128x128 weight tiles, Fp8BlockTensor; partial tiles masked)"), verified_on=_VERIFIED),
+    ),
+    routing=RoutingSupport(precomputed=True, source="the adapter takes topk_ids / topk_weights"),
+    features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True, cuda_graphs=True,
+                            source=(f"{_K} moe_gemm_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; "
+                                    f"{_OPS}: shapes from metadata only, no host sync (capturable)")),
+    requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
+                              hint="pip install triton (ships with CUDA builds of torch)",
+                              source=f"{_K} imports triton"),),
+    # Above torch-grouped-mm (60) and FlashInfer CUTLASS (70 bf16, 80 FP8): measured faster than the
+    # former on the H200 (benchmarks/results/bench-moe-h200.json); the latter is unmeasured on SM90
+    # (its JIT build does not fit a session).
+    priority={QuantFamily.UNQUANTIZED: 75, QuantFamily.FP8: 85},
+    engines=EngineNames(vllm="triton", source=(
+        "vLLM 0.33.0 config/kernel.py MoEBackend 'triton' (TritonExperts, fused_moe.py): the same kernel family, "
+        "not the same code")),
+    hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", note="pending the H200 probe"),),
+)
+
+
+@hookimpl
+def moe_registry_backends() -> list[BackendCapability]:
+    return [DECLARATION]

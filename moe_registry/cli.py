@@ -1,4 +1,4 @@
-"""`moe-registry`: explain, select, backends, schema, models, run, probe, bench.
+"""`moe-registry`: explain, select, backends, schema, models, run, probe, bench, tune.
 
 Thin: parse arguments, call the library, render. Exit codes: 0 ok; 2 bad input (one line on
 stderr, no traceback); 3 no eligible backend, or a forced backend that cannot run the layer.
@@ -221,6 +221,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .backends.triton_fused_moe.tune import main as tune_main
+
+    return tune_main(args)
+
+
 # --- Parser ---------------------------------------------------------------------------------------
 
 
@@ -307,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--bias", action="store_true")
     layer.add_argument("--router-weight-on-input", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="tune triton-fused-moe's launch configs for this GPU (writes JSON data)")
+    p.add_argument("target", help="preset name, model directory, config.json, or layer:experts=..,top_k=..,...")
+    p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
+    p.add_argument("--quant", help="override the quantization scheme")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--budget-s", type=float, default=60.0, help="search time per layer shape")
+    p.add_argument("--out-dir", help="where to write (default: the package's configs/)")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

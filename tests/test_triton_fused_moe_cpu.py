@@ -98,6 +98,33 @@ def test_fp16_and_empty_experts(act):
     assert _run(_layer(activation=act, dtype="fp16", quant="fp16"), kind="empty") <= BF16_TOL
 
 
+def test_naive_path_for_few_pairs():
+    # T*k*4 <= E: each pair is its own block, no alignment pass (vLLM's naive block assignment).
+    _triton_interpreter()
+    assert _run(_layer(num_experts=64, top_k=2), kind="random", T=3) <= BF16_TOL
+
+
+@pytest.mark.parametrize("E", [8, 64])  # aligned and naive paths
+def test_out_of_range_ids_clear_the_flag_and_are_never_addresses(E):
+    ops = _triton_interpreter()
+    from moe_registry.backends.triton_fused_moe.kernel import TritonFusedMoEExperts
+
+    layer = _layer(num_experts=E)
+    experts = TritonFusedMoEExperts(layer, random_weights(layer))
+    x = torch.randn(3, layer.hidden_size).to(torch.bfloat16)
+    w = torch.full((3, 2), 0.5)
+    ids = torch.tensor([[0, 1], [2, E + 5], [3, -1]], dtype=torch.int32)
+    cfg, _ = experts.config_for(3)
+    out, ok = ops.fused_experts(x, w, ids, experts.w13, experts.w2, E, layer.intermediate_size, cfg,
+                                experts.epilogue)
+    assert int(ok) == 0 and out.shape == (3, layer.hidden_size)
+    _, ok = ops.fused_experts(x, w, ids.clamp(0, E - 1), experts.w13, experts.w2, E, layer.intermediate_size, cfg,
+                              experts.epilogue)
+    assert int(ok) == 1
+    with pytest.raises(ValueError, match="expert ids in"):  # on the CPU the guard says so first
+        experts(x, w, ids)
+
+
 def test_router_weight_on_input_top1():
     _triton_interpreter()
     assert _run(_layer(top_k=1, apply_router_weight_on_input=True)) <= BF16_TOL

@@ -8,7 +8,8 @@ of the same bucket, as in every engine's graph runner). Rows padded up to the bu
 first token's expert ids with zero input and zero router weight: they add no expert to the weight
 traffic and are sliced off.
 
-Only backends that declare ``features.cuda_graphs`` (no host sync in a forward) are accepted:
+Only backends that declare ``features.cuda_graphs`` (no host sync in a forward) are accepted, and
+not an adapter whose ``capturable`` is False (a fallback path taken on this device):
 capturing a forward that syncs raises inside capture, or records a graph that is silently wrong.
 Larger T runs the adapter eagerly.
 """
@@ -37,6 +38,8 @@ class GraphedExperts:
         if not decl.features.cuda_graphs:
             raise ValueError(f"{experts.backend}: its declaration does not list cuda_graphs (a forward may sync "
                              "with the host); run it eagerly")
+        if getattr(experts, "capturable", True) is False:
+            raise ValueError(f"{experts!r} runs a path that syncs with the host here; run it eagerly")
         device = getattr(experts, "device", None)
         if device is None or torch.device(device).type != "cuda":
             raise ValueError(f"{experts.backend}: CUDA graphs need the experts on a CUDA device, got {device}")

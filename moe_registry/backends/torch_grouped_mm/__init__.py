@@ -53,8 +53,11 @@ DECLARATION = BackendCapability(
         for dim in ("hidden", "intermediate")),
     max_experts=1023,  # aten/src/ATen/native/cuda/GroupMM.cu: TORCH_CHECK(group_count < 1024)
     routing=RoutingSupport(precomputed=True, source="the adapter takes topk_ids / topk_weights"),
-    features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True,
-                            source="moe_registry.backends.torch_grouped_mm.kernel"),
+    # cuda_graphs: bf16 on SM90/SM100 only (the fp16 fallback reads offs on the host); the adapter's
+    # ``capturable`` says which path it took, and GraphedExperts checks it.
+    features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True, cuda_graphs=True,
+                            source=("moe_registry.backends.torch_grouped_mm.kernel; cuda_graphs: "
+                                    "tests/gpu/test_triton_fused_moe_gpu.py test_graphed_grouped_mm_now_captures")),
     requirements=(Requirement(kind="package", name="torch", package="torch", import_name="torch",
                               hint="pip install 'torch>=2.9'", source="torch.nn.functional.grouped_mm"),),
     priority={QuantFamily.UNQUANTIZED: 60, QuantFamily.FP8: 30, QuantFamily.NVFP4: 30, QuantFamily.MXFP4: 30,

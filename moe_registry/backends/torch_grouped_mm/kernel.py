@@ -262,6 +262,11 @@ class TorchGroupedMMExperts(Experts):
         return grouped_mm_experts, args, kwargs
 
     @property
+    def capturable(self) -> bool:
+        """Whether a forward can be captured in a CUDA graph (only the CUTLASS path has no host sync)."""
+        return self.fast_path
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of the stored GEMM weights (after dequantization and padding)."""
         return sum(t.numel() * t.element_size() for t in (self.w13_t, self.w2_t))

@@ -44,7 +44,7 @@ class TritonFusedMoEExperts(Experts):
     ``config``: a fixed ``{"gemm1": {...}, "gemm2": {...}}`` for every batch (the tuner uses it);
     otherwise the committed tuned table for this card and shape, nearest T, else the default.
     ``check_id_range``: False drops the device-side assert (out-of-range ids are still never used
-    as addresses: they are skipped, and their tokens get no contribution from them).
+    as addresses: their pairs are skipped, which leaves those tokens' outputs undefined).
     """
 
     backend = "triton-fused-moe"
@@ -98,6 +98,9 @@ class TritonFusedMoEExperts(Experts):
         self.config_dir = config_dir
         self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         self._configs: dict[int, tuple[dict[str, dict[str, int]], str]] = {}
+        # Cleared by the kernels when an id is out of range, never set back: once an id was bad, every
+        # later forward's device assert fires too (the first one already failed the stream).
+        self._ok = torch.ones(1, dtype=torch.int32, device=self.device)
 
     def config_for(self, T: int) -> tuple[dict[str, dict[str, int]], str]:
         """The launch config for T tokens and where it came from (cached per T)."""
@@ -131,7 +134,7 @@ class TritonFusedMoEExperts(Experts):
                                 self.layer.local_num_experts, self.layer.local_intermediate_size, cfg, self.epilogue,
                                 quant=self.quant, w13_scale=self.w13_scale, w2_scale=self.w2_scale,
                                 w13_bias=self.w13_bias, w2_bias=self.w2_bias,
-                                routed_on_input=self.layer.apply_router_weight_on_input)
+                                routed_on_input=self.layer.apply_router_weight_on_input, ok=self._ok)
         if self.check_id_range and self.device.type == "cuda":
             torch._assert_async(ok.view(()))  # device-side: no sync, capturable
         return out

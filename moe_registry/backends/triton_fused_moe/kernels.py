@@ -49,7 +49,7 @@ def align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, total_ptr, cursor_ptr, o
     """One program. ``ids [M]`` (flattened topk_ids) -> ``sorted [sorted_len]`` pair indices grouped
     by expert, each expert's group padded to a multiple of BLOCK_M with the sentinel M;
     ``block_expert [max_blocks]`` the expert of each block (-1 past the end); ``total`` the padded
-    length actually used; ``ok`` 1 when every id was in ``[0, E)``."""
+    length actually used; ``ok`` set to 0 when an id is outside ``[0, E)`` (never set back to 1)."""
     # Sentinel everywhere first: padding rows of every group stay M.
     for start in range(0, sorted_len, CHUNK):
         offs = start + tl.arange(0, CHUNK)
@@ -70,7 +70,6 @@ def align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, total_ptr, cursor_ptr, o
     tl.store(total_ptr, tl.sum(padded, axis=0))
     tl.store(cursor_ptr + tl.arange(0, E_P2), start_of)
     # block b covers rows [b*BLOCK_M, (b+1)*BLOCK_M): its expert is the number of groups ending at or before it.
-    experts = tl.arange(0, E_P2)
     for b0 in range(0, max_blocks, BCHUNK):
         b = b0 + tl.arange(0, BCHUNK)
         row = b * BLOCK_M
@@ -85,8 +84,8 @@ def align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, total_ptr, cursor_ptr, o
         valid = m & (e >= 0) & (e < E)
         pos = tl.atomic_add(cursor_ptr + tl.where(valid, e, 0), 1, mask=valid)
         tl.store(sorted_ptr + pos, offs, mask=valid)
-    tl.store(ok_ptr, (tl.sum(bad, axis=0) == 0).to(tl.int32))
-    _ = experts
+    if tl.sum(bad, axis=0) > 0:  # sticky: the flag is only ever cleared
+        tl.store(ok_ptr, 0)
 
 
 @triton.jit
@@ -115,15 +114,16 @@ def _activate(g, ACT: tl.constexpr):
 @triton.jit
 def moe_gemm_kernel(
     a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, topk_w_ptr,
-    sorted_ptr, block_expert_ptr, total_ptr,
-    N_OUT, K, num_pairs, num_m_blocks,
+    sorted_ptr, block_expert_ptr, total_ptr, ok_ptr,
+    N_OUT, K, num_pairs, num_m_blocks, num_experts,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_bsk, stride_biase,
     row_stride, up_offset, alpha, limit, up_add,
     A_ROW_DIV: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, HAS_LIMIT: tl.constexpr,
     MUL_ROUTED: tl.constexpr, ROUTED_ON_INPUT: tl.constexpr, HAS_BIAS: tl.constexpr, QUANT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SCALE_BLOCK: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr,
+    SCALE_BLOCK: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr, NAIVE: tl.constexpr,
+    FLAG_BAD: tl.constexpr,
 ):
     """``C[pair, n] = epilogue(sum_k A[row(pair), k] * B[expert, wrow(n), k])`` for the pairs of one
     BLOCK_M block and BLOCK_N output columns.
@@ -142,15 +142,27 @@ def moe_gemm_kernel(
     pid_m = first_m + ((pid % in_group) % size_m)
     pid_n = (pid % in_group) // size_m
 
-    total = tl.load(total_ptr)
-    if pid_m * BLOCK_M >= total:
-        return
-    offs_pair_idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    pairs = tl.load(sorted_ptr + offs_pair_idx).to(tl.int64)
-    pair_mask = pairs < num_pairs
-    expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-    if expert < 0:
-        return
+    if NAIVE:
+        # Few pairs (T*k*4 <= E, vLLM's naive block assignment): block m is pair m alone, its expert read
+        # straight from topk_ids; no alignment pass. Only row 0 of the block is real.
+        offs_pair_idx = tl.arange(0, BLOCK_M).to(tl.int64)
+        pairs = pid_m + offs_pair_idx * 0
+        pair_mask = (offs_pair_idx == 0) & (pairs < num_pairs)
+        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+        if (expert < 0) | (expert >= num_experts):
+            if FLAG_BAD:
+                tl.store(ok_ptr, 0)
+            return
+    else:
+        total = tl.load(total_ptr)
+        if pid_m * BLOCK_M >= total:
+            return
+        offs_pair_idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        pairs = tl.load(sorted_ptr + offs_pair_idx).to(tl.int64)
+        pair_mask = pairs < num_pairs
+        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+        if expert < 0:
+            return
     rows = pairs // A_ROW_DIV
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)

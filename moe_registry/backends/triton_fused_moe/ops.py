@@ -28,9 +28,16 @@ class Alignment:
     sorted_pairs: torch.Tensor  # int32 [max_blocks * BLOCK_M]
     block_expert: torch.Tensor  # int32 [max_blocks]
     total: torch.Tensor  # int32 [1]: padded rows in use
-    ok: torch.Tensor  # int32 [1]: 1 when every id was in [0, E)
+    ok: torch.Tensor  # int32 [1]: cleared when an id was outside [0, E)
     max_blocks: int
     block_m: int
+    naive: bool = False  # block m is pair m; block_expert is the flattened topk_ids
+
+
+def use_naive(num_pairs: int, num_experts: int) -> bool:
+    """vLLM's rule (fused_moe.py _prepare_expert_assignment): when T*k*4 <= E nearly every pair has
+    its own expert, so each pair is its own block and the alignment pass is skipped."""
+    return num_pairs * 4 <= num_experts
 
 
 def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
@@ -38,8 +45,9 @@ def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
     return num_pairs + min(num_experts, num_pairs) * (block_m - 1)
 
 
-def align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alignment:
-    """Sort the flattened (token, expert) pairs into expert blocks of ``block_m`` rows (one program)."""
+def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, ok: torch.Tensor | None = None) -> Alignment:
+    """Sort the flattened (token, expert) pairs into expert blocks of ``block_m`` rows (one program).
+    ``ok`` (int32 [1], 1 on entry): cleared when an id is out of range (a fresh one if None)."""
     ids = topk_ids.reshape(-1)
     M = ids.numel()
     dev = ids.device
@@ -48,8 +56,10 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alignment:
     sorted_pairs = torch.empty(sorted_len, dtype=torch.int32, device=dev)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     e_p2 = max(16, next_pow2(num_experts))
-    scratch = torch.empty(e_p2 + 2, dtype=torch.int32, device=dev)  # cursors, total, ok
-    total, ok = scratch[e_p2:e_p2 + 1], scratch[e_p2 + 1:]
+    scratch = torch.empty(e_p2 + 1, dtype=torch.int32, device=dev)  # cursors, total
+    total = scratch[e_p2:]
+    if ok is None:
+        ok = torch.ones(1, dtype=torch.int32, device=dev)
     chunk = min(1024, max(32, next_pow2(M)))
     bchunk = max(1, min(64, 8192 // e_p2, next_pow2(max_blocks)))
     K.align_kernel[(1,)](ids, sorted_pairs, block_expert, total, scratch, ok, M, num_experts, sorted_len,
@@ -99,12 +109,13 @@ class Epilogue:
 def moe_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, al: Alignment, topk_weights: torch.Tensor,
              num_pairs: int, n_out: int, a_row_div: int, cfg: dict[str, int], ep: Epilogue, *,
              quant: int = C.QUANT_NONE, a_scale: torch.Tensor | None = None, b_scale: torch.Tensor | None = None,
-             bias: torch.Tensor | None = None) -> torch.Tensor:
+             bias: torch.Tensor | None = None, flag_bad: bool = False) -> torch.Tensor:
     """One grouped GEMM over the aligned blocks: ``a [rows, K]`` x ``b [E, N, K]`` -> ``out [pairs, n_out]``."""
     k_dim = a.shape[1]
     bm, bn = cfg["BLOCK_SIZE_M"], cfg["BLOCK_SIZE_N"]
     grid = (al.max_blocks * triton.cdiv(n_out, bn),)
     dummy = topk_weights
+    num_experts = b.shape[0]
     if quant == C.QUANT_FP8_BLOCK:
         assert a_scale is not None and b_scale is not None
         sa = (a_scale.stride(0), a_scale.stride(1))
@@ -118,8 +129,8 @@ def moe_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, al: Alignment,
     K.moe_gemm_kernel[grid](
         a, b, out, a_scale if a_scale is not None else dummy, b_scale if b_scale is not None else dummy,
         bias if bias is not None else dummy, topk_weights,
-        al.sorted_pairs, al.block_expert, al.total,
-        n_out, k_dim, num_pairs, al.max_blocks,
+        al.sorted_pairs, al.block_expert, al.total, al.ok,
+        n_out, k_dim, num_pairs, al.max_blocks, num_experts,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), out.stride(0), out.stride(1),
         *sa, *sb, bias.stride(0) if bias is not None else 0,
         ep.row_stride, ep.up_offset, float(ep.alpha), float(ep.limit if ep.limit is not None else 0.0),
@@ -128,6 +139,7 @@ def moe_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, al: Alignment,
         MUL_ROUTED=ep.mul_routed, ROUTED_ON_INPUT=ep.routed_on_input, HAS_BIAS=bias is not None, QUANT=quant,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_SIZE_K"], GROUP_M=cfg["GROUP_SIZE_M"], SCALE_BLOCK=128,
         DOT_F32=a.device.type == "cpu", SWAP_AB=bool(cfg.get("SWAP_AB", False)),
+        NAIVE=al.naive, FLAG_BAD=flag_bad,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -138,15 +150,23 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
                   quant: int = C.QUANT_NONE, w13_scale: torch.Tensor | None = None,
                   w2_scale: torch.Tensor | None = None, w13_bias: torch.Tensor | None = None,
                   w2_bias: torch.Tensor | None = None, routed_on_input: bool = False,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole forward without guards -> (``out [T, H]`` in x's dtype, ``ok`` int32 [1]).
+                  ok: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole forward without guards -> (``out [T, H]`` in x's dtype, ``ok`` int32 [1], 0 after an
+    out-of-range id; pass a persistent ``ok`` holding 1 to skip allocating one).
 
     ``w13 [E, R, H]``, ``w2 [E, H, I]`` (canonical, K contiguous; e4m3 for the FP8 schemes with
     ``w*_scale`` per expert ``[E]`` or per tile ``[E, N/128, K/128]``), biases float32."""
     T, H = x.shape
     k = topk_ids.shape[1]
     M = T * k
-    al = align(topk_ids, num_experts, cfg["gemm1"]["BLOCK_SIZE_M"])
+    bm = cfg["gemm1"]["BLOCK_SIZE_M"]
+    if use_naive(M, num_experts):
+        if ok is None:
+            ok = torch.ones(1, dtype=torch.int32, device=x.device)
+        flat = topk_ids.reshape(-1)
+        al = Alignment(flat, flat, ok, ok, max_blocks=M, block_m=bm, naive=True)
+    else:
+        al = align(topk_ids, num_experts, bm, ok)
     dtype = x.dtype
     w_flat = topk_weights.reshape(-1)
 
@@ -158,7 +178,7 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
         a1, a1_s = x, None
     inter = torch.empty((M, intermediate), dtype=dtype, device=x.device)
     moe_gemm(a1, w13, inter, al, w_flat, M, intermediate, k, cfg["gemm1"], ep1, quant=quant, a_scale=a1_s,
-             b_scale=w13_scale, bias=w13_bias)
+             b_scale=w13_scale, bias=w13_bias, flag_bad=True)
 
     if quant == C.QUANT_FP8_BLOCK:
         a2, a2_s = quant_fp8_groups(inter)

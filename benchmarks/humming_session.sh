@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Humming's compiled kernels persist here for every later step of this session (its default is
 # ~/.humming/cache; set explicitly so the steps share one cache).
 export HUMMING_CACHE_DIR=${HUMMING_CACHE_DIR:-/tmp/humming-cache} CUDA_CACHE_MAXSIZE=4294967296
-if [ -d .whl ] && [ ! -d /tmp/site/humming ]; then
+if [ -d .whl ] && { [ ! -d /tmp/site/humming ] || [ ! -d /tmp/site/pydantic ]; }; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
 if [ -f .gpu/moe_C.so.xz ] && [ ! -f /tmp/moe_C.so ]; then xz -d -c .gpu/moe_C.so.xz > /tmp/moe_C.so; fi

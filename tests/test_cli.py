@@ -67,7 +67,7 @@ def test_select_exit_codes(capsys):
     assert run(capsys, *args, "--device", "b200")[0] == 0
     code, _, err = run(capsys, *args, "--device", "h100", "--force", "trtllm-nvfp4")
     assert code == 3 and "SM100" in err and err.count("\n") == 1
-    registry_ids = ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "torch-grouped-mm", "reference"]
+    registry_ids = ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "humming", "torch-grouped-mm", "reference"]
     forbid = [x for b in registry_ids for x in ("--forbid", b)]
     code, out, _ = run(capsys, *args, "--device", "h100", *forbid, "--json")
     assert code == 3 and json.loads(out)["error"] == "no_eligible_backend"

@@ -42,9 +42,9 @@ def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallba
     assert "b200" in reason.hint and "SM100" in reason.hint
     assert codes(s, "flashinfer-cutlass") == {ReasonCode.QUANT_UNSUPPORTED}
     assert "nvfp4" in s.rejection("flashinfer-cutlass").reasons[0].message
-    # The fallback is named: vLLM's own choice on Hopper (weight-only Marlin).
-    assert s.backend == "marlin"
-    assert [c.backend for c in s.eligible][:2] == ["marlin", "torch-grouped-mm"]
+    # The fallback is named: vLLM 0.33's own choice on Hopper (Humming ahead of Marlin, prefers_humming).
+    assert s.backend == "humming"
+    assert [c.backend for c in s.eligible][:3] == ["humming", "marlin", "torch-grouped-mm"]
 
 
 def test_relu2_at_704_hits_the_tile_limitation_but_gated_gelu_at_704_is_accepted():
@@ -131,9 +131,9 @@ def test_force_eligible_and_ineligible():
 def test_prefer_and_forbid():
     s = select_backend(GEMMA4, "h100", prefer=["reference", "torch-grouped-mm"])
     assert s.backend == "reference" and s.decided_by == "preferred"
-    s = select_backend(GEMMA4, "h100", forbid=["marlin"])
+    s = select_backend(GEMMA4, "h100", forbid=["humming", "marlin"])
     assert s.backend == "torch-grouped-mm"
-    assert ReasonCode.FORBIDDEN in codes(s, "marlin")
+    assert ReasonCode.FORBIDDEN in codes(s, "marlin") and ReasonCode.FORBIDDEN in codes(s, "humming")
     with pytest.raises(UnknownBackend):
         select_backend(GEMMA4, "h100", prefer=["marlinn"])
 
@@ -199,7 +199,7 @@ def test_selection_round_trips_through_json():
 
 def test_describe_is_one_line():
     line = select_backend(GEMMA4, "h100").describe()
-    assert "\n" not in line and "marlin" in line and "trtllm-nvfp4 (device_unsupported)" in line
+    assert "\n" not in line and "humming" in line and "trtllm-nvfp4 (device_unsupported)" in line
 
 
 def test_device_objects_and_names_agree():

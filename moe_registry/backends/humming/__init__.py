@@ -24,8 +24,8 @@ import importlib.util
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, QuantSupport, Requirement,
-    RoutingSupport, ShapeRule,
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport,
+    Requirement, RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
@@ -42,11 +42,14 @@ _FUSED = (f"fused into Humming's process_input kernel that quantizes/prepares GE
 _A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path builds a 16-bit input schema, and "
         "on SM90 no e2m1/fp8/int8 activation schema is compatible with group-16 NvFP4 weights")
 
-#: Measured on the H200 by tests/gpu/test_humming_gpu.py (first forward of a freshly built layer, cold
-#: cache): both GEMMs' tuning intervals and the activation kernel compiled in parallel by NVRTC.
-JIT_COST = ("first forward per layer shape and scheme JIT-compiles Humming's kernels with NVRTC (~10-20 s on an "
-            "H200, cold cache; not yet measured per shape); cached in $HUMMING_CACHE_DIR (default ~/.humming/cache) "
-            "for later runs")
+_RECORD = "docs/verification/h200-humming.txt"
+#: Measured on the H200 (2026-11-29, record above): first forward of a freshly built layer with a cold
+#: cache, i.e. both GEMMs' tuning intervals and the activation kernel compiled by NVRTC in parallel.
+JIT_COST = ("14-22 s per layer shape on an H200 with a cold cache: NVRTC compiles Humming's kernels at the first "
+            "forward (Gemma 4 NvFP4 15.0 s, Qwen3-30B-A3B int4 g128 15.1 s / NvFP4 15.7 s, Mixtral int4 zp 21.6 s, "
+            "gpt-oss-120b MXFP4 14.4 s); 0.7 s from a warm cache ($HUMMING_CACHE_DIR, default ~/.humming/cache, "
+            "kept between runs)")
+_RAN = (Activation.SILU, Activation.GELU_TANH, Activation.SWIGLUOAI)
 
 
 def nvrtc_available() -> tuple[bool, str]:
@@ -75,21 +78,25 @@ DECLARATION = BackendCapability(
     # c_dtype float16 / bfloat16 only (humming/config/mma.py get_dtype_compatibility_error); bf16 needs
     # SM80 (schema/humming.py dtype_min_sm_version_map).
     dtypes=("bf16", "fp16"),
-    activations={act: ActivationImpl(kernel_name="humming process_input (fused expression)", source=_FUSED)
+    # Verified on the H200 for the activations the model-shape tests ran; the others use the same
+    # fused path with their own expression (moe_registry.backends.humming.kernel.activation_kwargs).
+    activations={act: ActivationImpl(kernel_name="humming process_input (fused expression)", source=_FUSED,
+                                     verified_on=("sm90",) if act in _RAN else ())
                  for act in Activation},
     quant=(
         QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 16, 32, 64, 128, 256), zero_point=True,
+                     verified_on=("sm90",),
                      source=(f"{_EXPERTS} _supports_quant_scheme (kInt4Static, None) and uintN group/channel keys; "
                              f"{_COMPAT}: weight groups < 16 incompatible; zero points as uint4 codes "
                              f"({_HM} schema/humming.py HummingWeightSchema.has_zero_point); act-order not run: "
                              f"{_HM} schema/gptq.py GPTQWeightSchema.to_humming_schema asserts not desc_act")),
-        QuantSupport(kind=QuantKind.NVFP4, note=_A16, source=(
+        QuantSupport(kind=QuantKind.NVFP4, note=_A16, verified_on=("sm90",), source=(
             f"{_EXPERTS} _supports_quant_scheme (kNvfp4Static, kNvfp4Dynamic); {_V} fused_moe/oracle/nvfp4.py "
             f"HUMMING branch -> {_MOE} convert_to_humming_moe_kernel_format(quant_method modelopt nvfp4) with a "
             f"16-bit HummingInputSchema; {_SCHEMA}; {_COMPAT} (e2m1 activations SM100+, 8-bit activations need "
             f"weight groups >= 32)")),
         QuantSupport(kind=QuantKind.NVFP4_W4A16, source=f"{_EXPERTS} _supports_quant_scheme (kNvfp4Static, None)"),
-        QuantSupport(kind=QuantKind.MXFP4, source=(
+        QuantSupport(kind=QuantKind.MXFP4, verified_on=("sm90",), source=(
             f"{_EXPERTS} _supports_quant_scheme (kMxfp4Static, None); {_HM} schema/mxfp4.py Mxfp4WeightSchema "
             f"(e2m1, e8m0 scale per 32)")),
         QuantSupport(kind=QuantKind.FP8, adapter_implemented=False, source=(
@@ -114,17 +121,27 @@ DECLARATION = BackendCapability(
             f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True")),
     requirements=(
         Requirement(kind="package", name="humming-kernels", package="humming-kernels", import_name="humming",
-                    hint="pip install 'moe-registry[humming]' (humming-kernels; needs a CUDA torch and cuda-bindings)",
+                    hint="pip install humming-kernels==0.1.19 (the moe-registry 'humming' extra; needs a CUDA torch and "
+                         "cuda-bindings)",
                     source=f"{_V} utils/import_utils.py has_humming; PyPI humming-kernels 0.1.19 (Apache-2.0)"),
         Requirement(kind="jit_module", name="humming NVRTC JIT", probe="moe_registry.backends.humming:nvrtc_available",
                     build_cost=JIT_COST, hint="pip install cuda-bindings (NVRTC), or put nvcc on PATH",
                     source=f"{_HM} humming/jit/runtime.py KernelRuntime._get_compiler / compile_many; "
                            f"humming/utils/jit.py get_humming_cache_dir (HUMMING_CACHE_DIR)"),
     ),
-    # vLLM puts Humming directly ahead of Marlin on SM90 and keeps FlashInfer ahead of both
-    # (oracle/nvfp4.py AVAILABLE_BACKENDS + prioritize_humming). Marlin: int4 100, fp4 60;
-    # FlashInfer CUTLASS 80. INT4 follows the H200 measurement (benchmarks/results/humming-h200).
+    # vLLM puts Humming directly ahead of Marlin on SM90 only and keeps FlashInfer ahead of both
+    # (oracle/nvfp4.py AVAILABLE_BACKENDS + prioritize_humming). Our priorities are per family, not
+    # per device: FP4 above Marlin (60, whose FP4 path is unverified) and torch-grouped-mm (30),
+    # below FlashInfer (80) and TRT-LLM-gen (100); INT4 below Marlin (100) until a bench on one
+    # card compares them (not yet run; `moe-registry bench ... --backend humming --backend marlin`
+    # with --policy measured picks the winner per token count meanwhile).
     priority={QuantFamily.NVFP4: 70, QuantFamily.MXFP4: 70, QuantFamily.INT4: 90, QuantFamily.FP8: 35},
+    hardware=(HardwareStatus(devices="sm90", status="verified", record=_RECORD, note=(
+        "2026-11-29, NVIDIA H200, humming-kernels 0.1.19, torch 2.11.0+cu130: tests/gpu/test_humming_gpu.py 11/11 - "
+        "Gemma 4 NvFP4 gelu_tanh, Qwen3-30B-A3B int4 g128 (fp16) and NvFP4 silu, Mixtral int4 g128 zero points silu, "
+        "gpt-oss-120b MXFP4 swigluoai with biases; T 1/7/64/512/4096 with imbalanced routing and empty experts; max "
+        "rel err 6.4e-3 vs the reference (tolerance 2e-2 bf16, 1e-2 fp16); conversions equal Humming's own "
+        "dequantization; probe and bench not yet run")),),
     engines=EngineNames(vllm="humming", source=f"{_V} fused_moe/oracle/nvfp4.py map_nvfp4_backend 'humming'"),
 )
 

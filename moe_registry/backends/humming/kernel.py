@@ -57,7 +57,8 @@ _PARAM_DTYPE_NAME = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 PAD_N, PAD_K = 256, 128  # vLLM _prepare_and_transform_sublayer: pad_n_to_multiple=256, pad_k_to_multiple=128
 LOCKS_PER_SM = 8  # vllm/utils/humming.py create_humming_locks: num_compute_units * 8
 DEFAULT_BLOCK = 64  # prepare_humming_moe_kwargs: "using default block_size=64"
-INSTALL_HINT = "pip install 'moe-registry[humming]' (humming-kernels 0.1.19, needs a CUDA torch and cuda-bindings)"
+INSTALL_HINT = ("pip install humming-kernels==0.1.19 (the moe-registry 'humming' extra; needs a CUDA torch and "
+                "cuda-bindings)")
 
 
 def load_humming() -> Any:

@@ -169,3 +169,32 @@ def test_adapter_without_cuda_says_why():
                       quant=QuantScheme.parse("int4_w4a16:g64"), dtype="bf16")
     with pytest.raises(RuntimeError, match="CUDA"):
         HummingExperts(layer, random_weights(layer))
+
+
+def _eval_c_expression(expr: str, a: float, b: float) -> float:
+    """Evaluate one of our fused activation expressions (a C float expression in ``a``, ``b``) in Python."""
+    import math
+    import re
+
+    py = re.sub(r"(\d)\.f\b", r"\1.0", expr)
+    py = re.sub(r"(\d(?:\.\d+)?(?:e[-+]?\d+)?)f\b", r"\1", py)
+    env = {"expf": math.exp, "erff": math.erf, "tanhf": math.tanh, "fmaxf": max, "fminf": min, "a": a, "b": b}
+    return float(eval(py, {"__builtins__": {}}, env))  # noqa: S307 (our own constant strings)
+
+
+@pytest.mark.parametrize("act", [a for a in Activation if a is not Activation.SWIGLUOAI])
+def test_fused_expressions_compute_the_reference_activation(act):
+    """The expression strings the kernel compiles equal moe_registry.execution.activations on sample points
+    (swigluoai's lambda form is checked on the GPU at the gpt-oss shape)."""
+    from moe_registry.execution.activations import apply_activation
+
+    layer = LayerSpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=4, activation=act,
+                      quant=QuantScheme.parse("mxfp4"), dtype="bf16")
+    kw = activation_kwargs(layer)
+    gate = torch.tensor([-3.0, -0.5, 0.7, 4.2], dtype=torch.float64)
+    up = torch.tensor([1.5, -2.0, 0.25, -0.8], dtype=torch.float64)
+    h = torch.cat([gate, up]) if act.is_gated else gate
+    expected = apply_activation(h.unsqueeze(0), layer).squeeze(0)
+    got = torch.tensor([_eval_c_expression(kw["activation_impl"], float(g), float(u)) for g, u in zip(gate, up)],
+                       dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)

@@ -262,10 +262,13 @@ def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | 
     Where TP cuts through the groups of a checkpoint that holds whole groups (Gemma 4 NvFP4 at TP8:
     704 / 8 = 88, 5.5 groups of 16), ranks still hold whole groups if their shards are cut on the
     group grid: rank r takes columns [r*S, r*S + S) with S = round_up(I/tp, group), the last ranks
-    zero-filled. That is vLLM's block-aligned TP loading (vLLM 0.33 fused_moe/oracle/fp8.py
-    L330-352 sets tp_shard_with_padding, routed_experts.py L391-418 slices the checkpoint with the
-    padded stride). Such a shard is wider than I/tp, so only a backend that pads the intermediate
-    (``sizes`` then holds its padded width, a multiple of the group) can run it."""
+    zero-filled. That is vLLM's block-aligned TP loading for FP8 blocks (vLLM 0.33
+    fused_moe/oracle/fp8.py L324-352 pad_tp_shard_to_weight_blocks, "Pad the TP shard to whole
+    checkpoint blocks, keeping scales rank-local"; L296-301: a shard that is not whole blocks "makes
+    the checkpoint's block scales impossible to shard exactly"; routed_experts.py L391-418 slices
+    the checkpoint with the padded stride). Such a shard is wider than I/tp, so only a backend that
+    pads the intermediate (``sizes`` then holds its padded width, a multiple of the group) can run
+    it. tests/test_tp_scale_groups.py shows it exact, and vLLM's floor-sliced NvFP4 scales not."""
     group = layer.quant.scale_group_k
     if group is None:
         return

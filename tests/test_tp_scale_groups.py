@@ -3,13 +3,15 @@
 GEMM2 reduces over the intermediate, which TP splits: y = sum over ranks of h[:, shard] @ W2[:, shard]^T.
 A rank whose shard starts mid-group needs the scale of a group it holds only part of.
 
-* Group-grid shards (selection's rule, vLLM's block-aligned TP loading for FP8 blocks): rank r takes
-  columns [r*S, r*S + S) with S = round_up(I/tp, 16), zero-filled past I, then padded for the kernel.
+* Group-grid shards (selection's rule; vLLM's block-aligned TP loading for FP8 blocks, oracle/fp8.py
+  L324-352 pad_tp_shard_to_weight_blocks, routed_experts.py L391-418): rank r takes columns
+  [r*S, r*S + S) with S = round_up(I/tp, 16), zero-filled past I, then padded for the kernel.
   Every rank holds whole groups with their own scales, so the sum is the unsharded GEMM: exact.
-* vLLM 0.33's NvFP4 loading (modelopt.py L980: w2_weight_scale has I_pp // 16 columns; routed_experts.py
-  _load_w2 L706-717 slices the checkpoint with loaded_per_rank = (I/16) // tp at offset rank *
-  loaded_per_rank, the weights at rank * I_pp / 2 bytes; flashinfer_utils.py L275-278 zero-pads the
-  scales to the padded width): scales no longer line up with the values. Simulated here, not run.
+* vLLM 0.33's NvFP4 loading (quantization/modelopt.py L980: w2_weight_scale has I_pp // 16 columns;
+  fused_moe/routed_experts.py _load_w2 L594-595 slices the checkpoint with loaded_per_rank =
+  (I/16) // tp at offset rank * loaded_per_rank, the packed weights at rank * I_pp / 2 bytes;
+  quantization/utils/flashinfer_utils.py L275-278 zero-pads the scales to the padded width): the
+  scales no longer line up with the values. Simulated here from that arithmetic, not run.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | 
                 f"{backend.id}: per-rank intermediate {value} splits {layer.quant.kind.value}'s {group}-element "
                 f"scale groups, so each rank holds whole groups: the checkpoint's {layer.intermediate_size} is "
                 f"sharded on the group grid ({stride} per rank, the last rank zero-filled) and padded to "
-                f"{sizes['intermediate']}")))
+                f"{sizes['intermediate']} (a loader's job: moe-registry's adapters take the rank's shard as given)")))
             hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
             if hint:
                 v.notes.append(Note(kind="hint", message=f"{backend.id}: {hint} (whole scale groups, no TP padding)"))

@@ -614,11 +614,16 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
     for spec in specs:  # identical layers are selected once, without name and index
         counts[spec.shape_key()] = counts.get(spec.shape_key(), 0) + 1
 
+    results: dict[tuple[LayerSpec, tuple], Selection | NoEligibleBackend] = {}
+
     def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
-        try:
-            return select_backend(key, device, extra_reasons=extra, **kwargs)
-        except NoEligibleBackend as exc:  # recorded, so the other layers are still planned
-            return exc
+        if (key, extra) not in results:
+            try:
+                more = {"extra_reasons": extra} if extra else {}
+                results[key, extra] = select_backend(key, device, **more, **kwargs)
+            except NoEligibleBackend as exc:  # recorded, so the other layers are still planned
+                results[key, extra] = exc
+        return results[key, extra]
 
     # Memory fit is a function of the whole plan: it adds memory_exceeded reasons, then selection reruns.
     target = device if device is not None else detect()

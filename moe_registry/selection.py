@@ -289,9 +289,12 @@ def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | 
                 f"{sizes['intermediate']} (a loader's job: moe-registry's adapters take the rank's shard as given)")))
             hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
             if hint:
-                v.notes.append(Note(kind="hint", message=f"{backend.id}: {hint} (whole scale groups, no TP padding)"))
+                v.notes.append(Note(kind="hint", message=f"{backend.id}: {hint} (whole scale groups per rank)"))
             continue
         hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
+        if dimension == "intermediate" and backend is not None and sizes is not None and _tp_split_group(layer) \
+                and any(r.pad and r.dimension == "intermediate" and r.when.matches(layer) for r in backend.shape_rules):
+            hint = "; ".join(filter(None, [hint, "allow padding (ranks then hold whole groups)"]))
         v.reject(ReasonCode.SHAPE_UNALIGNED, dimension, f"multiple of {group}", str(value),
                  f"per-rank {dimension} {value} splits {layer.quant.kind.value}'s {group}-element scale groups",
                  hint, f"{layer.quant.kind.value} format: one scale per {group} K-elements")

@@ -112,7 +112,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .planner import plan_model
 
     plan = plan_model(args.model, device=_device(args.device), parallel=_parallel(args), quant=args.quant,
-                      **_choice_kwargs(args))
+                      memory=args.memory, **_choice_kwargs(args))
     mode = _output_mode(args)
     if mode == "json":
         _emit_json(render.plan_json(plan))
@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model")
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
     p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
+    p.add_argument("--memory", choices=("prefer", "strict", "report"), default="prefer", help=(
+        "whole-model expert weights per GPU vs the device: prefer a backend that fits (default), strict: "
+        "no backend when none fits (exit 3), report only (docs/cli-json.md)"))
     _add_target(p), _add_choice(p), _add_output(p)
     p.set_defaults(func=cmd_explain)
 

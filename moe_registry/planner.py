@@ -75,6 +75,7 @@ from .schemas.activation import Activation, SwigluOAIParams
 from .schemas.device import DeviceSpec, get_device
 from .schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
 from .schemas.quant import QuantScheme
+from .memory import MemoryFit
 from .schemas.selection import Rejection, Selection
 
 __all__ = [
@@ -199,6 +200,7 @@ class ModelPlan(BaseModel):
     num_hidden_layers: int
     layers: tuple[LayerPlan, ...]
     notes: tuple[str, ...] = ()
+    memory: MemoryFit | None = None  # whole-model expert weights per GPU vs the device (None: select=False)
 
     @property
     def layer_specs(self) -> tuple[LayerSpec, ...]:
@@ -520,7 +522,8 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
-          quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any]) -> ModelPlan:
+          quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any],
+          memory_mode: str = "prefer") -> ModelPlan:
     config = src.config
     text, wrapper = _pick_text_config(config)
     where = src.source if text is config else f"{src.source} text_config"
@@ -581,13 +584,18 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
             cls = ParallelismError if (width % parallel.tp or num_experts % parallel.ep) else InvalidLayer
             raise cls(f"{name} (layer {i}): {_one_line(exc)}") from None
 
-    layers = _select(specs, device, select_kwargs) if select else tuple(LayerPlan(layer=s) for s in specs)
+    memory = None
+    if select:
+        layers, memory = _select(specs, device, select_kwargs, memory_mode)
+    else:
+        layers = tuple(LayerPlan(layer=s) for s in specs)
     return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
                      device=device, parallel=parallel, quantization=qconf.summary if qconf else unquantized.label(),
-                     num_hidden_layers=num_layers, layers=layers, notes=tuple(notes))
+                     num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
 
 
-def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any]) -> tuple[LayerPlan, ...]:
+def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],
+            memory_mode: str) -> tuple[tuple[LayerPlan, ...], "MemoryFit | None"]:
     try:
         from .selection import select_backend
     except ModuleNotFoundError as exc:
@@ -596,20 +604,41 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         raise SelectionUnavailable("backend selection is not available (moe_registry.selection is missing); "
                                    "plan with select=False") from None
     from .errors import NoEligibleBackend
+    from .memory import MEMORY_MODES, fit
+    from .schemas.device import detect
 
-    done: dict[LayerSpec, LayerPlan] = {}
-    out = []
-    for spec in specs:
-        key = spec.shape_key()
-        if key not in done:  # identical layers are selected once, without name and index
+    if memory_mode not in MEMORY_MODES:
+        raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
+
+    counts: dict[LayerSpec, int] = {}
+    for spec in specs:  # identical layers are selected once, without name and index
+        counts[spec.shape_key()] = counts.get(spec.shape_key(), 0) + 1
+
+    results: dict[tuple[LayerSpec, tuple], Selection | NoEligibleBackend] = {}
+
+    def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
+        if (key, extra) not in results:
             try:
-                done[key] = LayerPlan(layer=key, selection=select_backend(key, device, **kwargs))
+                more = {"extra_reasons": extra} if extra else {}
+                results[key, extra] = select_backend(key, device, **more, **kwargs)
             except NoEligibleBackend as exc:  # recorded, so the other layers are still planned
-                lines = str(exc).splitlines()
-                done[key] = LayerPlan(layer=key, error=lines[0] if lines else type(exc).__name__,
-                                      rejections=tuple(getattr(exc, "rejections", ())))
-        out.append(done[key].model_copy(update={"layer": spec}))
-    return tuple(out)
+                results[key, extra] = exc
+        return results[key, extra]
+
+    # Memory fit is a function of the whole plan: it adds memory_exceeded reasons, then selection reruns.
+    target = device if device is not None else detect()
+    extras, memory = fit(counts, lambda k, e: (r if isinstance(r := select_key(k, e), Selection) else None),
+                         target, memory_mode)  # type: ignore[arg-type]
+    done: dict[LayerSpec, LayerPlan] = {}
+    for key in counts:
+        result = select_key(key, extras[key])
+        if isinstance(result, Selection):
+            done[key] = LayerPlan(layer=key, selection=result)
+        else:
+            lines = str(result).splitlines()
+            done[key] = LayerPlan(layer=key, error=lines[0] if lines else type(result).__name__,
+                                  rejections=tuple(getattr(result, "rejections", ())))
+    return tuple(done[spec.shape_key()].model_copy(update={"layer": spec}) for spec in specs), memory
 
 
 # --- Public API ------------------------------------------------------------------------------
@@ -617,7 +646,7 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
 
 def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None = None,
                parallel: ParallelConfig = ParallelConfig(), quant: QuantScheme | str | None = None, *,
-               select: bool = True, **select_kwargs: Any) -> ModelPlan:
+               select: bool = True, memory: str = "prefer", **select_kwargs: Any) -> ModelPlan:
     """Plan every MoE layer of a model.
 
     ``source``: a bundled preset name (``gemma-4-26b-a4b``) or its Hugging Face id, a model
@@ -625,16 +654,18 @@ def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None =
     None for this machine. ``quant``: a scheme (or ``"nvfp4"``-style string) for every MoE layer,
     overriding the checkpoint's. ``select=False`` builds the LayerSpecs only. Remaining keyword
     arguments (``force``, ``prefer``, ``forbid``, ``policy``) go to ``select_backend``, which runs
-    once per distinct layer shape. Raises :class:`PlanError` (one line) on any bad input.
+    once per distinct layer shape. ``memory``: how the whole-model expert weights per GPU are fitted
+    to the device (``prefer``, ``strict``, ``report``; see :mod:`moe_registry.memory`), reported in
+    ``ModelPlan.memory``. Raises :class:`PlanError` (one line) on any bad input.
     """
     return _plan(_load(source), device=device, parallel=parallel, quant=quant, select=select,
-                 select_kwargs=select_kwargs)
+                 select_kwargs=select_kwargs, memory_mode=memory)
 
 
 def plan_config(config: Mapping[str, Any], device: DeviceSpec | str | None = None,
                 parallel: ParallelConfig = ParallelConfig(), quant: QuantScheme | str | None = None, *,
                 name: str = "config", hf_quant_config: Mapping[str, Any] | None = None,
-                quantize_config: Mapping[str, Any] | None = None, select: bool = True,
+                quantize_config: Mapping[str, Any] | None = None, select: bool = True, memory: str = "prefer",
                 **select_kwargs: Any) -> ModelPlan:
     """:func:`plan_model` for a config already in memory (companion files given as arguments)."""
     if not isinstance(config, Mapping):
@@ -642,7 +673,8 @@ def plan_config(config: Mapping[str, Any], device: DeviceSpec | str | None = Non
     src = _Source(model=name, source=name, config=dict(config), hf_quant_config=hf_quant_config,
                   hf_quant_source=f"{name} hf_quant_config", quantize_config=quantize_config,
                   quantize_source=f"{name} quantize_config")
-    return _plan(src, device=device, parallel=parallel, quant=quant, select=select, select_kwargs=select_kwargs)
+    return _plan(src, device=device, parallel=parallel, quant=quant, select=select, select_kwargs=select_kwargs,
+                 memory_mode=memory)
 
 
 def list_presets() -> dict[str, str]:

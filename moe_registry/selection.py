@@ -81,6 +81,8 @@ class _Verdict:
     reasons: list[Reason] = dataclasses.field(default_factory=list)
     notes: list[Note] = dataclasses.field(default_factory=list)
     padding: dict[str, int] = dataclasses.field(default_factory=dict)  # dimension -> multiple
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # per-rank sizes the kernel sees
+    support: QuantSupport | None = None  # the scheme support that runs the layer, if any
 
     def reject(self, code: ReasonCode, field: str, required: str, actual: str, message: str,
                hint: str = "", source: str = "") -> None:
@@ -181,9 +183,9 @@ def _check_quant(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, pla
                 v.notes.append(Note(kind="assumed", message=(
                     f"{d.id} runs {kind.value} in its engine; moe-registry's adapter cannot run it yet")))
             if support.dequantized_at_load:
-                ratio = 16 / layer.quant.weight_bits
+                ratio = support.dequantized_bits / layer.quant.weight_bits
                 v.notes.append(Note(kind="memory", message=(
-                    f"{d.id} dequantizes {kind.value} weights to 16-bit when the layer is built: "
+                    f"{d.id} dequantizes {kind.value} weights to {support.dequantized_bits}-bit when the layer is built: "
                     f"{ratio:g}x the expert weight memory of the checkpoint")))
             if support.note:
                 v.notes.append(Note(kind="assumed", message=f"{d.id}: {support.note}"))
@@ -210,9 +212,63 @@ def _parallel_hint(layer: LayerSpec, dimension: str, ok) -> str:
     return "; ".join(hints)
 
 
-def _check_format_groups(layer: LayerSpec, v: _Verdict) -> None:
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _tp_split_group(layer: LayerSpec) -> int | None:
+    """The scale group TP cuts through along the intermediate, when the unsharded checkpoint holds
+    whole groups (so ranks can hold whole groups if their shards are cut on the group grid)."""
+    group = layer.quant.scale_group_k
+    local = layer.local_intermediate_size
+    if group is None or layer.parallel.tp == 1 or local % group == 0 or layer.intermediate_size % group:
+        return None
+    return group
+
+
+def _pad_multiples(d: BackendCapability, layer: LayerSpec, policy: Policy) -> dict[str, int]:
+    """Dimension -> multiple the backend's adapter pads to: the lcm of its pad rules that apply, and
+    where TP cuts through scale groups, the group too (the adapter pads whole groups, see
+    _check_format_groups). Rule conditions are judged at the padded sizes; the set only grows, so
+    this reaches a fixpoint within one pass per rule."""
+    if not policy.allow_padding:
+        return {}
+    multiples: dict[str, int] = {}
+    group = _tp_split_group(layer)
+    while True:
+        sizes = _padded_sizes(layer, multiples)
+        grown = dict(multiples)
+        for rule in d.shape_rules:
+            if rule.pad and rule.multiple_of is not None and rule.when.matches(layer, sizes):
+                grown[rule.dimension] = math.lcm(grown.get(rule.dimension, 1), rule.multiple_of)
+        if group is not None and "intermediate" in grown:
+            grown["intermediate"] = math.lcm(grown["intermediate"], group)
+        if grown == multiples:
+            return multiples
+        multiples = grown
+
+
+def _padded_sizes(layer: LayerSpec, multiples: dict[str, int]) -> dict[str, int]:
+    """Per-rank hidden / intermediate the kernel sees after padding to ``multiples``."""
+    return {"hidden": _round_up(layer.hidden_size, multiples.get("hidden", 1)),
+            "intermediate": _round_up(layer.local_intermediate_size, multiples.get("intermediate", 1))}
+
+
+def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | None = None,
+                         backend: BackendCapability | None = None) -> None:
     """A rank must hold whole scale groups along K (hidden for GEMM1, intermediate for GEMM2):
-    a fact of the quantization format, so it applies to every backend alike."""
+    a fact of the quantization format, so it applies to every backend alike.
+
+    Where TP cuts through the groups of a checkpoint that holds whole groups (Gemma 4 NvFP4 at TP8:
+    704 / 8 = 88, 5.5 groups of 16), ranks still hold whole groups if their shards are cut on the
+    group grid: rank r takes columns [r*S, r*S + S) with S = round_up(I/tp, group), the last ranks
+    zero-filled. That is vLLM's block-aligned TP loading for FP8 blocks (vLLM 0.33
+    fused_moe/oracle/fp8.py L324-352 pad_tp_shard_to_weight_blocks, "Pad the TP shard to whole
+    checkpoint blocks, keeping scales rank-local"; L296-301: a shard that is not whole blocks "makes
+    the checkpoint's block scales impossible to shard exactly"; routed_experts.py L391-418 slices
+    the checkpoint with the padded stride). Such a shard is wider than I/tp, so only a backend that
+    pads the intermediate (``sizes`` then holds its padded width, a multiple of the group) can run
+    it. tests/test_tp_scale_groups.py shows it exact, and vLLM's floor-sliced NvFP4 scales not."""
     group = layer.quant.scale_group_k
     if group is None:
         return
@@ -220,35 +276,51 @@ def _check_format_groups(layer: LayerSpec, v: _Verdict) -> None:
         value = dimension_value(layer, dimension)
         # A partial last group is fine where the format allows one, unless TP cuts through it.
         unsplit = dimension == "hidden" or layer.parallel.tp == 1
-        if value % group and not (layer.quant.partial_last_group and unsplit):
-            hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
-            v.reject(ReasonCode.SHAPE_UNALIGNED, dimension, f"multiple of {group}", str(value),
-                     f"per-rank {dimension} {value} splits {layer.quant.kind.value}'s {group}-element scale groups",
-                     hint, f"{layer.quant.kind.value} format: one scale per {group} K-elements")
-
-
-def _check_shapes(d: BackendCapability, layer: LayerSpec, policy: Policy, v: _Verdict) -> None:
-    for rule in d.shape_rules:
-        if not rule.when.matches(layer):
+        if value % group == 0 or (layer.quant.partial_last_group and unsplit):
             continue
-        value = dimension_value(layer, rule.dimension)
+        if (dimension == "intermediate" and sizes is not None and backend is not None
+                and _tp_split_group(layer) is not None and sizes["intermediate"] % group == 0
+                and sizes["intermediate"] > value):
+            stride = _round_up(value, group)
+            v.notes.append(Note(kind="padding", message=(
+                f"{backend.id}: per-rank intermediate {value} splits {layer.quant.kind.value}'s {group}-element "
+                f"scale groups, so each rank holds whole groups: the checkpoint's {layer.intermediate_size} is "
+                f"sharded on the group grid ({stride} per rank, the last rank zero-filled) and padded to "
+                f"{sizes['intermediate']} (a loader's job: moe-registry's adapters take the rank's shard as given)")))
+            hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
+            if hint:
+                v.notes.append(Note(kind="hint", message=f"{backend.id}: {hint} (whole scale groups per rank)"))
+            continue
+        hint = _parallel_hint(layer, dimension, lambda x: x % group == 0)
+        if dimension == "intermediate" and backend is not None and sizes is not None and _tp_split_group(layer) \
+                and any(r.pad and r.dimension == "intermediate" and r.when.matches(layer) for r in backend.shape_rules):
+            hint = "; ".join(filter(None, [hint, "allow padding (ranks then hold whole groups)"]))
+        v.reject(ReasonCode.SHAPE_UNALIGNED, dimension, f"multiple of {group}", str(value),
+                 f"per-rank {dimension} {value} splits {layer.quant.kind.value}'s {group}-element scale groups",
+                 hint, f"{layer.quant.kind.value} format: one scale per {group} K-elements")
+
+
+def _check_shapes(d: BackendCapability, layer: LayerSpec, sizes: dict[str, int], v: _Verdict) -> None:
+    """Every shape rule, judged at the sizes the kernel sees (padded where the backend pads)."""
+    for rule in d.shape_rules:
+        if not rule.when.matches(layer, sizes):
+            continue
+        value = dimension_value(layer, rule.dimension, sizes)
+        original = dimension_value(layer, rule.dimension)
+        seen = str(value) if value == original else f"{original}, padded to {value}"
         scope = "" if rule.when == rule.when.__class__() else f" when {rule.when.describe()}"
         if rule.multiple_of is not None and value % rule.multiple_of:
-            if rule.pad and policy.allow_padding:
-                current = v.padding.get(rule.dimension, 1)
-                v.padding[rule.dimension] = current * rule.multiple_of // math.gcd(current, rule.multiple_of)
-                continue
-            padded = -(-value // rule.multiple_of) * rule.multiple_of
+            padded = _round_up(value, rule.multiple_of)
             hint = _parallel_hint(layer, rule.dimension, lambda x, m=rule.multiple_of: x % m == 0)
             if rule.pad:
                 hint = "; ".join(filter(None, [hint, f"allow padding to {padded}"]))
             v.reject(ReasonCode.SHAPE_UNALIGNED, rule.dimension, f"multiple of {rule.multiple_of}{scope}", str(value),
-                     f"{d.name} needs per-rank {rule.dimension} to be a multiple of {rule.multiple_of}{scope}; it is {value}",
+                     f"{d.name} needs per-rank {rule.dimension} to be a multiple of {rule.multiple_of}{scope}; it is {seen}",
                      hint, rule.source)
         if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
             bounds = f"{rule.min if rule.min is not None else ''}..{rule.max if rule.max is not None else ''}"
             v.reject(ReasonCode.SHAPE_OUT_OF_RANGE, rule.dimension, bounds, str(value),
-                     f"{d.name} needs per-rank {rule.dimension} in {bounds}{scope}; it is {value}", source=rule.source)
+                     f"{d.name} needs per-rank {rule.dimension} in {bounds}{scope}; it is {seen}", source=rule.source)
     if d.max_experts is not None and layer.local_num_experts > d.max_experts:
         need = next((ep for ep in range(2, layer.num_experts + 1) if layer.num_experts % ep == 0
                      and layer.num_experts // ep <= d.max_experts), None)
@@ -260,10 +332,13 @@ def _check_shapes(d: BackendCapability, layer: LayerSpec, policy: Policy, v: _Ve
                  f"{d.name} routes at most top-{d.max_top_k}; the layer uses top-{layer.top_k}")
 
 
-def _check_limitations(d: BackendCapability, layer: LayerSpec, v: _Verdict) -> None:
+def _check_limitations(d: BackendCapability, layer: LayerSpec, sizes: dict[str, int], v: _Verdict) -> None:
+    """Known limitations, judged at the padded sizes: the kernel never sees the unpadded ones."""
+    padded = {dim: n for dim, n in sizes.items() if n != dimension_value(layer, dim)}
+    seen = layer.describe() + "".join(f", per-rank {dim} padded to {n}" for dim, n in padded.items())
     for lim in d.limitations:
-        if lim.when.matches(layer):
-            v.reject(ReasonCode.KNOWN_LIMITATION, "layer", f"not ({lim.when.describe()})", layer.describe(),
+        if lim.when.matches(layer, sizes):
+            v.reject(ReasonCode.KNOWN_LIMITATION, "layer", f"not ({lim.when.describe()})", seen,
                      f"{d.name}: {lim.reason}", lim.hint, lim.source)
 
 
@@ -294,9 +369,9 @@ def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict)
 
 
 def _check_requirements(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Environment,
-                        v: _Verdict) -> None:
+                        sizes: dict[str, int], v: _Verdict) -> None:
     for req in d.requirements:
-        if not req.when.matches(layer):
+        if not req.when.matches(layer, sizes):
             continue
         if req.devices is not None and not any(r.matches(device) for r in req.devices):
             continue
@@ -324,12 +399,16 @@ def evaluate(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: En
         v.reject(ReasonCode.DTYPE_UNSUPPORTED, "dtype", " or ".join(d.dtypes), layer.dtype,
                  f"{d.name} takes {' or '.join(d.dtypes)} hidden states, not {layer.dtype}")
     _check_activation(d, layer, policy, declarations, v)
-    _check_quant(d, layer, device, env.planning, declarations, v)
-    _check_format_groups(layer, v)
-    _check_shapes(d, layer, policy, v)
-    _check_limitations(d, layer, v)
+    v.support = _check_quant(d, layer, device, env.planning, declarations, v)
+    multiples = _pad_multiples(d, layer, policy)
+    sizes = _padded_sizes(layer, multiples)
+    v.sizes = sizes
+    v.padding = {dim: m for dim, m in multiples.items() if sizes[dim] != dimension_value(layer, dim)}
+    _check_format_groups(layer, v, sizes, d)
+    _check_shapes(d, layer, sizes, v)
+    _check_limitations(d, layer, sizes, v)
     _check_routing_features(d, layer, v)
-    _check_requirements(d, layer, device, env, v)
+    _check_requirements(d, layer, device, env, sizes, v)
     return v
 
 
@@ -351,16 +430,31 @@ def _paddings(layer: LayerSpec, multiples: dict[str, int]) -> tuple[Padding, ...
 # --- Resolution ---------------------------------------------------------------------------------
 
 
+def _held(layer: LayerSpec, support: QuantSupport | None, sizes: dict[str, int]) -> tuple[int | None, str]:
+    """(per-rank expert weight bytes of the layer as the backend holds them, what it holds)."""
+    if support is None:
+        return None, ""
+    if not support.dequantized_at_load:
+        return layer.expert_weight_bytes(sizes["hidden"], sizes["intermediate"]), layer.quant.label()
+    bits = support.dequantized_bits
+    held = "fp32" if bits == 32 else layer.dtype if layer.dtype in ("bf16", "fp16") else "bf16"
+    return (layer.expert_weight_bytes(sizes["hidden"], sizes["intermediate"], held_bits=bits),
+            f"{held} (dequantized from {layer.quant.label()})")
+
+
 def _fingerprint(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Environment, policy: Policy,
-                 force: str | None, prefer: tuple[str, ...], forbid: tuple[str, ...]) -> str:
+                 force: str | None, prefer: tuple[str, ...], forbid: tuple[str, ...],
+                 extra: tuple[tuple[str, Reason], ...] = ()) -> str:
     text = "\n".join((registry.digest, layer.shape_key().model_dump_json(), device.model_dump_json(),
-                      env.model_dump_json(), policy.key(), repr((force, prefer, forbid))))
+                      env.model_dump_json(), policy.key(), repr((force, prefer, forbid)),
+                      *(f"{b}:{r.model_dump_json()}" for b, r in extra)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4096)
 def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Environment, policy: Policy,
-             force: str | None, force_origin: str, prefer: tuple[str, ...], forbid: tuple[str, ...]) -> Selection:
+             force: str | None, force_origin: str, prefer: tuple[str, ...], forbid: tuple[str, ...],
+             extra: tuple[tuple[str, Reason], ...] = ()) -> Selection:
     declarations = registry.declarations()
     for name in (force, *prefer, *forbid):
         if name is not None:
@@ -373,12 +467,15 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
         if d.id in forbid:
             v.reject(ReasonCode.FORBIDDEN, "forbid", "not forbidden", "forbidden",
                      f"{d.name} is forbidden by the caller", "remove it from forbid / --forbid")
+        v.reasons += [reason for backend, reason in extra if backend == d.id]
         verdicts[d.id] = v
         if v.reasons:
             rejections.append(Rejection(backend=d.id, reasons=tuple(v.reasons), notes=tuple(v.notes)))
         else:
+            held_bytes, held = _held(layer, v.support, v.sizes)
             candidates.append(Candidate(backend=d.id, priority=d.priority.get(layer.quant.family, 0),
-                                        padding=_paddings(layer, v.padding), notes=tuple(v.notes)))
+                                        padding=_paddings(layer, v.padding), notes=tuple(v.notes),
+                                        expert_weight_bytes=held_bytes, weights_held=held))
     if force is not None:
         if verdicts[force].reasons:
             raise BackendNotEligible(force, layer, tuple(verdicts[force].reasons), origin=force_origin)
@@ -401,12 +498,13 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
         padding=chosen.padding, notes=chosen.notes + policy_notes, eligible=tuple(ordered),
         rejections=tuple(rejections),
         engines={k: v for k, v in (("vllm", engines.vllm), ("sglang", engines.sglang), ("trtllm", engines.trtllm)) if v},
-        fingerprint=_fingerprint(registry, layer, device, env, policy, force, prefer, forbid))
+        fingerprint=_fingerprint(registry, layer, device, env, policy, force, prefer, forbid, extra))
 
 
 def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None, *, force: str | None = None,
                    prefer: Iterable[str] = (), forbid: Iterable[str] = (), policy: Policy | None = None,
-                   registry: Registry | None = None) -> Selection:
+                   registry: Registry | None = None,
+                   extra_reasons: Iterable[tuple[str, Reason]] = ()) -> Selection:
     """Pick the backend for one layer.
 
     ``device=None`` selects for this machine: it is detected, and installed packages and built
@@ -414,8 +512,9 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     packages are assumed installable and the assumption is noted.
     ``force`` (or the ``MOE_REGISTRY_BACKEND`` environment variable) pins a backend and raises
     BackendNotEligible with every reason if it cannot run the layer; ``prefer`` puts eligible
-    backends first in the given order; ``forbid`` rejects backends. With no eligible backend,
-    NoEligibleBackend carries every rejection.
+    backends first in the given order; ``forbid`` rejects backends. ``extra_reasons`` are
+    (backend, Reason) pairs decided outside this one layer (the planner's whole-model memory fit),
+    kept like any other reason. With no eligible backend, NoEligibleBackend carries every rejection.
     """
     registry = registry or default_registry()
     if device is None:
@@ -427,7 +526,7 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     if force is None and os.environ.get(ENV_FORCE):
         force, origin = os.environ[ENV_FORCE].strip(), "env"
     selection = _resolve(registry, layer_spec.shape_key(), target, env, policy or DEFAULT_POLICY,
-                         force, origin, tuple(prefer), tuple(forbid))
+                         force, origin, tuple(prefer), tuple(forbid), tuple(extra_reasons))
     if layer_spec.name is None and layer_spec.index is None:
         return selection
     return selection.model_copy(update={"layer": layer_spec})

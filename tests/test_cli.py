@@ -51,8 +51,16 @@ def test_explain_markdown_is_pasteable(capsys):
     assert "| layers 3-60 (58) |" in out and "| rejected backend | code | reason | hint |" in out
 
 
-def test_explain_tp8_breaks_nvfp4_groups_with_ep_hint_and_exit_3(capsys):
+def test_explain_tp8_pads_nvfp4_to_whole_groups_keeps_the_ep_hint_and_exits_3_only_unpadded(capsys):
+    # 704 / TP8 = 88 splits NvFP4's 16-element groups: TRT-LLM-gen pads the rank's shard to 128.
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--json")
+    assert code == 0
+    selection = json.loads(out)["groups"][0]["selection"]
+    assert selection["backend"].startswith("trtllm")
+    assert [(p["dimension"], p["original"], p["padded"]) for p in selection["padding"]] == [("intermediate", 88, 128)]
+    assert any(n["kind"] == "hint" and "EP8 instead of TP8 keeps intermediate 704" in n["message"]
+               for n in selection["notes"])
+    code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--no-pad", "--json")
     assert code == 3
     group = json.loads(out)["groups"][0]
     hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}

@@ -302,9 +302,13 @@ def test_unavailable_backends_are_skipped_with_the_reason():
 def test_tolerances_come_from_the_declaration():
     from moe_registry.backends.torch_grouped_mm import DECLARATION as GROUPED
 
+    # A backend that runs every scheme as declared, without dequantizing at load (test-only).
+    native = REFERENCE.model_copy(update={"quant": tuple(s.model_copy(update={"dequantized_at_load": False})
+                                                         for s in REFERENCE.quant)})
     layer = probe.layer_for(SMALL[0], Activation.SILU, QuantScheme(kind=QuantKind.NVFP4))
-    assert probe.tolerance_for(REFERENCE, layer)[0] == probe.TOL_FP4  # W4A4 scheme, not dequantized at load
+    assert probe.tolerance_for(native, layer)[0] == probe.TOL_FP4  # W4A4 scheme, not dequantized at load
     assert probe.tolerance_for(GROUPED, layer)[0] == probe.TOL_16BIT  # dequantized at load: bf16 activations
+    assert probe.tolerance_for(REFERENCE, layer)[0] == probe.TOL_16BIT  # holds fp32 weights, quantizes no activation
     fp8 = layer.replace(quant="fp8")
-    assert probe.tolerance_for(REFERENCE, fp8)[0] == probe.TOL_FP8
-    assert probe.tolerance_for(REFERENCE, layer.replace(quant="int4_w4a16"))[0] == probe.TOL_16BIT
+    assert probe.tolerance_for(native, fp8)[0] == probe.TOL_FP8
+    assert probe.tolerance_for(native, layer.replace(quant="int4_w4a16"))[0] == probe.TOL_16BIT

@@ -47,10 +47,18 @@ def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallba
     assert [c.backend for c in s.eligible][:3] == ["humming", "marlin", "torch-grouped-mm"]
 
 
-def test_relu2_at_704_hits_the_tile_limitation_but_gated_gelu_at_704_is_accepted():
+def test_limitations_are_judged_on_the_padded_size_the_kernel_sees():
+    """Audit T14: the relu2 tile limitation is stated on the unpadded 704, but TRT-LLM-gen's weight prep
+    pads a non-gated intermediate to 128 (704 -> 768 = 3 x 256), so the kernel never sees 704."""
     relu2 = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200")
-    assert codes(relu2, "trtllm-nvfp4") == {ReasonCode.KNOWN_LIMITATION}
-    assert "tile configuration" in relu2.rejection("trtllm-nvfp4").reasons[0].message
+    assert relu2.backend == "trtllm-nvfp4" and codes(relu2, "trtllm-nvfp4") == set()
+    assert [(p.dimension, p.original, p.padded) for p in relu2.padding] == [("intermediate", 704, 768)]
+    # Without padding the kernel would see 704: the seed case is explained again, limitation and all.
+    unpadded = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200",
+                              policy=DeclaredPriority(allow_padding=False))
+    assert codes(unpadded, "trtllm-nvfp4") == {ReasonCode.KNOWN_LIMITATION, ReasonCode.SHAPE_UNALIGNED}
+    assert "tile configuration" in next(r.message for r in unpadded.rejection("trtllm-nvfp4").reasons
+                                        if r.code is ReasonCode.KNOWN_LIMITATION)
     gelu = select_backend(GEMMA4.replace(activation="gelu"), "b200")
     assert gelu.backend == "trtllm-nvfp4" and gelu.rejection("trtllm-nvfp4") is None
     assert not any(n.kind == "approximation" for n in gelu.notes)  # exact erf GeGLU
@@ -75,14 +83,41 @@ def test_every_failing_rule_is_reported():
     assert s.backend == "reference"
 
 
-def test_unaligned_tp_shard_gets_an_ep_hint():
+def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_the_ep_hint():
+    # 704 / TP8 = 88 = 5.5 NvFP4 groups of 16. TRT-LLM-gen pads a gated intermediate to 64; ranks
+    # hold whole groups (shards cut on the 16-grid), so the kernel sees lcm(64, 16) -> 128.
+    s = select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
+    assert s.backend == "trtllm-nvfp4"
+    (pad,) = s.padding
+    assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 88, 128, 64)
+    assert pad.extra_weight_memory_pct == pytest.approx(100 * (128 / 88 - 1), abs=0.01)  # 45.45 %
+    assert any(n.kind == "padding" and "96 per rank" in n.message for n in s.notes)
+    assert any(n.kind == "hint" and "EP8 instead of TP8 keeps intermediate 704" in n.message for n in s.notes)
+    # A backend that pads the intermediate to 8 holds whole groups too: 88 -> 96 (torch grouped GEMM).
+    grouped = next(c for c in s.eligible if c.backend == "torch-grouped-mm")
+    assert [(p.original, p.padded, p.multiple_of) for p in grouped.padding] == [(88, 96, 16)]
+    # The reference declares no padding: it cannot hold whole groups, and says so with the hint.
+    ref = s.rejection("reference").reasons
+    assert [(r.code, r.actual) for r in ref] == [(ReasonCode.SHAPE_UNALIGNED, "88")]
+    assert "EP8 instead of TP8 keeps intermediate 704" in ref[0].hint
+    # Without padding no backend can: exit 3 territory, every reason with the EP hint.
     with pytest.raises(NoEligibleBackend) as err:
-        select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
+        select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200", policy=DeclaredPriority(allow_padding=False))
     reasons = [r for rej in err.value.rejections for r in rej.reasons if r.field == "intermediate"]
     assert reasons and all(r.actual == "88" for r in reasons)
     assert any("EP8 instead of TP8 keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
-    assert s_ep8.backend == "trtllm-nvfp4" and s_ep8.layer.local_num_experts == 16
+    assert s_ep8.backend == "trtllm-nvfp4" and s_ep8.layer.local_num_experts == 16 and not s_ep8.padding
+
+
+def test_a_checkpoint_without_whole_groups_is_not_rescued_by_padding():
+    # fp8_block at I=704: 704 % 128 != 0, so TP2's 352 cuts a partial block that no grid makes whole
+    # (vLLM 0.33 oracle/fp8.py L337-346 raises for it too).
+    layer = GEMMA4.replace(quant="fp8_block", parallel=ParallelConfig(tp=2))
+    with pytest.raises(NoEligibleBackend) as err:
+        select_backend(layer, "b200", forbid=())
+    for rejection in err.value.rejections:
+        assert any(r.code is ReasonCode.SHAPE_UNALIGNED and r.actual == "352" for r in rejection.reasons)
 
 
 def test_padding_is_applied_and_costed():

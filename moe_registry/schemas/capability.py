@@ -7,6 +7,7 @@ engine-flag names, the probe's expectations and the adapters' guards are all der
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,8 +23,15 @@ Dimension = Literal["hidden", "intermediate", "experts", "top_k"]
 Fidelity = Literal["exact", "approximate"]
 
 
-def dimension_value(layer: LayerSpec, dimension: Dimension) -> int:
-    """Per-rank value of a dimension: rules always judge what one GPU actually runs."""
+Sizes = Mapping[str, int]
+"""Per-rank sizes the kernel sees where a backend pads ({"hidden": 3072, "intermediate": 128})."""
+
+
+def dimension_value(layer: LayerSpec, dimension: Dimension, sizes: Sizes | None = None) -> int:
+    """Per-rank value of a dimension: rules always judge what one GPU actually runs. ``sizes``
+    gives the padded hidden / intermediate where the backend pads, so rules judge what the kernel sees."""
+    if sizes is not None and dimension in sizes:
+        return sizes[dimension]
     return {
         "hidden": layer.hidden_size,
         "intermediate": layer.local_intermediate_size,
@@ -89,8 +97,8 @@ class DimTest(BaseModel):
     min: int | None = None
     max: int | None = None
 
-    def matches(self, layer: LayerSpec) -> bool:
-        value = dimension_value(layer, self.dimension)
+    def matches(self, layer: LayerSpec, sizes: Sizes | None = None) -> bool:
+        value = dimension_value(layer, self.dimension, sizes)
         if self.multiple_of is not None and value % self.multiple_of:
             return False
         if self.not_multiple_of is not None and value % self.not_multiple_of == 0:
@@ -123,7 +131,7 @@ class Condition(BaseModel):
     group_sizes: tuple[int, ...] | None = None  # the layer's quant group size is one of these
     dims: tuple[DimTest, ...] = ()
 
-    def matches(self, layer: LayerSpec) -> bool:
+    def matches(self, layer: LayerSpec, sizes: Sizes | None = None) -> bool:
         if self.activations is not None and layer.activation not in self.activations:
             return False
         if self.gated is not None and layer.activation.is_gated != self.gated:
@@ -132,7 +140,7 @@ class Condition(BaseModel):
             return False
         if self.group_sizes is not None and layer.quant.group_size not in self.group_sizes:
             return False
-        return all(test.matches(layer) for test in self.dims)
+        return all(test.matches(layer, sizes) for test in self.dims)
 
     def describe(self) -> str:
         parts = []
@@ -180,7 +188,8 @@ class QuantSupport(Sourced):
     activation_scale_layout: ScaleLayout | None = None  # the layout the kernel consumes
     devices: tuple[DeviceRule, ...] | None = None  # None: the backend's devices
     dtypes: tuple[DType, ...] | None = None  # None: the backend's dtypes
-    dequantized_at_load: bool = False  # weights expanded to 16-bit when the layer is built
+    dequantized_at_load: bool = False  # weights expanded when the layer is built (memory fit counts them so)
+    dequantized_bits: Literal[16, 32] = 16  # what they are expanded to (the reference holds fp32)
     # False: the kernel runs this scheme (cited) but moe-registry's adapter cannot convert its
     # weights yet. Planning for a target still reports it; selecting to run here rejects it.
     adapter_implemented: bool = True
@@ -189,7 +198,11 @@ class QuantSupport(Sourced):
 
 class ShapeRule(Sourced):
     """An alignment or size limit on a per-rank dimension. ``pad`` means the adapter zero-pads
-    the weights up to the next multiple, which is exact (padded rows and columns are zero)."""
+    the weights up to the next multiple, which is exact (padded rows and columns are zero).
+
+    A backend that pads the intermediate also pads it to whole scale groups of the checkpoint where
+    TP cuts through one (selection's ``_check_format_groups``); conditions, other rules and known
+    limitations are judged on the padded sizes, the sizes the kernel sees."""
 
     dimension: Dimension
     multiple_of: int | None = Field(default=None, gt=0)

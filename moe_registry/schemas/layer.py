@@ -112,6 +112,22 @@ class LayerSpec(BaseModel):
             return None
         return self.activation_params or SwigluOAIParams()
 
+    def expert_weight_bytes(self, hidden: int | None = None, intermediate: int | None = None,
+                            held_bits: int | None = None) -> int:
+        """Bytes of this layer's expert weights on one rank: ``local_num_experts`` x (w13 + w2 +
+        biases) at the per-rank ``hidden`` / ``intermediate`` the kernel sees (default: unpadded), in
+        the checkpoint's format (``QuantScheme.matrix_bytes``) or, with ``held_bits``, expanded to
+        that many bits with no scales (a backend that dequantizes at load). Biases in the layer dtype."""
+        h = self.hidden_size if hidden is None else hidden
+        i = self.local_intermediate_size if intermediate is None else intermediate
+        rows = i * (2 if self.activation.is_gated else 1)
+        if held_bits is None:
+            matrices = self.quant.matrix_bytes(rows, h) + self.quant.matrix_bytes(h, i)
+        else:
+            matrices = (rows * h + h * i) * held_bits // 8
+        bias = (rows + h) * (4 if self.dtype == "fp32" else 2) if self.bias else 0
+        return self.local_num_experts * (matrices + bias)
+
     def replace(self, **changes: object) -> "LayerSpec":
         """A validated copy with some fields changed (``model_copy(update=...)`` skips validation)."""
         return type(self).model_validate({**self.model_dump(), **changes})

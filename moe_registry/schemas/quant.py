@@ -153,6 +153,27 @@ class QuantScheme(BaseModel):
         """K elements per weight scale (the alignment a per-rank K must keep), None if none."""
         return self.group_size if self.group_size and self.group_size > 0 else None
 
+    def matrix_bytes(self, rows: int, cols: int) -> int:
+        """Bytes of one expert weight ``[rows, cols]`` (``[N, K]``, K the reduction) in this format:
+        packed values, block / group scales along K (a partial last group counts whole), and the
+        per-tensor or global fp32 scale. Activation scales are not counted (a few bytes per expert)."""
+        values = rows * cols * self.weight_bits // 8
+        k_groups = -(-cols // self.group_size) if self.group_size and self.group_size > 0 else 1
+        kind = self.kind
+        if kind in (QuantKind.BF16, QuantKind.FP16):
+            return values
+        if kind is QuantKind.FP8:
+            return values + 4
+        if kind is QuantKind.FP8_BLOCK:  # fp32 scale per 128x128 block (DeepSeek weight_scale_inv)
+            return values + 4 * -(-rows // 128) * k_groups
+        if kind in (QuantKind.NVFP4, QuantKind.NVFP4_W4A16):  # e4m3 per 16 + fp32 global
+            return values + rows * k_groups + 4
+        if kind in (QuantKind.MXFP4, QuantKind.MXFP4_MXFP8):  # e8m0 per 32
+            return values + rows * k_groups
+        # int4 (GPTQ / AWQ / W4A8): 16-bit scale per group and column, 4-bit zero points, int32 g_idx
+        return (values + 2 * rows * k_groups + (rows * k_groups // 2 if self.zero_point else 0)
+                + (4 * cols if self.act_order else 0))
+
     def label(self) -> str:
         """Short, parseable form: ``int4_w4a16:g128``, ``nvfp4``, ``int4_w4a16:gchannel:zp``."""
         text = self.kind.value

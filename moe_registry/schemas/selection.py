@@ -32,6 +32,7 @@ class ReasonCode(str, Enum):
     KERNEL_NOT_BUILT = "kernel_not_built"
     ADAPTER_MISSING = "adapter_missing"
     FORBIDDEN = "forbidden"
+    MEMORY_EXCEEDED = "memory_exceeded"  # the planner's whole-model expert weights do not fit the device
 
 
 class Reason(BaseModel):
@@ -57,7 +58,7 @@ class Note(BaseModel):
 
     model_config = _FROZEN
 
-    kind: Literal["abstained", "approximation", "assumed", "routing", "memory", "measured"]
+    kind: Literal["abstained", "approximation", "assumed", "routing", "memory", "measured", "padding", "hint"]
     message: str
 
 
@@ -85,6 +86,10 @@ class Candidate(BaseModel):
     padding: tuple[Padding, ...] = ()
     notes: tuple[Note, ...] = ()
     estimated_us: float | None = None  # from a measured cost table, when one was given
+    # Per-rank expert weights of this layer as this backend holds them (after its padding and its
+    # dequantization at load): weights, block scales, per-tensor / global scales, biases.
+    expert_weight_bytes: int | None = None
+    weights_held: str = ""  # "mxfp4", "bf16 (dequantized from mxfp4)"
 
 
 class Rejection(BaseModel):

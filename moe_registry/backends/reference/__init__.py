@@ -27,7 +27,10 @@ DECLARATION = BackendCapability(
     dtypes=("bf16", "fp16", "fp32"),
     activations={act: ActivationImpl(kernel_name="torch fp32", source=_SELF, verified_on=("sm90",))
                  for act in Activation},
-    quant=tuple(QuantSupport(kind=kind, zero_point=True, act_order=True, source=f"{_SELF}: dequantizes to fp32",
+    # ReferenceExperts.__init__ holds weights.dequantized(torch.float32): every scheme, bf16 included,
+    # is held as fp32 (what the planner's memory fit counts).
+    quant=tuple(QuantSupport(kind=kind, zero_point=True, act_order=True, dequantized_at_load=True, dequantized_bits=32,
+                             source=f"{_SELF}: ReferenceExperts.__init__ dequantizes to fp32 at build",
                              verified_on=("sm90",))
                 for kind in QuantKind),
     routing=RoutingSupport(precomputed=True, source=_SELF),

@@ -7,6 +7,8 @@ each case cites the lines that decide it.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,15 @@ CASES = [
     # with DeepSeekV3 routing (experts/trtllm_fp8_moe.py L378-390, L398-420).
     ("blackwell fp8 block -> TRT-LLM fp8", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, e=256, h=7168, i=2048),
      "b200", {}, ("FLASHINFER_TRTLLM", "TrtLlmFp8ExpertsMonolithic")),
+    # DeepGEMM (vendored in the wheel, VLLM_USE_DEEP_GEMM=1 by default) is reached on Blackwell when
+    # TRT-LLM FP8 refuses > 2048 experts (experts/trtllm_fp8_moe.py L107-111) and FlashInfer CUTLASS
+    # takes block FP8 on SM90 only (experts/flashinfer_cutlass_moe.py L160-170); deep_gemm_moe.py L170-200.
+    ("blackwell fp8 block 4096 experts -> DeepGEMM", layer("fp8_block", e=4096, h=7168, i=2048), "b200", {},
+     ("DEEPGEMM", "TritonOrDeepGemmExperts")),
+    # Qwen3.5 drops DeepGEMM on Blackwell (oracle/fp8.py L497-503, vllm/utils/deep_gemm.py L28-31); Triton
+    # refuses >= 1024 padded experts (experts/triton_moe.py L71-94); next is MARLIN (weight-only, L601-621).
+    ("blackwell fp8 block 4096 experts qwen3.5 -> Marlin", layer("fp8_block", e=4096, h=7168, i=2048), "b200",
+     {"model_type": "qwen3_5_moe_text"}, ("MARLIN", "MarlinExperts")),
     # NvFP4. oracle/nvfp4.py L203-213 + quantization/utils/humming/priority.py L10-48: on SM90 HUMMING
     # moves ahead of MARLIN; without EP the indexed class (experts/fused_humming_moe.py L112-126).
     ("hopper nvfp4 -> Humming indexed", layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM, e=128,
@@ -189,7 +200,8 @@ def test_missing_backend_applies_only_when_no_declaration_covers_the_quant():
     # Once a bf16 declaration of the Triton family exists, "missing" no longer explains the row:
     # an eligible same-family backend that lost needs a PREFERRED entry (measured) or it is unexplained.
     decls += (_decl("torch-grouped-mm", "triton"),)
-    assert explain(spec, c, "flashinfer-cutlass", (), decls) == (None, "")
+    got, via = explain(spec, c, "flashinfer-cutlass", (), decls)
+    assert got is None and "torch-grouped-mm eligible but ranked after flashinfer-cutlass" in via
 
 
 def test_rejected_same_family_declaration_is_explained_by_its_reason_code():
@@ -202,7 +214,8 @@ def test_rejected_same_family_declaration_is_explained_by_its_reason_code():
     assert got is REJECTED[("flashinfer-trtllm", ReasonCode.SHAPE_UNALIGNED)] and "trtllm-nvfp4" in via
     rej = (Rejection(backend="trtllm-nvfp4", reasons=(Reason(code=ReasonCode.ROUTING_UNSUPPORTED, field="routing",
                                                                 required="", actual="", message="x"),)),)
-    assert explain(spec, c, None, rej, decls) == (None, "")
+    got, via = explain(spec, c, None, rej, decls)
+    assert got is None and "trtllm-nvfp4 rejected (routing_unsupported)" in via
 
 
 def test_preferred_needs_evidence():
@@ -250,3 +263,21 @@ def test_nvfp4_monolithic_trtllm_refuses_all2all_even_with_ag_rs():
     assert pick(spec, "b200") == ("FLASHINFER_TRTLLM", "TrtLlmNvFp4ExpertsModular")
     assert pick(layer("nvfp4", routing=RoutingMethod.DEEPSEEK_V3), "b200") == (
         "FLASHINFER_TRTLLM", "TrtLlmNvFp4ExpertsMonolithic")
+
+
+def test_a_new_same_family_backend_that_loses_makes_rows_unexplained():
+    # As after the merge of a Triton fused-MoE declaration that our policy ranks below flashinfer-cutlass:
+    # the Hopper bf16 rows must stop being "missing backend" and be flagged until someone decides.
+    base = Registry(entry_points=False)
+    triton_like = base.get("torch-grouped-mm").model_copy(update={"id": "triton-lookalike",
+                                                                  "engines": EngineNames(vllm="triton")})
+    rows = parity_rows(base.with_declaration(triton_like))
+    hopper_bf16 = [r for r in rows if r.model == "qwen3-30b-a3b" and r.device == "h100"]
+    assert hopper_bf16 and all(not r.explained and "triton-lookalike" in r.via for r in hopper_bf16)
+    assert "**UNEXPLAINED**" in render_markdown(rows)
+
+
+def test_engines_never_import_torch():
+    code = ("import sys; from moe_registry.engines.parity import parity_rows; parity_rows(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -132,7 +132,8 @@ def _family(decl: BackendCapability) -> str | None:
 
 def explain(layer: LayerSpec, vllm: VllmChoice, ours: str | None, rejections: tuple[Rejection, ...],
             declarations: tuple[BackendCapability, ...]) -> tuple[Explanation | None, str]:
-    """The explanation of a differing row from the tables, and the key that gave it ('' if none)."""
+    """The explanation of a differing row from the tables and the key that gave it; without one
+    (None, what we know about vLLM's family among our declarations)."""
     if vllm.family is None:
         last = vllm.losses[-1] if vllm.losses else None
         return Explanation("vllm-none", f"vLLM 0.33 raises 'No {vllm.oracle} MoE backend supports the deployment "
@@ -143,7 +144,7 @@ def explain(layer: LayerSpec, vllm: VllmChoice, ours: str | None, rejections: tu
         for key in ((vllm.family, layer.quant.family.value), (vllm.family, "*")):
             if key in MISSING_BACKEND:
                 return MISSING_BACKEND[key], f"MISSING_BACKEND{key}"
-        return None, ""
+        return None, f"no declaration of family {vllm.family} covers {layer.quant.kind.value}; no MISSING_BACKEND entry"
     rejected = {r.backend: r for r in rejections}
     for decl in same:
         if decl.id in rejected:
@@ -154,7 +155,10 @@ def explain(layer: LayerSpec, vllm: VllmChoice, ours: str | None, rejections: tu
     for key in ((vllm.family, ours or "none"), (vllm.family, ours_family or "")):
         if key in PREFERRED:
             return PREFERRED[key], f"PREFERRED{key}"
-    return None, ""
+    # Unexplained: say what we know, so the fix (a table entry or a selection change) is obvious.
+    status = [f"{d.id} rejected ({', '.join(sorted(c.value for c in rejected[d.id].codes()))})" if d.id in rejected
+              else f"{d.id} eligible but ranked after {ours}" for d in same]
+    return None, "; ".join(status) + "; no REJECTED / PREFERRED entry"
 
 
 def parity_rows(registry: Registry | None = None) -> list[ParityRow]:
@@ -204,7 +208,7 @@ def _reason_cell(row: ParityRow, ids: dict[str, str]) -> str:
     if row.agree:
         return ""
     if row.explanation is None:
-        return "**UNEXPLAINED**"
+        return f"**UNEXPLAINED**: {row.via}"
     return f"{ids[row.via]} {row.explanation.kind}"
 
 
@@ -233,12 +237,13 @@ def render_markdown(rows: list[ParityRow]) -> str:
         "",
         *[f"- {a}" for a in ASSUMPTIONS],
         "",
-        "| model | device | parallel | layers | ours | vLLM default | agree | reason |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | device | parallel | layers | quant | ours | vLLM default | agree | reason |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     ids = _reason_ids(rows)
     for r in rows:
-        out.append(f"| {r.model} | {r.device} | {r.parallel} | {r.layers} | {r.ours or 'none'} | {_vllm_cell(r.vllm)} | "
+        out.append(f"| {r.model} | {r.device} | {r.parallel} | {r.layers} | {r.layer.quant.label()} {r.layer.activation.value} "
+                   f"| {r.ours or 'none'} | {_vllm_cell(r.vllm)} | "
                    f"{'yes' if r.agree else 'no'} | {_reason_cell(r, ids)} |")
     out += ["", "## Reasons", "",
             "Kinds: `missing-backend` (we declare no such kernel for this quant), `missing-capability` (we declare it "

@@ -26,6 +26,7 @@ from moe_registry.registry import Registry
 from moe_registry.schemas.capability import EngineNames
 from moe_registry.schemas.device import get_device
 from moe_registry.schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
+from moe_registry.schemas.quant import QuantKind
 from moe_registry.schemas.selection import Reason, ReasonCode, Rejection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +193,12 @@ def _decl(backend_id: str, vllm_name: str | None):
     return decl.model_copy(update={"engines": EngineNames(vllm=vllm_name)})
 
 
+def _trtllm_nvfp4():
+    # By engine name and quant, not id: the TRT-LLM-gen family is being renamed (trtllm-nvfp4 -> trtllm-fp4).
+    return next(d for d in Registry(entry_points=False)
+                if d.engines.vllm == "flashinfer_trtllm" and d.quant_support(QuantKind.NVFP4))
+
+
 def test_missing_backend_applies_only_when_no_declaration_covers_the_quant():
     spec = layer()
     c = vo.vllm_default(spec, get_device("h100"))  # TRITON
@@ -204,18 +211,19 @@ def test_missing_backend_applies_only_when_no_declaration_covers_the_quant():
     assert got is None and "torch-grouped-mm eligible but ranked after flashinfer-cutlass" in via
 
 
-def test_rejected_same_family_declaration_is_explained_by_its_reason_code():
+def test_rejected_same_family_declaration_is_explained_by_its_reason():
     spec = layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM, h=2816, i=704, tp=8)
     c = vo.vllm_default(spec, get_device("b200"))
-    decls = (_decl("trtllm-nvfp4", "flashinfer_trtllm"),)
-    rej = (Rejection(backend="trtllm-nvfp4", reasons=(Reason(code=ReasonCode.SHAPE_UNALIGNED, field="intermediate",
-                                                                required="", actual="", message="x"),)),)
-    got, via = explain(spec, c, None, rej, decls)
-    assert got is REJECTED[("flashinfer-trtllm", ReasonCode.SHAPE_UNALIGNED)] and "trtllm-nvfp4" in via
-    rej = (Rejection(backend="trtllm-nvfp4", reasons=(Reason(code=ReasonCode.ROUTING_UNSUPPORTED, field="routing",
-                                                                required="", actual="", message="x"),)),)
-    got, via = explain(spec, c, None, rej, decls)
-    assert got is None and "trtllm-nvfp4 rejected (routing_unsupported)" in via
+    decl = _trtllm_nvfp4()
+    rej = (Rejection(backend=decl.id, reasons=(Reason(
+        code=ReasonCode.SHAPE_UNALIGNED, field="intermediate", required="multiple of 16", actual="88",
+        message="per-rank intermediate 88 splits nvfp4's 16-element scale groups"),)),)
+    got, via = explain(spec, c, None, rej, (decl,))
+    assert got is REJECTED[0][1] and via == "REJECTED[*, shape_unaligned, intermediate, scale groups]"
+    rej = (Rejection(backend=decl.id, reasons=(Reason(code=ReasonCode.ROUTING_UNSUPPORTED, field="routing",
+                                                     required="", actual="", message="x"),)),)
+    got, via = explain(spec, c, None, rej, (decl,))
+    assert got is None and f"{decl.id} rejected (routing_unsupported)" in via
 
 
 def test_preferred_needs_evidence():
@@ -266,14 +274,15 @@ def test_nvfp4_monolithic_trtllm_refuses_all2all_even_with_ag_rs():
 
 
 def test_a_new_same_family_backend_that_loses_makes_rows_unexplained():
-    # As after the merge of a Triton fused-MoE declaration that our policy ranks below flashinfer-cutlass:
-    # the Hopper bf16 rows must stop being "missing backend" and be flagged until someone decides.
+    # A declaration of the kernel vLLM picks for gpt-oss on Hopper (OpenAI triton_kernels) that our
+    # policy ranks last: the rows must stop being "missing backend" and be flagged until someone decides.
     base = Registry(entry_points=False)
-    triton_like = base.get("torch-grouped-mm").model_copy(update={"id": "triton-lookalike",
-                                                                  "engines": EngineNames(vllm="triton")})
-    rows = parity_rows(base.with_declaration(triton_like))
-    hopper_bf16 = [r for r in rows if r.model == "qwen3-30b-a3b" and r.device == "h100"]
-    assert hopper_bf16 and all(not r.explained and "triton-lookalike" in r.via for r in hopper_bf16)
+    decl = base.get("torch-grouped-mm")
+    lookalike = decl.model_copy(update={"id": "oai-triton-lookalike", "engines": EngineNames(vllm="triton_unfused"),
+                                        "priority": {k: -1000 for k in decl.priority}})
+    rows = parity_rows(base.with_declaration(lookalike))
+    hopper_gpt_oss = [r for r in rows if r.model == "gpt-oss-20b" and r.device == "h100"]
+    assert hopper_gpt_oss and all(not r.explained and "oai-triton-lookalike" in r.via for r in hopper_gpt_oss)
     assert "**UNEXPLAINED**" in render_markdown(rows)
 
 

@@ -7,8 +7,8 @@ only from the tables below, never by per-row prose, so rows added later are cove
 
 1. :data:`MISSING_BACKEND`, keyed by (vLLM kernel family, quant family or ``"*"``): used when none
    of our declarations has that family *and* declares the layer's quant kind.
-2. :data:`REJECTED`, keyed by (vLLM kernel family, our reason code): a declaration of vLLM's
-   family covers the quant kind but selection rejected it for this layer with that code.
+2. :data:`REJECTED`, matched on (vLLM kernel family, our reason code, field, rule phrase): a
+   declaration of vLLM's family covers the quant kind but selection rejected it for this layer.
 3. :data:`PREFERRED`, keyed by (vLLM kernel family, our kernel family or backend id): a declaration
    of vLLM's family was eligible but our policy ranked another first; only measured evidence (a
    committed benchmark) or a capability vLLM lacks may go here.
@@ -28,7 +28,7 @@ from ..registry import Registry
 from ..schemas.capability import BackendCapability
 from ..schemas.device import get_device
 from ..schemas.layer import LayerSpec, ParallelConfig
-from ..schemas.selection import ReasonCode, Rejection
+from ..schemas.selection import Reason, ReasonCode, Rejection
 from .vllm_oracle import ASSUMPTIONS, VLLM_VERSION, VllmChoice, family_of_engine, vllm_default
 
 DEVICES = ("h100", "b200")
@@ -82,16 +82,46 @@ MISSING_BACKEND: dict[tuple[str, str], Explanation] = {
         "fused_moe/experts/cutlass_moe.py L701, L1294"),
 }
 
-# (vLLM kernel family, our ReasonCode) -> what vLLM does that our declaration does not (yet).
-REJECTED: dict[tuple[str, ReasonCode], Explanation] = {
-    ("flashinfer-trtllm", ReasonCode.SHAPE_UNALIGNED): Explanation(
-        "missing-capability", "vLLM zero-pads the per-rank intermediate when it loads TRT-LLM-gen weights; our "
-        "declaration rejects the unpadded per-rank size (padding at TP is issue 8 item 3)",
-        "quantization/utils/flashinfer_fp4_moe.py L400-425; fused_moe/oracle/unquantized.py L385-397"),
-    ("marlin", ReasonCode.SHAPE_UNALIGNED): Explanation(
-        "missing-capability", "vLLM pads Marlin's intermediate to lcm(64, group) at weight prep; our declaration "
-        "rejects the unpadded size (issue 8 item 3)", "quantization/utils/marlin_utils.py L335-387"),
-}
+@dataclass(frozen=True)
+class RejectedMatch:
+    """Matches one reason of a same-family declaration's rejection: family ("*": any), code, and
+    optionally the reason's field and a phrase of its message (the rule it came from)."""
+
+    family: str
+    code: ReasonCode
+    field: str | None = None
+    phrase: str | None = None
+
+    def matches(self, family: str, reason: Reason) -> bool:
+        return (self.family in ("*", family) and reason.code is self.code
+                and (self.field is None or reason.field == self.field)
+                and (self.phrase is None or self.phrase in reason.message))
+
+    def key(self) -> str:
+        return f"{self.family}, {self.code.value}" + "".join(f", {x}" for x in (self.field, self.phrase) if x)
+
+
+# A declaration of vLLM's family covers the quant kind but our selection rejected it; first match wins.
+REJECTED: tuple[tuple[RejectedMatch, Explanation], ...] = (
+    (RejectedMatch("*", ReasonCode.SHAPE_UNALIGNED, "intermediate", "scale groups"), Explanation(
+        "ours-better-capability",
+        "the per-rank intermediate splits the checkpoint's weight-scale groups, so no backend can load it at this TP; "
+        "vLLM checks no alignment when it selects and pads only after loading, while its loader shards w2's scale "
+        "columns by integer division (I/16 // TP), so per-rank scales do not line up with the weights "
+        "[inferred from code, not run]; we refuse and hint EP",
+        "quantization/modelopt.py L975-987 (w2_weight_scale I_pp // group_size); fused_moe/routed_experts.py L943-967, L580-603 "
+        "(_load_w2: loaded_per_rank = cols // tp); quantization/utils/flashinfer_fp4_moe.py L400-425 (pad after load)")),
+    (RejectedMatch("flashinfer-trtllm", ReasonCode.FEATURE_UNSUPPORTED, "apply_router_weight_on_input"), Explanation(
+        "missing-capability",
+        "vLLM runs Llama 4 routing inside the monolithic TRT-LLM-gen kernel (RoutingMethodType.Llama4), where "
+        "FlashInfer applies the router weight as token scales on the input; our declaration covers only the "
+        "pre-routed API, which has no weight-on-input",
+        "fused_moe/experts/trtllm_bf16_moe.py L257-271; flashinfer 0.7.2.post1 csrc/trtllm_fused_moe_kernel_launcher.cu "
+        "L3667-3677, L3968-3970")),
+    (RejectedMatch("marlin", ReasonCode.SHAPE_UNALIGNED, "intermediate", "multiple of 64"), Explanation(
+        "missing-capability", "vLLM zero-pads Marlin's intermediate to lcm(64, group) at weight prep; our declaration "
+        "rejects the unpadded size (issue 8 item 3)", "quantization/utils/marlin_utils.py L335-387")),
+)
 
 # (vLLM kernel family, our kernel family or backend id) -> why our pick beats vLLM's (measured or capability).
 # Empty today: no committed benchmark compares a pick of ours with vLLM's on the same layer.
@@ -146,11 +176,10 @@ def explain(layer: LayerSpec, vllm: VllmChoice, ours: str | None, rejections: tu
                 return MISSING_BACKEND[key], f"MISSING_BACKEND{key}"
         return None, f"no declaration of family {vllm.family} covers {layer.quant.kind.value}; no MISSING_BACKEND entry"
     rejected = {r.backend: r for r in rejections}
-    for decl in same:
-        if decl.id in rejected:
-            for code in sorted(rejected[decl.id].codes(), key=lambda c: c.value):
-                if (vllm.family, code) in REJECTED:
-                    return REJECTED[(vllm.family, code)], f"REJECTED[{vllm.family}, {code.value}] ({decl.id})"
+    for match, explanation in REJECTED:
+        for decl in same:
+            if decl.id in rejected and any(match.matches(vllm.family, r) for r in rejected[decl.id].reasons):
+                return explanation, f"REJECTED[{match.key()}]"
     ours_family = next((_family(d) for d in declarations if d.id == ours), None) if ours else None
     for key in ((vllm.family, ours or "none"), (vllm.family, ours_family or "")):
         if key in PREFERRED:

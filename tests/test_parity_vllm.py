@@ -290,3 +290,16 @@ def test_engines_never_import_torch():
     code = ("import sys; from moe_registry.engines.parity import parity_rows; parity_rows(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_rules_run_in_the_order_of_vllms_base_gate():
+    # modular_kernel.py L590-633: device, no-act-and-mul, activation, quant, parallel, routing, shape, format;
+    # vLLM reports only the first failure, so the model must fail on the same rule.
+    cls = vo.CLASSES["FlashInferExperts"]
+    assert [r.stage for r in cls.rules] == sorted(r.stage for r in cls.rules)
+    assert [r.text.split()[0] for r in cls.rules][:3] == ["device", "activation", "quant:"]
+    c = vo.vllm_default(layer("nvfp4", activation="gelu"), get_device("b200"))  # gelu: TRT-LLM NvFP4 yes, FI CUTLASS no
+    assert c.backend == "FLASHINFER_TRTLLM"
+    c = vo.vllm_default(layer("nvfp4", activation="gelu", ep=2, dp=2), get_device("h100"))
+    fi = next(loss for loss in c.losses if loss.backend == "FLASHINFER_CUTLASS")
+    assert fi.rule.startswith("activation")  # activation is checked before the SM100-only nvfp4 quant rule

@@ -173,6 +173,13 @@ def vllm_layer(layer: LayerSpec, device: DeviceSpec, *, quant_method: str | None
 # --- Rules ---------------------------------------------------------------------------------------
 
 
+# Where a check sits in is_supported_config (modular_kernel.py L590-633): class overrides that run
+# before the base gate, then device, no-act-and-mul, activation, quant scheme, parallel config,
+# routing method, shape, activation format, then overrides that run after the base gate. vLLM
+# reports only the first failure, so a class's rules are kept in this order.
+PRE, DEVICE, GATED, ACTIVATION, QUANT, PARALLEL, ROUTING, SHAPE, FORMAT, POST = range(10)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One check of ``is_supported_config`` (or an oracle pre-filter): passes or names why not."""
@@ -180,6 +187,7 @@ class Rule:
     text: str
     test: Callable[[VllmLayer], bool] = field(compare=False, repr=False)
     source: str
+    stage: int = POST
 
 
 # Activation sets (fused_moe/activation.py L123-152).
@@ -187,17 +195,17 @@ AMA = frozenset({"silu", "gelu", "gelu_tanh", "situ", "swigluoai", "swigluoai_un
                  "silu_no_mul", "gelu_no_mul", "gelu_tanh_no_mul", "relu2_no_mul"})
 
 def _dev(text: str, test: Callable[[int], bool], src: str) -> Rule:
-    return Rule(f"device {text}", lambda l: test(l.sm), src)
+    return Rule(f"device {text}", lambda l: test(l.sm), src, DEVICE)
 
 
 def _acts(names: frozenset[str] | set[str], src: str) -> Rule:
     names = frozenset(names)
     label = "AMA" if names == AMA else "{" + ", ".join(sorted(names)) + "}"
-    return Rule(f"activation in {label}", lambda l: l.activation in names, src)
+    return Rule(f"activation in {label}", lambda l: l.activation in names, src, ACTIVATION)
 
 
 def _gated(src: str) -> Rule:
-    return Rule("gated activation (_supports_no_act_and_mul False)", lambda l: l.gated, src)
+    return Rule("gated activation (_supports_no_act_and_mul False)", lambda l: l.gated, src, GATED)
 
 
 def _quant(pairs: set[tuple[str | None, str | None]], src: str, when: Callable[[int], bool] | None = None,
@@ -205,12 +213,12 @@ def _quant(pairs: set[tuple[str | None, str | None]], src: str, when: Callable[[
     pairs = frozenset(pairs)
     label = text or " | ".join(f"{w}x{a}" for w, a in sorted(pairs, key=str))
     return Rule(f"quant {label}", lambda l: (l.weight_key, l.activation_key) in pairs and (when is None or when(l.sm)),
-                src)
+                src, QUANT)
 
 
 def _routing(names: set[str], src: str) -> Rule:
     names = frozenset(names)
-    return Rule("routing in {" + ", ".join(sorted(names)) + "}", lambda l: l.routing in names, src)
+    return Rule("routing in {" + ", ".join(sorted(names)) + "}", lambda l: l.routing in names, src, ROUTING)
 
 
 def _fam(f: int) -> Callable[[int], bool]:
@@ -218,13 +226,13 @@ def _fam(f: int) -> Callable[[int], bool]:
 
 
 STANDARD = Rule("activation format Standard (batched only with DeepEP-LL / NIXL-EP all2all)", lambda l: True,
-                "fused_moe/config.py L1066 use_batched_activation_format")
+                "fused_moe/config.py L1066 use_batched_activation_format", FORMAT)
 BATCHED = Rule("activation format BatchedExperts (needs DeepEP-LL / NIXL-EP all2all)", lambda l: False,
-               "fused_moe/config.py L1066 use_batched_activation_format; default all2all is AG/RS")
+               "fused_moe/config.py L1066 use_batched_activation_format; default all2all is AG/RS", FORMAT)
 
 
 def _par(text: str, test: Callable[[VllmLayer], bool], src: str) -> Rule:
-    return Rule(f"parallel: {text}", test, src)
+    return Rule(f"parallel: {text}", test, src, PARALLEL)
 
 
 # With the default AG/RS all2all, "no all2all or AG/RS" always holds; dp<=1 and all2all itself do not.
@@ -240,8 +248,9 @@ class ExpertsClass:
 
 
 def _cls(name: str, file: str, *rules: Rule) -> ExpertsClass:
-    return ExpertsClass(name, file, tuple(r if r.source.startswith(("fused_moe", "quantization", "vllm/"))
-                                          else Rule(r.text, r.test, f"fused_moe/{file} {r.source}") for r in rules))
+    rules = tuple(r if r.source.startswith(("fused_moe", "quantization", "vllm/"))
+                  else Rule(r.text, r.test, f"fused_moe/{file} {r.source}", r.stage) for r in rules)
+    return ExpertsClass(name, file, tuple(sorted(rules, key=lambda r: r.stage)))  # stable: vLLM's order
 
 
 _TRTLLM_BF16_DEV = _dev("CUDA SM10x + FlashInfer TRT-LLM", _fam(100), "L95-102")
@@ -267,7 +276,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
               " per-tensor also Llama4",
               lambda l: l.routing in ({"DeepSeekV3", "Renormalize", "RenormalizeNaive", "SigmoidRenorm", "Sigmoid",
                                        "MiniMax2"} | ({"Llama4"} if l.weight_key == "kFp8StaticTensorSym" else set())),
-              "L398-432"), STANDARD,
+              "L398-432", ROUTING), STANDARD,
          Rule("num_experts <= 2048", lambda l: l.num_experts <= 2048, "L107-111")),
     _cls("TrtLlmFp8ExpertsModular", "experts/trtllm_fp8_moe.py",
          _dev("CUDA SM10x + FlashInfer TRT-LLM", _fam(100), "L165-172"),
@@ -314,7 +323,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
               or ((l.weight_key, l.activation_key) in {("kMxfp4Static", None), ("kFp8Static128BlockSym", "kFp8Dynamic128Sym")}
                   and l.sm == 90)
               or ((l.weight_key, l.activation_key) in {("kMxfp4Static", "kMxfp8Dynamic"), ("kNvfp4Static", "kNvfp4Dynamic")}
-                  and l.sm >= 100), "L145-181"),
+                  and l.sm >= 100), "L145-181", QUANT),
          _acts({"silu", "gelu_tanh", "relu2_no_mul", "swigluoai", "swigluoai_uninterleave"}, "L183-191"),
          _par("any", lambda l: True, "L193-199"), STANDARD),
     _cls("FlashInferCuteDSLExperts", "experts/flashinfer_cutedsl_moe.py",
@@ -331,7 +340,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
          _quant({("kNvfp4Static", "kNvfp4Dynamic")}, "L729-734"), _acts(AMA, "L736-743"),
          _par("not FI-NVL / DeepEP-HT", lambda l: True, "L745-752"), STANDARD),
     _cls("CutlassExpertsW4A8Fp8", "experts/cutlass_moe.py",
-         Rule("in_dtype bf16", lambda l: l.dtype == "bf16", "fused_moe/experts/cutlass_moe.py L1334-1345"),
+         Rule("in_dtype bf16", lambda l: l.dtype == "bf16", "fused_moe/experts/cutlass_moe.py L1334-1345", PRE),
          _dev("SM90 exactly + CUTLASS grouped GEMM", lambda sm: sm == 90, "L1356-1360; vllm/_custom_ops.py L864-871"),
          _gated("L1362-1363"), _quant({("kInt4Static", "kFp8DynamicTokenSym")}, "L1366-1371"),
          _acts(AMA, "L1373-1375"), STANDARD),
@@ -354,7 +363,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
                       ("kFp8Static128BlockSym", "kFp8Dynamic128Sym"), ("kFp8StaticChannelSym", "kFp8DynamicTokenSym"),
                       ("kFp8StaticTensorSym", "kFp8DynamicTokenSym"), ("kFp8StaticTensorSym", "kFp8StaticTensorSym"),
                       ("kFp8StaticTensorSym", "kFp8DynamicTensorSym")})),
-              "L127-180; vllm/platforms/cuda.py L587-588 supports_fp8"),
+              "L127-180; vllm/platforms/cuda.py L587-588 supports_fp8", QUANT),
          _acts(AMA, "L183-184"), _par("not FI-NVL", lambda l: True, "L187-191"), STANDARD,
          Rule("padded experts < 1024", lambda l: (l.num_experts + 31) // 32 * 32 < 1024, "L71-94")),
     _cls("TritonWNA16Experts", "experts/triton_moe.py",
@@ -379,7 +388,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
               "activation key ignored",
               lambda l: l.weight_key in {"kFp8Static128BlockSym", "kFp8StaticChannelSym", "kFp8StaticTensorSym",
                                          "kMxfp4Static", "kMxfp8Static", "kNvfp4Static", "kInt4Static", "kInt8Static",
-                                         "kInt4Static32", "kInt4StaticAsym", "kInt4Static32Asym"}, "L601-621"),
+                                         "kInt4Static32", "kInt4StaticAsym", "kInt4Static32Asym"}, "L601-621", QUANT),
          _acts(AMA, "L623-626"), _par("not FI-NVL two-sided", lambda l: True, "L629-634"), STANDARD),
     # Batched-format classes: only reachable with DeepEP-LL / NIXL-EP all2all, never by default.
     _cls("BatchedMarlinExperts", "experts/marlin_moe.py", BATCHED),
@@ -405,7 +414,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
                       ("kFp8Static128BlockSym", "kFp8Dynamic128Sym"), ("kNvfp4Static", "kNvfp4Dynamic"),
                       ("kNvfp4Static", "kNvfp4DynamicToken"), ("kMxfp8Static", "kMxfp8Dynamic"),
                       ("kInt4Static", "kFp8DynamicTokenSym")}) and not l.weight_key.startswith("kFp8StaticBlock"),
-                  "L307-400"),
+                  "L307-400", QUANT),
              _acts(AMA, "L416-417"), _par("any", lambda l: True, "L420-421"), STANDARD,
              Rule(f"gemm type {gemm} (get_humming_moe_gemm_type: grouped_contiguous with EP, else indexed)",
                   (lambda l: l.use_ep) if gemm == "grouped_contiguous" else (lambda l: not l.use_ep),
@@ -413,7 +422,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
         for name, gemm in (("HummingGroupedExperts", "grouped_contiguous"), ("HummingIndexedExperts", "indexed"))
     ),
     _cls("Nvfp4QuantizationEmulationTritonExperts", "experts/nvfp4_emulation_moe.py",
-         Rule("no LoRA, no bias", lambda l: not l.has_bias, "L382-401"),
+         Rule("no LoRA, no bias", lambda l: not l.has_bias, "L382-401", PRE),
          _dev("CUDA-alike or XPU", lambda sm: True, "fused_moe/experts/triton_moe.py L120-121"),
          _quant({("kNvfp4Static", "kNvfp4Dynamic")}, "L403-408"), _acts(AMA, "fused_moe/experts/triton_moe.py L183-184"),
          STANDARD),

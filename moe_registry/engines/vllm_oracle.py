@@ -45,7 +45,7 @@ ASSUMPTIONS = (
     "(vllm/envs.py L1685), VLLM_HUMMING_MOE_GEMM_TYPE unset",
     "no LoRA, no EPLB, no SP/PCP, VLLM_BATCH_INVARIANT off, no hash routing, router logits bf16/fp32",
     "no model-level swiglu_limit/alpha/beta in FusedMoEConfig (they would drop batched CuteDSL from the NvFP4 list, "
-    "oracle/nvfp4.py L215-230, and constrain TRT-LLM FP8, experts/trtllm_fp8_moe.py L85-106)",
+    "fused_moe/oracle/nvfp4.py L215-230, and constrain TRT-LLM FP8, fused_moe/experts/trtllm_fp8_moe.py L85-106)",
     "all2all backend allgather_reducescatter (vllm/config/parallel.py L220); EP = --enable-expert-parallel "
     "(fused_moe/config.py L1198-1244: ep_size = tp*dp, tp_size = 1)",
     "FP8 per-tensor checkpoints through Fp8MoEMethod with dynamic activations unless ModelOpt (static); "

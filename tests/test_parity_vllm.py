@@ -226,11 +226,20 @@ def test_rejected_same_family_declaration_is_explained_by_its_reason():
     assert got is None and f"{decl.id} rejected (routing_unsupported)" in via
 
 
-def test_preferred_needs_evidence():
-    for e in PREFERRED.values():
-        assert e.kind in ("ours-better-measured", "ours-better-capability")
-        if e.kind == "ours-better-measured":
-            assert (ROOT / e.evidence.split()[0]).exists(), e.evidence
+def test_explanation_tables_are_well_formed():
+    # Each table says one kind of thing, and every entry cites an upstream line or a committed file.
+    tables = [("missing", e, {"missing-backend"}) for e in MISSING_BACKEND.values()]
+    tables += [("rejected", e, {"missing-capability", "ours-better-capability"}) for _, e in REJECTED]
+    tables += [("preferred", e, {"ours-better-measured", "ours-better-capability"}) for e in PREFERRED.values()]
+    assert len(tables) >= len(MISSING_BACKEND) + len(REJECTED) > 0
+    for table, e, kinds in tables:
+        assert e.kind in kinds, (table, e)
+        cited = re.search(r"\.(py|cu|h) L\d+", e.evidence) or (ROOT / e.evidence.split()[0]).exists()
+        assert cited, (table, e.evidence)
+    families = {b.family for o in vo.ORACLES.values() for b in o.backends}
+    assert {family for family, _ in MISSING_BACKEND} <= families
+    for match, _ in REJECTED:
+        assert match.family == "*" or match.family in families, match
 
 
 # --- The committed document ----------------------------------------------------------------------------

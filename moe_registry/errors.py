@@ -46,3 +46,14 @@ class NoEligibleBackend(MoeRegistryError):
         self.rejections = rejections
         details = " | ".join(f"{r.backend}: " + "; ".join(x.render() for x in r.reasons) for r in rejections)
         super().__init__(f"no backend can run {_layer_label(layer)}: {details}")
+
+
+class SelectionMismatch(MoeRegistryError):
+    """Distributed ranks resolved one MoE layer to different backends (or fingerprints); every rank
+    raises this with every rank's choice instead of hanging in a collective."""
+
+    def __init__(self, layer_label: str, choices: "list[tuple[int, str, str, str]]"):
+        self.layer_label = layer_label
+        self.choices = choices  # (rank, backend, fingerprint, decided_by)
+        per_rank = "; ".join(f"rank {r}: {b} (fingerprint {f}, {d})" for r, b, f, d in choices)
+        super().__init__(f"ranks disagree on the backend of {layer_label}: {per_rank}")

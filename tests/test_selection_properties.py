@@ -12,7 +12,9 @@ from moe_registry.schemas.activation import Activation, SwigluOAIParams
 from moe_registry.schemas.device import PRESETS
 from moe_registry.schemas.layer import RoutingMethod
 from moe_registry.schemas.quant import QuantKind, QuantScheme
-from moe_registry.selection import DeclaredPriority, _resolve
+from moe_registry.environment import Environment
+from moe_registry.schemas.selection import ReasonCode
+from moe_registry.selection import DeclaredPriority, _resolve, evaluate
 
 SCHEMES = [QuantScheme(kind=k) for k in QuantKind] + [
     QuantScheme.parse(t) for t in ("int4_w4a16:g32", "int4_w4a16:g64:zp", "int4_w4a16:gchannel",
@@ -44,26 +46,82 @@ DEVICES = sorted(PRESETS)
 POLICIES = [DeclaredPriority(), DeclaredPriority(exact_activations=True), DeclaredPriority(allow_padding=False)]
 
 
+def _eligible(layer, device, policy):
+    try:
+        return {c.backend for c in select_backend(layer, device, policy=policy).eligible}
+    except NoEligibleBackend:
+        return set()
+
+
 @settings(max_examples=300, deadline=None)
 @given(layer=layers(), device=st.sampled_from(DEVICES), policy=st.sampled_from(POLICIES),
        force=st.sampled_from([None, *default_registry().ids()]))
 def test_selection_properties(layer, device, policy, force):
+    registry = default_registry()
     try:
         first = select_backend(layer, device, policy=policy, force=force)
-    except (NoEligibleBackend, BackendNotEligible) as exc:
-        if force is None:
-            assert isinstance(exc, NoEligibleBackend)
+    except NoEligibleBackend as exc:
+        assert force is None  # a forced backend raises BackendNotEligible, never this
         assert str(exc) and "\n" not in str(exc)
-        assert force != "reference", "the reference runs every valid layer on every device"
+        assert {r.backend for r in exc.rejections} == set(registry.ids())
+        return
+    except BackendNotEligible as exc:
+        assert force is not None and exc.backend == force and force != "reference"
+        # The forced backend's reasons are exactly those an unforced selection gives it.
+        try:
+            unforced = select_backend(layer, device, policy=policy)
+            assert unforced.rejection(force).reasons == exc.reasons
+        except NoEligibleBackend as none:
+            assert next(r for r in none.rejections if r.backend == force).reasons == exc.reasons
         return
     _resolve.cache_clear()
     again = select_backend(layer, device, policy=policy, force=force)
     assert again == first  # deterministic, cache or not
-    assert first.backend == (force or first.backend)
-    assert first.rejection(first.backend) is None
-    assert all(len(r.reasons) >= 1 for r in first.rejections)
-    eligible = {c.backend for c in first.eligible}
-    assert "reference" in eligible
-    assert eligible.isdisjoint({r.backend for r in first.rejections})
-    assert eligible | {r.backend for r in first.rejections} == set(default_registry().ids())
-    assert first.eligible[0].backend == first.backend
+    if force is not None:
+        assert first.backend == force and first.decided_by == "forced"
+    eligible = [c.backend for c in first.eligible]
+    assert eligible[0] == first.backend and "reference" in eligible
+    # The chosen backend passes every rule it declares, evaluated on its own.
+    target = PRESETS[device]
+    env = Environment.planning_target()
+    assert evaluate(registry.get(first.backend), layer.shape_key(), target, env, policy,
+                    registry.declarations()).reasons == []
+    # Every rejected backend fails at least one of its rules, and no backend is both.
+    for rejection in first.rejections:
+        assert evaluate(registry.get(rejection.backend), layer.shape_key(), target, env, policy,
+                        registry.declarations()).reasons == list(rejection.reasons)
+    assert set(eligible).isdisjoint({r.backend for r in first.rejections})
+
+
+@settings(max_examples=150, deadline=None)
+@given(layer=layers(), device=st.sampled_from(DEVICES))
+def test_padding_and_approximations_only_ever_add_backends(layer, device):
+    default = _eligible(layer, device, DeclaredPriority())
+    assert _eligible(layer, device, DeclaredPriority(allow_padding=False)) <= default
+    assert _eligible(layer, device, DeclaredPriority(exact_activations=True)) <= default
+
+
+@settings(max_examples=150, deadline=None)
+@given(layer=layers(), device=st.sampled_from(DEVICES))
+def test_every_eligible_backend_can_be_forced(layer, device):
+    for backend in _eligible(layer, device, DeclaredPriority()):
+        assert select_backend(layer, device, force=backend).backend == backend
+
+
+@settings(max_examples=150, deadline=None)
+@given(layer=layers(), device=st.sampled_from(DEVICES), top_k=st.integers(1, 4),
+       routing=st.sampled_from([None, *RoutingMethod]))
+def test_a_device_rejection_does_not_depend_on_unrelated_fields(layer, device, top_k, routing):
+    """A backend rejected because of the device stays rejected for the device when only the
+    routing and top-k change (the device rule reads neither)."""
+    changed = layer.replace(top_k=min(top_k, layer.num_experts), routing=routing)
+
+    def device_rejected(spec):
+        try:
+            selection = select_backend(spec, device)
+            rejections = selection.rejections
+        except NoEligibleBackend as exc:
+            rejections = exc.rejections
+        return {r.backend for r in rejections if ReasonCode.DEVICE_UNSUPPORTED in r.codes()}
+
+    assert device_rejected(layer) == device_rejected(changed)

@@ -97,7 +97,10 @@ def _check_device(d: BackendCapability, device: DeviceSpec, v: _Verdict) -> None
 
 
 def _check_dtype_device(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, v: _Verdict) -> None:
-    """A dtype the backend runs on only some of its devices (DTypeRule)."""
+    """A dtype the backend runs on only some of its devices (DTypeRule); silent on a device the
+    backend does not run on at all (that is the device rule's reason)."""
+    if not any(rule.matches(device) for rule in d.devices):
+        return
     for rule in d.dtype_devices:
         if rule.dtype != layer.dtype or any(r.matches(device) for r in rule.devices):
             continue

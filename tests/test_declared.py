@@ -241,3 +241,15 @@ def test_a_dtype_that_needs_newer_devices_is_a_device_reason():
     assert [(r.code, r.field) for r in rejection.reasons] == [(ReasonCode.DTYPE_UNSUPPORTED, "dtype.device")]
     assert "fp16 hidden states run on sm75" in rejection.reasons[0].hint
     assert select_backend(layer.replace(dtype="fp16"), "sm75").backend == "marlin"
+
+
+def test_every_marlin_scheme_has_a_hidden_rule():
+    """vLLM keeps hidden unpadded (multiple of 128) for every Marlin scheme except MXFP4, which its
+    MXFP4 oracle pads to 256: a scheme added to the declaration without either would skip both."""
+    from moe_registry.backends.marlin import DECLARATION as MARLIN
+    from moe_registry.schemas.quant import QuantKind
+
+    for support in MARLIN.quant:
+        rules = [(r.multiple_of, r.pad) for r in MARLIN.shape_rules if r.dimension == "hidden"
+                 and (r.when.quant is None or support.kind in r.when.quant)]
+        assert rules == ([(256, True)] if support.kind is QuantKind.MXFP4 else [(128, False)]), support.kind

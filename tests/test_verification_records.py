@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -242,15 +243,17 @@ def extra_members(monkeypatch):
         monkeypatch.setitem(table, kind, value)
     modules = {}
     try:
+        # Fresh copies of the declaration modules (the real ones, and the registry, stay untouched).
         for name in _BACKEND_MODULES:
-            module = importlib.import_module(name)
-            modules[name] = importlib.reload(module).DECLARATION
+            path = importlib.import_module(name).__file__
+            spec = importlib.util.spec_from_file_location(f"{name}__with_test_only_members", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            modules[name] = module.DECLARATION
         yield act, kind, modules
     finally:
         _remove_member(Activation, "TEST_ONLY", "test_only_activation")
         _remove_member(QuantKind, "TEST_ONLY", "test_only_kind")
-        for name in _BACKEND_MODULES:
-            importlib.reload(importlib.import_module(name))
 
 
 def test_a_new_activation_or_quant_kind_inherits_no_verified_tag(extra_members):

@@ -2,7 +2,9 @@
 
 For each backend available here (a device rule matches and its requirements are met), every
 combination of activation x quantization scheme x shape class is run, the declared ones *and* the
-undeclared ones, and compared with an oracle. Whether a combination is declared is decided by the
+undeclared ones, and compared with an oracle; then the feature axes, expert biases and router
+weight on the input (``FEATURE_COMBOS``), for every scheme on the first shape class and gpt-oss's
+H=I=2880 (the case that would have caught Marlin declaring no biases while running them). Whether a combination is declared is decided by the
 declarations alone, through ``selection.evaluate`` (no reasons = declared): the probe restates no
 support fact. What it reports:
 
@@ -156,11 +158,22 @@ def default_scheme(kind: QuantKind, shape: ShapeClass) -> QuantScheme:
     return QuantScheme(kind=kind, group_size=-1)
 
 
-def layer_for(shape: ShapeClass, activation: Activation, scheme: QuantScheme) -> LayerSpec:
+# The feature axes: (feature, the activations it is probed with). Biases with gpt-oss's swigluoai and with
+# silu; router weight on the input with silu and top-1 routing (Llama 4, the model that uses it).
+FEATURE_COMBOS: tuple[tuple[str, tuple[Activation, ...]], ...] = (
+    ("bias", (Activation.SILU, Activation.SWIGLUOAI)),
+    ("router_weight_on_input", (Activation.SILU,)),
+)
+
+
+def layer_for(shape: ShapeClass, activation: Activation, scheme: QuantScheme, *, bias: bool = False,
+              router_weight_on_input: bool = False) -> LayerSpec:
+    """The layer of one combination. Router weight on the input is probed with top-1 routing."""
     # fp16 is a kind of its own (unquantized fp16 weights): its hidden states are fp16 as well.
     dtype = "fp16" if scheme.kind is QuantKind.FP16 else "bf16"
-    return LayerSpec(num_experts=shape.num_experts, top_k=shape.top_k, hidden_size=shape.hidden_size,
-                     intermediate_size=shape.intermediate_size, activation=activation, quant=scheme, dtype=dtype)
+    return LayerSpec(num_experts=shape.num_experts, top_k=1 if router_weight_on_input else shape.top_k,
+                     hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, activation=activation,
+                     quant=scheme, dtype=dtype, bias=bias, apply_router_weight_on_input=router_weight_on_input)
 
 
 def tolerance_for(decl: BackendCapability, layer: LayerSpec) -> tuple[float, str]:
@@ -198,6 +211,8 @@ class ComboResult(BaseModel):
     quant: Scheme
     dtype: str
     tokens: int
+    bias: bool = False  # the feature axes (left out of the JSON when False)
+    apply_router_weight_on_input: bool = False
     declared: bool
     reasons: tuple[ReasonCode, ...] = ()  # every code that made it undeclared
     reason_text: str = ""  # the rejection messages, one line (kept for undeclared results that passed)
@@ -213,11 +228,17 @@ class ComboResult(BaseModel):
     worker: int | None = None  # which worker process ran it (0, 1, ... after restarts); None in-process
 
     def label(self) -> str:
-        return f"{self.backend} {self.shape} {self.activation.value} {self.quant.label()}"
+        return (f"{self.backend} {self.shape} {self.activation.value} {self.quant.label()}"
+                + _feature_suffix(self.bias, self.apply_router_weight_on_input))
 
     def layer(self, record: "ProbeRecord") -> LayerSpec:
         shape = record.shape(self.shape)
-        return layer_for(shape, self.activation, self.quant)
+        return layer_for(shape, self.activation, self.quant, bias=self.bias,
+                         router_weight_on_input=self.apply_router_weight_on_input)
+
+
+def _feature_suffix(bias: bool, router_weight_on_input: bool) -> str:
+    return (" +bias" if bias else "") + (" +router-weight-on-input" if router_weight_on_input else "")
 
 
 class DriftItem(BaseModel):
@@ -228,12 +249,15 @@ class DriftItem(BaseModel):
     shape: str
     activation: Activation
     quant: Scheme
+    bias: bool = False
+    apply_router_weight_on_input: bool = False
     status: Status
     reasons: tuple[ReasonCode, ...] = ()
     detail: str = ""
 
     def describe(self) -> str:
-        where = f"{self.backend} {self.shape} {self.activation.value} {self.quant.label()}"
+        where = (f"{self.backend} {self.shape} {self.activation.value} {self.quant.label()}"
+                 + _feature_suffix(self.bias, self.apply_router_weight_on_input))
         if self.kind == "declared_but_failing":
             return f"declared but {self.status}: {where}: {self.detail}"
         return f"undeclared but works: {where}: {self.detail}"
@@ -360,8 +384,10 @@ def availability(decl: BackendCapability, device: DeviceSpec, env: "Environment"
 def plan_combinations(decl: BackendCapability, device: DeviceSpec, env: "Environment",
                       declarations: Sequence[BackendCapability], shapes: Sequence[ShapeClass], *,
                       activations: Iterable[Activation] | None = None,
-                      quant_kinds: Iterable[QuantKind] | None = None) -> list[_Combo]:
-    """Every (shape, scheme, activation) for one backend, with what the declaration says about it.
+                      quant_kinds: Iterable[QuantKind] | None = None, features: bool = True) -> list[_Combo]:
+    """Every (shape, scheme, activation) for one backend, with what the declaration says about it;
+    with ``features``, also every scheme with each feature of ``FEATURE_COMBOS`` (its activations,
+    where asked for) on the first shape class and on H=I=2880 when it is in ``shapes``.
 
     Declared-ness, reasons and padding all come from ``selection.evaluate`` under the default
     policy (approximations accepted, padding allowed): exactly what selecting would decide.
@@ -372,26 +398,38 @@ def plan_combinations(decl: BackendCapability, device: DeviceSpec, env: "Environ
     acts = tuple(activations) if activations is not None else tuple(Activation)
     kinds = tuple(quant_kinds) if quant_kinds is not None else tuple(QuantKind)
     combos: list[_Combo] = []
+
+    def add(shape: ShapeClass, layer: LayerSpec) -> None:
+        verdict = evaluate(decl, layer, device, env, policy, declarations)
+        fmt = _Verdict()
+        _check_format_groups(layer, fmt)
+        own = [r for r in verdict.reasons if r not in fmt.reasons]
+        pads = {p.dimension: p.padded for p in _paddings(layer, verdict.padding)}
+        tol, _ = tolerance_for(decl, layer)
+        combos.append(_Combo(
+            index=len(combos), shape=shape, layer=layer, declared=not verdict.reasons,
+            reasons=tuple(dict.fromkeys(r.code for r in verdict.reasons)),
+            reason_text="; ".join(r.message for r in verdict.reasons),
+            format_rule_only=bool(verdict.reasons) and not own,
+            pad_hidden_to=pads.get("hidden"), pad_intermediate_to=pads.get("intermediate"),
+            tolerance=tol))
+
     # Scheme, then shape, then activation: consecutive combinations share weights (the worker
     # caches them), and aligned / tiny-T / large-T share one set.
     for kind in kinds:
         for shape in shapes:
             scheme = default_scheme(kind, shape)
             for act in acts:
-                layer = layer_for(shape, act, scheme)
-                verdict = evaluate(decl, layer, device, env, policy, declarations)
-                fmt = _Verdict()
-                _check_format_groups(layer, fmt)
-                own = [r for r in verdict.reasons if r not in fmt.reasons]
-                pads = {p.dimension: p.padded for p in _paddings(layer, verdict.padding)}
-                tol, _ = tolerance_for(decl, layer)
-                combos.append(_Combo(
-                    index=len(combos), shape=shape, layer=layer, declared=not verdict.reasons,
-                    reasons=tuple(dict.fromkeys(r.code for r in verdict.reasons)),
-                    reason_text="; ".join(r.message for r in verdict.reasons),
-                    format_rule_only=bool(verdict.reasons) and not own,
-                    pad_hidden_to=pads.get("hidden"), pad_intermediate_to=pads.get("intermediate"),
-                    tolerance=tol))
+                add(shape, layer_for(shape, act, scheme))
+    if features and shapes:
+        feature_shapes = [shapes[0], *(s for s in shapes[1:] if s.name == "H=I=2880")]
+        for kind in kinds:
+            for shape in feature_shapes:
+                scheme = default_scheme(kind, shape)
+                for feature, feature_acts in FEATURE_COMBOS:
+                    for act in (a for a in feature_acts if a in acts):
+                        add(shape, layer_for(shape, act, scheme, bias=feature == "bias",
+                                             router_weight_on_input=feature == "router_weight_on_input"))
     return combos
 
 
@@ -603,7 +641,8 @@ def _drift(results: Sequence[ComboResult]) -> tuple[tuple[DriftItem, ...], tuple
     drift: list[DriftItem] = []
     findings: list[DriftItem] = []
     for r in results:
-        common = dict(backend=r.backend, shape=r.shape, activation=r.activation, quant=r.quant, status=r.status)
+        common = dict(backend=r.backend, shape=r.shape, activation=r.activation, quant=r.quant, status=r.status,
+                      bias=r.bias, apply_router_weight_on_input=r.apply_router_weight_on_input)
         if r.declared and r.status in ("wrong", "raised"):
             detail = r.message or (f"relative error {r.rel_error:.3g}" if r.rel_error is not None else "")
             drift.append(DriftItem(kind="declared_but_failing", detail=detail, **common))
@@ -633,13 +672,14 @@ def _summary(results: Sequence[ComboResult]) -> dict[str, dict[str, int]]:
 def run_probe(backends: Sequence[str] | None = None, quick: bool = False, registry: "Registry | None" = None,
               progress: bool = True, isolate: bool = True, *, activations: Iterable[Activation | str] | None = None,
               quant_kinds: Iterable[QuantKind | str] | None = None,
-              shapes: Iterable[str | ShapeClass] | None = None,
+              shapes: Iterable[str | ShapeClass] | None = None, features: bool = True,
               timeout_s: float | None = None, startup_s: float = 180.0,
               console: "Console | None" = None) -> ProbeRecord:
     """Probe the available backends (``backends``: ids, default all) on this machine.
 
     ``activations`` / ``quant_kinds`` / ``shapes`` (shape class names, or ShapeClass objects of
-    your own) replace the grid (for tests and focused runs). ``progress``: a progress bar when stdout is a terminal. ``isolate=False``
+    your own) replace the grid (for tests and focused runs); ``features=False`` leaves out the
+    bias / router-weight-on-input combinations. ``progress``: a progress bar when stdout is a terminal. ``isolate=False``
     runs in this process (a crash then ends the probe). ``timeout_s``: per combination (default
     ``$MOE_REGISTRY_PROBE_TIMEOUT`` or 180 s); ``startup_s`` more for a worker's first result.
     """
@@ -679,7 +719,7 @@ def run_probe(backends: Sequence[str] | None = None, quick: bool = False, regist
             probes[decl.id] = BackendProbe(backend=decl.id, status="skipped", reason=why, adapter=decl.adapter)
             continue
         plans.append((decl, plan_combinations(decl, device, env, declarations, classes,
-                                              activations=acts, quant_kinds=kinds)))
+                                              activations=acts, quant_kinds=kinds, features=features)))
 
     results: list[ComboResult] = []
     info: dict[str, Any] = {}
@@ -719,7 +759,9 @@ def run_probe(backends: Sequence[str] | None = None, quick: bool = False, regist
                         bar.update(task, advance=1)
                 results.append(ComboResult(
                     backend=decl.id, shape=c.shape.name, activation=c.layer.activation, quant=c.layer.quant,
-                    dtype=c.layer.dtype, tokens=c.shape.tokens, declared=c.declared, reasons=c.reasons,
+                    dtype=c.layer.dtype, tokens=c.shape.tokens, bias=c.layer.bias,
+                    apply_router_weight_on_input=c.layer.apply_router_weight_on_input,
+                    declared=c.declared, reasons=c.reasons,
                     reason_text=c.reason_text if data["status"] == "passed" else "",
                     format_rule_only=c.format_rule_only,
                     pad_hidden_to=c.pad_hidden_to, pad_intermediate_to=c.pad_intermediate_to,
@@ -770,8 +812,9 @@ def grouped_drift(items: Sequence[DriftItem]) -> list[dict[str, Any]]:
     finding, listing the activations and shapes it covers."""
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for d in items:
-        key = (d.kind, d.backend, d.quant.label(), d.status, d.reasons)
-        g = groups.setdefault(key, {"kind": d.kind, "backend": d.backend, "quant": d.quant.label(),
+        quant = d.quant.label() + _feature_suffix(d.bias, d.apply_router_weight_on_input)
+        key = (d.kind, d.backend, quant, d.status, d.reasons)
+        g = groups.setdefault(key, {"kind": d.kind, "backend": d.backend, "quant": quant,
                                     "status": d.status, "reasons": [c.value for c in d.reasons],
                                     "activations": [], "shapes": [], "example": d.detail})
         g["activations"].append(d.activation.value)
@@ -882,10 +925,11 @@ def verification_summary(record: ProbeRecord) -> dict[str, Any]:
         results = record.results_for(probe.backend)
         entry: dict[str, Any] = {}
         for axis, key in (("activations", lambda r: r.activation.value), ("quant", lambda r: r.quant.kind.value),
-                          ("shapes", lambda r: r.shape)):
+                          ("shapes", lambda r: r.shape), ("features", _feature_of)):
             ran: dict[str, list[ComboResult]] = {}
             for r in results:
-                ran.setdefault(key(r), []).append(r)
+                if key(r) is not None:
+                    ran.setdefault(key(r), []).append(r)
             verified, failing, undeclared = [], [], []
             for name, rs in ran.items():
                 declared_ran = [r for r in rs if r.declared and r.status != "skipped"]
@@ -911,6 +955,13 @@ def verification_summary(record: ProbeRecord) -> dict[str, Any]:
     return out
 
 
+def _feature_of(r: ComboResult) -> str | None:
+    """The feature axis a result belongs to (None: a plain combination)."""
+    if r.bias:
+        return "bias"
+    return "router_weight_on_input" if r.apply_router_weight_on_input else None
+
+
 def apply_verification(decl: BackendCapability, record: ProbeRecord, record_path: str) -> BackendCapability:
     """A copy of ``decl`` with the record as provenance: the record's device tag added to
     ``verified_on`` of every verified activation and quant support, and a ``hardware`` entry for the
@@ -926,6 +977,13 @@ def apply_verification(decl: BackendCapability, record: ProbeRecord, record_path
     for support in data["quant"]:
         if QuantKind(support["kind"]).value in summary["quant"]["verified"] and tag not in support["verified_on"]:
             support["verified_on"] = (*support["verified_on"], tag)
+    # Features: tagged once every feature the declaration claims was verified (a claimed one not run: no tag).
+    claimed = [name for name, on in (("bias", decl.features.bias),
+                                     ("router_weight_on_input", decl.features.apply_router_weight_on_input)) if on]
+    features = data["features"]
+    if claimed and all(name in summary["features"]["verified"] for name in claimed) \
+            and tag not in features["verified_on"]:
+        features["verified_on"] = (*features["verified_on"], tag)
     counts = summary["declared"]
     note = (f"moe-registry probe {record.date[:10]} on {record.card}: {counts['passed']} declared combinations "
             f"passed, {counts['wrong'] + counts['raised']} failed")

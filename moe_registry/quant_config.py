@@ -397,9 +397,13 @@ class WeightOnlyInt4Quant(QuantConfig):
                 if "desc_act" in override:
                     act_order = bool(override["desc_act"])
                 break
+        if bits == 8 and self.method == "gptq" and not zero_point and not act_order:
+            # vLLM auto_gptq.py L98-101 TYPE_MAP: (8, sym) -> uint8b128, run by Marlin MoE (planning-only here).
+            return _scheme(self.source, kind=QuantKind.INT8_W8A16, group_size=group_size)
         if bits != 4:
             raise UnsupportedQuantScheme(
-                f"{self.source}: {self.method.upper()} {bits}-bit experts ({name}) have no moe-registry scheme; only 4-bit")
+                f"{self.source}: {self.method.upper()} {bits}-bit experts ({name}) have no moe-registry scheme; only "
+                "4-bit, and symmetric 8-bit GPTQ without desc_act (int8_w8a16)")
         return _scheme(self.source, kind=QuantKind.INT4_W4A16, group_size=group_size, zero_point=zero_point,
                        act_order=act_order)
 

@@ -261,8 +261,10 @@ def quant_cell(decl: BackendCapability, kind: QuantKind) -> str:
     marks = []
     if any(s.dequantized_at_load for s in supports):
         marks.append("dequant")
-    if not all(s.adapter_implemented for s in supports):
+    if not any(s.adapter_implemented for s in supports):
         marks.append("no adapter")
+    elif not all(s.adapter_implemented for s in supports):
+        marks.append("native path: no adapter")
     return ",".join(tags) + (f" ({', '.join(marks)})" if marks else "")
 
 
@@ -315,6 +317,13 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
            f"- engines: vLLM `{d.engines.vllm or '-'}`, SGLang `{d.engines.sglang or '-'}`, TRT-LLM "
            f"`{d.engines.trtllm or '-'}`",
            "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())]
+    for rule in d.dtype_devices:
+        out.append(f"- {rule.dtype} hidden states only on {' or '.join(r.describe() for r in rule.devices)} "
+                   f"(source: {rule.source})")
+    f = d.features
+    out.append(f"- features: expert biases {'yes' if f.bias else 'no'}, router weight on input "
+               f"{'yes' if f.apply_router_weight_on_input else 'no'}, custom swigluoai constants "
+               f"{'yes' if f.swigluoai_params else 'no'} (source: {f.source})")
     for act, impl in d.activations.items():
         if impl.fidelity == "approximate":
             out.append(f"- {act.value} is approximate: {impl.note} (source: {impl.source})")

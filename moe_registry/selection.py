@@ -98,6 +98,25 @@ def _check_device(d: BackendCapability, device: DeviceSpec, v: _Verdict) -> None
                  "; ".join(r.source for r in d.devices))
 
 
+def _check_dtype_device(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, v: _Verdict) -> None:
+    """A dtype the backend runs on only some of its devices (DTypeRule); silent on a device the
+    backend does not run on at all (that is the device rule's reason)."""
+    if not any(rule.matches(device) for rule in d.devices):
+        return
+    for rule in d.dtype_devices:
+        if rule.dtype != layer.dtype or any(r.matches(device) for r in rule.devices):
+            continue
+        needs = " or ".join(r.describe() for r in rule.devices)
+        here = [t for t in d.dtypes if t != layer.dtype and all(
+            any(r.matches(device) for r in other.devices) for other in d.dtype_devices if other.dtype == t)]
+        hint = "; ".join(filter(None, [f"{' or '.join(here)} hidden states run on {device.label()}" if here else "",
+                                       _device_rule_hint(rule.devices)]))
+        v.reject(ReasonCode.DTYPE_UNSUPPORTED, "dtype.device", f"{layer.dtype} on {needs}",
+                 f"{layer.dtype} on {device.label()}",
+                 f"{d.name} runs {layer.dtype} hidden states only on {needs}; {device.label()} is not", hint,
+                 rule.source)
+
+
 def _check_activation(d: BackendCapability, layer: LayerSpec, policy: Policy,
                       others: Sequence[BackendCapability], v: _Verdict) -> None:
     act = layer.activation
@@ -398,6 +417,7 @@ def evaluate(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: En
     if layer.dtype not in d.dtypes and not any(s.dtypes for s in d.quant_support(layer.quant.kind)):
         v.reject(ReasonCode.DTYPE_UNSUPPORTED, "dtype", " or ".join(d.dtypes), layer.dtype,
                  f"{d.name} takes {' or '.join(d.dtypes)} hidden states, not {layer.dtype}")
+    _check_dtype_device(d, layer, device, v)
     _check_activation(d, layer, policy, declarations, v)
     v.support = _check_quant(d, layer, device, env.planning, declarations, v)
     multiples = _pad_multiples(d, layer, policy)

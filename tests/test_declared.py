@@ -20,6 +20,7 @@ from moe_registry.execution.declared import DEVICE_FIELDS, check_declared, decla
 from moe_registry.registry import Registry
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.device import PRESETS, get_device
+from moe_registry.schemas.selection import ReasonCode
 
 B200, H100 = get_device("b200"), get_device("h100")
 
@@ -83,7 +84,7 @@ def test_without_a_device_only_device_reasons_are_left_out():
         check("flashinfer-cutlass", mxfp4, B200)
     rejection = select_backend(mxfp4, "b200").rejection("flashinfer-cutlass")
     assert [r.field for r in rejection.reasons] == ["quant.device"]
-    assert {"device", "quant.device"} == DEVICE_FIELDS
+    assert {"device", "quant.device", "dtype.device"} == DEVICE_FIELDS
     # Device-independent reasons of a scheme are still judged without a device (mxfp4: bf16 only).
     with pytest.raises(ValueError, match=r"does not run mxfp4 with fp16 hidden states \(takes bf16\)"):
         check("flashinfer-cutlass", mxfp4.replace(dtype="fp16"))
@@ -224,3 +225,31 @@ def test_device_spec_of(monkeypatch):
 def test_importing_declared_does_not_import_torch():
     code = "import sys, moe_registry.execution.declared; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_dtype_that_needs_newer_devices_is_a_device_reason():
+    """Marlin: bf16 hidden states need SM80+ (SM75 kernels take fp16 only); fp16 runs on SM75."""
+    from moe_registry.schemas.device import get_device
+
+    layer = LayerSpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=256, quant="int4_w4a16:g128")
+    check("marlin", layer)  # no device: the device-only rule is left out
+    with pytest.raises(ValueError, match=r"runs bf16 hidden states only on SM80\+; sm75 \(SM75\) is not"):
+        check("marlin", layer, get_device("sm75"))
+    check("marlin", layer.replace(dtype="fp16"), get_device("sm75"))
+    check("marlin", layer, get_device("sm80"))
+    rejection = select_backend(layer, "sm75").rejection("marlin")
+    assert [(r.code, r.field) for r in rejection.reasons] == [(ReasonCode.DTYPE_UNSUPPORTED, "dtype.device")]
+    assert "fp16 hidden states run on sm75" in rejection.reasons[0].hint
+    assert select_backend(layer.replace(dtype="fp16"), "sm75").backend == "marlin"
+
+
+def test_every_marlin_scheme_has_a_hidden_rule():
+    """vLLM keeps hidden unpadded (multiple of 128) for every Marlin scheme except MXFP4, which its
+    MXFP4 oracle pads to 256: a scheme added to the declaration without either would skip both."""
+    from moe_registry.backends.marlin import DECLARATION as MARLIN
+    from moe_registry.schemas.quant import QuantKind
+
+    for support in MARLIN.quant:
+        rules = [(r.multiple_of, r.pad) for r in MARLIN.shape_rules if r.dimension == "hidden"
+                 and (r.when.quant is None or support.kind in r.when.quant)]
+        assert rules == ([(256, True)] if support.kind is QuantKind.MXFP4 else [(128, False)]), support.kind

@@ -748,3 +748,24 @@ def test_runtime_device_check_is_the_declarations(monkeypatch, quant, device, ma
     else:
         with pytest.raises(RuntimeError, match=f"^flashinfer-cutlass: .*{match}"):
             fic.require_runtime(K.BACKEND, cuda, layer, 256, 128)
+
+
+def test_mxfp4_pads_hidden_and_intermediate_to_128_as_vllm_does(stubbed):
+    """gpt-oss on Hopper: vLLM's FLASHINFER_CUTLASS_MXFP4_BF16 rounds hidden and intermediate up to 128
+    (oracle/mxfp4.py); the declaration pads, and the padded forward equals the reference."""
+    from moe_registry.execution.declared import declared_padding
+
+    # 224 = 7 x 32 and 96 = 3 x 32 hold whole MXFP4 groups; neither is a multiple of 128: 256 and 128.
+    layer = make_layer(quant="mxfp4", activation="swigluoai", bias=True, hidden_size=224, intermediate_size=96)
+    assert declared_padding("flashinfer-cutlass", layer) == (256, 128)
+    w = random_weights(layer, seed=5)
+    x, tw, ids = inputs(layer, T=6, seed=6)
+    stub = stubbed("mxfp4")
+    ad = K.FlashInferCutlassExperts._without_runtime_checks(layer, w, pad_hidden_to=256, pad_intermediate_to=128)
+    out = ad(x, tw, ids)
+    ref = ReferenceExperts(layer, w)(x, tw, ids)
+    assert out.shape == (6, 224) and rel_err(out, ref) <= 1e-2
+    (args, kwargs), = stub.calls
+    assert args[0].shape == (6, 256) and kwargs["fc1_expert_biases"].shape == (4, 256)
+    with pytest.raises(ValueError, match="pad hidden to 256"):
+        K.prepare_cutlass_weights(layer, w)  # unpadded: refused with the size to pad to

@@ -539,14 +539,16 @@ def _layer(E=4, k=2, H=256, I=128, act="silu", quant="int4_w4a16:g64", dtype="bf
 
 @pytest.mark.parametrize("kwargs,pads,match", [
     (dict(H=192), {}, "hidden size 192 is not a multiple of 128"),
-    (dict(I=96, quant="int4_w4a16:g32"), {}, r"intermediate size 96 is not a multiple of max\(64, group=32\)"),
-    (dict(I=192, quant="int4_w4a16:g128"), {}, r"max\(64, group=128\) = 128"),
+    # lcm(64, 32) = 64 -> 96 pads to 128; lcm(64, 128) = 128 -> 192 pads to 256 (vLLM marlin_moe_padded_intermediate)
+    (dict(I=96, quant="int4_w4a16:g32"), {}, r"intermediate size 96 is not a multiple of lcm\(64, group=32\) = 64; "
+                                             r"pad_intermediate_to=128"),
+    (dict(I=192, quant="int4_w4a16:g128"), {}, r"lcm\(64, group=128\) = 128; pad_intermediate_to=256"),
     (dict(quant="int4_w4a16:g16"), {}, r"group size 16 is not one of \[-1, 32, 64, 128\]"),
     (dict(act="relu2_no_mul", I=192), {}, "pad_intermediate_to=256"),
     (dict(dtype="fp32"), {}, "bf16 or fp16"),
     (dict(quant="fp8"), {}, "not implemented here"),
     (dict(quant="mxfp4", dtype="fp16"), {}, "bf16 activations only"),
-    (dict(quant="nvfp4_w4a16", I=96), {}, r"max\(64, group=16\) = 64"),
+    (dict(quant="nvfp4_w4a16", I=96), {}, r"lcm\(64, group=16\) = 64; pad_intermediate_to=128"),
     (dict(quant="int4_w4a16:g64:act_order"), {}, "act-order"),
     (dict(apply_router_weight_on_input=True), {}, "top_k == 1"),
     (dict(H=256), {"pad_hidden_to": 320}, "hidden size 320"),
@@ -741,3 +743,24 @@ def test_zero_points_all_eight_run_as_uint4b8(stand_in):
 
     m = MarlinExperts(layer, ExpertWeights(w13=with_zeros(w.w13), w2=with_zeros(w.w2)))
     assert m.w13.zeros is None and m.w13.type_id == UINT4B8_ID
+
+
+@pytest.mark.parametrize("layer,expected", [
+    # int4 g32: lcm(64, 32) = 64, 160 -> 192 (vLLM marlin_moe_padded_intermediate); hidden never padded.
+    (_layer(H=256, I=160, quant="int4_w4a16:g32"), (256, 192)),
+    # int4 g128: lcm(64, 128) = 128, 384 is already a multiple: no padding.
+    (_layer(H=256, I=384, quant="int4_w4a16:g128"), (256, 384)),
+    # gpt-oss MXFP4 (vLLM oracle/mxfp4.py MARLIN): hidden 2880 -> 12 x 256 = 3072, intermediate 2880 -> 23 x 128 = 2944.
+    (_layer(E=4, H=2880, I=2880, act="swigluoai", quant="mxfp4", bias=True), (3072, 2944)),
+])
+def test_declared_padding_is_what_the_adapter_accepts(layer, expected):
+    from moe_registry.execution.declared import declared_padding
+
+    assert declared_padding("marlin", layer) == expected
+    hidden, intermediate = expected
+    cfg = check_marlin_config(layer, pad_hidden_to=hidden, pad_intermediate_to=intermediate)
+    assert (cfg.hidden_padded, cfg.intermediate_padded) == expected
+    if layer.quant.kind.value == "int4_w4a16":
+        from moe_registry.backends.marlin.kernel import marlin_padded_intermediate
+
+        assert marlin_padded_intermediate(layer.intermediate_size, layer.quant.group_size) == intermediate

@@ -272,3 +272,26 @@ def test_no_eligible_backend_is_recorded_per_layer(counted_selection):
 def test_select_without_the_selection_module_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "moe_registry.selection", None)
     assert "select=False" in one_line_error(SelectionUnavailable, plan_model, "qwen3-30b-a3b")
+
+
+def test_gpt_oss_plans_on_a_four_bit_backend_with_the_2880_padding_on_h100():
+    """Issue 8: vLLM serves gpt-oss-120b on one H100 with MXFP4 kept 4-bit (padded) and the biases
+    applied; the plan must not fall to dequantized bf16 because of hidden 2880 or the biases."""
+    from moe_registry.planner import plan_model
+    from moe_registry.schemas.selection import ReasonCode
+
+    plan = plan_model("gpt-oss-120b", device="h100")
+    groups = plan.groups()
+    assert sum(len(g.indices) for g in groups) == 36
+    for group in groups:
+        s = group.selection
+        assert s is not None and s.backend in ("flashinfer-cutlass", "marlin")
+        assert group.layer.bias and group.layer.quant.weight_bits == 4
+        # FlashInfer CUTLASS MXFP4 (vLLM pads both to 128): 2880 -> 23 x 128 = 2944.
+        assert {(p.dimension, p.original, p.padded) for p in s.padding} == {
+            ("hidden", 2880, 2944), ("intermediate", 2880, 2944)}
+        marlin = next(c for c in s.eligible if c.backend == "marlin")
+        # Marlin MXFP4 (vLLM pads hidden to 256, intermediate to 128): 2880 -> 3072 and 2944.
+        assert {(p.dimension, p.padded) for p in marlin.padding} == {("hidden", 3072), ("intermediate", 2944)}
+        assert all(r.code is not ReasonCode.FEATURE_UNSUPPORTED for rej in s.rejections if rej.backend == "marlin"
+                   for r in rej.reasons)

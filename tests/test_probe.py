@@ -43,12 +43,14 @@ from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.quant import QuantKind
 
 
-def _declaration(backend_id, adapter, drop=()):
+def _declaration(backend_id, adapter, drop=(), features=None):
     d = REFERENCE.model_dump()
     d.update(id=backend_id, name=backend_id, provider="acme", kernel="acme", adapter=adapter, requirements=(),
              activations={a: impl for a, impl in d["activations"].items() if a not in drop},
              quant=[q for q in d["quant"] if q["kind"] in (QuantKind.BF16, QuantKind.FP16)],
              priority={"unquantized": 1})
+    if features is not None:
+        d["features"] = {**d["features"], **features}
     return d
 
 
@@ -58,6 +60,8 @@ def moe_registry_backends():
         # Claims relu2_no_mul (its adapter raises for it); does not claim gelu_no_mul (it runs it).
         _declaration("acme-drift", "acme_probe_kernels:DriftExperts", drop=(Activation.GELU_NO_MUL,)),
         _declaration("acme-crashy", "acme_probe_kernels:CrashyExperts"),
+        # Marlin's old mismatch, both ways: says no biases (runs them), says router weight on input (raises).
+        _declaration("acme-features", "acme_probe_kernels:FeatureExperts", features={"bias": False}),
     ]
 '''
 
@@ -76,6 +80,17 @@ class DriftExperts(ReferenceExperts):
             raise ValueError(f"acme-drift runs 16-bit weights only, not {layer.quant.label()}")
         if layer.activation.value == "relu2_no_mul":  # the deliberately wrong claim
             raise NotImplementedError("acme-drift has no relu2 epilogue")
+        super().__init__(layer, weights, **kw)
+
+
+class FeatureExperts(ReferenceExperts):
+    backend = "acme-features"
+
+    def __init__(self, layer, weights, **kw):
+        if layer.quant.kind.value not in ("bf16", "fp16"):
+            raise ValueError(f"acme-features runs 16-bit weights only, not {layer.quant.label()}")
+        if layer.apply_router_weight_on_input:  # the deliberately wrong claim
+            raise NotImplementedError("acme-features never scales the input")
         super().__init__(layer, weights, **kw)
 
 
@@ -113,7 +128,7 @@ def plugin_registry(tmp_path_factory):
     sys.path.insert(0, str(root))
     try:
         registry = Registry()
-        assert {"acme-drift", "acme-crashy"} <= set(registry.ids()), registry.problems
+        assert {"acme-drift", "acme-crashy", "acme-features"} <= set(registry.ids()), registry.problems
         yield registry
     finally:
         sys.path.remove(str(root))
@@ -121,9 +136,11 @@ def plugin_registry(tmp_path_factory):
             sys.modules.pop(name, None)
 
 
-def _result(record: ProbeRecord, backend: str, shape: str, activation: str, kind: str = "bf16"):
+def _result(record: ProbeRecord, backend: str, shape: str, activation: str, kind: str = "bf16", *,
+            bias: bool = False, router_weight_on_input: bool = False):
     matches = [r for r in record.results if r.backend == backend and r.shape == shape
-               and r.activation.value == activation and r.quant.kind.value == kind]
+               and r.activation.value == activation and r.quant.kind.value == kind and r.bias == bias
+               and r.apply_router_weight_on_input == router_weight_on_input]
     assert len(matches) == 1, matches
     return matches[0]
 
@@ -142,7 +159,9 @@ def test_reference_has_no_drift_and_every_declared_combination_passes(reference_
     record = reference_record
     assert [s.name for s in record.shapes] == ["aligned", "tiny-T", "I=704"]
     results = record.results_for("reference")
-    assert len(results) == 3 * len(Activation) * len(QuantKind)
+    # 3 shapes x every activation x every kind, plus per kind on the first shape: bias x (silu, swigluoai)
+    # and router weight on input x silu = 3 feature combinations.
+    assert len(results) == 3 * len(Activation) * len(QuantKind) + 3 * len(QuantKind)
     declared = [r for r in results if r.declared]
     assert len(declared) > 200
     assert [r.label() for r in declared if r.status != "passed"] == []
@@ -156,7 +175,15 @@ def test_reference_has_no_drift_and_every_declared_combination_passes(reference_
     # the probe's first finding, fixed in QuantScheme.partial_last_group. Nothing is undeclared now.
     f704 = _result(record, "reference", "I=704", "silu", "fp8_block")
     assert f704.declared and f704.status == "passed"
-    assert [r for r in results if not r.declared] == [] and record.format_findings == ()
+    # Undeclared: only the kinds no format exists for, which the reference does not claim (and cannot build).
+    no_format = {QuantKind.INT8_W8A16, QuantKind.MXFP8_W8A16, QuantKind.MXFP8, QuantKind.MXFP4_FP8}
+    undeclared = [r for r in results if not r.declared]
+    assert {r.quant.kind for r in undeclared} == no_format and record.format_findings == ()
+    assert all(r.reasons == (ReasonCode.QUANT_UNSUPPORTED,) and r.status != "passed" for r in undeclared)
+    # The feature axes: biases and router weight on the input, declared by the reference and passing.
+    for act, feature in (("silu", "bias"), ("swigluoai", "bias"), ("silu", "router_weight_on_input")):
+        r = _result(record, "reference", "aligned", act, "bf16", **{feature: True})
+        assert r.declared and r.status == "passed", r
     assert record.backends[0].status == "probed" and record.backends[0].worker_restarts == 0
 
 
@@ -190,6 +217,27 @@ def test_wrong_declaration_reports_exactly_two_drifts(plugin_registry):
     assert summary["activations"]["undeclared_working"] == ["gelu_no_mul"]
 
 
+def test_feature_drift_is_reported_both_ways(plugin_registry):
+    """Biases run but are not declared; router weight on the input is declared but raises."""
+    record = run_probe(backends=["acme-features"], registry=plugin_registry, progress=False, shapes=SMALL[:1],
+                       quant_kinds=["bf16"], activations=["silu", "swigluoai", "gelu"])
+    plain = [r for r in record.results if not r.bias and not r.apply_router_weight_on_input]
+    assert len(plain) == 3 and all(r.declared and r.status == "passed" for r in plain)
+    drift = {(d.kind, d.activation.value, d.bias, d.apply_router_weight_on_input) for d in record.drift}
+    assert drift == {("undeclared_but_working", "silu", True, False),
+                     ("undeclared_but_working", "swigluoai", True, False),
+                     ("declared_but_failing", "silu", False, True)}
+    working = [d for d in record.drift if d.kind == "undeclared_but_working"]
+    assert all(d.reasons == (ReasonCode.FEATURE_UNSUPPORTED,) for d in working)
+    assert all("+bias" in d.describe() for d in working)
+    failing = _result(record, "acme-features", "aligned", "silu", router_weight_on_input=True)
+    assert failing.declared and failing.status == "raised" and "never scales the input" in failing.message
+    summary = probe.verification_summary(record)["backends"]["acme-features"]
+    assert summary["features"] == {"verified": [], "failing": ["router_weight_on_input"],
+                                   "undeclared_working": ["bias"]}
+    assert probe.main_exit_code(record) == probe.EXIT_DRIFT
+
+
 # --- 3. A CUDA-like error and a hard crash do not stop the others ----------------------------------
 
 
@@ -197,7 +245,7 @@ def test_cuda_error_and_crash_are_contained(plugin_registry):
     record = run_probe(backends=["acme-crashy"], quick=True, registry=plugin_registry, progress=False, shapes=SMALL,
                        quant_kinds=["bf16"])
     results = record.results_for("acme-crashy")
-    assert len(results) == len(SMALL) * len(Activation)
+    assert len(results) == len(SMALL) * len(Activation) + 3  # + bias x2, router weight on input x1
     cuda = _result(record, "acme-crashy", "aligned", "gelu")
     assert cuda.status == "raised" and "CUDA error: an illegal memory access" in cuda.message
     crashed = _result(record, "acme-crashy", "aligned", "gelu_tanh")
@@ -253,8 +301,10 @@ def test_verification_summary_and_provenance(reference_record):
     assert summary["device"] == "cpu" and ref["status"] == "verified"
     assert set(ref["activations"]["verified"]) == {a.value for a in Activation}
     assert "bf16" in ref["quant"]["verified"] and ref["quant"]["failing"] == []
+    assert sorted(ref["features"]["verified"]) == ["bias", "router_weight_on_input"]
     updated = probe.apply_verification(REFERENCE, reference_record, "docs/verification/cpu-probe.json")
     assert all("cpu" in impl.verified_on for impl in updated.activations.values())
+    assert "cpu" in updated.features.verified_on and "cpu" not in REFERENCE.features.verified_on
     assert [h.status for h in updated.hardware if h.devices == "cpu"] == ["verified"]
     lines = probe.verification_lines(updated)
     (cpu_line,) = [line for line in lines if line.startswith("cpu:")]
@@ -282,7 +332,7 @@ def test_cli_json_output_parses_and_out_writes_a_record(tmp_path, monkeypatch, c
     data = json.loads(capsys.readouterr().out)
     record = ProbeRecord.model_validate(data)
     assert ProbeRecord.load(out).results == record.results
-    assert [r.status for r in record.results] == ["passed"] * len(Activation)
+    assert [r.status for r in record.results] == ["passed"] * (len(Activation) + 3)
     # The table form ends with the compact summary.
     assert cli.main(["probe", "--backend", "reference", "--quick", "--in-process"]) == 0
     text = capsys.readouterr().out

@@ -205,11 +205,14 @@ def test_gptq_act_order_asymmetric_and_per_channel():
     assert labels(plan_config(qwen_like(quantization_config=qc), select=False))[0] == "int4_w4a16:gchannel:zp:act_order"
 
 
-def test_gptq_8bit_experts_are_refused_unless_skipped():
+def test_gptq_8bit_symmetric_is_int8_w8a16_and_other_8bit_experts_are_refused_unless_skipped():
+    # vLLM auto_gptq.py TYPE_MAP has (8, sym) -> uint8b128 only (Marlin MoE runs it).
     qc = {"quant_method": "gptq", "bits": 8, "group_size": 128}
-    with pytest.raises(UnsupportedQuantScheme, match="8-bit"):
-        plan_config(qwen_like(quantization_config=qc), select=False)
-    qc["dynamic"] = {"-:.*mlp\\.experts": {}}
+    assert labels(plan_config(qwen_like(quantization_config=qc), select=False)) == ["int8_w8a16:g128"] * 4
+    for extra in ({"sym": False}, {"desc_act": True}):
+        with pytest.raises(UnsupportedQuantScheme, match="8-bit"):
+            plan_config(qwen_like(quantization_config={**qc, **extra}), select=False)
+    qc = {**qc, "sym": False, "dynamic": {"-:.*mlp\\.experts": {}}}
     assert labels(plan_config(qwen_like(quantization_config=qc), select=False)) == ["bf16"] * 4
 
 

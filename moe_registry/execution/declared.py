@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["DEVICE_FIELDS", "check_declared", "declared_padding", "device_spec_of"]
 
 #: Reason fields that depend on the device only: ignored when checking without one (device=None).
-DEVICE_FIELDS = frozenset({"device", "quant.device"})
+DEVICE_FIELDS = frozenset({"device", "quant.device", "dtype.device"})
 #: Reason fields judged on the sizes the kernel sees (the padded ones).
 _SHAPE_FIELDS = frozenset({"hidden", "intermediate"})
 

@@ -129,9 +129,13 @@ class Condition(BaseModel):
     gated: bool | None = None
     quant: tuple[QuantKind, ...] | None = None
     group_sizes: tuple[int, ...] | None = None  # the layer's quant group size is one of these
+    apply_router_weight_on_input: bool | None = None
     dims: tuple[DimTest, ...] = ()
 
     def matches(self, layer: LayerSpec, sizes: Sizes | None = None) -> bool:
+        if (self.apply_router_weight_on_input is not None
+                and layer.apply_router_weight_on_input != self.apply_router_weight_on_input):
+            return False
         if self.activations is not None and layer.activation not in self.activations:
             return False
         if self.gated is not None and layer.activation.is_gated != self.gated:
@@ -152,6 +156,8 @@ class Condition(BaseModel):
             parts.append("quant in {" + ", ".join(q.value for q in self.quant) + "}")
         if self.group_sizes is not None:
             parts.append("group size in {" + ", ".join(map(str, self.group_sizes)) + "}")
+        if self.apply_router_weight_on_input is not None:
+            parts.append("router weight on " + ("input" if self.apply_router_weight_on_input else "output"))
         parts += [test.describe() for test in self.dims]
         return " and ".join(parts) or "always"
 
@@ -194,6 +200,14 @@ class QuantSupport(Sourced):
     # weights yet. Planning for a target still reports it; selecting to run here rejects it.
     adapter_implemented: bool = True
     note: str = ""
+
+
+class DTypeRule(Sourced):
+    """A hidden-state dtype that runs on only some of the backend's devices (Marlin: bf16 needs
+    SM80+, its Turing kernels take fp16 only). A dtype with no rule runs on every backend device."""
+
+    dtype: DType
+    devices: tuple[DeviceRule, ...] = Field(min_length=1)
 
 
 class ShapeRule(Sourced):
@@ -305,6 +319,7 @@ class BackendCapability(BaseModel):
     gemm1_order: Literal["gate_up", "up_gate"] = "gate_up"
     devices: tuple[DeviceRule, ...]
     dtypes: tuple[DType, ...]
+    dtype_devices: tuple[DTypeRule, ...] = ()  # dtypes restricted to some of ``devices``
     activations: dict[Activation, ActivationImpl]
     quant: tuple[QuantSupport, ...]
     shape_rules: tuple[ShapeRule, ...] = ()
@@ -327,6 +342,9 @@ class BackendCapability(BaseModel):
             raise ValueError(f"{self.id}: no priority for quant families {sorted(f.value for f in missing)}")
         if not self.devices:
             raise ValueError(f"{self.id}: declares no devices")
+        stray = [rule.dtype for rule in self.dtype_devices if rule.dtype not in self.dtypes]
+        if stray:
+            raise ValueError(f"{self.id}: device rules for dtypes it does not declare: {stray}")
         return self
 
     def quant_support(self, kind: QuantKind) -> tuple[QuantSupport, ...]:

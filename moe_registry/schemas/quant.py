@@ -23,6 +23,12 @@ class QuantKind(str, Enum):
     MXFP4_MXFP8 = "mxfp4_mxfp8"  # MXFP4 weights, MXFP8 activations
     INT4_W4A16 = "int4_w4a16"  # GPTQ / AWQ int4 weights with group scales
     INT4_FP8 = "int4_fp8"  # W4A8: int4 weights, fp8 activations
+    # Declaration audit M17, C32-C34 (issue 8): kinds upstream kernels run that moe-registry has no
+    # weight format for yet, so every backend declares them planning-only (adapter_implemented=False).
+    INT8_W8A16 = "int8_w8a16"  # GPTQ 8-bit symmetric (uint8b128) weights, 16-bit activations
+    MXFP8_W8A16 = "mxfp8_w8a16"  # MXFP8 weights (e4m3, e8m0 scale per 32), 16-bit activations
+    MXFP8 = "mxfp8"  # W8A8: MXFP8 weights and MXFP8 activations
+    MXFP4_FP8 = "mxfp4_fp8"  # MXFP4 weights, fp8 e4m3 activations (quantized per tensor or online)
 
 
 class QuantFamily(str, Enum):
@@ -33,6 +39,7 @@ class QuantFamily(str, Enum):
     NVFP4 = "nvfp4"
     MXFP4 = "mxfp4"
     INT4 = "int4"
+    INT8 = "int8"
 
 
 class ScaleLayout(str, Enum):
@@ -51,6 +58,10 @@ _FAMILY = {
     QuantKind.MXFP4_MXFP8: QuantFamily.MXFP4,
     QuantKind.INT4_W4A16: QuantFamily.INT4,
     QuantKind.INT4_FP8: QuantFamily.INT4,
+    QuantKind.INT8_W8A16: QuantFamily.INT8,
+    QuantKind.MXFP8_W8A16: QuantFamily.FP8,
+    QuantKind.MXFP8: QuantFamily.FP8,
+    QuantKind.MXFP4_FP8: QuantFamily.MXFP4,
 }
 
 def family_of(kind: QuantKind) -> QuantFamily:
@@ -62,18 +73,28 @@ _WEIGHT_BITS = {
     QuantKind.BF16: 16, QuantKind.FP16: 16, QuantKind.FP8: 8, QuantKind.FP8_BLOCK: 8,
     QuantKind.NVFP4: 4, QuantKind.NVFP4_W4A16: 4, QuantKind.MXFP4: 4, QuantKind.MXFP4_MXFP8: 4,
     QuantKind.INT4_W4A16: 4, QuantKind.INT4_FP8: 4,
+    QuantKind.INT8_W8A16: 8, QuantKind.MXFP8_W8A16: 8, QuantKind.MXFP8: 8, QuantKind.MXFP4_FP8: 4,
 }
 _ACTIVATION_FORMAT = {
     QuantKind.BF16: "bf16", QuantKind.FP16: "fp16", QuantKind.FP8: "fp8_e4m3",
     QuantKind.FP8_BLOCK: "fp8_e4m3", QuantKind.NVFP4: "nvfp4", QuantKind.NVFP4_W4A16: "16-bit",
     QuantKind.MXFP4: "16-bit", QuantKind.MXFP4_MXFP8: "mxfp8", QuantKind.INT4_W4A16: "16-bit",
     QuantKind.INT4_FP8: "fp8_e4m3",
+    QuantKind.INT8_W8A16: "16-bit", QuantKind.MXFP8_W8A16: "16-bit", QuantKind.MXFP8: "mxfp8",
+    QuantKind.MXFP4_FP8: "fp8_e4m3",
 }
 
 # Group size along K per kind: fixed by the format, or a default that a checkpoint may change.
 _FIXED_GROUP = {QuantKind.NVFP4: 16, QuantKind.NVFP4_W4A16: 16, QuantKind.MXFP4: 32,
-                QuantKind.MXFP4_MXFP8: 32, QuantKind.FP8_BLOCK: 128}
-_DEFAULT_GROUP = {QuantKind.INT4_W4A16: 128, QuantKind.INT4_FP8: 128}
+                QuantKind.MXFP4_MXFP8: 32, QuantKind.FP8_BLOCK: 128,
+                QuantKind.MXFP8_W8A16: 32, QuantKind.MXFP8: 32, QuantKind.MXFP4_FP8: 32}
+_DEFAULT_GROUP = {QuantKind.INT4_W4A16: 128, QuantKind.INT4_FP8: 128, QuantKind.INT8_W8A16: 128}
+# Kinds whose activations are block-scaled (so a scale layout applies to them).
+_BLOCK_SCALED_ACTIVATIONS = (QuantKind.NVFP4, QuantKind.MXFP4_MXFP8, QuantKind.MXFP8)
+
+# Every kind has every per-kind fact: a kind added to the enum but not to a table fails at import.
+for _table in (_FAMILY, _WEIGHT_BITS, _ACTIVATION_FORMAT):
+    assert set(_table) == set(QuantKind), sorted(k.value for k in set(QuantKind) - set(_table))
 
 
 class QuantScheme(BaseModel):
@@ -119,7 +140,7 @@ class QuantScheme(BaseModel):
             raise ValueError("zero points apply to int4 schemes only")
         if self.act_order and self.family is not QuantFamily.INT4:
             raise ValueError("act_order (GPTQ desc_act) applies to int4 schemes only")
-        if self.activation_scale_layout is not None and self.kind not in (QuantKind.NVFP4, QuantKind.MXFP4_MXFP8):
+        if self.activation_scale_layout is not None and self.kind not in _BLOCK_SCALED_ACTIVATIONS:
             raise ValueError(f"{self.kind.value} has no block-scaled activations, so no activation scale layout")
         return self
 

@@ -21,7 +21,15 @@ _BINDING = "flashinfer data/csrc/fused_moe/cutlass_backend/flashinfer_cutlass_fu
 
 _BF16_ARCHS = (89, 90, 100, 103, 107, 110, 120, 121)  # _CUTLASS_BF16_ARCHS (= _CUTLASS_FP8_ARCHS)
 _NVFP4_ARCHS = (100, 103, 107, 110, 120, 121)  # _CUTLASS_NVFP4_ARCHS, _CUTLASS_MXFP8_MXFP4_ARCHS
-_HOPPER = (90,)  # _CUTLASS_FP8_BLOCK_ARCHS, _CUTLASS_W4A16_ARCHS, _CUTLASS_W4A8_ARCHS
+_HOPPER = (90,)  # _CUTLASS_FP8_BLOCK_ARCHS, _CUTLASS_W4A16_ARCHS, _CUTLASS_W4A8_ARCHS, _CUTLASS_HUMMING_ARCHS
+_MXFP8_ARCHS = (100, 103, 107)  # _CUTLASS_MXFP8_ARCHS (MXFP8 x MXFP8: SM10x only)
+_VLLM_MXFP4_PAD = ("vLLM 0.33.0 fused_moe/oracle/mxfp4.py L874-879 mxfp4_round_up_hidden_size_and_intermediate_size: "
+                   "FLASHINFER_CUTLASS_MXFP4_BF16 / _MXFP8 round hidden and intermediate up to 128; the adapter zero-pads")
+# Not declared (declaration audit, answered): C35 INT4 W4A16 (binding L281-312 builds CutlassMoeFCRunner<bf16,
+# uint4b_t> for use_packed_weights without use_w4_group_scaling) is reachable only through that flag: api.py has no
+# arch list for it and FlashInfer's tests never run it, so which archs compile it is unverifiable here. C36
+# SwigluStep / SiTU / ClampedRelu2 (tllm_enums.py L68-83) have no moe-registry Activation id (no bundled model
+# uses them); declaring them needs ids with execution and oracle definitions first.
 
 
 def _on(archs: tuple[int, ...], name: str) -> tuple[DeviceRule, ...]:
@@ -81,6 +89,18 @@ DECLARATION = BackendCapability(
                          "SM90 (flashinfer-moe-api.md 1.5)")),
         QuantSupport(kind=QuantKind.MXFP4_MXFP8, devices=_on(_NVFP4_ARCHS, "_CUTLASS_MXFP8_MXFP4_ARCHS"),
                      adapter_implemented=False, source=f"{_API}"),
+        # Audit C32: Humming MXFP4 x FP8 on SM90, bf16/fp16 input quantized to fp8 online in the kernel.
+        QuantSupport(kind=QuantKind.MXFP4_FP8, devices=_on(_HOPPER, "_CUTLASS_HUMMING_ARCHS"), adapter_implemented=False,
+                     note="Humming mode (use_wfp4afp8_humming): fp8 activations quantized online from bf16/fp16",
+                     source=(f"{_API} L562 _CUTLASS_HUMMING_ARCHS; {_BINDING} L234-250 make_humming_runner (FP16/BF16 "
+                             "inputs, activation dtype == output dtype, 'only supported on SM90')")),
+        # Audit C34: MXFP4 weights with fp8 activations on SM100+ (the binding's sm >= 100 branch).
+        QuantSupport(kind=QuantKind.MXFP4_FP8, devices=(DeviceRule(min_sm=100, source=f"{_BINDING} L207"),),
+                     adapter_implemented=False, note="activations arrive quantized to fp8 e4m3",
+                     source=f"{_BINDING} L207: sm >= 100 && isWMxfp4AFp8Quant() (fp8 input, int64-packed MXFP4)"),
+        # Audit C33: MXFP8 x MXFP8 on SM10x only.
+        QuantSupport(kind=QuantKind.MXFP8, devices=_on(_MXFP8_ARCHS, "_CUTLASS_MXFP8_ARCHS"), adapter_implemented=False,
+                     source=f"{_API} L558 _CUTLASS_MXFP8_ARCHS; {_BINDING} L199 isWMxfp8AMxfp8Quant runner"),
     ),
     shape_rules=(
         ShapeRule(dimension="hidden", multiple_of=8, when=Condition(quant=(QuantKind.BF16, QuantKind.FP16)),
@@ -91,11 +111,22 @@ DECLARATION = BackendCapability(
                   source="flashinfer binding runMoe ~L420-436: TMA alignment 128 bits / 8-bit = 16"),
         ShapeRule(dimension="intermediate", multiple_of=16, when=Condition(quant=(QuantKind.FP8,)),
                   source="flashinfer binding runMoe ~L420-436: TMA alignment 128 bits / 8-bit = 16"),
-        *(ShapeRule(dimension=dim, multiple_of=128,
-                    when=Condition(quant=(QuantKind.FP8_BLOCK, QuantKind.MXFP4, QuantKind.MXFP4_MXFP8,
-                                          QuantKind.INT4_FP8)),
-                    source="flashinfer prepare.py prepare_cutlass_fp8_block_weights / prepare_cutlass_w4a16_weights: "
-                           "H, I % 128 (flashinfer-moe-api.md 1.6-1.7)")
+        *(ShapeRule(dimension=dim, multiple_of=128, when=Condition(quant=(QuantKind.FP8_BLOCK, QuantKind.INT4_FP8)),
+                    source="flashinfer prepare.py prepare_cutlass_fp8_block_weights (alignment=128) / "
+                           "prepare_cutlass_w4a8_weights (alignment=group_size=128): H, I % 128")
+          for dim in ("hidden", "intermediate")),
+        # MXFP4 weights (every activation format): binding runMoe L422-427 "hidden_size / inter_size must be
+        # divisible by 128 for MXFP4 weights"; vLLM pads both for its two FlashInfer CUTLASS MXFP4 backends.
+        *(ShapeRule(dimension=dim, multiple_of=128, pad=True,
+                    when=Condition(quant=(QuantKind.MXFP4, QuantKind.MXFP4_MXFP8)),
+                    source=f"{_BINDING} runMoe L422-427; prepare.py prepare_cutlass_w4a16_weights; {_VLLM_MXFP4_PAD}")
+          for dim in ("hidden", "intermediate")),
+        *(ShapeRule(dimension=dim, multiple_of=128, when=Condition(quant=(QuantKind.MXFP4_FP8,)),
+                    source=f"{_BINDING} runMoe L422-427 (isWMxfp4AFp8Quant / isWMxfp4AFp8HummingQuant)")
+          for dim in ("hidden", "intermediate")),
+        # MXFP8 x MXFP8: 1-byte activations and weights, so the TMA rule gives 16 (runMoe L428-437).
+        *(ShapeRule(dimension=dim, multiple_of=16, when=Condition(quant=(QuantKind.MXFP8,)),
+                    source=f"{_BINDING} runMoe L428-437: TMA alignment 128 bits / 8-bit = 16")
           for dim in ("hidden", "intermediate")),
         # NVFP4's I % 16 (flashinfer-moe-api.md 1.7) is the format's scale group, checked for every backend.
         ShapeRule(dimension="hidden", multiple_of=64, when=Condition(quant=(QuantKind.NVFP4,)),
@@ -106,7 +137,11 @@ DECLARATION = BackendCapability(
         ShapeRule(dimension="intermediate", multiple_of=64, pad=True,
                   when=Condition(gated=True, quant=(QuantKind.NVFP4,)), source=(
                       f"{_BINDING} runMoe ~L1489-1500: fc1 weight block rows == alignToSfDim(I, 64) * 2; 128-row "
-                      "swizzled scales (fused_moe/runners.py CutlassNvfp4Runner: round_up(gemm1_rows, 128))")),
+                      "swizzled scales (fused_moe/runners.py CutlassNvfp4Runner: round_up(gemm1_rows, 128)). "
+                      "Unverifiable (audit C25): FlashInfer's own prepare.py L1990-1994 / runners.py L2454 ask only "
+                      "I % 16 and alignToSfDim(I, 64) * 2 == round_up(2I, 128) for any I % 16 == 0, so this is "
+                      "probably stricter than the kernel; it is vLLM's limit (flashinfer_fp4_moe.py L441-448) and "
+                      "harmless, since the adapter pads")),
         ShapeRule(dimension="intermediate", multiple_of=128, pad=True,
                   when=Condition(gated=False, quant=(QuantKind.NVFP4,)), source=(
                       f"{_BINDING} runMoe ~L1501-1511: fc1 weight block rows == alignToSfDim(I, 64); 128-row "
@@ -122,9 +157,13 @@ DECLARATION = BackendCapability(
                     probe="moe_registry.backends._flashinfer_common:fused_moe_module_status",
                     build_cost=("well over 40 minutes for fused_moe_90 on 16 cores (measured: 87 of 242 objects "
                                 "after 19 min); other archs unmeasured"),
-                    hint="prebuild it once (flashinfer.jit.fused_moe.gen_cutlass_fused_moe_sm<arch>_module()"
-                         ".build_and_load(), e.g. sm90) and keep the cache, or install flashinfer-jit-cache",
-                    source="flashinfer-moe-api.md 1.9 (measured on the project's H100/H200 machines)"),
+                    hint="prebuild it once and keep the cache: python -c \"from flashinfer.jit.fused_moe import "
+                         "gen_cutlass_fused_moe_sm90_module as g; g().build_and_load()\" (sm89/sm100/sm103/sm120 "
+                         "have their own gen_cutlass_fused_moe_sm<arch>_module)",
+                    source=("flashinfer-moe-api.md 1.9 (measured on the project's H100/H200 machines); flashinfer "
+                            "0.7.2.post1 jit/fused_moe.py L108-184. No prebuilt module on PyPI: flashinfer-jit-cache "
+                            "is not published there (pip: 'No matching distribution', 2026-11-29), only on "
+                            "FlashInfer's own wheel index")),
     ),
     priority={QuantFamily.UNQUANTIZED: 70, QuantFamily.FP8: 80, QuantFamily.NVFP4: 80, QuantFamily.MXFP4: 80,
               QuantFamily.INT4: 80},

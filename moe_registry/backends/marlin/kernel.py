@@ -37,6 +37,7 @@ the top-k sum runs in float32 (vLLM sums in the layer dtype); with
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -60,7 +61,8 @@ from .repack import (
     UINT4B8_ID,
 )
 
-__all__ = ["MarlinExperts", "MarlinConfig", "check_marlin_config", "load_moe_c", "marlin_op_available"]
+__all__ = ["MarlinExperts", "MarlinConfig", "check_marlin_config", "load_moe_c", "marlin_op_available",
+           "marlin_padded_intermediate"]
 
 _ACT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 HIDDEN_MULTIPLE = 128  # check_moe_marlin_supports_config: hidden_size % 128
@@ -68,6 +70,14 @@ HIDDEN_MULTIPLE = 128  # check_moe_marlin_supports_config: hidden_size % 128
 # small/large_batch_thread_configs; generate_kernels.py THREAD_CONFIGS), so each GEMM's N must be a
 # multiple of 128: gated GEMM1 has N = 2I (I % 64 suffices), non-gated GEMM1 has N = I.
 N_MULTIPLE = 128
+
+
+def marlin_padded_intermediate(intermediate: int, group: int) -> int:
+    """vLLM 0.33 ``marlin_moe_padded_intermediate`` (quantization/utils/marlin_utils.py L335): the
+    smallest size >= ``intermediate`` that is a multiple of lcm(64, group) (group -1: 64), so the
+    thread tiles fit and the scale groups stay whole. The declaration's pad rules say the same."""
+    tile = math.lcm(64, group if group > 0 else 1)
+    return -(-intermediate // tile) * tile
 
 
 class MarlinConfig:
@@ -118,7 +128,8 @@ def check_marlin_config(layer: LayerSpec, weights: ExpertWeights | None = None, 
     """Validate what the Marlin MoE kernel can run; raise ``ValueError`` (one line) otherwise.
 
     Mirrors vLLM's ``check_moe_marlin_supports_config`` (marlin_utils.py): ``hidden % 128``,
-    ``intermediate % max(64, group)``, ``group in {-1, 32, 64, 128}`` (int4; NvFP4 / MXFP4 have
+    ``intermediate % lcm(64, group)`` (vLLM pads up to it: ``marlin_padded_intermediate``),
+    ``group in {-1, 32, 64, 128}`` (int4; NvFP4 / MXFP4 have
     their fixed 16 / 32), plus what the kernel's thread configs need for a non-gated GEMM1
     (``intermediate % 128``) and MXFP4's bf16-only kernels. Sizes are the padded ones.
     """
@@ -154,10 +165,11 @@ def check_marlin_config(layer: LayerSpec, weights: ExpertWeights | None = None, 
     if Hp % HIDDEN_MULTIPLE:
         raise ValueError(f"marlin: hidden size {Hp} is not a multiple of {HIDDEN_MULTIPLE} "
                          f"(vLLM check_moe_marlin_supports_config)")
-    i_multiple = max(64, group)
+    i_multiple = math.lcm(64, group if group > 0 else 1)
     if Ip % i_multiple:
-        raise ValueError(f"marlin: local intermediate size {Ip} is not a multiple of max(64, group={group}) = "
-                         f"{i_multiple} (vLLM check_moe_marlin_supports_config)")
+        raise ValueError(f"marlin: local intermediate size {Ip} is not a multiple of lcm(64, group={group}) = "
+                         f"{i_multiple}; pad_intermediate_to={marlin_padded_intermediate(Ip, group)} pads it as "
+                         f"vLLM's marlin_moe_padded_intermediate does")
     gated = layer.activation.is_gated
     if not gated and Ip % N_MULTIPLE:
         raise ValueError(f"marlin: non-gated activation {layer.activation.value} makes GEMM1 N = intermediate = {Ip}, "

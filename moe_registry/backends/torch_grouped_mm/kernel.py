@@ -45,7 +45,8 @@ from ...schemas.layer import LayerSpec
 
 WeightLayout = Literal["k_major", "n_major"]
 
-# Public since PyTorch 2.9 as torch.nn.functional.grouped_mm; the private op is the same kernel.
+# Public as torch.nn.functional.grouped_mm since PyTorch 2.10 (pytorch PR #168298); 2.9 has only the
+# private torch._grouped_mm, the same kernel.
 _grouped_mm: Callable[..., torch.Tensor] = getattr(F, "grouped_mm", None) or torch._grouped_mm
 
 # Mirrors of the kernel's limits (see the module docstring for the sources).

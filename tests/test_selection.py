@@ -26,7 +26,7 @@ def codes(selection, backend):
 
 def test_gemma4_nvfp4_on_b200_selects_trtllm():
     s = select_backend(GEMMA4, "b200")
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
     assert s.decided_by == "priority"
     assert s.engines["vllm"] == "flashinfer_trtllm"
     # gelu_tanh runs through the Geglu gate: accepted, but said out loud.
@@ -35,7 +35,7 @@ def test_gemma4_nvfp4_on_b200_selects_trtllm():
 
 def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallback():
     s = select_backend(GEMMA4, "h100")
-    trt = s.rejection("trtllm-nvfp4")
+    trt = s.rejection("trtllm-fp4")
     assert trt is not None and trt.codes() == {ReasonCode.DEVICE_UNSUPPORTED}
     reason = trt.reasons[0]
     assert "SM100" in reason.required and "SM90" in reason.actual
@@ -47,18 +47,26 @@ def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallba
     assert [c.backend for c in s.eligible][:2] == ["marlin", "torch-grouped-mm"]
 
 
-def test_relu2_at_704_hits_the_tile_limitation_but_gated_gelu_at_704_is_accepted():
+def test_relu2_at_704_is_padded_to_768_gemm1_rows_and_gated_gelu_at_704_is_accepted():
+    """The seed's relu2_no_mul at I=704: vLLM's test skipped it ('no valid tile config') because it built
+    the experts with 704 GEMM1 rows, not a multiple of 128. The non-gated pad rule pads 704 -> 768, so
+    the kernel runs it; without padding it is refused by that rule, citing the skipped test."""
     relu2 = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200")
-    assert codes(relu2, "trtllm-nvfp4") == {ReasonCode.KNOWN_LIMITATION}
-    assert "tile configuration" in relu2.rejection("trtllm-nvfp4").reasons[0].message
+    assert relu2.backend == "trtllm-fp4"
+    assert [(p.dimension, p.original, p.padded) for p in relu2.padding] == [("intermediate", 704, 768)]
+    unpadded = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200",
+                              policy=DeclaredPriority(allow_padding=False))
+    (reason,) = unpadded.rejection("trtllm-fp4").reasons
+    assert reason.code is ReasonCode.SHAPE_UNALIGNED and reason.required == "multiple of 128 when non-gated"
+    assert "704" in reason.source and "GEMM1 rows" in reason.source and "2688" in reason.source
     gelu = select_backend(GEMMA4.replace(activation="gelu"), "b200")
-    assert gelu.backend == "trtllm-nvfp4" and gelu.rejection("trtllm-nvfp4") is None
+    assert gelu.backend == "trtllm-fp4" and gelu.rejection("trtllm-fp4") is None
     assert not any(n.kind == "approximation" for n in gelu.notes)  # exact erf GeGLU
 
 
 def test_relu2_at_a_multiple_of_256_is_not_limited():
     s = select_backend(GEMMA4.replace(activation="relu2_no_mul", intermediate_size=1024), "b200")
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
 
 
 # --- Every reason, not the first --------------------------------------------------------------
@@ -82,27 +90,27 @@ def test_unaligned_tp_shard_gets_an_ep_hint():
     assert reasons and all(r.actual == "88" for r in reasons)
     assert any("EP8 instead of TP8 keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
-    assert s_ep8.backend == "trtllm-nvfp4" and s_ep8.layer.local_num_experts == 16
+    assert s_ep8.backend == "trtllm-fp4" and s_ep8.layer.local_num_experts == 16
 
 
 def test_padding_is_applied_and_costed():
     # TRT-LLM-gen weight prep pads a gated intermediate to a multiple of 64 (vLLM flashinfer_fp4_moe.py).
     gated = select_backend(GEMMA4.replace(intermediate_size=720), "b200")  # 720 % 64 = 16
-    assert gated.backend == "trtllm-nvfp4"
+    assert gated.backend == "trtllm-fp4"
     (pad,) = gated.padding
     assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 720, 768, 64)
     assert pad.extra_weight_memory_pct == pytest.approx(100 * (768 / 720 - 1), abs=0.01)
     assert pad.extra_flops_pct == pad.extra_weight_memory_pct
     no_pad = select_backend(GEMMA4.replace(intermediate_size=720), "b200",
                             policy=DeclaredPriority(allow_padding=False))
-    assert no_pad.backend != "trtllm-nvfp4"
-    hint = no_pad.rejection("trtllm-nvfp4").reasons[0].hint
+    assert no_pad.backend != "trtllm-fp4"
+    hint = no_pad.rejection("trtllm-fp4").reasons[0].hint
     assert "allow padding to 768" in hint
 
 
 def test_exact_activation_policy_rejects_approximations():
     s = select_backend(GEMMA4, "b200", policy=DeclaredPriority(exact_activations=True))
-    assert codes(s, "trtllm-nvfp4") == {ReasonCode.ACTIVATION_APPROXIMATE}
+    assert codes(s, "trtllm-fp4") == {ReasonCode.ACTIVATION_APPROXIMATE}
     assert s.backend == "flashinfer-cutlass"  # runs GegluTanh itself
 
 
@@ -122,8 +130,8 @@ def test_force_eligible_and_ineligible():
     s = select_backend(GEMMA4, "h100", force="torch-grouped-mm")
     assert s.backend == "torch-grouped-mm" and s.decided_by == "forced"
     with pytest.raises(BackendNotEligible) as err:
-        select_backend(GEMMA4, "h100", force="trtllm-nvfp4")
-    assert err.value.backend == "trtllm-nvfp4"
+        select_backend(GEMMA4, "h100", force="trtllm-fp4")
+    assert err.value.backend == "trtllm-fp4"
     assert [r.code for r in err.value.reasons] == [ReasonCode.DEVICE_UNSUPPORTED]
     assert "SM100" in str(err.value) and "\n" not in str(err.value)
 
@@ -142,7 +150,7 @@ def test_environment_variable_forces(monkeypatch):
     monkeypatch.setenv("MOE_REGISTRY_BACKEND", "reference")
     s = select_backend(GEMMA4, "h100")
     assert s.backend == "reference" and s.decided_by == "env"
-    monkeypatch.setenv("MOE_REGISTRY_BACKEND", "trtllm-nvfp4")
+    monkeypatch.setenv("MOE_REGISTRY_BACKEND", "trtllm-fp4")
     with pytest.raises(BackendNotEligible) as err:
         select_backend(GEMMA4, "h100")
     assert str(err.value).startswith("env backend")
@@ -199,7 +207,7 @@ def test_selection_round_trips_through_json():
 
 def test_describe_is_one_line():
     line = select_backend(GEMMA4, "h100").describe()
-    assert "\n" not in line and "marlin" in line and "trtllm-nvfp4 (device_unsupported)" in line
+    assert "\n" not in line and "marlin" in line and "trtllm-fp4 (device_unsupported)" in line
 
 
 def test_device_objects_and_names_agree():

@@ -457,3 +457,25 @@ def test_constructing_on_cpu_raises_runtime_error(cls):
     layer = layer_of(quant="fp8" if cls is fp8_kernel.TrtllmFp8Experts else "bf16")
     with pytest.raises(RuntimeError, match="needs CUDA weights on SM100/SM103/SM107"):
         cls(layer, random_weights(layer))
+
+
+def test_nvfp4_swigluoai_and_biases_are_passed_in_raw_accumulator_units(monkeypatch):
+    """NvFP4's GEMM accumulators are scaled by output1_scale_gate_scalar / output2_scale_scalar, so beta,
+    the clamp limit and the biases are divided by them; alpha is not (vLLM trtllm_nvfp4_moe.py L166-195
+    for beta and the limit; the biases follow the same contract, unverified)."""
+    layer = gpt_oss_like(quant="nvfp4", activation_params=None)
+    w = random_weights(layer, seed=13)
+    stub = Stub(lambda args, kw: torch.zeros(kw["output"].shape))
+    monkeypatch.setattr(fp4_kernel, "_flashinfer_routed_moe", lambda: stub)
+    monkeypatch.setattr(fp4_kernel, "_sf_layout_linear", lambda: "layout_linear")
+    ad = fp4_kernel.TrtllmFp4Experts._without_runtime_checks(layer, w, intermediate_amax=4.0)
+    x, tw, ids = inputs(layer)
+    ad(x, tw, ids)
+    (args, kw), = stub.calls
+    b1, alpha, beta, limit, b2, gate1, out2 = args[6], args[7], args[8], args[9], args[12], args[14], args[15]
+    p = ad.prepared
+    assert torch.allclose(alpha, torch.full((2,), 1.702))
+    assert torch.allclose(beta * gate1, torch.ones(2)) and torch.allclose(limit * gate1, torch.full((2,), 7.0))
+    assert torch.allclose(b1 * gate1.unsqueeze(-1), p.gemm1_bias) and torch.allclose(b2 * out2.unsqueeze(-1),
+                                                                                      p.gemm2_bias)
+    assert kw["activation_type"] == 3 and kw["hidden_states_scale_layout"] == "layout_linear"

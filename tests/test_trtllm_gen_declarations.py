@@ -170,3 +170,16 @@ def test_docs_name_no_old_id():
     root = Path(__file__).resolve().parents[1]
     for path in [root / "README.md", *(root / "docs").rglob("*.md")]:
         assert "trtllm-nvfp4" not in path.read_text(), path
+
+
+def test_every_adapter_named_by_a_declaration_imports():
+    pytest.importorskip("torch")
+    import importlib
+
+    for decl in DECLARATIONS:
+        if decl.adapter is None:
+            assert all(not s.adapter_implemented for s in decl.quant), decl.id  # planning-only
+            continue
+        module, cls = decl.adapter.split(":")
+        adapter = getattr(importlib.import_module(module), cls)
+        assert adapter.backend == decl.id

@@ -38,11 +38,13 @@ _ENUM = f"{FI} tllm_enums.py ActivationType"
 
 
 def swiglu(source: str) -> ActivationImpl:
-    return ActivationImpl(kernel_name="Swiglu", kernel_value=3, source=f"{RUNNER} L116 Swiglu -> SwiGlu; {_ENUM}; {source}")
+    return ActivationImpl(kernel_name="Swiglu", kernel_value=3,
+                          source=f"{RUNNER} L116 Swiglu -> SwiGlu; {_ENUM}; {source}")
 
 
 def geglu(source: str) -> ActivationImpl:
-    return ActivationImpl(kernel_name="Geglu", kernel_value=4, source=f"{RUNNER} L120 Geglu -> GeGlu; {_ENUM}; {source}",
+    return ActivationImpl(kernel_name="Geglu", kernel_value=4,
+                          source=f"{RUNNER} L120 Geglu -> GeGlu; {_ENUM}; {source}",
                           note="the GeGlu gate's phi is inside closed cubins; FlashInfer's own test reference "
                                "emulates it with erf GELU")
 

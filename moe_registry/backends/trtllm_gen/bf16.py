@@ -32,7 +32,8 @@ DECLARATION = BackendCapability(
                                                      f"{_VLLM} _supports_quant_scheme (unquantized only)"),),
     shape_rules=(
         ShapeRule(dimension="intermediate", multiple_of=128, pad=True, source=(
-            f"{f.LAUNCHER} L1861 'the second dimension of weights must be a multiple of 128' (intermediate_size % 128); "
+            f"{f.LAUNCHER} L1861 'the second dimension of weights must be a multiple of 128' "
+            "(intermediate_size % 128); "
             f"{f.VLLM}/oracle/unquantized.py L391-392 rounds intermediate up to 128 for FLASHINFER_TRTLLM")),
         ShapeRule(dimension="hidden", multiple_of=64, pad=True, source=(
             f"BlockMajorK blocks K by 128 bytes = 64 bf16 ({f.PREPARE} prepare_trtllm_bf16_weights block_k=128 on the "

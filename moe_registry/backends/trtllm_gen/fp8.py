@@ -41,7 +41,8 @@ PER_TENSOR = BackendCapability(
     },
     quant=(QuantSupport(kind=QuantKind.FP8, source=(
         f"{_VLLM} TrtLlmFp8ExpertsMonolithic._supports_quant_scheme (kFp8StaticTensorSym, kFp8StaticTensorSym); "
-        f"{f.PREPARE} prepare_trtllm_fp8_per_tensor_weights (per-expert weight multipliers, static activation scales)")),),
+        f"{f.PREPARE} prepare_trtllm_fp8_per_tensor_weights (per-expert weight multipliers, static activation "
+        "scales)")),),
     shape_rules=(
         ShapeRule(dimension="hidden", multiple_of=128, pad=True, source=(
             f"{f.LAUNCHER} L2467 hidden_size % 128 (Fp8PerTensorStagedMoeLauncher); padding is exact")),

@@ -42,7 +42,8 @@ DECLARATION = BackendCapability(
             f"{f.PREPARE} prepare_trtllm_mxint4_weights L1192-1195 'TRTLLM MxInt4 requires hidden_size and "
             "intermediate_size divisible by 256'")),
         ShapeRule(dimension="intermediate", multiple_of=256, source=(
-            f"{f.PREPARE} prepare_trtllm_mxint4_weights L1192-1195 (int4 group weights are not padded by the adapter)")),
+            f"{f.PREPARE} prepare_trtllm_mxint4_weights L1192-1195 (int4 group weights are not padded by the "
+            "adapter)")),
     ),
     routing=f.routing(f"Renormalize, RenormalizeNaive, DeepSeekV3, Llama4 ({_VLLM} _supports_routing_method)"),
     features=FeatureSupport(bias=False, apply_router_weight_on_input=False, swigluoai_params=True, source=(

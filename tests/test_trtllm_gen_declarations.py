@@ -183,3 +183,13 @@ def test_every_adapter_named_by_a_declaration_imports():
         module, cls = decl.adapter.split(":")
         adapter = getattr(importlib.import_module(module), cls)
         assert adapter.backend == decl.id
+
+
+def test_fp8_block_launcher_bounds_deepseek_top_k_more_tightly():
+    block = next(d for d in DECLARATIONS if d.id == "trtllm-fp8-block")
+    fp4 = next(d for d in DECLARATIONS if d.id == "trtllm-fp4")
+    assert block.routing.limit_for(RoutingMethod.DEEPSEEK_V3).max_top_k == 8
+    assert fp4.routing.limit_for(RoutingMethod.DEEPSEEK_V3).max_top_k == 22
+    s = select_backend(fp8_block(top_k=12, num_experts=256), "b200")
+    assert s.backend == "trtllm-fp8-block"
+    assert any("deepseek_v3 exceeds" in n.message and "top_k <= 8" in n.message for n in s.notes)

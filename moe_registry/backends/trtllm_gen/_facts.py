@@ -104,11 +104,14 @@ LIMITS = (
 )
 
 
-def routing(vllm_list: str) -> RoutingSupport:
+def routing(vllm_list: str, *overrides: RoutingLimit) -> RoutingSupport:
     """Every in-kernel method of the shared routing runner with its bounds; precomputed top-k through
     the ``*_routed_moe`` entry, which is what moe-registry's adapters call. ``vllm_list`` cites the
-    (narrower, "conservative") list vLLM enables for this kernel."""
-    return RoutingSupport(in_kernel=IN_KERNEL, precomputed=True, limits=LIMITS, source=(
+    (narrower, "conservative") list vLLM enables for this kernel; ``overrides`` replace the shared
+    bounds of their methods where one launcher checks more tightly."""
+    replaced = {m for o in overrides for m in o.methods}
+    limits = tuple(lim for lim in LIMITS if not set(lim.methods) & replaced) + overrides
+    return RoutingSupport(in_kernel=IN_KERNEL, precomputed=True, limits=limits, source=(
         f"{ROUTING} L53-352 Runner::run handles Default, Renormalize, DeepSeekV3, Llama4, RenormalizeNaive, TopK, "
         f"SigmoidRenorm, MiniMax2, Sigmoid, TopKSigmoid for every entry; vLLM enables {vllm_list}; "
         f"*_routed_moe takes (ids, weights) or packed ids ({CORE} _split_precomputed_routing)"))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    BackendCapability, Condition, FeatureSupport, QuantSupport, ShapeRule,
+    BackendCapability, Condition, FeatureSupport, QuantSupport, RoutingLimit, ShapeRule,
 )
+from moe_registry.schemas.layer import RoutingMethod
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
 from . import _facts as f
@@ -111,9 +112,16 @@ BLOCK = BackendCapability(
             f"{f.LAUNCHER} L4373, L4431 'intermediate_size must be a multiple of 128' (DeepSeekFp8). Not padded: a "
             "gated w13 whose I is not a multiple of 128 shares 128-row scale blocks between gate and up rows")),
     ),
-    limitations=(),
-    routing=f.routing(f"DeepSeekV3, Renormalize, RenormalizeNaive, SigmoidRenorm, Sigmoid, MiniMax2 ({_VLLM} "
-                      "_supports_routing_method, block scale)"),
+    routing=f.routing(
+        f"DeepSeekV3, Renormalize, RenormalizeNaive, SigmoidRenorm, Sigmoid, MiniMax2 ({_VLLM} "
+        "_supports_routing_method, block scale)",
+        # The block-scale launcher checks DeepSeekV3 more tightly than the routing runner: top-k <= 8 up to
+        # 384 experts, <= 22 above. One bound per method, so the stricter one is declared; a layer beyond
+        # it is routed outside the kernel (precomputed top-k), which every adapter does anyway.
+        RoutingLimit(methods=(RoutingMethod.DEEPSEEK_V3,), max_top_k=8, max_experts=512, source=(
+            f"{f.LAUNCHER} L4240-4259 Fp8BlockScaleLauncher: max_supported_top_k = num_experts <= 384 ? 8 : 22, "
+            "topk_group <= 4; routing_deepseek.cu L50-55 MaxSupportedExpertCount 512 (top-k <= 22 above 384 "
+            "experts is not declared)"))),
     features=FeatureSupport(bias=False, apply_router_weight_on_input=False, swigluoai_params=True, source=(
         f"{f.CORE} trtllm_fp8_block_scale_routed_moe passes gemm1_bias=None / gemm2_bias=None ('routed FP8 uses "
         "gemm1_lora_delta for MN bias'; only the logits entry takes float32 biases) and no routing-scales-on-input; "

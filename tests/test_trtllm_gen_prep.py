@@ -414,13 +414,20 @@ def test_pack_topk_matches_flashinfer_contract():
     assert torch.equal((packed & 0xFFFF).to(torch.int16).view(torch.bfloat16).float(), w)
 
 
-def test_mxfp4_gpt_oss_call_matches_reference(monkeypatch):
-    layer = gpt_oss_like(hidden_size=224, intermediate_size=96)  # padded to 256 / 128
+@pytest.mark.parametrize("quant", ["mxfp4", "mxfp4_mxfp8"])
+def test_mxfp4_gpt_oss_call_matches_reference(monkeypatch, quant):
+    layer = gpt_oss_like(hidden_size=224, intermediate_size=96, quant=quant)  # padded to 256 / 128
     w = random_weights(layer, seed=12)
 
     def compute(args, kw):
         ((ids, tw), _, x, x_sf, g1, g1s, b1, alpha, beta, limit, g2, g2s, b2, o1, gate1, o2) = args
-        assert x.dtype == torch.bfloat16 and x_sf is None and o1 is None and gate1 is None and o2 is None
+        assert o1 is None and gate1 is None and o2 is None
+        if quant == "mxfp4":
+            assert x.dtype == torch.bfloat16 and x_sf is None and kw["hidden_states_scale_layout"] is None
+        else:  # MXFP8: e4m3 values, linear e8m0 scale per 32
+            assert x.dtype == torch.float8_e4m3fn and kw["hidden_states_scale_layout"] == "layout_linear"
+            scale = torch.exp2(x_sf.view(torch.uint8).float() - 127)
+            x = (x.float().unflatten(-1, (-1, 32)) * scale.unsqueeze(-1)).flatten(-2)
         I, Hp = kw["intermediate_size"], x.shape[1]
 
         def dequant(data, scales, index, rows, cols):
@@ -437,13 +444,26 @@ def test_mxfp4_gpt_oss_call_matches_reference(monkeypatch):
 
     stub = Stub(compute)
     monkeypatch.setattr(fp4_kernel, "_flashinfer_routed_moe", lambda: stub)
+    monkeypatch.setattr(fp4_kernel, "_sf_layout_linear", lambda: "layout_linear")
     from moe_registry.execution.declared import declared_padding
 
     assert declared_padding("trtllm-fp4", layer) == (256, 128)
     ad = fp4_kernel.TrtllmFp4Experts._without_runtime_checks(layer, w, pad_hidden_to=256, pad_intermediate_to=128)
-    check(ad, layer, w, 0.02)
+    check(ad, layer, w, 0.02 if quant == "mxfp4" else 0.05)
     (args, kw), = stub.calls
-    assert kw["hidden_states_scale_layout"] is None and kw["output"].shape == (5, 256)
+    assert kw["output"].shape == (5, 256)
+
+
+def test_mxfp8_input_quantization_recipe():
+    x = torch.randn(3, 64) * torch.logspace(-3, 3, 64)
+    q, sf = fp4_kernel._quantize_mxfp8_input(x.to(torch.bfloat16), on_kernel_device=False)
+    scale = torch.exp2(sf.view(torch.uint8).float() - 127)
+    assert q.dtype == torch.float8_e4m3fn and sf.shape == (3, 2)
+    assert (q.float().abs().unflatten(-1, (-1, 32)).amax(-1) <= 448).all()
+    back = (q.float().unflatten(-1, (-1, 32)) * scale.unsqueeze(-1)).flatten(-2)
+    assert relative_error(back, x.to(torch.bfloat16).float()) < 0.05
+    # amax / 448 rounded up to a power of two: the largest value lands in [224, 448] after e4m3 rounding.
+    assert ((q.float().abs().unflatten(-1, (-1, 32)).amax(-1)) >= 224).all()
 
 
 def test_unknown_option_is_a_type_error():

@@ -60,10 +60,9 @@ DECLARATION = BackendCapability(
         QuantSupport(kind=QuantKind.MXFP4, source=(
             f"{_MXFP4} _supports_quant_scheme (kMxfp4Static, None): bf16 hidden states; {f.VLLM}/oracle/mxfp4.py "
             f"L138-140 FLASHINFER_TRTLLM_MXFP4_BF16; {f.PREPARE} prepare_trtllm_fp4_weights (MXFP4xBF16)")),
-        QuantSupport(kind=QuantKind.MXFP4_MXFP8, activation_scale_layout=ScaleLayout.LINEAR, adapter_implemented=False,
-                     source=(f"{_MXFP4} _supports_quant_scheme (kMxfp4Static, kMxfp8Dynamic); {f.PREPARE} "
-                             "prepare_trtllm_fp4_activations (MXFP8 hidden states, linear scales)"),
-                     note="MXFP8 activation quantization is not in moe-registry's adapter yet"),
+        QuantSupport(kind=QuantKind.MXFP4_MXFP8, activation_scale_layout=ScaleLayout.LINEAR, source=(
+            f"{_MXFP4} _supports_quant_scheme (kMxfp4Static, kMxfp8Dynamic); {f.PREPARE} "
+            "prepare_trtllm_fp4_activations (MXFP8 hidden states, linear scales)")),
     ),
     shape_rules=(
         ShapeRule(dimension="hidden", multiple_of=256, pad=True, source=(

@@ -1,5 +1,5 @@
 """FlashInfer TRT-LLM-gen FP4 MoE: ``flashinfer.fused_moe.trtllm_fp4_block_scale_routed_moe``, for
-NvFP4 x NvFP4 and MXFP4 weights x bf16 activations (MXFP4 x MXFP8 is declared, planning-only).
+NvFP4 x NvFP4, MXFP4 weights x bf16 activations and MXFP4 x MXFP8.
 
 Status: not verified on hardware (TRT-LLM-gen needs SM100; the project's GPUs are SM90). The weight
 preparation is pure PyTorch and tested on CPU against FlashInfer's own index functions; the call is
@@ -23,7 +23,8 @@ inferred from the same contract, unverified). MXFP4 x bf16 has no global scales:
 parameter raw.
 
 Forward: NvFP4 hidden states quantized with linear scales (``fp4_quantize(...,
-is_sf_swizzled_layout=False)``), MXFP4 hidden states passed as bf16; precomputed routing as
+is_sf_swizzled_layout=False)``), MXFP4 x bf16 hidden states passed as bf16, MXFP4 x MXFP8 ones
+quantized to MXFP8 with linear e8m0 scales (``mxfp8_quantize(..., is_sf_swizzled_layout=False)``); precomputed routing as
 ``(int32 ids, fp32 weights)``; ``activation_type`` the declaration's ``kernel_value``.
 """
 
@@ -130,6 +131,26 @@ def _quantize_input(x: torch.Tensor, a1_gs: torch.Tensor, *,
     return t.data, t.scale
 
 
+def _quantize_mxfp8_input(x: torch.Tensor, *, on_kernel_device: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 ``[T, H]`` -> (float8_e4m3fn ``[T, H]``, e8m0 scales ``[T, H/32]`` viewed as float8_e4m3fn,
+    linear layout). On the kernel's device FlashInfer's ``mxfp8_quantize(..., is_sf_swizzled_layout=False)``
+    (``prepare.py::prepare_trtllm_fp4_activations``); otherwise (CPU tests only) the OCP MX recipe in
+    torch: ``2^ceil(log2(amax_32 / 448))`` (the CUDA kernel's ``cvt_float_to_e8m0(vmax / 448, RoundPosInf)``),
+    values saturated to e4m3."""
+    T, H = x.shape
+    if on_kernel_device and x.is_cuda:
+        from flashinfer import mxfp8_quantize
+
+        q, sf = mxfp8_quantize(x, is_sf_swizzled_layout=False)
+        return q, sf.view(torch.float8_e4m3fn).reshape(T, H // 32)
+    blocks = x.float().reshape(T, H // 32, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    exponent = torch.where(amax > 0, torch.ceil(torch.log2(amax / 448.0)), torch.full_like(amax, -127.0))
+    exponent = exponent.clamp(-127, 127)
+    q = (blocks / torch.exp2(exponent)).clamp(-448.0, 448.0).reshape(T, H).to(torch.float8_e4m3fn)
+    return q, (exponent + 127).to(torch.uint8).reshape(T, H // 32).view(torch.float8_e4m3fn)
+
+
 def _flashinfer_routed_moe() -> Callable[..., Any]:
     from flashinfer.fused_moe import trtllm_fp4_block_scale_routed_moe
 
@@ -143,8 +164,8 @@ def _sf_layout_linear() -> Any:
 
 
 class TrtllmFp4Experts(TrtllmGenExperts):
-    """FlashInfer TRT-LLM-gen FP4 MoE for one layer (NvFP4, or MXFP4 weights with bf16 activations).
-    Not verified on hardware."""
+    """FlashInfer TRT-LLM-gen FP4 MoE for one layer (NvFP4, or MXFP4 weights with bf16 or MXFP8
+    activations). Not verified on hardware."""
 
     backend = BACKEND
 
@@ -172,8 +193,12 @@ class TrtllmFp4Experts(TrtllmGenExperts):
             b1 = None if b1 is None else b1 / gate1.unsqueeze(-1)
             b2 = None if b2 is None else b2 / out2.unsqueeze(-1)
             layout = _sf_layout_linear()
-        else:
-            xq, x_sf, out1, gate1, out2, layout = x, None, None, None, None, None
+        else:  # MXFP4 weights: no global scales, bf16 or MXFP8 activations
+            out1, gate1, out2, layout = None, None, None, None
+            xq, x_sf = x, None
+            if self.layer.quant.kind is QuantKind.MXFP4_MXFP8:
+                xq, x_sf = _quantize_mxfp8_input(x, on_kernel_device=self.sm is not None)
+                layout = _sf_layout_linear()
             params = swiglu_params(self.layer, E, x.device)
         out = self._output(T, x.device)
         result = _flashinfer_routed_moe()(

@@ -29,7 +29,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # Built-in backends, registered exactly as a plugin would be (each module has a hookimpl).
 BUILTIN_BACKENDS = (
-    "moe_registry.backends.trtllm_nvfp4",
+    "moe_registry.backends.trtllm_gen",
     "moe_registry.backends.flashinfer_cutlass",
     "moe_registry.backends.marlin",
     "moe_registry.backends.humming",

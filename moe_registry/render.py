@@ -333,6 +333,13 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
                    f"{' (padded by the adapter)' if rule.pad else ''} (source: {rule.source})")
     for lim in d.limitations:
         out.append(f"- known limitation: {lim.reason} (source: {lim.source})")
+    r = d.routing
+    if r.in_kernel:
+        out.append("- in-kernel routing: " + ", ".join(m.value for m in r.in_kernel)
+                   + ("; precomputed top-k" if r.precomputed else ""))
+    for limit in r.limits:
+        path = ", ".join(m.value for m in limit.methods) or "precomputed top-k"
+        out.append(f"- routing bound ({path}): {limit.describe()} (source: {limit.source})")
     for req in d.requirements:
         cost = f"; first build {req.build_cost}" if req.build_cost else ""
         out.append(f"- requires {req.kind} `{req.name}`{cost}")

@@ -361,16 +361,51 @@ def _check_limitations(d: BackendCapability, layer: LayerSpec, sizes: dict[str, 
                      f"{d.name}: {lim.reason}", lim.hint, lim.source)
 
 
-def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict) -> None:
-    if layer.routing is None:
+def _limit_failures(d: BackendCapability, method, layer: LayerSpec) -> list[tuple[str, str, str, str]] | None:
+    """None if the routing path (in-kernel ``method``, or precomputed for None) does not exist;
+    else (field, required, actual, source) for each of its bounds the layer exceeds."""
+    r = d.routing
+    if (method is None and not r.precomputed) or (method is not None and method not in r.in_kernel):
+        return None
+    limit = r.limit_for(method)
+    return [] if limit is None else [(*f, limit.source) for f in limit.failures(layer)]
+
+
+def _check_routing(d: BackendCapability, layer: LayerSpec, v: _Verdict) -> None:
+    """The layer's routing method runs in-kernel within that method's bounds, or the layer is routed
+    outside and the precomputed path's bounds hold (what a ``*_routed_moe`` entry runs)."""
+    method = layer.routing
+    pre = _limit_failures(d, None, layer)
+    inside = _limit_failures(d, method, layer) if method is not None else None
+    if inside == []:
+        v.notes.append(Note(kind="routing", message=f"{d.id}: {method.value} routing runs inside the kernel"))
+        return
+    if pre == []:
+        if inside:
+            v.notes.append(Note(kind="routing", message=(
+                f"{d.id}: {method.value} exceeds the kernel's in-kernel bounds ("
+                + "; ".join(f"{f} {req}" for f, req, _, _ in inside) + "); routed outside, precomputed top-k")))
+        elif method is None:
+            v.notes.append(Note(kind="abstained", message=(
+                f"{d.id}: routing unknown, so the in-kernel routing rule abstained (unknown is not false)")))
+        return
+    if method is None and any(_limit_failures(d, m, layer) == [] for m in d.routing.in_kernel):
         v.notes.append(Note(kind="abstained", message=(
-            f"{d.id}: routing unknown, so the in-kernel routing rule abstained (unknown is not false)")))
-    elif layer.routing in d.routing.in_kernel:
-        v.notes.append(Note(kind="routing", message=f"{d.id}: {layer.routing.value} routing runs inside the kernel"))
-    elif not d.routing.precomputed:
+            f"{d.id}: routing unknown; some in-kernel routing methods fit, the precomputed path does not")))
+        return
+    if pre is None and inside is None:
         methods = ", ".join(m.value for m in d.routing.in_kernel)
-        v.reject(ReasonCode.ROUTING_UNSUPPORTED, "routing", methods, layer.routing.value,
+        v.reject(ReasonCode.ROUTING_UNSUPPORTED, "routing", methods, method.value if method else "unknown",
                  f"{d.name} routes only {methods} and takes no precomputed top-k", source=d.routing.source)
+        return
+    for path, fails in (("precomputed top-k", pre), (f"in-kernel {method.value if method else ''} routing", inside)):
+        for field, required, actual, source in fails or ():
+            v.reject(ReasonCode.SHAPE_OUT_OF_RANGE, field, required, actual,
+                     f"{d.name} {path} needs {field} {required}; the layer has {actual}", source=source)
+
+
+def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict) -> None:
+    _check_routing(d, layer, v)
     f = d.features
     if layer.bias and not f.bias:
         v.reject(ReasonCode.FEATURE_UNSUPPORTED, "bias", "no bias", "expert biases",

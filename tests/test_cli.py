@@ -30,7 +30,7 @@ def test_explain_gemma4_nvfp4_on_b200_every_layer_on_trtllm(capsys):
     assert code == 0 and err == ""
     data = json.loads(out)
     assert data["schema_version"] == 1 and data["moe_layers"] == 30
-    assert {layer["backend"] for layer in data["layers"]} == {"trtllm-nvfp4"}
+    assert {layer["backend"] for layer in data["layers"]} == {"trtllm-fp4"}
     (group,) = data["groups"]
     assert group["layer"]["activation"] == "gelu_tanh" and group["layer"]["quant"]["kind"] == "nvfp4"
     assert group["selection"]["engines"]["vllm"] == "flashinfer_trtllm"
@@ -40,7 +40,7 @@ def test_explain_gemma4_nvfp4_on_h100_shows_fallback_and_sm100_reason(capsys):
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "h100")
     assert code == 0
     assert "marlin" in out and "layers 0-29 (30)" in out
-    assert "trtllm-nvfp4" in out and "device_unsupported" in out and "SM100" in out
+    assert "trtllm-fp4" in out and "device_unsupported" in out and "SM100" in out
     assert not ANSI.search(out)  # not a terminal: plain text
 
 
@@ -66,17 +66,18 @@ def test_explain_tp8_pads_nvfp4_to_whole_groups_keeps_the_ep_hint_and_exits_3_on
     hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}
     assert any("EP8 instead of TP8 keeps intermediate 704" in h for h in hints)
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--ep", "8", "--json")
-    assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-nvfp4"}
+    assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-fp4"}
 
 
 def test_select_exit_codes(capsys):
     args = ["select", "--experts", "128", "--top-k", "8", "--hidden", "2816", "--intermediate", "704",
             "--activation", "gelu_pytorch_tanh", "--quant", "nvfp4"]
     assert run(capsys, *args, "--device", "b200")[0] == 0
-    code, _, err = run(capsys, *args, "--device", "h100", "--force", "trtllm-nvfp4")
+    code, _, err = run(capsys, *args, "--device", "h100", "--force", "trtllm-fp4")
     assert code == 3 and "SM100" in err and err.count("\n") == 1
-    registry_ids = ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "humming", "torch-grouped-mm", "reference"]
-    forbid = [x for b in registry_ids for x in ("--forbid", b)]
+    from moe_registry.registry import default_registry
+
+    forbid = [x for b in default_registry().ids() for x in ("--forbid", b)]
     code, out, _ = run(capsys, *args, "--device", "h100", *forbid, "--json")
     assert code == 3 and json.loads(out)["error"] == "no_eligible_backend"
 
@@ -150,7 +151,7 @@ def test_backends_json_and_device_filter(capsys):
     data = json.loads(out)
     assert code == 0 and data["problems"] == []
     by_id = {b["id"]: b for b in data["backends"]}
-    assert by_id["trtllm-nvfp4"]["runs_on_device"] is False
+    assert by_id["trtllm-fp4"]["runs_on_device"] is False
     assert "fp8_block" in by_id["flashinfer-cutlass"]["quant_on_device"]
     assert "nvfp4" not in by_id["flashinfer-cutlass"]["quant_on_device"]
 

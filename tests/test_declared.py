@@ -15,7 +15,7 @@ import pytest
 
 from moe_registry import LayerSpec, select_backend
 from moe_registry.backends.flashinfer_cutlass import DECLARATION as CUTLASS
-from moe_registry.backends.trtllm_nvfp4 import DECLARATION as TRTLLM
+from moe_registry.backends.trtllm_gen.fp4 import DECLARATION as TRTLLM
 from moe_registry.execution.declared import DEVICE_FIELDS, check_declared, declared_padding, device_spec_of
 from moe_registry.registry import Registry
 from moe_registry.schemas.activation import Activation
@@ -45,25 +45,25 @@ def check(backend: str, layer: LayerSpec, device=None, **kw):
 # --- Every reason, in one line ---------------------------------------------------------------------
 
 def test_bad_layer_raises_every_reason_in_one_line():
-    layer = nvfp4(quant="fp8", dtype="fp16", activation="swigluoai", bias=True, apply_router_weight_on_input=True,
-                  top_k=1)
+    layer = nvfp4(quant="fp8", dtype="fp16", activation="silu_no_mul", apply_router_weight_on_input=True, top_k=1,
+                  num_experts=4096)
     with pytest.raises(ValueError) as info:
-        check("trtllm-nvfp4", layer)
+        check("trtllm-fp4", layer)
     msg = str(info.value)
-    assert msg.startswith("trtllm-nvfp4: ") and "\n" not in msg
-    for part in ("takes bf16 hidden states, not fp16", "does not run activation swigluoai", "does not run fp8",
-                 "does not apply expert biases", "applies router weights to expert outputs only"):
+    assert msg.startswith("trtllm-fp4: ") and "\n" not in msg
+    for part in ("takes bf16 hidden states, not fp16", "does not run activation silu_no_mul", "does not run fp8",
+                 "precomputed top-k needs experts <= 2048", "applies router weights to expert outputs only"):
         assert part in msg, part
     # Exactly what selection says for this backend on a device it runs on: the same evaluation.
-    rejection = select_backend(layer, "b200").rejection("trtllm-nvfp4")
+    rejection = select_backend(layer, "b200").rejection("trtllm-fp4")
     assert len(rejection.reasons) == 5
     for reason in rejection.reasons:
         assert reason.render() in msg
 
 
 def test_good_layer_passes_and_returns_the_declaration():
-    assert check("trtllm-nvfp4", nvfp4()) is TRTLLM
-    assert check("trtllm-nvfp4", nvfp4(activation="gelu", hidden_size=2816, intermediate_size=704), B200) is TRTLLM
+    assert check("trtllm-fp4", nvfp4()) is TRTLLM
+    assert check("trtllm-fp4", nvfp4(activation="gelu", hidden_size=2816, intermediate_size=704), B200) is TRTLLM
     assert check("flashinfer-cutlass", nvfp4(quant="bf16")) is CUTLASS
     assert check("flashinfer-cutlass", nvfp4(quant="mxfp4"), H100) is CUTLASS
 
@@ -89,9 +89,9 @@ def test_without_a_device_only_device_reasons_are_left_out():
     with pytest.raises(ValueError, match=r"does not run mxfp4 with fp16 hidden states \(takes bf16\)"):
         check("flashinfer-cutlass", mxfp4.replace(dtype="fp16"))
     with pytest.raises(ValueError, match="needs SM100/SM103/SM107; h100 \\(SM90\\) is not"):
-        check("trtllm-nvfp4", nvfp4(), H100)
+        check("trtllm-fp4", nvfp4(), H100)
     with pytest.raises(ValueError, match="is not"):
-        check("trtllm-nvfp4", nvfp4(), PRESETS["cpu"])
+        check("trtllm-fp4", nvfp4(), PRESETS["cpu"])
 
 
 def test_adapter_missing_still_rejects():
@@ -107,24 +107,24 @@ def test_adapter_missing_still_rejects():
 
 def test_pads_are_required_and_declared_padding_matches_selection():
     gpt_oss_like = nvfp4(hidden_size=2880, intermediate_size=2880)  # 2880 % 256 == 64
-    assert declared_padding("trtllm-nvfp4", gpt_oss_like) == (3072, 2880)
+    assert declared_padding("trtllm-fp4", gpt_oss_like) == (3072, 2880)
     s = select_backend(gpt_oss_like, "b200")
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
     assert {p.dimension: p.padded for p in s.padding} == {"hidden": 3072}
     with pytest.raises(ValueError, match=r"multiple of 256; the kernel would see 2880 \(pad hidden to 3072\)"):
-        check("trtllm-nvfp4", gpt_oss_like)
+        check("trtllm-fp4", gpt_oss_like)
     with pytest.raises(ValueError, match="pad hidden to 3072"):
-        check("trtllm-nvfp4", gpt_oss_like, hidden_padded=2944)  # padded, but not to a multiple
-    assert check("trtllm-nvfp4", gpt_oss_like, hidden_padded=3072) is TRTLLM
+        check("trtllm-fp4", gpt_oss_like, hidden_padded=2944)  # padded, but not to a multiple
+    assert check("trtllm-fp4", gpt_oss_like, hidden_padded=3072) is TRTLLM
 
 
 def test_pad_message_names_the_size_and_padding_cannot_shrink():
     relu2 = nvfp4(activation="relu2_no_mul", hidden_size=2816, intermediate_size=704)
-    assert declared_padding("trtllm-nvfp4", relu2) == (2816, 768)
+    assert declared_padding("trtllm-fp4", relu2) == (2816, 768)
     with pytest.raises(ValueError, match=r"pad intermediate to 768"):
-        check("trtllm-nvfp4", relu2)
+        check("trtllm-fp4", relu2)
     with pytest.raises(ValueError, match="smaller than the layer's 256"):
-        check("trtllm-nvfp4", nvfp4(), hidden_padded=128)
+        check("trtllm-fp4", nvfp4(), hidden_padded=128)
 
 
 def test_alignment_is_judged_on_the_padded_sizes():
@@ -138,11 +138,11 @@ def test_alignment_is_judged_on_the_padded_sizes():
 
 def test_tensor_parallel_sizes_are_per_rank():
     layer = nvfp4(hidden_size=2816, intermediate_size=1408, parallel={"tp": 2})  # 704 per rank
-    assert declared_padding("trtllm-nvfp4", layer) == (2816, 704)
-    assert check("trtllm-nvfp4", layer) is TRTLLM
+    assert declared_padding("trtllm-fp4", layer) == (2816, 704)
+    assert check("trtllm-fp4", layer) is TRTLLM
     relu2 = layer.replace(activation="relu2_no_mul", intermediate_size=2 * 768)
-    assert declared_padding("trtllm-nvfp4", relu2) == (2816, 768)
-    assert check("trtllm-nvfp4", relu2) is TRTLLM
+    assert declared_padding("trtllm-fp4", relu2) == (2816, 768)
+    assert check("trtllm-fp4", relu2) is TRTLLM
 
 
 # --- One fact in one place: the adapter follows the declaration -------------------------------------
@@ -154,38 +154,38 @@ torch_needed = pytest.mark.skipif(importlib.util.find_spec("torch") is None, rea
 def test_removing_an_activation_from_the_declaration_makes_the_adapter_refuse_it():
     """vLLM #41050 in reverse: one edit to the declaration and the adapter's own guard follows,
     with no change to the adapter."""
-    from moe_registry.backends.trtllm_nvfp4 import kernel as K
+    from moe_registry.backends.trtllm_gen import fp4_kernel as K
     from moe_registry.execution.weights import random_weights
 
     layer = nvfp4(activation="gelu", hidden_size=256, intermediate_size=64)
     weights = random_weights(layer, seed=0)
-    adapter = K.TrtllmNvFp4Experts._without_runtime_checks(layer, weights)
+    adapter = K.TrtllmFp4Experts._without_runtime_checks(layer, weights)
     assert adapter.activation_type == 4  # Geglu, the declaration's kernel_value
 
     without = TRTLLM.model_copy(update={"activations": {a: i for a, i in TRTLLM.activations.items()
                                                         if a is not Activation.GELU}})
     registry = _registry_with(without)
-    assert select_backend(layer, "b200", registry=registry).rejection("trtllm-nvfp4") is not None
-    with pytest.raises(ValueError, match="^trtllm-nvfp4: .*does not run activation gelu"):
-        K.TrtllmNvFp4Experts._without_runtime_checks(layer, weights, registry=registry)
+    assert select_backend(layer, "b200", registry=registry).rejection("trtllm-fp4") is not None
+    with pytest.raises(ValueError, match="^trtllm-fp4: .*does not run activation gelu"):
+        K.TrtllmFp4Experts._without_runtime_checks(layer, weights, registry=registry)
     with pytest.raises(ValueError, match="does not run activation gelu"):
-        K.prepare_trtllm_nvfp4_weights(layer, weights, registry=registry)
+        K.prepare_trtllm_fp4_weights(layer, weights, registry=registry)
     # Other activations are unaffected.
     silu = layer.replace(activation="silu")
-    K.TrtllmNvFp4Experts._without_runtime_checks(silu, random_weights(silu, seed=0), registry=registry)
+    K.TrtllmFp4Experts._without_runtime_checks(silu, random_weights(silu, seed=0), registry=registry)
 
 
 @torch_needed
 def test_the_kernel_value_the_adapter_passes_is_the_declared_one():
     from moe_registry.backends.flashinfer_cutlass import kernel as FC
-    from moe_registry.backends.trtllm_nvfp4 import kernel as K
+    from moe_registry.backends.trtllm_gen import fp4_kernel as K
     from moe_registry.execution.weights import random_weights
 
     layer = nvfp4(activation="gelu", hidden_size=256, intermediate_size=64)
     changed = {**TRTLLM.activations,
                Activation.GELU: TRTLLM.activations[Activation.GELU].model_copy(update={"kernel_value": 99})}
     registry = _registry_with(TRTLLM.model_copy(update={"activations": changed}))
-    adapter = K.TrtllmNvFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), registry=registry)
+    adapter = K.TrtllmFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), registry=registry)
     assert adapter.activation_type == 99
 
     bf16 = layer.replace(quant="bf16")

@@ -341,10 +341,10 @@ def test_cli_json_output_parses_and_out_writes_a_record(tmp_path, monkeypatch, c
 
 
 def test_unavailable_backends_are_skipped_with_the_reason():
-    record = run_probe(backends=["trtllm-nvfp4", "marlin"], registry=Registry(entry_points=False), progress=False,
+    record = run_probe(backends=["trtllm-fp4", "marlin"], registry=Registry(entry_points=False), progress=False,
                        shapes=SMALL[:1], quant_kinds=["bf16"])
     by_id = {b.backend: b for b in record.backends}
-    assert by_id["trtllm-nvfp4"].status == "skipped" and "device" in by_id["trtllm-nvfp4"].reason
+    assert by_id["trtllm-fp4"].status == "skipped" and "device" in by_id["trtllm-fp4"].reason
     assert by_id["marlin"].status == "skipped"
     assert record.results == () and record.drift == ()
 

@@ -8,7 +8,9 @@ import textwrap
 import pytest
 
 from moe_registry import LayerSpec, select_backend
-from moe_registry.backends.trtllm_nvfp4 import DECLARATION as TRTLLM
+from moe_registry.backends.trtllm_gen.fp4 import DECLARATION as TRTLLM
+
+TRTLLM_GEN_IDS = ["trtllm-fp4", "trtllm-fp8", "trtllm-fp8-channel", "trtllm-fp8-block", "trtllm-bf16", "trtllm-mxint4"]
 from moe_registry.registry import Registry, hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.selection import ReasonCode
@@ -48,8 +50,8 @@ def _install_distribution(tmp_path, monkeypatch, name: str, entry_points: dict[s
 
 def test_builtins_are_registered_in_order():
     registry = Registry(entry_points=False)
-    assert registry.ids() == ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "humming", "triton-fused-moe",
-                              "torch-grouped-mm", "reference"]
+    assert registry.ids() == TRTLLM_GEN_IDS + ["flashinfer-cutlass", "marlin", "humming", "triton-fused-moe",
+                                                "torch-grouped-mm", "reference"]
     assert registry.problems == []
 
 
@@ -65,7 +67,7 @@ def test_entry_point_plugin_is_selected_when_it_ranks_first_and_broken_one_is_is
     assert s.backend == "acme-fast"
     # The rest still select as before.
     s = select_backend(GEMMA4, "b200", registry=registry, forbid=["acme-fast"])
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
     sys.modules.pop("acme_fast_plugin", None)
 
 
@@ -91,9 +93,9 @@ def test_faulty_plugins_are_reported_and_isolated():
     registry = Registry(entry_points=False, plugins=[_Raising(), _Invalid(), _Duplicate()])
     stages = sorted(p.stage for p in registry.problems)
     assert stages == ["call", "duplicate", "validate"]
-    assert registry.ids() == ["trtllm-nvfp4", "flashinfer-cutlass", "marlin", "humming", "triton-fused-moe",
-                              "torch-grouped-mm", "reference"]
-    assert select_backend(GEMMA4, "b200", registry=registry).backend == "trtllm-nvfp4"
+    assert registry.ids() == TRTLLM_GEN_IDS + ["flashinfer-cutlass", "marlin", "humming", "triton-fused-moe",
+                                                "torch-grouped-mm", "reference"]
+    assert select_backend(GEMMA4, "b200", registry=registry).backend == "trtllm-fp4"
 
 
 def _registry_with(declaration):
@@ -107,16 +109,16 @@ def test_adding_an_activation_to_the_declaration_is_the_only_change_needed():
     without = TRTLLM.model_copy(update={"activations": {a: i for a, i in TRTLLM.activations.items()
                                                         if a is not Activation.GELU}})
     before = select_backend(GEMMA4, "b200", registry=_registry_with(without))
-    assert before.backend != "trtllm-nvfp4"
-    assert before.rejection("trtllm-nvfp4").codes() == {ReasonCode.ACTIVATION_UNSUPPORTED}
-    assert "adding it to the declaration's activations" in before.rejection("trtllm-nvfp4").reasons[0].hint
+    assert before.backend != "trtllm-fp4"
+    assert before.rejection("trtllm-fp4").codes() == {ReasonCode.ACTIVATION_UNSUPPORTED}
+    assert "adding it to the declaration's activations" in before.rejection("trtllm-fp4").reasons[0].hint
 
     restored = without.model_copy(update={"activations": {**without.activations,
                                                           Activation.GELU: TRTLLM.activations[Activation.GELU]}})
     changed = {k for k in type(TRTLLM).model_fields if getattr(restored, k) != getattr(without, k)}
     assert changed == {"activations"}
     after = select_backend(GEMMA4, "b200", registry=_registry_with(restored))
-    assert after.backend == "trtllm-nvfp4"
+    assert after.backend == "trtllm-fp4"
 
 
 def test_unknown_backend_lookup_is_typed():
@@ -130,7 +132,7 @@ def test_with_declaration_replaces_or_adds_and_keeps_the_rest():
     base = Registry(entry_points=False)
     renamed = TRTLLM.model_copy(update={"name": "changed"})
     replaced = base.with_declaration(renamed)
-    assert replaced.ids() == base.ids() and replaced.get("trtllm-nvfp4").name == "changed"
-    assert [d for d in replaced if d.id != "trtllm-nvfp4"] == [d for d in base if d.id != "trtllm-nvfp4"]
-    added = base.with_declaration(TRTLLM.model_copy(update={"id": "trtllm-nvfp4-copy"}))
-    assert added.ids() == [*base.ids(), "trtllm-nvfp4-copy"]
+    assert replaced.ids() == base.ids() and replaced.get("trtllm-fp4").name == "changed"
+    assert [d for d in replaced if d.id != "trtllm-fp4"] == [d for d in base if d.id != "trtllm-fp4"]
+    added = base.with_declaration(TRTLLM.model_copy(update={"id": "trtllm-fp4-copy"}))
+    assert added.ids() == [*base.ids(), "trtllm-fp4-copy"]

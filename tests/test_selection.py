@@ -26,7 +26,7 @@ def codes(selection, backend):
 
 def test_gemma4_nvfp4_on_b200_selects_trtllm():
     s = select_backend(GEMMA4, "b200")
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
     assert s.decided_by == "priority"
     assert s.engines["vllm"] == "flashinfer_trtllm"
     # gelu_tanh runs through the Geglu gate: accepted, but said out loud.
@@ -35,7 +35,7 @@ def test_gemma4_nvfp4_on_b200_selects_trtllm():
 
 def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallback():
     s = select_backend(GEMMA4, "h100")
-    trt = s.rejection("trtllm-nvfp4")
+    trt = s.rejection("trtllm-fp4")
     assert trt is not None and trt.codes() == {ReasonCode.DEVICE_UNSUPPORTED}
     reason = trt.reasons[0]
     assert "SM100" in reason.required and "SM90" in reason.actual
@@ -51,22 +51,22 @@ def test_limitations_are_judged_on_the_padded_size_the_kernel_sees():
     """Audit T14: the relu2 tile limitation is stated on the unpadded 704, but TRT-LLM-gen's weight prep
     pads a non-gated intermediate to 128 (704 -> 768 = 3 x 256), so the kernel never sees 704."""
     relu2 = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200")
-    assert relu2.backend == "trtllm-nvfp4" and codes(relu2, "trtllm-nvfp4") == set()
+    assert relu2.backend == "trtllm-fp4" and codes(relu2, "trtllm-fp4") == set()
     assert [(p.dimension, p.original, p.padded) for p in relu2.padding] == [("intermediate", 704, 768)]
     # Without padding the kernel would see 704: the seed case is explained again, limitation and all.
     unpadded = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200",
                               policy=DeclaredPriority(allow_padding=False))
-    assert codes(unpadded, "trtllm-nvfp4") == {ReasonCode.KNOWN_LIMITATION, ReasonCode.SHAPE_UNALIGNED}
-    assert "tile configuration" in next(r.message for r in unpadded.rejection("trtllm-nvfp4").reasons
-                                        if r.code is ReasonCode.KNOWN_LIMITATION)
+    (reason,) = unpadded.rejection("trtllm-fp4").reasons
+    assert reason.code is ReasonCode.SHAPE_UNALIGNED and reason.required == "multiple of 128 when non-gated"
+    assert "704" in reason.source and "GEMM1 rows" in reason.source and "2688" in reason.source
     gelu = select_backend(GEMMA4.replace(activation="gelu"), "b200")
-    assert gelu.backend == "trtllm-nvfp4" and gelu.rejection("trtllm-nvfp4") is None
+    assert gelu.backend == "trtllm-fp4" and gelu.rejection("trtllm-fp4") is None
     assert not any(n.kind == "approximation" for n in gelu.notes)  # exact erf GeGLU
 
 
 def test_relu2_at_a_multiple_of_256_is_not_limited():
     s = select_backend(GEMMA4.replace(activation="relu2_no_mul", intermediate_size=1024), "b200")
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
 
 
 # --- Every reason, not the first --------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_t
     assert reasons and all(r.actual == "88" for r in reasons)
     assert any("EP8 instead of TP8 keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
-    assert s_ep8.backend == "trtllm-nvfp4" and s_ep8.layer.local_num_experts == 16 and not s_ep8.padding
+    assert s_ep8.backend == "trtllm-fp4" and s_ep8.layer.local_num_experts == 16 and not s_ep8.padding
 
 
 def test_a_checkpoint_without_whole_groups_is_not_rescued_by_padding():
@@ -125,21 +125,21 @@ def test_a_checkpoint_without_whole_groups_is_not_rescued_by_padding():
 def test_padding_is_applied_and_costed():
     # TRT-LLM-gen weight prep pads a gated intermediate to a multiple of 64 (vLLM flashinfer_fp4_moe.py).
     gated = select_backend(GEMMA4.replace(intermediate_size=720), "b200")  # 720 % 64 = 16
-    assert gated.backend == "trtllm-nvfp4"
+    assert gated.backend == "trtllm-fp4"
     (pad,) = gated.padding
     assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 720, 768, 64)
     assert pad.extra_weight_memory_pct == pytest.approx(100 * (768 / 720 - 1), abs=0.01)
     assert pad.extra_flops_pct == pad.extra_weight_memory_pct
     no_pad = select_backend(GEMMA4.replace(intermediate_size=720), "b200",
                             policy=DeclaredPriority(allow_padding=False))
-    assert no_pad.backend != "trtllm-nvfp4"
-    hint = no_pad.rejection("trtllm-nvfp4").reasons[0].hint
+    assert no_pad.backend != "trtllm-fp4"
+    hint = no_pad.rejection("trtllm-fp4").reasons[0].hint
     assert "allow padding to 768" in hint
 
 
 def test_exact_activation_policy_rejects_approximations():
     s = select_backend(GEMMA4, "b200", policy=DeclaredPriority(exact_activations=True))
-    assert codes(s, "trtllm-nvfp4") == {ReasonCode.ACTIVATION_APPROXIMATE}
+    assert codes(s, "trtllm-fp4") == {ReasonCode.ACTIVATION_APPROXIMATE}
     assert s.backend == "flashinfer-cutlass"  # runs GegluTanh itself
 
 
@@ -159,8 +159,8 @@ def test_force_eligible_and_ineligible():
     s = select_backend(GEMMA4, "h100", force="torch-grouped-mm")
     assert s.backend == "torch-grouped-mm" and s.decided_by == "forced"
     with pytest.raises(BackendNotEligible) as err:
-        select_backend(GEMMA4, "h100", force="trtllm-nvfp4")
-    assert err.value.backend == "trtllm-nvfp4"
+        select_backend(GEMMA4, "h100", force="trtllm-fp4")
+    assert err.value.backend == "trtllm-fp4"
     assert [r.code for r in err.value.reasons] == [ReasonCode.DEVICE_UNSUPPORTED]
     assert "SM100" in str(err.value) and "\n" not in str(err.value)
 
@@ -179,7 +179,7 @@ def test_environment_variable_forces(monkeypatch):
     monkeypatch.setenv("MOE_REGISTRY_BACKEND", "reference")
     s = select_backend(GEMMA4, "h100")
     assert s.backend == "reference" and s.decided_by == "env"
-    monkeypatch.setenv("MOE_REGISTRY_BACKEND", "trtllm-nvfp4")
+    monkeypatch.setenv("MOE_REGISTRY_BACKEND", "trtllm-fp4")
     with pytest.raises(BackendNotEligible) as err:
         select_backend(GEMMA4, "h100")
     assert str(err.value).startswith("env backend")
@@ -236,7 +236,7 @@ def test_selection_round_trips_through_json():
 
 def test_describe_is_one_line():
     line = select_backend(GEMMA4, "h100").describe()
-    assert "\n" not in line and "humming" in line and "trtllm-nvfp4 (device_unsupported)" in line
+    assert "\n" not in line and "humming" in line and "trtllm-fp4 (device_unsupported)" in line
 
 
 def test_device_objects_and_names_agree():

@@ -19,8 +19,10 @@ import moe_registry.execution.declared as _declared  # noqa: E402
 from moe_registry.execution.patterns import relative_error  # noqa: E402
 from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
-from moe_registry.backends.trtllm_nvfp4 import DECLARATION  # noqa: E402
-from moe_registry.backends.trtllm_nvfp4 import kernel as K  # noqa: E402
+from moe_registry.backends.trtllm_gen import _layout as LY  # noqa: E402
+from moe_registry.backends.trtllm_gen import fp4_kernel as K  # noqa: E402
+from moe_registry.backends.trtllm_gen._adapter import ROUTING_METHOD_TOPK  # noqa: E402
+from moe_registry.backends.trtllm_gen.fp4 import DECLARATION  # noqa: E402
 from moe_registry.execution.declared import declared_padding  # noqa: E402
 from moe_registry.execution.weights import random_weights  # noqa: E402
 from moe_registry.formats import NvFp4Tensor, quantize_nvfp4  # noqa: E402
@@ -95,31 +97,31 @@ def slow_swizzle(scale: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("m", [32, 128, 256, 384, 1024])
 @pytest.mark.parametrize("tile", [128, 64])
 def test_shuffle_indices_match_slow_loop(m, tile):
-    assert K.shuffle_matrix_a_row_indices(m, tile).tolist() == slow_shuffle(m, tile)
+    assert LY.shuffle_matrix_a_row_indices(m, tile).tolist() == slow_shuffle(m, tile)
 
 
 @pytest.mark.parametrize("m", [2, 128, 256, 768])
 def test_reorder_indices_match_slow_loop(m):
-    assert K.reorder_rows_for_gated_act_gemm_indices(m).tolist() == slow_reorder(m)
+    assert LY.reorder_rows_for_gated_act_gemm_indices(m).tolist() == slow_reorder(m)
 
 
 @pytest.mark.parametrize("m", [128, 256, 512])
 def test_composed_permutations(m):
     w = torch.arange(m)
     staged = w[torch.tensor(slow_reorder(m))][torch.tensor(slow_shuffle(m, 128))]  # reorder, then shuffle
-    assert torch.equal(w[K.w3_w1_permute_indices(m)], staged)
-    assert torch.equal(w[K.w3_w1_permute_indices(m, num_elts_per_sf=16)], staged)
-    assert torch.equal(w[K.w3_w1_permute_indices(m, gated=False)], w[torch.tensor(slow_shuffle(m, 128))])
-    assert K.w2_permute_indices(m).tolist() == slow_shuffle(m, 128)
+    assert torch.equal(w[LY.w3_w1_permute_indices(m)], staged)
+    assert torch.equal(w[LY.w3_w1_permute_indices(m, num_elts_per_sf=16)], staged)
+    assert torch.equal(w[LY.w3_w1_permute_indices(m, gated=False)], w[torch.tensor(slow_shuffle(m, 128))])
+    assert LY.w2_permute_indices(m).tolist() == slow_shuffle(m, 128)
 
 
 def test_index_preconditions():
     with pytest.raises(ValueError):
-        K.shuffle_matrix_a_row_indices(48, 128)
+        LY.shuffle_matrix_a_row_indices(48, 128)
     with pytest.raises(ValueError):
-        K.shuffle_matrix_sf_a_row_indices(96, 128)
+        LY.shuffle_matrix_sf_a_row_indices(96, 128)
     with pytest.raises(ValueError):
-        K.reorder_rows_for_gated_act_gemm_indices(7)
+        LY.reorder_rows_for_gated_act_gemm_indices(7)
 
 
 @pytest.mark.parametrize("m", [128, 256, 384, 1024])
@@ -133,14 +135,14 @@ def test_indices_match_flashinfer(flashinfer, m, gated):
     from flashinfer.utils import get_shuffle_matrix_a_row_indices, get_shuffle_matrix_sf_a_row_indices
 
     x = torch.zeros(m, 8, dtype=torch.uint8)
-    assert torch.equal(K.shuffle_matrix_a_row_indices(m, 128), get_shuffle_matrix_a_row_indices(x, 128))
-    assert torch.equal(K.shuffle_matrix_a_row_indices(m, 64), get_shuffle_matrix_a_row_indices(x, 64))
-    assert torch.equal(K.shuffle_matrix_sf_a_row_indices(m, 128), get_shuffle_matrix_sf_a_row_indices(x, 128))
-    assert torch.equal(K.reorder_rows_for_gated_act_gemm_indices(m), get_reorder_rows_for_gated_act_gemm_row_indices(x))
+    assert torch.equal(LY.shuffle_matrix_a_row_indices(m, 128), get_shuffle_matrix_a_row_indices(x, 128))
+    assert torch.equal(LY.shuffle_matrix_a_row_indices(m, 64), get_shuffle_matrix_a_row_indices(x, 64))
+    assert torch.equal(LY.shuffle_matrix_sf_a_row_indices(m, 128), get_shuffle_matrix_sf_a_row_indices(x, 128))
+    assert torch.equal(LY.reorder_rows_for_gated_act_gemm_indices(m), get_reorder_rows_for_gated_act_gemm_row_indices(x))
     for sf in (None, 16):
         theirs = _maybe_get_cached_w3_w1_permute_indices({}, x, 128, num_elts_per_sf=sf, is_gated_act_gemm=gated)
-        assert torch.equal(K.w3_w1_permute_indices(m, gated=gated, num_elts_per_sf=sf), theirs)
-        assert torch.equal(K.w2_permute_indices(m, num_elts_per_sf=sf),
+        assert torch.equal(LY.w3_w1_permute_indices(m, gated=gated, num_elts_per_sf=sf), theirs)
+        assert torch.equal(LY.w2_permute_indices(m, num_elts_per_sf=sf),
                            get_w2_permute_indices_with_cache({}, x, 128, num_elts_per_sf=sf))
 
 
@@ -148,22 +150,26 @@ def test_routing_and_activation_ids_match_flashinfer(flashinfer):
     from flashinfer.fused_moe import ActivationType
     from flashinfer.tllm_enums import RoutingMethodType
 
-    assert K.ROUTING_METHOD_TOPK == int(RoutingMethodType.TopK)
+    assert ROUTING_METHOD_TOPK == int(RoutingMethodType.TopK)
     declared = {a.value: impl.kernel_value for a, impl in DECLARATION.activations.items()}
     assert declared == {"silu": int(ActivationType.Swiglu), "gelu": int(ActivationType.Geglu),
-                        "gelu_tanh": int(ActivationType.Geglu), "relu2_no_mul": int(ActivationType.Relu2)}
-    for act, impl in DECLARATION.activations.items():
-        assert impl.kernel_value == int(ActivationType[impl.kernel_name]), act
+                        "gelu_tanh": int(ActivationType.Geglu), "relu2_no_mul": int(ActivationType.Relu2),
+                        "swigluoai": int(ActivationType.Swiglu)}
+    from moe_registry.backends.trtllm_gen import DECLARATIONS
+
+    for decl in DECLARATIONS:  # every kernel of the family: the enum value is the named member's
+        for act, impl in decl.activations.items():
+            assert impl.kernel_value == int(ActivationType[impl.kernel_name]), (decl.id, act)
 
 
 # --- The full weight layout ----------------------------------------------------------------------------
 
-# relu2_no_mul at I = 256: the declaration's known limitation refuses non-gated relu2 at I % 256 != 0.
-@pytest.mark.parametrize("act,I", [("silu", 128), ("relu2_no_mul", 256)])
+# relu2_no_mul at I = 128: GEMM1 rows % 128 is the rule (there is no "multiple of 256" limitation).
+@pytest.mark.parametrize("act,I", [("silu", 128), ("relu2_no_mul", 128)])
 def test_prepared_layout(act, I):
     layer = make_layer(activation=act, intermediate_size=I)
     w = random_weights(layer, seed=3)
-    p = K.prepare_trtllm_nvfp4_weights(layer, w)
+    p = K.prepare_trtllm_fp4_weights(layer, w)
     E, H = 4, 256
     M = 2 * I if act == "silu" else I
     assert p.gemm1_weights.shape == (E, M, H // 2) and p.gemm1_weights.dtype == torch.uint8
@@ -273,7 +279,7 @@ def test_forward_wiring_matches_reference(stub, act, H, I, pads):
     layer = make_layer(activation=act, hidden_size=H, intermediate_size=I)
     w = random_weights(layer, seed=21)
     x, tw, ids = inputs(layer, seed=22)
-    ad = K.TrtllmNvFp4Experts._without_runtime_checks(layer, w, **pads)
+    ad = K.TrtllmFp4Experts._without_runtime_checks(layer, w, **pads)
     out = ad(x, tw, ids.long())
     ref = ReferenceExperts(layer, w)(x, tw, ids)
     assert out.shape == (6, H) and out.dtype == torch.bfloat16 and out.is_contiguous()
@@ -299,7 +305,7 @@ def test_static_scales_skip_calibration(stub):
     layer = make_layer()
     w = random_weights(layer, seed=1)
     x, tw, ids = inputs(layer, seed=2)
-    ad = K.TrtllmNvFp4Experts._without_runtime_checks(layer, w, input_amax=6.0, intermediate_amax=3.0)
+    ad = K.TrtllmFp4Experts._without_runtime_checks(layer, w, input_amax=6.0, intermediate_amax=3.0)
     assert ad._calibration_weights is None
     ad(x, tw, ids)
     out1, gate1, out2 = stub.calls[0][0][13:16]
@@ -311,7 +317,7 @@ def test_static_scales_skip_calibration(stub):
 
 def test_padding_rules():
     """The declaration's pad rules: hidden to 256, intermediate to 64 (gated) or 128 (non-gated)."""
-    pad = lambda layer: declared_padding("trtllm-nvfp4", layer)  # noqa: E731
+    pad = lambda layer: declared_padding("trtllm-fp4", layer)  # noqa: E731
     assert pad(make_layer(hidden_size=2816, intermediate_size=704)) == (2816, 704)
     assert pad(make_layer(hidden_size=200, intermediate_size=100)) == (256, 128)
     relu2 = make_layer(hidden_size=200, intermediate_size=100, activation="relu2_no_mul")
@@ -319,10 +325,10 @@ def test_padding_rules():
     assert pad(make_layer(intermediate_size=192, activation="relu2_no_mul")) == (256, 256)
     layer = make_layer(hidden_size=192, intermediate_size=96)
     with pytest.raises(ValueError, match="pad hidden to 256"):
-        K.TrtllmNvFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0))
+        K.TrtllmFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0))
     # With the declared padding the same layer builds.
     Hp, Ip = pad(layer)
-    K.TrtllmNvFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), pad_hidden_to=Hp,
+    K.TrtllmFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), pad_hidden_to=Hp,
                                                  pad_intermediate_to=Ip)
 
 
@@ -331,7 +337,7 @@ def test_padding_rules():
 @pytest.mark.parametrize("bad", ["dtype", "noncontig", "shape", "ids_dtype", "ids_range"])
 def test_forward_guards_raise_before_the_kernel(stub, bad):
     layer = make_layer()
-    ad = K.TrtllmNvFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), intermediate_amax=1.0)
+    ad = K.TrtllmFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), intermediate_amax=1.0)
     x, tw, ids = inputs(layer)
     if bad == "dtype":
         x = x.float()
@@ -353,27 +359,25 @@ def test_forward_guards_raise_before_the_kernel(stub, bad):
 @pytest.mark.parametrize("kw,match", [
     (dict(quant="fp8"), "does not run fp8"),
     (dict(dtype="fp16"), "takes bf16 hidden states, not fp16"),
-    (dict(activation="swigluoai"), "does not run activation swigluoai"),
-    (dict(bias=True), "does not apply expert biases"),
+    (dict(activation="silu_no_mul"), "does not run activation silu_no_mul"),
     (dict(activation="relu2_no_mul", intermediate_size=64), r"multiple of 128.*\(pad intermediate to 128\)"),
     (dict(apply_router_weight_on_input=True, top_k=1), "applies router weights to expert outputs only"),
-    # The declaration's known limitation, which the adapter did not check before (declaration wins).
-    (dict(activation="relu2_no_mul", intermediate_size=128), "no tile configuration"),
+    (dict(quant="mxfp4", hidden_size=256, intermediate_size=64), r"multiple of 128.*\(pad intermediate to 128\)"),
 ])
 def test_layer_checks(kw, match):
     """Every layer-level refusal is the declaration's, raised by weight preparation and by the
     adapter before any work, with the backend id first."""
     layer = make_layer(**kw)
-    with pytest.raises(ValueError, match=f"^trtllm-nvfp4: .*{match}"):
-        K.prepare_trtllm_nvfp4_weights(layer, None)
+    with pytest.raises(ValueError, match=f"^trtllm-fp4: .*{match}"):
+        K.prepare_trtllm_fp4_weights(layer, None)
     with pytest.raises(ValueError, match=match):
-        K.TrtllmNvFp4Experts._without_runtime_checks(layer, None)
+        K.TrtllmFp4Experts._without_runtime_checks(layer, None)
 
 
 def test_constructing_on_cpu_raises_runtime_error():
     layer = make_layer()
     with pytest.raises(RuntimeError, match="needs CUDA weights on SM100/SM103/SM107"):
-        K.TrtllmNvFp4Experts(layer, random_weights(layer, seed=0))
+        K.TrtllmFp4Experts(layer, random_weights(layer, seed=0))
 
 
 def test_trtllm_probe_without_gpu(monkeypatch):
@@ -391,7 +395,7 @@ def test_runtime_device_check_is_the_declarations(monkeypatch):
     layer = make_layer()
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(_declared, "device_spec_of", lambda device: get_device("h100"))
-    with pytest.raises(RuntimeError, match=r"^trtllm-nvfp4: .*needs SM100/SM103/SM107; h100 \(SM90\) is not"):
+    with pytest.raises(RuntimeError, match=r"^trtllm-fp4: .*needs SM100/SM103/SM107; h100 \(SM90\) is not"):
         fic.require_runtime(K.BACKEND, cuda, layer, 256, 128)
     monkeypatch.setattr(_declared, "device_spec_of", lambda device: get_device("b200"))
     monkeypatch.setattr(fic, "flashinfer_package_root", lambda: "/somewhere")

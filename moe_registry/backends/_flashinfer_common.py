@@ -620,6 +620,9 @@ def pad_weight(w, segments: list[tuple[int, int]], k_to: int):
                                    scale=_pad_rows_cols(w.scale, segments, k_to // group))
     if name == "Fp8Tensor":
         return dataclasses.replace(w, data=_pad_rows_cols(w.data, segments, k_to))
+    if name == "Fp8ChannelTensor":  # padded rows: zero data under a unit scale
+        return dataclasses.replace(w, data=_pad_rows_cols(w.data, segments, k_to),
+                                   scale=_pad_rows_cols(w.scale.unsqueeze(-1), segments, None, fill=1.0).squeeze(-1))
     if name == "Fp8BlockTensor":
         block_segments = None
         if any(r != r_to for r, r_to in segments):
@@ -694,6 +697,9 @@ def gate_up_to_up_gate(w, intermediate: int, *, interleaved: bool = False):
         if name != "Fp8Tensor":
             fields["scale"] = _rows(w.scale, index).contiguous()
         return dataclasses.replace(w, **fields)
+    if name == "Fp8ChannelTensor":
+        return dataclasses.replace(w, data=_rows(w.data, index).contiguous(),
+                                   scale=_rows(w.scale.unsqueeze(-1), index).squeeze(-1).contiguous())
     if name == "Fp8BlockTensor":
         if interleaved:
             raise ValueError("Fp8BlockTensor: interleaved gate/up rows share 128x128 scale blocks; "

@@ -21,7 +21,7 @@ from .weights import ExpertWeights, _device_of, torch_dtype
 _FORMAT_CLASS = {
     "nvfp4": "NvFp4Tensor", "nvfp4_w4a16": "NvFp4Tensor",
     "mxfp4": "MxFp4Tensor", "mxfp4_mxfp8": "MxFp4Tensor",
-    "fp8": "Fp8Tensor", "fp8_block": "Fp8BlockTensor",
+    "fp8": "Fp8Tensor", "fp8_block": "Fp8BlockTensor", "fp8_channel": "Fp8ChannelTensor",
     "int4_w4a16": "Int4GroupTensor", "int4_fp8": "Int4GroupTensor",
 }
 

@@ -1,4 +1,4 @@
-"""FP8 e4m3 weights: per-tensor (per-expert) scales and DeepSeek 128x128 block scales.
+"""FP8 e4m3 weights: per-tensor (per-expert), per-output-channel and DeepSeek 128x128 block scales.
 
 Both store *dequant* scales (``w ~= data * scale``; vLLM/DeepSeek call the block one
 ``weight_scale_inv``).
@@ -7,6 +7,8 @@ Both store *dequant* scales (``w ~= data * scale``; vLLM/DeepSeek call the block
   (L967-983): ``mult = 448 / amax`` (1 when amax == 0), ``data = e4m3(clamp(w * mult, +-448))``;
   we store ``scale = 1 / mult`` (= ``amax / 448``), as ``prepare_cutlass_fp8_per_tensor_weights``
   does for ``fc1_dequant``.
+- Per output channel (vLLM "PTPC" weights, ``kFp8StaticChannelSym``): the per-tensor recipe with
+  the amax taken over K only, one dequant scale ``amax_row / 448`` per output row.
 - 128x128 blocks: ``prepare.py::_deepseek_fp8_quantize_weights`` (L742-757):
   ``scale = clamp(amax_block / 448, min=1e-12)``, ``data = e4m3(clamp(w / scale, +-448))``.
   FlashInfer requires N, K % 128 == 0; here partial edge tiles are zero-padded for the amax and
@@ -56,6 +58,33 @@ class Fp8Tensor(TensorFormat):
 
 
 @dataclass(frozen=True, eq=False)
+class Fp8ChannelTensor(TensorFormat):
+    """``data`` float8_e4m3fn [..., N, K], ``scale`` fp32 [..., N]: one dequant scale per output row."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    scheme: QuantScheme | None = None
+
+    def __post_init__(self) -> None:
+        if self.data.dtype != torch.float8_e4m3fn or self.scale.dtype != torch.float32:
+            fail("Fp8ChannelTensor", f"dtypes must be float8_e4m3fn/float32, got {self.data.dtype}/{self.scale.dtype}")
+        if self.data.dim() < 2 or self.scale.shape != self.data.shape[:-1]:
+            fail("Fp8ChannelTensor", f"scale shape {tuple(self.scale.shape)} must be data's shape without K "
+                 f"{tuple(self.data.shape[:-1])}")
+
+    @property
+    def kind(self) -> QuantKind:
+        return QuantKind.FP8_CHANNEL
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.data.float() * self.scale[..., None]).to(dtype)
+
+
+@dataclass(frozen=True, eq=False)
 class Fp8BlockTensor(TensorFormat):
     """``data`` float8_e4m3fn [..., N, K], ``scale`` fp32 [..., ceil(N/128), ceil(K/128)]
     (``weight_scale_inv``: ``w = data * scale`` per 128x128 tile)."""
@@ -94,6 +123,16 @@ def quantize_fp8(w: torch.Tensor) -> Fp8Tensor:
     mult = torch.where(amax > 0, FP8_E4M3_MAX / amax, torch.ones_like(amax))
     data = (x * mult[..., None, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     return Fp8Tensor(data=data, scale=1.0 / mult)
+
+
+def quantize_fp8_channel(w: torch.Tensor) -> Fp8ChannelTensor:
+    """Per-output-channel e4m3: the per-tensor recipe with one amax per row."""
+    check_weight(w, "fp8_channel")
+    x = w.float()
+    amax = x.abs().amax(dim=-1)
+    mult = torch.where(amax > 0, FP8_E4M3_MAX / amax, torch.ones_like(amax))
+    data = (x * mult[..., None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return Fp8ChannelTensor(data=data, scale=1.0 / mult)
 
 
 def quantize_fp8_block(w: torch.Tensor) -> Fp8BlockTensor:

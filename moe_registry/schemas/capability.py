@@ -241,12 +241,59 @@ class KnownLimitation(Sourced):
     hint: str = ""
 
 
+class RoutingLimit(Sourced):
+    """Top-k / expert-count bounds of one routing path. ``methods`` names the in-kernel routing
+    methods the bounds apply to; empty means the precomputed top-k path (a ``*_routed_moe`` entry).
+    ``max_experts`` bounds the whole layer's expert count (the routing kernel indexes every expert;
+    engines pass the global count even under EP)."""
+
+    methods: tuple[RoutingMethod, ...] = ()
+    max_top_k: int | None = Field(default=None, gt=0)
+    max_experts: int | None = Field(default=None, gt=0)
+
+    def failures(self, layer: LayerSpec) -> list[tuple[str, str, str]]:
+        """(field, required, actual) for each bound the layer exceeds."""
+        out = []
+        if self.max_top_k is not None and layer.top_k > self.max_top_k:
+            out.append(("top_k", f"<= {self.max_top_k}", str(layer.top_k)))
+        if self.max_experts is not None and layer.num_experts > self.max_experts:
+            out.append(("experts", f"<= {self.max_experts}", str(layer.num_experts)))
+        return out
+
+    def describe(self) -> str:
+        parts = ([f"top-k <= {self.max_top_k}"] if self.max_top_k is not None else []) + (
+            [f"experts <= {self.max_experts}"] if self.max_experts is not None else [])
+        return " and ".join(parts) or "no limit"
+
+
 class RoutingSupport(Sourced):
     """Routing the kernel computes itself (``in_kernel``) and whether it accepts top-k ids and
-    weights computed outside (then any routing works, routed separately)."""
+    weights computed outside (then any routing works, routed separately). ``limits`` holds the
+    per-path top-k / expert bounds: one entry per group of in-kernel methods, and at most one with
+    no methods for the precomputed path. A method or path without an entry has no bound."""
 
     in_kernel: tuple[RoutingMethod, ...] = ()
     precomputed: bool = True
+    limits: tuple[RoutingLimit, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_limit_per_path(self) -> "RoutingSupport":
+        seen: list[RoutingMethod | None] = []
+        for limit in self.limits:
+            keys = list(limit.methods) or [None]
+            if any(k in seen for k in keys):
+                raise ValueError("routing limits: one entry per method and one for the precomputed path")
+            if any(m not in self.in_kernel for m in limit.methods):
+                raise ValueError("routing limits name a method that is not in in_kernel")
+            seen += keys
+        return self
+
+    def limit_for(self, method: RoutingMethod | None) -> RoutingLimit | None:
+        """The bounds of in-kernel ``method``, or of the precomputed path for None."""
+        for limit in self.limits:
+            if (method in limit.methods) if method is not None else not limit.methods:
+                return limit
+        return None
 
 
 class FeatureSupport(Sourced):

@@ -17,6 +17,9 @@ class QuantKind(str, Enum):
     FP16 = "fp16"  # unquantized
     FP8 = "fp8"  # W8A8 e4m3, per-tensor scales
     FP8_BLOCK = "fp8_block"  # W8A8 e4m3, 128x128 weight blocks, 1x128 dynamic activation groups
+    # W8A8 e4m3, one scale per output channel, dynamic per-token activation scales (vLLM
+    # kFp8StaticChannelSym x kFp8DynamicTokenSym, "PTPC"; FlashInfer trtllm_fp8_per_channel_scale_moe)
+    FP8_CHANNEL = "fp8_channel"
     NVFP4 = "nvfp4"  # W4A4: e2m1, e4m3 scale per 16, fp32 global scale
     NVFP4_W4A16 = "nvfp4_w4a16"  # NvFP4 weights, 16-bit activations (Marlin on pre-Blackwell)
     MXFP4 = "mxfp4"  # W4A16: e2m1, e8m0 scale per 32 (gpt-oss)
@@ -52,6 +55,7 @@ _FAMILY = {
     QuantKind.FP16: QuantFamily.UNQUANTIZED,
     QuantKind.FP8: QuantFamily.FP8,
     QuantKind.FP8_BLOCK: QuantFamily.FP8,
+    QuantKind.FP8_CHANNEL: QuantFamily.FP8,
     QuantKind.NVFP4: QuantFamily.NVFP4,
     QuantKind.NVFP4_W4A16: QuantFamily.NVFP4,
     QuantKind.MXFP4: QuantFamily.MXFP4,
@@ -72,14 +76,14 @@ def family_of(kind: QuantKind) -> QuantFamily:
 _WEIGHT_BITS = {
     QuantKind.BF16: 16, QuantKind.FP16: 16, QuantKind.FP8: 8, QuantKind.FP8_BLOCK: 8,
     QuantKind.NVFP4: 4, QuantKind.NVFP4_W4A16: 4, QuantKind.MXFP4: 4, QuantKind.MXFP4_MXFP8: 4,
-    QuantKind.INT4_W4A16: 4, QuantKind.INT4_FP8: 4,
+    QuantKind.INT4_W4A16: 4, QuantKind.INT4_FP8: 4, QuantKind.FP8_CHANNEL: 8,
     QuantKind.INT8_W8A16: 8, QuantKind.MXFP8_W8A16: 8, QuantKind.MXFP8: 8, QuantKind.MXFP4_FP8: 4,
 }
 _ACTIVATION_FORMAT = {
     QuantKind.BF16: "bf16", QuantKind.FP16: "fp16", QuantKind.FP8: "fp8_e4m3",
     QuantKind.FP8_BLOCK: "fp8_e4m3", QuantKind.NVFP4: "nvfp4", QuantKind.NVFP4_W4A16: "16-bit",
     QuantKind.MXFP4: "16-bit", QuantKind.MXFP4_MXFP8: "mxfp8", QuantKind.INT4_W4A16: "16-bit",
-    QuantKind.INT4_FP8: "fp8_e4m3",
+    QuantKind.INT4_FP8: "fp8_e4m3", QuantKind.FP8_CHANNEL: "fp8_e4m3",
     QuantKind.INT8_W8A16: "16-bit", QuantKind.MXFP8_W8A16: "16-bit", QuantKind.MXFP8: "mxfp8",
     QuantKind.MXFP4_FP8: "fp8_e4m3",
 }

@@ -56,9 +56,9 @@ def test_layer_bytes_gpt_oss():
 
 def test_candidates_carry_bytes_as_held_after_padding_and_dequantization():
     s = select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
-    # trtllm-nvfp4 pads 88 -> 128: w13 [256, 2816] 405,508 + w2 [2816, 128] 180,224 + 22,528 + 4 = 202,756.
+    # trtllm-fp4 pads 88 -> 128: w13 [256, 2816] 405,508 + w2 [2816, 128] 180,224 + 22,528 + 4 = 202,756.
     chosen = s.eligible[0]
-    assert (chosen.backend, chosen.weights_held) == ("trtllm-nvfp4", "nvfp4")
+    assert (chosen.backend, chosen.weights_held) == ("trtllm-fp4", "nvfp4")
     assert chosen.expert_weight_bytes == (405_508 + 202_756) * 128 == 77_857_792
     # torch grouped GEMM pads 88 -> 96 and holds bf16: (192 + 96) x 2816 x 2 bytes per expert.
     grouped = next(c for c in s.eligible if c.backend == "torch-grouped-mm")

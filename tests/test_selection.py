@@ -89,7 +89,7 @@ def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_t
     # 704 / TP8 = 88 = 5.5 NvFP4 groups of 16. TRT-LLM-gen pads a gated intermediate to 64; ranks
     # hold whole groups (shards cut on the 16-grid), so the kernel sees lcm(64, 16) -> 128.
     s = select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
-    assert s.backend == "trtllm-nvfp4"
+    assert s.backend == "trtllm-fp4"
     (pad,) = s.padding
     assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 88, 128, 64)
     assert pad.extra_weight_memory_pct == pytest.approx(100 * (128 / 88 - 1), abs=0.01)  # 45.45 %

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "verification"
 
 # Text records carry no machine header: (file, backend, device tag, the README sentence that says so).
-TEXT_RECORDS = {"h100-marlin-models.txt": ("marlin", "sm90", "NVIDIA H100 80GB HBM3** (SM 9.0")}
+TEXT_RECORDS = {"h100-marlin-models.txt": ("marlin", "sm90", "NVIDIA H100 80GB HBM3** (SM 9.0"),
+                "h200-humming.txt": ("humming", "sm90", "on an NVIDIA H200 (humming-kernels 0.1.19")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +84,16 @@ _TEXT_LINE = re.compile(r"^\S+ (?P<act>\S+) (?P<quant>\S+)(?: pad\S+)?\s+T=\d+\s
                         r"(?P<status>\S+)")
 
 
+# The Humming GPU test log: "<preset> <scheme> <dtype> E=.. topK H=.. I=.. <activation> <scheme> <dtype> T=.. ..."
+_LAYER_LINE = re.compile(r"^\S+ \S+ \S+ E=\d+ top\d+ H=\d+ I=\d+ (?P<act>\S+) (?P<quant>\S+) \S+\s+T=\d+\s+\S+\s+"
+                         r"rel_err=(?P<err>\S+) tol=(?P<tol>\S+) (?P<status>\S+)")
+
+
 def _text_rows(name: str, text: str) -> list[Row]:
     backend, tag, _ = TEXT_RECORDS[name]
     rows = []
     for line in text.splitlines():
-        m = _TEXT_LINE.match(line)
+        m = _TEXT_LINE.match(line) or _LAYER_LINE.match(line)
         if m and m["status"] == "ok" and float(m["err"]) <= float(m["tol"]):
             rows.append(Row(name, backend, tag, Activation(m["act"]), QuantScheme.parse(m["quant"]).kind))
     return rows
@@ -102,6 +108,8 @@ def record_rows() -> list[Row]:
                 rows += _probe_rows(path.name, data)
             elif "cases" in data and "machine" in data:
                 rows += _verify_gpu_rows(path.name, data)
+            elif {"backend", "shape", "rel_error_vs_reference"} <= set(data):
+                pass  # a `moe-registry run` report: one layer, no tolerance, so it backs no tag
             else:
                 raise AssertionError(f"{path.name}: a record format this test does not know; teach it")
         elif path.name in TEXT_RECORDS:
@@ -209,9 +217,11 @@ def test_an_unbacked_tag_is_caught():
 
 # --- Item 7: a new member starts unverified -----------------------------------------------------------
 
+# Every module that builds a built-in declaration (a family package builds them in its submodules).
 _BACKEND_MODULES = ("moe_registry.backends.marlin", "moe_registry.backends.torch_grouped_mm",
                     "moe_registry.backends.reference", "moe_registry.backends.flashinfer_cutlass",
-                    "moe_registry.backends.trtllm_nvfp4")
+                    "moe_registry.backends.humming", "moe_registry.backends.triton_fused_moe",
+                    *(f"moe_registry.backends.trtllm_gen.{m}" for m in ("bf16", "fp4", "fp8", "mxint4")))
 
 
 def _add_member(enum_cls, name: str, value: str):
@@ -248,8 +258,10 @@ def extra_members(monkeypatch):
             path = importlib.import_module(name).__file__
             spec = importlib.util.spec_from_file_location(f"{name}__with_test_only_members", path)
             module = importlib.util.module_from_spec(spec)
+            module.__package__ = name.rpartition(".")[0] if not path.endswith("__init__.py") else name
             spec.loader.exec_module(module)
-            modules[name] = module.DECLARATION
+            for decl in getattr(module, "DECLARATIONS", None) or (module.DECLARATION,):
+                modules[decl.id] = decl
         yield act, kind, modules
     finally:
         _remove_member(Activation, "TEST_ONLY", "test_only_activation")
@@ -272,4 +284,4 @@ def test_a_new_activation_or_quant_kind_inherits_no_verified_tag(extra_members):
     # The test would have caught a stamp: some declarations do take every activation (marlin, grouped_mm).
     assert seen_act
     # The reference does not claim a kind it has no format for.
-    assert declarations["moe_registry.backends.reference"].quant_support(kind) == ()
+    assert declarations["reference"].quant_support(kind) == ()

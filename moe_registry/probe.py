@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, S
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-from .schemas.activation import Activation
+from .schemas.activation import Activation, SiluClampParams
 from .schemas.capability import BackendCapability, Condition, HardwareStatus
 from .schemas.device import DeviceSpec
 from .schemas.layer import LayerSpec
@@ -159,8 +159,11 @@ def default_scheme(kind: QuantKind, shape: ShapeClass) -> QuantScheme:
 def layer_for(shape: ShapeClass, activation: Activation, scheme: QuantScheme) -> LayerSpec:
     # fp16 is a kind of its own (unquantized fp16 weights): its hidden states are fp16 as well.
     dtype = "fp16" if scheme.kind is QuantKind.FP16 else "bf16"
+    # silu_clamp has no default limit; a small one so the clamp binds on the probe's random data.
+    params = SiluClampParams(limit=1.0) if activation is Activation.SILU_CLAMP else None
     return LayerSpec(num_experts=shape.num_experts, top_k=shape.top_k, hidden_size=shape.hidden_size,
-                     intermediate_size=shape.intermediate_size, activation=activation, quant=scheme, dtype=dtype)
+                     intermediate_size=shape.intermediate_size, activation=activation, quant=scheme, dtype=dtype,
+                     activation_params=params)
 
 
 def tolerance_for(decl: BackendCapability, layer: LayerSpec) -> tuple[float, str]:

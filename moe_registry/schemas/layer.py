@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .activation import Activation, SwigluOAIParams
+from .activation import Activation, SiluClampParams, SwigluOAIParams
 from .quant import QuantScheme
 
 
@@ -61,7 +61,8 @@ class LayerSpec(BaseModel):
     hidden_size: int = Field(gt=0)
     intermediate_size: int = Field(gt=0, description="per-expert FFN width before TP sharding")
     activation: Activation = Activation.SILU
-    activation_params: SwigluOAIParams | None = None
+    # swigluoai: SwigluOAIParams (optional, gpt-oss constants by default); silu_clamp: SiluClampParams (required)
+    activation_params: SwigluOAIParams | SiluClampParams | None = None
     quant: QuantScheme = QuantScheme()
     dtype: DType = Field(default="bf16", description="dtype of hidden states entering and leaving the layer")
     routing: RoutingMethod | None = None
@@ -79,6 +80,17 @@ class LayerSpec(BaseModel):
     def _parse_quant(cls, value: object) -> object:
         return QuantScheme.parse(value) if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _params_for_activation(cls, data: object) -> object:
+        # Both parameter models accept {"limit": x}: the activation decides which one a dict is.
+        if isinstance(data, dict) and isinstance(data.get("activation_params"), dict):
+            act = data.get("activation")
+            name = act.value if isinstance(act, Activation) else str(act).strip().lower()
+            model = SiluClampParams if name == Activation.SILU_CLAMP.value else SwigluOAIParams
+            data = {**data, "activation_params": model(**data["activation_params"])}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "LayerSpec":
         if self.top_k > self.num_experts:
@@ -87,8 +99,13 @@ class LayerSpec(BaseModel):
             raise ValueError(f"TP{self.parallel.tp} does not divide intermediate_size {self.intermediate_size}")
         if self.num_experts % self.parallel.ep:
             raise ValueError(f"EP{self.parallel.ep} does not divide num_experts {self.num_experts}")
-        if self.activation_params is not None and self.activation is not Activation.SWIGLUOAI:
-            raise ValueError("activation_params apply to the swigluoai activation only")
+        params = self.activation_params
+        if self.activation is Activation.SILU_CLAMP:
+            if not isinstance(params, SiluClampParams):
+                raise ValueError("silu_clamp needs activation_params with its limit (the config's swiglu_limit)")
+        elif params is not None and (self.activation is not Activation.SWIGLUOAI
+                                     or not isinstance(params, SwigluOAIParams)):
+            raise ValueError("activation_params apply to the swigluoai activation only (and silu_clamp, which needs a limit)")
         return self
 
     # --- Derived per-rank sizes ------------------------------------------------------------------
@@ -110,7 +127,13 @@ class LayerSpec(BaseModel):
     def swigluoai(self) -> SwigluOAIParams | None:
         if self.activation is not Activation.SWIGLUOAI:
             return None
-        return self.activation_params or SwigluOAIParams()
+        params = self.activation_params
+        return params if isinstance(params, SwigluOAIParams) else SwigluOAIParams()
+
+    @property
+    def silu_clamp_limit(self) -> float | None:
+        params = self.activation_params
+        return params.limit if self.activation is Activation.SILU_CLAMP and isinstance(params, SiluClampParams) else None
 
     def replace(self, **changes: object) -> "LayerSpec":
         """A validated copy with some fields changed (``model_copy(update=...)`` skips validation)."""

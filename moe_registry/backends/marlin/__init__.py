@@ -35,7 +35,8 @@ DECLARATION = BackendCapability(
     # others take the same torch path between the same two GEMMs but were not run there.
     activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN,
                                      verified_on=("sm90",) if act in _RUN_ON_H100 else ())
-                 for act in Activation},
+                 # silu_clamp takes the same torch path but is not declared until probed here (issue 12)
+                 for act in Activation if act is not Activation.SILU_CLAMP},
     quant=(
         QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 32, 64, 128), zero_point=True, verified_on=("sm90",),
                      source=(f"{_VLLM} L601 _supports_quant_scheme (INT4, INT4-g32, INT4-asym); {_CHECK} group in "

@@ -53,10 +53,27 @@ def _add_output(p: argparse.ArgumentParser, markdown: bool = True) -> None:
         group.add_argument("--markdown", action="store_true", help="Markdown, ready to paste into a bug report")
 
 
+PARALLEL_HELP = """\
+parallel layout, as the engines spell it:
+  --tp 8                            TP8: every rank holds every expert, intermediate/8 of it
+  --tp 8 --enable-expert-parallel   vLLM -tp 8 -ep: experts spread over the 8 ranks (EP8), unsplit
+  --tp 8 --ep 8                     SGLang --tp-size 8 --ep-size 8: the same EP8 over the TP group
+  --tp 8 --ep 2                     SGLang: EP2 within TP8, so each expert is split 4 ways (MoE TP4)
+  --tp 4 --dp 2 --enable-expert-parallel   vLLM: EP over TP x DP = 8 ranks"""
+
+
 def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="target device preset (h100, b200, sm90, ...); default: this machine")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (splits each expert's intermediate size)")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (splits the experts)")
+    group = p.add_argument_group("parallelism (see the examples below)")
+    group.add_argument("--tp", type=int, default=None, metavar="N",
+                       help="tensor-parallel size (vLLM -tp, SGLang --tp-size); default 1, or --ep's N")
+    group.add_argument("--ep", type=int, default=None, metavar="N",
+                       help="expert-parallel size within the TP group (SGLang --ep-size): N divides --tp; "
+                            "each expert is split tp/N ways")
+    group.add_argument("--enable-expert-parallel", "-ep", dest="enable_ep", action="store_true",
+                       help="vLLM's flag: experts spread over all tp x dp ranks, unsplit")
+    group.add_argument("--dp", type=int, default=1, metavar="N",
+                       help="data-parallel size (vLLM -dp); with --enable-expert-parallel it widens the EP group")
 
 
 def _add_choice(p: argparse.ArgumentParser) -> None:
@@ -78,11 +95,23 @@ def _device(name: str | None):
 
 
 def _parallel(args: argparse.Namespace):
+    """The experts' layout (ParallelConfig: MoE TP x EP) from the engine-style flags (PARALLEL_HELP)."""
     from .schemas.layer import ParallelConfig
 
-    if args.tp < 1 or args.ep < 1:
-        raise BadInput("--tp and --ep must be positive")
-    return ParallelConfig(tp=args.tp, ep=args.ep)
+    dp = args.dp
+    if any(v is not None and v < 1 for v in (args.tp, args.ep, dp)):
+        raise BadInput("--tp, --ep and --dp must be positive")
+    tp = args.tp if args.tp is not None else (args.ep or 1)
+    if args.enable_ep:
+        if args.ep is not None and args.ep != tp * dp:
+            raise BadInput(f"--enable-expert-parallel spreads the experts over tp x dp = {tp * dp} ranks; "
+                           f"--ep {args.ep} contradicts it (drop one of them)")
+        return ParallelConfig(tp=1, ep=tp * dp, dp=dp)
+    ep = args.ep or 1
+    if tp % ep:
+        raise BadInput(f"--ep {ep} must divide --tp {tp}: EP runs within the TP group (SGLang --ep-size); "
+                       f"for EP{ep} with unsplit experts use --tp {ep} --ep {ep} or --tp {ep} --enable-expert-parallel")
+    return ParallelConfig(tp=tp // ep, ep=ep, dp=dp)
 
 
 def _policy(args: argparse.Namespace):
@@ -229,13 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Which fused-MoE kernel runs each layer of a model, on any GPU, and why the others were rejected."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model")
+    p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model", epilog=PARALLEL_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
     p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
     _add_target(p), _add_choice(p), _add_output(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("select", help="select the backend of one layer")
+    p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experts", type=int, required=True)
     p.add_argument("--top-k", type=int, required=True)
     p.add_argument("--hidden", type=int, required=True)

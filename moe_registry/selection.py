@@ -103,8 +103,8 @@ def _check_activation(d: BackendCapability, layer: LayerSpec, policy: Policy,
     if impl is None:
         runs_it = [o.id for o in others if act in o.activations and o.id != d.id]
         hint = f"backends that run {act.value}: {', '.join(runs_it)}" if runs_it else ""
-        hint += ("; " if hint else "") + ("if this kernel does run it, adding it to the declaration's activations "
-                                          f"is the only change needed (verify with `moe-registry probe --backend {d.id}`)")
+        hint += ("; " if hint else "") + ("if this kernel does run it, declare it in its activations "
+                                          f"(verify with `moe-registry probe --backend {d.id}`)")
         supported = ", ".join(a.value for a in d.activations)
         v.reject(ReasonCode.ACTIVATION_UNSUPPORTED, "activation", supported, act.value,
                  f"{d.name} does not run activation {act.value}", hint)
@@ -196,17 +196,20 @@ def _check_quant(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, pla
 
 
 def _parallel_hint(layer: LayerSpec, dimension: str, ok) -> str:
-    """What parallel layout would satisfy a per-rank rule on the intermediate size."""
-    tp = layer.parallel.tp
+    """What parallel layout would satisfy a per-rank rule on the intermediate size: only layouts
+    the model can run (EP must divide the experts; a TP size must suit its attention heads)."""
+    tp, ep = layer.parallel.tp, layer.parallel.ep
     if dimension != "intermediate" or tp == 1:
         return ""
     full = layer.intermediate_size
     hints = []
-    if ok(full):
-        hints.append(f"EP{tp} instead of TP{tp} keeps intermediate {full}")
-    smaller = [t for t in range(tp - 1, 0, -1) if full % t == 0 and ok(full // t)]
-    if smaller:
-        hints.append(f"TP{smaller[0]} gives intermediate {full // smaller[0]}")
+    if ok(full) and layer.num_experts % (tp * ep) == 0:
+        hints.append(f"expert parallelism over the TP group (EP{tp * ep}, vLLM --enable-expert-parallel) keeps "
+                     f"intermediate {full}")
+    if ep == 1:
+        smaller = [t for t in range(tp - 1, 0, -1) if full % t == 0 and ok(full // t) and layer.runnable_tp(t)]
+        if smaller:
+            hints.append(f"TP{smaller[0]} gives intermediate {full // smaller[0]}")
     return "; ".join(hints)
 
 
@@ -330,7 +333,19 @@ def evaluate(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: En
     _check_limitations(d, layer, v)
     _check_routing_features(d, layer, v)
     _check_requirements(d, layer, device, env, v)
+    _qualify_activation_hint(v)
     return v
+
+
+def _qualify_activation_hint(v: _Verdict) -> None:
+    """A hint must be true as written: declaring the activation suffices only when nothing else fails."""
+    for n, reason in enumerate(v.reasons):
+        if reason.code is not ReasonCode.ACTIVATION_UNSUPPORTED or "declare it in its activations" not in reason.hint:
+            continue
+        others = sorted({r.code.value for r in v.reasons if r is not reason})
+        extra = ("; that alone is not enough: it also fails on " + ", ".join(others)) if others else \
+            "; that is the only change needed"
+        v.reasons[n] = reason.model_copy(update={"hint": reason.hint + extra})
 
 
 def _paddings(layer: LayerSpec, multiples: dict[str, int]) -> tuple[Padding, ...]:

@@ -56,7 +56,7 @@ def test_explain_tp8_breaks_nvfp4_groups_with_ep_hint_and_exit_3(capsys):
     assert code == 3
     group = json.loads(out)["groups"][0]
     hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}
-    assert any("EP8 instead of TP8 keeps intermediate 704" in h for h in hints)
+    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in h for h in hints)
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--ep", "8", "--json")
     assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-nvfp4"}
 

@@ -80,7 +80,7 @@ def test_unaligned_tp_shard_gets_an_ep_hint():
         select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
     reasons = [r for rej in err.value.rejections for r in rej.reasons if r.field == "intermediate"]
     assert reasons and all(r.actual == "88" for r in reasons)
-    assert any("EP8 instead of TP8 keeps intermediate 704" in r.hint for r in reasons)
+    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
     assert s_ep8.backend == "trtllm-nvfp4" and s_ep8.layer.local_num_experts == 16
 

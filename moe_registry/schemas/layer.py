@@ -69,6 +69,10 @@ class LayerSpec(BaseModel):
     bias: bool = False
     apply_router_weight_on_input: bool = False
     parallel: ParallelConfig = ParallelConfig()
+    # The model's attention heads (from its config, when known): a TP size must divide them, so
+    # hints offer only such sizes. They do not change what the experts compute.
+    attention_heads: int | None = Field(default=None, gt=0)
+    kv_heads: int | None = Field(default=None, gt=0)
 
     @field_validator("activation", mode="before")
     @classmethod
@@ -138,6 +142,14 @@ class LayerSpec(BaseModel):
     def replace(self, **changes: object) -> "LayerSpec":
         """A validated copy with some fields changed (``model_copy(update=...)`` skips validation)."""
         return type(self).model_validate({**self.model_dump(), **changes})
+
+    def runnable_tp(self, tp: int) -> bool:
+        """Whether an attention TP size is runnable for this model: it divides the attention heads, and
+        divides the KV heads or is a multiple of them (KV heads replicated), as vLLM requires
+        (config/model.py verify_with_parallel_config; QKVParallelLinear). True when heads are unknown."""
+        if self.attention_heads is not None and self.attention_heads % tp:
+            return False
+        return self.kv_heads is None or self.kv_heads % tp == 0 or tp % self.kv_heads == 0
 
     def shape_key(self) -> "LayerSpec":
         """The same layer without its name and index: what selection depends on."""

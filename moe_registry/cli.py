@@ -30,8 +30,26 @@ class _Parser(argparse.ArgumentParser):
 def _console():
     from rich.console import Console
 
-    # Pipes and NO_COLOR get plain text (rich honours both); give tables room when not a terminal.
-    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False, highlight=False)
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich exits 1 here; a closed pipe is a normal end (main())
+            self.quiet = True
+            raise BrokenPipeError
+
+    # Pipes and NO_COLOR get plain text (rich honours both). The width is the terminal's, else
+    # COLUMNS, else 80 (rich reads COLUMNS too); text is wrapped to it, never cut.
+    return _PipeConsole(width=_width(), soft_wrap=False, highlight=False)
+
+
+def _width() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return max(columns, 40)
+    if sys.stdout.isatty():
+        return max(os.get_terminal_size(sys.stdout.fileno()).columns, 40)
+    return 80
 
 
 def _emit_json(data: Any) -> None:
@@ -148,7 +166,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     elif mode == "markdown":
         sys.stdout.write(render.plan_markdown(plan))
     else:
-        render.print_plan(_console(), plan)
+        render.print_plan(_console(), plan, verbose=args.verbose)
     return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
 
 
@@ -262,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
     p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also every rejected backend, per-selection notes and fingerprints")
     _add_target(p), _add_choice(p), _add_output(p)
     p.set_defaults(func=cmd_explain)
 
@@ -360,7 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except (NoEligibleBackend, BackendNotEligible) as exc:
         _print_no_backend(exc, json_mode)
         return EXIT_NO_BACKEND
@@ -376,6 +400,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moe-registry: internal error: {type(exc).__name__}: {_one_line(exc)} "
               "(set MOE_REGISTRY_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``explain ... | head``): a normal end, as for any Unix filter. Point
+    stdout at /dev/null so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured by a test)
+        pass
+    return EXIT_OK
 
 
 def _print_no_backend(exc: Exception, json_mode: bool) -> None:

@@ -347,7 +347,7 @@ _MODEL_TYPES: dict[str, tuple[str, str]] = {
     "qwen3_next": ("qwen", _MLP), "olmoe": ("qwen", _MLP),  # OLMoE: softmax, top-k, norm_topk_prob
     "deepseek_v2": ("deepseek", _MLP), "deepseek_v3": ("deepseek", _MLP), "kimi_k2": ("deepseek", _MLP),
     "glm4_moe": ("deepseek", _MLP), "mimo_v2_flash": ("deepseek", _MLP),
-    "deepseek_v4": ("deepseek", "layers.{i}.ffn.experts"),  # native checkpoint names
+    "mimo_v2": ("deepseek", _MLP), "deepseek_v4": ("deepseek", "layers.{i}.ffn.experts"),  # V4: native names
     "gpt_oss": ("gpt_oss", _MLP),
     "nemotron_h": ("nemotron_h", "backbone.layers.{i}.mixer.experts"),
     "jamba": ("jamba", "model.layers.{i}.feed_forward.experts"),
@@ -364,7 +364,7 @@ _FAMILIES = {model_type: family for model_type, (family, _) in _MODEL_TYPES.item
 # (configuration_<model>.py ``hidden_act`` / ``mlp_hidden_act`` / ``hidden_activation`` defaults).
 _DEFAULT_ACT = {"gemma4": "gelu_pytorch_tanh", "gemma4_text": "gelu_pytorch_tanh", "nemotron_h": "relu2",
                 **{t: "silu" for t in ("deepseek_v2", "deepseek_v3", "deepseek_v4", "kimi_k2", "glm4_moe",
-                                       "mimo_v2_flash", "qwen2_moe", "qwen3_moe", "qwen3_vl_moe_text", "qwen3_next",
+                                       "mimo_v2_flash", "mimo_v2", "qwen2_moe", "qwen3_moe", "qwen3_vl_moe_text", "qwen3_next",
                                        "olmoe", "mixtral", "llama4", "llama4_text", "jamba", "dbrx", "phimoe",
                                        "granitemoe", "granitemoeshared", "granitemoehybrid", "ernie4_5_moe",
                                        "hunyuan_v1_moe", "minimax_m2")}}

@@ -195,31 +195,179 @@ def _group_shape(group) -> str:
     return text
 
 
-def print_plan(console: "Console", plan: "ModelPlan") -> None:
+def compact_shape(layer) -> str:
+    """``E128 k8 H2816 I704`` (under TP/EP a second line ``rank E16 I88``): short, never cut."""
+    text = f"E{layer.num_experts} k{layer.top_k} H{layer.hidden_size} I{layer.intermediate_size}"
+    if layer.parallel.tp > 1 or layer.parallel.ep > 1:
+        text += f"\nrank E{layer.local_num_experts} I{layer.local_intermediate_size}"
+    return text
+
+
+def compact_range(group) -> str:
+    """``0-29 (30)``, ``5``, ``1-51 (23)`` (a non-contiguous set: first-last and how many)."""
+    return str(group.first) if group.count == 1 else f"{group.first}-{group.last} ({group.count})"
+
+
+def _engine_cell(selection: Selection, vllm_only: bool) -> str:
+    """The flag that picks this backend: vLLM's when every group has one (the column says so),
+    else the first engine that has it, named."""
+    e = selection.engines
+    for engine, flag in (("vllm", "--moe-backend"), ("sglang", "--moe-runner-backend"), ("trtllm", "backend=")):
+        if engine in e:
+            value = f"{flag}{'' if flag.endswith('=') else ' '}{e[engine]}"
+            return value if vllm_only else f"{ {'vllm': 'vLLM', 'sglang': 'SGLang', 'trtllm': 'TRT-LLM'}[engine]} {value}"
+    return "-"
+
+
+def _padding_cell(selection: Selection) -> str:
+    return ", ".join(f"{p.dimension[0].upper()} {p.original}->{p.padded} +{p.extra_weight_memory_pct:g}%"
+                     for p in selection.padding) or "none"
+
+
+def _memory_cell(group) -> str:
+    """Per-GPU expert memory when the plan carries it (the planner's memory figure), else '-'."""
+    for owner in (group, group.selection):
+        value = getattr(owner, "memory", None) if owner is not None else None
+        if value is None:
+            continue
+        gib = getattr(value, "per_gpu_gib", value)
+        return f"{gib:.1f} GiB" if isinstance(gib, (int, float)) else str(gib)
+    return "-"
+
+
+def _family_tags(device: DeviceSpec, tags) -> list[str]:
+    out = []
+    for tag in tags:
+        try:
+            other = PRESETS.get(tag) or _device_from_tag(tag)
+        except ValueError:
+            continue
+        if other.vendor == device.vendor and other.family == device.family:
+            out.append(tag)
+    return out
+
+
+def _device_from_tag(tag: str) -> DeviceSpec:
+    from .schemas.device import get_device
+
+    return get_device(tag)
+
+
+def verified_cell(selection: Selection) -> str:
+    """Whether the chosen backend ran this layer's activation and quant kind on this device family
+    (a probe record's ``verified_on``), or only cites upstream for it."""
+    from .registry import default_registry
+
+    try:
+        decl = default_registry().get(selection.backend)
+    except Exception:  # a backend that is no longer registered: say nothing rather than guess
+        return "?"
+    layer, device = selection.layer, selection.device
+    impl = decl.activations.get(layer.activation)
+    quant = [q for q in decl.quant_support(layer.quant.kind)]
+    act_tags = set(_family_tags(device, impl.verified_on)) if impl else set()
+    quant_tags = set(_family_tags(device, [t for q in quant for t in q.verified_on]))
+    both = sorted(act_tags & quant_tags)
+    return "yes" if both else "no"
+
+
+def faster_rejections(selection: Selection) -> list:
+    """Rejected backends that rank above the chosen one for this layer's quant family (they would
+    have won had they been eligible), best first."""
+    from .registry import default_registry
+
+    registry = default_registry()
+    family = selection.layer.quant.family
+
+    def priority(backend: str) -> int:
+        try:
+            return registry.get(backend).priority.get(family, 0)
+        except Exception:
+            return 0
+
+    chosen = priority(selection.backend)
+    faster = [r for r in selection.rejections if priority(r.backend) > chosen]
+    return sorted(faster, key=lambda r: -priority(r.backend))
+
+
+def _reasons_table(console: "Console", title: str, rejections: Iterable, *, hints: bool = True) -> None:
+    from rich import box
     from rich.table import Table
 
-    console.print(_plan_header(plan), markup=False)
-    for note in plan.notes:
-        console.print(f"note: {note}", markup=False)
-    table = Table(show_lines=False)
-    for column in ("layers", "backend", "shape", "activation", "quant", "padding", "engine flags"):
-        table.add_column(column, no_wrap=column in ("layers", "backend"))
-    for group in plan.groups():
-        s = group.selection
-        table.add_row(group.label(), s.backend if s else "NONE", _group_shape(group),
-                      group.layer.activation.value, group.layer.quant.label(), padding_text(s) if s else "-",
-                      engine_flags(s) if s else "-")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False,
+                  show_edge=False)
+    table.add_column("backend", no_wrap=True)
+    table.add_column("why not", overflow="fold")
+    for rejection in rejections:
+        lines = []
+        for reason in rejection.reasons:
+            text = f"{reason.code.value}: {reason.message}"
+            if hints and reason.hint:
+                text += f" (hint: {reason.hint})"
+            lines.append(text)
+        table.add_row(rejection.backend, "\n".join(lines))
     console.print(table)
-    for group in plan.groups():
-        console.print(f"\n[bold]{group.label()}[/bold]", highlight=False)
-        if group.selection is not None:
-            console.print(f"  chosen: {group.selection.backend}", markup=False)
-            for line in _selection_lines(group.selection):
-                console.print(f"  {line}", markup=False, highlight=False)
-            print_rejections(console, group.selection.rejections)
-        else:
-            console.print(f"  no backend: {group.error}", markup=False, highlight=False)
-            print_rejections(console, group.rejections)
+
+
+def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) -> None:
+    """Decision first (one table), then why each faster backend lost, then notes; ``verbose`` adds
+    every rejection, per-selection notes and fingerprints."""
+    from rich import box
+    from rich.table import Table
+
+    console.print(_plan_header(plan), markup=False, highlight=False)
+    groups = plan.groups()
+    chosen = [g.selection for g in groups if g.selection is not None]
+    vllm_only = bool(chosen) and all("vllm" in s.engines for s in chosen)
+    memory = any(_memory_cell(g) != "-" for g in groups)  # the column appears once plans carry memory
+    columns = ["layers", "backend", "shape", "padding"] + (["memory/GPU"] if memory else []) + \
+        ["verified", "vLLM flag" if vllm_only else "engine flag"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("layers", "backend", "shape", "verified"), overflow="fold",
+                         min_width=13 if column.endswith("flag") else None)
+    for group in groups:
+        s = group.selection
+        row = [compact_range(group), s.backend if s else "NONE", compact_shape(group.layer),
+               _padding_cell(s) if s else "-"] + ([_memory_cell(group)] if memory else []) + \
+            [verified_cell(s) if s else "-", _engine_cell(s, vllm_only) if s else "-"]
+        table.add_row(*row)
+    console.print(table)
+    device = plan.device.label() if plan.device else "this device"
+    if any(verified_cell(s) == "no" for s in chosen):
+        console.print(f"verified: run by a probe on {device}'s family; no: cited from upstream only",
+                      markup=False, highlight=False)
+    layer_text = {group.first: f"{group.layer.activation.value}, {group.layer.quant.label()}, {group.layer.dtype}"
+                  for group in groups}
+    if len(set(layer_text.values())) == 1:
+        console.print(f"all layers: {next(iter(layer_text.values()))}", markup=False, highlight=False)
+
+    many = len(groups) > 1
+    for group in groups:
+        where = f" (layers {compact_range(group)})" if many else ""
+        s = group.selection
+        if s is None:
+            console.print(f"\nno backend can run layers {compact_range(group)}:", markup=False, highlight=False)
+            _reasons_table(console, "", group.rejections)
+            continue
+        shown = list(s.rejections) if verbose else faster_rejections(s)
+        if shown:
+            title = "every rejected backend" if verbose else "faster backends rejected"
+            console.print("")
+            _reasons_table(console, f"{title}{where}", shown)
+        others = [c.backend for c in s.eligible[1:]]
+        if others:
+            console.print(f"also eligible{where}, in order: {', '.join(others)}", markup=False, highlight=False)
+        if verbose:
+            console.print(f"decided by {s.decided_by}; fingerprint {s.fingerprint}", markup=False, highlight=False)
+            for note in s.notes:
+                console.print(f"  note ({note.kind}): {note.message}", markup=False, highlight=False)
+    if plan.notes:
+        console.print("\nnotes:", markup=False, highlight=False)
+        for note in plan.notes:
+            console.print(f"- {note}", markup=False, highlight=False)
+    if not verbose:
+        console.print("(-v: every rejection, selection notes and fingerprints)", markup=False, highlight=False)
 
 
 # --- Capability matrix -----------------------------------------------------------------------------

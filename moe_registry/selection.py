@@ -288,12 +288,19 @@ def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict)
         v.reject(ReasonCode.FEATURE_UNSUPPORTED, "apply_router_weight_on_input", "router weight on output",
                  "router weight on input", f"{d.name} applies router weights to expert outputs only", source=f.source)
     p = layer.parallel
+    # Hints only name layouts the layer can take (EP must divide the experts, TP the width and heads).
     if p.tp > 1 and not f.tensor_parallel:
+        ranks = p.tp * p.ep
+        hint = (f"expert parallelism over the TP group instead (EP{ranks}, vLLM --enable-expert-parallel)"
+                if f.expert_parallel and layer.num_experts % ranks == 0 else "")
         v.reject(ReasonCode.PARALLEL_UNSUPPORTED, "parallel.tp", "TP1", f"TP{p.tp}",
-                 f"{d.name} does not support tensor-parallel experts", f"use EP{p.tp} instead", f.source)
+                 f"{d.name} does not support tensor-parallel experts", hint, f.source)
     if p.ep > 1 and not f.expert_parallel:
+        ranks = p.tp * p.ep
+        hint = (f"TP{ranks} without expert parallelism instead" if f.tensor_parallel
+                and layer.intermediate_size % ranks == 0 and layer.runnable_tp(ranks) else "")
         v.reject(ReasonCode.PARALLEL_UNSUPPORTED, "parallel.ep", "EP1", f"EP{p.ep}",
-                 f"{d.name} does not support expert parallelism", f"use TP{p.ep} instead", f.source)
+                 f"{d.name} does not support expert parallelism", hint, f.source)
 
 
 def _check_requirements(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Environment,

@@ -39,7 +39,7 @@ def test_explain_gemma4_nvfp4_on_b200_every_layer_on_trtllm(capsys):
 def test_explain_gemma4_nvfp4_on_h100_shows_fallback_and_sm100_reason(capsys):
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "h100")
     assert code == 0
-    assert "marlin" in out and "layers 0-29 (30)" in out
+    assert "marlin" in out and "0-29 (30)" in out and "E128 k8 H2816 I704" in out
     assert "trtllm-nvfp4" in out and "device_unsupported" in out and "SM100" in out
     assert not ANSI.search(out)  # not a terminal: plain text
 

@@ -294,8 +294,8 @@ def _reasons_table(console: "Console", title: str, rejections: Iterable, *, hint
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False,
-                  show_edge=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+                  expand=False, show_edge=False)
     table.add_column("backend", no_wrap=True)
     table.add_column("why not", overflow="fold")
     for rejection in rejections:
@@ -321,10 +321,11 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
     vllm_only = bool(chosen) and all("vllm" in s.engines for s in chosen)
     memory = any(_memory_cell(g) != "-" for g in groups)  # the column appears once plans carry memory
     columns = ["layers", "backend", "shape", "padding"] + (["memory/GPU"] if memory else []) + \
-        ["verified", "vLLM flag" if vllm_only else "engine flag"]
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=False)
+        ["on hw", "vLLM flag" if vllm_only else "engine flag"]
+    # One space between columns: the table fits 80 columns with the longest backend id and a TP shape.
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
     for column in columns:
-        table.add_column(column, no_wrap=column in ("layers", "backend", "shape", "verified"), overflow="fold",
+        table.add_column(column, no_wrap=column in ("layers", "backend", "shape", "on hw"), overflow="fold",
                          min_width=13 if column.endswith("flag") else None)
     for group in groups:
         s = group.selection
@@ -335,7 +336,7 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
     console.print(table)
     device = plan.device.label() if plan.device else "this device"
     if any(verified_cell(s) == "no" for s in chosen):
-        console.print(f"verified: run by a probe on {device}'s family; no: cited from upstream only",
+        console.print(f"on hw: verified by a probe on {device}'s family; no: cited from upstream only",
                       markup=False, highlight=False)
     layer_text = {group.first: f"{group.layer.activation.value}, {group.layer.quant.label()}, {group.layer.dtype}"
                   for group in groups}

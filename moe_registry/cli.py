@@ -172,16 +172,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from . import render
-    from .schemas.activation import SwigluOAIParams
+    from .schemas.activation import Activation, SiluClampParams, SwigluOAIParams
     from .schemas.layer import LayerSpec
     from .selection import select_backend
 
+    activation = Activation.parse(args.activation)
+    limit = args.swiglu_limit
+    if limit is not None and activation not in (Activation.SWIGLUOAI, Activation.SILU_CLAMP):
+        raise BadInput(f"--swiglu-limit applies to swigluoai and silu_clamp, not {activation.value}")
+    if activation is Activation.SILU_CLAMP and limit is None:
+        raise BadInput("silu_clamp needs --swiglu-limit (the config's swiglu_limit)")
+    params = (SwigluOAIParams() if limit is None else SwigluOAIParams(limit=limit)) \
+        if activation is Activation.SWIGLUOAI else SiluClampParams(limit=limit) if limit is not None else None
+    device = _device(args.device)
+    dtype = args.dtype
+    no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
+    if no_bf16 and dtype == "bf16":
+        raise BadInput(f"{device.label()} has no bf16 (SM80+); engines run fp16 there: use --dtype fp16")
+    if dtype is None:
+        dtype = "fp16" if no_bf16 else "bf16"
+        if no_bf16:
+            print(f"moe-registry: note: {device.label()} has no bf16; selecting for fp16", file=sys.stderr)
     layer = LayerSpec(
         num_experts=args.experts, top_k=args.top_k, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        activation=args.activation, quant=args.quant, dtype=args.dtype, routing=args.routing, bias=args.bias,
+        activation=activation, quant=args.quant, dtype=dtype, routing=args.routing, bias=args.bias,
         apply_router_weight_on_input=args.router_weight_on_input, parallel=_parallel(args),
-        activation_params=SwigluOAIParams() if args.activation == "swigluoai" else None)
-    selection = select_backend(layer, _device(args.device), **_choice_kwargs(args))
+        activation_params=params)
+    selection = select_backend(layer, device, **_choice_kwargs(args))
     mode = _output_mode(args)
     if mode == "json":
         _emit_json(render.selection_json(selection))
@@ -293,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intermediate", type=int, required=True)
     p.add_argument("--activation", default="silu")
     p.add_argument("--quant", default="bf16")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
+                   help="hidden-state dtype (default bf16; fp16 on devices without bf16, SM < 80)")
+    p.add_argument("--swiglu-limit", type=float, metavar="L",
+                   help="clamp limit of swigluoai / silu_clamp (a config's swiglu_limit)")
     p.add_argument("--routing", default=None)
     p.add_argument("--bias", action="store_true")
     p.add_argument("--router-weight-on-input", action="store_true")

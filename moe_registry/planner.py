@@ -13,12 +13,23 @@ Reading a config
   ``num_local_experts`` / ``num_experts`` / ``n_routed_experts``; top-k ``num_experts_per_tok`` /
   ``top_k_experts`` / ``experts_per_token``; expert width ``moe_intermediate_size``, else
   ``intermediate_size``; activation ``mlp_hidden_act`` (Nemotron-H) / ``hidden_activation``
-  (Gemma) / ``hidden_act``, through :meth:`Activation.parse`.
+  (Gemma) / ``hidden_act``, through :meth:`Activation.parse`, else the transformers default of the
+  ``model_type`` (with a note). ERNIE-4.5 ``moe_num_experts`` / ``moe_k``; Hunyuan ``moe_topk`` and
+  per-layer lists (one value per layer) for the experts, top-k and width; DBRX's ``d_model`` /
+  ``n_layers`` / ``ffn_config`` are read as the common keys (:func:`_dbrx_view`). ERNIE-4.5-VL's
+  text/vision expert lists are refused with the reason.
+* ``moe_latent_size`` (Nemotron 3 Super LatentMoE): the experts' hidden size is the latent width.
+  ``swiglu_limit``: SwiGLU becomes ``silu_clamp`` with that limit (DeepSeek-V4). ``expert_dtype
+  "fp4"`` (DeepSeek-V4): routed experts are ``mxfp4_mxfp8`` whatever the block-FP8 config says.
+  bf16 models planned on NVIDIA SM < 80 are planned in fp16, as vLLM's ``--dtype auto`` does.
 * Which layers are MoE, first rule whose key is present: ``hybrid_override_pattern`` (Nemotron-H:
   ``E`` positions) or ``layers_block_type`` (``"moe"`` entries); ``enable_moe_block`` (Gemma 4: all
   layers); ``moe_layers``, else ``interleave_moe_layer_step`` s -> ``range(s-1, L, s)`` (Llama 4);
-  ``first_k_dense_replace`` k / ``moe_layer_freq`` f -> ``i >= k and i % f == 0`` (DeepSeek, GLM,
-  Kimi remote code); ``decoder_sparse_step`` s / ``mlp_only_layers`` -> ``i not in mlp_only_layers
+  ``moe_layer_freq`` as a list -> ``list[i] == 1`` (MiMo-V2-Flash); ``expert_layer_period`` p /
+  ``expert_layer_offset`` o -> ``i % p == o`` (Jamba); ``moe_layer_start_index`` s /
+  ``moe_layer_end_index`` e / ``moe_layer_interval`` n -> ``s <= i <= e and (i+1) % n == 0``
+  (ERNIE-4.5); ``first_k_dense_replace`` k / ``moe_layer_freq`` f -> ``i >= k and i % f == 0``
+  (DeepSeek, GLM, Kimi remote code); ``decoder_sparse_step`` s / ``mlp_only_layers`` -> ``i not in mlp_only_layers
   and (i+1) % s == 0`` (Qwen2/3-MoE); otherwise every layer (Mixtral, gpt-oss). The DeepSeek MTP
   layer (``num_nextn_predict_layers``) is not a decoder layer and is not planned.
 * Layer names are checkpoint module paths, so exclude patterns match them as written:

@@ -151,6 +151,8 @@ def plan_json(plan: "ModelPlan") -> dict[str, Any]:
         }
         if group.selection is not None:
             entry["selection"] = group.selection.model_dump(mode="json", exclude={"layer"})
+            entry["verified_on_hardware"] = verified_cell(group.selection) == "yes"
+            entry["faster_rejected"] = [r.backend for r in faster_rejections(group.selection)]
         if group.error is not None:
             entry["error"] = group.error
             entry["rejections"] = [r.model_dump(mode="json") for r in group.rejections]

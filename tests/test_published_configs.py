@@ -327,3 +327,25 @@ def test_a_failed_plan_prints_its_rejection_table_once(capsys):
     out = capsys.readouterr().out
     assert code == 3 and out.count("no backend can run layers") == 1
     assert out.count("forbidden:") == 4 and len(out) < 2500
+
+
+def test_explain_json_adds_verified_and_faster_rejected(capsys):
+    assert main(["explain", "gemma-4-26b-a4b-nvfp4", "--device", "h100", "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["groups"]
+    assert group["selection"]["backend"] == "marlin" and group["verified_on_hardware"] in (True, False)
+    assert group["faster_rejected"][0] == "trtllm-nvfp4" and "flashinfer-cutlass" in group["faster_rejected"]
+
+
+@pytest.mark.parametrize("extra, code, needle", [
+    (["--activation", "silu_clamp", "--swiglu-limit", "10"], 0, '"limit": 10.0'),
+    (["--activation", "silu_clamp"], 2, "needs --swiglu-limit"),
+    (["--activation", "gelu", "--swiglu-limit", "10"], 2, "applies to swigluoai and silu_clamp"),
+    (["--device", "sm75", "--dtype", "bf16"], 2, "has no bf16"),
+    (["--device", "sm75"], 0, '"dtype": "fp16"'),
+])
+def test_select_swiglu_limit_and_sm75(capsys, extra, code, needle):
+    argv = ["select", "--experts", "8", "--top-k", "2", "--hidden", "256", "--intermediate", "128",
+            "--device", "h100", "--json", *extra]
+    got = main(argv)
+    out, err = capsys.readouterr()
+    assert got == code and needle in (out if code == 0 else err)

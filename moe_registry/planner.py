@@ -375,7 +375,8 @@ _FAMILIES = {model_type: family for model_type, (family, _) in _MODEL_TYPES.item
 # (configuration_<model>.py ``hidden_act`` / ``mlp_hidden_act`` / ``hidden_activation`` defaults).
 _DEFAULT_ACT = {"gemma4": "gelu_pytorch_tanh", "gemma4_text": "gelu_pytorch_tanh", "nemotron_h": "relu2",
                 **{t: "silu" for t in ("deepseek_v2", "deepseek_v3", "deepseek_v4", "kimi_k2", "glm4_moe",
-                                       "mimo_v2_flash", "mimo_v2", "qwen2_moe", "qwen3_moe", "qwen3_vl_moe_text", "qwen3_next",
+                                       "mimo_v2_flash", "mimo_v2", "qwen2_moe", "qwen3_moe", "qwen3_vl_moe_text",
+                                       "qwen3_next",
                                        "olmoe", "mixtral", "llama4", "llama4_text", "jamba", "dbrx", "phimoe",
                                        "granitemoe", "granitemoeshared", "granitemoehybrid", "ernie4_5_moe",
                                        "hunyuan_v1_moe", "minimax_m2")}}
@@ -471,7 +472,7 @@ def _moe_indices(r: _Reader, num_layers: int) -> tuple[list[int], str]:
     if cfg.get("interleave_moe_layer_step") is not None:
         step = r.integer("interleave_moe_layer_step", cfg["interleave_moe_layer_step"])
         return (list(range(step - 1, num_layers, step)) if step else []), f"interleave_moe_layer_step={step}"
-    if isinstance(cfg.get("moe_layer_freq"), list):  # MiMo-V2-Flash: one 0/1 flag per layer (vLLM mimo_v2.py is_moe_layer)
+    if isinstance(cfg.get("moe_layer_freq"), list):  # MiMo-V2-Flash (vLLM mimo_v2.py is_moe_layer)
         flags = cfg["moe_layer_freq"]
         if len(flags) != num_layers or any(f not in (0, 1) or isinstance(f, float) for f in flags):
             raise MalformedConfig(f"{r.where}: moe_layer_freq as a list needs one 0 or 1 per layer "
@@ -716,7 +717,8 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     activation, act_params, bias = _activation(family, model_type, r, notes)
     routing, weight_on_input = _routing(family, text)
     dtype = _dtype(text, config)
-    if dtype == "bf16" and device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80:
+    no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
+    if dtype == "bf16" and no_bf16:
         # vLLM 0.33.0 config/model.py _resolve_auto_dtype + platforms/cuda.py supported_dtypes: no bf16 below SM80
         notes.append(f"{device.label()} has no bf16: planned in fp16, as engines run it (vLLM --dtype auto)")
         dtype = "fp16"

@@ -87,8 +87,9 @@ def _act64(h: Any, layer: Any) -> Any:
 
     if act is Activation.SILU_CLAMP:
         n, limit = h.shape[-1] // 2, layer.silu_clamp_limit
-        gate = torch.minimum(h[..., :n], torch.full_like(h[..., :n], limit))
-        up = torch.maximum(torch.minimum(h[..., n:], torch.full_like(h[..., n:], limit)), torch.full_like(h[..., n:], -limit))
+        gate, up = h[..., :n], h[..., n:]
+        gate = torch.minimum(gate, torch.full_like(gate, limit))
+        up = torch.maximum(torch.minimum(up, torch.full_like(up, limit)), torch.full_like(up, -limit))
         return silu(gate) * up
 
     def gelu(g: Any) -> Any:

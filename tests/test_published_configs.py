@@ -14,7 +14,7 @@ import pytest
 from moe_registry.cli import main
 from moe_registry.planner import MalformedConfig, NotAMoEModel, plan_config
 from moe_registry.schemas.activation import Activation, SiluClampParams
-from moe_registry.schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
+from moe_registry.schemas.layer import LayerSpec, RoutingMethod
 from moe_registry.schemas.quant import QuantKind
 from moe_registry.selection import select_backend
 

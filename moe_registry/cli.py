@@ -82,6 +82,10 @@ parallel layout, as the engines spell it:
 
 def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="target device preset (h100, b200, sm90, ...); default: this machine")
+    _add_parallel(p)
+
+
+def _add_parallel(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("parallelism (see the examples below)")
     group.add_argument("--tp", type=int, default=None, metavar="N",
                        help="tensor-parallel size (vLLM -tp, SGLang --tp-size); default 1, or --ep's N")
@@ -282,6 +286,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
+    parallel = _parallel(args)  # the experts' layout from the engine-style flags
+    args.tp, args.ep = parallel.tp, parallel.ep
     return bench_main(args)
 
 
@@ -353,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers")
+    p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers",
+                       epilog=PARALLEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="preset name, model directory, config.json, or 'layer' with --experts etc.")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
@@ -363,8 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--ep", type=int, default=1)
+    _add_parallel(p)
     p.add_argument("--holdout-tokens", help="extra token counts measured into a second table (for regret)")
     p.add_argument("--holdout-out", metavar="FILE", help="write the held-out table (JSON)")
     layer = p.add_argument_group("single layer (target 'layer')")

@@ -205,6 +205,8 @@ def test_per_layer_lists_and_refused_keys_give_one_line_reasons():
         plan({**DBRX, "ffn_config": 3})
     with pytest.raises(NotAMoEModel):
         plan({**ERNIE, "moe_layer_start_index": 30})
+    # transformers Ernie4_5_MoeConfig: an end index of -1 means the last layer
+    assert len(plan({**ERNIE, "moe_layer_end_index": -1, "moe_layer_interval": 2}).layer_specs) == 14
 
 
 # --- 7. Parallel flags as the engines spell them -------------------------------------------------------

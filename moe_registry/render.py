@@ -292,22 +292,30 @@ def faster_rejections(selection: Selection) -> list:
     return sorted(faster, key=lambda r: -priority(r.backend))
 
 
+def _reason_text(reason, hints: bool = True) -> str:
+    return f"{reason.code.value}: {reason.message}" + (f" (hint: {reason.hint})" if hints and reason.hint else "")
+
+
 def _reasons_table(console: "Console", title: str, rejections: Iterable, *, hints: bool = True) -> None:
+    """One row per backend. A reason every listed backend shares (a quantization format's scale
+    groups, say) is printed once above the table instead of in every row."""
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
-                  expand=False, show_edge=False)
+    rejections = list(rejections)
+    shared = set.intersection(*({r.message for r in rej.reasons} for rej in rejections)) \
+        if len(rejections) > 1 else set()
+    if title:
+        console.print(title, markup=False, highlight=False)
+    for reason in rejections[0].reasons if shared else ():
+        if reason.message in shared:
+            console.print(f"all of them: {_reason_text(reason, hints)}", markup=False, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, expand=False, show_edge=False)
     table.add_column("backend", no_wrap=True)
     table.add_column("why not", overflow="fold")
     for rejection in rejections:
-        lines = []
-        for reason in rejection.reasons:
-            text = f"{reason.code.value}: {reason.message}"
-            if hints and reason.hint:
-                text += f" (hint: {reason.hint})"
-            lines.append(text)
-        table.add_row(rejection.backend, "\n".join(lines))
+        lines = [_reason_text(r, hints) for r in rejection.reasons if r.message not in shared]
+        table.add_row(rejection.backend, "\n".join(lines) or "(only the shared reasons above)")
     console.print(table)
 
 
@@ -322,13 +330,16 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
     chosen = [g.selection for g in groups if g.selection is not None]
     vllm_only = bool(chosen) and all("vllm" in s.engines for s in chosen)
     memory = any(_memory_cell(g) != "-" for g in groups)  # the column appears once plans carry memory
-    columns = ["layers", "backend", "shape", "padding"] + (["memory/GPU"] if memory else []) + \
+    columns = ["layers", "backend", "shape", "pad"] + (["memory/GPU"] if memory else []) + \
         ["on hw", "vLLM flag" if vllm_only else "engine flag"]
-    # One space between columns: the table fits 80 columns with the longest backend id and a TP shape.
+    flags = [_engine_cell(s, vllm_only) for s in chosen]
+    longest_word = max((len(w) for f in flags for w in f.split()), default=1)
+    # One space between columns, so the table fits 80 columns with the longest backend id and a TP
+    # shape; the flag wraps between words only (its width is at least its longest word).
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
     for column in columns:
         table.add_column(column, no_wrap=column in ("layers", "backend", "shape", "on hw"), overflow="fold",
-                         min_width=13 if column.endswith("flag") else None)
+                         min_width=longest_word if column.endswith("flag") else None)
     for group in groups:
         s = group.selection
         row = [compact_range(group), s.backend if s else "NONE", compact_shape(group.layer),
@@ -336,9 +347,9 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
             [verified_cell(s) if s else "-", _engine_cell(s, vllm_only) if s else "-"]
         table.add_row(*row)
     console.print(table)
-    device = plan.device.label() if plan.device else "this device"
     if any(verified_cell(s) == "no" for s in chosen):
-        console.print(f"on hw: verified by a probe on {device}'s family; no: cited from upstream only",
+        family = f"SM{chosen[0].device.family * 10}-family" if chosen[0].device.family else "this device's"
+        console.print(f"on hw: probed on {family} hardware (no: cited from upstream only)",
                       markup=False, highlight=False)
     layer_text = {group.first: f"{group.layer.activation.value}, {group.layer.quant.label()}, {group.layer.dtype}"
                   for group in groups}
@@ -350,8 +361,8 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
         where = f" (layers {compact_range(group)})" if many else ""
         s = group.selection
         if s is None:
-            console.print(f"\nno backend can run layers {compact_range(group)}:", markup=False, highlight=False)
-            _reasons_table(console, "", group.rejections)
+            console.print("")
+            _reasons_table(console, f"no backend can run layers {compact_range(group)}:", group.rejections)
             continue
         shown = list(s.rejections) if verbose else faster_rejections(s)
         if shown:

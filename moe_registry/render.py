@@ -480,28 +480,61 @@ def verification_text(d: BackendCapability) -> str:
     return " | ".join(verification_lines(d))
 
 
+def _fits(console: "Console", table) -> bool:
+    """Whether a table fits the console without cutting a cell (its natural width)."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(10**6), table).maximum
+    return natural <= console.width
+
+
+def _backend_lines(console: "Console", title: str, rows: list[tuple[str, str]]) -> None:
+    """The narrow-terminal form of a matrix: one wrapped line per backend, nothing cut."""
+    from rich.table import Table
+
+    console.print(title, markup=False, highlight=False)
+    table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for backend, text in rows:
+        table.add_row(backend, text)
+    console.print(table)
+
+
 def print_matrix(console: "Console", declarations: Iterable[BackendCapability], device: DeviceSpec | None) -> None:
     from rich.table import Table
 
     decls = list(declarations)
-    acts = Table(title="activations" + (f" on {device.label()}" if device else ""), title_justify="left")
+    title = "activations" + (f" on {device.label()}" if device else "")
+    labels = {d.id: d.id + ("" if device is None or any(r.matches(device) for r in d.devices) else " (not on device)")
+              for d in decls}
+    acts = Table(title=title, title_justify="left")
     acts.add_column("backend", no_wrap=True)
     for a in Activation:
-        acts.add_column(a.value)
+        acts.add_column(a.value, no_wrap=True)
     for d in decls:
-        runs = device is None or any(r.matches(device) for r in d.devices)
-        acts.add_row(d.id + ("" if runs else " (not on device)"), *(activation_cell(d, a) for a in Activation))
-    console.print(acts)
-    quant = Table(title="quantization schemes (device families)", title_justify="left")
+        acts.add_row(labels[d.id], *(activation_cell(d, a) for a in Activation))
+    if _fits(console, acts):
+        console.print(acts)
+    else:
+        _backend_lines(console, title, [(labels[d.id], ", ".join(
+            a.value + (" (approx)" if activation_cell(d, a) == "approx" else "")
+            for a in Activation if activation_cell(d, a) != "-") or "-") for d in decls])
+    quant_title = "quantization schemes (device families)"
+    quant = Table(title=quant_title, title_justify="left")
     quant.add_column("backend", no_wrap=True)
     for k in QuantKind:
-        quant.add_column(k.value)
+        quant.add_column(k.value, no_wrap=True)
     for d in decls:
         quant.add_row(d.id, *(quant_cell(d, k) for k in QuantKind))
-    console.print(quant)
+    if _fits(console, quant):
+        console.print(quant)
+    else:
+        _backend_lines(console, quant_title, [(d.id, "; ".join(
+            f"{k.value}: {quant_cell(d, k)}" for k in QuantKind if quant_cell(d, k) != "-") or "-") for d in decls])
     verify = Table(title="hardware verification", title_justify="left")
     verify.add_column("backend", no_wrap=True)
-    verify.add_column("status")
+    verify.add_column("status", overflow="fold")
     for d in decls:
         verify.add_row(d.id, verification_text(d))
     console.print(verify)

@@ -351,3 +351,13 @@ def test_select_swiglu_limit_and_sm75(capsys, extra, code, needle):
     got = main(argv)
     out, err = capsys.readouterr()
     assert got == code and needle in (out if code == 0 else err)
+
+
+@pytest.mark.parametrize("columns", [80, 120, 250])
+def test_backends_matrix_never_cuts_a_cell(columns):
+    proc = subprocess.run([sys.executable, "-m", "moe_registry.cli", "backends"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                                       "COLUMNS": str(columns)})
+    assert proc.returncode == 0 and "…" not in proc.stdout
+    assert all(len(line) <= columns for line in proc.stdout.splitlines())
+    assert "silu_clamp" in proc.stdout and "gelu_tanh_no_mul" in proc.stdout

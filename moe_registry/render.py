@@ -116,20 +116,9 @@ def print_selection(console: "Console", selection: Selection) -> None:
 
 
 def print_rejections(console: "Console", rejections: Iterable) -> None:
-    from rich.table import Table
-
     rejections = list(rejections)
-    if not rejections:
-        return
-    table = Table(title="rejected", title_justify="left", show_lines=True, expand=False)
-    table.add_column("backend", no_wrap=True)
-    table.add_column("code", no_wrap=True)
-    table.add_column("reason")
-    table.add_column("hint")
-    for rejection in rejections:
-        for i, reason in enumerate(rejection.reasons):
-            table.add_row(rejection.backend if i == 0 else "", reason.code.value, reason.message, reason.hint)
-    console.print(table)
+    if rejections:
+        _reasons_table(console, "rejected", rejections)
 
 
 # --- Model plans ---------------------------------------------------------------------------------

@@ -30,8 +30,26 @@ class _Parser(argparse.ArgumentParser):
 def _console():
     from rich.console import Console
 
-    # Pipes and NO_COLOR get plain text (rich honours both); give tables room when not a terminal.
-    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False, highlight=False)
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich exits 1 here; a closed pipe is a normal end (main())
+            self.quiet = True
+            raise BrokenPipeError
+
+    # Pipes and NO_COLOR get plain text (rich honours both). The width is the terminal's, else
+    # COLUMNS, else 80 (rich reads COLUMNS too); text is wrapped to it, never cut.
+    return _PipeConsole(width=_width(), soft_wrap=False, highlight=False)
+
+
+def _width() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return max(columns, 40)
+    if sys.stdout.isatty():
+        return max(os.get_terminal_size(sys.stdout.fileno()).columns, 40)
+    return 80
 
 
 def _emit_json(data: Any) -> None:
@@ -53,10 +71,31 @@ def _add_output(p: argparse.ArgumentParser, markdown: bool = True) -> None:
         group.add_argument("--markdown", action="store_true", help="Markdown, ready to paste into a bug report")
 
 
+PARALLEL_HELP = """\
+parallel layout, as the engines spell it:
+  --tp 8                            TP8: every rank holds every expert, intermediate/8 of it
+  --tp 8 --enable-expert-parallel   vLLM -tp 8 -ep: experts spread over the 8 ranks (EP8), unsplit
+  --tp 8 --ep 8                     SGLang --tp-size 8 --ep-size 8: the same EP8 over the TP group
+  --tp 8 --ep 2                     SGLang: EP2 within TP8, so each expert is split 4 ways (MoE TP4)
+  --tp 4 --dp 2 --enable-expert-parallel   vLLM: EP over TP x DP = 8 ranks"""
+
+
 def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="target device preset (h100, b200, sm90, ...); default: this machine")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (splits each expert's intermediate size)")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (splits the experts)")
+    _add_parallel(p)
+
+
+def _add_parallel(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("parallelism (see the examples below)")
+    group.add_argument("--tp", type=int, default=None, metavar="N",
+                       help="tensor-parallel size (vLLM -tp, SGLang --tp-size); default 1, or --ep's N")
+    group.add_argument("--ep", type=int, default=None, metavar="N",
+                       help="expert-parallel size within the TP group (SGLang --ep-size): N divides --tp; "
+                            "each expert is split tp/N ways")
+    group.add_argument("--enable-expert-parallel", "-ep", dest="enable_ep", action="store_true",
+                       help="vLLM's flag: experts spread over all tp x dp ranks, unsplit")
+    group.add_argument("--dp", type=int, default=1, metavar="N",
+                       help="data-parallel size (vLLM -dp); with --enable-expert-parallel it widens the EP group")
 
 
 def _add_choice(p: argparse.ArgumentParser) -> None:
@@ -78,11 +117,23 @@ def _device(name: str | None):
 
 
 def _parallel(args: argparse.Namespace):
+    """The experts' layout (ParallelConfig: MoE TP x EP) from the engine-style flags (PARALLEL_HELP)."""
     from .schemas.layer import ParallelConfig
 
-    if args.tp < 1 or args.ep < 1:
-        raise BadInput("--tp and --ep must be positive")
-    return ParallelConfig(tp=args.tp, ep=args.ep)
+    dp = args.dp
+    if any(v is not None and v < 1 for v in (args.tp, args.ep, dp)):
+        raise BadInput("--tp, --ep and --dp must be positive")
+    tp = args.tp if args.tp is not None else (args.ep or 1)
+    if args.enable_ep:
+        if args.ep is not None and args.ep != tp * dp:
+            raise BadInput(f"--enable-expert-parallel spreads the experts over tp x dp = {tp * dp} ranks; "
+                           f"--ep {args.ep} contradicts it (drop one of them)")
+        return ParallelConfig(tp=1, ep=tp * dp, dp=dp)
+    ep = args.ep or 1
+    if tp % ep:
+        raise BadInput(f"--ep {ep} must divide --tp {tp}: EP runs within the TP group (SGLang --ep-size); "
+                       f"for EP{ep} with unsplit experts use --tp {ep} --ep {ep} or --tp {ep} --enable-expert-parallel")
+    return ParallelConfig(tp=tp // ep, ep=ep, dp=dp)
 
 
 def _policy(args: argparse.Namespace):
@@ -119,22 +170,39 @@ def cmd_explain(args: argparse.Namespace) -> int:
     elif mode == "markdown":
         sys.stdout.write(render.plan_markdown(plan))
     else:
-        render.print_plan(_console(), plan)
+        render.print_plan(_console(), plan, verbose=args.verbose)
     return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     from . import render
-    from .schemas.activation import SwigluOAIParams
+    from .schemas.activation import Activation, SiluClampParams, SwigluOAIParams
     from .schemas.layer import LayerSpec
     from .selection import select_backend
 
+    activation = Activation.parse(args.activation)
+    limit = args.swiglu_limit
+    if limit is not None and activation not in (Activation.SWIGLUOAI, Activation.SILU_CLAMP):
+        raise BadInput(f"--swiglu-limit applies to swigluoai and silu_clamp, not {activation.value}")
+    if activation is Activation.SILU_CLAMP and limit is None:
+        raise BadInput("silu_clamp needs --swiglu-limit (the config's swiglu_limit)")
+    params = (SwigluOAIParams() if limit is None else SwigluOAIParams(limit=limit)) \
+        if activation is Activation.SWIGLUOAI else SiluClampParams(limit=limit) if limit is not None else None
+    device = _device(args.device)
+    dtype = args.dtype
+    no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
+    if no_bf16 and dtype == "bf16":
+        raise BadInput(f"{device.label()} has no bf16 (SM80+); engines run fp16 there: use --dtype fp16")
+    if dtype is None:
+        dtype = "fp16" if no_bf16 else "bf16"
+        if no_bf16:
+            print(f"moe-registry: note: {device.label()} has no bf16; selecting for fp16", file=sys.stderr)
     layer = LayerSpec(
         num_experts=args.experts, top_k=args.top_k, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        activation=args.activation, quant=args.quant, dtype=args.dtype, routing=args.routing, bias=args.bias,
+        activation=activation, quant=args.quant, dtype=dtype, routing=args.routing, bias=args.bias,
         apply_router_weight_on_input=args.router_weight_on_input, parallel=_parallel(args),
-        activation_params=SwigluOAIParams() if args.activation == "swigluoai" else None)
-    selection = select_backend(layer, _device(args.device), **_choice_kwargs(args))
+        activation_params=params)
+    selection = select_backend(layer, device, **_choice_kwargs(args))
     mode = _output_mode(args)
     if mode == "json":
         _emit_json(render.selection_json(selection))
@@ -229,6 +297,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
+    parallel = _parallel(args)  # the experts' layout from the engine-style flags
+    args.tp, args.ep = parallel.tp, parallel.ep
     return bench_main(args)
 
 
@@ -246,23 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
         "Which fused-MoE kernel runs each layer of a model, on any GPU, and why the others were rejected."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model")
+    p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model", epilog=PARALLEL_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
     p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
     p.add_argument("--memory", choices=("prefer", "strict", "report"), default="prefer", help=(
         "whole-model expert weights per GPU vs the device: prefer a backend that fits (default), strict: "
         "no backend when none fits (exit 3), report only (docs/cli-json.md)"))
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also every rejected backend, per-selection notes and fingerprints")
     _add_target(p), _add_choice(p), _add_output(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("select", help="select the backend of one layer")
+    p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experts", type=int, required=True)
     p.add_argument("--top-k", type=int, required=True)
     p.add_argument("--hidden", type=int, required=True)
     p.add_argument("--intermediate", type=int, required=True)
     p.add_argument("--activation", default="silu")
     p.add_argument("--quant", default="bf16")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
+                   help="hidden-state dtype (default bf16; fp16 on devices without bf16, SM < 80)")
+    p.add_argument("--swiglu-limit", type=float, metavar="L",
+                   help="clamp limit of swigluoai / silu_clamp (a config's swiglu_limit)")
     p.add_argument("--routing", default=None)
     p.add_argument("--bias", action="store_true")
     p.add_argument("--router-weight-on-input", action="store_true")
@@ -306,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers")
+    p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers",
+                       epilog=PARALLEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="preset name, model directory, config.json, or 'layer' with --experts etc.")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
@@ -316,8 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--ep", type=int, default=1)
+    _add_parallel(p)
     p.add_argument("--holdout-tokens", help="extra token counts measured into a second table (for regret)")
     p.add_argument("--holdout-out", metavar="FILE", help="write the held-out table (JSON)")
     layer = p.add_argument_group("single layer (target 'layer')")
@@ -363,7 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except (NoEligibleBackend, BackendNotEligible) as exc:
         _print_no_backend(exc, json_mode)
         return EXIT_NO_BACKEND
@@ -379,6 +460,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moe-registry: internal error: {type(exc).__name__}: {_one_line(exc)} "
               "(set MOE_REGISTRY_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``explain ... | head``): a normal end, as for any Unix filter. Point
+    stdout at /dev/null so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured by a test)
+        pass
+    return EXIT_OK
 
 
 def _print_no_backend(exc: Exception, json_mode: bool) -> None:

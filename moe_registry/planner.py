@@ -13,12 +13,23 @@ Reading a config
   ``num_local_experts`` / ``num_experts`` / ``n_routed_experts``; top-k ``num_experts_per_tok`` /
   ``top_k_experts`` / ``experts_per_token``; expert width ``moe_intermediate_size``, else
   ``intermediate_size``; activation ``mlp_hidden_act`` (Nemotron-H) / ``hidden_activation``
-  (Gemma) / ``hidden_act``, through :meth:`Activation.parse`.
+  (Gemma) / ``hidden_act``, through :meth:`Activation.parse`, else the transformers default of the
+  ``model_type`` (with a note). ERNIE-4.5 ``moe_num_experts`` / ``moe_k``; Hunyuan ``moe_topk`` and
+  per-layer lists (one value per layer) for the experts, top-k and width; DBRX's ``d_model`` /
+  ``n_layers`` / ``ffn_config`` are read as the common keys (:func:`_dbrx_view`). ERNIE-4.5-VL's
+  text/vision expert lists are refused with the reason.
+* ``moe_latent_size`` (Nemotron 3 Super LatentMoE): the experts' hidden size is the latent width.
+  ``swiglu_limit``: SwiGLU becomes ``silu_clamp`` with that limit (DeepSeek-V4). ``expert_dtype
+  "fp4"`` (DeepSeek-V4): routed experts are ``mxfp4_mxfp8`` whatever the block-FP8 config says.
+  bf16 models planned on NVIDIA SM < 80 are planned in fp16, as vLLM's ``--dtype auto`` does.
 * Which layers are MoE, first rule whose key is present: ``hybrid_override_pattern`` (Nemotron-H:
   ``E`` positions) or ``layers_block_type`` (``"moe"`` entries); ``enable_moe_block`` (Gemma 4: all
   layers); ``moe_layers``, else ``interleave_moe_layer_step`` s -> ``range(s-1, L, s)`` (Llama 4);
-  ``first_k_dense_replace`` k / ``moe_layer_freq`` f -> ``i >= k and i % f == 0`` (DeepSeek, GLM,
-  Kimi remote code); ``decoder_sparse_step`` s / ``mlp_only_layers`` -> ``i not in mlp_only_layers
+  ``moe_layer_freq`` as a list -> ``list[i] == 1`` (MiMo-V2-Flash); ``expert_layer_period`` p /
+  ``expert_layer_offset`` o -> ``i % p == o`` (Jamba); ``moe_layer_start_index`` s /
+  ``moe_layer_end_index`` e / ``moe_layer_interval`` n -> ``s <= i <= e and (i+1) % n == 0``
+  (ERNIE-4.5); ``first_k_dense_replace`` k / ``moe_layer_freq`` f -> ``i >= k and i % f == 0``
+  (DeepSeek, GLM, Kimi remote code); ``decoder_sparse_step`` s / ``mlp_only_layers`` -> ``i not in mlp_only_layers
   and (i+1) % s == 0`` (Qwen2/3-MoE); otherwise every layer (Mixtral, gpt-oss). The DeepSeek MTP
   layer (``num_nextn_predict_layers``) is not a decoder layer and is not planned.
 * Layer names are checkpoint module paths, so exclude patterns match them as written:
@@ -71,7 +82,7 @@ from .quant_config import (
     parse_quant_config,
     unquantized_scheme,
 )
-from .schemas.activation import Activation, SwigluOAIParams
+from .schemas.activation import Activation, SiluClampParams, SwigluOAIParams
 from .schemas.device import DeviceSpec, get_device
 from .schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
 from .schemas.quant import QuantScheme
@@ -330,24 +341,71 @@ def _load(source: str | os.PathLike[str]) -> _Source:
 
 # --- Reading the config ----------------------------------------------------------------------
 
-_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-_TOPK_KEYS = ("num_experts_per_tok", "top_k_experts", "experts_per_token")
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOPK_KEYS = ("num_experts_per_tok", "top_k_experts", "experts_per_token", "moe_k", "moe_topk")
+_WIDTH_KEYS = ("moe_intermediate_size", "intermediate_size")
 _ACT_KEYS = ("mlp_hidden_act", "hidden_activation", "hidden_act")
 _DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
            "float32": "fp32", "fp32": "fp32", "float": "fp32"}
 
-_FAMILIES = {
-    "gemma4": "gemma4", "gemma4_text": "gemma4",
-    "llama4": "llama4", "llama4_text": "llama4",
-    "mixtral": "mixtral",
-    "qwen2_moe": "qwen", "qwen3_moe": "qwen", "qwen3_vl_moe_text": "qwen", "qwen3_next": "qwen",
-    "deepseek_v2": "deepseek", "deepseek_v3": "deepseek", "kimi_k2": "deepseek", "glm4_moe": "deepseek",
-    "gpt_oss": "gpt_oss",
-    "nemotron_h": "nemotron_h",
+# model_type -> (family, experts module path). A family fixes routing; the path is the checkpoint's,
+# so exclude patterns match it as written.
+_MLP = "model.layers.{i}.mlp.experts"
+_MODEL_TYPES: dict[str, tuple[str, str]] = {
+    "gemma4": ("gemma4", "model.layers.{i}.experts"), "gemma4_text": ("gemma4", "model.layers.{i}.experts"),
+    "llama4": ("llama4", "model.layers.{i}.feed_forward.experts"),
+    "llama4_text": ("llama4", "model.layers.{i}.feed_forward.experts"),
+    "mixtral": ("mixtral", "model.layers.{i}.block_sparse_moe.experts"),
+    "qwen2_moe": ("qwen", _MLP), "qwen3_moe": ("qwen", _MLP), "qwen3_vl_moe_text": ("qwen", _MLP),
+    "qwen3_next": ("qwen", _MLP), "olmoe": ("qwen", _MLP),  # OLMoE: softmax, top-k, norm_topk_prob
+    "deepseek_v2": ("deepseek", _MLP), "deepseek_v3": ("deepseek", _MLP), "kimi_k2": ("deepseek", _MLP),
+    "glm4_moe": ("deepseek", _MLP), "mimo_v2_flash": ("deepseek", _MLP),
+    "mimo_v2": ("deepseek", _MLP), "deepseek_v4": ("deepseek", "layers.{i}.ffn.experts"),  # V4: native names
+    "gpt_oss": ("gpt_oss", _MLP),
+    "nemotron_h": ("nemotron_h", "backbone.layers.{i}.mixer.experts"),
+    "jamba": ("jamba", "model.layers.{i}.feed_forward.experts"),
+    "dbrx": ("dbrx", "transformer.blocks.{i}.ffn.experts"),
+    "phimoe": ("phimoe", "model.layers.{i}.block_sparse_moe.experts"),
+    "granitemoe": ("granite", "model.layers.{i}.block_sparse_moe"),
+    "granitemoeshared": ("granite", "model.layers.{i}.block_sparse_moe"),
+    "granitemoehybrid": ("granite", "model.layers.{i}.block_sparse_moe"),
+    "ernie4_5_moe": ("ernie", _MLP),
+    "hunyuan_v1_moe": ("hunyuan", _MLP),
 }
-# transformers config-class defaults, used when a config leaves the activation out
-_DEFAULT_ACT = {"gemma4": "gelu_pytorch_tanh", "nemotron_h": "relu2", "deepseek": "silu", "qwen": "silu",
-                "mixtral": "silu", "llama4": "silu"}
+_FAMILIES = {model_type: family for model_type, (family, _) in _MODEL_TYPES.items()}
+# transformers config-class defaults of the activation, used when a config leaves it out
+# (configuration_<model>.py ``hidden_act`` / ``mlp_hidden_act`` / ``hidden_activation`` defaults).
+_DEFAULT_ACT = {"gemma4": "gelu_pytorch_tanh", "gemma4_text": "gelu_pytorch_tanh", "nemotron_h": "relu2",
+                **{t: "silu" for t in ("deepseek_v2", "deepseek_v3", "deepseek_v4", "kimi_k2", "glm4_moe",
+                                       "mimo_v2_flash", "mimo_v2", "qwen2_moe", "qwen3_moe", "qwen3_vl_moe_text",
+                                       "qwen3_next",
+                                       "olmoe", "mixtral", "llama4", "llama4_text", "jamba", "dbrx", "phimoe",
+                                       "granitemoe", "granitemoeshared", "granitemoehybrid", "ernie4_5_moe",
+                                       "hunyuan_v1_moe", "minimax_m2")}}
+# Keys some families use that this planner does not model; refused with the reason.
+_REFUSED_KEYS = {
+    "moe_num_experts": lambda v: isinstance(v, list) and (
+        "ERNIE-4.5-VL lists text and vision experts separately (moe_num_experts is a list); "
+        "multimodal expert groups are not planned"),
+}
+
+
+def _dbrx_view(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """DBRX keeps its MoE keys in ``ffn_config`` and its sizes under other names (transformers
+    ``configuration_dbrx.py``: d_model, n_layers, n_heads, attn_config.kv_n_heads, ffn_config.moe_num_experts /
+    moe_top_k / ffn_hidden_size / ffn_act_fn / moe_normalize_expert_weights): the same config in the common keys."""
+    ffn, attn = cfg.get("ffn_config"), cfg.get("attn_config") or {}
+    if not isinstance(ffn, dict) or not isinstance(attn, dict):
+        raise MalformedConfig(f"{where}: DBRX ffn_config and attn_config must be objects")
+    act = ffn.get("ffn_act_fn") or {"name": "silu"}  # DbrxFFNConfig default
+    view = {k: v for k, v in cfg.items() if k not in ("ffn_config", "attn_config")}
+    view.update({"hidden_size": cfg.get("d_model"), "num_hidden_layers": cfg.get("n_layers"),
+                 "num_attention_heads": cfg.get("n_heads"), "num_key_value_heads": attn.get("kv_n_heads"),
+                 "num_local_experts": ffn.get("moe_num_experts"), "num_experts_per_tok": ffn.get("moe_top_k"),
+                 "intermediate_size": ffn.get("ffn_hidden_size"),
+                 "hidden_act": act.get("name") if isinstance(act, dict) else act,
+                 "moe_normalize_expert_weights": ffn.get("moe_normalize_expert_weights", 1)})
+    return view
 
 
 class _Reader:
@@ -372,6 +430,19 @@ class _Reader:
         if found is None:
             raise MalformedConfig(f"{self.where} has no {' / '.join(keys)}")
         return self.integer(found[0], found[1], minimum)
+
+    def per_layer(self, keys: tuple[str, ...], num_layers: int, minimum: int = 1) -> tuple[str, list[int]]:
+        """An integer, or a list of one per layer (Hunyuan's ``moe_topk``, ``moe_intermediate_size``):
+        (key, value of every layer)."""
+        found = self.first(keys)
+        if found is None:
+            raise MalformedConfig(f"{self.where} has no {' / '.join(keys)}")
+        key, value = found
+        if isinstance(value, list):
+            if len(value) != num_layers:
+                raise MalformedConfig(f"{self.where}: {key} lists {len(value)} values for {num_layers} layers")
+            return key, [self.integer(key, v, minimum) for v in value]
+        return key, [self.integer(key, value, minimum)] * num_layers
 
     def int_list(self, key: str) -> list[int]:
         value = self.cfg.get(key)
@@ -403,6 +474,32 @@ def _moe_indices(r: _Reader, num_layers: int) -> tuple[list[int], str]:
     if cfg.get("interleave_moe_layer_step") is not None:
         step = r.integer("interleave_moe_layer_step", cfg["interleave_moe_layer_step"])
         return (list(range(step - 1, num_layers, step)) if step else []), f"interleave_moe_layer_step={step}"
+    if isinstance(cfg.get("moe_layer_freq"), list):  # MiMo-V2-Flash (vLLM mimo_v2.py is_moe_layer)
+        flags = cfg["moe_layer_freq"]
+        if len(flags) != num_layers or any(f not in (0, 1) or isinstance(f, float) for f in flags):
+            raise MalformedConfig(f"{r.where}: moe_layer_freq as a list needs one 0 or 1 per layer "
+                                  f"({num_layers}), got {len(flags)} entries")
+        return [i for i, f in enumerate(flags) if f], "moe_layer_freq list (1 = MoE)"
+    if cfg.get("expert_layer_period") is not None or cfg.get("expert_layer_offset") is not None:
+        # Jamba (transformers configuration_jamba.py layers_num_experts; defaults period 2, offset 1)
+        period = r.integer("expert_layer_period", cfg.get("expert_layer_period", 2), minimum=1)
+        offset = r.integer("expert_layer_offset", cfg.get("expert_layer_offset", 1))
+        if offset >= period:
+            raise MalformedConfig(f"{r.where}: expert_layer_offset {offset} must be below expert_layer_period {period}")
+        return [i for i in range(num_layers) if i % period == offset], \
+            f"expert_layer_period={period}, expert_layer_offset={offset}"
+    if any(cfg.get(k) is not None for k in ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval")):
+        # ERNIE-4.5 (vLLM ernie45_moe.py Ernie4_5_MoeDecoderLayer; end -1 means the last layer)
+        for key in ("moe_layer_start_index", "moe_layer_end_index"):
+            if isinstance(cfg.get(key), list):
+                raise MalformedConfig(f"{r.where}: {key} is a list (ERNIE-4.5-VL text and vision experts); "
+                                      "multimodal expert groups are not planned")
+        start = r.integer("moe_layer_start_index", cfg.get("moe_layer_start_index", 0))
+        end = cfg.get("moe_layer_end_index", -1)
+        end = num_layers - 1 if end == -1 else r.integer("moe_layer_end_index", end)
+        step = r.integer("moe_layer_interval", cfg.get("moe_layer_interval", 1), minimum=1)
+        return [i for i in range(num_layers) if start <= i <= end and (i + 1) % step == 0], \
+            f"moe_layer_start_index={start}, moe_layer_end_index={end}, moe_layer_interval={step}"
     if cfg.get("first_k_dense_replace") is not None or cfg.get("moe_layer_freq") is not None:
         k = r.integer("first_k_dense_replace", cfg.get("first_k_dense_replace", 0) or 0)
         freq = r.integer("moe_layer_freq", cfg.get("moe_layer_freq", 1) or 1, minimum=1)
@@ -416,20 +513,17 @@ def _moe_indices(r: _Reader, num_layers: int) -> tuple[list[int], str]:
     return list(range(num_layers)), "every layer"
 
 
-def _name_template(family: str, wrapper: str | None) -> str:
+def _name_template(model_type: str, family: str, wrapper: str | None) -> str:
+    template = _MODEL_TYPES.get(model_type, ("generic", _MLP))[1]
     if family == "gemma4":
-        return "model.language_model.layers.{i}.experts" if wrapper else "model.layers.{i}.experts"
+        return "model.language_model.layers.{i}.experts" if wrapper else template
     if family == "llama4":
-        return "language_model.model.layers.{i}.feed_forward.experts" if wrapper else "model.layers.{i}.feed_forward.experts"
-    if family == "mixtral":
-        return "model.layers.{i}.block_sparse_moe.experts"
-    if family == "nemotron_h":
-        return "backbone.layers.{i}.mixer.experts"
+        return "language_model.model.layers.{i}.feed_forward.experts" if wrapper else template
     if wrapper == "kimi_k25":
         return "language_model.model.layers.{i}.mlp.experts"
-    if wrapper:  # transformers >= 4.52 multimodal layout (Qwen3-VL-MoE, ...)
+    if wrapper and template == _MLP:  # transformers >= 4.52 multimodal layout (Qwen3-VL-MoE, ...)
         return "model.language_model.layers.{i}.mlp.experts"
-    return "model.layers.{i}.mlp.experts"
+    return template
 
 
 def _routing(family: str, cfg: Mapping[str, Any]) -> tuple[RoutingMethod | None, bool]:
@@ -440,9 +534,19 @@ def _routing(family: str, cfg: Mapping[str, Any]) -> tuple[RoutingMethod | None,
     if family == "mixtral":
         return RoutingMethod.SOFTMAX_TOPK_RENORM, False
     if family == "deepseek":
-        if str(cfg.get("scoring_func", "sigmoid")).lower() == "softmax":
-            return RoutingMethod.CUSTOM, False  # DeepSeek-V2 group-limited softmax: no kernel enum
+        if str(cfg.get("scoring_func", "sigmoid")).lower() != "sigmoid":
+            # DeepSeek-V2 group-limited softmax, DeepSeek-V4 sqrtsoftplus (and hash) routing: no kernel enum
+            return RoutingMethod.CUSTOM, False
         return RoutingMethod.DEEPSEEK_V3, False
+    if family == "jamba":  # JambaSparseMoeBlock: softmax over all experts, top-k, no renormalisation
+        return RoutingMethod.SOFTMAX_TOPK, False
+    if family == "dbrx":  # DbrxRouter: softmax, top-k, p-norm renormalisation when moe_normalize_expert_weights
+        renorm = cfg.get("moe_normalize_expert_weights") == 1
+        return (RoutingMethod.SOFTMAX_TOPK_RENORM if renorm else RoutingMethod.SOFTMAX_TOPK), False
+    if family == "granite":  # GraniteMoeTopKGating: top-k logits, softmax over the k
+        return RoutingMethod.TOPK_SOFTMAX, False
+    if family in ("phimoe", "ernie"):  # sparsemixer / softmax with correction bias: no kernel enum
+        return RoutingMethod.CUSTOM, False
     if family == "nemotron_h":
         return RoutingMethod.DEEPSEEK_V3, False
     if family == "llama4":
@@ -455,27 +559,38 @@ def _routing(family: str, cfg: Mapping[str, Any]) -> tuple[RoutingMethod | None,
 
 
 def _activation(family: str, model_type: str, r: _Reader,
-                notes: list[str]) -> tuple[Activation, SwigluOAIParams | None, bool]:
+                notes: list[str]) -> tuple[Activation, SwigluOAIParams | SiluClampParams | None, bool]:
     """(activation, its parameters, expert biases)."""
+    limit = r.cfg.get("swiglu_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0
+                              or limit != limit or limit == float("inf")):
+        raise MalformedConfig(f"{r.where}: swiglu_limit must be a positive number, got {limit!r}")
     if family == "gpt_oss":
-        limit = r.cfg.get("swiglu_limit", 7.0)
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-            raise MalformedConfig(f"{r.where}: swiglu_limit must be a number, got {limit!r}")
+        limit = 7.0 if limit is None else limit
         notes.append(f"gpt-oss experts run swigluoai (alpha 1.702, limit {float(limit):g}, interleaved gate/up, "
                      f"up + 1) with biases, whatever hidden_act says ({r.cfg.get('hidden_act')!r})")
         return Activation.SWIGLUOAI, SwigluOAIParams(limit=float(limit), interleaved=True), True
     found = r.first(_ACT_KEYS)
     if found is None:
-        if family not in _DEFAULT_ACT:
-            raise MalformedConfig(f"{r.where} has no {' / '.join(_ACT_KEYS)}")
-        found = ("default", _DEFAULT_ACT[family])
-        notes.append(f"{r.where} gives no activation; the {model_type} default {found[1]!r} is assumed")
+        if model_type not in _DEFAULT_ACT:
+            raise MalformedConfig(f"{r.where} has no {' / '.join(_ACT_KEYS)} and model_type {model_type or '(none)'!r} "
+                                  "has no known default; add hidden_act to the config")
+        found = ("default", _DEFAULT_ACT[model_type])
+        notes.append(f"no activation in the config: {found[1]!r} assumed (transformers' {model_type} default)")
     if not isinstance(found[1], str):
         raise MalformedConfig(f"{r.where}: {found[0]} must be a string, got {found[1]!r}")
     try:
-        return Activation.parse(found[1]), None, False
+        act = Activation.parse(found[1])
     except ValueError as exc:
         raise MalformedConfig(f"{r.where}: {found[0]}: {exc}") from None
+    if limit is None:
+        return act, None, False
+    if act is not Activation.SILU:
+        raise MalformedConfig(f"{r.where}: swiglu_limit {limit:g} with {found[0]} {found[1]!r}: a clamped "
+                              "activation other than SwiGLU is not known")
+    # DeepSeek-V4 Expert.forward / vLLM SiluAndMulWithClamp: silu(min(gate, l)) * clamp(up, -l, l)
+    notes.append(f"swiglu_limit {float(limit):g}: the experts run clamped SwiGLU (silu_clamp)")
+    return Activation.SILU_CLAMP, SiluClampParams(limit=float(limit)), False
 
 
 def _pick_text_config(config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -521,37 +636,81 @@ def _one_line(exc: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+_EXPERT_DTYPES = {"fp4": "mxfp4_mxfp8", "fp8": None}
+
+
+def _expert_dtype(r: _Reader, qconf: QuantConfig | None, notes: list[str]) -> QuantScheme | None:
+    """DeepSeek-V4 ``expert_dtype``: "fp4" makes the routed experts MXFP4 (e8m0 scale per 32) while the
+    quantization_config (block FP8) covers the rest; the checkpoint asks for MXFP8 activations
+    (vLLM 0.33.0 models/deepseek_v4/quant_config.py get_quant_method: Mxfp4MoEMethod(activation_key=
+    kMxfp8Dynamic)). "fp8": the quantization_config's block FP8 applies (DeepSeek-V4-Flash-Base)."""
+    value = r.cfg.get("expert_dtype")
+    if value is None or qconf is None:
+        return None
+    if value not in _EXPERT_DTYPES:
+        raise MalformedConfig(f"{r.where}: expert_dtype must be one of {', '.join(_EXPERT_DTYPES)}, got {value!r}")
+    if _EXPERT_DTYPES[value] is None:
+        return None
+    notes.append("expert_dtype fp4: routed experts are MXFP4 with MXFP8 activations (vLLM falls back to BF16 "
+                 "activations when no backend runs MXFP8 ones: --quant mxfp4 plans that)")
+    return QuantScheme.parse(_EXPERT_DTYPES[value])
+
+
+def _heads(r: _Reader) -> tuple[int | None, int | None]:
+    heads = r.cfg.get("num_attention_heads")
+    kv = r.cfg.get("num_key_value_heads", heads)
+    ok = [v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None for v in (heads, kv)]
+    return ok[0], ok[1] if ok[0] else None
+
+
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
           quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any],
           memory_mode: str = "prefer") -> ModelPlan:
     config = src.config
     text, wrapper = _pick_text_config(config)
     where = src.source if text is config else f"{src.source} text_config"
+    model_type = str(text.get("model_type") or config.get("model_type") or "").lower()
+    if model_type == "dbrx":
+        text = _dbrx_view(text, where)
     r = _Reader(text, where)
     notes: list[str] = []
 
+    for key, refuse in _REFUSED_KEYS.items():
+        reason = refuse(text.get(key))
+        if reason:
+            raise MalformedConfig(f"{where}: {reason}")
     if r.first(_EXPERT_KEYS) is None:
-        kind = text.get("model_type") or config.get("model_type") or "unknown model_type"
+        kind = model_type or "unknown model_type"
         raise NotAMoEModel(f"{where} ({kind}) declares no routed experts "
                            f"(none of {', '.join(_EXPERT_KEYS)}); not a MoE model")
-    num_experts = r.required_int(_EXPERT_KEYS, minimum=0)
-    if num_experts == 0:
-        raise NotAMoEModel(f"{where}: {r.first(_EXPERT_KEYS)[0]} is 0; not a MoE model")
-    top_k = r.required_int(_TOPK_KEYS)
-    hidden = r.required_int(("hidden_size",))
-    width = r.required_int(("moe_intermediate_size", "intermediate_size"))
     num_layers = r.required_int(("num_hidden_layers",))
+    expert_key, experts = r.per_layer(_EXPERT_KEYS, num_layers, minimum=0)
+    if not any(experts):
+        raise NotAMoEModel(f"{where}: {expert_key} is 0; not a MoE model")
+    _, top_ks = r.per_layer(_TOPK_KEYS, num_layers)
+    _, widths = r.per_layer(_WIDTH_KEYS, num_layers)
+    hidden = r.required_int(("hidden_size",))
+    latent = r.cfg.get("moe_latent_size")
+    if latent is not None:
+        # Nemotron 3 Super LatentMoE: fc1_latent_proj (hidden -> latent) runs before the experts and
+        # fc2_latent_proj after, so the expert GEMMs see the latent width (vLLM nemotron_h.py NemotronHMoE).
+        latent = r.integer("moe_latent_size", latent, minimum=1)
+        notes.append(f"moe_latent_size {latent}: experts take the {latent}-wide latent, not hidden_size {hidden} "
+                     "(the latent projections run outside the experts)")
+        hidden = latent
 
-    model_type = str(text.get("model_type") or config.get("model_type") or "").lower()
     family = _FAMILIES.get(model_type, "generic")
     if family == "generic":
         notes.append(f"model_type {model_type or '(none)'!r} is not a known MoE family: routing is unknown "
                      "(rules that need it abstain) and layer names assume model.layers.N.mlp.experts")
 
     indices, rule = _moe_indices(r, num_layers)
+    indices = [i for i in indices if experts[i] > 1]  # Jamba-style lists give dense layers 1 expert
     if not indices:
         raise NotAMoEModel(f"{where}: no layer is a MoE layer ({rule})")
     notes.append(f"{len(indices)} of {num_layers} layers are MoE ({rule})")
+    if isinstance(text.get("num_hash_layers"), int) and text["num_hash_layers"] > 0:
+        notes.append(f"the first {text['num_hash_layers']} MoE layers route by a token-id hash table (custom routing)")
     if isinstance(device, str):
         try:
             device = get_device(device)
@@ -561,36 +720,50 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     activation, act_params, bias = _activation(family, model_type, r, notes)
     routing, weight_on_input = _routing(family, text)
     dtype = _dtype(text, config)
+    no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
+    if dtype == "bf16" and no_bf16:
+        # vLLM 0.33.0 config/model.py _resolve_auto_dtype + platforms/cuda.py supported_dtypes: no bf16 below SM80
+        notes.append(f"{device.label()} has no bf16: planned in fp16, as engines run it (vLLM --dtype auto)")
+        dtype = "fp16"
 
     # Quantization
     if quant is not None:
         qconf: QuantConfig | None = override_quant(quant)
+        expert_scheme = None
     else:
         qconf = _quant_of(src, config, text, dtype)
+        expert_scheme = _expert_dtype(r, qconf, notes)
     unquantized = unquantized_scheme(dtype)
+    attention_heads, kv_heads = _heads(r)
 
     # Layers
-    template = _name_template(family, wrapper)
+    template = _name_template(model_type, family, wrapper)
     specs: list[LayerSpec] = []
     for i in indices:
         name = template.format(i=i)
         scheme = qconf.scheme_for(name) if qconf is not None else unquantized
+        if expert_scheme is not None and scheme != unquantized:
+            scheme = expert_scheme
         try:
-            specs.append(LayerSpec(name=name, index=i, num_experts=num_experts, top_k=top_k, hidden_size=hidden,
-                                   intermediate_size=width, activation=activation, activation_params=act_params,
+            specs.append(LayerSpec(name=name, index=i, num_experts=experts[i], top_k=top_ks[i], hidden_size=hidden,
+                                   intermediate_size=widths[i], activation=activation, activation_params=act_params,
                                    quant=scheme, dtype=dtype, routing=routing, bias=bias,
-                                   apply_router_weight_on_input=weight_on_input, parallel=parallel))
+                                   apply_router_weight_on_input=weight_on_input, parallel=parallel,
+                                   attention_heads=attention_heads, kv_heads=kv_heads))
         except ValidationError as exc:
-            cls = ParallelismError if (width % parallel.tp or num_experts % parallel.ep) else InvalidLayer
+            cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
             raise cls(f"{name} (layer {i}): {_one_line(exc)}") from None
 
+    summary = qconf.summary if qconf else unquantized.label()
+    if expert_scheme is not None:
+        summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"
     memory = None
     if select:
         layers, memory = _select(specs, device, select_kwargs, memory_mode)
     else:
         layers = tuple(LayerPlan(layer=s) for s in specs)
     return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
-                     device=device, parallel=parallel, quantization=qconf.summary if qconf else unquantized.label(),
+                     device=device, parallel=parallel, quantization=summary,
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
 
 

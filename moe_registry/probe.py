@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, S
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-from .schemas.activation import Activation
+from .schemas.activation import Activation, SiluClampParams
 from .schemas.capability import BackendCapability, Condition, HardwareStatus
 from .schemas.device import DeviceSpec
 from .schemas.layer import LayerSpec
@@ -171,9 +171,12 @@ def layer_for(shape: ShapeClass, activation: Activation, scheme: QuantScheme, *,
     """The layer of one combination. Router weight on the input is probed with top-1 routing."""
     # fp16 is a kind of its own (unquantized fp16 weights): its hidden states are fp16 as well.
     dtype = "fp16" if scheme.kind is QuantKind.FP16 else "bf16"
+    # silu_clamp has no default limit; a small one so the clamp binds on the probe's random data.
+    params = SiluClampParams(limit=1.0) if activation is Activation.SILU_CLAMP else None
     return LayerSpec(num_experts=shape.num_experts, top_k=1 if router_weight_on_input else shape.top_k,
                      hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size, activation=activation,
-                     quant=scheme, dtype=dtype, bias=bias, apply_router_weight_on_input=router_weight_on_input)
+                     quant=scheme, dtype=dtype, bias=bias, apply_router_weight_on_input=router_weight_on_input,
+                     activation_params=params)
 
 
 def tolerance_for(decl: BackendCapability, layer: LayerSpec) -> tuple[float, str]:

@@ -85,6 +85,13 @@ def _act64(h: Any, layer: Any) -> Any:
     def silu(g: Any) -> Any:
         return g / (1 + torch.exp(-g))
 
+    if act is Activation.SILU_CLAMP:
+        n, limit = h.shape[-1] // 2, layer.silu_clamp_limit
+        gate, up = h[..., :n], h[..., n:]
+        gate = torch.minimum(gate, torch.full_like(gate, limit))
+        up = torch.maximum(torch.minimum(up, torch.full_like(up, limit)), torch.full_like(up, -limit))
+        return silu(gate) * up
+
     def gelu(g: Any) -> Any:
         return 0.5 * g * (1 + torch.special.erf(g / math.sqrt(2)))
 

@@ -127,20 +127,9 @@ def print_selection(console: "Console", selection: Selection) -> None:
 
 
 def print_rejections(console: "Console", rejections: Iterable) -> None:
-    from rich.table import Table
-
     rejections = list(rejections)
-    if not rejections:
-        return
-    table = Table(title="rejected", title_justify="left", show_lines=True, expand=False)
-    table.add_column("backend", no_wrap=True)
-    table.add_column("code", no_wrap=True)
-    table.add_column("reason")
-    table.add_column("hint")
-    for rejection in rejections:
-        for i, reason in enumerate(rejection.reasons):
-            table.add_row(rejection.backend if i == 0 else "", reason.code.value, reason.message, reason.hint)
-    console.print(table)
+    if rejections:
+        _reasons_table(console, "rejected", rejections)
 
 
 # --- Model plans ---------------------------------------------------------------------------------
@@ -166,6 +155,8 @@ def plan_json(plan: "ModelPlan") -> dict[str, Any]:
             if per_layer is not None:
                 entry["expert_weight_bytes"] = {"per_layer": per_layer, "total": per_layer * group.count,
                                                 "held": group.selection.eligible[0].weights_held}
+            entry["verified_on_hardware"] = verified_cell(group.selection) == "yes"
+            entry["faster_rejected"] = [r.backend for r in faster_rejections(group.selection)]
         if group.error is not None:
             entry["error"] = group.error
             entry["rejections"] = [r.model_dump(mode="json") for r in group.rejections]
@@ -213,33 +204,190 @@ def _group_shape(group) -> str:
     return text
 
 
-def print_plan(console: "Console", plan: "ModelPlan") -> None:
+def compact_shape(layer) -> str:
+    """``E128 k8 H2816 I704`` (under TP/EP a second line ``rank E16 I88``): short, never cut."""
+    text = f"E{layer.num_experts} k{layer.top_k} H{layer.hidden_size} I{layer.intermediate_size}"
+    if layer.parallel.tp > 1 or layer.parallel.ep > 1:
+        text += f"\nrank E{layer.local_num_experts} I{layer.local_intermediate_size}"
+    return text
+
+
+def compact_range(group) -> str:
+    """``0-29 (30)``, ``5``, ``1-51 (23)`` (a non-contiguous set: first-last and how many)."""
+    return str(group.first) if group.count == 1 else f"{group.first}-{group.last} ({group.count})"
+
+
+def _engine_cell(selection: Selection, vllm_only: bool) -> str:
+    """The flag that picks this backend: vLLM's when every group has one (the column says so),
+    else the first engine that has it, named."""
+    e = selection.engines
+    for engine, flag in (("vllm", "--moe-backend"), ("sglang", "--moe-runner-backend"), ("trtllm", "backend=")):
+        if engine in e:
+            value = f"{flag}{'' if flag.endswith('=') else ' '}{e[engine]}"
+            return value if vllm_only else f"{ {'vllm': 'vLLM', 'sglang': 'SGLang', 'trtllm': 'TRT-LLM'}[engine]} {value}"
+    return "-"
+
+
+def _padding_cell(selection: Selection) -> str:
+    return ", ".join(f"{p.dimension[0].upper()} {p.original}->{p.padded} +{p.extra_weight_memory_pct:g}%"
+                     for p in selection.padding) or "none"
+
+
+def _memory_cell(group) -> str:
+    """Per-GPU expert weights of the group's layers as the chosen backend holds them (the planner's
+    memory fit counts the same bytes), in GB of 10^9 bytes like the device presets; '-' if unknown."""
+    s = group.selection
+    per_layer = s.eligible[0].expert_weight_bytes if s is not None and s.eligible else None
+    return "-" if per_layer is None else f"{per_layer * group.count / 1e9:.1f} GB"
+
+
+def _family_tags(device: DeviceSpec, tags) -> list[str]:
+    out = []
+    for tag in tags:
+        try:
+            other = PRESETS.get(tag) or _device_from_tag(tag)
+        except ValueError:
+            continue
+        if other.vendor == device.vendor and other.family == device.family:
+            out.append(tag)
+    return out
+
+
+def _device_from_tag(tag: str) -> DeviceSpec:
+    from .schemas.device import get_device
+
+    return get_device(tag)
+
+
+def verified_cell(selection: Selection) -> str:
+    """Whether the chosen backend ran this layer's activation and quant kind on this device family
+    (a probe record's ``verified_on``), or only cites upstream for it."""
+    from .registry import default_registry
+
+    try:
+        decl = default_registry().get(selection.backend)
+    except Exception:  # a backend that is no longer registered: say nothing rather than guess
+        return "?"
+    layer, device = selection.layer, selection.device
+    impl = decl.activations.get(layer.activation)
+    quant = [q for q in decl.quant_support(layer.quant.kind)]
+    act_tags = set(_family_tags(device, impl.verified_on)) if impl else set()
+    quant_tags = set(_family_tags(device, [t for q in quant for t in q.verified_on]))
+    both = sorted(act_tags & quant_tags)
+    return "yes" if both else "no"
+
+
+def faster_rejections(selection: Selection) -> list:
+    """Rejected backends that rank above the chosen one for this layer's quant family (they would
+    have won had they been eligible), best first."""
+    from .registry import default_registry
+
+    registry = default_registry()
+    family = selection.layer.quant.family
+
+    def priority(backend: str) -> int:
+        try:
+            return registry.get(backend).priority.get(family, 0)
+        except Exception:
+            return 0
+
+    chosen = priority(selection.backend)
+    faster = [r for r in selection.rejections if priority(r.backend) > chosen]
+    return sorted(faster, key=lambda r: -priority(r.backend))
+
+
+def _reason_text(reason, hints: bool = True) -> str:
+    return f"{reason.code.value}: {reason.message}" + (f" (hint: {reason.hint})" if hints and reason.hint else "")
+
+
+def _reasons_table(console: "Console", title: str, rejections: Iterable, *, hints: bool = True) -> None:
+    """One row per backend. A reason every listed backend shares (a quantization format's scale
+    groups, say) is printed once above the table instead of in every row."""
+    from rich import box
     from rich.table import Table
 
-    console.print(_plan_header(plan), markup=False)
-    for note in plan.notes:
-        console.print(f"note: {note}", markup=False)
+    rejections = list(rejections)
+    shared = set.intersection(*({r.message for r in rej.reasons} for rej in rejections)) \
+        if len(rejections) > 1 else set()
+    if title:
+        console.print(title, markup=False, highlight=False)
+    for reason in rejections[0].reasons if shared else ():
+        if reason.message in shared:
+            console.print(f"all of them: {_reason_text(reason, hints)}", markup=False, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, expand=False, show_edge=False)
+    table.add_column("backend", no_wrap=True)
+    table.add_column("why not", overflow="fold")
+    for rejection in rejections:
+        lines = [_reason_text(r, hints) for r in rejection.reasons if r.message not in shared]
+        table.add_row(rejection.backend, "\n".join(lines) or "(only the shared reasons above)")
+    console.print(table)
+
+
+def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) -> None:
+    """Decision first (one table), then why each faster backend lost, then notes; ``verbose`` adds
+    every rejection, per-selection notes and fingerprints."""
+    from rich import box
+    from rich.table import Table
+
+    console.print(_plan_header(plan), markup=False, highlight=False)
+    groups = plan.groups()
+    chosen = [g.selection for g in groups if g.selection is not None]
+    vllm_only = bool(chosen) and all("vllm" in s.engines for s in chosen)
+    memory = any(_memory_cell(g) != "-" for g in groups)  # the column appears once plans carry memory
+    columns = ["layers", "backend", "shape", "pad"] + (["memory/GPU"] if memory else []) + \
+        ["on hw", "vLLM flag" if vllm_only else "engine flag"]
+    flags = [_engine_cell(s, vllm_only) for s in chosen]
+    longest_word = max((len(w) for f in flags for w in f.split()), default=1)
+    # One space between columns, so the table fits 80 columns with the longest backend id and a TP
+    # shape; the flag wraps between words only (its width is at least its longest word).
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("layers", "backend", "shape", "on hw"), overflow="fold",
+                         min_width=longest_word if column.endswith("flag") else None)
+    for group in groups:
+        s = group.selection
+        row = [compact_range(group), s.backend if s else "NONE", compact_shape(group.layer),
+               _padding_cell(s) if s else "-"] + ([_memory_cell(group)] if memory else []) + \
+            [verified_cell(s) if s else "-", _engine_cell(s, vllm_only) if s else "-"]
+        table.add_row(*row)
+    console.print(table)
     if plan.memory is not None:
         console.print(plan.memory.describe(), markup=False, highlight=False)
-    table = Table(show_lines=False)
-    for column in ("layers", "backend", "shape", "activation", "quant", "padding", "engine flags"):
-        table.add_column(column, no_wrap=column in ("layers", "backend"))
-    for group in plan.groups():
+    if any(verified_cell(s) == "no" for s in chosen):
+        family = f"SM{chosen[0].device.family * 10}-family" if chosen[0].device.family else "this device's"
+        console.print(f"on hw: probed on {family} hardware (no: cited from upstream only)",
+                      markup=False, highlight=False)
+    layer_text = {group.first: f"{group.layer.activation.value}, {group.layer.quant.label()}, {group.layer.dtype}"
+                  for group in groups}
+    if len(set(layer_text.values())) == 1:
+        console.print(f"all layers: {next(iter(layer_text.values()))}", markup=False, highlight=False)
+
+    many = len(groups) > 1
+    for group in groups:
+        where = f" (layers {compact_range(group)})" if many else ""
         s = group.selection
-        table.add_row(group.label(), s.backend if s else "NONE", _group_shape(group),
-                      group.layer.activation.value, group.layer.quant.label(), padding_text(s) if s else "-",
-                      engine_flags(s) if s else "-")
-    console.print(table)
-    for group in plan.groups():
-        console.print(f"\n[bold]{group.label()}[/bold]", highlight=False)
-        if group.selection is not None:
-            console.print(f"  chosen: {group.selection.backend}", markup=False)
-            for line in _selection_lines(group.selection):
-                console.print(f"  {line}", markup=False, highlight=False)
-            print_rejections(console, group.selection.rejections)
-        else:
-            console.print(f"  no backend: {group.error}", markup=False, highlight=False)
-            print_rejections(console, group.rejections)
+        if s is None:
+            console.print("")
+            _reasons_table(console, f"no backend can run layers {compact_range(group)}:", group.rejections)
+            continue
+        shown = list(s.rejections) if verbose else faster_rejections(s)
+        if shown:
+            title = "every rejected backend" if verbose else "faster backends rejected"
+            console.print("")
+            _reasons_table(console, f"{title}{where}", shown)
+        others = [c.backend for c in s.eligible[1:]]
+        if others:
+            console.print(f"also eligible{where}, in order: {', '.join(others)}", markup=False, highlight=False)
+        if verbose:
+            console.print(f"decided by {s.decided_by}; fingerprint {s.fingerprint}", markup=False, highlight=False)
+            for note in s.notes:
+                console.print(f"  note ({note.kind}): {note.message}", markup=False, highlight=False)
+    if plan.notes:
+        console.print("\nnotes:", markup=False, highlight=False)
+        for note in plan.notes:
+            console.print(f"- {note}", markup=False, highlight=False)
+    if not verbose:
+        console.print("(-v: every rejection, selection notes and fingerprints)", markup=False, highlight=False)
 
 
 # --- Capability matrix -----------------------------------------------------------------------------
@@ -354,28 +502,61 @@ def verification_text(d: BackendCapability) -> str:
     return " | ".join(verification_lines(d))
 
 
+def _fits(console: "Console", table) -> bool:
+    """Whether a table fits the console without cutting a cell (its natural width)."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(10**6), table).maximum
+    return natural <= console.width
+
+
+def _backend_lines(console: "Console", title: str, rows: list[tuple[str, str]]) -> None:
+    """The narrow-terminal form of a matrix: one wrapped line per backend, nothing cut."""
+    from rich.table import Table
+
+    console.print(title, markup=False, highlight=False)
+    table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for backend, text in rows:
+        table.add_row(backend, text)
+    console.print(table)
+
+
 def print_matrix(console: "Console", declarations: Iterable[BackendCapability], device: DeviceSpec | None) -> None:
     from rich.table import Table
 
     decls = list(declarations)
-    acts = Table(title="activations" + (f" on {device.label()}" if device else ""), title_justify="left")
+    title = "activations" + (f" on {device.label()}" if device else "")
+    labels = {d.id: d.id + ("" if device is None or any(r.matches(device) for r in d.devices) else " (not on device)")
+              for d in decls}
+    acts = Table(title=title, title_justify="left")
     acts.add_column("backend", no_wrap=True)
     for a in Activation:
-        acts.add_column(a.value)
+        acts.add_column(a.value, no_wrap=True)
     for d in decls:
-        runs = device is None or any(r.matches(device) for r in d.devices)
-        acts.add_row(d.id + ("" if runs else " (not on device)"), *(activation_cell(d, a) for a in Activation))
-    console.print(acts)
-    quant = Table(title="quantization schemes (device families)", title_justify="left")
+        acts.add_row(labels[d.id], *(activation_cell(d, a) for a in Activation))
+    if _fits(console, acts):
+        console.print(acts)
+    else:
+        _backend_lines(console, title, [(labels[d.id], ", ".join(
+            a.value + (" (approx)" if activation_cell(d, a) == "approx" else "")
+            for a in Activation if activation_cell(d, a) != "-") or "-") for d in decls])
+    quant_title = "quantization schemes (device families)"
+    quant = Table(title=quant_title, title_justify="left")
     quant.add_column("backend", no_wrap=True)
     for k in QuantKind:
-        quant.add_column(k.value)
+        quant.add_column(k.value, no_wrap=True)
     for d in decls:
         quant.add_row(d.id, *(quant_cell(d, k) for k in QuantKind))
-    console.print(quant)
+    if _fits(console, quant):
+        console.print(quant)
+    else:
+        _backend_lines(console, quant_title, [(d.id, "; ".join(
+            f"{k.value}: {quant_cell(d, k)}" for k in QuantKind if quant_cell(d, k) != "-") or "-") for d in decls])
     verify = Table(title="hardware verification", title_justify="left")
     verify.add_column("backend", no_wrap=True)
-    verify.add_column("status")
+    verify.add_column("status", overflow="fold")
     for d in decls:
         verify.add_row(d.id, verification_text(d))
     console.print(verify)

@@ -124,8 +124,8 @@ def _check_activation(d: BackendCapability, layer: LayerSpec, policy: Policy,
     if impl is None:
         runs_it = [o.id for o in others if act in o.activations and o.id != d.id]
         hint = f"backends that run {act.value}: {', '.join(runs_it)}" if runs_it else ""
-        hint += ("; " if hint else "") + ("if this kernel does run it, adding it to the declaration's activations "
-                                          f"is the only change needed (verify with `moe-registry probe --backend {d.id}`)")
+        hint += ("; " if hint else "") + ("if this kernel does run it, declare it in its activations "
+                                          f"(verify with `moe-registry probe --backend {d.id}`)")
         supported = ", ".join(a.value for a in d.activations)
         v.reject(ReasonCode.ACTIVATION_UNSUPPORTED, "activation", supported, act.value,
                  f"{d.name} does not run activation {act.value}", hint)
@@ -217,17 +217,20 @@ def _check_quant(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, pla
 
 
 def _parallel_hint(layer: LayerSpec, dimension: str, ok) -> str:
-    """What parallel layout would satisfy a per-rank rule on the intermediate size."""
-    tp = layer.parallel.tp
+    """What parallel layout would satisfy a per-rank rule on the intermediate size: only layouts
+    the model can run (EP must divide the experts; a TP size must suit its attention heads)."""
+    tp, ep = layer.parallel.tp, layer.parallel.ep
     if dimension != "intermediate" or tp == 1:
         return ""
     full = layer.intermediate_size
     hints = []
-    if ok(full):
-        hints.append(f"EP{tp} instead of TP{tp} keeps intermediate {full}")
-    smaller = [t for t in range(tp - 1, 0, -1) if full % t == 0 and ok(full // t)]
-    if smaller:
-        hints.append(f"TP{smaller[0]} gives intermediate {full // smaller[0]}")
+    if ok(full) and layer.num_experts % (tp * ep) == 0:
+        hints.append(f"expert parallelism over the TP group (EP{tp * ep}, vLLM --enable-expert-parallel) keeps "
+                     f"intermediate {full}")
+    if ep == 1:
+        smaller = [t for t in range(tp - 1, 0, -1) if full % t == 0 and ok(full // t) and layer.runnable_tp(t)]
+        if smaller:
+            hints.append(f"TP{smaller[0]} gives intermediate {full // smaller[0]}")
     return "; ".join(hints)
 
 
@@ -414,12 +417,19 @@ def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict)
         v.reject(ReasonCode.FEATURE_UNSUPPORTED, "apply_router_weight_on_input", "router weight on output",
                  "router weight on input", f"{d.name} applies router weights to expert outputs only", source=f.source)
     p = layer.parallel
+    # Hints only name layouts the layer can take (EP must divide the experts, TP the width and heads).
     if p.tp > 1 and not f.tensor_parallel:
+        ranks = p.tp * p.ep
+        hint = (f"expert parallelism over the TP group instead (EP{ranks}, vLLM --enable-expert-parallel)"
+                if f.expert_parallel and layer.num_experts % ranks == 0 else "")
         v.reject(ReasonCode.PARALLEL_UNSUPPORTED, "parallel.tp", "TP1", f"TP{p.tp}",
-                 f"{d.name} does not support tensor-parallel experts", f"use EP{p.tp} instead", f.source)
+                 f"{d.name} does not support tensor-parallel experts", hint, f.source)
     if p.ep > 1 and not f.expert_parallel:
+        ranks = p.tp * p.ep
+        hint = (f"TP{ranks} without expert parallelism instead" if f.tensor_parallel
+                and layer.intermediate_size % ranks == 0 and layer.runnable_tp(ranks) else "")
         v.reject(ReasonCode.PARALLEL_UNSUPPORTED, "parallel.ep", "EP1", f"EP{p.ep}",
-                 f"{d.name} does not support expert parallelism", f"use TP{p.ep} instead", f.source)
+                 f"{d.name} does not support expert parallelism", hint, f.source)
 
 
 def _check_requirements(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Environment,
@@ -464,7 +474,19 @@ def evaluate(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: En
     _check_limitations(d, layer, sizes, v)
     _check_routing_features(d, layer, v)
     _check_requirements(d, layer, device, env, sizes, v)
+    _qualify_activation_hint(v)
     return v
+
+
+def _qualify_activation_hint(v: _Verdict) -> None:
+    """A hint must be true as written: declaring the activation suffices only when nothing else fails."""
+    for n, reason in enumerate(v.reasons):
+        if reason.code is not ReasonCode.ACTIVATION_UNSUPPORTED or "declare it in its activations" not in reason.hint:
+            continue
+        others = sorted({r.code.value for r in v.reasons if r is not reason})
+        extra = ("; that alone is not enough: it also fails on " + ", ".join(others)) if others else \
+            "; that is the only change needed"
+        v.reasons[n] = reason.model_copy(update={"hint": reason.hint + extra})
 
 
 def _paddings(layer: LayerSpec, multiples: dict[str, int]) -> tuple[Padding, ...]:

@@ -39,7 +39,7 @@ def test_explain_gemma4_nvfp4_on_b200_every_layer_on_trtllm(capsys):
 def test_explain_gemma4_nvfp4_on_h100_shows_fallback_and_sm100_reason(capsys):
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "h100")
     assert code == 0
-    assert "marlin" in out and "layers 0-29 (30)" in out
+    assert "marlin" in out and "0-29 (30)" in out and "E128 k8 H2816 I704" in out
     assert "trtllm-fp4" in out and "device_unsupported" in out and "SM100" in out
     assert not ANSI.search(out)  # not a terminal: plain text
 
@@ -64,7 +64,7 @@ def test_explain_tp8_pads_nvfp4_to_whole_groups_keeps_the_ep_hint_and_exits_3_on
     assert code == 3
     group = json.loads(out)["groups"][0]
     hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}
-    assert any("EP8 instead of TP8 keeps intermediate 704" in h for h in hints)
+    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in h for h in hints)
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--ep", "8", "--json")
     assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-fp4"}
 

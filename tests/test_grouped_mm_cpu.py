@@ -35,6 +35,8 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 def make_layer(**kw) -> LayerSpec:
     base = dict(num_experts=8, top_k=2, hidden_size=64, intermediate_size=32, activation="silu")
     base.update(kw)
+    if base["activation"] == "silu_clamp":  # no default limit; 1.0 binds on these random inputs
+        base.setdefault("activation_params", {"limit": 1.0})
     return LayerSpec(**base)
 
 
@@ -61,7 +63,8 @@ def compare(layer: LayerSpec, weights: ExpertWeights, x, w, ids, *, tol=BF16_TOL
 
 # --- Every activation, every T --------------------------------------------------------------------
 
-@pytest.mark.parametrize("activation", [a.value for a in Activation])
+# silu_clamp is not declared by this backend (its adapter refuses it); activate() below still covers its maths.
+@pytest.mark.parametrize("activation", [a.value for a in Activation if a is not Activation.SILU_CLAMP])
 @pytest.mark.parametrize("T", [0, 1, 7, 64])
 def test_matches_reference_every_activation(activation, T):
     layer = make_layer(activation=activation, num_experts=8, top_k=3)

@@ -111,7 +111,9 @@ def test_adding_an_activation_to_the_declaration_is_the_only_change_needed():
     before = select_backend(GEMMA4, "b200", registry=_registry_with(without))
     assert before.backend != "trtllm-fp4"
     assert before.rejection("trtllm-fp4").codes() == {ReasonCode.ACTIVATION_UNSUPPORTED}
-    assert "adding it to the declaration's activations" in before.rejection("trtllm-fp4").reasons[0].hint
+    assert before.rejection("trtllm-fp4").reasons[0].hint.endswith(
+        "declare it in its activations (verify with `moe-registry probe --backend trtllm-fp4`); "
+        "that is the only change needed")
 
     restored = without.model_copy(update={"activations": {**without.activations,
                                                           Activation.GELU: TRTLLM.activations[Activation.GELU]}})

@@ -107,7 +107,7 @@ def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_t
         select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200", policy=DeclaredPriority(allow_padding=False))
     reasons = [r for rej in err.value.rejections for r in rej.reasons if r.field == "intermediate"]
     assert reasons and all(r.actual == "88" for r in reasons)
-    assert any("EP8 instead of TP8 keeps intermediate 704" in r.hint for r in reasons)
+    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
     assert s_ep8.backend == "trtllm-fp4" and s_ep8.layer.local_num_experts == 16 and not s_ep8.padding
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from moe_registry import LayerSpec, ParallelConfig, select_backend
 from moe_registry.errors import BackendNotEligible, NoEligibleBackend
 from moe_registry.registry import default_registry
-from moe_registry.schemas.activation import Activation, SwigluOAIParams
+from moe_registry.schemas.activation import Activation, SiluClampParams, SwigluOAIParams
 from moe_registry.schemas.device import PRESETS
 from moe_registry.schemas.layer import RoutingMethod
 from moe_registry.schemas.quant import QuantKind, QuantScheme
@@ -34,6 +34,8 @@ def layers(draw):
     params = None
     if activation is Activation.SWIGLUOAI:
         params = draw(st.sampled_from([None, SwigluOAIParams(interleaved=True), SwigluOAIParams(alpha=1.0)]))
+    elif activation is Activation.SILU_CLAMP:
+        params = SiluClampParams(limit=draw(st.sampled_from([7.0, 10.0])))
     return LayerSpec(
         num_experts=experts, top_k=draw(st.integers(1, min(experts, 16))),
         hidden_size=unit * draw(st.integers(1, 96)), intermediate_size=intermediate, activation=activation,

@@ -2,7 +2,8 @@
 
 Sources: vLLM ``model_executor/layers/activation.py`` (SiluAndMul, GeluAndMul with
 ``approximate="none" | "tanh"``, ReLUSquaredActivation) and transformers ``modular_gpt_oss.py``
-``GptOssExperts._apply_gate`` (swigluoai). This is the reference semantics; backends are tested
+``GptOssExperts._apply_gate`` (swigluoai), vLLM ``fused_moe/utils.py`` ``_swiglu_limit_torch``
+(silu_clamp). This is the reference semantics; backends are tested
 against it, so nothing here approximates.
 """
 
@@ -29,6 +30,13 @@ def _swigluoai(h: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
     return (up + p.up_offset) * (gate * torch.sigmoid(p.alpha * gate))
 
 
+def _silu_clamp(h: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+    limit = layer.silu_clamp_limit
+    assert limit is not None
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate.clamp(max=limit)) * up.clamp(min=-limit, max=limit)
+
+
 _GATED = {
     Activation.SILU: F.silu,
     Activation.GELU: lambda x: F.gelu(x, approximate="none"),
@@ -53,6 +61,8 @@ def apply_activation(h: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
         raise ValueError(f"gated activation {act.value} needs an even GEMM1 width, got {width}")
     if act is Activation.SWIGLUOAI:
         return _swigluoai(h, layer)
+    if act is Activation.SILU_CLAMP:
+        return _silu_clamp(h, layer)
     if act in _GATED:
         gate, up = h.chunk(2, dim=-1)
         return _GATED[act](gate) * up

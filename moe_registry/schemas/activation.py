@@ -23,6 +23,7 @@ class Activation(str, Enum):
     GELU = "gelu"  # GeGLU with exact erf GELU
     GELU_TANH = "gelu_tanh"  # GeGLU with the tanh approximation (Gemma's gelu_pytorch_tanh)
     SWIGLUOAI = "swigluoai"  # gpt-oss: clamped SwiGLU, alpha 1.702, (up + 1); see SwigluOAIParams
+    SILU_CLAMP = "silu_clamp"  # SwiGLU on clamped inputs (DeepSeek-V4 swiglu_limit); see SiluClampParams
     RELU2_NO_MUL = "relu2_no_mul"  # relu(x)^2, non-gated (Nemotron-H)
     SILU_NO_MUL = "silu_no_mul"
     GELU_NO_MUL = "gelu_no_mul"
@@ -89,3 +90,20 @@ class SwigluOAIParams(BaseModel):
             if value is not None and value != value:  # NaN
                 raise ValueError("swigluoai parameters must be finite numbers")
         return self
+
+
+class SiluClampParams(BaseModel):
+    """SwiGLU with clamped inputs (a model config's ``swiglu_limit``, DeepSeek-V4):
+    ``silu(min(gate, limit)) * clamp(up, -limit, limit)`` on ``[gate; up]`` halves.
+
+    vLLM 0.33.0 ``fused_moe/utils.py`` ``_swiglu_limit_torch`` (and ``silu_and_mul_with_clamp`` with
+    alpha 1, beta 0); DeepSeek-V4 ``inference/model.py`` ``Expert.forward``. It is swigluoai with
+    alpha 1, up offset 0 and no interleave, but kernels take it as a separate mode, so it has its own id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    limit: float = Field(gt=0, allow_inf_nan=False)
+
+
+ActivationParams = SwigluOAIParams | SiluClampParams

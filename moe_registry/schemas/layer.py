@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .activation import Activation, SwigluOAIParams
+from .activation import Activation, SiluClampParams, SwigluOAIParams
 from .quant import QuantScheme
 
 
@@ -61,13 +61,18 @@ class LayerSpec(BaseModel):
     hidden_size: int = Field(gt=0)
     intermediate_size: int = Field(gt=0, description="per-expert FFN width before TP sharding")
     activation: Activation = Activation.SILU
-    activation_params: SwigluOAIParams | None = None
+    # swigluoai: SwigluOAIParams (optional, gpt-oss constants by default); silu_clamp: SiluClampParams (required)
+    activation_params: SwigluOAIParams | SiluClampParams | None = None
     quant: QuantScheme = QuantScheme()
     dtype: DType = Field(default="bf16", description="dtype of hidden states entering and leaving the layer")
     routing: RoutingMethod | None = None
     bias: bool = False
     apply_router_weight_on_input: bool = False
     parallel: ParallelConfig = ParallelConfig()
+    # The model's attention heads (from its config, when known): a TP size must divide them, so
+    # hints offer only such sizes. They do not change what the experts compute.
+    attention_heads: int | None = Field(default=None, gt=0)
+    kv_heads: int | None = Field(default=None, gt=0)
 
     @field_validator("activation", mode="before")
     @classmethod
@@ -79,6 +84,17 @@ class LayerSpec(BaseModel):
     def _parse_quant(cls, value: object) -> object:
         return QuantScheme.parse(value) if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _params_for_activation(cls, data: object) -> object:
+        # Both parameter models accept {"limit": x}: the activation decides which one a dict is.
+        if isinstance(data, dict) and isinstance(data.get("activation_params"), dict):
+            act = data.get("activation")
+            name = act.value if isinstance(act, Activation) else str(act).strip().lower()
+            model = SiluClampParams if name == Activation.SILU_CLAMP.value else SwigluOAIParams
+            data = {**data, "activation_params": model(**data["activation_params"])}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "LayerSpec":
         if self.top_k > self.num_experts:
@@ -87,8 +103,13 @@ class LayerSpec(BaseModel):
             raise ValueError(f"TP{self.parallel.tp} does not divide intermediate_size {self.intermediate_size}")
         if self.num_experts % self.parallel.ep:
             raise ValueError(f"EP{self.parallel.ep} does not divide num_experts {self.num_experts}")
-        if self.activation_params is not None and self.activation is not Activation.SWIGLUOAI:
-            raise ValueError("activation_params apply to the swigluoai activation only")
+        params = self.activation_params
+        if self.activation is Activation.SILU_CLAMP:
+            if not isinstance(params, SiluClampParams):
+                raise ValueError("silu_clamp needs activation_params with its limit (the config's swiglu_limit)")
+        elif params is not None and (self.activation is not Activation.SWIGLUOAI
+                                     or not isinstance(params, SwigluOAIParams)):
+            raise ValueError("activation_params apply to the swigluoai activation only (and silu_clamp, which needs a limit)")
         return self
 
     # --- Derived per-rank sizes ------------------------------------------------------------------
@@ -110,7 +131,13 @@ class LayerSpec(BaseModel):
     def swigluoai(self) -> SwigluOAIParams | None:
         if self.activation is not Activation.SWIGLUOAI:
             return None
-        return self.activation_params or SwigluOAIParams()
+        params = self.activation_params
+        return params if isinstance(params, SwigluOAIParams) else SwigluOAIParams()
+
+    @property
+    def silu_clamp_limit(self) -> float | None:
+        params = self.activation_params
+        return params.limit if self.activation is Activation.SILU_CLAMP and isinstance(params, SiluClampParams) else None
 
     def expert_weight_bytes(self, hidden: int | None = None, intermediate: int | None = None,
                             held_bits: int | None = None) -> int:
@@ -131,6 +158,14 @@ class LayerSpec(BaseModel):
     def replace(self, **changes: object) -> "LayerSpec":
         """A validated copy with some fields changed (``model_copy(update=...)`` skips validation)."""
         return type(self).model_validate({**self.model_dump(), **changes})
+
+    def runnable_tp(self, tp: int) -> bool:
+        """Whether an attention TP size is runnable for this model: it divides the attention heads, and
+        divides the KV heads or is a multiple of them (KV heads replicated), as vLLM requires
+        (config/model.py verify_with_parallel_config; QKVParallelLinear). True when heads are unknown."""
+        if self.attention_heads is not None and self.attention_heads % tp:
+            return False
+        return self.kv_heads is None or self.kv_heads % tp == 0 or tp % self.kv_heads == 0
 
     def shape_key(self) -> "LayerSpec":
         """The same layer without its name and index: what selection depends on."""

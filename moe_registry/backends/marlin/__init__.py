@@ -53,7 +53,8 @@ DECLARATION = BackendCapability(
     # implemented there first). Verified only where a record shows it.
     activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN,
                                      verified_on=_VERIFIED_ACTIVATIONS.get(act, ()))
-                 for act in Activation},
+                 # silu_clamp takes the same torch path but is not declared until probed here (issue 12)
+                 for act in Activation if act is not Activation.SILU_CLAMP},
     quant=(
         QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 32, 64, 128), zero_point=True, verified_on=("sm90",),
                      source=(f"{_VLLM} L601-619 _supports_quant_scheme (kInt4Static, kInt4Static32, kInt4StaticAsym); "

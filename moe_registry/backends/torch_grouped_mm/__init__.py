@@ -49,7 +49,8 @@ DECLARATION = BackendCapability(
     dtypes=("bf16",),
     activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN,
                                      verified_on=("sm90",) if act in _PROBED_ACTIVATIONS else ())
-                 for act in Activation},
+                 # silu_clamp takes the same torch path but is not declared until probed here (issue 12)
+                 for act in Activation if act is not Activation.SILU_CLAMP},
     quant=(
         QuantSupport(kind=QuantKind.BF16, source="torch grouped_mm takes bf16 operands", verified_on=("sm90",)),
         # Dequantizing handles zero points and act-order g_idx alike (moe_registry.formats.int4).

@@ -223,14 +223,20 @@ def _engine_cell(selection: Selection, vllm_only: bool) -> str:
     e = selection.engines
     for engine, flag in (("vllm", "--moe-backend"), ("sglang", "--moe-runner-backend"), ("trtllm", "backend=")):
         if engine in e:
+            if vllm_only:  # the column header names the flag; the cell is its value
+                return e[engine]
             value = f"{flag}{'' if flag.endswith('=') else ' '}{e[engine]}"
-            return value if vllm_only else f"{ {'vllm': 'vLLM', 'sglang': 'SGLang', 'trtllm': 'TRT-LLM'}[engine]} {value}"
+            return f"{ {'vllm': 'vLLM', 'sglang': 'SGLang', 'trtllm': 'TRT-LLM'}[engine]} {value}"
     return "-"
 
 
 def _padding_cell(selection: Selection) -> str:
-    return ", ".join(f"{p.dimension[0].upper()} {p.original}->{p.padded} +{p.extra_weight_memory_pct:g}%"
-                     for p in selection.padding) or "none"
+    """e.g. ``H2880->2944 I2880->2944 +4.49%``: the percentage is the cost of all padding together
+    (every Padding entry carries the same combined figure)."""
+    if not selection.padding:
+        return "none"
+    dims = " ".join(f"{p.dimension[0].upper()}{p.original}->{p.padded}" for p in selection.padding)
+    return f"{dims} +{selection.padding[0].extra_weight_memory_pct:g}%"
 
 
 def _memory_cell(group) -> str:
@@ -333,26 +339,32 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
     groups = plan.groups()
     chosen = [g.selection for g in groups if g.selection is not None]
     vllm_only = bool(chosen) and all("vllm" in s.engines for s in chosen)
-    memory = any(_memory_cell(g) != "-" for g in groups)  # the column appears once plans carry memory
-    columns = ["layers", "backend", "shape", "pad"] + (["memory/GPU"] if memory else []) + \
-        ["on hw", "vLLM flag" if vllm_only else "engine flag"]
+    # Per-GPU memory is one line under the table (the whole model's figure is what must fit), not a
+    # column: a sixth column does not fit 80 columns next to a TP shape and a padded size.
+    columns = ["layers", "backend", "shape", "pad", "on hw", "vLLM --moe-backend" if vllm_only else "engine flag"]
     flags = [_engine_cell(s, vllm_only) for s in chosen]
     longest_word = max((len(w) for f in flags for w in f.split()), default=1)
     # One space between columns, so the table fits 80 columns with the longest backend id and a TP
     # shape; the flag wraps between words only (its width is at least its longest word).
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
+    # Rich shrinks every column alike when a table is too wide, cutting the flag; on a narrow
+    # terminal cap the two columns that wrap well (at spaces) instead: "E128 k8" / "H2816 I704".
+    narrow = console.width < 110
+    caps = {"shape": 11, "pad": 12} if narrow else {}
     for column in columns:
-        table.add_column(column, no_wrap=column in ("layers", "backend", "shape", "on hw"), overflow="fold",
-                         min_width=longest_word if column.endswith("flag") else None)
+        table.add_column(column, no_wrap=column in ("layers", "backend", "on hw"), overflow="fold",
+                         min_width=longest_word if column.endswith(("flag", "--moe-backend")) else None,
+                         max_width=caps.get(column))
     for group in groups:
         s = group.selection
         row = [compact_range(group), s.backend if s else "NONE", compact_shape(group.layer),
-               _padding_cell(s) if s else "-"] + ([_memory_cell(group)] if memory else []) + \
-            [verified_cell(s) if s else "-", _engine_cell(s, vllm_only) if s else "-"]
+               _padding_cell(s) if s else "-", verified_cell(s) if s else "-", _engine_cell(s, vllm_only) if s else "-"]
         table.add_row(*row)
     console.print(table)
     if plan.memory is not None:
-        console.print(plan.memory.describe(), markup=False, highlight=False)
+        per_group = [f"{compact_range(g)}: {_memory_cell(g)}" for g in groups] if len(groups) > 1 else []
+        console.print(plan.memory.describe() + (f" ({'; '.join(per_group)})" if per_group else ""),
+                      markup=False, highlight=False)
     if any(verified_cell(s) == "no" for s in chosen):
         family = f"SM{chosen[0].device.family * 10}-family" if chosen[0].device.family else "this device's"
         console.print(f"on hw: probed on {family} hardware (no: cited from upstream only)",

@@ -293,7 +293,7 @@ def faster_rejections(selection: Selection) -> list:
 
     def priority(backend: str) -> int:
         try:
-            return registry.get(backend).priority.get(family, 0)
+            return registry.get(backend).priority_for(family, selection.device)
         except Exception:
             return 0
 
@@ -333,6 +333,7 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
     """Decision first (one table), then why each faster backend lost, then notes; ``verbose`` adds
     every rejection, per-selection notes and fingerprints."""
     from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
 
     console.print(_plan_header(plan), markup=False, highlight=False)
@@ -346,22 +347,27 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
     longest_word = max((len(w) for f in flags for w in f.split()), default=1)
     # One space between columns, so the table fits 80 columns with the longest backend id and a TP
     # shape; the flag wraps between words only (its width is at least its longest word).
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
-    # Rich shrinks every column alike when a table is too wide, cutting the flag; on a narrow
-    # terminal cap the two columns that wrap well (at spaces) instead: "E128 k8" / "H2816 I704".
-    narrow = console.width < 110
-    caps = {"shape": 11, "pad": 12} if narrow else {}
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("layers", "backend", "on hw"), overflow="fold",
-                         min_width=longest_word if column.endswith(("flag", "--moe-backend")) else None,
-                         max_width=caps.get(column))
-    for group in groups:
-        s = group.selection
-        row = [compact_range(group), s.backend if s else "NONE", compact_shape(group.layer),
-               _padding_cell(s) if s else "-", verified_cell(s) if s else "-", _engine_cell(s, vllm_only) if s else "-"]
-        table.add_row(*row)
+    rows = [[compact_range(g), g.selection.backend if g.selection else "NONE", compact_shape(g.layer),
+             _padding_cell(g.selection) if g.selection else "-", verified_cell(g.selection) if g.selection else "-",
+             _engine_cell(g.selection, vllm_only) if g.selection else "-"] for g in groups]
+
+    def build(caps: dict[str, int]) -> "Table":
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
+        for column in columns:
+            table.add_column(column, no_wrap=column in ("layers", "backend", "on hw"), overflow="fold",
+                             min_width=longest_word if column.endswith(("flag", "--moe-backend")) else None,
+                             max_width=caps.get(column))
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+    table = build({})
+    # Rich shrinks every column alike when a table is too wide, which would cut the flag; when it
+    # does not fit, cap the two columns that wrap well at spaces instead ("E128 k8" / "H2816 I704").
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum > console.width:
+        table = build({"shape": 11, "pad": 12})
     console.print(table)
-    if plan.memory is not None:
+    if plan.memory is not None and all(g.selection is not None for g in groups):
         per_group = [f"{compact_range(g)}: {_memory_cell(g)}" for g in groups] if len(groups) > 1 else []
         console.print(plan.memory.describe() + (f" ({'; '.join(per_group)})" if per_group else ""),
                       markup=False, highlight=False)
@@ -476,7 +482,9 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
            f"- devices: {' or '.join(r.describe() for r in d.devices)}; hidden-state dtypes: {', '.join(d.dtypes)}",
            f"- engines: vLLM `{d.engines.vllm or '-'}`, SGLang `{d.engines.sglang or '-'}`, TRT-LLM "
            f"`{d.engines.trtllm or '-'}`",
-           "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())]
+           "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())
+           + "".join(f"; {o.family.value} {o.priority} on {' or '.join(r.describe() for r in o.devices)}"
+                     for o in d.priority_overrides)]
     for rule in d.dtype_devices:
         out.append(f"- {rule.dtype} hidden states only on {' or '.join(r.describe() for r in rule.devices)} "
                    f"(source: {rule.source})")

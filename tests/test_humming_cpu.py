@@ -44,7 +44,15 @@ def test_fp4_layers_prefer_humming_over_marlin_and_grouped_mm(device):
     for preset, quant in (("qwen3-30b-a3b", "nvfp4"), ("gpt-oss-120b", None)):
         layer = plan_model(preset, quant=quant, select=False).layers[0].layer
         sel = select_backend(layer, device)
-        assert sel.backend == "humming", (preset, sel.backend)
+        ranked = [c.backend for c in sel.eligible]
+        assert ranked.index("humming") < ranked.index("marlin"), (preset, ranked)
+        if "torch-grouped-mm" in ranked:  # SM9x/10x only
+            assert ranked.index("marlin") < ranked.index("torch-grouped-mm"), (preset, ranked)
+        # gpt-oss on SM90: vLLM 0.33's MXFP4 order puts FlashInfer CUTLASS MXFP4_BF16 right after OpenAI's
+        # triton_kernels (oracle/mxfp4.py _get_priority_backends_for_gpt_oss L405-421), ahead of Humming;
+        # CUTLASS MXFP4 exists on SM90 only (sm80 falls to Humming).
+        first = "flashinfer-cutlass" if preset == "gpt-oss-120b" and device != "sm80" else "humming"
+        assert sel.backend == first, (preset, device, sel.backend)
 
 
 def test_blackwell_nvfp4_keeps_flashinfer_ahead():
@@ -150,8 +158,8 @@ def test_unsupported_kind_is_refused():
 # --- activations and the adapter on CPU ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("act", list(Activation))
-def test_every_activation_has_a_fused_expression(act):
+@pytest.mark.parametrize("act", list(DECLARATION.activations))
+def test_every_declared_activation_has_a_fused_expression(act):
     params = {"activation_params": SwigluOAIParams(interleaved=True)} if act is Activation.SWIGLUOAI else {}
     layer = LayerSpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, activation=act,
                       **params, quant=QuantScheme.parse("mxfp4"), dtype="bf16")
@@ -182,7 +190,7 @@ def _eval_c_expression(expr: str, a: float, b: float) -> float:
     return float(eval(py, {"__builtins__": {}}, env))  # noqa: S307 (our own constant strings)
 
 
-@pytest.mark.parametrize("act", [a for a in Activation if a is not Activation.SWIGLUOAI])
+@pytest.mark.parametrize("act", [a for a in DECLARATION.activations if a is not Activation.SWIGLUOAI])
 def test_fused_expressions_compute_the_reference_activation(act):
     """The expression strings the kernel compiles equal moe_registry.execution.activations on sample points
     (swigluoai's lambda form is checked on the GPU at the gpt-oss shape)."""

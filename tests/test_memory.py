@@ -11,6 +11,8 @@ import pytest
 
 from moe_registry import LayerSpec, ParallelConfig, select_backend
 from moe_registry.backends.marlin import DECLARATION as MARLIN
+from moe_registry.backends.reference import DECLARATION as REFERENCE
+from moe_registry.backends.torch_grouped_mm import DECLARATION as GROUPED
 from moe_registry.cli import main
 from moe_registry.errors import BackendNotEligible
 from moe_registry.memory import BUDGET_FRACTION
@@ -73,19 +75,42 @@ def test_candidates_carry_bytes_as_held_after_padding_and_dequantization():
 
 # --- Whole-model fit -------------------------------------------------------------------------------
 
+def _fixed(declarations) -> Registry:
+    """A registry of exactly these declarations (the mechanics below must not depend on which
+    4-bit backends the built-ins declare today)."""
+    reg = Registry(builtins=False, entry_points=False)
+    for d in declarations:
+        reg = reg.with_declaration(d)
+    return reg
+
+
+NO_4BIT = (GROUPED, REFERENCE)
+
+
 def _marlin_for_gpt_oss(priority: int) -> Registry:
-    """Test-only: Marlin as if it applied biases and padded hidden / intermediate to 256 (another
-    change declares the real facts; these tests need only the mechanics)."""
+    """Test-only: the bf16 grouped GEMM, the reference, and Marlin with biases and hidden / intermediate
+    padded to 256 (the real Marlin facts live in its declaration; these tests need only the mechanics)."""
     decl = MARLIN.model_copy(update={
         "features": FeatureSupport(bias=True, swigluoai_params=True, source="test"),
         "shape_rules": tuple(ShapeRule(dimension=d, multiple_of=256, pad=True, source="test")
                              for d in ("hidden", "intermediate")),
         "priority": {**MARLIN.priority, QuantFamily.MXFP4: priority}})
-    return Registry(entry_points=False).with_declaration(decl)
+    return _fixed((*NO_4BIT, decl))
+
+
+def test_gpt_oss_on_h100_with_the_real_backends_fits_on_a_4bit_one():
+    """Issue 8 must-show: every layer on a 4-bit-weight backend with the 2880 padding, ~64 GB per GPU,
+    and the dequantizing grouped GEMM rejected with memory_exceeded on an 80 GB card."""
+    plan = plan_model("gpt-oss-120b", "h100")
+    s = plan.groups()[0].selection
+    assert "bf16" not in s.eligible[0].weights_held  # packed MXFP4 as held, not dequantized
+    assert {p.dimension for p in s.padding} == {"hidden", "intermediate"}
+    assert plan.memory.fits is True and 55e9 < plan.memory.expert_weight_bytes < 73.6e9
+    assert s.rejection("torch-grouped-mm").codes() == {ReasonCode.MEMORY_EXCEEDED}
 
 
 def test_gpt_oss_on_h100_without_a_4bit_backend_does_not_fit_and_says_what_would():
-    plan = plan_model("gpt-oss-120b", "h100")
+    plan = plan_model("gpt-oss-120b", "h100", registry=_fixed(NO_4BIT))
     m = plan.memory
     assert m.expert_weight_bytes == 49_783_680 * 128 * 36 == 229_403_197_440  # ~229 GB of bf16
     assert m.budget_bytes == int(80e9 * BUDGET_FRACTION) and m.fits is False
@@ -131,18 +156,19 @@ def test_memory_is_a_function_of_the_plan():
     b = plan_model("gpt-oss-120b", "h100", registry=_marlin_for_gpt_oss(priority=10))
     assert a == b
     # and selection alone (no plan) is unchanged by it
-    assert select_backend(GPT_OSS, "h100").backend == "torch-grouped-mm"
+    assert select_backend(GPT_OSS, "h100", registry=_marlin_for_gpt_oss(priority=10)).backend == "torch-grouped-mm"
 
 
 def test_modes_and_unknown_memory():
-    report = plan_model("gpt-oss-120b", "h100", memory="report")
+    no_4bit = _fixed(NO_4BIT)
+    report = plan_model("gpt-oss-120b", "h100", memory="report", registry=no_4bit)
     assert report.memory.fits is False and report.memory.rejected == ()
     assert report.groups()[0].selection.rejection("reference") is None
-    strict = plan_model("gpt-oss-120b", "h100", memory="strict")
+    strict = plan_model("gpt-oss-120b", "h100", memory="strict", registry=no_4bit)
     assert all(lp.selection is None for lp in strict.layers)
     assert {r.backend for r in strict.layers[0].rejections if ReasonCode.MEMORY_EXCEEDED in r.codes()} == {
         "torch-grouped-mm", "reference"}
-    unknown = plan_model("gpt-oss-120b", "sm90")  # a generic target: no memory figure
+    unknown = plan_model("gpt-oss-120b", "sm90", registry=no_4bit)  # a generic target: no memory figure
     assert unknown.memory.fits is None and unknown.memory.budget_bytes is None
     assert unknown.groups()[0].selection.backend == "torch-grouped-mm"
     with pytest.raises(ValueError, match="unknown memory mode"):
@@ -168,13 +194,15 @@ def test_tp8_gemma_fits_and_counts_the_padding():
 def test_cli_exit_codes(capsys):
     assert main(["explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8"]) == 0
     out = capsys.readouterr().out
-    assert "88->128" in out and "EP8 instead of TP8 keeps intermediate 704" in out
-    assert "expert weights per GPU: 2.34 GB" in out
+    assert "I88->128" in out and "expert weights per GPU: 2.34 GB" in out
     assert main(["explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--no-pad"]) == 3
     capsys.readouterr()
-    assert main(["explain", "gpt-oss-120b", "--device", "h100"]) == 0
-    assert "DOES NOT FIT" in capsys.readouterr().out
-    assert main(["explain", "gpt-oss-120b", "--device", "h100", "--memory", "strict"]) == 3
+    # DeepSeek-V3's 654 GB of FP8 experts on one B200: the kernel question is answered (exit 0), the
+    # fit is not, with the EP that would fit; strict refuses (exit 3).
+    assert main(["explain", "deepseek-v3", "--device", "b200"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the line wraps at the terminal's width
+    assert "DOES NOT FIT" in out and "EP4 would hold 163.5 GB per GPU" in out
+    assert main(["explain", "deepseek-v3", "--device", "b200", "--memory", "strict"]) == 3
     capsys.readouterr()
     assert main(["explain", "gpt-oss-120b", "--device", "h100", "--memory", "bogus"]) == 2
 
@@ -182,10 +210,13 @@ def test_cli_exit_codes(capsys):
 def test_cli_json_adds_memory_fields(capsys):
     assert main(["explain", "gpt-oss-120b", "--device", "h100", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema_version"] == 1
-    assert data["memory"]["expert_weight_bytes"] == 229_403_197_440 and data["memory"]["fits"] is False
+    assert data["schema_version"] == 1 and data["memory"]["fits"] is True
     assert "0.92" in data["memory"]["rule"]
     group = data["groups"][0]
-    assert group["expert_weight_bytes"] == {"per_layer": 6_372_311_040, "total": 229_403_197_440,
-                                            "held": "bf16 (dequantized from mxfp4)"}
-    assert group["selection"]["eligible"][0]["expert_weight_bytes"] == 6_372_311_040
+    per_layer = group["expert_weight_bytes"]["per_layer"]
+    assert group["expert_weight_bytes"]["total"] == per_layer * 36 == data["memory"]["expert_weight_bytes"]
+    assert group["selection"]["eligible"][0]["expert_weight_bytes"] == per_layer
+    grouped = next(r for r in group["selection"]["rejections"] if r["backend"] == "torch-grouped-mm")
+    (reason,) = grouped["reasons"]
+    # bf16: (5760 + 2880) x 2880 x 2 + 17,280 bias bytes = 49,783,680 per expert x 4608 = 229.4 GB
+    assert (reason["code"], reason["actual"]) == ("memory_exceeded", "229.4 GB")

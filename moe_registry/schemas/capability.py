@@ -339,6 +339,16 @@ class EngineNames(BaseModel):
     source: str = ""
 
 
+class PriorityOverride(Sourced):
+    """A quant family's priority on some devices only (vLLM ranks Humming ahead of Marlin on SM90
+    alone, and pushes FlashInfer's unquantized backends back on SM9x): where a rule matches, it
+    replaces ``priority[family]``; the first matching rule wins."""
+
+    family: QuantFamily
+    devices: tuple[DeviceRule, ...] = Field(min_length=1)
+    priority: int
+
+
 class HardwareStatus(BaseModel):
     """Whether this backend has run on a device family, and the record that shows it."""
 
@@ -377,6 +387,7 @@ class BackendCapability(BaseModel):
     features: FeatureSupport
     requirements: tuple[Requirement, ...] = ()
     priority: dict[QuantFamily, int]  # higher runs first among eligible backends
+    priority_overrides: tuple[PriorityOverride, ...] = ()
     engines: EngineNames = EngineNames()
     hardware: tuple[HardwareStatus, ...] = ()
 
@@ -396,3 +407,10 @@ class BackendCapability(BaseModel):
 
     def quant_support(self, kind: QuantKind) -> tuple[QuantSupport, ...]:
         return tuple(s for s in self.quant if s.kind is kind)
+
+    def priority_for(self, family: QuantFamily, device: DeviceSpec) -> int:
+        """The rank of this backend for a quant family on a device (0 when the family has none)."""
+        for rule in self.priority_overrides:
+            if rule.family is family and any(r.matches(device) for r in rule.devices):
+                return rule.priority
+        return self.priority.get(family, 0)

@@ -10,7 +10,7 @@ from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
     ActivationImpl, BackendCapability, Condition, DeviceRule, EngineNames, FeatureSupport, HardwareStatus,
-    QuantSupport, Requirement, RoutingSupport, ShapeRule,
+    PriorityOverride, QuantSupport, Requirement, RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind, ScaleLayout
 
@@ -35,6 +35,10 @@ _VLLM_MXFP4_PAD = ("vLLM 0.33.0 fused_moe/oracle/mxfp4.py L874-879 mxfp4_round_u
 def _on(archs: tuple[int, ...], name: str) -> tuple[DeviceRule, ...]:
     return (DeviceRule(sm=archs, source=f"{_API} {name}"),)
 
+
+_SM9X_DEMOTED = ("vLLM 0.33.0 model_executor/layers/fused_moe/oracle/unquantized.py L76-80: 'On Hopper (SM90), "
+                 "the FlashInfer unquantized MoE kernels are slower than Triton, so prefer Triton by default' "
+                 "(_move_to_back FLASHINFER_TRTLLM, FLASHINFER_CUTLASS when is_device_capability_family(90))")
 
 DECLARATION = BackendCapability(
     id="flashinfer-cutlass",
@@ -167,6 +171,11 @@ DECLARATION = BackendCapability(
     ),
     priority={QuantFamily.UNQUANTIZED: 70, QuantFamily.FP8: 80, QuantFamily.NVFP4: 80, QuantFamily.MXFP4: 80,
               QuantFamily.INT4: 80},
+    # vLLM moves FlashInfer's unquantized MoE to the back on SM9x ("slower than Triton"): below Triton
+    # and the grouped GEMM there; first after TRT-LLM-gen elsewhere.
+    priority_overrides=(PriorityOverride(
+        family=QuantFamily.UNQUANTIZED, devices=(DeviceRule(min_sm=90, max_sm=99, source=_SM9X_DEMOTED),),
+        priority=50, source=_SM9X_DEMOTED),),
     engines=EngineNames(vllm="flashinfer_cutlass", sglang="flashinfer_cutlass", trtllm="CUTLASS",
                         source="vLLM config/kernel.py MoEBackend; SGLang MoeRunnerBackend; TRT-LLM MoeConfig.backend"),
     hardware=(

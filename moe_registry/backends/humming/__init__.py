@@ -24,7 +24,7 @@ import importlib.util
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport,
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, PriorityOverride, QuantSupport,
     Requirement, RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
@@ -49,7 +49,15 @@ JIT_COST = ("14-22 s per layer shape on an H200 with a cold cache: NVRTC compile
             "forward (Gemma 4 NvFP4 15.0 s, Qwen3-30B-A3B int4 g128 15.1 s / NvFP4 15.7 s, Mixtral int4 zp 21.6 s, "
             "gpt-oss-120b MXFP4 14.4 s); 0.7 s from a warm cache ($HUMMING_CACHE_DIR, default ~/.humming/cache, "
             "kept between runs)")
+_PRIORITY_SRC = ("vLLM 0.33.0 model_executor/layers/quantization/utils/humming/priority.py L10-48: prefers_humming() "
+                 "is true for compute capability 90 only; prioritize_humming() moves Humming directly ahead of Marlin "
+                 "(oracle/int_wna16.py, oracle/nvfp4.py, oracle/mxfp4.py apply it)")
 _RAN = (Activation.SILU, Activation.GELU_TANH, Activation.SWIGLUOAI)
+# Listed, not "every Activation": a new id (silu_clamp) is declared only once kernel.activation_kwargs
+# has its expression and a run verified it.
+_FUSED_ACTIVATIONS = (Activation.SILU, Activation.GELU, Activation.GELU_TANH, Activation.SWIGLUOAI,
+                      Activation.RELU2_NO_MUL, Activation.SILU_NO_MUL, Activation.GELU_NO_MUL,
+                      Activation.GELU_TANH_NO_MUL)
 
 
 def nvrtc_available() -> tuple[bool, str]:
@@ -82,7 +90,7 @@ DECLARATION = BackendCapability(
     # fused path with their own expression (moe_registry.backends.humming.kernel.activation_kwargs).
     activations={act: ActivationImpl(kernel_name="humming process_input (fused expression)", source=_FUSED,
                                      verified_on=("sm90",) if act in _RAN else ())
-                 for act in Activation},
+                 for act in _FUSED_ACTIVATIONS},
     quant=(
         QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 16, 32, 64, 128, 256), zero_point=True,
                      verified_on=("sm90",),
@@ -136,6 +144,11 @@ DECLARATION = BackendCapability(
     # card compares them (not yet run; `moe-registry bench ... --backend humming --backend marlin`
     # with --policy measured picks the winner per token count meanwhile).
     priority={QuantFamily.NVFP4: 70, QuantFamily.MXFP4: 70, QuantFamily.INT4: 90, QuantFamily.FP8: 35},
+    # vLLM moves Humming directly ahead of Marlin on capability 9.0 only; elsewhere Marlin stays first
+    # for int4 (NvFP4 / MXFP4 already rank Humming above Marlin everywhere: 70 > 60).
+    priority_overrides=(PriorityOverride(
+        family=QuantFamily.INT4, devices=(DeviceRule(sm=(90,), source=_PRIORITY_SRC),), priority=110,
+        source=_PRIORITY_SRC),),
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_RECORD, note=(
         "2026-11-29, NVIDIA H200, humming-kernels 0.1.19, torch 2.11.0+cu130: tests/gpu/test_humming_gpu.py 11/11 - "
         "Gemma 4 NvFP4 gelu_tanh, Qwen3-30B-A3B int4 g128 (fp16) and NvFP4 silu, Mixtral int4 g128 zero points silu, "

@@ -2,8 +2,10 @@
 
 A kernel given a wrong shape, dtype, device or layout reads garbage or crashes asynchronously far
 from the cause; here every mismatch is a ``ValueError`` with one line naming the tensor, what was
-expected and what arrived. The checks read metadata only, except the id-range check, which costs
-one device sync and can be skipped when the ids come from ``route()``.
+expected and what arrived. The checks read metadata only, except the id-range check, which reads
+the ids (one pass; one device sync on CUDA) on every call: it is never skipped on the strength of
+where the ids came from, because writes through ``.numpy()`` or ``.data`` change a tensor without
+bumping its version counter (issue 13), so no cached "known in range" mark can be trusted.
 """
 
 from __future__ import annotations
@@ -61,20 +63,10 @@ def _contiguous_strides(shape: torch.Size) -> list[int]:
     return strides[::-1]
 
 
-# route() yields ids in [0, E) by construction (top-k over E columns). It marks them with that
-# bound and the tensor's version counter, so forward can skip the range check's device sync; any
-# in-place change to the ids bumps the version and brings the check back.
-_ID_BOUND = "_moe_registry_id_bound"
-
-
-def mark_ids_in_range(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    setattr(ids, _ID_BOUND, (num_experts, ids._version))
-    return ids
-
-
-def _known_in_range(ids: torch.Tensor, num_experts: int) -> bool:
-    mark = getattr(ids, _ID_BOUND, None)
-    return mark is not None and mark[0] <= num_experts and mark[1] == ids._version
+def _check_id_range(ids: torch.Tensor, num_experts: int, layer: LayerSpec) -> None:
+    lo, hi = (int(v) for v in torch.aminmax(ids))  # one pass over the ids; one sync on CUDA
+    if lo < 0 or hi >= num_experts:
+        raise _fail("topk_ids", f"local expert ids in [0, {num_experts})", f"min {lo} max {hi}", layer)
 
 
 def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any, topk_ids: Any, *,
@@ -98,10 +90,8 @@ def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any
             raise _fail(name, f"{k} columns (layer top_k)", f"{t.shape[1]} columns", layer)
     _check_tensor("topk_weights", topk_weights, (T, k), (torch.float32,), where, layer)
     _check_tensor("topk_ids", topk_ids, (T, k), (torch.int32, torch.int64), where, layer)
-    if check_id_range and topk_ids.numel() and not _known_in_range(topk_ids, E):
-        lo, hi = torch.stack([topk_ids.min(), topk_ids.max()]).tolist()  # one device sync
-        if lo < 0 or hi >= E:
-            raise _fail("topk_ids", f"local expert ids in [0, {E})", f"min {lo} max {hi}", layer)
+    if check_id_range and topk_ids.numel():
+        _check_id_range(topk_ids, E, layer)
 
 
 def check_weights(layer: LayerSpec, weights: ExpertWeights, *, dtype: torch.dtype | None = None,

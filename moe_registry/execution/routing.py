@@ -8,12 +8,13 @@ Names and semantics follow FlashInfer / TensorRT-LLM ``RoutingMethodType`` (TRT-
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import torch
 
 from ..schemas.layer import LayerSpec, RoutingMethod
-from .guards import mark_ids_in_range
 
 # TRT-LLM's and transformers' renormalisation epsilon: keeps a zero sum finite, invisible otherwise.
 _RENORM_EPS = 1e-20
@@ -129,7 +130,7 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
         weights = weights * routed_scaling_factor
     else:  # pragma: no cover - every enum member is handled above
         raise NotImplementedError(f"routing method {method.value!r} has no reference implementation")
-    return weights.float().contiguous(), mark_ids_in_range(ids.to(torch.int32).contiguous(), E)
+    return weights.float().contiguous(), ids.to(torch.int32).contiguous()
 
 
 def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n_group: int | None,
@@ -137,6 +138,9 @@ def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n
                   custom: object, E: int, top_k: int) -> None:
     """Refuse parameters the method would otherwise silently ignore."""
     name = method.value
+    if (isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, (int, float))
+            or not math.isfinite(routed_scaling_factor) or routed_scaling_factor <= 0):
+        raise ValueError(f"routed_scaling_factor must be a finite positive number, got {routed_scaling_factor!r}")
     if method is RoutingMethod.CUSTOM:
         if custom is None or not callable(custom):
             raise ValueError("routing method custom needs custom=callable(logits, top_k) -> (weights, ids)")
@@ -162,7 +166,8 @@ def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n
         if n_group is not None or topk_group is not None:
             raise ValueError(f"n_group / topk_group are used by deepseek_v3 only, not {name}")
         return
-    groups, keep = n_group or 1, topk_group or 1
+    groups = 1 if n_group is None else n_group  # 0 is an error, not "unset"
+    keep = 1 if topk_group is None else topk_group
     if groups < 1 or E % groups:
         raise ValueError(f"deepseek_v3: n_group={groups} must divide the {E} experts")
     if not 1 <= keep <= groups:
@@ -188,4 +193,4 @@ def _custom(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
         lo, hi = torch.stack([ids.min(), ids.max()]).tolist()  # one device sync
         if lo < 0 or hi >= logits.shape[1]:
             raise ValueError(f"custom routing ids: expected values in [0, {logits.shape[1]}), got min {lo} max {hi}")
-    return weights.float().contiguous(), mark_ids_in_range(ids.to(torch.int32).contiguous(), logits.shape[1])
+    return weights.float().contiguous(), ids.to(torch.int32).contiguous()

@@ -20,7 +20,7 @@ Vendor = Literal["nvidia", "amd", "cpu"]
 
 
 class DeviceSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # output is strict JSON
 
     name: str
     vendor: Vendor

@@ -513,6 +513,8 @@ def _activation(family: str, model_type: str, r: _Reader,
         limit = r.cfg.get("swiglu_limit", 7.0)
         if isinstance(limit, bool) or not isinstance(limit, (int, float)):
             raise MalformedConfig(f"{r.where}: swiglu_limit must be a number, got {limit!r}")
+        if not (isinstance(limit, float) or abs(limit) < 2**53) or not math.isfinite(limit) or limit <= 0:
+            raise MalformedConfig(f"{r.where}: swiglu_limit must be a finite positive number, got {limit!r}")
         notes.append(f"gpt-oss experts run swigluoai (alpha 1.702, limit {float(limit):g}, interleaved gate/up, "
                      f"up + 1) with biases, whatever hidden_act says ({r.cfg.get('hidden_act')!r})")
         return Activation.SWIGLUOAI, SwigluOAIParams(limit=float(limit), interleaved=True), True

@@ -18,7 +18,7 @@ backtracks, so a pattern must stay in a subset that cannot backtrack catastrophi
 before first use, :func:`check_pattern`): at most ``MAX_PATTERN_CHARS`` characters, at most
 ``MAX_PATTERN_LOOPS`` quantifiers that repeat more than once, no quantifier or multi-character
 alternation inside a repeated group (``(a+)+``, ``(a|ab)*``), no backreference. Real exclusion
-patterns (``re:.*lm_head``, ``re:model\.layers\.\d+\.self_attn.*``) are far inside it; the worst
+patterns (``re:.*lm_head``, ``re:model[.]layers[.][0-9]+[.]self_attn.*``) are far inside it; the worst
 pattern it admits takes milliseconds on a module name (benchmarks/bench_worst_inputs.py).
 
 ModelOpt (``hf_quant_config.json`` ``quantization.exclude_modules``, or the flat

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 ENV_TIMEOUT = "MOE_REGISTRY_PLUGIN_TIMEOUT"
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 5.0
 MAX_CAPTURED_CHARS = 200  # of a plugin's output, quoted in its problem report
 
 
 def plugin_timeout() -> float:
     """Seconds one plugin call (import, hook, requirement probe) may take: ``$MOE_REGISTRY_PLUGIN_TIMEOUT``
-    or 10 s (importing a plugin may import torch or a kernel library)."""
+    or 5 s (a plugin imports its kernel library lazily, when a layer is built)."""
     text = os.environ.get(ENV_TIMEOUT)
     if not text:
         return DEFAULT_TIMEOUT_S

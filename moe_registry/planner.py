@@ -50,7 +50,7 @@ file, key or layer at fault.
 Bounds (far above any real model; each exceeded bound is a one-line ``MalformedConfig``): a config
 file of at most ``MAX_CONFIG_BYTES`` (8 MiB), JSON nested at most ``MAX_JSON_DEPTH`` (64) levels,
 numbers finite (``NaN``, ``Infinity``, ``1e999`` are refused: the output must stay strict JSON), at
-most ``MAX_LAYERS`` (1024) hidden layers, and the layer sizes of :class:`LayerSpec`.
+most ``MAX_LAYERS`` (256) hidden layers, and the layer sizes of :class:`LayerSpec`.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from .quant_config import (
     QuantConfigError,
     UnknownQuantMethod,
     UnsupportedQuantScheme,
+    check_matching_budget,
     override_quant,
     parse_quant_config,
     unquantized_scheme,
@@ -561,10 +562,12 @@ def _dtype(text: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return "bf16"
 
 
-def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype: str) -> QuantConfig | None:
+def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype: str,
+              moe_layers: int = 1) -> QuantConfig | None:
     found = _quant_source(src, config, text)
     if found is None:
         return None
+    check_matching_budget(found[0], moe_layers, found[1])
     try:
         return parse_quant_config(found[0], source=found[1], dtype=dtype)
     except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
@@ -625,7 +628,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     if quant is not None:
         qconf: QuantConfig | None = override_quant(quant)
     else:
-        qconf = _quant_of(src, config, text, dtype)
+        qconf = _quant_of(src, config, text, dtype, len(indices))
     unquantized = unquantized_scheme(dtype)
 
     # Layers

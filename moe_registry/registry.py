@@ -5,7 +5,7 @@ are found through the ``moe_registry`` entry-point group. A plugin that fails to
 returns something that is not a valid declaration, or reuses an id is isolated and reported in
 ``Registry.problems``; every other backend keeps working. Plugin code (import and hook) runs under
 :func:`moe_registry._isolation.guarded_call`: ``SystemExit`` is caught too, output is captured, and
-each call has a time limit (``$MOE_REGISTRY_PLUGIN_TIMEOUT``, default 10 s). A plugin contributes at
+each call has a time limit (``$MOE_REGISTRY_PLUGIN_TIMEOUT``, default 5 s). A plugin contributes at
 most ``MAX_DECLARATIONS_PER_PLUGIN`` declarations.
 """
 

@@ -19,7 +19,7 @@ from .quant import QuantScheme
 MAX_EXPERTS = 65_536
 MAX_DIMENSION = 2**20  # hidden and intermediate size
 MAX_PARALLEL = 65_536  # tp, ep, dp
-MAX_LAYERS = 1024  # num_hidden_layers (the planner's bound; layer indices stay below it)
+MAX_LAYERS = 256  # num_hidden_layers (the planner's bound; layer indices stay below it)
 
 
 class ParallelConfig(BaseModel):

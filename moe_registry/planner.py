@@ -584,6 +584,12 @@ def _one_line(exc: ValidationError) -> str:
 
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
           quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any]) -> ModelPlan:
+    if not isinstance(parallel, ParallelConfig):
+        raise PlanError(f"parallel must be a ParallelConfig, got {type(parallel).__name__}")
+    if quant is not None and not isinstance(quant, (QuantScheme, str)):
+        raise PlanError(f"quant must be a QuantScheme or a string such as 'nvfp4', got {type(quant).__name__}")
+    if device is not None and not isinstance(device, (DeviceSpec, str)):
+        raise PlanError(f"device must be a preset name or a DeviceSpec, got {type(device).__name__}")
     config = src.config
     text, wrapper = _pick_text_config(config)
     where = src.source if text is config else f"{src.source} text_config"

@@ -15,7 +15,7 @@ import os
 from typing import Iterable, Protocol, Sequence
 
 from .environment import Environment
-from .errors import BackendNotEligible, InvalidDevice, NoEligibleBackend
+from .errors import BackendNotEligible, InvalidArgument, InvalidDevice, NoEligibleBackend
 from .registry import Registry, default_registry
 from .schemas.activation import Activation, SwigluOAIParams
 from .schemas.capability import BackendCapability, QuantSupport, dimension_value
@@ -431,7 +431,12 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     """
     registry = registry or default_registry()
     if not isinstance(layer_spec, LayerSpec):
-        raise TypeError(f"select_backend needs a LayerSpec, got {type(layer_spec).__name__}")
+        raise InvalidArgument(f"select_backend needs a LayerSpec, got {type(layer_spec).__name__}")
+    prefer, forbid = _backend_ids("prefer", prefer), _backend_ids("forbid", forbid)
+    if force is not None and not isinstance(force, str):
+        raise InvalidArgument(f"force must be a backend id (str) or None, got {type(force).__name__}")
+    if policy is not None and not all(hasattr(policy, a) for a in ("order", "key", "allow_padding", "exact_activations")):
+        raise InvalidArgument(f"policy must be a Policy (DeclaredPriority, MeasuredPolicy, ...), got {type(policy).__name__}")
     if device is None:
         target, env = detect(), registry.environment()
     elif _is_torch_device(device):  # the device kernels will run on: this machine, packages checked
@@ -453,6 +458,15 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
 
 
 DEFAULT_POLICY = DeclaredPriority()
+
+
+def _backend_ids(what: str, ids: object) -> tuple[str, ...]:
+    if isinstance(ids, str) or not isinstance(ids, Iterable):
+        raise InvalidArgument(f"{what} must be a list of backend ids, got {type(ids).__name__}")
+    ids = tuple(ids)
+    if not all(isinstance(i, str) for i in ids):
+        raise InvalidArgument(f"{what} must be a list of backend ids (str)")
+    return ids
 
 
 def _is_torch_device(device: object) -> bool:

@@ -491,3 +491,53 @@ def _check_exit(capsys, argv: list[str], json_flag: bool) -> None:
         assert err.count("\n") == 1, err
     if json_flag and (code != 0 or argv[0] in ("select", "explain", "backends", "models")):
         strict_json(out)
+
+
+_JUNK = [None, 0, -1, 1.5, float("nan"), "", b"bytes", [], {}, object(), 10**30, True]
+
+
+def _library_calls():
+    import torch
+
+    from moe_registry.execution import check_forward_inputs, route
+    from moe_registry.schemas.device import get_device
+    from moe_registry.schemas.quant import QuantScheme
+
+    layer = LayerSpec(num_experts=8, top_k=2, hidden_size=128, intermediate_size=128)
+    deepseek = layer.replace(routing="deepseek_v3")
+    return {
+        "select_backend device": lambda j: select_backend(layer, j),
+        "select_backend layer": lambda j: select_backend(j, "h100"),
+        "select_backend force": lambda j: select_backend(layer, "h100", force=j),
+        "select_backend prefer": lambda j: select_backend(layer, "h100", prefer=j),
+        "select_backend forbid": lambda j: select_backend(layer, "h100", forbid=j),
+        "select_backend policy": lambda j: select_backend(layer, "h100", policy=j),
+        "plan_model source": lambda j: plan_model(j),
+        "plan_model device": lambda j: plan_model("qwen3-30b-a3b", device=j),
+        "plan_model parallel": lambda j: plan_model("qwen3-30b-a3b", device="h100", parallel=j),
+        "plan_model quant": lambda j: plan_model("qwen3-30b-a3b", device="h100", quant=j),
+        "plan_config": lambda j: plan_config(j),
+        "QuantScheme.parse": lambda j: QuantScheme.parse(j),
+        "get_device": lambda j: get_device(j),
+        "route logits": lambda j: route(j, layer),
+        "route layer": lambda j: route(torch.randn(2, 8), j),
+        "route n_group": lambda j: route(torch.randn(2, 8), deepseek, n_group=j),
+        "route routed_scaling_factor": lambda j: route(torch.randn(2, 8), deepseek, routed_scaling_factor=j),
+        "check_forward_inputs": lambda j: check_forward_inputs(layer, j, torch.zeros(2, 2),
+                                                               torch.zeros(2, 2, dtype=torch.int32)),
+    }
+
+
+def test_library_calls_with_junk_arguments_raise_typed_errors():
+    from moe_registry.errors import MoeRegistryError
+
+    untyped = []
+    for name, call in _library_calls().items():
+        for junk in _JUNK:
+            try:
+                call(junk)
+            except (MoeRegistryError, ValueError):  # PlanError, InvalidArgument, InvalidDevice, ValidationError
+                pass
+            except Exception as exc:  # noqa: BLE001 - what the test is looking for
+                untyped.append(f"{name}({junk!r:.20}): {type(exc).__name__}: {exc}")
+    assert untyped == []

@@ -77,6 +77,11 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
     deepseek_v3 it is ``norm_topk_prob`` (default True); other methods refuse a contradicting value.
     ``custom(logits, top_k) -> (weights, ids)`` for ``RoutingMethod.CUSTOM``.
     """
+    if not isinstance(layer, LayerSpec):
+        raise ValueError(f"route needs a LayerSpec, got {type(layer).__name__}")
+    if not isinstance(router_logits, torch.Tensor):
+        raise ValueError(f"router_logits: expected a torch.Tensor [T, {layer.num_experts}], "
+                         f"got {type(router_logits).__name__}")
     if method is None:
         method = layer.routing or DEFAULT_ROUTING
     elif not isinstance(method, RoutingMethod):
@@ -133,14 +138,22 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
     return weights.float().contiguous(), ids.to(torch.int32).contiguous()
 
 
+# Engines use 1.0 to 16 (DeepSeek-V3 2.5); a bound keeps the weights finite.
+MAX_ROUTED_SCALING = 1e4
+
+
 def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n_group: int | None,
                   topk_group: int | None, routed_scaling_factor: float, renormalize: bool | None,
                   custom: object, E: int, top_k: int) -> None:
     """Refuse parameters the method would otherwise silently ignore."""
     name = method.value
     if (isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, (int, float))
-            or not math.isfinite(routed_scaling_factor) or routed_scaling_factor <= 0):
-        raise ValueError(f"routed_scaling_factor must be a finite positive number, got {routed_scaling_factor!r}")
+            or not 0 < routed_scaling_factor <= MAX_ROUTED_SCALING):  # False for NaN and inf too
+        raise ValueError(f"routed_scaling_factor must be a number in (0, {MAX_ROUTED_SCALING:g}], "
+                         f"got {routed_scaling_factor!r}")
+    for name, value in (("n_group", n_group), ("topk_group", topk_group)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer or None, got {value!r}")
     if method is RoutingMethod.CUSTOM:
         if custom is None or not callable(custom):
             raise ValueError("routing method custom needs custom=callable(logits, top_k) -> (weights, ids)")

@@ -63,6 +63,9 @@ class _Router(io.TextIOBase):
         if threading.get_ident() not in self.sinks:
             self.real.flush()
 
+    def writable(self) -> bool:
+        return True
+
     def isatty(self) -> bool:
         return bool(getattr(self.real, "isatty", lambda: False)())
 

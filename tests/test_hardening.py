@@ -450,7 +450,7 @@ def _render(data, nest: int, raw_number: str | None) -> str:
     return "[" * nest + text + "]" * nest
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(changes=st.dictionaries(_KEYS, _VALUES, max_size=3), quant=st.none() | _QUANT,
        nest=st.sampled_from([0, 0, 0, 1, 200, 5000]), raw=st.sampled_from([None, None, "1e999", "NaN", "-Infinity"]),
        device=st.sampled_from(["h100", "b200", "cpu"]), json_flag=st.booleans())
@@ -468,7 +468,7 @@ _FLAG_VALUES = st.sampled_from(["0", "-1", "1", "8", "128", "10000000000000", "x
                                 "\x1b[2J", "nvfp4", "int4_w4a16:g0", "swigluoai", "deepseek_v3", "reference"])
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(command=st.sampled_from(["select", "explain", "backends", "models", "schema"]),
        flags=st.lists(st.tuples(st.sampled_from(["--experts", "--top-k", "--hidden", "--intermediate", "--tp", "--ep",
                                                  "--device", "--quant", "--activation", "--routing", "--force",

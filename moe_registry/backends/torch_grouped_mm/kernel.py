@@ -192,8 +192,9 @@ class TorchGroupedMMExperts(Experts):
     backend = "torch-grouped-mm"
     default_weight_layout: WeightLayout = "k_major"
     # The guard's id-range check reads min/max back to the host: one device sync per forward, which
-    # on CUDA also stops the host from queueing ahead. Set False (per instance) when the ids come
-    # from ``route()``; out-of-range ids then give wrong rows instead of a ValueError.
+    # on CUDA also stops the host from queueing ahead. Set False (per instance) only when the ids
+    # are known good (e.g. inside a captured CUDA graph fed by ``route()``); out-of-range ids then
+    # give wrong rows (uninitialised memory) instead of a ValueError.
     check_id_range: bool = True
 
     def __init__(

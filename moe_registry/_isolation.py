@@ -49,6 +49,7 @@ class _Router(io.TextIOBase):
     def __init__(self, real: Any):
         self.real = real
         self.sinks: dict[int, io.StringIO | None] = {}
+        self.users = 0  # guarded calls in progress; the router is removed when none is left
 
     def write(self, text: str) -> int:
         ident = threading.get_ident()
@@ -83,13 +84,32 @@ class _Router(io.TextIOBase):
 _lock = threading.Lock()
 
 
-def _router(stream_name: str) -> _Router:
+def _acquire(stream_name: str) -> _Router:
     with _lock:
         current = getattr(sys, stream_name)
         if not isinstance(current, _Router):
             current = _Router(current)
             setattr(sys, stream_name, current)
+        current.users += 1
         return current
+
+
+def _release(stream_name: str, router: _Router) -> None:
+    # Put the real stream back once no guarded call runs and no abandoned one may still write.
+    with _lock:
+        router.users -= 1
+        if router.users == 0 and not router.sinks and getattr(sys, stream_name) is router:
+            setattr(sys, stream_name, router.real)
+
+
+def _forget_abandoned(ident: int, routers: tuple[_Router, _Router]) -> None:
+    # An abandoned call that finally returns: drop its sink, and the router if nothing else needs it.
+    with _lock:
+        for name, r in zip(("stdout", "stderr"), routers):
+            if ident in r.sinks and r.sinks[ident] is None:
+                del r.sinks[ident]
+                if r.users == 0 and not r.sinks and getattr(sys, name) is r:
+                    setattr(sys, name, r.real)
 
 
 def one_line(exc: BaseException) -> str:
@@ -101,7 +121,7 @@ def guarded_call(fn: Callable[[], Any], *, timeout: float | None = None) -> Outc
     """Run ``fn()`` in a daemon thread for at most ``timeout`` seconds (default
     :func:`plugin_timeout`), catching every exception and capturing its Python-level output."""
     limit = plugin_timeout() if timeout is None else timeout
-    routers = (_router("stdout"), _router("stderr"))
+    routers = (_acquire("stdout"), _acquire("stderr"))
     buffer = io.StringIO()
     result = Outcome()
     started = threading.Event()
@@ -115,6 +135,8 @@ def guarded_call(fn: Callable[[], Any], *, timeout: float | None = None) -> Outc
             result.value = fn()
         except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from a plugin too
             result.error = one_line(exc)
+        finally:
+            _forget_abandoned(ident, routers)
 
     thread = threading.Thread(target=target, name="moe-registry-plugin", daemon=True)
     thread.start()
@@ -124,11 +146,15 @@ def guarded_call(fn: Callable[[], Any], *, timeout: float | None = None) -> Outc
     if thread.is_alive():
         for r in routers:
             r.sinks[ident] = None  # later output of the abandoned call is dropped
-        return Outcome(error=f"timed out after {limit:g} s (limit: ${ENV_TIMEOUT})", output=buffer.getvalue())
-    for r in routers:
-        r.sinks.pop(ident, None)
-    result.output = buffer.getvalue()
-    return result
+        outcome = Outcome(error=f"timed out after {limit:g} s (limit: ${ENV_TIMEOUT})", output=buffer.getvalue())
+    else:
+        for r in routers:
+            r.sinks.pop(ident, None)
+        result.output = buffer.getvalue()
+        outcome = result
+    for name, r in zip(("stdout", "stderr"), routers):
+        _release(name, r)
+    return outcome
 
 
 def quote_output(text: str) -> str:

@@ -88,7 +88,7 @@ class Registry:
     def _register(self, plugin: object, name: str) -> None:
         try:
             self._pm.register(plugin, name=name)
-        except Exception as exc:  # pluggy validates hookimpl signatures at registration
+        except (Exception, SystemExit) as exc:  # pluggy validates hookimpls; a module __getattr__ may exit
             self.problems.append(PluginProblem(plugin=name, stage="register", message=one_line(exc)))
             return
         self._order.append(name)
@@ -115,8 +115,9 @@ class Registry:
             impl = impls.get(name)
             if impl is None:
                 continue
-            # The whole call runs guarded, the loop over a returned generator included.
-            outcome = guarded_call(lambda f=impl.function: _materialise(f()))
+            # The whole call runs guarded: the loop over a returned generator and the validation of
+            # every item too (a dict or model subclass can run plugin code when read).
+            outcome = guarded_call(lambda f=impl.function: [_validated(item) for item in _materialise(f())])
             self._report_output(name, "hook call", outcome.output)
             if outcome.error is not None:  # isolate: one plugin's bug must not hide the others
                 self.problems.append(PluginProblem(plugin=name, stage="call", message=outcome.error))
@@ -127,11 +128,9 @@ class Registry:
                     f"returned more than {MAX_DECLARATIONS_PER_PLUGIN} declarations; a plugin may contribute at most "
                     f"{MAX_DECLARATIONS_PER_PLUGIN}; all ignored")))
                 continue
-            for item in items:
-                try:
-                    decl = item if type(item) is BackendCapability else BackendCapability.model_validate(item)
-                except (ValidationError, ValueError, TypeError) as exc:
-                    self.problems.append(PluginProblem(plugin=name, stage="validate", message=one_line(exc)))
+            for decl in items:
+                if isinstance(decl, str):  # the validation error
+                    self.problems.append(PluginProblem(plugin=name, stage="validate", message=decl))
                     continue
                 if decl.id in found:
                     self.problems.append(PluginProblem(
@@ -184,6 +183,19 @@ class Registry:
 
     def refresh_environment(self) -> None:
         self._environment = None
+
+
+def _validated(item: Any) -> "BackendCapability | str":
+    """A declaration of exactly BackendCapability (revalidated from plain data otherwise), or the
+    one-line validation error."""
+    try:
+        if type(item) is BackendCapability:
+            return item
+        if isinstance(item, BaseModel):
+            item = item.model_dump()
+        return BackendCapability.model_validate(item)
+    except (ValidationError, ValueError, TypeError) as exc:
+        return one_line(exc)
 
 
 def _materialise(contributed: Any) -> list[Any]:

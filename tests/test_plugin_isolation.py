@@ -60,6 +60,16 @@ FAULTS = {
             i += 1
             yield base | {"id": f"acme-{i}", "name": "n"}
         '''), "validate", f"at most {MAX_DECLARATIONS_PER_PLUGIN}"),
+    "model_subclass_exits_when_read": (_hook('''
+        from moe_registry.backends.reference import DECLARATION as REFERENCE
+        from moe_registry.schemas.capability import BackendCapability
+
+        class Sneaky(BackendCapability):
+            def model_dump(self, **kwargs):
+                raise SystemExit(9)
+
+        return [Sneaky.model_validate(REFERENCE.model_dump() | {"id": "acme-sneaky"})]
+        '''), "call", "SystemExit: 9"),
     "adapter_module_missing": (_hook('''
         from moe_registry.backends.reference import DECLARATION as REFERENCE
         return [REFERENCE.model_dump() | {"id": "acme-noadapter", "name": "n", "adapter": "acme_gone:Experts"}]

@@ -541,3 +541,20 @@ def test_library_calls_with_junk_arguments_raise_typed_errors():
             except Exception as exc:  # noqa: BLE001 - what the test is looking for
                 untyped.append(f"{name}({junk!r:.20}): {type(exc).__name__}: {exc}")
     assert untyped == []
+
+
+@pytest.mark.parametrize("value,expected", [("0.5", 0.5), ("abc", 5.0), ("-1", 5.0), ("0", 5.0), ("inf", 5.0),
+                                            ("nan", 5.0), ("", 5.0)])
+def test_plugin_time_limit_from_the_environment(monkeypatch, value, expected):
+    from moe_registry._isolation import plugin_timeout
+
+    monkeypatch.setenv("MOE_REGISTRY_PLUGIN_TIMEOUT", value)
+    assert plugin_timeout() == expected
+
+
+@pytest.mark.parametrize("name,value", [("MOE_REGISTRY_DEVICE", "garbage"), ("MOE_REGISTRY_BACKEND", "nope\x1b[2J")])
+def test_bad_environment_variables_exit_2_with_an_escaped_line(monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    code, out, err = run(capsys, *SELECT, "--json")
+    assert code == 2 and err.count("\n") == 1 and "\x1b" not in err
+    assert strict_json(out)["error"] == "bad_input"

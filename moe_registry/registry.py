@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Literal
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._isolation import guarded_call, one_line, quote_output
+from ._isolation import Outcome, guarded_call, one_line, quote_output
 from .environment import Environment, probe_environment
 from .errors import UnknownBackend
 from .schemas.capability import BackendCapability
@@ -116,8 +116,13 @@ class Registry:
             if impl is None:
                 continue
             # The whole call runs guarded: the loop over a returned generator and the validation of
-            # every item too (a dict or model subclass can run plugin code when read).
-            outcome = guarded_call(lambda f=impl.function: [_validated(item) for item in _materialise(f())])
+            # every item too (a dict or model subclass can run plugin code when read). Our own
+            # backends and with_declaration's fixed list need no thread.
+            collect = lambda f=impl.function: [_validated(item) for item in _materialise(f())]  # noqa: E731
+            if name in BUILTIN_BACKENDS or isinstance(impl.plugin, _FixedDeclarations):
+                outcome = Outcome(value=collect())
+            else:
+                outcome = guarded_call(collect)
             self._report_output(name, "hook call", outcome.output)
             if outcome.error is not None:  # isolate: one plugin's bug must not hide the others
                 self.problems.append(PluginProblem(plugin=name, stage="call", message=outcome.error))
@@ -166,12 +171,7 @@ class Registry:
         if declaration.id not in self._declarations:
             replaced.append(declaration)
 
-        class _Fixed:
-            @hookimpl
-            def moe_registry_backends(self) -> list[BackendCapability]:
-                return replaced
-
-        return Registry(builtins=False, entry_points=False, plugins=[_Fixed()])
+        return Registry(builtins=False, entry_points=False, plugins=[_FixedDeclarations(replaced)])
 
     def environment(self) -> Environment:
         """This machine's software for these declarations (probed once, then cached)."""
@@ -183,6 +183,17 @@ class Registry:
 
     def refresh_environment(self) -> None:
         self._environment = None
+
+
+class _FixedDeclarations:
+    """A plugin that contributes declarations already validated (``Registry.with_declaration``)."""
+
+    def __init__(self, declarations: list[BackendCapability]):
+        self.declarations = declarations
+
+    @hookimpl
+    def moe_registry_backends(self) -> list[BackendCapability]:
+        return self.declarations
 
 
 def _validated(item: Any) -> "BackendCapability | str":

@@ -8,8 +8,6 @@ Names and semantics follow FlashInfer / TensorRT-LLM ``RoutingMethodType`` (TRT-
 
 from __future__ import annotations
 
-import math
-
 from typing import Callable
 
 import torch

@@ -554,7 +554,14 @@ def test_plugin_time_limit_from_the_environment(monkeypatch, value, expected):
 
 @pytest.mark.parametrize("name,value", [("MOE_REGISTRY_DEVICE", "garbage"), ("MOE_REGISTRY_BACKEND", "nope\x1b[2J")])
 def test_bad_environment_variables_exit_2_with_an_escaped_line(monkeypatch, capsys, name, value):
+    from moe_registry.schemas.device import detect
+
     monkeypatch.setenv(name, value)
-    code, out, err = run(capsys, *SELECT, "--json")
+    detect.cache_clear()  # this machine is detected once per process
+    try:
+        code, out, err = run(capsys, *SELECT, "--json")
+    finally:
+        monkeypatch.delenv(name)
+        detect.cache_clear()
     assert code == 2 and err.count("\n") == 1 and "\x1b" not in err
     assert strict_json(out)["error"] == "bad_input"

@@ -853,6 +853,17 @@ def plot(table: CostTable, path: str | os.PathLike[str], *, labels: Mapping[Laye
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
+def _check_writable(flag: str, path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file name")
+    parent = path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot create files in {existing or parent}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path} is not writable")
+
+
 def main(args: Any) -> int:
     """`moe-registry bench TARGET [--tokens ...] [--quant Q] [--backend B ...] [--out FILE] [--plot FILE.png]
     [--json] [--reps N]`. Optional attributes read when the parser has them: ``device`` (cpu / cuda),
@@ -870,9 +881,15 @@ def main(args: Any) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError("--plot needs matplotlib (pip install 'moe-registry[plot]')") from None
-    tp, ep = getattr(args, "tp", 1) or 1, getattr(args, "ep", 1) or 1
+    tp, ep = getattr(args, "tp", None), getattr(args, "ep", None)
+    tp, ep = 1 if tp is None else tp, 1 if ep is None else ep  # 0 is an error, not "unset"
     if tp < 1 or ep < 1:
         raise ValueError("--tp and --ep must be positive")
+    # Output paths are checked before the benchmark runs, so an unwritable one loses no results.
+    for flag, path in (("--out", args.out), ("--holdout-out", getattr(args, "holdout_out", None)),
+                       ("--plot", args.plot)):
+        if path:
+            _check_writable(flag, Path(path))
     layers, labels = resolve_target(args.target, args.quant, ParallelConfig(tp=tp, ep=ep), args)
     as_json = bool(getattr(args, "json", False))
 
@@ -892,8 +909,7 @@ def main(args: Any) -> int:
     if args.plot and report.table.entries:
         plot(report.table, args.plot, labels=labels, overlay=None)
     if as_json:
-        json.dump(report.as_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(json.dumps(report.as_json(), indent=2, allow_nan=False) + "\n")
     else:
         from .cli import _console
 

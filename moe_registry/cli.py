@@ -28,16 +28,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console():
-    from rich.console import Console
-
-    class _PipeConsole(Console):
-        def on_broken_pipe(self) -> None:  # rich exits 1 here; a closed pipe is a normal end (main())
-            self.quiet = True
-            raise BrokenPipeError
+    from .render import safe_console
 
     # Pipes and NO_COLOR get plain text (rich honours both). The width is the terminal's, else
-    # COLUMNS, else 80 (rich reads COLUMNS too); text is wrapped to it, never cut.
-    return _PipeConsole(width=_width(), soft_wrap=False, highlight=False)
+    # COLUMNS, else 80 (rich reads COLUMNS too); text is wrapped to it, never cut. safe_console
+    # escapes control characters in plugin- and config-supplied strings and ends quietly on a
+    # closed pipe.
+    return safe_console(width=_width(), soft_wrap=False, highlight=False)
 
 
 def _width() -> int:
@@ -53,8 +50,14 @@ def _width() -> int:
 
 
 def _emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    # Strict RFC 8259 (no NaN/Infinity), serialised whole first so an error never leaves half a document.
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _write_text(text: str) -> None:
+    from .render import escape_control
+
+    sys.stdout.write(escape_control(text, keep_newlines=True))  # Markdown: no raw control characters
 
 
 def _output_mode(args: argparse.Namespace) -> str:
@@ -168,7 +171,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if mode == "json":
         _emit_json(render.plan_json(plan))
     elif mode == "markdown":
-        sys.stdout.write(render.plan_markdown(plan))
+        _write_text(render.plan_markdown(plan))
     else:
         render.print_plan(_console(), plan, verbose=args.verbose)
     return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
@@ -207,7 +210,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     if mode == "json":
         _emit_json(render.selection_json(selection))
     elif mode == "markdown":
-        sys.stdout.write(render.selection_markdown(selection) + "\n")
+        _write_text(render.selection_markdown(selection) + "\n")
     else:
         render.print_selection(_console(), selection)
     return EXIT_OK
@@ -225,7 +228,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         data["problems"] = [p.model_dump() for p in registry.problems]
         _emit_json(data)
     elif mode == "markdown":
-        sys.stdout.write(render.matrix_markdown(registry, device))
+        _write_text(render.matrix_markdown(registry, device))
     else:
         console = _console()
         render.print_matrix(console, registry, device)
@@ -431,11 +434,30 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    json_mode = "--json" in argv  # known before parsing, so a parse error is a JSON document too
+    if sys.stdout is None:  # started with stdout closed (`moe-registry ... >&-`)
+        _error_line("error: standard output is closed")
+        return EXIT_BAD_INPUT
+    try:
+        code = _main(argv, json_mode)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler
+        return code
+    except BrokenPipeError:
+        # The reader stopped (`| head -1`): a normal end. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+
+
+def _main(argv: list[str], json_mode: bool) -> int:
     from pydantic import ValidationError
 
     from .errors import BackendNotEligible, NoEligibleBackend
 
-    json_mode = False
     try:
         args = build_parser().parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
@@ -448,18 +470,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NoEligibleBackend, BackendNotEligible) as exc:
         _print_no_backend(exc, json_mode)
         return EXIT_NO_BACKEND
+    except BrokenPipeError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch" and not (exc.name or "").startswith("torch."):
+            return _internal_error(exc, json_mode)
+        _bad_input("this command runs kernels and needs torch, which is not installed "
+                   "(pip install 'moe-registry[torch]'); planning commands work without it", json_mode)
+        return EXIT_BAD_INPUT
     except (BadInput, ValidationError, ValueError, OSError) as exc:
         # ValueError covers UnknownBackend, PlanError and quant/activation/device parse errors.
-        print(f"moe-registry: error: {_one_line(exc)}", file=sys.stderr)
+        _bad_input(_one_line(exc), json_mode)
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        _bad_input("input nested too deeply", json_mode)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: still one line; MOE_REGISTRY_DEBUG=1 shows the traceback
         if os.environ.get("MOE_REGISTRY_DEBUG"):
             raise
-        print(f"moe-registry: internal error: {type(exc).__name__}: {_one_line(exc)} "
-              "(set MOE_REGISTRY_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return _internal_error(exc, json_mode)
+
+
+def _error_line(text: str) -> None:
+    from .render import escape_control
+
+    if sys.stderr is not None:
+        print(f"moe-registry: {escape_control(text)}", file=sys.stderr)
+
+
+def _bad_input(message: str, json_mode: bool) -> None:
+    """One line on stderr; with --json also an error object on stdout (docs/cli-json.md)."""
+    _error_line(f"error: {message}")
+    if json_mode:
+        from .render import JSON_SCHEMA_VERSION
+
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "error": "bad_input", "message": message})
+
+
+def _internal_error(exc: Exception, json_mode: bool) -> int:
+    message = f"{type(exc).__name__}: {_one_line(exc)}"
+    _error_line(f"internal error: {message} (set MOE_REGISTRY_DEBUG=1 for the traceback)")
+    if json_mode:
+        from .render import JSON_SCHEMA_VERSION
+
+        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "error": "internal_error", "message": message})
+    return 1
 
 
 def _closed_pipe() -> int:
@@ -486,7 +543,7 @@ def _print_no_backend(exc: Exception, json_mode: bool) -> None:
             data = {"error": "no_eligible_backend", "rejections": [r.model_dump(mode="json") for r in exc.rejections]}
         _emit_json({"schema_version": render.JSON_SCHEMA_VERSION, **data})
     else:
-        print(f"moe-registry: {exc}", file=sys.stderr)
+        _error_line(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

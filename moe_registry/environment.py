@@ -73,16 +73,31 @@ def _torch_op_registered(qualified: str) -> bool:
         return False
 
 
-def _run_probe(reference: str) -> tuple[bool, str]:
+def _call_probe(reference: str) -> tuple[bool, str]:
     module_name, _, attr = reference.partition(":")
-    try:
-        built, detail = getattr(importlib.import_module(module_name), attr)()
-    except Exception as exc:  # a broken probe must not break selection for other backends
-        return False, f"probe {reference} failed: {type(exc).__name__}: {exc}"
+    built, detail = getattr(importlib.import_module(module_name), attr)()
     return bool(built), str(detail)
 
 
-def check_requirement(backend: str, req: "Requirement") -> RequirementState:
+def _run_probe(reference: str, failures: list[tuple[str, str]] | None = None,
+               backend: str = "") -> tuple[bool, str]:
+    # A probe is plugin code: guarded (SystemExit, output, time limit) so that it cannot break
+    # selection for the other backends or the CLI's output.
+    from ._isolation import guarded_call, quote_output
+
+    outcome = guarded_call(lambda: _call_probe(reference))
+    who = f"{backend} requirement probe {reference}"
+    if outcome.output.strip() and failures is not None:
+        failures.append((who, f"wrote to stdout/stderr (captured): {quote_output(outcome.output)}"))
+    if outcome.error is not None:
+        if failures is not None:
+            failures.append((who, outcome.error))
+        return False, f"probe {reference} failed: {outcome.error}"
+    return outcome.value
+
+
+def check_requirement(backend: str, req: "Requirement",
+                      failures: list[tuple[str, str]] | None = None) -> RequirementState:
     if req.kind == "package":
         module = req.import_name or req.name
         ok = _importable(module)
@@ -99,15 +114,17 @@ def check_requirement(backend: str, req: "Requirement") -> RequirementState:
         elif not ok:
             detail = f"torch.ops.{req.name.replace('::', '.')} not registered"
     else:
-        ok, detail = _run_probe(req.probe) if req.probe else (False, "no probe declared")
+        ok, detail = _run_probe(req.probe, failures, backend) if req.probe else (False, "no probe declared")
     return RequirementState(backend=backend, name=req.name, satisfied=ok, detail=detail)
 
 
-def probe_environment(declarations: Iterable["BackendCapability"]) -> Environment:
+def probe_environment(declarations: Iterable["BackendCapability"],
+                      failures: list[tuple[str, str]] | None = None) -> Environment:
     """Snapshot this machine's software for the given declarations. The registry caches the
-    result; call ``Registry.refresh_environment()`` after installing or loading something."""
+    result; call ``Registry.refresh_environment()`` after installing or loading something.
+    Probes that fail, time out or print are appended to ``failures`` as (who, what)."""
     declarations = tuple(declarations)
-    states = [check_requirement(d.id, req) for d in declarations for req in d.requirements]
+    states = [check_requirement(d.id, req, failures) for d in declarations for req in d.requirements]
     names = sorted({"torch", "flashinfer-python", "vllm", *(r.package for d in declarations
                                                             for r in d.requirements if r.package)})
     versions = tuple((n, v) for n in names if (v := _distribution_version(n)) is not None)

@@ -13,6 +13,14 @@ class MoeRegistryError(Exception):
     """Base class of the library's own errors."""
 
 
+class InvalidArgument(MoeRegistryError, TypeError):
+    """A library function called with an argument of the wrong type (named in the message)."""
+
+
+class InvalidDevice(MoeRegistryError, ValueError):
+    """A device argument that names no target selection can plan or run for."""
+
+
 class UnknownBackend(MoeRegistryError, ValueError):
     """A backend id that no declaration in the registry has."""
 

@@ -24,21 +24,26 @@ from .selection import DeclaredPriority
 COST_SCHEMA_VERSION = 1
 
 
+# A time above this (11.6 days) is not a measurement; finite bounds keep sums and --json finite.
+MAX_US = 1e12
+MAX_COST_TABLE_BYTES = 8 * 2**20
+
+
 class CostEntry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     backend: str
     layer: LayerSpec  # shape key: name and index are dropped
     tokens: int = Field(gt=0)
-    median_us: float = Field(gt=0)
-    p10_us: float | None = None
-    p90_us: float | None = None
+    median_us: float = Field(gt=0, le=MAX_US)
+    p10_us: float | None = Field(default=None, ge=0, le=MAX_US)
+    p90_us: float | None = Field(default=None, ge=0, le=MAX_US)
 
 
 class CostTable(BaseModel):
     """Measured forward times per (backend, layer shape, token count) on one device."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: int = COST_SCHEMA_VERSION
     device: DeviceSpec
@@ -51,9 +56,16 @@ class CostTable(BaseModel):
     def load(cls, path: str | Path) -> "CostTable":
         """Read a cost table; ValueError (one line) for a missing or malformed file."""
         try:
-            text = Path(path).read_text()
+            with Path(path).open("rb") as f:
+                raw = f.read(MAX_COST_TABLE_BYTES + 1)
         except OSError as exc:
             raise ValueError(f"cannot read cost table {path}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_COST_TABLE_BYTES:
+            raise ValueError(f"cost table {path} is larger than {MAX_COST_TABLE_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"cost table {path} is not UTF-8 text") from None
         try:
             return cls.model_validate_json(text)
         except ValueError as exc:
@@ -98,6 +110,10 @@ class MeasuredPolicy:
     costs: CostTable
     num_tokens: int | None = None
     fallback: DeclaredPriority = DeclaredPriority()
+
+    def __post_init__(self) -> None:
+        if self.num_tokens is not None and (isinstance(self.num_tokens, bool) or self.num_tokens < 1):
+            raise ValueError(f"the measured policy needs a positive token count, got {self.num_tokens}")
 
     @property
     def exact_activations(self) -> bool:

@@ -57,11 +57,17 @@ is still planned; a forced backend that cannot run a layer (``BackendNotEligible
 
 Every planning failure is a :class:`PlanError` (a ``ValueError``) with one line that names the
 file, key or layer at fault.
+
+Bounds (far above any real model; each exceeded bound is a one-line ``MalformedConfig``): a config
+file of at most ``MAX_CONFIG_BYTES`` (8 MiB), JSON nested at most ``MAX_JSON_DEPTH`` (64) levels,
+numbers finite (``NaN``, ``Infinity``, ``1e999`` are refused: the output must stay strict JSON), at
+most ``MAX_LAYERS`` (256) hidden layers, and the layer sizes of :class:`LayerSpec`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,13 +84,14 @@ from .quant_config import (
     QuantConfigError,
     UnknownQuantMethod,
     UnsupportedQuantScheme,
+    check_matching_budget,
     override_quant,
     parse_quant_config,
     unquantized_scheme,
 )
 from .schemas.activation import Activation, SiluClampParams, SwigluOAIParams
 from .schemas.device import DeviceSpec, get_device
-from .schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
+from .schemas.layer import MAX_LAYERS, LayerSpec, ParallelConfig, RoutingMethod
 from .schemas.quant import QuantScheme
 from .memory import MemoryFit
 from .schemas.selection import Rejection, Selection
@@ -255,16 +262,56 @@ class _Source:
     quantize_source: str = ""
 
 
+MAX_CONFIG_BYTES = 8 * 2**20  # real config.json / quant configs are kilobytes; the largest ~1 MiB
+MAX_JSON_DEPTH = 64  # real configs nest about 6 levels
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range (not a finite double)")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:  # iterative: a deep document must not exhaust the Python stack here either
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _parse_json(text: str, where: str) -> Any:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise MalformedConfig(f"{where} is {len(text)} characters; the limit is {MAX_CONFIG_BYTES}")
     try:
-        return json.loads(text)
+        data = json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise MalformedConfig(f"{where} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as exc:  # non-finite numbers, integers over Python's digit limit
+        raise MalformedConfig(f"{where} is not valid JSON: {' '.join(str(exc).split())}") from None
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
+    return data
 
 
 def _read_json(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: a FIFO or /dev/zero must not hang or fill memory
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise MalformedConfig(f"{path} is larger than {MAX_CONFIG_BYTES} bytes (the limit for a config file)")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigNotFound(f"no such file: {path}") from None
     except UnicodeDecodeError:
@@ -322,11 +369,19 @@ def _find_preset(text: str) -> str | None:
 
 
 def _load(source: str | os.PathLike[str]) -> _Source:
+    if not isinstance(source, (str, os.PathLike)):
+        raise UnknownPreset(f"model source must be a preset name or a path, not {type(source).__name__}")
     text = os.fspath(source)
     if not isinstance(text, str) or not text.strip():
         raise UnknownPreset("empty model source; give a preset name, a model directory or a config.json path")
-    path = Path(text).expanduser()
-    if path.exists():
+    if "\0" in text:
+        raise ConfigNotFound("model source contains a NUL character")
+    try:
+        path = Path(text).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError) as exc:  # name too long, unknown ~user
+        raise ConfigNotFound(f"cannot use {text[:80]!r} as a path: {getattr(exc, 'strerror', None) or exc}") from None
+    if exists:
         return _from_path(path)
     preset = _find_preset(text)
     if preset is not None:
@@ -622,11 +677,17 @@ def _dtype(text: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return "bf16"
 
 
-def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype: str) -> QuantConfig | None:
+def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype: str,
+              moe_layers: int = 1) -> QuantConfig | None:
     found = _quant_source(src, config, text)
     if found is None:
         return None
-    return parse_quant_config(found[0], source=found[1], dtype=dtype)
+    check_matching_budget(found[0], moe_layers, found[1])
+    try:
+        return parse_quant_config(found[0], source=found[1], dtype=dtype)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
+        raise QuantConfigError(f"{found[1]}: malformed quantization config "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -666,6 +727,12 @@ def _heads(r: _Reader) -> tuple[int | None, int | None]:
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
           quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any],
           memory_mode: str = "prefer") -> ModelPlan:
+    if not isinstance(parallel, ParallelConfig):
+        raise PlanError(f"parallel must be a ParallelConfig, got {type(parallel).__name__}")
+    if quant is not None and not isinstance(quant, (QuantScheme, str)):
+        raise PlanError(f"quant must be a QuantScheme or a string such as 'nvfp4', got {type(quant).__name__}")
+    if device is not None and not isinstance(device, (DeviceSpec, str)):
+        raise PlanError(f"device must be a preset name or a DeviceSpec, got {type(device).__name__}")
     config = src.config
     text, wrapper = _pick_text_config(config)
     where = src.source if text is config else f"{src.source} text_config"
@@ -684,6 +751,8 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
         raise NotAMoEModel(f"{where} ({kind}) declares no routed experts "
                            f"(none of {', '.join(_EXPERT_KEYS)}); not a MoE model")
     num_layers = r.required_int(("num_hidden_layers",))
+    if num_layers > MAX_LAYERS:
+        raise MalformedConfig(f"{where}: num_hidden_layers {num_layers} is above the limit of {MAX_LAYERS}")
     expert_key, experts = r.per_layer(_EXPERT_KEYS, num_layers, minimum=0)
     if not any(experts):
         raise NotAMoEModel(f"{where}: {expert_key} is 0; not a MoE model")
@@ -731,7 +800,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
         qconf: QuantConfig | None = override_quant(quant)
         expert_scheme = None
     else:
-        qconf = _quant_of(src, config, text, dtype)
+        qconf = _quant_of(src, config, text, dtype, len(indices))
         expert_scheme = _expert_dtype(r, qconf, notes)
     unquantized = unquantized_scheme(dtype)
     attention_heads, kv_heads = _heads(r)
@@ -741,7 +810,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     specs: list[LayerSpec] = []
     for i in indices:
         name = template.format(i=i)
-        scheme = qconf.scheme_for(name) if qconf is not None else unquantized
+        scheme = _scheme_for(qconf, name, unquantized)
         if expert_scheme is not None and scheme != unquantized:
             scheme = expert_scheme
         try:
@@ -765,6 +834,16 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
                      device=device, parallel=parallel, quantization=summary,
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
+
+
+def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) -> QuantScheme:
+    if qconf is None:
+        return unquantized
+    try:
+        return qconf.scheme_for(name)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
+        raise QuantConfigError(f"{qconf.source}: malformed quantization config for {name} "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
 
 
 def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],

@@ -885,10 +885,10 @@ def print_record(console: "Console", record: ProbeRecord, *, out: str | None = N
 
 def main(args: Any) -> int:
     """The `moe-registry probe` command: exit 0 without drift, 1 with drift."""
-    from rich.console import Console
+    from .render import safe_console  # escapes plugin strings; a closed pipe is a normal end
 
     as_json = bool(getattr(args, "json", False))
-    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160, soft_wrap=False, highlight=False)
+    console = safe_console(stderr=as_json, width=None if sys.stdout.isatty() else 160, soft_wrap=False, highlight=False)
     record = run_probe(backends=list(getattr(args, "backend", None) or []) or None, quick=bool(args.quick),
                        progress=not as_json, isolate=not bool(getattr(args, "in_process", False)), console=console)
     out = getattr(args, "out", None)

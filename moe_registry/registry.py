@@ -3,7 +3,10 @@
 Built-in backends and third-party plugins contribute declarations through the same hook; plugins
 are found through the ``moe_registry`` entry-point group. A plugin that fails to load, raises,
 returns something that is not a valid declaration, or reuses an id is isolated and reported in
-``Registry.problems``; every other backend keeps working.
+``Registry.problems``; every other backend keeps working. Plugin code (import and hook) runs under
+:func:`moe_registry._isolation.guarded_call`: ``SystemExit`` is caught too, output is captured, and
+each call has a time limit (``$MOE_REGISTRY_PLUGIN_TIMEOUT``, default 5 s). A plugin contributes at
+most ``MAX_DECLARATIONS_PER_PLUGIN`` declarations.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ import functools
 import hashlib
 import importlib
 import importlib.metadata
+import inspect
 from typing import Any, Iterable, Iterator, Literal
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ._isolation import Outcome, guarded_call, one_line, quote_output
 from .environment import Environment, probe_environment
 from .errors import UnknownBackend
 from .schemas.capability import BackendCapability
 
 PROJECT = "moe_registry"
+# Real plugins declare a handful of backends; thousands would make every command slow (issue 13).
+MAX_DECLARATIONS_PER_PLUGIN = 64
 ENTRY_POINT_GROUP = "moe_registry"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -54,7 +61,7 @@ class PluginProblem(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     plugin: str
-    stage: Literal["load", "register", "call", "validate", "duplicate"]
+    stage: Literal["load", "register", "call", "validate", "duplicate", "output", "probe"]
     message: str
 
 
@@ -83,20 +90,25 @@ class Registry:
     def _register(self, plugin: object, name: str) -> None:
         try:
             self._pm.register(plugin, name=name)
-        except Exception as exc:  # pluggy validates hookimpl signatures at registration
-            self.problems.append(PluginProblem(plugin=name, stage="register", message=_one_line(exc)))
+        except (Exception, SystemExit) as exc:  # pluggy validates hookimpls; a module __getattr__ may exit
+            self.problems.append(PluginProblem(plugin=name, stage="register", message=one_line(exc)))
             return
         self._order.append(name)
 
     def _load_entry_points(self) -> None:
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             name = f"{entry.name} ({entry.value})"
-            try:
-                plugin = entry.load()
-            except Exception as exc:
-                self.problems.append(PluginProblem(plugin=name, stage="load", message=_one_line(exc)))
+            outcome = guarded_call(entry.load)
+            self._report_output(name, "load", outcome.output)
+            if outcome.error is not None:
+                self.problems.append(PluginProblem(plugin=name, stage="load", message=outcome.error))
                 continue
-            self._register(plugin, name)
+            self._register(outcome.value, name)
+
+    def _report_output(self, name: str, when: str, output: str) -> None:
+        if output.strip():
+            self.problems.append(PluginProblem(
+                plugin=name, stage="output", message=f"wrote to stdout/stderr at {when} (captured): {quote_output(output)}"))
 
     def _collect(self) -> dict[str, BackendCapability]:
         impls = {impl.plugin_name: impl for impl in self._pm.hook.moe_registry_backends.get_hookimpls()}
@@ -105,16 +117,27 @@ class Registry:
             impl = impls.get(name)
             if impl is None:
                 continue
-            try:
-                contributed = impl.function()
-            except Exception as exc:  # isolate: one plugin's bug must not hide the others
-                self.problems.append(PluginProblem(plugin=name, stage="call", message=_one_line(exc)))
+            # The whole call runs guarded: the loop over a returned generator and the validation of
+            # every item too (a dict or model subclass can run plugin code when read). Our own
+            # backends and with_declaration's fixed list need no thread.
+            collect = lambda f=impl.function: [_validated(item) for item in _materialise(f())]  # noqa: E731
+            if name in BUILTIN_BACKENDS or isinstance(impl.plugin, _FixedDeclarations):
+                outcome = Outcome(value=collect())
+            else:
+                outcome = guarded_call(collect)
+            self._report_output(name, "hook call", outcome.output)
+            if outcome.error is not None:  # isolate: one plugin's bug must not hide the others
+                self.problems.append(PluginProblem(plugin=name, stage="call", message=outcome.error))
                 continue
-            for item in contributed or ():
-                try:
-                    decl = item if isinstance(item, BackendCapability) else BackendCapability.model_validate(item)
-                except ValidationError as exc:
-                    self.problems.append(PluginProblem(plugin=name, stage="validate", message=_one_line(exc)))
+            items = outcome.value
+            if len(items) > MAX_DECLARATIONS_PER_PLUGIN:
+                self.problems.append(PluginProblem(plugin=name, stage="validate", message=(
+                    f"returned more than {MAX_DECLARATIONS_PER_PLUGIN} declarations; a plugin may contribute at most "
+                    f"{MAX_DECLARATIONS_PER_PLUGIN}; all ignored")))
+                continue
+            for decl in items:
+                if isinstance(decl, str):  # the validation error
+                    self.problems.append(PluginProblem(plugin=name, stage="validate", message=decl))
                     continue
                 if decl.id in found:
                     self.problems.append(PluginProblem(
@@ -150,26 +173,56 @@ class Registry:
         if declaration.id not in self._declarations:
             replaced.append(declaration)
 
-        class _Fixed:
-            @hookimpl
-            def moe_registry_backends(self) -> list[BackendCapability]:
-                return replaced
-
-        return Registry(builtins=False, entry_points=False, plugins=[_Fixed()])
+        return Registry(builtins=False, entry_points=False, plugins=[_FixedDeclarations(replaced)])
 
     def environment(self) -> Environment:
         """This machine's software for these declarations (probed once, then cached)."""
         if self._environment is None:
-            self._environment = probe_environment(self._declarations.values())
+            failures: list[tuple[str, str]] = []
+            self._environment = probe_environment(self._declarations.values(), failures=failures)
+            self.problems.extend(PluginProblem(plugin=who, stage="probe", message=what) for who, what in failures)
         return self._environment
 
     def refresh_environment(self) -> None:
         self._environment = None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class _FixedDeclarations:
+    """A plugin that contributes declarations already validated (``Registry.with_declaration``)."""
+
+    def __init__(self, declarations: list[BackendCapability]):
+        self.declarations = declarations
+
+    @hookimpl
+    def moe_registry_backends(self) -> list[BackendCapability]:
+        return self.declarations
+
+
+def _validated(item: Any) -> "BackendCapability | str":
+    """A declaration of exactly BackendCapability (revalidated from plain data otherwise), or the
+    one-line validation error."""
+    try:
+        if type(item) is BackendCapability:
+            return item
+        if isinstance(item, BaseModel):
+            item = item.model_dump()
+        return BackendCapability.model_validate(item)
+    except (ValidationError, ValueError, TypeError) as exc:
+        return one_line(exc)
+
+
+def _materialise(contributed: Any) -> list[Any]:
+    """A hook's result as a list: a list, tuple or generator of declarations, or None."""
+    if contributed is None:
+        return []
+    if isinstance(contributed, (list, tuple)) or inspect.isgenerator(contributed):
+        items = []
+        for item in contributed:
+            items.append(item)
+            if len(items) > MAX_DECLARATIONS_PER_PLUGIN:  # an endless generator stops here
+                break
+        return items
+    raise TypeError(f"the hook returned {type(contributed).__name__}; expected a list of declarations")
 
 
 @functools.lru_cache(maxsize=1)

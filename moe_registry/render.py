@@ -6,6 +6,8 @@ The JSON shapes are documented in docs/cli-json.md (``schema_version`` changes o
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .schemas.activation import Activation
@@ -20,6 +22,47 @@ if TYPE_CHECKING:
     from .planner import ModelPlan
 
 JSON_SCHEMA_VERSION = 1
+
+# --- Escaping plugin- and config-supplied text -------------------------------------------------
+
+# C0 (but \t, \n), DEL, C1, Unicode line separators and bidi overrides: a plugin name or a config
+# string must never move the cursor, clear the screen, set the window title or reorder a line.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_OR_NEWLINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_char(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_control(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters written as visible escapes (``\\x1b``); newlines and tabs
+    kept only with ``keep_newlines`` (multi-line Markdown), so one-line messages stay one line."""
+    return (_CONTROL if keep_newlines else _CONTROL_OR_NEWLINE).sub(_escape_char, text)
+
+
+@functools.lru_cache(maxsize=1)
+def _safe_console_class():
+    from rich.console import Console
+
+    class SafeConsole(Console):
+        """Every string rich renders (print arguments, table cells and titles) goes through
+        ``render_str``: escape control characters there, before rich adds its own styling codes."""
+
+        def render_str(self, text: str, **kwargs: Any):
+            return super().render_str(escape_control(text, keep_newlines=True), **kwargs)
+
+        def on_broken_pipe(self) -> None:
+            # rich would raise SystemExit(1); the CLI treats a closed pipe as a normal end.
+            self.quiet = True
+            raise BrokenPipeError
+
+    return SafeConsole
+
+
+def safe_console(**kwargs: Any) -> "Console":
+    return _safe_console_class()(**kwargs)
 
 # --- Shared text pieces ------------------------------------------------------------------------
 
@@ -111,7 +154,7 @@ def rejections_markdown(rejections: Iterable) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return escape_control(text.replace("|", "\\|").replace("\n", " "))
 
 
 def print_selection(console: "Console", selection: Selection) -> None:

@@ -7,6 +7,7 @@ reference backend on the same (dequantized) weights.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from typing import Any
@@ -64,9 +65,13 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: s
         raise ValueError(f"layer {layer} of {plan.model} is not an MoE layer; MoE layers: "
                          f"{moe[0]}-{moe[-1]} ({len(moe)})" if moe else f"{plan.model} has no MoE layers")
     spec = by_index[layer]
+    if device is not None and not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N (the torch device to run on), got {device!r}")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available here")
+    if torch_device.type == "cuda" and (torch_device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
     # Select for this machine (device=None: detected, packages checked); a CPU run on a GPU
     # machine plans for the CPU instead.

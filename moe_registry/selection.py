@@ -15,7 +15,7 @@ import os
 from typing import Iterable, Protocol, Sequence
 
 from .environment import Environment
-from .errors import BackendNotEligible, NoEligibleBackend
+from .errors import BackendNotEligible, InvalidArgument, InvalidDevice, NoEligibleBackend
 from .registry import Registry, default_registry
 from .schemas.activation import Activation, SwigluOAIParams
 from .schemas.capability import BackendCapability, QuantSupport, dimension_value
@@ -276,6 +276,19 @@ def _padded_sizes(layer: LayerSpec, multiples: dict[str, int]) -> dict[str, int]
             "intermediate": _round_up(layer.local_intermediate_size, multiples.get("intermediate", 1))}
 
 
+def _smallest_ep(num_experts: int, max_per_rank: int) -> int | None:
+    """The smallest EP size >= 2 that divides the experts into at most ``max_per_rank`` per rank:
+    ``num_experts / d`` for the largest divisor ``d < num_experts`` with ``d <= max_per_rank``
+    (divisors found in pairs up to the square root, not by counting up to ``num_experts``)."""
+    best = 0
+    for small in range(1, math.isqrt(num_experts) + 1):
+        if num_experts % small == 0:
+            for d in (small, num_experts // small):
+                if d < num_experts and d <= max_per_rank:
+                    best = max(best, d)
+    return num_experts // best if best else None
+
+
 def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | None = None,
                          backend: BackendCapability | None = None) -> None:
     """A rank must hold whole scale groups along K (hidden for GEMM1, intermediate for GEMM2):
@@ -344,8 +357,7 @@ def _check_shapes(d: BackendCapability, layer: LayerSpec, sizes: dict[str, int],
             v.reject(ReasonCode.SHAPE_OUT_OF_RANGE, rule.dimension, bounds, str(value),
                      f"{d.name} needs per-rank {rule.dimension} in {bounds}{scope}; it is {seen}", source=rule.source)
     if d.max_experts is not None and layer.local_num_experts > d.max_experts:
-        need = next((ep for ep in range(2, layer.num_experts + 1) if layer.num_experts % ep == 0
-                     and layer.num_experts // ep <= d.max_experts), None)
+        need = _smallest_ep(layer.num_experts, d.max_experts)
         v.reject(ReasonCode.SHAPE_OUT_OF_RANGE, "experts", f"<= {d.max_experts} per rank", str(layer.local_num_experts),
                  f"{d.name} runs at most {d.max_experts} experts per rank; this rank has {layer.local_num_experts}",
                  f"EP{need} gives {layer.num_experts // need} experts per rank" if need else "")
@@ -594,11 +606,23 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     kept like any other reason. With no eligible backend, NoEligibleBackend carries every rejection.
     """
     registry = registry or default_registry()
+    if not isinstance(layer_spec, LayerSpec):
+        raise InvalidArgument(f"select_backend needs a LayerSpec, got {type(layer_spec).__name__}")
+    prefer, forbid = _backend_ids("prefer", prefer), _backend_ids("forbid", forbid)
+    if force is not None and not isinstance(force, str):
+        raise InvalidArgument(f"force must be a backend id (str) or None, got {type(force).__name__}")
+    if policy is not None and not all(hasattr(policy, a) for a in ("order", "key", "allow_padding", "exact_activations")):
+        raise InvalidArgument(f"policy must be a Policy (DeclaredPriority, MeasuredPolicy, ...), got {type(policy).__name__}")
     if device is None:
         target, env = detect(), registry.environment()
-    else:
+    elif _is_torch_device(device):  # the device kernels will run on: this machine, packages checked
+        target, env = _torch_target(device), registry.environment()
+    elif isinstance(device, (str, DeviceSpec)):
         target = get_device(device) if isinstance(device, str) else device
         env = Environment.planning_target()
+    else:
+        raise InvalidDevice(f"device must be a preset name, a DeviceSpec, a torch.device or None, "
+                            f"got {type(device).__name__}")
     origin = "forced"
     if force is None and os.environ.get(ENV_FORCE):
         force, origin = os.environ[ENV_FORCE].strip(), "env"
@@ -610,3 +634,27 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
 
 
 DEFAULT_POLICY = DeclaredPriority()
+
+
+def _backend_ids(what: str, ids: object) -> tuple[str, ...]:
+    if isinstance(ids, str) or not isinstance(ids, Iterable):
+        raise InvalidArgument(f"{what} must be a list of backend ids, got {type(ids).__name__}")
+    ids = tuple(ids)
+    if not all(isinstance(i, str) for i in ids):
+        raise InvalidArgument(f"{what} must be a list of backend ids (str)")
+    return ids
+
+
+def _is_torch_device(device: object) -> bool:
+    return type(device).__module__ == "torch" and type(device).__name__ == "device"  # no torch import
+
+
+def _torch_target(device) -> DeviceSpec:
+    if device.type == "cpu":
+        return PRESETS["cpu"]
+    if device.type == "cuda":
+        found = detect()
+        if found.vendor != "cpu":
+            return found
+        raise InvalidDevice(f"{device} requested but this machine has no CUDA device")
+    raise InvalidDevice(f"torch device type {device.type!r} has no fused-MoE backends (cpu or cuda)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..errors import MoeRegistryError
+
 if TYPE_CHECKING:
     import torch
 
@@ -38,13 +40,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class AdapterUnavailable(MoeRegistryError, ValueError):
+    """A backend's declared adapter cannot be imported (typed, so the CLI exits 2 with one line)."""
+
+
 def _load_adapter(backend: str, spec: str | None) -> type:
     from .base import Experts
 
     if not spec or ":" not in spec:
         raise ValueError(f"backend {backend!r} declares no adapter ('package.module:ClassName'), got {spec!r}")
     module_name, _, class_name = spec.partition(":")
-    module = importlib.import_module(module_name)  # ImportError here names the missing package
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a plugin's adapter module missing, or its package not installed
+        raise AdapterUnavailable(f"backend {backend!r}: cannot import its adapter module {module_name!r}: "
+                                 f"{exc}") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Experts)):
         raise TypeError(f"backend {backend!r}: adapter {spec!r} is not an Experts subclass")

@@ -2,9 +2,11 @@
 
 A kernel given a wrong shape, dtype, device or layout reads garbage or crashes asynchronously far
 from the cause; here every mismatch is a ``ValueError`` with one line naming the tensor, what was
-expected and what arrived. The checks read metadata only, except the id-range check: on the CPU it
-reads min/max; on a GPU it is a device-side assert (no host sync, capturable in a CUDA graph). It
-is skipped when the ids come from ``route()``.
+expected and what arrived. The checks read metadata only, except the id-range check, which runs
+on every call: it is never skipped on the strength of where the ids came from, because writes
+through ``.numpy()`` or ``.data`` change a tensor without bumping its version counter (issue 13).
+On the CPU it reads min/max; on a GPU it is a device-side assert (no host sync, capturable in a
+CUDA graph).
 """
 
 from __future__ import annotations
@@ -62,22 +64,6 @@ def _contiguous_strides(shape: torch.Size) -> list[int]:
     return strides[::-1]
 
 
-# route() yields ids in [0, E) by construction (top-k over E columns). It marks them with that
-# bound and the tensor's version counter, so forward can skip the range check's device sync; any
-# in-place change to the ids bumps the version and brings the check back.
-_ID_BOUND = "_moe_registry_id_bound"
-
-
-def mark_ids_in_range(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    setattr(ids, _ID_BOUND, (num_experts, ids._version))
-    return ids
-
-
-def _known_in_range(ids: torch.Tensor, num_experts: int) -> bool:
-    mark = getattr(ids, _ID_BOUND, None)
-    return mark is not None and mark[0] <= num_experts and mark[1] == ids._version
-
-
 def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any, topk_ids: Any, *,
                          device: Any = None, dtype: torch.dtype | None = None,
                          check_id_range: bool = True) -> None:
@@ -99,7 +85,7 @@ def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any
             raise _fail(name, f"{k} columns (layer top_k)", f"{t.shape[1]} columns", layer)
     _check_tensor("topk_weights", topk_weights, (T, k), (torch.float32,), where, layer)
     _check_tensor("topk_ids", topk_ids, (T, k), (torch.int32, torch.int64), where, layer)
-    if check_id_range and topk_ids.numel() and not _known_in_range(topk_ids, E):
+    if check_id_range and topk_ids.numel():
         check_id_range_of(topk_ids, E, layer)
 
 
@@ -109,7 +95,7 @@ def check_id_range_of(topk_ids: torch.Tensor, num_experts: int, layer: LayerSpec
     capturable in a CUDA graph; a bad id then fails the stream ("device-side assert triggered")
     before any later kernel runs, instead of being read as an address."""
     if topk_ids.device.type == "cpu":
-        lo, hi = torch.stack([topk_ids.min(), topk_ids.max()]).tolist()
+        lo, hi = (int(v) for v in torch.aminmax(topk_ids))  # one pass over the ids
         if lo < 0 or hi >= num_experts:
             raise _fail("topk_ids", f"local expert ids in [0, {num_experts})", f"min {lo} max {hi}", layer)
         return

@@ -13,7 +13,6 @@ from typing import Callable
 import torch
 
 from ..schemas.layer import LayerSpec, RoutingMethod
-from .guards import mark_ids_in_range
 
 # TRT-LLM's and transformers' renormalisation epsilon: keeps a zero sum finite, invisible otherwise.
 _RENORM_EPS = 1e-20
@@ -76,6 +75,11 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
     deepseek_v3 it is ``norm_topk_prob`` (default True); other methods refuse a contradicting value.
     ``custom(logits, top_k) -> (weights, ids)`` for ``RoutingMethod.CUSTOM``.
     """
+    if not isinstance(layer, LayerSpec):
+        raise ValueError(f"route needs a LayerSpec, got {type(layer).__name__}")
+    if not isinstance(router_logits, torch.Tensor):
+        raise ValueError(f"router_logits: expected a torch.Tensor [T, {layer.num_experts}], "
+                         f"got {type(router_logits).__name__}")
     if method is None:
         method = layer.routing or DEFAULT_ROUTING
     elif not isinstance(method, RoutingMethod):
@@ -129,7 +133,11 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
         weights = weights * routed_scaling_factor
     else:  # pragma: no cover - every enum member is handled above
         raise NotImplementedError(f"routing method {method.value!r} has no reference implementation")
-    return weights.float().contiguous(), mark_ids_in_range(ids.to(torch.int32).contiguous(), E)
+    return weights.float().contiguous(), ids.to(torch.int32).contiguous()
+
+
+# Engines use 1.0 to 16 (DeepSeek-V3 2.5); a bound keeps the weights finite.
+MAX_ROUTED_SCALING = 1e4
 
 
 def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n_group: int | None,
@@ -137,6 +145,13 @@ def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n
                   custom: object, E: int, top_k: int) -> None:
     """Refuse parameters the method would otherwise silently ignore."""
     name = method.value
+    if (isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, (int, float))
+            or not 0 < routed_scaling_factor <= MAX_ROUTED_SCALING):  # False for NaN and inf too
+        raise ValueError(f"routed_scaling_factor must be a number in (0, {MAX_ROUTED_SCALING:g}], "
+                         f"got {routed_scaling_factor!r}")
+    for name, value in (("n_group", n_group), ("topk_group", topk_group)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer or None, got {value!r}")
     if method is RoutingMethod.CUSTOM:
         if custom is None or not callable(custom):
             raise ValueError("routing method custom needs custom=callable(logits, top_k) -> (weights, ids)")
@@ -162,7 +177,8 @@ def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n
         if n_group is not None or topk_group is not None:
             raise ValueError(f"n_group / topk_group are used by deepseek_v3 only, not {name}")
         return
-    groups, keep = n_group or 1, topk_group or 1
+    groups = 1 if n_group is None else n_group  # 0 is an error, not "unset"
+    keep = 1 if topk_group is None else topk_group
     if groups < 1 or E % groups:
         raise ValueError(f"deepseek_v3: n_group={groups} must divide the {E} experts")
     if not 1 <= keep <= groups:
@@ -188,4 +204,4 @@ def _custom(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
         lo, hi = torch.stack([ids.min(), ids.max()]).tolist()  # one device sync
         if lo < 0 or hi >= logits.shape[1]:
             raise ValueError(f"custom routing ids: expected values in [0, {logits.shape[1]}), got min {lo} max {hi}")
-    return weights.float().contiguous(), mark_ids_in_range(ids.to(torch.int32).contiguous(), logits.shape[1])
+    return weights.float().contiguous(), ids.to(torch.int32).contiguous()

@@ -7,6 +7,7 @@ in its declaration (``ActivationImpl.fidelity = "approximate"``) instead of clai
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -87,7 +88,7 @@ class SwigluOAIParams(BaseModel):
     @model_validator(mode="after")
     def _finite(self) -> "SwigluOAIParams":
         for value in (self.alpha, self.limit, self.up_offset):
-            if value is not None and value != value:  # NaN
+            if value is not None and not math.isfinite(value):  # NaN, inf (1e999): not JSON either
                 raise ValueError("swigluoai parameters must be finite numbers")
         return self
 

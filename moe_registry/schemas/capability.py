@@ -17,7 +17,7 @@ from .device import DeviceSpec
 from .layer import DType, LayerSpec, RoutingMethod
 from .quant import QuantFamily, QuantKind, ScaleLayout, family_of
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # output is strict JSON
 
 Dimension = Literal["hidden", "intermediate", "experts", "top_k"]
 Fidelity = Literal["exact", "approximate"]

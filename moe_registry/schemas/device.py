@@ -20,7 +20,7 @@ Vendor = Literal["nvidia", "amd", "cpu"]
 
 
 class DeviceSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # output is strict JSON
 
     name: str
     vendor: Vendor
@@ -69,6 +69,10 @@ PRESETS: dict[str, DeviceSpec] = {
 
 def get_device(name: str) -> DeviceSpec:
     """A preset by name (case-insensitive, ``sm_90`` and ``SM90`` accepted); ValueError otherwise."""
+    if not isinstance(name, str):
+        from ..errors import InvalidDevice
+
+        raise InvalidDevice(f"a device preset name is a string such as 'h100', got {type(name).__name__}")
     key = name.strip().lower().replace("_", "")
     key = {"rtxpro6000": "rtx-pro-6000"}.get(key, key)
     if key in PRESETS:

@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .activation import Activation, SiluClampParams, SwigluOAIParams
 from .quant import QuantScheme
 
+# Bounds far above any real model (DeepSeek-V3: 256 experts, H 7168, 61 layers; Qwen3-Next: 512
+# experts), so an absurd input is a one-line validation error instead of minutes of work.
+MAX_EXPERTS = 65_536
+MAX_DIMENSION = 2**20  # hidden and intermediate size
+MAX_PARALLEL = 65_536  # tp, ep, dp
+MAX_LAYERS = 256  # num_hidden_layers (the planner's bound; layer indices stay below it)
+
 
 class ParallelConfig(BaseModel):
     """Tensor parallelism splits every expert's intermediate size; expert parallelism splits the
@@ -21,9 +28,9 @@ class ParallelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tp: int = Field(default=1, ge=1)
-    ep: int = Field(default=1, ge=1)
-    dp: int = Field(default=1, ge=1)
+    tp: int = Field(default=1, ge=1, le=MAX_PARALLEL)
+    ep: int = Field(default=1, ge=1, le=MAX_PARALLEL)
+    dp: int = Field(default=1, ge=1, le=MAX_PARALLEL)
 
     def label(self) -> str:
         parts = [f"TP{self.tp}"] if self.tp > 1 else []
@@ -55,11 +62,11 @@ class LayerSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str | None = None
-    index: int | None = Field(default=None, ge=0)
-    num_experts: int = Field(gt=0)
+    index: int | None = Field(default=None, ge=0, lt=MAX_LAYERS)
+    num_experts: int = Field(gt=0, le=MAX_EXPERTS)
     top_k: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    intermediate_size: int = Field(gt=0, description="per-expert FFN width before TP sharding")
+    hidden_size: int = Field(gt=0, le=MAX_DIMENSION)
+    intermediate_size: int = Field(gt=0, le=MAX_DIMENSION, description="per-expert FFN width before TP sharding")
     activation: Activation = Activation.SILU
     # swigluoai: SwigluOAIParams (optional, gpt-oss constants by default); silu_clamp: SiluClampParams (required)
     activation_params: SwigluOAIParams | SiluClampParams | None = None

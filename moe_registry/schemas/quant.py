@@ -221,6 +221,10 @@ class QuantScheme(BaseModel):
 
         Raises ValueError with the list of valid kinds for anything else.
         """
+        if not isinstance(text, str):
+            from ..errors import InvalidArgument
+
+            raise InvalidArgument(f"a quantization scheme is a string such as 'nvfp4', got {type(text).__name__}")
         parts = [p for p in text.strip().lower().split(":") if p]
         if not parts:
             raise ValueError("empty quantization scheme")

@@ -619,7 +619,7 @@ def _activation(family: str, model_type: str, r: _Reader,
     limit = r.cfg.get("swiglu_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0
                               or limit != limit or limit == float("inf")):
-        raise MalformedConfig(f"{r.where}: swiglu_limit must be a positive number, got {limit!r}")
+        raise MalformedConfig(f"{r.where}: swiglu_limit must be a finite positive number, got {limit!r}")
     if family == "gpt_oss":
         limit = 7.0 if limit is None else limit
         notes.append(f"gpt-oss experts run swigluoai (alpha 1.702, limit {float(limit):g}, interleaved gate/up, "

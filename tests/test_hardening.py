@@ -62,11 +62,12 @@ def qwen(**changes) -> dict:
 
 DOCUMENTED = [
     (["explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--json"], 0),
-    (["explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--json"], 3),
+    (["explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--json"], 0),
+    (["explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--no-pad", "--json"], 3),
     ([*SELECT, "--device", "h100", "--json"], 0),
-    ([*SELECT, "--device", "h100", "--force", "trtllm-nvfp4", "--json"], 3),
+    ([*SELECT, "--device", "h100", "--force", "trtllm-fp4", "--json"], 3),
     ([*SELECT, "--device", "h100", "--quant", "nvfp4", "--forbid", "marlin", "--forbid", "flashinfer-cutlass",
-      "--forbid", "torch-grouped-mm", "--forbid", "reference", "--json"], 3),
+      "--forbid", "humming", "--forbid", "torch-grouped-mm", "--forbid", "reference", "--json"], 3),
     (["backends", "--json"], 0),
     (["backends", "--device", "h100", "--json"], 0),
     (["models", "--json"], 0),

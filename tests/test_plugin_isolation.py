@@ -112,7 +112,7 @@ def test_a_faulty_plugin_is_reported_and_the_healthy_one_survives(plugin_env, fa
     if "sleeps" not in fault:  # the capture is undone (an abandoned call keeps it, to drop its output)
         assert sys.stdout is stdout
     assert "acme-healthy" in registry.ids()
-    assert "trtllm-nvfp4" in registry.ids()
+    assert "trtllm-fp4" in registry.ids()
     _, stage, message = FAULTS[fault]
     faulty = [p for p in registry.problems if p.plugin.startswith("faulty")]
     if stage is None:  # declared fine; the missing adapter fails only when a layer is built

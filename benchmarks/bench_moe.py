@@ -56,7 +56,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 TOKENS = (1, 16, 64, 512, 4096)
 GRAPH_TOKENS = (1, 16, 64)
 N_SETS = 3
-TIME_BUDGET_S = 420.0
+TIME_BUDGET_S = 170.0
 
 
 # --- vLLM's kernel (shimmed) ----------------------------------------------------------------------------

@@ -215,8 +215,11 @@ def test_graphs_refuse_a_backend_without_cuda_graphs():
 def test_default_config_when_no_file(tmp_path):
     cfg, where = configs.lookup(1, 128, 704, 2816, 8, "bf16", "NVIDIA H200", config_dir=tmp_path)
     assert where == "default" and cfg["gemm1"]["BLOCK_SIZE_M"] == 16
+    mid, _ = configs.lookup(512, 128, 704, 2816, 8, "bf16", "NVIDIA H200", config_dir=tmp_path)
+    assert mid["gemm1"]["BLOCK_SIZE_M"] == 64
     big, _ = configs.lookup(4096, 128, 704, 2816, 8, "bf16", "NVIDIA H200", config_dir=tmp_path)
-    assert big["gemm1"]["BLOCK_SIZE_M"] == 64
+    assert big["gemm1"]["BLOCK_SIZE_M"] == big["gemm2"]["BLOCK_SIZE_M"] == 128
+    configs.validate(big, "bf16")
     blk, _ = configs.lookup(4096, 256, 2048, 7168, 8, "fp8_block", None)
     assert configs.FP8_BLOCK % blk["gemm1"]["BLOCK_SIZE_K"] == 0
 

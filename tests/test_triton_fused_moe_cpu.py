@@ -9,9 +9,12 @@ multiples of the tiles) so masking is exercised; routing is imbalanced or leaves
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
+# triton reads TRITON_INTERPRET when it is imported and when it decorates: both must happen after this.
+_LATE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ.setdefault("TRITON_INTERPRET", "1")
 torch = pytest.importorskip("torch")
 
@@ -24,10 +27,21 @@ from moe_registry.schemas.activation import Activation, SwigluOAIParams  # noqa:
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
 
+try:  # decorate the kernels now, in interpreter mode (triton.jit reads TRITON_INTERPRET when it decorates)
+    from moe_registry.backends.triton_fused_moe import kernels as _kernels
+except ImportError:  # no triton: the kernel tests skip
+    _kernels = None
+
+
 def _triton_interpreter():
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("TRITON_INTERPRET was not 1 when this session started")
+    if _kernels is None:
+        pytest.skip("triton is not installed")
+    if _LATE:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (run these tests in their own process)")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(_kernels.moe_gemm_kernel, InterpretedFunction):
+        pytest.skip("the kernels were imported before TRITON_INTERPRET=1 was set (not in interpreter mode)")
     from moe_registry.backends.triton_fused_moe import ops
 
     return ops

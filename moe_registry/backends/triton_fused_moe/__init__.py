@@ -49,9 +49,8 @@ DECLARATION = BackendCapability(
         DeviceRule(min_sm=80, source=(
             "Triton tl.dot on bf16/fp16 lowers to mma (SM80) / wgmma (SM90); tuned configs for the H200 in "
             "moe_registry/backends/triton_fused_moe/configs/")),
-        DeviceRule(vendor="cpu", source=(
-            "Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors, slowly "
-            "(tests/test_triton_fused_moe_cpu.py); the adapter refuses CPU weights without it")),
+        # Not the CPU: Triton's interpreter (TRITON_INTERPRET=1) runs these kernels on CPU tensors for the
+        # tests only (orders of magnitude slower); selection must never pick it for a CPU layer.
     ),
     dtypes=("bf16", "fp16"),
     activations={act: ActivationImpl(kernel_name=f"{_K} ACT code {code}", kernel_value=code,

@@ -276,3 +276,25 @@ def test_committed_configs_are_valid():
         assert table, path
         for cfg in table.values():
             configs.validate(cfg, quant)
+
+
+def test_tune_cli_without_a_gpu_is_one_line_exit_2(capsys, monkeypatch):
+    from moe_registry.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["tune", "qwen3-30b-a3b"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and err.count("\n") == 1
+
+
+def test_tune_candidates_respect_the_kernel_limits():
+    from moe_registry.backends.triton_fused_moe.tune import candidates
+
+    for quant in ("bf16", "fp8_block"):
+        layer = _layer(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, quant=quant)
+        for T in (1, 16, 64, 512, 4096):
+            bm, c1, c2 = candidates(T, layer, quant)
+            assert c1 and c2
+            for g1, g2 in zip(c1, c2):
+                configs.validate({"gemm1": g1, "gemm2": g2}, quant)
+                assert g1["BLOCK_SIZE_M"] == g2["BLOCK_SIZE_M"] == bm

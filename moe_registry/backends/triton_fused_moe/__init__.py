@@ -11,8 +11,8 @@ from __future__ import annotations
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
-    RoutingSupport,
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport,
+    Requirement, RoutingSupport,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
@@ -57,10 +57,10 @@ DECLARATION = BackendCapability(
                                      source=f"{_EPI}: {what}", verified_on=_VERIFIED)
                  for act, (code, what) in _ACT.items()},
     quant=(
-        QuantSupport(kind=QuantKind.BF16, dtypes=("bf16",), source=f"{_K} moe_gemm_kernel: bf16 tl.dot, fp32 accumulate",
-                     verified_on=_VERIFIED),
-        QuantSupport(kind=QuantKind.FP16, dtypes=("fp16",), source=f"{_K} moe_gemm_kernel: fp16 tl.dot, fp32 accumulate",
-                     verified_on=_VERIFIED),
+        QuantSupport(kind=QuantKind.BF16, dtypes=("bf16",), verified_on=_VERIFIED,
+                     source=f"{_K} moe_gemm_kernel: bf16 tl.dot, fp32 accumulate"),
+        QuantSupport(kind=QuantKind.FP16, dtypes=("fp16",), verified_on=_VERIFIED,
+                     source=f"{_K} moe_gemm_kernel: fp16 tl.dot, fp32 accumulate"),
         QuantSupport(kind=QuantKind.FP8, devices=(DeviceRule(min_sm=89, source=(
             "Triton: e4m3 (fp8e4nv) tl.dot needs SM89+")),), source=(
             f"{_OPS} quant_fp8_tensor (dynamic per-tensor activation scale amax/448) + {_K} moe_gemm_kernel "

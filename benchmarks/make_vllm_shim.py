@@ -115,7 +115,10 @@ def moe_sum(input, output, topk_ids=None, expert_map=None):
 ''',
     "vllm/model_executor/__init__.py": "",
     "vllm/model_executor/layers/__init__.py": "",
-    "vllm/model_executor/layers/fused_moe/__init__.py": "",
+    "vllm/model_executor/layers/fused_moe/__init__.py": '''
+def get_config():  # vLLM 0.33.0 fused_moe/__init__.py: the override_config() value, None outside it
+    return None
+''',
     "vllm/model_executor/layers/fused_moe/config.py": '''
 import torch
 

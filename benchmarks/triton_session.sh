@@ -23,9 +23,12 @@ LAYERS=("layer:experts=128,top_k=8,hidden=2816,intermediate=704,activation=gelu_
 for s in "$@"; do case $s in
   tests) step gpu-tests "${TESTS_LIMIT:-200}" python3 -m pytest -m gpu tests/gpu/test_triton_fused_moe_gpu.py -q -rs -x \
            -p no:cacheprovider ;;
-  tune) mkdir -p "$OUT/r/configs"; for l in "${LAYERS[@]}"; do
-          step "tune-${l:13:40}" "${TUNE_LIMIT:-60}" python3 -m moe_registry.cli tune "$l" --budget-s "${TUNE_BUDGET:-25}" \
-            --tokens "${TUNE_TOKENS:-1,16,64,512,4096}" --out-dir "$OUT/r/configs"; done ;;
+  # Tuned files go to the package's configs/ (later steps use them); their names ('=' and ',') cannot come back
+  # through $OUT, so they travel as configs.tgz.
+  tune) i=0; for l in "${LAYERS[@]:0:${TUNE_LAYERS:-5}}"; do i=$((i + 1))
+          step "tune-$i" "${TUNE_LIMIT:-60}" python3 -m moe_registry.cli tune "$l" --budget-s "${TUNE_BUDGET:-25}" \
+            --tokens "${TUNE_TOKENS:-1,16,64,512,4096}"; done
+        tar czf "$OUT/r/configs.tgz" -C moe_registry/backends/triton_fused_moe configs ;;
   quick) step bench-quick "${QUICK_LIMIT:-120}" python3 benchmarks/bench_moe.py --shapes "${QUICK_SHAPES:-qwen3-30b-a3b}" \
            --tokens 1,64,4096 --out "$OUT/r/bench-quick.json" ;;
   bench) TAIL=70 step bench "${BENCH_LIMIT:-480}" python3 benchmarks/bench_moe.py --out "$OUT/r/bench-moe-h200.json" \

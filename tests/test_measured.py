@@ -105,10 +105,12 @@ def test_without_num_tokens_sums_only_the_counts_every_measured_backend_has():
 
 
 def test_select_backend_end_to_end_on_planned_h100():
-    # Planning for h100: flashinfer-cutlass (priority first), torch-grouped-mm and reference are eligible.
+    # Planning for h100: triton-fused-moe (priority first), flashinfer-cutlass, torch-grouped-mm and reference
+    # are eligible.
     default = select_backend(BF16, "h100")
-    assert default.backend == "flashinfer-cutlass" and default.decided_by == "priority"
-    costs = table({"flashinfer-cutlass": {1: 90.0, 4096: 900.0}, "torch-grouped-mm": {1: 40.0, 4096: 2000.0}})
+    assert default.backend == "triton-fused-moe" and default.decided_by == "priority"
+    costs = table({"flashinfer-cutlass": {1: 90.0, 4096: 900.0}, "torch-grouped-mm": {1: 40.0, 4096: 2000.0},
+                   "triton-fused-moe": {1: 60.0, 4096: 1000.0}})
     small = select_backend(BF16, "h100", policy=MeasuredPolicy(costs, num_tokens=1))
     large = select_backend(BF16, "h100", policy=MeasuredPolicy(costs, num_tokens=4096))
     assert (small.backend, small.decided_by) == ("torch-grouped-mm", "measured")

@@ -9,9 +9,12 @@ multiples of the tiles) so masking is exercised; routing is imbalanced or leaves
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
+# triton reads TRITON_INTERPRET when it is imported and when it decorates: both must happen after this.
+_LATE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ.setdefault("TRITON_INTERPRET", "1")
 torch = pytest.importorskip("torch")
 
@@ -24,10 +27,21 @@ from moe_registry.schemas.activation import Activation, SwigluOAIParams  # noqa:
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
 
+try:  # decorate the kernels now, in interpreter mode (triton.jit reads TRITON_INTERPRET when it decorates)
+    from moe_registry.backends.triton_fused_moe import kernels as _kernels
+except ImportError:  # no triton: the kernel tests skip
+    _kernels = None
+
+
 def _triton_interpreter():
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("TRITON_INTERPRET was not 1 when this session started")
+    if _kernels is None:
+        pytest.skip("triton is not installed")
+    if _LATE:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (run these tests in their own process)")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(_kernels.moe_gemm_kernel, InterpretedFunction):
+        pytest.skip("the kernels were imported before TRITON_INTERPRET=1 was set (not in interpreter mode)")
     from moe_registry.backends.triton_fused_moe import ops
 
     return ops
@@ -79,7 +93,7 @@ def test_align_matches_a_stable_sort():
     assert int(ops.align(ids.clamp(max=E - 1), E, bm).ok) == 1
 
 
-@pytest.mark.parametrize("act", [a for a in Activation if a is not Activation.SWIGLUOAI])
+@pytest.mark.parametrize("act", [a for a in DECLARATION.activations if a is not Activation.SWIGLUOAI])
 def test_every_activation_bf16_matches_reference(act):
     _triton_interpreter()
     assert _run(_layer(activation=act)) <= BF16_TOL
@@ -215,8 +229,11 @@ def test_graphs_refuse_a_backend_without_cuda_graphs():
 def test_default_config_when_no_file(tmp_path):
     cfg, where = configs.lookup(1, 128, 704, 2816, 8, "bf16", "NVIDIA H200", config_dir=tmp_path)
     assert where == "default" and cfg["gemm1"]["BLOCK_SIZE_M"] == 16
+    mid, _ = configs.lookup(512, 128, 704, 2816, 8, "bf16", "NVIDIA H200", config_dir=tmp_path)
+    assert mid["gemm1"]["BLOCK_SIZE_M"] == 64
     big, _ = configs.lookup(4096, 128, 704, 2816, 8, "bf16", "NVIDIA H200", config_dir=tmp_path)
-    assert big["gemm1"]["BLOCK_SIZE_M"] == 64
+    assert big["gemm1"]["BLOCK_SIZE_M"] == big["gemm2"]["BLOCK_SIZE_M"] == 128
+    configs.validate(big, "bf16")
     blk, _ = configs.lookup(4096, 256, 2048, 7168, 8, "fp8_block", None)
     assert configs.FP8_BLOCK % blk["gemm1"]["BLOCK_SIZE_K"] == 0
 
@@ -259,3 +276,25 @@ def test_committed_configs_are_valid():
         assert table, path
         for cfg in table.values():
             configs.validate(cfg, quant)
+
+
+def test_tune_cli_without_a_gpu_is_one_line_exit_2(capsys, monkeypatch):
+    from moe_registry.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["tune", "qwen3-30b-a3b"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and err.count("\n") == 1
+
+
+def test_tune_candidates_respect_the_kernel_limits():
+    from moe_registry.backends.triton_fused_moe.tune import candidates
+
+    for quant in ("bf16", "fp8_block"):
+        layer = _layer(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, quant=quant)
+        for T in (1, 16, 64, 512, 4096):
+            bm, c1, c2 = candidates(T, layer, quant)
+            assert c1 and c2
+            for g1, g2 in zip(c1, c2):
+                configs.validate({"gemm1": g1, "gemm2": g2}, quant)
+                assert g1["BLOCK_SIZE_M"] == g2["BLOCK_SIZE_M"] == bm

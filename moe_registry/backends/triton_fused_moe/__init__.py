@@ -11,8 +11,8 @@ from __future__ import annotations
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
-    RoutingSupport,
+    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, PriorityOverride, QuantSupport,
+    Requirement, RoutingSupport,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
@@ -21,7 +21,8 @@ from . import codes as C
 _K = "moe_registry/backends/triton_fused_moe/kernels.py"
 _OPS = "moe_registry/backends/triton_fused_moe/ops.py"
 _EPI = f"{_K} moe_gemm_kernel epilogue (GEMM1 accumulators in float32)"
-_VERIFIED: tuple[str, ...] = ()  # set to ("sm90",) by the H200 probe record (see hardware below)
+_PROBE = "docs/verification/h200-triton-fused-moe-probe.json"  # moe-registry probe --quick, NVIDIA H200, 2026-11-29
+_VERIFIED = ("sm90",)  # every declared activation x scheme passed in _PROBE (0 drift) and in tests/gpu
 
 _ACT = {
     Activation.SILU: (C.ACT_SILU, "silu(gate) * up, silu = x * sigmoid(x)"),
@@ -34,6 +35,10 @@ _ACT = {
     Activation.GELU_NO_MUL: (C.ACT_GELU_NO_MUL, "gelu(h) exact erf, non-gated"),
     Activation.GELU_TANH_NO_MUL: (C.ACT_GELU_TANH_NO_MUL, "gelu_tanh(h), non-gated"),
 }
+
+_HOPPER_FP8 = ("vLLM 0.33.0 model_executor/layers/fused_moe/oracle/fp8.py L122-132: 'On Hopper for Block Fp8, "
+               "prefer Triton for TP and FI CUTLASS for EP' (_move_to_front TRITON when is_device_capability(90) and "
+               "ep_size == 1); here for every FP8 layer on SM90 (the per-rank layer does not say whether EP is in use)")
 
 DECLARATION = BackendCapability(
     id="triton-fused-moe",
@@ -48,19 +53,18 @@ DECLARATION = BackendCapability(
         DeviceRule(min_sm=80, source=(
             "Triton tl.dot on bf16/fp16 lowers to mma (SM80) / wgmma (SM90); tuned configs for the H200 in "
             "moe_registry/backends/triton_fused_moe/configs/")),
-        DeviceRule(vendor="cpu", source=(
-            "Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors, slowly "
-            "(tests/test_triton_fused_moe_cpu.py); the adapter refuses CPU weights without it")),
+        # Not the CPU: Triton's interpreter (TRITON_INTERPRET=1) runs these kernels on CPU tensors for the
+        # tests only (orders of magnitude slower); selection must never pick it for a CPU layer.
     ),
     dtypes=("bf16", "fp16"),
     activations={act: ActivationImpl(kernel_name=f"{_K} ACT code {code}", kernel_value=code,
                                      source=f"{_EPI}: {what}", verified_on=_VERIFIED)
                  for act, (code, what) in _ACT.items()},
     quant=(
-        QuantSupport(kind=QuantKind.BF16, dtypes=("bf16",), source=f"{_K} moe_gemm_kernel: bf16 tl.dot, fp32 accumulate",
-                     verified_on=_VERIFIED),
-        QuantSupport(kind=QuantKind.FP16, dtypes=("fp16",), source=f"{_K} moe_gemm_kernel: fp16 tl.dot, fp32 accumulate",
-                     verified_on=_VERIFIED),
+        QuantSupport(kind=QuantKind.BF16, dtypes=("bf16",), verified_on=_VERIFIED,
+                     source=f"{_K} moe_gemm_kernel: bf16 tl.dot, fp32 accumulate"),
+        QuantSupport(kind=QuantKind.FP16, dtypes=("fp16",), verified_on=_VERIFIED,
+                     source=f"{_K} moe_gemm_kernel: fp16 tl.dot, fp32 accumulate"),
         QuantSupport(kind=QuantKind.FP8, devices=(DeviceRule(min_sm=89, source=(
             "Triton: e4m3 (fp8e4nv) tl.dot needs SM89+")),), source=(
             f"{_OPS} quant_fp8_tensor (dynamic per-tensor activation scale amax/448) + {_K} moe_gemm_kernel "
@@ -77,14 +81,22 @@ DECLARATION = BackendCapability(
     requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
                               hint="pip install triton (ships with CUDA builds of torch)",
                               source=f"{_K} imports triton"),),
-    # Above torch-grouped-mm (60) and FlashInfer CUTLASS (70 bf16, 80 FP8): measured faster than the
-    # former on the H200 (benchmarks/results/bench-moe-h200.json); the latter is unmeasured on SM90
-    # (its JIT build does not fit a session).
-    priority={QuantFamily.UNQUANTIZED: 75, QuantFamily.FP8: 85},
+    # Measured on the H200 (benchmarks/results/bench-moe-h200.json, 2026-11-29): faster than torch-grouped-mm
+    # (priority 60) at every bf16 layer and T, eager and graphed (1.3-3.3x at T <= 512, 1.14-1.54x at T = 4096), so
+    # above it everywhere. Against FlashInfer (not measurable on SM90 here: its JIT build takes > 40 min) we follow
+    # vLLM 0.33's order: FlashInfer CUTLASS first by default (unquantized 70 / FP8 80 over 65 / 75 here), but on
+    # SM9x vLLM demotes FlashInfer's unquantized MoE (flashinfer-cutlass declares that override) and moves Triton
+    # to the front for block FP8 under TP (the override below).
+    priority={QuantFamily.UNQUANTIZED: 65, QuantFamily.FP8: 75},
+    priority_overrides=(PriorityOverride(
+        family=QuantFamily.FP8, devices=(DeviceRule(sm=(90,), source=_HOPPER_FP8),), priority=85, source=_HOPPER_FP8),),
     engines=EngineNames(vllm="triton", source=(
         "vLLM 0.33.0 config/kernel.py MoEBackend 'triton' (TritonExperts, fused_moe.py): the same kernel family, "
         "not the same code")),
-    hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", note="pending the H200 probe"),),
+    hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
+        "2026-11-29, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0: probe (quick) 96 declared combinations passed "
+        "(8 activations x bf16/fp16/fp8/fp8_block x 3 shapes), 144 undeclared refused, 0 drift; "
+        "tests/gpu/test_triton_fused_moe_gpu.py 35 passed (docs/verification/h200-triton-fused-moe-gpu-tests.log)")),),
 )
 
 

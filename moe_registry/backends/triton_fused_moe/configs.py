@@ -40,9 +40,17 @@ def _load(path: str) -> dict[int, dict[str, dict[str, int]]] | None:
 
 
 def default_config(T: int, E: int, top_k: int, quant: str) -> dict[str, dict[str, int]]:
-    """vLLM's ``get_default_config`` shape of choice: small M tiles at decode (pairs per expert < 16),
-    64-row tiles beyond; fp8_block takes K tiles of 128 (one scale per tile)."""
+    """Small M tiles at decode (pairs per expert <= 16), 64-row tiles beyond (vLLM's
+    ``get_default_config`` shape of choice), 128x128/128x256 tiles for 16-bit prefill (measured, see
+    below); fp8_block takes K tiles of 128 (one scale per tile)."""
     pairs_per_expert = T * top_k / max(E, 1)
+    if pairs_per_expert >= 128 and quant in ("bf16", "fp16"):
+        # Prefill: the tiles `moe-registry tune` picked at T=4096 on the H200 for Qwen3-30B, Mixtral (both
+        # GEMMs) and Gemma 4 (GEMM2) (configs/*.json, 2026-11-29): 12-36 % faster than 64x64 tiles.
+        return {"gemm1": dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8,
+                              num_stages=4),
+                "gemm2": dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=64, GROUP_SIZE_M=16, num_warps=8,
+                              num_stages=4)}
     bm = 16 if pairs_per_expert <= 16 else 64
     if quant == "fp8_block":
         g = dict(BLOCK_SIZE_M=bm, BLOCK_SIZE_N=64 if bm == 16 else 128, BLOCK_SIZE_K=128,

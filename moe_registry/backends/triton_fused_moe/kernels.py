@@ -39,8 +39,6 @@ QUANT_NONE = tl.constexpr(codes.QUANT_NONE)
 QUANT_FP8_TENSOR = tl.constexpr(codes.QUANT_FP8_TENSOR)
 QUANT_FP8_BLOCK = tl.constexpr(codes.QUANT_FP8_BLOCK)
 
-FP8_MAX = 448.0  # float8_e4m3fn
-
 
 @triton.jit
 def align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, total_ptr, cursor_ptr, ok_ptr,

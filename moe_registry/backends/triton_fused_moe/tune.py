@@ -49,10 +49,16 @@ def candidates(T: int, layer: LayerSpec, quant: str, sm: int = 90) -> tuple[int,
         tiles = [_cfg(bm, bn, bk, 1, 4, st, swap_ok and bm < 64 and bn >= 64)
                  for bn in (64, 128) for bk in ((64, 128) if not fp8_block else (128,)) for st in (3, 4)]
     else:  # prefill: compute-bound
-        bm = 64 if per_expert <= 256 else 128
+        bm = 64
         bk = 128 if fp8_block else 64
-        tiles = [_cfg(bm, bn, bk, g, w, 3) for bn in (64, 128) for w in (4, 8) for g in (8, 16)]
-        tiles += [_cfg(bm, 256, bk, 8, 8, 3), _cfg(bm, 128, bk, 8, 8, 4)]
+        bm = 128 if not fp8_block else bm
+        # vLLM's H200 tiles for this regime first (its configs/ for Qwen3 and Mixtral), then variations.
+        tiles = [_cfg(bm, 256 if not fp8_block else 128, bk, 16, 8, 4 if not fp8_block else 3),
+                 _cfg(bm, 128, bk, 16, 8, 3), _cfg(bm, 128, bk, 16, 4, 3), _cfg(bm, 64, bk, 8, 4, 3)]
+        tiles += [_cfg(bm, bn, bk, g, w, 3) for bn in (64, 128) for w in (4, 8) for g in (8, 16)
+                  if (bn, w, g) not in ((128, 8, 16), (128, 4, 16), (64, 4, 8))]
+        if layer.activation.is_gated:  # GEMM1's tile spans BLOCK_SIZE_N gate and as many up rows
+            return bm, [dict(t, BLOCK_SIZE_N=max(32, t["BLOCK_SIZE_N"] // 2)) for t in tiles], tiles
     return bm, tiles, list(tiles)
 
 

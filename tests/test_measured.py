@@ -213,8 +213,8 @@ def test_policy_picks_each_side_of_the_int4_crossover_on_planned_h100():
     assert set(by_t) == {64, x - 1, x, 512}
     assert by_t[x - 1]["backend"] == "marlin" and by_t[x]["backend"] == "torch-grouped-mm"
     assert all(r["decided_by"] == "measured" for r in sides["rows"])
-    # The default policy would run marlin everywhere.
-    assert select_backend(INT4, "h100").backend == "marlin"
+    # The default policy runs one backend at every T: Humming on SM90 (vLLM's prefers_humming order).
+    assert select_backend(INT4, "h100").backend == "humming"
 
 
 # --- CLI: select --policy measured ------------------------------------------------------------------------

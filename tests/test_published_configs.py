@@ -115,7 +115,7 @@ def test_deepseek_v4_fp4_experts_and_clamped_swiglu():
     assert plan(DSV4_FLASH, quant="mxfp4").layer_specs[0].quant.kind is QuantKind.MXFP4
     with pytest.raises(MalformedConfig, match="expert_dtype must be one of"):
         plan({**DSV4_FLASH, "expert_dtype": "int2"})
-    with pytest.raises(MalformedConfig, match="swiglu_limit must be a positive number"):
+    with pytest.raises(MalformedConfig, match="swiglu_limit must be a finite positive number"):
         plan({**DSV4_FLASH, "swiglu_limit": "ten"})
 
 

@@ -208,7 +208,8 @@ def test_declaration_codes_are_the_kernel_codes():
     # The adapter passes ActivationImpl.kernel_value to the kernel: each activation has its own code,
     # gated ones below ACT_RELU2 (the kernel's gated/non-gated split).
     values = {act: impl.kernel_value for act, impl in DECLARATION.activations.items()}
-    assert set(values) == set(Activation)
+    # Every activation the kernel has a code for; silu_clamp (added later) is not declared until it has one.
+    assert set(values) == set(Activation) - {Activation.SILU_CLAMP}
     assert len(set(values.values())) == len(values)
     for act, code in values.items():
         assert (code < C.ACT_RELU2) == act.is_gated, act

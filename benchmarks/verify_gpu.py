@@ -101,7 +101,8 @@ def cases(quick: bool = False) -> list[Case]:
     out.append(_case("medium", MEDIUM, 512, "silu", weight_layout="k_major", tag="/k_major"))
     out.append(_case("medium-pad", dict(MEDIUM, hidden_size=1004, intermediate_size=500), 64, "silu",
                      pad_hidden_to=1008, pad_intermediate_to=504))
-    out.append(_case("medium-fp16", MEDIUM, 64, "silu", layer_extra={"dtype": "fp16"}))
+    # No fp16 case: torch-grouped-mm declares bf16 only (fp16 takes PyTorch's per-group fallback after a host
+    # sync; experiment_fp16_path times it) and its guard refuses fp16 hidden states.
     # Gemma 4 layer.
     for T in (1, 7, 64, 512, 4096):
         out.append(_case("gemma4", GEMMA4, T, "gelu_tanh"))

@@ -4,7 +4,7 @@ The case table and the runner live in ``benchmarks/verify_gpu.py`` (which also w
 verification record), so the test and the record cannot drift apart. Cases: every activation on
 a medium shape, Gemma 4 (E=128, top-8, H=2816, I=704) and the seed's layer (E=64, top-8,
 H=4096, I=704) at T in {1, 7, 64, 512, 4096}, imbalanced routing, empty experts, biases, router
-weight on input, padding, int64 ids, both weight layouts, fp16, int4 dequantized at load.
+weight on input, padding, int64 ids, both weight layouts, int4 dequantized at load.
 Tolerance: ``||out - ref|| / ||ref|| <= 1e-2`` (bf16).
 """
 
@@ -17,6 +17,8 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from moe_registry.execution.patterns import routing_pattern  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -72,7 +74,7 @@ def test_weights_stay_on_device_and_output_dtype(sm90, gemma_experts):
     layer, experts = gemma_experts
     assert experts.w13_t.is_cuda and experts.w2_t.is_cuda
     x = torch.randn(3, layer.hidden_size, device=sm90, dtype=torch.bfloat16)
-    w, ids = verify.make_routing(3, layer.local_num_experts, layer.top_k, device=sm90)
+    w, ids = routing_pattern(3, layer.local_num_experts, layer.top_k, device=sm90)
     out = experts(x, w, ids)
     assert out.is_cuda and out.dtype == torch.bfloat16 and out.shape == (3, layer.hidden_size)
 
@@ -88,6 +90,6 @@ def test_empty_batch(sm90, gemma_experts):
 def test_guard_device_mismatch(sm90, gemma_experts):
     layer, experts = gemma_experts
     x = torch.randn(2, layer.hidden_size, dtype=torch.bfloat16)  # on CPU
-    w, ids = verify.make_routing(2, layer.local_num_experts, layer.top_k, device=torch.device("cpu"))
+    w, ids = routing_pattern(2, layer.local_num_experts, layer.top_k, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="device"):
         experts(x, w, ids)

@@ -269,16 +269,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_preset_layer
 
-    if args.tp < 1 or args.ep < 1:
-        raise ValueError("--tp and --ep must be at least 1")
-    if args.tp * args.ep > 1:
+    parallel = _parallel(args)  # the same flags and meaning as explain / select
+    if parallel.tp * parallel.ep > 1:
         from .distributed.launch import run_distributed_preset
 
         if args.device not in (None, "cpu", "cuda"):
-            raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
-        report = run_distributed_preset(args.preset, layer=args.layer, tokens=args.tokens, tp=args.tp, ep=args.ep,
-                                        seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats,
-                                        cuda=None if args.device is None else args.device == "cuda")
+            raise BadInput(f"--device must be cpu or cuda for a sharded run, got {args.device!r}")
+        report = run_distributed_preset(args.preset, layer=args.layer, tokens=args.tokens, tp=parallel.tp,
+                                        ep=parallel.ep, seed=args.seed, force=args.force, quant=args.quant,
+                                        repeats=args.repeats, cuda=None if args.device is None else args.device == "cuda")
     else:
         report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, device=args.device,
                                   seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats)
@@ -371,10 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", help="override the layer's quantization scheme")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (spawned on this machine: NCCL with a GPU "
-                                                      "per rank, else gloo on the CPU)")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel ranks; --tp T --ep E spawns T*E ranks, each "
-                                                      "verified against the single-process reference")
+    # --tp/--ep/--enable-expert-parallel as in explain: the experts' MoE TP x EP layout; that many ranks are
+    # spawned here (NCCL with a GPU per rank, else gloo on the CPU), each checked against the reference.
+    _add_parallel(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -157,7 +157,9 @@ def test_cli_run_refuses_bad_parallel_sizes(capsys):
 
     assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--tp and --ep must be at least 1" in err
+    assert err.count("\n") == 1 and "--tp, --ep and --dp must be positive" in err
+    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "4", "--ep", "3"]) == 2
+    assert "must divide --tp" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPUs")
@@ -166,3 +168,6 @@ def test_cli_run_with_nccl_needs_a_gpu_per_rank(capsys):
 
     assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "2", "--device", "cuda"]) == 2
     assert "NCCL needs one GPU per rank: 2 ranks, 0 GPUs here" in capsys.readouterr().err
+    # vLLM's form: --tp 4 --enable-expert-parallel is EP4 with unsplit experts: 4 ranks as well.
+    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "4", "--enable-expert-parallel", "--device", "cuda"]) == 2
+    assert "NCCL needs one GPU per rank: 4 ranks, 0 GPUs here" in capsys.readouterr().err

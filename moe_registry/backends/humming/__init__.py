@@ -138,11 +138,12 @@ DECLARATION = BackendCapability(
                            f"humming/utils/jit.py get_humming_cache_dir (HUMMING_CACHE_DIR)"),
     ),
     # vLLM puts Humming directly ahead of Marlin on SM90 only and keeps FlashInfer ahead of both
-    # (oracle/nvfp4.py AVAILABLE_BACKENDS + prioritize_humming). Our priorities are per family, not
-    # per device: FP4 above Marlin (60, whose FP4 path is unverified) and torch-grouped-mm (30),
-    # below FlashInfer (80) and TRT-LLM-gen (100); INT4 below Marlin (100) until a bench on one
-    # card compares them (not yet run; `moe-registry bench ... --backend humming --backend marlin`
-    # with --policy measured picks the winner per token count meanwhile).
+    # (oracle/nvfp4.py AVAILABLE_BACKENDS + prioritize_humming): FP4 above Marlin (60, whose FP4 path is
+    # unverified) and torch-grouped-mm (30), below FlashInfer (80) and TRT-LLM-gen (100); INT4 below
+    # Marlin (100) except on SM90 (the override below). Measured on the H200 (2026-11-29,
+    # benchmarks/results/humming-h200/): int4 Qwen3-30B humming faster than Marlin at T <= 64 and 4096
+    # (Marlin only between T~290 and ~630), AWQ Mixtral faster at 4 of 5 token counts; `--policy measured`
+    # with those cost tables picks Marlin in its window.
     priority={QuantFamily.NVFP4: 70, QuantFamily.MXFP4: 70, QuantFamily.INT4: 90, QuantFamily.FP8: 35},
     # vLLM moves Humming directly ahead of Marlin on capability 9.0 only; elsewhere Marlin stays first
     # for int4 (NvFP4 / MXFP4 already rank Humming above Marlin everywhere: 70 > 60).

@@ -105,10 +105,11 @@ class RejectedMatch:
 REJECTED: tuple[tuple[RejectedMatch, Explanation], ...] = (
     (RejectedMatch("*", ReasonCode.SHAPE_UNALIGNED, "intermediate", "scale groups"), Explanation(
         "ours-better-capability",
-        "the per-rank intermediate splits the checkpoint's weight-scale groups, so no backend can load it at this TP; "
-        "vLLM checks no alignment when it selects and pads only after loading, while its loader shards w2's scale "
-        "columns by integer division (I/16 // TP), so per-rank scales do not line up with the weights "
-        "[inferred from code, not run]; we refuse and hint EP",
+        "the per-rank intermediate splits the checkpoint's weight-scale groups; vLLM's backend declares no "
+        "intermediate padding, so it cannot hold whole groups on a rank, and vLLM itself checks no alignment when it "
+        "selects while its loader shards w2's scale columns by integer division (I/16 // TP), so per-rank scales do "
+        "not line up with the weights [inferred from code, not run; tests/test_tp_scale_groups.py shows the error]; "
+        "we pick a backend that pads each rank to whole groups (or none, with the EP hint)",
         "quantization/modelopt.py L975-987 (w2_weight_scale I_pp // group_size); fused_moe/routed_experts.py L943-967, L580-603 "
         "(_load_w2: loaded_per_rank = cols // tp); quantization/utils/flashinfer_fp4_moe.py L400-425 (pad after load)")),
     (RejectedMatch("flashinfer-trtllm", ReasonCode.FEATURE_UNSUPPORTED, "apply_router_weight_on_input"), Explanation(

@@ -372,6 +372,9 @@ def _reasons_table(console: "Console", title: str, rejections: Iterable, *, hint
     console.print(table)
 
 
+_SHOWN_NOTE_KINDS = ("approximation", "assumed", "padding", "hint", "memory")
+
+
 def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) -> None:
     """Decision first (one table), then why each faster backend lost, then notes; ``verbose`` adds
     every rejection, per-selection notes and fingerprints."""
@@ -443,9 +446,14 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
             console.print(f"decided by {s.decided_by}; fingerprint {s.fingerprint}", markup=False, highlight=False)
             for note in s.notes:
                 console.print(f"  note ({note.kind}): {note.message}", markup=False, highlight=False)
-    if plan.notes:
+    # What the user must know about the chosen backends even without -v: how they run the layer
+    # (approximations, activation formats, padding, hints); not the routine "planning assumes package X".
+    chosen_notes = [] if verbose else list(dict.fromkeys(
+        n.message for s in chosen for n in s.notes
+        if n.kind in _SHOWN_NOTE_KINDS and (" assumes " not in n.message or "first build" in n.message)))
+    if plan.notes or chosen_notes:
         console.print("\nnotes:", markup=False, highlight=False)
-        for note in plan.notes:
+        for note in (*plan.notes, *chosen_notes):
             console.print(f"- {note}", markup=False, highlight=False)
     if not verbose:
         console.print("(-v: every rejection, selection notes and fingerprints)", markup=False, highlight=False)

@@ -45,10 +45,11 @@ _A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path 
 _RECORD = "docs/verification/h200-humming.txt"
 #: Measured on the H200 (2026-11-29, record above): first forward of a freshly built layer with a cold
 #: cache, i.e. both GEMMs' tuning intervals and the activation kernel compiled by NVRTC in parallel.
-JIT_COST = ("14-22 s per layer shape on an H200 with a cold cache: NVRTC compiles Humming's kernels at the first "
-            "forward (Gemma 4 NvFP4 15.0 s, Qwen3-30B-A3B int4 g128 15.1 s / NvFP4 15.7 s, Mixtral int4 zp 21.6 s, "
-            "gpt-oss-120b MXFP4 14.4 s); 0.7 s from a warm cache ($HUMMING_CACHE_DIR, default ~/.humming/cache, "
-            "kept between runs)")
+# Measured on the H200, 2026-11-29 (docs/verification/h200-humming.txt): the first forward of a layer shape
+# JIT-compiles its kernels with NVRTC: Gemma 4 NvFP4 15.0 s, Qwen3-30B-A3B int4 g128 15.1 s / NvFP4 15.7 s,
+# Mixtral int4 zp 21.6 s, gpt-oss-120b MXFP4 14.4 s; 0.7 s from a warm cache ($HUMMING_CACHE_DIR, default
+# ~/.humming/cache, kept between runs).
+JIT_COST = "14-22 s per layer shape cold (H200), 0.7 s from $HUMMING_CACHE_DIR"
 _PRIORITY_SRC = ("vLLM 0.33.0 model_executor/layers/quantization/utils/humming/priority.py L10-48: prefers_humming() "
                  "is true for compute capability 90 only; prioritize_humming() moves Humming directly ahead of Marlin "
                  "(oracle/int_wna16.py, oracle/nvfp4.py, oracle/mxfp4.py apply it)")

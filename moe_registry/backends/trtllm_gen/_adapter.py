@@ -104,6 +104,28 @@ class TrtllmGenExperts(FlashInferExperts):
     def _prepare(self, layer: LayerSpec, weights: ExpertWeights, registry: Registry | None) -> Any:
         raise NotImplementedError
 
+    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
+                topk_ids: torch.Tensor) -> torch.Tensor:
+        """Guards and padding (``_begin_forward``), this kernel's ``*_routed_moe`` call (``_routed_moe``)
+        into a preallocated bf16 output, and the slice back to the layer's hidden size."""
+        T = hidden_states.shape[0]
+        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
+        if x is None:
+            return hidden_states.new_empty((0, self.layer.hidden_size))
+        out = self._output(T, x.device)
+        result = self._routed_moe(x, topk_weights, topk_ids, out)
+        return self._finish(out if result is None else result, T)
+
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
+        """Call this kernel's FlashInfer entry on the padded hidden states ``x`` with ``output=out`` and
+        ``**self._call_kwargs()``; returns what the entry returns (None, a tensor or ``[output]``)."""
+        raise NotImplementedError
+
+    def _swiglu_params(self, device: torch.device, raw_scale: torch.Tensor | None = None) -> dict[str, Any]:
+        """``swiglu_params`` for this layer's local experts."""
+        return swiglu_params(self.layer, self.layer.local_num_experts, device, raw_scale=raw_scale)
+
     def _call_kwargs(self) -> dict[str, Any]:
         """Keywords every ``*_routed_moe`` entry takes the same way."""
         E = self.layer.local_num_experts

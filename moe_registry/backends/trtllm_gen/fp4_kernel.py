@@ -43,7 +43,7 @@ from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantKind
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate, swiglu_params
+from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate
 
 BACKEND = "trtllm-fp4"
 
@@ -174,14 +174,9 @@ class TrtllmFp4Experts(TrtllmGenExperts):
         return prepare_trtllm_fp4_weights(layer, weights, hidden_to=self.hidden_padded,
                                           intermediate_to=self.intermediate_padded, registry=registry)
 
-    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        T = hidden_states.shape[0]
-        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
-        if x is None:
-            return hidden_states.new_empty((0, self.layer.hidden_size))
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
         p = self.prepared
-        E = self.layer.local_num_experts
         b1, b2 = p.gemm1_bias, p.gemm2_bias
         if p.nvfp4:
             in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
@@ -189,7 +184,7 @@ class TrtllmFp4Experts(TrtllmGenExperts):
             c_gs = (NVFP4_GS_NUMERATOR / self.intermediate_amax).reshape(())
             xq, x_sf = _quantize_input(x, a1_gs, on_kernel_device=self.sm is not None)
             out1, gate1, out2 = output_scalars(p.w1_gs, p.w2_gs, a1_gs, c_gs, gated=p.gated)
-            params = swiglu_params(self.layer, E, x.device, raw_scale=gate1)
+            params = self._swiglu_params(x.device, raw_scale=gate1)
             b1 = None if b1 is None else b1 / gate1.unsqueeze(-1)
             b2 = None if b2 is None else b2 / out2.unsqueeze(-1)
             layout = _sf_layout_linear()
@@ -199,11 +194,9 @@ class TrtllmFp4Experts(TrtllmGenExperts):
             if self.layer.quant.kind is QuantKind.MXFP4_MXFP8:
                 xq, x_sf = _quantize_mxfp8_input(x, on_kernel_device=self.sm is not None)
                 layout = _sf_layout_linear()
-            params = swiglu_params(self.layer, E, x.device)
-        out = self._output(T, x.device)
-        result = _flashinfer_routed_moe()(
+            params = self._swiglu_params(x.device)
+        return _flashinfer_routed_moe()(
             (self._ids(topk_ids), topk_weights), None, xq, x_sf, p.gemm1_weights, p.gemm1_scales, b1,
             params["gemm1_alpha"], params["gemm1_beta"], params["gemm1_clamp_limit"], p.gemm2_weights, p.gemm2_scales,
             b2, out1, gate1, out2, activation_type=self.activation_type, output=out,
             hidden_states_scale_layout=layout, **self._call_kwargs())
-        return self._finish(out if result is None else result, T)

@@ -20,6 +20,7 @@ import torch
 
 from moe_registry.backends import _flashinfer_common as fic
 from moe_registry.backends._flashinfer_base import FlashInferExperts
+from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights, torch_dtype
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
@@ -32,6 +33,18 @@ def pack_topk(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     as int32 (``PackedScoreIdx``, core.py ``trtllm_*_routed_moe`` docstrings)."""
     low = weights.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
     return ((ids.to(torch.int32) << 16) | low).contiguous()
+
+
+def declared_padded_weights(backend: str, layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None,
+                            intermediate_to: int | None,
+                            registry: Registry | None) -> tuple[ExpertWeights, int, int]:
+    """The start of every weight preparation: ``layer`` checked against ``backend``'s declaration at the
+    padded sizes (ValueError), then the weights zero-padded to them. Returns (padded weights, Hp, Ip);
+    a size left None is the layer's own."""
+    Hp = hidden_to or layer.hidden_size
+    Ip = intermediate_to or layer.local_intermediate_size
+    check_declared(backend, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
+    return fic.pad_expert_weights(weights, layer, Hp, Ip), Hp, Ip
 
 
 def gemm1_rows_up_gate(layer: LayerSpec, weights: ExpertWeights, intermediate: int) -> tuple[Any, Any]:

@@ -35,15 +35,13 @@ from typing import Any, Callable
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantKind
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate
+from ._adapter import TrtllmGenExperts, declared_padded_weights, gemm1_rows_up_gate
 
 BACKEND = "trtllm-fp4"
 
@@ -73,10 +71,8 @@ def prepare_trtllm_fp4_weights(layer: LayerSpec, weights: ExpertWeights, *, hidd
                                registry: Registry | None = None) -> TrtllmFp4Weights:
     """Canonical NvFP4 / MXFP4 weights -> TRT-LLM-gen's permuted layout (module docstring; pure
     torch). ValueError (every reason, from the declaration) for a layer the kernel does not run."""
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp, Ip = hidden_to or H, intermediate_to or I
-    check_declared(BACKEND, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, Ip)
+    w, Hp, Ip = declared_padded_weights(BACKEND, layer, weights, hidden_to=hidden_to, intermediate_to=intermediate_to,
+                                        registry=registry)
     gated = layer.activation.is_gated
     w13, b13 = gemm1_rows_up_gate(layer, w, Ip)
     M = int(w13.data.shape[1])

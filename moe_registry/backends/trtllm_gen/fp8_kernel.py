@@ -27,14 +27,12 @@ from typing import Any, Callable
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate
+from ._adapter import TrtllmGenExperts, declared_padded_weights, gemm1_rows_up_gate
 from .fp4_kernel import output_scalars
 
 PER_TENSOR = "trtllm-fp8"
@@ -58,10 +56,8 @@ class TrtllmFp8Weights:
 def prepare_trtllm_fp8_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None = None,
                                intermediate_to: int | None = None,
                                registry: Registry | None = None) -> TrtllmFp8Weights:
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp, Ip = hidden_to or H, intermediate_to or I
-    check_declared(PER_TENSOR, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, Ip)
+    w, Hp, Ip = declared_padded_weights(PER_TENSOR, layer, weights, hidden_to=hidden_to,
+                                        intermediate_to=intermediate_to, registry=registry)
     gated = layer.activation.is_gated
     w13, _ = gemm1_rows_up_gate(layer, w, Ip)
     p1 = L.w3_w1_permute_indices(int(w13.data.shape[1]), gated=gated)
@@ -115,10 +111,8 @@ class TrtllmFp8BlockWeights:
 
 def prepare_trtllm_fp8_block_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None = None,
                                      registry: Registry | None = None) -> TrtllmFp8BlockWeights:
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp = hidden_to or H
-    check_declared(BLOCK, layer, None, hidden_padded=Hp, intermediate_padded=I, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, I)
+    w, _, I = declared_padded_weights(BLOCK, layer, weights, hidden_to=hidden_to, intermediate_to=None,
+                                      registry=registry)
     w13, _ = gemm1_rows_up_gate(layer, w, I)
 
     def shuffled(data: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
-"""The base of the TRT-LLM-gen adapters: construction, the canonical -> ``[up; gate]`` GEMM1 rows,
-SwiGLU-OAI parameters, the keywords every ``*_routed_moe`` call shares, and the output slice.
+"""The base of the TRT-LLM-gen adapters: construction, the start of every weight preparation
+(declaration check + padding), the canonical -> ``[up; gate]`` GEMM1 rows, SwiGLU-OAI parameters, and
+``forward`` (guards, the output buffer, the keywords every ``*_routed_moe`` call shares, the output
+slice); each kernel module supplies its own entry call (``_routed_moe``).
 Imports torch. What each kernel runs lives in its declaration; the guards are
 ``moe_registry.execution.declared``'s (through ``FlashInferExperts``).
 

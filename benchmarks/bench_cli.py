@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from _host import cpu_name  # benchmarks/ is sys.path[0] when run as a script
+
 COMMAND = ["explain", "qwen3-235b-a22b", "--device", "b200", "--json"]
 # The same command in-process, reporting whether torch got imported along the way.
 TORCH_PROBE = ("import sys, io, contextlib\nfrom moe_registry.cli import main\n"
@@ -48,7 +50,7 @@ def main() -> int:
 
     results = {
         "date": datetime.date.today().isoformat(), "command": "moe-registry " + " ".join(COMMAND),
-        "machine": _cpu_name(), "runs": args.runs,
+        "machine": cpu_name(), "runs": args.runs,
         "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
         "max_s": round(max(times), 3), "python_startup_median_s": round(statistics.median(baseline), 3),
         "torch_imported": torch_imported, "target_s": 0.3,
@@ -61,16 +63,6 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0 if results["meets_target"] else 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

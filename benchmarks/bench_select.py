@@ -15,21 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from _host import cpu_name  # benchmarks/ is sys.path[0] when run as a script
+
 from moe_registry import LayerSpec, plan_model, select_backend
 from moe_registry.selection import _resolve
 
 GEMMA4 = LayerSpec(name="model.language_model.layers.0.experts", index=0, num_experts=128, top_k=8,
                    hidden_size=2816, intermediate_size=704, activation="gelu_tanh", quant="nvfp4")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _median_us(fn, repeats: int, setup=None) -> float:
@@ -59,7 +51,8 @@ def main() -> int:
     layers = len(plan_model("qwen3-235b-a22b", device="b200").layers)
 
     results = {
-        "date": datetime.date.today().isoformat(), "machine": _cpu_name(), "python": sys.version.split()[0],
+        "date": datetime.date.today().isoformat(), "machine": cpu_name(platform.processor() or platform.machine()),
+        "python": sys.version.split()[0],
         "select_cold_us": round(cold, 1), "select_cached_us": round(cached, 2),
         "select_cached_unnamed_us": round(cached_unnamed, 2),
         "plan_layers": layers, "plan_cold_ms": round(plan_cold / 1e3, 3), "plan_warm_ms": round(plan_warm / 1e3, 3),

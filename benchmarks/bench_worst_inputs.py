@@ -19,6 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from _host import cpu_name  # benchmarks/ is sys.path[0] when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -159,23 +161,13 @@ def main() -> int:
                             "stderr": (err[0][:160] if err else "")})
             print(f"{seconds:7.2f} s  exit {done.returncode}  {label}" + (f"\n           {err[0][:120]}" if err else ""),
                   flush=True)
-    record = {"date": datetime.date.today().isoformat(), "machine": _cpu_name(), "cpus": os.cpu_count(),
+    record = {"date": datetime.date.today().isoformat(), "machine": cpu_name(), "cpus": os.cpu_count(),
               "python": sys.version.split()[0], "method": "one fresh `python -m moe_registry.cli` process per case, "
               "wall time including interpreter start (about 0.25 s of it)", "results": results}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import moe_registry.execution.declared as _declared  # noqa: E402
-from moe_registry.execution.patterns import relative_error  # noqa: E402
 from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
 from moe_registry.backends.flashinfer_cutlass import DECLARATION  # noqa: E402
 from moe_registry.backends.flashinfer_cutlass import kernel as K  # noqa: E402
@@ -32,40 +31,10 @@ from moe_registry.formats import (  # noqa: E402
     Fp8BlockTensor, Fp8Tensor, MxFp4Tensor, NvFp4Tensor, quantize_nvfp4, unswizzle_128x4,
 )
 from moe_registry.schemas.activation import SwigluOAIParams  # noqa: E402
-from moe_registry.schemas.layer import LayerSpec  # noqa: E402
+
+from _prep_helpers import inputs, rel_err, small_layer as make_layer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def flashinfer(tmp_path_factory):
-    """``flashinfer`` imported with its JIT workspace in a temporary directory, or a skip."""
-    os.environ.setdefault("FLASHINFER_WORKSPACE_BASE", str(tmp_path_factory.mktemp("fi_ws")))
-    try:
-        import flashinfer as fi  # noqa: F401
-        import flashinfer.fused_moe  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"flashinfer does not import here: {type(exc).__name__}: {exc}")
-    return fi
-
-
-def make_layer(**kw) -> LayerSpec:
-    base = dict(num_experts=4, top_k=2, hidden_size=256, intermediate_size=128, activation="silu")
-    base.update(kw)
-    return LayerSpec(**base)
-
-
-def inputs(layer: LayerSpec, T: int = 5, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, layer.hidden_size, generator=g).to(torch.bfloat16)
-    logits = torch.randn(T, layer.local_num_experts, generator=g)
-    w, ids = torch.topk(logits.softmax(-1), layer.top_k, dim=-1)
-    return x, w.contiguous(), ids.to(torch.int32).contiguous()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert torch.isfinite(a).all()
-    return relative_error(a, b)
 
 
 # --- [gate; up] -> [up; gate] -------------------------------------------------------------------

@@ -10,8 +10,6 @@ The kernels need SM100; nothing here runs them.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -28,23 +26,11 @@ from moe_registry.formats import (  # noqa: E402
 )
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def flashinfer(tmp_path_factory):
-    os.environ.setdefault("FLASHINFER_WORKSPACE_BASE", str(tmp_path_factory.mktemp("fi_ws")))
-    try:
-        import flashinfer as fi
-        import flashinfer.fused_moe  # noqa: F401
-        import flashinfer.fused_moe.prepare  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"flashinfer does not import here: {type(exc).__name__}: {exc}")
-    return fi
+from _prep_helpers import inputs, small_layer  # noqa: E402
 
 
 def layer_of(**kw) -> LayerSpec:
-    base = dict(num_experts=3, top_k=2, hidden_size=256, intermediate_size=128, activation="silu", quant="bf16")
-    base.update(kw)
-    return LayerSpec(**base)
+    return small_layer(**{"num_experts": 3, "quant": "bf16", **kw})
 
 
 def up_gate(w: torch.Tensor, I: int) -> torch.Tensor:
@@ -54,14 +40,6 @@ def up_gate(w: torch.Tensor, I: int) -> torch.Tensor:
 def bf16_source(layer: LayerSpec, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     w = random_weights(layer.replace(quant="bf16"), seed=seed)
     return w.w13, w.w2
-
-
-def inputs(layer: LayerSpec, T: int = 5, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, layer.hidden_size, generator=g).to(torch.bfloat16)
-    logits = torch.randn(T, layer.local_num_experts, generator=g)
-    w, ids = torch.topk(logits.softmax(-1), layer.top_k, dim=-1)
-    return x, w.contiguous(), ids.to(torch.int32).contiguous()
 
 
 def fi_activation(act: str):

@@ -8,15 +8,12 @@ The kernel needs SM100; the project's GPUs are SM90, so nothing here runs it.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import moe_registry.execution.declared as _declared  # noqa: E402
-from moe_registry.execution.patterns import relative_error  # noqa: E402
 from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
 from moe_registry.backends.trtllm_gen import _layout as LY  # noqa: E402
@@ -28,35 +25,11 @@ from moe_registry.execution.weights import random_weights  # noqa: E402
 from moe_registry.formats import NvFp4Tensor, quantize_nvfp4  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def flashinfer(tmp_path_factory):
-    os.environ.setdefault("FLASHINFER_WORKSPACE_BASE", str(tmp_path_factory.mktemp("fi_ws")))
-    try:
-        import flashinfer as fi
-        import flashinfer.fused_moe  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"flashinfer does not import here: {type(exc).__name__}: {exc}")
-    return fi
+from _prep_helpers import inputs, rel_err, small_layer  # noqa: E402
 
 
 def make_layer(**kw) -> LayerSpec:
-    base = dict(num_experts=4, top_k=2, hidden_size=256, intermediate_size=128, activation="silu", quant="nvfp4")
-    base.update(kw)
-    return LayerSpec(**base)
-
-
-def inputs(layer: LayerSpec, T: int = 6, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, layer.hidden_size, generator=g).to(torch.bfloat16)
-    logits = torch.randn(T, layer.local_num_experts, generator=g)
-    w, ids = torch.topk(logits.softmax(-1), layer.top_k, dim=-1)
-    return x, w.contiguous(), ids.to(torch.int32).contiguous()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert torch.isfinite(a).all()
-    return relative_error(a, b)
+    return small_layer(**{"quant": "nvfp4", **kw})
 
 
 # --- Independent index computations (slow loops from the documented semantics) ------------------------
@@ -278,7 +251,7 @@ def stub(monkeypatch):
 def test_forward_wiring_matches_reference(stub, act, H, I, pads):
     layer = make_layer(activation=act, hidden_size=H, intermediate_size=I)
     w = random_weights(layer, seed=21)
-    x, tw, ids = inputs(layer, seed=22)
+    x, tw, ids = inputs(layer, T=6, seed=22)
     ad = K.TrtllmFp4Experts._without_runtime_checks(layer, w, **pads)
     out = ad(x, tw, ids.long())
     ref = ReferenceExperts(layer, w)(x, tw, ids)
@@ -304,7 +277,7 @@ def test_forward_wiring_matches_reference(stub, act, H, I, pads):
 def test_static_scales_skip_calibration(stub):
     layer = make_layer()
     w = random_weights(layer, seed=1)
-    x, tw, ids = inputs(layer, seed=2)
+    x, tw, ids = inputs(layer, T=6, seed=2)
     ad = K.TrtllmFp4Experts._without_runtime_checks(layer, w, input_amax=6.0, intermediate_amax=3.0)
     assert ad._calibration_weights is None
     ad(x, tw, ids)
@@ -338,7 +311,7 @@ def test_padding_rules():
 def test_forward_guards_raise_before_the_kernel(stub, bad):
     layer = make_layer()
     ad = K.TrtllmFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), intermediate_amax=1.0)
-    x, tw, ids = inputs(layer)
+    x, tw, ids = inputs(layer, T=6)
     if bad == "dtype":
         x = x.float()
     elif bad == "noncontig":

@@ -1,5 +1,7 @@
-"""The base of the TRT-LLM-gen adapters: construction, the canonical -> ``[up; gate]`` GEMM1 rows,
-SwiGLU-OAI parameters, the keywords every ``*_routed_moe`` call shares, and the output slice.
+"""The base of the TRT-LLM-gen adapters: construction, the start of every weight preparation
+(declaration check + padding), the canonical -> ``[up; gate]`` GEMM1 rows, SwiGLU-OAI parameters, and
+``forward`` (guards, the output buffer, the keywords every ``*_routed_moe`` call shares, the output
+slice); each kernel module supplies its own entry call (``_routed_moe``).
 Imports torch. What each kernel runs lives in its declaration; the guards are
 ``moe_registry.execution.declared``'s (through ``FlashInferExperts``).
 
@@ -20,6 +22,7 @@ import torch
 
 from moe_registry.backends import _flashinfer_common as fic
 from moe_registry.backends._flashinfer_base import FlashInferExperts
+from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights, torch_dtype
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
@@ -32,6 +35,18 @@ def pack_topk(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     as int32 (``PackedScoreIdx``, core.py ``trtllm_*_routed_moe`` docstrings)."""
     low = weights.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
     return ((ids.to(torch.int32) << 16) | low).contiguous()
+
+
+def declared_padded_weights(backend: str, layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None,
+                            intermediate_to: int | None,
+                            registry: Registry | None) -> tuple[ExpertWeights, int, int]:
+    """The start of every weight preparation: ``layer`` checked against ``backend``'s declaration at the
+    padded sizes (ValueError), then the weights zero-padded to them. Returns (padded weights, Hp, Ip);
+    a size left None is the layer's own."""
+    Hp = hidden_to or layer.hidden_size
+    Ip = intermediate_to or layer.local_intermediate_size
+    check_declared(backend, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
+    return fic.pad_expert_weights(weights, layer, Hp, Ip), Hp, Ip
 
 
 def gemm1_rows_up_gate(layer: LayerSpec, weights: ExpertWeights, intermediate: int) -> tuple[Any, Any]:
@@ -103,6 +118,28 @@ class TrtllmGenExperts(FlashInferExperts):
 
     def _prepare(self, layer: LayerSpec, weights: ExpertWeights, registry: Registry | None) -> Any:
         raise NotImplementedError
+
+    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
+                topk_ids: torch.Tensor) -> torch.Tensor:
+        """Guards and padding (``_begin_forward``), this kernel's ``*_routed_moe`` call (``_routed_moe``)
+        into a preallocated bf16 output, and the slice back to the layer's hidden size."""
+        T = hidden_states.shape[0]
+        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
+        if x is None:
+            return hidden_states.new_empty((0, self.layer.hidden_size))
+        out = self._output(T, x.device)
+        result = self._routed_moe(x, topk_weights, topk_ids, out)
+        return self._finish(out if result is None else result, T)
+
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
+        """Call this kernel's FlashInfer entry on the padded hidden states ``x`` with ``output=out`` and
+        ``**self._call_kwargs()``; returns what the entry returns (None, a tensor or ``[output]``)."""
+        raise NotImplementedError
+
+    def _swiglu_params(self, device: torch.device, raw_scale: torch.Tensor | None = None) -> dict[str, Any]:
+        """``swiglu_params`` for this layer's local experts."""
+        return swiglu_params(self.layer, self.layer.local_num_experts, device, raw_scale=raw_scale)
 
     def _call_kwargs(self) -> dict[str, Any]:
         """Keywords every ``*_routed_moe`` entry takes the same way."""

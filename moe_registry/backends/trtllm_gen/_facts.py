@@ -10,6 +10,8 @@ Torch-free. Line numbers are FlashInfer 0.7.2.post1 / vLLM 0.33.0.
 
 from __future__ import annotations
 
+from typing import Any
+
 from moe_registry.schemas.activation import GELU_TANH_MAX_ABS_DIFF
 from moe_registry.schemas.capability import (
     ActivationImpl, DeviceRule, EngineNames, HardwareStatus, Requirement, RoutingLimit, RoutingSupport,
@@ -133,3 +135,11 @@ HARDWARE = (HardwareStatus(devices="sm100", status="not verified on hardware", n
     "CPU-tested against FlashInfer's own helpers")),)
 
 PROVIDER = f"FlashInfer {FI.split()[-1]} (trtllm-gen cubins)"
+
+
+def shared_fields() -> dict[str, Any]:
+    """The ``BackendCapability`` fields every TRT-LLM-gen declaration states alike: provider, GEMM1 as
+    ``[up; gate]`` (``w31``), devices, bf16 output, requirement, engine names and hardware status.
+    Each declaration adds its own (``**f.shared_fields()``)."""
+    return dict(provider=PROVIDER, gemm1_order="up_gate", devices=DEVICES, dtypes=("bf16",),
+                requirements=REQUIREMENTS, engines=ENGINES, hardware=HARDWARE)

@@ -13,14 +13,10 @@ _VLLM = f"{f.VLLM}/experts/trtllm_bf16_moe.py"
 DECLARATION = BackendCapability(
     id="trtllm-bf16",
     name="FlashInfer TRT-LLM-gen BF16 MoE",
-    provider=f.PROVIDER,
     description="Unquantized bf16 MoE from TensorRT-LLM's trtllm-gen cubins (BlockMajorK shuffled weights); routes "
                 "in-kernel or takes precomputed top-k (the *_routed_moe entry).",
     kernel="flashinfer.fused_moe.trtllm_bf16_routed_moe",
     adapter="moe_registry.backends.trtllm_gen.bf16_kernel:TrtllmBf16Experts",
-    gemm1_order="up_gate",
-    devices=f.DEVICES,
-    dtypes=("bf16",),
     activations={
         Activation.SILU: f.swiglu(f"{_VLLM} _supports_activation"),
         Activation.SWIGLUOAI: f.swigluoai(
@@ -44,8 +40,6 @@ DECLARATION = BackendCapability(
     features=FeatureSupport(bias=False, apply_router_weight_on_input=False, swigluoai_params=True, source=(
         f"{f.CORE} trtllm_bf16_routed_moe takes no bias and no routing-scales-on-input argument; gemm1_alpha/beta/"
         "clamp_limit per expert")),
-    requirements=f.REQUIREMENTS,
     priority={QuantFamily.UNQUANTIZED: 100},
-    engines=f.ENGINES,
-    hardware=f.HARDWARE,
+    **f.shared_fields(),
 )

@@ -12,14 +12,12 @@ from typing import Any, Callable
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate, swiglu_params
+from ._adapter import TrtllmGenExperts, declared_padded_weights, gemm1_rows_up_gate
 
 BACKEND = "trtllm-bf16"
 WEIGHT_LAYOUT_BLOCK_MAJOR_K = 2  # tllm_enums.WeightLayout.BlockMajorK
@@ -34,10 +32,8 @@ class TrtllmBf16Weights:
 def prepare_trtllm_bf16_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None = None,
                                 intermediate_to: int | None = None,
                                 registry: Registry | None = None) -> TrtllmBf16Weights:
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp, Ip = hidden_to or H, intermediate_to or I
-    check_declared(BACKEND, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, Ip)
+    w, Hp, Ip = declared_padded_weights(BACKEND, layer, weights, hidden_to=hidden_to, intermediate_to=intermediate_to,
+                                        registry=registry)
     w13, _ = gemm1_rows_up_gate(layer, w, Ip)
     w13, w2 = w13.to(torch.bfloat16), w.w2.to(torch.bfloat16)
     p1 = L.w3_w1_permute_indices(int(w13.shape[1]), gated=layer.activation.is_gated)
@@ -62,16 +58,10 @@ class TrtllmBf16Experts(TrtllmGenExperts):
         return prepare_trtllm_bf16_weights(layer, weights, hidden_to=self.hidden_padded,
                                            intermediate_to=self.intermediate_padded, registry=registry)
 
-    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        T = hidden_states.shape[0]
-        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
-        if x is None:
-            return hidden_states.new_empty((0, self.layer.hidden_size))
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
         p = self.prepared
-        out = self._output(T, x.device)
-        result = _flashinfer_routed_moe()(
+        return _flashinfer_routed_moe()(
             (self._ids(topk_ids), topk_weights), x, p.gemm1_weights, p.gemm2_weights, use_shuffled_weight=True,
             weight_layout=WEIGHT_LAYOUT_BLOCK_MAJOR_K, activation_type=self.activation_type, output=out,
-            **swiglu_params(self.layer, self.layer.local_num_experts, x.device), **self._call_kwargs())
-        return self._finish(out if result is None else result, T)
+            **self._swiglu_params(x.device), **self._call_kwargs())

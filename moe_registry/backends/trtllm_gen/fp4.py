@@ -35,14 +35,10 @@ _RELU2_ROWS = (
 DECLARATION = BackendCapability(
     id="trtllm-fp4",
     name="FlashInfer TRT-LLM-gen FP4 MoE",
-    provider=f.PROVIDER,
     description="FP4 block-scaled MoE from TensorRT-LLM's trtllm-gen cubins: NvFP4 W4A4, MXFP4 weights with bf16 or "
                 "MXFP8 activations; routes in-kernel or takes precomputed top-k (the *_routed_moe entry).",
     kernel="flashinfer.fused_moe.trtllm_fp4_block_scale_routed_moe",
     adapter="moe_registry.backends.trtllm_gen.fp4_kernel:TrtllmFp4Experts",
-    gemm1_order="up_gate",
-    devices=f.DEVICES,
-    dtypes=("bf16",),
     activations={
         Activation.SILU: f.swiglu(f"{_NVFP4} / {_MXFP4} _supports_activation"),
         Activation.GELU: f.geglu(f"vLLM PR #41050 (GELU enabled, Gemma 4); {f.VLLM_FI_UTILS} L48 maps GELU to Geglu"),
@@ -85,8 +81,6 @@ DECLARATION = BackendCapability(
         f"{f.CORE} trtllm_fp4_block_scale_routed_moe(gemm1_bias, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, "
         f"gemm2_bias): float32 biases in the weights' row layout ({f.VLLM}/oracle/mxfp4.py L1013-1143 shuffles "
         "them for gpt-oss); the FP4 launcher always runs use_routing_scales_on_input=false")),
-    requirements=f.REQUIREMENTS,
     priority={QuantFamily.NVFP4: 100, QuantFamily.MXFP4: 100},
-    engines=f.ENGINES,
-    hardware=f.HARDWARE,
+    **f.shared_fields(),
 )

@@ -35,15 +35,13 @@ from typing import Any, Callable
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantKind
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate, swiglu_params
+from ._adapter import TrtllmGenExperts, declared_padded_weights, gemm1_rows_up_gate
 
 BACKEND = "trtllm-fp4"
 
@@ -73,10 +71,8 @@ def prepare_trtllm_fp4_weights(layer: LayerSpec, weights: ExpertWeights, *, hidd
                                registry: Registry | None = None) -> TrtllmFp4Weights:
     """Canonical NvFP4 / MXFP4 weights -> TRT-LLM-gen's permuted layout (module docstring; pure
     torch). ValueError (every reason, from the declaration) for a layer the kernel does not run."""
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp, Ip = hidden_to or H, intermediate_to or I
-    check_declared(BACKEND, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, Ip)
+    w, Hp, Ip = declared_padded_weights(BACKEND, layer, weights, hidden_to=hidden_to, intermediate_to=intermediate_to,
+                                        registry=registry)
     gated = layer.activation.is_gated
     w13, b13 = gemm1_rows_up_gate(layer, w, Ip)
     M = int(w13.data.shape[1])
@@ -174,14 +170,9 @@ class TrtllmFp4Experts(TrtllmGenExperts):
         return prepare_trtllm_fp4_weights(layer, weights, hidden_to=self.hidden_padded,
                                           intermediate_to=self.intermediate_padded, registry=registry)
 
-    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        T = hidden_states.shape[0]
-        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
-        if x is None:
-            return hidden_states.new_empty((0, self.layer.hidden_size))
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
         p = self.prepared
-        E = self.layer.local_num_experts
         b1, b2 = p.gemm1_bias, p.gemm2_bias
         if p.nvfp4:
             in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
@@ -189,7 +180,7 @@ class TrtllmFp4Experts(TrtllmGenExperts):
             c_gs = (NVFP4_GS_NUMERATOR / self.intermediate_amax).reshape(())
             xq, x_sf = _quantize_input(x, a1_gs, on_kernel_device=self.sm is not None)
             out1, gate1, out2 = output_scalars(p.w1_gs, p.w2_gs, a1_gs, c_gs, gated=p.gated)
-            params = swiglu_params(self.layer, E, x.device, raw_scale=gate1)
+            params = self._swiglu_params(x.device, raw_scale=gate1)
             b1 = None if b1 is None else b1 / gate1.unsqueeze(-1)
             b2 = None if b2 is None else b2 / out2.unsqueeze(-1)
             layout = _sf_layout_linear()
@@ -199,11 +190,9 @@ class TrtllmFp4Experts(TrtllmGenExperts):
             if self.layer.quant.kind is QuantKind.MXFP4_MXFP8:
                 xq, x_sf = _quantize_mxfp8_input(x, on_kernel_device=self.sm is not None)
                 layout = _sf_layout_linear()
-            params = swiglu_params(self.layer, E, x.device)
-        out = self._output(T, x.device)
-        result = _flashinfer_routed_moe()(
+            params = self._swiglu_params(x.device)
+        return _flashinfer_routed_moe()(
             (self._ids(topk_ids), topk_weights), None, xq, x_sf, p.gemm1_weights, p.gemm1_scales, b1,
             params["gemm1_alpha"], params["gemm1_beta"], params["gemm1_clamp_limit"], p.gemm2_weights, p.gemm2_scales,
             b2, out1, gate1, out2, activation_type=self.activation_type, output=out,
             hidden_states_scale_layout=layout, **self._call_kwargs())
-        return self._finish(out if result is None else result, T)

@@ -20,12 +20,6 @@ _VLLM_PREP = f"{f.VLLM_FI_UTILS} prepare_fp8_moe_layer_for_fi"
 _ENGINE_PATH = ("moe-registry's adapter calls the *_routed_moe entry with precomputed top-k")
 
 
-def _common(**kw) -> dict:
-    return dict(provider=f.PROVIDER, gemm1_order="up_gate", devices=f.DEVICES, dtypes=("bf16",),
-                requirements=f.REQUIREMENTS, priority={QuantFamily.FP8: 100}, engines=f.ENGINES, hardware=f.HARDWARE,
-                **kw)
-
-
 PER_TENSOR = BackendCapability(
     id="trtllm-fp8",
     name="FlashInfer TRT-LLM-gen FP8 per-tensor MoE",
@@ -57,7 +51,8 @@ PER_TENSOR = BackendCapability(
         f"{f.CORE} trtllm_fp8_per_tensor_scale_routed_moe: use_routing_scales_on_input (Llama 4; {_VLLM} "
         "_apply_per_tensor asserts it for Llama4 routing), no bias argument, gemm1_clamp_limit only for SwigluStep "
         f"({f.LAUNCHER} L3689)")),
-    **_common(),
+    priority={QuantFamily.FP8: 100},
+    **f.shared_fields(),
 )
 
 PER_CHANNEL = BackendCapability(
@@ -83,7 +78,8 @@ PER_CHANNEL = BackendCapability(
     features=FeatureSupport(bias=False, apply_router_weight_on_input=True, swigluoai_params=False, source=(
         f"{f.CORE} trtllm_fp8_per_channel_scale_routed_moe: use_routing_scales_on_input, no bias or gemm1_alpha "
         "arguments")),
-    **_common(),
+    priority={QuantFamily.FP8: 100},
+    **f.shared_fields(),
 )
 
 BLOCK = BackendCapability(
@@ -126,7 +122,8 @@ BLOCK = BackendCapability(
         f"{f.CORE} trtllm_fp8_block_scale_routed_moe passes gemm1_bias=None / gemm2_bias=None ('routed FP8 uses "
         "gemm1_lora_delta for MN bias'; only the logits entry takes float32 biases) and no routing-scales-on-input; "
         "gemm1_alpha/beta/clamp_limit per expert")),
-    **_common(),
+    priority={QuantFamily.FP8: 100},
+    **f.shared_fields(),
 )
 
 DECLARATIONS = (PER_TENSOR, PER_CHANNEL, BLOCK)

@@ -27,14 +27,12 @@ from typing import Any, Callable
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, gemm1_rows_up_gate, swiglu_params
+from ._adapter import TrtllmGenExperts, declared_padded_weights, gemm1_rows_up_gate
 from .fp4_kernel import output_scalars
 
 PER_TENSOR = "trtllm-fp8"
@@ -58,10 +56,8 @@ class TrtllmFp8Weights:
 def prepare_trtllm_fp8_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None = None,
                                intermediate_to: int | None = None,
                                registry: Registry | None = None) -> TrtllmFp8Weights:
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp, Ip = hidden_to or H, intermediate_to or I
-    check_declared(PER_TENSOR, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, Ip)
+    w, Hp, Ip = declared_padded_weights(PER_TENSOR, layer, weights, hidden_to=hidden_to,
+                                        intermediate_to=intermediate_to, registry=registry)
     gated = layer.activation.is_gated
     w13, _ = gemm1_rows_up_gate(layer, w, Ip)
     p1 = L.w3_w1_permute_indices(int(w13.data.shape[1]), gated=gated)
@@ -90,23 +86,17 @@ class TrtllmFp8Experts(TrtllmGenExperts):
         return prepare_trtllm_fp8_weights(layer, weights, hidden_to=self.hidden_padded,
                                           intermediate_to=self.intermediate_padded, registry=registry)
 
-    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        T = hidden_states.shape[0]
-        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
-        if x is None:
-            return hidden_states.new_empty((0, self.layer.hidden_size))
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
         p = self.prepared
         in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
         a1_mult = (FP8_MAX / in_amax).reshape(())
         c_mult = (FP8_MAX / self.intermediate_amax).reshape(())
         out1, gate1, out2 = output_scalars(p.w1_mult, p.w2_mult, a1_mult, c_mult, gated=p.gated)
-        out = self._output(T, x.device)
-        result = _per_tensor_routed_moe()(
+        return _per_tensor_routed_moe()(
             (self._ids(topk_ids), topk_weights), None, quantize_per_tensor(x, a1_mult), p.gemm1_weights, out1, gate1,
             p.gemm2_weights, out2, use_routing_scales_on_input=self.layer.apply_router_weight_on_input,
             activation_type=self.activation_type, output=out, **self._call_kwargs())
-        return self._finish(out if result is None else result, T)
 
 
 # --- 128 blocks ------------------------------------------------------------------------------------
@@ -121,10 +111,8 @@ class TrtllmFp8BlockWeights:
 
 def prepare_trtllm_fp8_block_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_to: int | None = None,
                                      registry: Registry | None = None) -> TrtllmFp8BlockWeights:
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    Hp = hidden_to or H
-    check_declared(BLOCK, layer, None, hidden_padded=Hp, intermediate_padded=I, registry=registry)
-    w = fic.pad_expert_weights(weights, layer, Hp, I)
+    w, _, I = declared_padded_weights(BLOCK, layer, weights, hidden_to=hidden_to, intermediate_to=None,
+                                      registry=registry)
     w13, _ = gemm1_rows_up_gate(layer, w, I)
 
     def shuffled(data: torch.Tensor) -> torch.Tensor:
@@ -166,18 +154,12 @@ class TrtllmFp8BlockExperts(TrtllmGenExperts):
     def _prepare(self, layer: LayerSpec, weights: ExpertWeights, registry: Registry | None) -> TrtllmFp8BlockWeights:
         return prepare_trtllm_fp8_block_weights(layer, weights, hidden_to=self.hidden_padded, registry=registry)
 
-    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        T = hidden_states.shape[0]
-        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
-        if x is None:
-            return hidden_states.new_empty((0, self.layer.hidden_size))
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
         p = self.prepared
         xq, x_sf = quantize_per_token_block(x)
-        out = self._output(T, x.device)
-        result = _block_routed_moe()(
+        return _block_routed_moe()(
             (self._ids(topk_ids), topk_weights), None, xq, x_sf, p.gemm1_weights, p.gemm1_scales, p.gemm2_weights,
             p.gemm2_scales, use_shuffled_weight=True, weight_layout=WEIGHT_LAYOUT_BLOCK_MAJOR_K, output=out,
             fp8_quantization_type=_deepseek_fp8(), activation_type=self.activation_type,
-            **swiglu_params(self.layer, self.layer.local_num_experts, x.device), **self._call_kwargs())
-        return self._finish(out if result is None else result, T)
+            **self._swiglu_params(x.device), **self._call_kwargs())

@@ -19,15 +19,11 @@ _VLLM_PREP = "vLLM 0.33.0 model_executor/layers/quantization/utils/flashinfer_mx
 DECLARATION = BackendCapability(
     id="trtllm-mxint4",
     name="FlashInfer TRT-LLM-gen MXINT4 MoE",
-    provider=f.PROVIDER,
     description="W4A16 MoE: signed int4 weights with bf16 scales per 32 (BlockMajorK shuffled) from TensorRT-LLM's "
                 "trtllm-gen cubins; routes in-kernel or takes precomputed top-k. Opt-in in vLLM "
                 "(VLLM_USE_FLASHINFER_MOE_INT4=1).",
     kernel="flashinfer.fused_moe.trtllm_mxint4_block_scale_routed_moe",
     adapter="moe_registry.backends.trtllm_gen.mxint4_kernel:TrtllmMxInt4Experts",
-    gemm1_order="up_gate",
-    devices=f.DEVICES,
-    dtypes=("bf16",),
     activations={
         Activation.SILU: f.swiglu(f"{f.LAUNCHER} L4777 MxInt4BlockScaleLauncher hardwires ActivationType::Swiglu; "
                                   f"{_VLLM} _supports_activation"),
@@ -49,10 +45,8 @@ DECLARATION = BackendCapability(
     features=FeatureSupport(bias=False, apply_router_weight_on_input=False, swigluoai_params=True, source=(
         f"{f.CORE} trtllm_mxint4_block_scale_routed_moe: no bias or routing-scales-on-input argument; "
         "gemm1_alpha/beta/clamp_limit per expert")),
-    requirements=f.REQUIREMENTS,
     # Below Marlin: vLLM uses this kernel only with VLLM_USE_FLASHINFER_MOE_INT4=1 (vllm/envs.py L221,
     # default False; quantization/utils/flashinfer_mxint4_moe.py is_flashinfer_mxint4_moe_available).
     priority={QuantFamily.INT4: 50},
-    engines=f.ENGINES,
-    hardware=f.HARDWARE,
+    **f.shared_fields(),
 )

@@ -23,7 +23,7 @@ from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 
 from . import _layout as L
-from ._adapter import TrtllmGenExperts, pack_topk, swiglu_params
+from ._adapter import TrtllmGenExperts, pack_topk
 
 BACKEND = "trtllm-mxint4"
 GROUP = 32
@@ -86,17 +86,11 @@ class TrtllmMxInt4Experts(TrtllmGenExperts):
     def _prepare(self, layer: LayerSpec, weights: ExpertWeights, registry: Registry | None) -> TrtllmMxInt4Weights:
         return prepare_trtllm_mxint4_weights(layer, weights, registry=registry)
 
-    def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor) -> torch.Tensor:
-        T = hidden_states.shape[0]
-        x = self._begin_forward(hidden_states, topk_weights, topk_ids)
-        if x is None:
-            return hidden_states.new_empty((0, self.layer.hidden_size))
+    def _routed_moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    out: torch.Tensor) -> Any:
         p = self.prepared
-        params = swiglu_params(self.layer, self.layer.local_num_experts, x.device)
-        out = self._output(T, x.device)
-        result = _flashinfer_routed_moe()(
+        params = self._swiglu_params(x.device)
+        return _flashinfer_routed_moe()(
             pack_topk(topk_ids, topk_weights), x, p.gemm1_weights, p.gemm1_scales, params["gemm1_alpha"],
             params["gemm1_beta"], params["gemm1_clamp_limit"], p.gemm2_weights, p.gemm2_scales, output=out,
             **self._call_kwargs())
-        return self._finish(out if result is None else result, T)

@@ -1,0 +1,22 @@
+"""Fixtures shared by the CPU tests of the FlashInfer adapters (test_flashinfer_prep.py,
+test_trtllm_prep.py, test_trtllm_gen_prep.py). Their plain helpers are in ``_prep_helpers.py``.
+Torch-free: collecting a test module that skips without torch must still work."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def flashinfer(tmp_path_factory):
+    """``flashinfer`` imported with its JIT workspace in a temporary directory (set once per session,
+    before the first import), or a skip where it does not import."""
+    os.environ.setdefault("FLASHINFER_WORKSPACE_BASE", str(tmp_path_factory.mktemp("fi_ws")))
+    try:
+        import flashinfer as fi
+        import flashinfer.fused_moe  # noqa: F401  (also imports fused_moe.prepare, FlashInfer's weight prep)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"flashinfer does not import here: {type(exc).__name__}: {exc}")
+    return fi

@@ -1,0 +1,89 @@
+"""Summarise `mutmut results --all true` into the committed mutation report (issue 15).
+
+Usage: python benchmarks/mutation_report.py RESULTS_TXT SECONDS [SHOW_DIR]
+Prints Markdown: per module, mutants killed / survived / other, the score over logic mutants
+(mutants whose diff changes more than the text of a string literal), and every survivor. Run from
+the mutmut working directory so `mutmut show` can print each survivor's diff.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import tokenize
+from collections import Counter, defaultdict
+from datetime import date
+
+MODULES = ("moe_registry.selection", "moe_registry.schemas.capability", "moe_registry.planner")
+KILLED = {"killed", "timeout"}  # a timeout means the mutant changed behaviour (an endless loop)
+
+
+def _without_strings(line: str) -> str:
+    """The line with every string literal's text blanked (tokens kept), for string-only detection."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return line
+    return " ".join("STR" if t.type == tokenize.STRING or t.type in (getattr(tokenize, "FSTRING_MIDDLE", -1),)
+                    else t.string for t in tokens)
+
+
+def diff_of(mutant: str) -> str:
+    try:
+        return subprocess.run(["mutmut", "show", mutant], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def string_only(diff: str) -> bool:
+    removed = [ln[1:] for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    added = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    if not removed or len(removed) != len(added):
+        return False
+    return all(_without_strings(a) == _without_strings(b) for a, b in zip(removed, added))
+
+
+def main() -> None:
+    results_path, seconds = sys.argv[1], int(sys.argv[2])
+    rows = []
+    for line in open(results_path, encoding="utf-8"):
+        m = re.match(r"\s*(\S+): (\S.*)$", line)
+        if m and m.group(1).startswith(MODULES):
+            rows.append((m.group(1), m.group(2).strip()))
+    by_module: dict[str, Counter] = defaultdict(Counter)
+    survivors: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+    for name, status in rows:
+        module = next(mod for mod in MODULES if name.startswith(mod + "."))
+        if status == "survived":
+            diff = diff_of(name)
+            only_text = string_only(diff)
+            survivors[module].append((name, diff, only_text))
+            by_module[module]["survived (string-only)" if only_text else "survived (logic)"] += 1
+        else:
+            by_module[module]["killed" if status in KILLED else status] += 1
+    print(f"# Mutation testing of the decision core ({date.today().isoformat()}, mutmut 3.8.1, {seconds} s)\n")
+    print("Logic score = killed / (killed + logic survivors); string-only survivors change only the text "
+          "of a message and are listed but not scored.\n")
+    print("| module | mutants | killed | survived (logic) | survived (string-only) | other | logic score |")
+    print("|---|---|---|---|---|---|---|")
+    for module in MODULES:
+        c = by_module[module]
+        killed, logic, text = c["killed"], c["survived (logic)"], c["survived (string-only)"]
+        other = sum(v for k, v in c.items() if k not in ("killed", "survived (logic)", "survived (string-only)"))
+        total = killed + logic + text + other
+        score = f"{100 * killed / (killed + logic):.1f} %" if killed + logic else "n/a"
+        print(f"| `{module}` | {total} | {killed} | {logic} | {text} | {other} | {score} |")
+    for module in MODULES:
+        if not survivors[module]:
+            continue
+        print(f"\n## Survivors in `{module}`\n")
+        for name, diff, only_text in survivors[module]:
+            changed = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+            kind = "string-only" if only_text else "logic"
+            print(f"- `{name.split('.', 2)[-1]}` ({kind}): `{' / '.join(s.strip() for s in changed)[:200]}`")
+
+
+if __name__ == "__main__":
+    main()

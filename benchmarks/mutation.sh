@@ -10,12 +10,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${1:-$ROOT/benchmarks/results/mutation}"
 mkdir -p "$OUT"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+# MUTATION_WORK=DIR keeps the copy (and mutmut's cache) there, for `mutmut show` / reruns afterwards.
+if [ -n "${MUTATION_WORK:-}" ]; then
+  WORK="$MUTATION_WORK"; mkdir -p "$WORK"
+else
+  WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+fi
 git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
 cd "$WORK"
 TESTS="tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
-tests/test_planner.py tests/test_presets.py tests/test_quant_config.py tests/test_declared.py tests/test_registry.py"
+tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
+tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py"
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"
@@ -27,6 +32,10 @@ tests/test_planner.py tests/test_presets.py tests/test_quant_config.py tests/tes
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 START=$(date +%s)
 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > "$OUT/run.log" 2>&1 || true
+# A red clean run (or stats collection) means no mutant was tested: say so instead of a 0 % report.
+if grep -qE 'Failed to run clean test|failed to collect stats' "$OUT/run.log"; then
+  echo "mutation.sh: the tests fail on the unmutated code; see $OUT/run.log" >&2; exit 1
+fi
 mutmut results --all true > "$OUT/results.txt" 2>&1 || true
 python3 "$ROOT/benchmarks/mutation_report.py" "$OUT/results.txt" "$((($(date +%s) - START)))" > "$OUT/summary.md"
 # Each survivor's diff, for the review the report asks for.

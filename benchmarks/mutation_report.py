@@ -1,14 +1,17 @@
 """Summarise `mutmut results --all true` into the committed mutation report (issue 15).
 
-Usage: python benchmarks/mutation_report.py RESULTS_TXT SECONDS [SHOW_DIR]
+Usage: python benchmarks/mutation_report.py RESULTS_TXT SECONDS [EQUIVALENT_MD]
 Prints Markdown: per module, mutants killed / survived / other, the score over logic mutants
-(mutants whose diff changes more than the text of a string literal), and every survivor. Run from
-the mutmut working directory so `mutmut show` can print each survivor's diff.
+(mutants whose diff changes more than the text of a string literal), and every survivor. Survivors
+named in EQUIVALENT_MD (default: equivalent.md next to RESULTS_TXT; lines "- `mutant`: why") are
+equivalent mutants: listed with the reason and left out of the score, like string-only ones. Run
+from the mutmut working directory so `mutmut show` can print each survivor's diff.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -45,44 +48,63 @@ def string_only(diff: str) -> bool:
     return all(_without_strings(a) == _without_strings(b) for a, b in zip(removed, added))
 
 
+def equivalents(path: str) -> dict[str, str]:
+    """mutant name (with or without its module prefix) -> why it cannot change behaviour."""
+    out: dict[str, str] = {}
+    if os.path.exists(path):
+        for line in open(path, encoding="utf-8"):
+            m = re.match(r"\s*[-*]\s*`([^`]+)`\s*[:\-—]*\s*(.*)$", line)
+            if m:
+                out[m.group(1).strip()] = m.group(2).strip()
+    return out
+
+
 def main() -> None:
     results_path, seconds = sys.argv[1], int(sys.argv[2])
+    eq_path = sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.path.dirname(results_path), "equivalent.md")
+    equivalent = equivalents(eq_path)
     rows = []
     for line in open(results_path, encoding="utf-8"):
         m = re.match(r"\s*(\S+): (\S.*)$", line)
         if m and m.group(1).startswith(MODULES):
             rows.append((m.group(1), m.group(2).strip()))
     by_module: dict[str, Counter] = defaultdict(Counter)
-    survivors: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+    survivors: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     for name, status in rows:
         module = next(mod for mod in MODULES if name.startswith(mod + "."))
         if status == "survived":
             diff = diff_of(name)
-            only_text = string_only(diff)
-            survivors[module].append((name, diff, only_text))
-            by_module[module]["survived (string-only)" if only_text else "survived (logic)"] += 1
+            short = name[len(module) + 1:]
+            why = equivalent.get(name, equivalent.get(short))
+            kind = "string-only" if string_only(diff) else f"equivalent: {why}" if why else "logic"
+            survivors[module].append((name, diff, kind))
+            by_module[module][f"survived ({kind.split(':')[0]})"] += 1
         else:
             by_module[module]["killed" if status in KILLED else status] += 1
     print(f"# Mutation testing of the decision core ({date.today().isoformat()}, mutmut 3.8.1, {seconds} s)\n")
-    print("Logic score = killed / (killed + logic survivors); string-only survivors change only the text "
-          "of a message and are listed but not scored.\n")
-    print("| module | mutants | killed | survived (logic) | survived (string-only) | other | logic score |")
-    print("|---|---|---|---|---|---|---|")
+    print("Logic score = killed / (killed + logic survivors). String-only survivors change only the text "
+          "of a message; equivalent survivors cannot change behaviour (reason given for each, from "
+          "equivalent.md). Both are listed but not scored. \"other\" is mutmut's no-tests / skipped / "
+          "suspicious count.\n")
+    print("| module | mutants | killed | survived (logic) | survived (equivalent) | survived (string-only) | other "
+          "| logic score |")
+    print("|---|---|---|---|---|---|---|---|")
+    named = ("killed", "survived (logic)", "survived (string-only)", "survived (equivalent)")
     for module in MODULES:
         c = by_module[module]
-        killed, logic, text = c["killed"], c["survived (logic)"], c["survived (string-only)"]
-        other = sum(v for k, v in c.items() if k not in ("killed", "survived (logic)", "survived (string-only)"))
-        total = killed + logic + text + other
+        killed, logic, text, eq = (c[k] for k in named)
+        other = sum(v for k, v in c.items() if k not in named)
+        total = killed + logic + text + eq + other
         score = f"{100 * killed / (killed + logic):.1f} %" if killed + logic else "n/a"
-        print(f"| `{module}` | {total} | {killed} | {logic} | {text} | {other} | {score} |")
+        print(f"| `{module}` | {total} | {killed} | {logic} | {eq} | {text} | {other} | {score} |")
     for module in MODULES:
         if not survivors[module]:
             continue
         print(f"\n## Survivors in `{module}`\n")
-        for name, diff, only_text in survivors[module]:
+        for name, diff, kind in survivors[module]:
             changed = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
-            kind = "string-only" if only_text else "logic"
-            print(f"- `{name.split('.', 2)[-1]}` ({kind}): `{' / '.join(s.strip() for s in changed)[:200]}`")
+            change = " / ".join(s.strip() for s in changed)[:200].replace("`", "'")
+            print(f"- `{name}` ({kind}): `{change}`")
 
 
 if __name__ == "__main__":

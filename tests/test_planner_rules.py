@@ -35,11 +35,19 @@ def moe_indices(config) -> list[int]:
     return [s.index for s in plan(config).layer_specs]
 
 
-def raises(exc_type, config, **kw):
+NAME = "cfg-under-test"
+
+
+def raises(exc_type, config, *named, **kw):
+    """The typed one-line error of planning ``config``; it names the config (or the layer) and ``named``."""
     with pytest.raises(exc_type) as err:
-        plan(config, **kw)
-    assert isinstance(err.value, PlanError) and "\n" not in str(err.value)
-    return str(err.value)
+        plan_config(config, select=False, name=NAME, **kw)
+    msg = str(err.value)
+    assert isinstance(err.value, PlanError) and "\n" not in msg
+    assert NAME in msg or "experts (layer" in msg, msg
+    for word in named:
+        assert word in msg, (word, msg)
+    return msg
 
 
 # --- Which layers are MoE -------------------------------------------------------------------------
@@ -83,32 +91,47 @@ def test_the_schedule_is_noted_with_its_count():
     assert any(n.startswith("3 of 6 layers are MoE") for n in notes)
 
 
-@pytest.mark.parametrize("keys,exc", [
-    ({"hybrid_override_pattern": "MEM"}, MalformedConfig),  # 3 characters for 4 layers
-    ({"hybrid_override_pattern": "MEMEE"}, MalformedConfig),
-    ({"hybrid_override_pattern": 1234}, MalformedConfig),
-    ({"layers_block_type": ["moe", "moe", "moe"]}, MalformedConfig),
-    ({"moe_layers": [1, 4]}, MalformedConfig),  # layer 4 of 4 layers (0..3)
-    ({"moe_layers": "1,2"}, MalformedConfig),
-    ({"moe_layers": [1, -1]}, MalformedConfig),
-    ({"moe_layer_freq": [1, 0, 1]}, MalformedConfig),
-    ({"moe_layer_freq": [1, 0, 2, 1]}, MalformedConfig),
-    ({"moe_layer_freq": [1, 0, 1.0, 1]}, MalformedConfig),
-    ({"expert_layer_period": 2, "expert_layer_offset": 2}, MalformedConfig),  # offset must be below period
-    ({"expert_layer_period": 0}, MalformedConfig),
-    ({"moe_layer_start_index": [0, 1]}, MalformedConfig),
-    ({"moe_layer_end_index": [3, 3]}, MalformedConfig),
-    ({"moe_layer_interval": 0}, MalformedConfig),
-    ({"interleave_moe_layer_step": -1}, MalformedConfig),
-    ({"interleave_moe_layer_step": 0}, NotAMoEModel),  # step 0: no MoE layer
-    ({"enable_moe_block": False}, NotAMoEModel),
-    ({"layers_block_type": ["mamba"] * 4}, NotAMoEModel),
-    ({"moe_layer_start_index": 4}, NotAMoEModel),
-    ({"first_k_dense_replace": 4}, NotAMoEModel),
-    ({"decoder_sparse_step": 5}, NotAMoEModel),
+@pytest.mark.parametrize("keys,exc,named", [
+    ({"hybrid_override_pattern": "MEM"}, MalformedConfig, "hybrid_override_pattern"),  # 3 characters, 4 layers
+    ({"hybrid_override_pattern": "MEMEE"}, MalformedConfig, "hybrid_override_pattern"),
+    ({"hybrid_override_pattern": 1234}, MalformedConfig, "hybrid_override_pattern"),
+    ({"layers_block_type": ["moe", "moe", "moe"]}, MalformedConfig, "layers_block_type"),
+    ({"moe_layers": [1, 4]}, MalformedConfig, "moe_layers"),  # layer 4 of 4 layers (0..3)
+    ({"moe_layers": [4, 0, 1]}, MalformedConfig, "moe_layers"),  # the largest, wherever it is listed
+    ({"moe_layers": "1,2"}, MalformedConfig, "moe_layers"),
+    ({"moe_layers": [1, -1]}, MalformedConfig, "moe_layers"),
+    ({"moe_layer_freq": [1, 0, 1]}, MalformedConfig, "moe_layer_freq"),
+    ({"moe_layer_freq": [1, 0, 2, 1]}, MalformedConfig, "moe_layer_freq"),
+    ({"moe_layer_freq": [1, 0, 1.0, 1]}, MalformedConfig, "moe_layer_freq"),
+    ({"expert_layer_period": 2, "expert_layer_offset": 2}, MalformedConfig, "expert_layer_offset"),
+    ({"expert_layer_period": 0}, MalformedConfig, "expert_layer_period"),
+    ({"expert_layer_offset": -1}, MalformedConfig, "expert_layer_offset"),
+    ({"moe_layer_start_index": [0, 1]}, MalformedConfig, "moe_layer_start_index"),
+    ({"moe_layer_end_index": [3, 3]}, MalformedConfig, "moe_layer_end_index"),
+    ({"moe_layer_start_index": -2}, MalformedConfig, "moe_layer_start_index"),
+    ({"moe_layer_end_index": -2}, MalformedConfig, "moe_layer_end_index"),
+    ({"moe_layer_interval": 0}, MalformedConfig, "moe_layer_interval"),
+    ({"interleave_moe_layer_step": -1}, MalformedConfig, "interleave_moe_layer_step"),
+    ({"first_k_dense_replace": -1}, MalformedConfig, "first_k_dense_replace"),
+    ({"moe_layer_freq": -2}, MalformedConfig, "moe_layer_freq"),
+    ({"decoder_sparse_step": -1}, MalformedConfig, "decoder_sparse_step"),
+    ({"mlp_only_layers": [0, "1"]}, MalformedConfig, "mlp_only_layers"),
+    ({"interleave_moe_layer_step": 0}, NotAMoEModel, "interleave_moe_layer_step"),  # step 0: no MoE layer
+    ({"enable_moe_block": False}, NotAMoEModel, "enable_moe_block"),
+    ({"layers_block_type": ["mamba"] * 4}, NotAMoEModel, "layers_block_type"),
+    ({"moe_layer_start_index": 4}, NotAMoEModel, "moe_layer_start_index"),
+    ({"first_k_dense_replace": 4}, NotAMoEModel, "first_k_dense_replace"),
+    ({"decoder_sparse_step": 5}, NotAMoEModel, "decoder_sparse_step"),
 ])
-def test_bad_or_empty_schedules(keys, exc):
-    raises(exc, cfg(**keys))
+def test_bad_or_empty_schedules(keys, exc, named):
+    raises(exc, cfg(**keys), named)
+
+
+def test_the_interval_counts_layers_from_one():
+    # ERNIE-4.5 / Qwen: layer i is MoE when (i + 1) % interval == 0
+    assert moe_indices(cfg(moe_layer_interval=3, num_hidden_layers=7)) == [2, 5]
+    assert moe_indices(cfg(decoder_sparse_step=3, num_hidden_layers=7)) == [2, 5]
+    assert moe_indices(cfg(moe_layer_start_index=3, moe_layer_end_index=-1, num_hidden_layers=6)) == [3, 4, 5]
 
 
 def test_expert_offset_just_below_the_period_is_fine():
@@ -130,10 +153,11 @@ def test_layers_with_one_expert_are_dense():
 @pytest.mark.parametrize("key,value", [
     ("num_hidden_layers", 0), ("num_hidden_layers", True), ("hidden_size", 0), ("hidden_size", 64.0),
     ("num_experts_per_tok", 0), ("moe_intermediate_size", 0), ("num_experts", -1), ("num_experts", "8"),
-    ("moe_latent_size", 0), ("first_k_dense_replace", -1),
+    ("moe_latent_size", 0), ("moe_latent_size", "16"), ("first_k_dense_replace", -1),
+    ("num_experts_per_tok", [2, 2, 0, 2]), ("num_experts", [8, 8, -1, 8]),
 ])
 def test_integers_below_their_minimum_or_not_integers(key, value):
-    raises(MalformedConfig, cfg(**{key: value}))
+    raises(MalformedConfig, cfg(**{key: value}), key)
 
 
 def test_minimum_values_are_accepted():
@@ -163,18 +187,21 @@ def test_key_aliases_in_their_order():
     # width: moe_intermediate_size before intermediate_size
     assert plan(cfg(intermediate_size=512)).layer_specs[0].intermediate_size == 32
     assert plan(cfg(moe_intermediate_size=None, intermediate_size=512)).layer_specs[0].intermediate_size == 512
-    raises(MalformedConfig, cfg(moe_intermediate_size=None))
-    raises(MalformedConfig, cfg(num_experts_per_tok=None))
-    raises(NotAMoEModel, cfg(num_experts=None))
-    raises(MalformedConfig, cfg(num_hidden_layers=None))
+    raises(MalformedConfig, cfg(moe_intermediate_size=None), "moe_intermediate_size / intermediate_size")
+    raises(MalformedConfig, cfg(num_experts_per_tok=None), "num_experts_per_tok")
+    raises(NotAMoEModel, cfg(num_experts=None), "qwen3_moe")
+    raises(NotAMoEModel, cfg(num_experts=None, model_type=None), "unknown model_type")
+    raises(NotAMoEModel, cfg(num_experts=0), "num_experts")
+    raises(MalformedConfig, cfg(num_hidden_layers=None), "num_hidden_layers")
 
 
 # --- Layer errors: parallelism vs other ---------------------------------------------------------
 
 def test_layer_errors_are_typed_by_their_cause():
-    raises(ParallelismError, cfg(), parallel=ParallelConfig(tp=3))  # 32 % 3
-    raises(ParallelismError, cfg(), parallel=ParallelConfig(ep=3))  # 8 % 3
-    raises(InvalidLayer, cfg(num_experts_per_tok=9))  # top-k above the expert count
+    raises(ParallelismError, cfg(), "model.layers.0.mlp.experts (layer 0)", parallel=ParallelConfig(tp=3))  # 32 % 3
+    raises(ParallelismError, cfg(), "model.layers.0.mlp.experts (layer 0)", parallel=ParallelConfig(ep=3))  # 8 % 3
+    msg = raises(InvalidLayer, cfg(num_experts_per_tok=[2, 9, 2, 2]), "model.layers.1.mlp.experts (layer 1)")
+    assert "Value error" not in msg  # pydantic's prefix is dropped
     assert len(plan(cfg(), parallel=ParallelConfig(tp=2, ep=2)).layer_specs) == 4
 
 
@@ -212,7 +239,16 @@ def test_dbrx_routing_follows_moe_normalize_expert_weights(normalize, routing):
     assert spec.routing is routing and spec.activation is Activation.SILU  # DbrxFFNConfig default act
     assert (spec.hidden_size, spec.num_experts, spec.top_k, spec.intermediate_size) == (64, 4, 2, 32)
     assert (spec.attention_heads, spec.kv_heads) == (4, 2)
-    raises(MalformedConfig, {**dbrx, "attn_config": [1]})
+    raises(MalformedConfig, {**dbrx, "attn_config": [1]}, "DBRX")
+    assert not any("no activation in the config" in n for n in plan(dbrx).notes)  # DBRX's own default
+    gelu = {**dbrx, "ffn_config": {**dbrx["ffn_config"], "ffn_act_fn": {"name": "gelu"}}}
+    assert plan(gelu).layer_specs[0].activation is Activation.GELU
+    assert plan({**dbrx, "ffn_config": {**dbrx["ffn_config"], "ffn_act_fn": "gelu"}}).layer_specs[0].activation \
+        is Activation.GELU
+    no_attn = {k: v for k, v in dbrx.items() if k != "attn_config"}
+    assert plan(no_attn).layer_specs[0].attention_heads == 4
+    # keys outside ffn_config / attn_config are kept: a schedule key applies
+    assert [s.index for s in plan({**dbrx, "moe_layers": [1]}).layer_specs] == [1]
 
 
 @pytest.mark.parametrize("model_type,wrapper,name", [
@@ -257,9 +293,15 @@ def test_activation_keys_in_their_order_and_defaults(keys, act):
 
 
 def test_bad_activations():
-    raises(MalformedConfig, cfg(hidden_act=None, model_type="some_new_moe"))  # no known default
-    raises(MalformedConfig, cfg(hidden_act=7))
-    raises(MalformedConfig, cfg(hidden_act="swishy"))
+    raises(MalformedConfig, cfg(hidden_act=None, model_type="some_new_moe"), "some_new_moe")  # no known default
+    raises(MalformedConfig, cfg(hidden_act=7), "hidden_act")
+    raises(MalformedConfig, cfg(hidden_act="swishy"), "hidden_act", "swishy")
+    raises(MalformedConfig, cfg(hidden_act=None, hidden_activation=[1]), "hidden_activation")
+
+
+def test_a_defaulted_activation_is_noted_and_a_given_one_is_not():
+    assert any("no activation in the config" in n for n in plan(cfg(hidden_act=None)).notes)
+    assert not any("no activation in the config" in n for n in plan(cfg()).notes)
 
 
 @pytest.mark.parametrize("limit", [0, -1.0, True, "7", float("nan"), float("inf")])
@@ -272,7 +314,8 @@ def test_swiglu_limit_clamps_silu_only():
     assert spec.activation is Activation.SILU_CLAMP and spec.activation_params.limit == 10.0
     tiny = plan(cfg(swiglu_limit=1e-3)).layer_specs[0]
     assert tiny.activation_params.limit == 1e-3
-    raises(MalformedConfig, cfg(swiglu_limit=10, hidden_act="gelu"))
+    assert not spec.bias
+    raises(MalformedConfig, cfg(swiglu_limit=10, hidden_act="gelu"), "hidden_act", "'gelu'")
 
 
 def test_gpt_oss_runs_swigluoai_with_biases_and_its_limit():
@@ -282,6 +325,27 @@ def test_gpt_oss_runs_swigluoai_with_biases_and_its_limit():
     assert plan(cfg(model_type="gpt_oss", swiglu_limit=5)).layer_specs[0].activation_params.limit == 5.0
     assert spec.routing is RoutingMethod.TOPK_SOFTMAX
     assert not plan(cfg()).layer_specs[0].bias
+    # the note quotes what the config said, which the experts do not compute
+    assert any("'silu'" in n and "swigluoai" in n for n in plan(cfg(model_type="gpt_oss", hidden_act="silu")).notes)
+
+
+def test_hash_routed_layers_are_noted():
+    hashed = lambda n: [x for x in plan(cfg(num_hash_layers=n)).notes if "hash" in x]  # noqa: E731
+    assert len(hashed(1)) == 1 and "first 1 MoE layers" in hashed(1)[0]
+    assert hashed(0) == [] and hashed(None) == []
+
+
+def test_errors_name_the_text_config_they_read():
+    wrapped = {"model_type": "w", "text_config": cfg(hidden_size=None)}
+    msg = raises(MalformedConfig, wrapped, "hidden_size")
+    assert msg.startswith(NAME + " text_config")
+    assert raises(MalformedConfig, cfg(hidden_size=None), "hidden_size").startswith(NAME + " has no")
+
+
+def test_the_wrappers_model_type_is_used_when_the_text_config_has_none():
+    inner = cfg(model_type=None)
+    spec = plan({"model_type": "mixtral", "text_config": inner}).layer_specs[0]
+    assert spec.routing is RoutingMethod.SOFTMAX_TOPK_RENORM  # Mixtral's, not an unknown family's
 
 
 def test_latent_moe_replaces_the_expert_hidden_size():
@@ -333,14 +397,28 @@ def test_attention_heads(keys, heads):
 
 
 def test_unknown_device_and_memory_mode_are_plan_errors():
-    raises(PlanError, cfg(), device="tpu9")
+    with pytest.raises(PlanError, match="tpu9"):
+        plan(cfg(), device="tpu9")
     with pytest.raises(PlanError):
         plan_config(cfg(), device="h100", memory="sometimes")
 
 
 def test_plan_config_needs_a_mapping():
-    with pytest.raises(MalformedConfig):
-        plan_config([("model_type", "qwen3_moe")], select=False)
+    with pytest.raises(MalformedConfig, match=f"{NAME} must be a JSON object, not list"):
+        plan_config([("model_type", "qwen3_moe")], select=False, name=NAME)
+
+
+def test_selection_on_this_machine_when_no_device_is_named(monkeypatch):
+    from moe_registry.schemas import device as device_module
+
+    monkeypatch.setenv("MOE_REGISTRY_DEVICE", "h100")
+    device_module.detect.cache_clear()
+    try:
+        p = plan_config(cfg(), name=NAME)
+    finally:
+        device_module.detect.cache_clear()
+    assert p.device is None and p.memory is not None
+    assert all(layer.selection is not None and layer.selection.device.name == "h100" for layer in p.layers)
 
 
 # --- Quantization sources and expert_dtype -------------------------------------------------------
@@ -370,7 +448,28 @@ def test_expert_dtype_fp4_makes_the_routed_experts_mxfp4():
     assert plan({**v4, "expert_dtype": "fp8"}).layer_specs[0].quant.kind is QuantKind.FP8_BLOCK
     assert plan({**v4, "quantization_config": None}).layer_specs[0].quant.kind is QuantKind.BF16  # nothing quantized
     assert plan(v4, quant="nvfp4").layer_specs[0].quant.kind is QuantKind.NVFP4  # an override wins
-    raises(MalformedConfig, {**v4, "expert_dtype": "fp2"})
+    raises(MalformedConfig, {**v4, "expert_dtype": "fp2"}, "expert_dtype", "fp2")
+    fp8 = plan({**v4, "expert_dtype": "fp8"}).quantization
+    assert p.quantization.startswith(fp8) and p.quantization != fp8  # the block-FP8 summary, then the experts'
+
+
+def test_quant_config_errors_name_the_file_or_argument_they_came_from(tmp_path):
+    bad_hf = {"quantization": {"quant_algo": "NO_SUCH_ALGO"}}
+    bad_gptq = {"bits": 4, "group_size": 128, "quant_method": "no-such-method"}
+    with pytest.raises(PlanError, match=f"{NAME} hf_quant_config"):
+        plan_config(cfg(), select=False, name=NAME, hf_quant_config=bad_hf)
+    with pytest.raises(PlanError, match=f"{NAME} quantize_config"):
+        plan_config(cfg(), select=False, name=NAME, quantize_config=bad_gptq)
+    (tmp_path / "config.json").write_text(json.dumps(cfg()))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps(bad_hf))
+    with pytest.raises(PlanError, match="hf_quant_config.json"):
+        plan_model(tmp_path, select=False)
+    (tmp_path / "hf_quant_config.json").unlink()
+    (tmp_path / "quantize_config.json").write_text(json.dumps(bad_gptq))
+    with pytest.raises(PlanError, match="quantize_config.json"):
+        plan_model(tmp_path, select=False)
+    with pytest.raises(PlanError, match=f"{NAME} quantization_config"):
+        plan_config(cfg(quantization_config={"quant_method": "no-such-method"}), select=False, name=NAME)
 
 
 def test_expert_dtype_keeps_excluded_layers_unquantized():
@@ -407,9 +506,11 @@ def test_groups_of_a_plan_are_runs_of_equal_shapes():
 
 # --- Sources -------------------------------------------------------------------------------------
 
-def test_sources(tmp_path):
-    with pytest.raises(UnknownPreset):
+def test_sources(tmp_path, monkeypatch):
+    with pytest.raises(UnknownPreset, match="empty"):
         plan_model("   ", select=False)
+    with pytest.raises(ConfigNotFound):
+        plan_model("/no-such-absolute-dir-xyz", select=False)
     with pytest.raises(ConfigNotFound):
         plan_model("no-such/dir/config", select=False)  # two slashes: a path
     with pytest.raises(ConfigNotFound):
@@ -420,16 +521,27 @@ def test_sources(tmp_path):
         plan_model("org/model", select=False)  # one slash: a Hugging Face id, not a path
     bad = tmp_path / "config.json"
     bad.write_bytes(b"\xff\xfe{not utf-8")
-    with pytest.raises(MalformedConfig):
+    with pytest.raises(MalformedConfig, match="UTF-8") as err:
         plan_model(bad, select=False)
+    assert str(bad) in str(err.value)
     with pytest.raises(MalformedConfig):
         plan_model(tmp_path, select=False)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(cfg()))
+
+    def unreadable(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(good), "read_text", unreadable)
+    with pytest.raises(ConfigNotFound, match="Permission denied") as err:
+        plan_model(good, select=False)
+    assert str(good) in str(err.value)
 
 
 def test_presets_by_name_and_by_model_id():
     by_name = plan_model("qwen3-30b-a3b", select=False)
     assert by_name.model == "qwen3-30b-a3b" and by_name.source == "preset qwen3-30b-a3b"
-    assert by_name.model_id
+    assert by_name.model_id and by_name.provenance  # the preset's _model_id and _source
     for spelling in (by_name.model_id, by_name.model_id.upper(), " qwen3-30b-a3b.json ", "QWEN3-30B-A3B"):
         assert plan_model(spelling, select=False).model == "qwen3-30b-a3b"
 
@@ -458,5 +570,7 @@ def test_companion_quant_files_of_a_directory(tmp_path):
 
 def test_list_presets_names_every_preset_with_its_quantization():
     listed = list_presets()
-    assert listed["qwen3-30b-a3b"].startswith("Qwen/") and listed["qwen3-30b-a3b"].endswith("; bf16")
-    assert "nvfp4" in listed["gemma-4-26b-a4b-nvfp4"].lower()
+    assert listed["qwen3-30b-a3b"] == "Qwen/Qwen3-30B-A3B; bf16"
+    # a quantized export names the model it was made from (its _quantized_from)
+    assert listed["gemma-4-26b-a4b-nvfp4"].startswith("google/gemma-4-26B-A4B-it (quantized export); ")
+    assert "NVFP4" in listed["gemma-4-26b-a4b-nvfp4"]

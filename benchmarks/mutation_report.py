@@ -10,12 +10,10 @@ from the mutmut working directory so `mutmut show` can print each survivor's dif
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import subprocess
 import sys
-import tokenize
 from collections import Counter, defaultdict
 from datetime import date
 
@@ -23,14 +21,23 @@ MODULES = ("moe_registry.selection", "moe_registry.schemas.capability", "moe_reg
 KILLED = {"killed", "timeout"}  # a timeout means the mutant changed behaviour (an endless loop)
 
 
-def _without_strings(line: str) -> str:
-    """The line with every string literal's text blanked (tokens kept), for string-only detection."""
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        return line
-    return " ".join("STR" if t.type == tokenize.STRING or t.type in (getattr(tokenize, "FSTRING_MIDDLE", -1),)
-                    else t.string for t in tokens)
+_LITERAL = re.compile(r"""(?:\b[rRbBuUfF]{1,2})?("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+# A literal compared, looked up or matched is logic even when it reads like a phrase.
+_COMPARED = re.compile(r"STR\s*(?:not\s+in|in|==|!=)\s|(?:==|!=)\s*STR|\.(?:startswith|endswith|removeprefix|removesuffix|"
+                       r"get|index|count|split|replace)\(\s*(?:\(\s*)?STR|\[STR\]")
+
+
+def _literals(line: str) -> tuple[str, list[str]]:
+    """(the line with each string literal replaced by STR, the literals' texts in order)."""
+    texts: list[str] = []
+
+    def blank(m: re.Match) -> str:
+        texts.append(m.group(1)[1:-1])
+        return "STR"
+
+    return _LITERAL.sub(blank, line.strip()), texts
 
 
 def diff_of(mutant: str) -> str:
@@ -41,11 +48,20 @@ def diff_of(mutant: str) -> str:
 
 
 def string_only(diff: str) -> bool:
+    """True when the mutant changes only the wording of messages: every changed line keeps its code,
+    and every changed literal was a phrase (it holds a space). A changed word-like literal (a config
+    key, an enum value, a backend id) is logic: it is looked up, not shown."""
     removed = [ln[1:] for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
     added = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
     if not removed or len(removed) != len(added):
         return False
-    return all(_without_strings(a) == _without_strings(b) for a, b in zip(removed, added))
+    for before, after in zip(removed, added):
+        (code_b, texts_b), (code_a, texts_a) = _literals(before), _literals(after)
+        if code_b != code_a or len(texts_b) != len(texts_a) or _COMPARED.search(code_b):
+            return False
+        if any(b != a and " " not in b for b, a in zip(texts_b, texts_a)):
+            return False
+    return True
 
 
 def equivalents(path: str) -> dict[str, str]:

@@ -303,3 +303,182 @@ def test_the_selection_reports_the_layer_as_given(name, index):
     s = select_backend(layer, "h100", registry=registry(decl()))
     assert s.layer == layer
     assert select_backend(BASE, "h100", registry=registry(decl())).layer == BASE
+
+
+# --- Routing paths and their bounds ------------------------------------------------------------
+
+from moe_registry.environment import RequirementState  # noqa: E402
+from moe_registry.schemas.capability import EngineNames, KnownLimitation, RoutingLimit  # noqa: E402
+from moe_registry.schemas.layer import RoutingMethod  # noqa: E402
+from moe_registry.schemas.selection import Reason  # noqa: E402
+
+DS = RoutingMethod.DEEPSEEK_V3
+DS_LAYER = BASE.replace(routing="deepseek_v3", num_experts=256, top_k=8)
+
+
+def routed(in_kernel=(DS,), precomputed=True, *limits):
+    return decl(routing=RoutingSupport(in_kernel=in_kernel, precomputed=precomputed, limits=limits, source="route"))
+
+
+def test_in_kernel_bounds_exceeded_route_outside_when_the_precomputed_path_fits():
+    d = routed((DS,), True, RoutingLimit(methods=(DS,), max_experts=128, source="ds limit"))
+    v = verdict(DS_LAYER, d)
+    assert v.reasons == [] and [n.message for n in v.notes] == [
+        "t-a: deepseek_v3 exceeds the kernel's in-kernel bounds (experts <= 128); routed outside, precomputed top-k"]
+
+
+def test_a_method_the_kernel_does_not_route_goes_precomputed_silently():
+    v = verdict(BASE, routed((DS,), True))  # softmax_topk_renorm, not in-kernel here
+    assert v.reasons == [] and v.notes == []
+
+
+def test_unknown_routing_when_only_an_in_kernel_method_fits():
+    d = routed((DS,), True, RoutingLimit(max_top_k=4, source="pre limit"))
+    v = verdict(DS_LAYER.replace(routing=None), d)  # top-8: the precomputed path's top-4 bound fails
+    assert v.reasons == [] and [n.kind for n in v.notes] == ["abstained"]
+    assert "the precomputed path does not" in v.notes[0].message
+
+
+def test_no_routing_path_at_all():
+    d = routed((), False)
+    r = only(verdict(BASE.replace(routing=None), d), ReasonCode.ROUTING_UNSUPPORTED)
+    assert (r.required, r.actual, r.source) == ("", "unknown", "route")
+
+
+def test_every_exceeded_bound_of_every_path_is_a_reason():
+    d = routed((DS,), True, RoutingLimit(methods=(DS,), max_experts=128, source="ds limit"),
+               RoutingLimit(max_top_k=4, max_experts=200, source="pre limit"))
+    v = verdict(DS_LAYER, d)
+    got = [(r.code, r.field, r.required, r.actual, r.source) for r in v.reasons]
+    assert got == [(ReasonCode.SHAPE_OUT_OF_RANGE, "top_k", "<= 4", "8", "pre limit"),
+                   (ReasonCode.SHAPE_OUT_OF_RANGE, "experts", "<= 200", "256", "pre limit"),
+                   (ReasonCode.SHAPE_OUT_OF_RANGE, "experts", "<= 128", "256", "ds limit")]
+    assert "precomputed top-k" in v.reasons[0].message and "in-kernel deepseek_v3 routing" in v.reasons[2].message
+    # at the bounds: everything runs in the kernel
+    fits = DS_LAYER.replace(num_experts=128, top_k=4)
+    assert verdict(fits, d).reasons == []
+    # unknown routing with only the precomputed path bounded: its failures alone
+    unknown = verdict(DS_LAYER.replace(routing=None), routed((), True, RoutingLimit(max_top_k=4, source="pre")))
+    assert [(r.field, r.actual) for r in unknown.reasons] == [("top_k", "8")]
+    # a method the kernel does not route: the precomputed path's failures alone
+    other = verdict(DS_LAYER.replace(routing="softmax_topk"), d)
+    assert [r.source for r in other.reasons] == ["pre limit", "pre limit"]
+
+
+# --- Parallelism hints -------------------------------------------------------------------------
+
+def test_parallel_unsupported_without_a_layout_to_offer():
+    none = decl(features=FeatureSupport(tensor_parallel=False, expert_parallel=False, source="feat"))
+    v = verdict(BASE.replace(parallel=ParallelConfig(tp=2, ep=2)), none)
+    assert [(r.field, r.hint, r.source) for r in v.reasons] == [("parallel.tp", "", "feat"), ("parallel.ep", "", "feat")]
+    no_tp = decl(features=FeatureSupport(tensor_parallel=False, source="feat"))
+    r = only(verdict(BASE.replace(num_experts=6, parallel=ParallelConfig(tp=4)), no_tp), ReasonCode.PARALLEL_UNSUPPORTED)
+    assert r.hint == ""  # 6 experts do not split over 4 ranks
+    no_ep = decl(features=FeatureSupport(expert_parallel=False, source="feat"))
+    r = only(verdict(BASE.replace(intermediate_size=196, parallel=ParallelConfig(ep=8)), no_ep),
+             ReasonCode.PARALLEL_UNSUPPORTED)
+    assert r.hint == ""  # 196 does not split over 8 ranks
+    r = only(verdict(BASE.replace(attention_heads=12, kv_heads=4, parallel=ParallelConfig(ep=8)), no_ep),
+             ReasonCode.PARALLEL_UNSUPPORTED)
+    assert r.hint == ""  # 12 attention heads do not split over TP8
+
+
+# --- Shape rules: scope, bounds, padded sizes --------------------------------------------------
+
+def test_shape_rule_texts_name_scope_bounds_and_padding():
+    d = decl(shape_rules=(ShapeRule(dimension="hidden", min=512, source=SRC, when=Condition(gated=True)),
+                          ShapeRule(dimension="top_k", max=1, source=SRC)))
+    v = verdict(BASE, d)
+    assert [(r.field, r.required, r.actual) for r in v.reasons] == [("hidden", "512..", "256"), ("top_k", "..1", "2")]
+    assert v.reasons[0].message == "Test t-a needs per-rank hidden in 512.. when gated; it is 256"
+    padded = decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=128, pad=True, source=SRC),
+                               ShapeRule(dimension="intermediate", multiple_of=256, source=SRC)))
+    r = only(verdict(BASE.replace(intermediate_size=320), padded), ReasonCode.SHAPE_UNALIGNED)
+    assert r.actual == "384" and r.message.endswith("; it is 320, padded to 384")
+    # a pad rule the layer already meets pads nothing
+    assert verdict(BASE.replace(intermediate_size=384), decl(shape_rules=padded.shape_rules[:1])).padding == {}
+
+
+def test_a_padded_rule_refused_by_policy_gives_both_hints():
+    d = decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=256, pad=True, source=SRC),))
+    layer = BASE.replace(intermediate_size=768, parallel=ParallelConfig(tp=2))
+    r = only(verdict(layer, d, policy=DeclaredPriority(allow_padding=False)), ReasonCode.SHAPE_UNALIGNED)
+    assert r.hint == EP_HINT.format(n=2, i=768) + "; TP1 gives intermediate 768; allow padding to 512"
+
+
+def test_max_experts_per_rank_under_ep_and_without_a_layout():
+    d = decl(max_experts=16)
+    r = only(verdict(BASE.replace(num_experts=64, parallel=ParallelConfig(ep=2)), d), ReasonCode.SHAPE_OUT_OF_RANGE)
+    assert (r.actual, r.hint) == ("32", "EP4 gives 16 experts per rank")
+    r = only(verdict(BASE.replace(num_experts=1, top_k=1), decl(max_experts=0)), ReasonCode.SHAPE_OUT_OF_RANGE)
+    assert r.hint == ""
+
+
+def test_a_limitation_reports_the_padded_sizes_it_was_judged_at():
+    lim = KnownLimitation(when=Condition(dims=(DimTest(dimension="intermediate", min=384),)), reason="no tile",
+                          source="lim")
+    d = decl(limitations=(lim,), shape_rules=(ShapeRule(dimension="intermediate", multiple_of=128, pad=True,
+                                                        source=SRC),))
+    r = only(verdict(BASE.replace(intermediate_size=320), d), ReasonCode.KNOWN_LIMITATION)
+    assert r.required == "not (intermediate >= 384)" and r.actual.endswith(", per-rank intermediate padded to 384")
+
+
+def test_a_scheme_may_take_dtypes_the_backend_does_not():
+    d = decl(quant=(QuantSupport(kind=QuantKind.BF16, dtypes=("bf16", "fp16"), source=SRC),))
+    assert verdict(BASE.replace(dtype="fp16"), d).reasons == []
+
+
+# --- Requirements on this machine --------------------------------------------------------------
+
+def test_requirement_states_on_this_machine():
+    d = decl(requirements=(
+        Requirement(kind="torch_op", name="moe_op", package="opdist", hint="install opdist", source="op"),
+        Requirement(kind="jit_module", name="jit", hint="build it", source="jit"),
+        Requirement(kind="package", name="fine", source="ok"),
+        Requirement(kind="package", name="unchecked", source="none"),
+    ))
+    env = Environment(planning=False, requirements=(
+        RequirementState(backend="t-a", name="moe_op", satisfied=False, detail="op not registered"),
+        RequirementState(backend="t-a", name="jit", satisfied=False, detail="not built"),
+        RequirementState(backend="t-a", name="fine", satisfied=True, detail="1.0"),
+    ))
+    v = evaluate(d, BASE, get_device("h100"), env, DeclaredPriority(), (d,))
+    assert [(r.code, r.required, r.actual, r.hint, r.source) for r in v.reasons] == [
+        (ReasonCode.PACKAGE_MISSING, "op moe_op", "op not registered", "install opdist", "op"),
+        (ReasonCode.KERNEL_NOT_BUILT, "built kernel module jit", "not built", "build it", "jit")]
+    assert v.notes == []
+
+
+# --- Resolution: engines, extra reasons, fingerprint of the policy -----------------------------
+
+def test_engine_names_of_the_chosen_backend():
+    d = decl(engines=EngineNames(vllm="vllm_name", trtllm="trt_name"))
+    assert select_backend(BASE, "h100", registry=registry(d)).engines == {"vllm": "vllm_name", "trtllm": "trt_name"}
+
+
+def test_extra_reasons_reject_and_enter_the_fingerprint():
+    reg = registry(decl("t-a"), decl("t-b", priority={QuantFamily.UNQUANTIZED: 90}))
+    extra = Reason(code=ReasonCode.MEMORY_EXCEEDED, field="memory", required="<= 80 GB", actual="90 GB",
+                   message="t-b does not fit")
+    base = select_backend(BASE, "h100", registry=reg)
+    s = select_backend(BASE, "h100", registry=reg, extra_reasons=[("t-b", extra)])
+    assert base.backend == "t-b" and s.backend == "t-a"
+    assert s.rejection("t-b").reasons == (extra,)
+    assert s.fingerprint != base.fingerprint
+
+
+def test_the_policy_enters_the_fingerprint():
+    reg = registry(decl())
+    prints = {select_backend(BASE, "h100", registry=reg, policy=p).fingerprint
+              for p in (DeclaredPriority(), DeclaredPriority(exact_activations=True), DeclaredPriority(allow_padding=False))}
+    assert len(prints) == 3
+    assert DeclaredPriority().key() == "declared(exact=False,pad=True)"
+
+
+def test_a_forced_backend_comes_first_and_the_rest_follow():
+    reg = registry(decl("t-a"), decl("t-b", priority={QuantFamily.UNQUANTIZED: 90}),
+                   decl("t-c", priority={QuantFamily.UNQUANTIZED: 70}))
+    s = select_backend(BASE, "h100", force="t-a", registry=reg)
+    assert s.backend == "t-a" and s.eligible[0].backend == "t-a" and {c.backend for c in s.eligible} == {
+        "t-a", "t-b", "t-c"}
+    assert s.notes == s.eligible[0].notes

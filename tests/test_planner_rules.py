@@ -537,6 +537,29 @@ def test_sources(tmp_path, monkeypatch):
         plan_model(good, select=False)
     assert str(good) in str(err.value)
 
+    def vanished(self, *args, **kwargs):  # removed between the existence check and the read
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(type(good), "read_text", vanished)
+    with pytest.raises(ConfigNotFound, match="no such file") as err:
+        plan_model(good, select=False)
+    assert str(good) in str(err.value)
+
+
+def test_a_broken_selection_import_is_not_mistaken_for_a_missing_module(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and name == "selection":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(ModuleNotFoundError):
+        plan_config(cfg(), device="h100")
+
 
 def test_presets_by_name_and_by_model_id():
     by_name = plan_model("qwen3-30b-a3b", select=False)

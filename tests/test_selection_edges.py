@@ -196,8 +196,12 @@ def test_a_padding_backend_holds_whole_groups_under_tp():
     v = verdict(SPLIT, d)
     assert v.reasons == [] and v.padding == {"intermediate": 16} and v.sizes["intermediate"] == 96  # lcm(8, 16)
     assert "padding" in [n.kind for n in v.notes]
+    assert [n.kind for n in v.notes] == ["padding", "hint"]  # and which layouts avoid the padding
     wide = decl(**NVFP4, shape_rules=(ShapeRule(dimension="intermediate", multiple_of=64, pad=True, source=SRC),))
     assert verdict(SPLIT, wide).sizes["intermediate"] == 128
+    # TP2 x EP2 with 6 experts: no other layout to offer, so no hint note
+    no_layout = verdict(SPLIT.replace(num_experts=6, parallel=ParallelConfig(tp=2, ep=2)), d)
+    assert no_layout.reasons == [] and [n.kind for n in no_layout.notes] == ["padding"]
 
 
 def test_a_backend_that_cannot_pad_is_told_how_to_hold_whole_groups():

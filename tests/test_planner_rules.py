@@ -7,6 +7,7 @@ keys the published configs use (see test_planner.py / test_published_configs.py 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -45,8 +46,8 @@ def raises(exc_type, config, *named, **kw):
     msg = str(err.value)
     assert isinstance(err.value, PlanError) and "\n" not in msg
     assert NAME in msg or "experts (layer" in msg, msg
-    for word in named:
-        assert word in msg, (word, msg)
+    for word in named:  # as a whole word: "XXkeyXX" does not name the key
+        assert re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)", msg), (word, msg)
     return msg
 
 
@@ -136,6 +137,36 @@ def test_the_interval_counts_layers_from_one():
 
 def test_expert_offset_just_below_the_period_is_fine():
     assert moe_indices(cfg(expert_layer_period=2, expert_layer_offset=1)) == [1, 3]
+    assert moe_indices(cfg(expert_layer_period=1, expert_layer_offset=0)) == [0, 1, 2, 3]  # period 1: every layer
+    raises(MalformedConfig, cfg(expert_layer_period=0), "expert_layer_period must be an integer >= 1")
+
+
+def test_a_zero_step_or_frequency_means_every_layer():
+    # DeepSeek / Qwen configs read 0 (or null) as "no spacing", like the transformers defaults of 1
+    assert moe_indices(cfg(first_k_dense_replace=1, moe_layer_freq=0)) == [1, 2, 3]
+    assert moe_indices(cfg(decoder_sparse_step=0)) == [0, 1, 2, 3]
+
+
+def test_ernie_lists_are_refused_as_multimodal_groups():
+    for key in ("moe_layer_start_index", "moe_layer_end_index"):
+        assert "multimodal" in raises(MalformedConfig, cfg(**{key: [1, 2]}), key)
+
+
+@pytest.mark.parametrize("keys,rule", [
+    ({}, "every layer"),
+    ({"hybrid_override_pattern": "EEEE"}, "hybrid_override_pattern 'E' positions"),
+    ({"layers_block_type": ["moe"] * 4}, "layers_block_type 'moe' entries"),
+    ({"enable_moe_block": True}, "enable_moe_block"),
+    ({"moe_layers": [0, 1, 2, 3]}, "moe_layers"),
+    ({"interleave_moe_layer_step": 1}, "interleave_moe_layer_step=1"),
+    ({"moe_layer_freq": [1, 1, 1, 1]}, "moe_layer_freq list (1 = MoE)"),
+    ({"expert_layer_period": 1, "expert_layer_offset": 0}, "expert_layer_period=1, expert_layer_offset=0"),
+    ({"moe_layer_start_index": 0}, "moe_layer_start_index=0, moe_layer_end_index=3, moe_layer_interval=1"),
+    ({"first_k_dense_replace": 0}, "first_k_dense_replace=0, moe_layer_freq=1"),
+    ({"decoder_sparse_step": 1}, "decoder_sparse_step=1, mlp_only_layers=[]"),
+])
+def test_the_note_names_the_schedule_rule(keys, rule):
+    assert f"4 of 4 layers are MoE ({rule})" in plan(cfg(**keys)).notes
 
 
 def test_layers_with_one_expert_are_dense():
@@ -237,6 +268,7 @@ def test_dbrx_routing_follows_moe_normalize_expert_weights(normalize, routing):
                            "moe_normalize_expert_weights": normalize}}
     spec = plan(dbrx).layer_specs[0]
     assert spec.routing is routing and spec.activation is Activation.SILU  # DbrxFFNConfig default act
+    assert spec.apply_router_weight_on_input is False
     assert (spec.hidden_size, spec.num_experts, spec.top_k, spec.intermediate_size) == (64, 4, 2, 32)
     assert (spec.attention_heads, spec.kv_heads) == (4, 2)
     raises(MalformedConfig, {**dbrx, "attn_config": [1]}, "DBRX")
@@ -245,6 +277,9 @@ def test_dbrx_routing_follows_moe_normalize_expert_weights(normalize, routing):
     assert plan(gelu).layer_specs[0].activation is Activation.GELU
     assert plan({**dbrx, "ffn_config": {**dbrx["ffn_config"], "ffn_act_fn": "gelu"}}).layer_specs[0].activation \
         is Activation.GELU
+    default_norm = {k: v for k, v in dbrx["ffn_config"].items() if k != "moe_normalize_expert_weights"}
+    # DbrxFFNConfig: moe_normalize_expert_weights defaults to 1 (renormalise)
+    assert plan({**dbrx, "ffn_config": default_norm}).layer_specs[0].routing is RoutingMethod.SOFTMAX_TOPK_RENORM
     no_attn = {k: v for k, v in dbrx.items() if k != "attn_config"}
     assert plan(no_attn).layer_specs[0].attention_heads == 4
     # keys outside ffn_config / attn_config are kept: a schedule key applies
@@ -279,6 +314,8 @@ def test_a_text_config_is_used_only_when_it_holds_the_model():
     assert len(plan({"model_type": "wrapper", "text_config": inner}).layer_specs) == 3
     assert len(plan({"text_config": {"num_hidden_layers": 5, **{k: v for k, v in inner.items()
                                                                 if k != "num_hidden_layers"}}}).layer_specs) == 5
+    # num_hidden_layers alone marks the language model: its missing experts are an error, not the outer ones used
+    raises(NotAMoEModel, {**outer, "text_config": {"num_hidden_layers": 2}}, "text_config")
 
 
 @pytest.mark.parametrize("keys,act", [
@@ -316,6 +353,9 @@ def test_swiglu_limit_clamps_silu_only():
     assert tiny.activation_params.limit == 1e-3
     assert not spec.bias
     raises(MalformedConfig, cfg(swiglu_limit=10, hidden_act="gelu"), "hidden_act", "'gelu'")
+    # a defaulted activation is named as such
+    raises(MalformedConfig, cfg(swiglu_limit=10, hidden_act=None, model_type="gemma4_text"), "default",
+           "'gelu_pytorch_tanh'")
 
 
 def test_gpt_oss_runs_swigluoai_with_biases_and_its_limit():
@@ -401,6 +441,11 @@ def test_unknown_device_and_memory_mode_are_plan_errors():
         plan(cfg(), device="tpu9")
     with pytest.raises(PlanError):
         plan_config(cfg(), device="h100", memory="sometimes")
+
+
+def test_plan_config_names_an_unnamed_config_config():
+    p = plan_config(cfg(), select=False)
+    assert (p.model, p.source) == ("config", "config")
 
 
 def test_plan_config_needs_a_mapping():

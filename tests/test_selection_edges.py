@@ -82,6 +82,12 @@ def test_a_dtype_restricted_to_some_devices():
     assert only(verdict(BASE.replace(dtype="fp32"), d, "sm80"), ReasonCode.DTYPE_UNSUPPORTED).source == "fp32 rule"
 
 
+def test_the_dtype_hint_when_no_other_dtype_runs_here():
+    d = decl(dtype_devices=(DTypeRule(dtype="bf16", devices=(DeviceRule(min_sm=90, source=SRC),), source="r"),))
+    r = only(verdict(BASE, d, "sm80"), ReasonCode.DTYPE_UNSUPPORTED)
+    assert r.hint == "would be eligible on SM90+ (e.g. h100, h200, b200, gb200, b300, rtx-pro-6000)"
+
+
 def test_the_dtype_rule_is_silent_where_the_backend_does_not_run():
     d = decl(**MARLIN_LIKE, devices=(DeviceRule(min_sm=80, source=SRC),))
     assert [(r.code, r.field) for r in verdict(BASE, d, "sm75").reasons] == [(ReasonCode.DEVICE_UNSUPPORTED, "device")]
@@ -198,7 +204,10 @@ def test_a_padding_backend_holds_whole_groups_under_tp():
     assert "padding" in [n.kind for n in v.notes]
     assert [n.kind for n in v.notes] == ["padding", "hint"]  # and which layouts avoid the padding
     wide = decl(**NVFP4, shape_rules=(ShapeRule(dimension="intermediate", multiple_of=64, pad=True, source=SRC),))
-    assert verdict(SPLIT, wide).sizes["intermediate"] == 128
+    w = verdict(SPLIT, wide)
+    assert w.sizes["intermediate"] == 128
+    # shards cut on the 16-grid: round_up(88, 16) = 96 per rank, then padded to 128 for the kernel
+    assert "(96 per rank" in w.notes[0].message and "padded to 128" in w.notes[0].message
     # TP2 x EP2 with 6 experts: no other layout to offer, so no hint note
     no_layout = verdict(SPLIT.replace(num_experts=6, parallel=ParallelConfig(tp=2, ep=2)), d)
     assert no_layout.reasons == [] and [n.kind for n in no_layout.notes] == ["padding"]
@@ -270,6 +279,16 @@ def test_weights_held_by_a_backend_that_dequantizes(dtype, bits, held):
     assert c.weights_held == f"{held} (dequantized from nvfp4)"
     # 8 experts x (w13 512x256 + w2 256x256) x bits/8, no scales
     assert c.expert_weight_bytes == 8 * (512 * 256 + 256 * 256) * bits // 8
+
+
+def test_dequantized_padded_weights_are_counted_at_the_padded_size():
+    d = decl(quant=(QuantSupport(kind=QuantKind.NVFP4, dequantized_at_load=True, source=SRC),),
+             priority={QuantFamily.NVFP4: 1},
+             shape_rules=(ShapeRule(dimension="intermediate", multiple_of=128, pad=True, source=SRC),
+                          ShapeRule(dimension="hidden", multiple_of=384, pad=True, source=SRC)))
+    (c,) = select_backend(BASE.replace(quant="nvfp4", intermediate_size=320), "h100", registry=registry(d)).eligible
+    # hidden 256 -> 384, intermediate 320 -> 384, held in bf16: 8 x (2*384*384 + 384*384) x 2 bytes
+    assert c.expert_weight_bytes == 8 * 3 * 384 * 384 * 2
 
 
 def test_padded_weights_are_counted_at_the_padded_size():

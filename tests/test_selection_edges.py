@@ -223,6 +223,15 @@ def test_a_backend_that_cannot_pad_is_told_how_to_hold_whole_groups():
     assert v.reasons[0].hint.endswith("; allow padding (ranks then hold whole groups)")
 
 
+def test_the_allow_padding_hint_needs_a_pad_rule_on_the_intermediate():
+    r = only(verdict(SPLIT, decl(**NVFP4)), ReasonCode.SHAPE_UNALIGNED)
+    assert r.source == "nvfp4 format: one scale per 16 K-elements"
+    for rules in ((ShapeRule(dimension="hidden", multiple_of=128, source=SRC),),  # not a pad rule
+                  (ShapeRule(dimension="hidden", multiple_of=128, pad=True, source=SRC),)):  # pads the hidden only
+        r = only(verdict(SPLIT, decl(**NVFP4, shape_rules=rules)), ReasonCode.SHAPE_UNALIGNED)
+        assert r.hint == EP_HINT.format(n=2, i=176) + "; TP1 gives intermediate 176"
+
+
 def test_fp8_blocks_may_end_partial_unless_tp_cuts_them():
     fp8 = dict(quant=(QuantSupport(kind=QuantKind.FP8_BLOCK, source=SRC),), priority={QuantFamily.FP8: 1})
     layer = BASE.replace(quant="fp8_block", hidden_size=704, intermediate_size=704)  # 5.5 blocks of 128
@@ -245,6 +254,17 @@ def test_pad_rules_are_judged_at_the_padded_sizes():
     assert verdict(BASE.replace(intermediate_size=256), d).padding == {}  # 256 < 384: no hidden pad
 
 
+def test_shape_rule_conditions_are_judged_at_the_padded_sizes():
+    d = decl(shape_rules=(
+        ShapeRule(dimension="intermediate", multiple_of=128, pad=True, source=SRC),
+        ShapeRule(dimension="hidden", multiple_of=512, source="big-I rule",
+                  when=Condition(dims=(DimTest(dimension="intermediate", min=384),))),
+    ))
+    r = only(verdict(BASE.replace(intermediate_size=320), d), ReasonCode.SHAPE_UNALIGNED)  # 320 -> 384: applies
+    assert (r.field, r.source) == ("hidden", "big-I rule")
+    assert verdict(BASE.replace(intermediate_size=256), d).reasons == []
+
+
 def test_odd_pad_multiples():
     d = decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=3, pad=True, source=SRC),))
     assert verdict(BASE.replace(intermediate_size=320), d).sizes["intermediate"] == 321
@@ -255,6 +275,17 @@ def test_odd_pad_multiples():
 
 
 # --- Requirements that do not apply -------------------------------------------------------------
+
+def test_requirement_conditions_are_judged_at_the_padded_sizes_and_each_on_its_own():
+    d = decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=128, pad=True, source=SRC),),
+             requirements=(
+                 Requirement(kind="package", name="only-nvfp4", when=Condition(quant=(QuantKind.NVFP4,)), source=SRC),
+                 Requirement(kind="package", name="big-I", source=SRC,
+                             when=Condition(dims=(DimTest(dimension="intermediate", min=384),))),
+             ))
+    notes = [n.message for n in verdict(BASE.replace(intermediate_size=320), d).notes if n.kind == "assumed"]
+    assert len(notes) == 1 and "package big-I" in notes[0]  # 320 is padded to 384: the second applies
+
 
 def test_requirements_outside_their_condition_or_devices_say_nothing():
     d = decl(requirements=(
@@ -390,6 +421,17 @@ def test_every_exceeded_bound_of_every_path_is_a_reason():
 
 # --- Parallelism hints -------------------------------------------------------------------------
 
+def test_feature_reasons_cite_the_features_source():
+    v = verdict(BASE.replace(bias=True, apply_router_weight_on_input=True), decl())
+    assert [(r.field, r.source) for r in v.reasons] == [("bias", "features src"),
+                                                        ("apply_router_weight_on_input", "features src")]
+
+
+def test_tp1_needs_no_tensor_parallel_support():
+    no_tp = decl(features=FeatureSupport(tensor_parallel=False, expert_parallel=False, source="feat"))
+    assert verdict(BASE, no_tp).reasons == []
+
+
 def test_parallel_unsupported_without_a_layout_to_offer():
     none = decl(features=FeatureSupport(tensor_parallel=False, expert_parallel=False, source="feat"))
     v = verdict(BASE.replace(parallel=ParallelConfig(tp=2, ep=2)), none)
@@ -413,6 +455,7 @@ def test_shape_rule_texts_name_scope_bounds_and_padding():
                           ShapeRule(dimension="top_k", max=1, source=SRC)))
     v = verdict(BASE, d)
     assert [(r.field, r.required, r.actual) for r in v.reasons] == [("hidden", "512..", "256"), ("top_k", "..1", "2")]
+    assert [r.source for r in v.reasons] == [SRC, SRC]
     assert v.reasons[0].message == "Test t-a needs per-rank hidden in 512.. when gated; it is 256"
     padded = decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=128, pad=True, source=SRC),
                                ShapeRule(dimension="intermediate", multiple_of=256, source=SRC)))
@@ -435,6 +478,8 @@ def test_max_experts_per_rank_under_ep_and_without_a_layout():
     assert (r.actual, r.hint) == ("32", "EP4 gives 16 experts per rank")
     r = only(verdict(BASE.replace(num_experts=1, top_k=1), decl(max_experts=0)), ReasonCode.SHAPE_OUT_OF_RANGE)
     assert r.hint == ""
+    r = only(verdict(BASE.replace(num_experts=32), d), ReasonCode.SHAPE_OUT_OF_RANGE)
+    assert r.hint == "EP2 gives 16 experts per rank"
 
 
 def test_a_limitation_reports_the_padded_sizes_it_was_judged_at():
@@ -443,7 +488,12 @@ def test_a_limitation_reports_the_padded_sizes_it_was_judged_at():
     d = decl(limitations=(lim,), shape_rules=(ShapeRule(dimension="intermediate", multiple_of=128, pad=True,
                                                         source=SRC),))
     r = only(verdict(BASE.replace(intermediate_size=320), d), ReasonCode.KNOWN_LIMITATION)
-    assert r.required == "not (intermediate >= 384)" and r.actual.endswith(", per-rank intermediate padded to 384")
+    assert r.field == "layer" and r.required == "not (intermediate >= 384)"
+    assert r.actual.endswith(", per-rank intermediate padded to 384")
+    both = decl(limitations=(lim,), shape_rules=d.shape_rules + (
+        ShapeRule(dimension="hidden", multiple_of=512, pad=True, source=SRC),))
+    r = only(verdict(BASE.replace(intermediate_size=320), both), ReasonCode.KNOWN_LIMITATION)
+    assert r.actual.endswith(", per-rank hidden padded to 512, per-rank intermediate padded to 384")
 
 
 def test_a_scheme_may_take_dtypes_the_backend_does_not():
@@ -455,9 +505,9 @@ def test_a_scheme_may_take_dtypes_the_backend_does_not():
 
 def test_requirement_states_on_this_machine():
     d = decl(requirements=(
+        Requirement(kind="package", name="fine", source="ok"),  # satisfied ones do not stop the others
         Requirement(kind="torch_op", name="moe_op", package="opdist", hint="install opdist", source="op"),
         Requirement(kind="jit_module", name="jit", hint="build it", source="jit"),
-        Requirement(kind="package", name="fine", source="ok"),
         Requirement(kind="package", name="unchecked", source="none"),
     ))
     env = Environment(planning=False, requirements=(

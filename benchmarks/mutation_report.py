@@ -29,13 +29,23 @@ _COMPARED = re.compile(r"STR\s*(?:not\s+in|in|==|!=)\s|(?:==|!=)\s*STR|\.(?:star
                        r"get|index|count|split|replace)\(\s*(?:\(\s*)?STR|\[STR\]")
 
 
-def _literals(line: str) -> tuple[str, list[str]]:
-    """(the line with each string literal replaced by STR, the literals' texts in order)."""
-    texts: list[str] = []
+def _literals(line: str, in_fstring: bool = False) -> tuple[str, list[tuple[str, bool]]]:
+    """(the line with each string literal replaced by STR, the literals' (text, is-message) in order).
+    An f-string's {expressions} stay code; a literal inside one is message text (it is interpolated)."""
+    texts: list[tuple[str, bool]] = []
 
     def blank(m: re.Match) -> str:
-        texts.append(m.group(1)[1:-1])
-        return "STR"
+        prefix, body = m.group(0)[:-len(m.group(1))], m.group(1)[1:-1]
+        if "f" not in prefix.lower():
+            texts.append((body, in_fstring))
+            return "STR"
+        texts.append((re.sub(r"\{[^{}]*\}", "{}", body), True))
+        codes = []
+        for expr in re.findall(r"\{([^{}]*)\}", body):
+            code, inner = _literals(expr, in_fstring=True)
+            codes.append(code)
+            texts.extend(inner)
+        return "STR(" + "|".join(codes) + ")"
 
     return _LITERAL.sub(blank, line.strip()), texts
 
@@ -59,7 +69,7 @@ def string_only(diff: str) -> bool:
         (code_b, texts_b), (code_a, texts_a) = _literals(before), _literals(after)
         if code_b != code_a or len(texts_b) != len(texts_a) or _COMPARED.search(code_b):
             return False
-        if any(b != a and " " not in b for b, a in zip(texts_b, texts_a)):
+        if any(b != a and not (message or " " in b) for (b, message), (a, _) in zip(texts_b, texts_a)):
             return False
     return True
 

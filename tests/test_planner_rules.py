@@ -98,7 +98,7 @@ def test_the_schedule_is_noted_with_its_count():
     ({"hybrid_override_pattern": 1234}, MalformedConfig, "hybrid_override_pattern"),
     ({"layers_block_type": ["moe", "moe", "moe"]}, MalformedConfig, "layers_block_type"),
     ({"moe_layers": [1, 4]}, MalformedConfig, "moe_layers"),  # layer 4 of 4 layers (0..3)
-    ({"moe_layers": [4, 0, 1]}, MalformedConfig, "moe_layers"),  # the largest, wherever it is listed
+    ({"moe_layers": [4, 0, 1]}, MalformedConfig, "layer 4 of 4"),  # the largest, wherever it is listed
     ({"moe_layers": "1,2"}, MalformedConfig, "moe_layers"),
     ({"moe_layers": [1, -1]}, MalformedConfig, "moe_layers"),
     ({"moe_layer_freq": [1, 0, 1]}, MalformedConfig, "moe_layer_freq"),
@@ -369,6 +369,12 @@ def test_gpt_oss_runs_swigluoai_with_biases_and_its_limit():
     assert any("'silu'" in n and "swigluoai" in n for n in plan(cfg(model_type="gpt_oss", hidden_act="silu")).notes)
 
 
+def test_an_unknown_family_is_named_in_its_note():
+    assert any("model_type 'some_new_moe' is not a known MoE family" in n
+               for n in plan(cfg(model_type="some_new_moe")).notes)
+    assert any("model_type '(none)' is not a known MoE family" in n for n in plan(cfg(model_type=None)).notes)
+
+
 def test_hash_routed_layers_are_noted():
     hashed = lambda n: [x for x in plan(cfg(num_hash_layers=n)).notes if "hash" in x]  # noqa: E731
     assert len(hashed(1)) == 1 and "first 1 MoE layers" in hashed(1)[0]
@@ -571,6 +577,9 @@ def test_sources(tmp_path, monkeypatch):
     assert str(bad) in str(err.value)
     with pytest.raises(MalformedConfig):
         plan_model(tmp_path, select=False)
+    bad.write_text("[1, 2]")
+    with pytest.raises(MalformedConfig, match="not list"):
+        plan_model(bad, select=False)
     good = tmp_path / "good.json"
     good.write_text(json.dumps(cfg()))
 
@@ -578,7 +587,7 @@ def test_sources(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(type(good), "read_text", unreadable)
-    with pytest.raises(ConfigNotFound, match="Permission denied") as err:
+    with pytest.raises(ConfigNotFound, match=": Permission denied$") as err:  # the OS's reason, as it says it
         plan_model(good, select=False)
     assert str(good) in str(err.value)
 

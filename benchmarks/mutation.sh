@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Mutation testing of the decision core (issue 15): mutmut on selection.py, schemas/capability.py
+# and planner.py against the fast tests that state their rules. Too slow for every CI run: run it
+# before stopping whenever the core changed, and commit the report it writes.
+#
+# Usage: benchmarks/mutation.sh [OUT_DIR]   (default benchmarks/results/mutation)
+# Needs: pip install mutmut==3.8.1 (plus the test extra). Runs in a temporary copy of the
+# working tree, so the checkout is never touched; OMP_NUM_THREADS=1, Hypothesis derandomized.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${1:-$ROOT/benchmarks/results/mutation}"
+mkdir -p "$OUT"
+# MUTATION_WORK=DIR keeps the copy (and mutmut's cache) there, for `mutmut show` / reruns afterwards.
+if [ -n "${MUTATION_WORK:-}" ]; then
+  WORK="$MUTATION_WORK"; mkdir -p "$WORK"
+else
+  WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+fi
+git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
+cd "$WORK"
+TESTS="tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
+tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
+tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py"
+{
+  echo "[mutmut]"
+  echo "source_paths=moe_registry"
+  printf 'only_mutate=\n  moe_registry/selection.py\n  moe_registry/schemas/capability.py\n  moe_registry/planner.py\n'
+  echo "pytest_add_cli_args_test_selection="
+  for t in $TESTS; do [ -f "$t" ] && echo "  $t"; done
+  echo "pytest_add_cli_args=-p no:cacheprovider -x -q --hypothesis-seed=0"
+} > setup.cfg
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+START=$(date +%s)
+mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > "$OUT/run.log" 2>&1 || true
+# A red clean run (or stats collection) means no mutant was tested: say so instead of a 0 % report.
+if grep -qE 'Failed to run clean test|failed to collect stats' "$OUT/run.log"; then
+  echo "mutation.sh: the tests fail on the unmutated code; see $OUT/run.log" >&2; exit 1
+fi
+mutmut results --all true > "$OUT/results.txt" 2>&1 || true
+python3 "$ROOT/benchmarks/mutation_report.py" "$OUT/results.txt" "$((($(date +%s) - START)))" > "$OUT/summary.md"
+# Each survivor's diff, for the review the report asks for.
+grep -E ': survived' "$OUT/results.txt" | sed 's/:.*//' | while read -r m; do
+  echo "### $m"; mutmut show "$m" 2>/dev/null | sed -n '1,12p'; done > "$OUT/survivors.diff" || true
+cat "$OUT/summary.md"

@@ -586,7 +586,7 @@ def test_sources(tmp_path, monkeypatch):
     def unreadable(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(type(good), "read_text", unreadable)
+    monkeypatch.setattr(type(good), "open", unreadable)  # the planner reads with a bounded Path.open
     with pytest.raises(ConfigNotFound, match=": Permission denied$") as err:  # the OS's reason, as it says it
         plan_model(good, select=False)
     assert str(good) in str(err.value)
@@ -594,7 +594,7 @@ def test_sources(tmp_path, monkeypatch):
     def vanished(self, *args, **kwargs):  # removed between the existence check and the read
         raise FileNotFoundError(2, "No such file or directory")
 
-    monkeypatch.setattr(type(good), "read_text", vanished)
+    monkeypatch.setattr(type(good), "open", vanished)
     with pytest.raises(ConfigNotFound, match="no such file") as err:
         plan_model(good, select=False)
     assert str(good) in str(err.value)

@@ -32,6 +32,14 @@ tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tes
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 START=$(date +%s)
 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > "$OUT/run.log" 2>&1 || true
+# Keep the log readable: drop the spinner frames, keep the last progress line.
+python3 - "$OUT/run.log" <<'PY'
+import sys
+lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().replace("\r", "\n").splitlines()
+spin = [ln for ln in lines if ln[:1] and "\u2800" <= ln[0] <= "\u28ff"]
+kept = [ln for ln in lines if ln.strip() and not ("\u2800" <= ln[:1] <= "\u28ff")]
+open(sys.argv[1], "w", encoding="utf-8").write("\n".join(kept + spin[-1:]) + "\n")
+PY
 # A red clean run (or stats collection) means no mutant was tested: say so instead of a 0 % report.
 if grep -qE 'Failed to run clean test|failed to collect stats' "$OUT/run.log"; then
   echo "mutation.sh: the tests fail on the unmutated code; see $OUT/run.log" >&2; exit 1

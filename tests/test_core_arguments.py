@@ -1,0 +1,135 @@
+"""The decision core's own argument checks and input bounds, each with its exact one-line message
+(issue 13's hardening as seen from issue 15: these branches are part of what mutation testing and
+branch coverage measure for selection.py and planner.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moe_registry import planner
+from moe_registry.errors import InvalidArgument, InvalidDevice
+from moe_registry.planner import (
+    ConfigNotFound, MalformedConfig, PlanError, QuantConfigError, UnknownPreset, plan_config, plan_model,
+)
+from moe_registry.schemas.layer import LayerSpec
+from moe_registry.selection import select_backend
+
+LAYER = LayerSpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=256, routing="softmax_topk_renorm")
+
+
+def cfg(**keys) -> dict:
+    base = {"model_type": "qwen3_moe", "num_hidden_layers": 4, "hidden_size": 64, "num_experts": 8,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 32, "hidden_act": "silu"}
+    base.update(keys)
+    return base
+
+
+# --- select_backend ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"layer_spec": {"num_experts": 8}}, InvalidArgument, "select_backend needs a LayerSpec, got dict"),
+    ({"prefer": "marlin"}, InvalidArgument, "prefer must be a list of backend ids, got str"),
+    ({"forbid": 5}, InvalidArgument, "forbid must be a list of backend ids, got int"),
+    ({"prefer": ["marlin", 1]}, InvalidArgument, "prefer must be a list of backend ids (str)"),
+    ({"forbid": [None]}, InvalidArgument, "forbid must be a list of backend ids (str)"),
+    ({"force": 5}, InvalidArgument, "force must be a backend id (str) or None, got int"),
+    ({"policy": object()}, InvalidArgument, "policy must be a Policy (DeclaredPriority, MeasuredPolicy, ...), got object"),
+    ({"device": 3.5}, InvalidDevice, "device must be a preset name, a DeviceSpec, a torch.device or None, got float"),
+])
+def test_select_backend_refuses_each_bad_argument_with_its_message(kwargs, error, message):
+    args = {"layer_spec": LAYER, "device": "h100", **kwargs}
+    with pytest.raises(error) as info:
+        select_backend(args.pop("layer_spec"), args.pop("device"), **args)
+    assert str(info.value) == message
+
+
+def test_a_class_named_device_outside_torch_is_not_a_torch_device():
+    device = type("device", (), {"type": "cpu", "__module__": "not_torch"})()
+    with pytest.raises(InvalidDevice, match="got device$"):
+        select_backend(LAYER, device)
+    torchy = type("device", (), {"type": "cpu", "__module__": "torch"})()  # as torch.device reports itself
+    assert select_backend(LAYER, torchy).device.name == "cpu"
+
+
+def test_torch_devices():
+    torch = pytest.importorskip("torch")
+    s = select_backend(LAYER, torch.device("cpu"))
+    assert s.device.name == "cpu" and not s.planning  # this machine: packages checked, not assumed
+    with pytest.raises(InvalidDevice) as info:
+        select_backend(LAYER, torch.device("meta"))
+    assert str(info.value) == "torch device type 'meta' has no fused-MoE backends (cpu or cuda)"
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidDevice) as info:
+            select_backend(LAYER, torch.device("cuda"))
+        assert str(info.value) == "cuda requested but this machine has no CUDA device"
+
+
+# --- plan_model / plan_config ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"parallel": "tp8"}, "parallel must be a ParallelConfig, got str"),
+    ({"quant": 5}, "quant must be a QuantScheme or a string such as 'nvfp4', got int"),
+    ({"device": 5}, "device must be a preset name or a DeviceSpec, got int"),
+])
+def test_plan_arguments(kwargs, message):
+    with pytest.raises(PlanError) as info:
+        plan_config(cfg(), select=False, **kwargs)
+    assert str(info.value) == message
+
+
+def test_model_sources():
+    with pytest.raises(UnknownPreset) as info:
+        plan_model(123, select=False)
+    assert str(info.value) == "model source must be a preset name or a path, not int"
+    with pytest.raises(ConfigNotFound) as info:
+        plan_model("a\0b", select=False)
+    assert str(info.value) == "model source contains a NUL character"
+    with pytest.raises(ConfigNotFound, match=r"^cannot use '/x+' as a path: File name too long$"):
+        plan_model("/" + "x" * 300, select=False)
+
+
+def test_layer_count_bound():
+    assert len(plan_config(cfg(num_hidden_layers=256), select=False).layers) == 256  # at the limit
+    with pytest.raises(MalformedConfig) as info:
+        plan_config(cfg(num_hidden_layers=257), select=False)
+    assert str(info.value).endswith("num_hidden_layers 257 is above the limit of 256")
+
+
+def test_json_numbers_constants_size_and_depth(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"hidden_size": 1e999}')
+    with pytest.raises(MalformedConfig, match=r"is not valid JSON: number 1e999 is out of range \(not a finite double\)$"):
+        plan_model(path, select=False)
+    path.write_text('{"hidden_size": NaN}')
+    with pytest.raises(MalformedConfig, match=r"is not valid JSON: NaN is not a JSON number \(RFC 8259\)$"):
+        plan_model(path, select=False)
+    path.write_text("[" * 65 + "]" * 65)  # 65 levels: past the limit, but not deep enough for a RecursionError
+    with pytest.raises(MalformedConfig, match=r"is nested too deeply \(the limit is 64 levels\)$"):
+        plan_model(path, select=False)
+    path.write_text("[" * 64 + "]" * 64)  # 64 levels: parsed, then refused as not an object
+    with pytest.raises(MalformedConfig, match="must hold a JSON object, not list"):
+        plan_model(path, select=False)
+    path.write_text("[" * 200_000 + "]" * 200_000)  # json's own recursion gives out first
+    with pytest.raises(MalformedConfig, match=r"is nested too deeply \(the limit is 64 levels\)$"):
+        plan_model(path, select=False)
+    path.write_bytes(b" " * (planner.MAX_CONFIG_BYTES + 1))
+    with pytest.raises(MalformedConfig, match=r"is larger than 8388608 bytes \(the limit for a config file\)$"):
+        plan_model(path, select=False)
+
+
+def test_text_over_the_size_limit_is_refused_before_parsing():
+    with pytest.raises(MalformedConfig) as info:
+        planner._parse_json(" " * (planner.MAX_CONFIG_BYTES + 1), "where")
+    assert str(info.value) == f"where is {planner.MAX_CONFIG_BYTES + 1} characters; the limit is {planner.MAX_CONFIG_BYTES}"
+    assert planner._parse_json(json.dumps({"a": 1}), "where") == {"a": 1}
+
+
+def test_a_quantization_config_of_the_wrong_json_types_is_a_typed_error():
+    bad = cfg(quantization_config={"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": 128})
+    with pytest.raises(QuantConfigError, match=r"weight_block_size must be a list of two integers, got 128$"):
+        plan_config(bad, select=False)
+    ct = cfg(quantization_config={"quant_method": "compressed-tensors", "config_groups": ["not", "a", "dict"]})
+    with pytest.raises(QuantConfigError):
+        plan_config(ct, select=False)

@@ -250,6 +250,13 @@ def test_max_experts_edge_and_the_ep_hint():
     assert reasons(ep3, d).reasons == []
 
 
+def test_max_experts_hint_when_the_divisor_is_the_square_root():
+    # 16 experts, at most 4 per rank: d = 4 = sqrt(16) is the divisor, so EP4 (a search that stops
+    # below the square root would only find d = 2 and say EP8).
+    r = only(reasons(BASE.replace(num_experts=16, top_k=2), decl(max_experts=4)), ReasonCode.SHAPE_OUT_OF_RANGE)
+    assert r.hint == "EP4 gives 4 experts per rank"
+
+
 def test_max_experts_hint_for_a_prime_count():
     r = only(reasons(BASE.replace(num_experts=17, top_k=2), decl(max_experts=16)), ReasonCode.SHAPE_OUT_OF_RANGE)
     assert r.hint == "EP17 gives 1 experts per rank"  # 17 is prime: EP17 is the only layout that divides it

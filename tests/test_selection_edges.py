@@ -9,43 +9,22 @@ import pytest
 
 from moe_registry.environment import Environment
 from moe_registry.errors import BackendNotEligible
-from moe_registry.registry import Registry, hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, Condition, DeviceRule, DimTest, DTypeRule, FeatureSupport, QuantSupport,
+    ActivationImpl, Condition, DeviceRule, DimTest, DTypeRule, FeatureSupport, QuantSupport,
     Requirement, RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.device import get_device
-from moe_registry.schemas.layer import LayerSpec, ParallelConfig
+from moe_registry.schemas.layer import ParallelConfig
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 from moe_registry.schemas.selection import ReasonCode
 from moe_registry.selection import DeclaredPriority, _tp_split_group, evaluate, select_backend
 
-SRC = "test declaration"
-BASE = LayerSpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=256, activation="silu",
-                 routing="softmax_topk_renorm")
+from _decl_helpers import BASE, SRC, decl as _decl, registry  # noqa: E402,F401
 
 
-def decl(id: str = "t-a", **changes) -> BackendCapability:
-    fields = dict(
-        id=id, name=f"Test {id}", provider="tests", description="test-only", kernel="none",
-        devices=(DeviceRule(min_sm=75, source=SRC),), dtypes=("bf16",),
-        activations={Activation.SILU: ActivationImpl(kernel_name="silu", source=SRC)},
-        quant=(QuantSupport(kind=QuantKind.BF16, source=SRC),),
-        routing=RoutingSupport(precomputed=True, source=SRC),
-        features=FeatureSupport(source="features src"), priority={QuantFamily.UNQUANTIZED: 50},
-    )
-    fields.update(changes)
-    return BackendCapability(**fields)
-
-
-def registry(*declarations: BackendCapability) -> Registry:
-    class _Plugin:
-        @hookimpl
-        def moe_registry_backends(self) -> list[BackendCapability]:
-            return list(declarations)
-
-    return Registry(builtins=False, entry_points=False, plugins=[_Plugin()])
+def decl(id: str = "t-a", **changes):
+    return _decl(id, features_source="features src", **changes)
 
 
 def verdict(layer, d, device="h100", policy=None, others=None):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 
 from moe_registry.errors import BackendNotEligible, NoEligibleBackend
-from moe_registry.registry import Registry, hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
     ActivationImpl, BackendCapability, Condition, DeviceRule, DimTest, FeatureSupport, KnownLimitation,
@@ -25,33 +24,7 @@ from moe_registry.schemas.selection import ReasonCode
 from moe_registry.selection import DeclaredPriority, evaluate, select_backend
 from moe_registry.environment import Environment
 
-SRC = "test declaration"
-# Routing named, so the in-kernel routing rule does not abstain (which would add a note).
-BASE = LayerSpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=256, activation="silu",
-                 routing="softmax_topk_renorm")
-
-
-def decl(id: str = "t-a", **changes) -> BackendCapability:
-    """A permissive declaration (any NVIDIA GPU, bf16, silu, bf16 weights) with ``changes``."""
-    fields = dict(
-        id=id, name=f"Test {id}", provider="tests", description="test-only", kernel="none",
-        devices=(DeviceRule(min_sm=75, source=SRC),), dtypes=("bf16",),
-        activations={Activation.SILU: ActivationImpl(kernel_name="silu", source=SRC)},
-        quant=(QuantSupport(kind=QuantKind.BF16, source=SRC),),
-        routing=RoutingSupport(precomputed=True, source=SRC),
-        features=FeatureSupport(source=SRC), priority={QuantFamily.UNQUANTIZED: 50},
-    )
-    fields.update(changes)
-    return BackendCapability(**fields)
-
-
-def registry(*declarations: BackendCapability) -> Registry:
-    class _Plugin:
-        @hookimpl
-        def moe_registry_backends(self) -> list[BackendCapability]:
-            return list(declarations)
-
-    return Registry(builtins=False, entry_points=False, plugins=[_Plugin()])
+from _decl_helpers import BASE, SRC, decl, registry  # noqa: E402,F401
 
 
 def reasons(layer: LayerSpec, d: BackendCapability, device: str | DeviceSpec = "h100", policy=None,

@@ -108,6 +108,9 @@ def test_json_numbers_constants_size_and_depth(tmp_path):
     path.write_text("[" * 65 + "]" * 65)  # 65 levels: past the limit, but not deep enough for a RecursionError
     with pytest.raises(MalformedConfig, match=r"is nested too deeply \(the limit is 64 levels\)$"):
         plan_model(path, select=False)
+    path.write_text('{"a": ' * 65 + "1" + "}" * 65)  # objects count as levels too
+    with pytest.raises(MalformedConfig, match=r"is nested too deeply \(the limit is 64 levels\)$"):
+        plan_model(path, select=False)
     path.write_text("[" * 64 + "]" * 64)  # 64 levels: parsed, then refused as not an object
     with pytest.raises(MalformedConfig, match="must hold a JSON object, not list"):
         plan_model(path, select=False)
@@ -133,3 +136,52 @@ def test_a_quantization_config_of_the_wrong_json_types_is_a_typed_error():
     ct = cfg(quantization_config={"quant_method": "compressed-tensors", "config_groups": ["not", "a", "dict"]})
     with pytest.raises(QuantConfigError):
         plan_config(ct, select=False)
+
+
+# --- Bounds at their edges, and messages that name what they read -----------------------------------
+
+def test_a_config_of_exactly_the_size_limit_is_read(tmp_path):
+    body = json.dumps(cfg())
+    path = tmp_path / "config.json"
+    path.write_text(body + " " * (planner.MAX_CONFIG_BYTES - len(body)))  # exactly 8 MiB: at the limit
+    assert len(plan_model(path, select=False).layers) == 4
+
+
+def test_path_errors_quote_80_characters_and_the_os_reason():
+    with pytest.raises(ConfigNotFound) as info:
+        plan_model("/" + "x" * 300, select=False)
+    assert str(info.value) == f"cannot use {'/' + 'x' * 79!r} as a path: File name too long"
+    with pytest.raises(ConfigNotFound) as info:  # RuntimeError (no strerror) from an unknown ~user
+        plan_model("~nosuchuser_xyz/config.json", select=False)
+    assert str(info.value) == "cannot use '~nosuchuser_xyz/config.json' as a path: Could not determine home directory."
+
+
+def test_a_layer_field_error_names_the_field():
+    with pytest.raises(PlanError) as info:
+        plan_config(cfg(hidden_size=2**21), select=False)
+    assert str(info.value) == ("model.layers.0.mlp.experts (layer 0): hidden_size: Input should be less than or "
+                               "equal to 1048576")
+    with pytest.raises(PlanError) as info:  # a model-level check has no field location
+        plan_config(cfg(num_experts_per_tok=9), select=False)
+    assert str(info.value) == "model.layers.0.mlp.experts (layer 0): top_k (9) exceeds num_experts (8)"
+
+
+def test_the_regex_matching_budget_counts_the_moe_layers():
+    # 100 re: patterns x 64 MoE layers = 6,400 <= 8,192: planned; x 128 layers = 12,800: refused.
+    patterns = [f"re:.*layers\\.{i}\\.self_attn.*" for i in range(100)]
+    quant = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": patterns,
+             "config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int",
+                                                                         "symmetric": True, "group_size": 128,
+                                                                         "strategy": "group"}}}}
+    assert len(plan_config(cfg(num_hidden_layers=64, quantization_config=quant), select=False).layers) == 64
+    with pytest.raises(QuantConfigError) as info:
+        plan_config(cfg(num_hidden_layers=128, quantization_config=quant), select=False)
+    assert str(info.value) == ("config quantization_config: 100 re: patterns x 128 MoE layers is above the matching "
+                               "limit of 8192")
+
+
+def test_preset_descriptions():
+    presets = planner.list_presets()
+    assert presets["qwen3-30b-a3b"] == "Qwen/Qwen3-30B-A3B; bf16"
+    assert presets["gemma-4-26b-a4b-nvfp4"] == ("google/gemma-4-26B-A4B-it (quantized export); ModelOpt NVFP4 g16, "
+                                                "2 exclude patterns")

@@ -32,6 +32,7 @@ signs and avoids its ``|min/s|`` sign slip for all-positive groups.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -198,3 +199,15 @@ def quantize_int4(
     if perm is not None:
         q = torch.empty_like(q).scatter_(-2, perm.unsqueeze(-1).expand(*lead, k, n), q)
     return Int4GroupTensor(qweight=pack_int4(q), scales=scale, zeros=zeros, group_size=group_size, g_idx=g_idx)
+
+
+def scales_in_dtype(scales: torch.Tensor, dtype: torch.dtype, *, backend: str, why: str) -> torch.Tensor:
+    """Group scales cast to the activation dtype a kernel takes them in; warns when the cast rounds
+    (fp16 scales into a bf16 layer, say), naming the backend and ``why`` it needs that dtype."""
+    if scales.dtype == dtype:
+        return scales
+    cast = scales.to(dtype)
+    if not torch.equal(cast.to(scales.dtype), scales):
+        warnings.warn(f"{backend}: int4 scales stored as {scales.dtype} are rounded to the layer dtype {dtype} "
+                      f"({why})", stacklevel=4)
+    return cast

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +44,7 @@ from moe_registry.execution.base import Experts
 from moe_registry.execution.declared import check_declared, device_spec_of
 from moe_registry.execution.guards import check_forward_inputs, check_weights
 from moe_registry.execution.weights import ExpertWeights
+from moe_registry.formats.int4 import scales_in_dtype
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantKind
@@ -153,13 +153,8 @@ def humming_source(w: Any, kind: QuantKind, dtype: torch.dtype, bias: torch.Tens
             if not torch.equal(g_idx.to(torch.int64), trivial.expand(g_idx.shape)):
                 raise ValueError("humming: GPTQ act-order (a permuted g_idx) is not supported "
                                  "(humming GPTQWeightSchema.to_humming_schema asserts not desc_act)")
-        scales = w.scales
-        if scales.dtype != dtype:
-            cast = scales.to(dtype)
-            if not torch.equal(cast.to(scales.dtype), scales):
-                warnings.warn(f"humming: int4 scales stored as {scales.dtype} are rounded to the layer dtype {dtype} "
-                              f"(Humming's 16-bit weight scales must match the activation dtype)", stacklevel=3)
-            scales = cast
+        scales = scales_in_dtype(w.scales, dtype, backend="humming",
+                                 why="Humming's 16-bit weight scales must match the activation dtype")
         tensors = {"weight": w.qweight.transpose(-1, -2).contiguous(),
                    "weight_scale": scales.transpose(-1, -2).contiguous()}
         has_zp = w.zeros is not None and not bool((w.zeros == 8).all())

@@ -38,7 +38,6 @@ the top-k sum runs in float32 (vLLM sums in the layer dtype); with
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from moe_registry.execution.activations import apply_activation
 from moe_registry.execution.base import Experts
 from moe_registry.execution.guards import check_forward_inputs, check_weights
+from moe_registry.formats.int4 import scales_in_dtype
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantKind
@@ -240,13 +240,7 @@ def prepare_int4(w: Any, *, k_padded: int, n_index: torch.Tensor | None, bias: t
     E, K8, N = qweight.shape
     K = K8 * repack.PACK_FACTOR_4BIT
     g = w.group_size
-    scales = w.scales.to(device)
-    if scales.dtype != dtype:
-        cast = scales.to(dtype)
-        if not torch.equal(cast.to(scales.dtype), scales):
-            warnings.warn(f"marlin: int4 scales stored as {scales.dtype} are rounded to the layer dtype {dtype} "
-                          f"(Marlin takes scales in the activation dtype)", stacklevel=3)
-        scales = cast
+    scales = scales_in_dtype(w.scales.to(device), dtype, backend="marlin", why="Marlin takes scales in the activation dtype")
     zeros = None if w.zeros is None else w.zeros.to(device=device, dtype=torch.int32)
     if zeros is not None and bool((zeros == repack.SYMMETRIC_ZERO).all()):
         zeros = None  # all zero points 8: the same weights as uint4b8, which needs no zero-point stream

@@ -8,6 +8,7 @@
 #   tests            pytest -m gpu tests/gpu (every backend)        marlin-models  Marlin at model shapes
 #   smoke|smokecases Marlin single-GEMM smoke checks                verify         torch-grouped-mm record
 #   probe            moe-registry probe, every backend here (quick) probe-sm90     grouped-mm + reference, full
+#   probe-warm       fill Humming's JIT cache for the probe (parallel)
 #   run              moe-registry run, Gemma 4 NvFP4 layer 0        humming-bench  humming vs marlin vs grouped-mm
 #   triton-tune      tune the Triton configs for the bench shapes   bench          benchmarks/bench_moe.py (Triton vs vLLM)
 #   policy           benchmarks/measured_policy.py
@@ -46,6 +47,13 @@ for s in "$@"; do case $s in
   probe) MOE_REGISTRY_PROBE_TIMEOUT=60 step probe "${PROBE_LIMIT:-240}" python3 -m moe_registry.cli probe --quick \
            ${PROBE_BACKENDS:---backend humming --backend triton-fused-moe --backend torch-grouped-mm --backend reference} \
            --out "$OUT/r/h200-probe.json" ;;
+  # Humming JIT-compiles every (format, GEMM shape, features) on first use (~10-15 s each, one NVRTC thread):
+  # fill its cache with one probe per quant kind in parallel, so the recorded probe then measures the kernels.
+  probe-warm) for k in ${WARM_KINDS:-int4_w4a16 nvfp4 nvfp4_w4a16 mxfp4}; do
+                MOE_REGISTRY_PROBE_TIMEOUT=120 timeout "${WARM_LIMIT:-300}" python3 -c "from moe_registry.probe import \
+run_probe; r = run_probe(['humming'], quick=True, quant_kinds=['$k'], progress=False); print('$k', r.summary)" \
+                  > "$OUT/r/probe-warm-$k.log" 2>&1 & done; t0=$SECONDS; wait; echo "probe-warm: $((SECONDS - t0))s"
+              tail -n 3 "$OUT"/r/probe-warm-*.log ;;
   probe-sm90) step probe-sm90 "${PROBE_LIMIT:-110}" python3 -m moe_registry.cli probe --backend torch-grouped-mm \
                 --backend reference --out "$OUT/r/h200-probe-full.json" ;;
   run) step run-gemma4-nvfp4 "${RUN_LIMIT:-90}" python3 -m moe_registry.cli run --preset gemma-4-26b-a4b-nvfp4 --layer 0 \

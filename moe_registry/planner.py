@@ -691,9 +691,9 @@ def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype:
 
 
 def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    msg = str(err.get("msg", exc)).removeprefix("Value error, ")
-    loc = ".".join(str(p) for p in err.get("loc", ()))
+    err = exc.errors()[0]  # pydantic's ErrorDetails always carry "msg" and "loc"
+    msg = err["msg"].removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in err["loc"])
     return f"{loc}: {msg}" if loc else msg
 
 

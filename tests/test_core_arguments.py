@@ -185,3 +185,30 @@ def test_preset_descriptions():
     assert presets["qwen3-30b-a3b"] == "Qwen/Qwen3-30B-A3B; bf16"
     assert presets["gemma-4-26b-a4b-nvfp4"] == ("google/gemma-4-26B-A4B-it (quantized export); ModelOpt NVFP4 g16, "
                                                 "2 exclude patterns")
+
+
+def test_one_line_names_a_nested_field_with_dots():
+    # A nested field's location has two parts, joined with "."; a model-level error has none.
+    from pydantic import ValidationError
+
+    from moe_registry.schemas.layer import LayerSpec
+
+    base = dict(num_experts=8, top_k=2, hidden_size=512, intermediate_size=512)
+    with pytest.raises(ValidationError) as nested:
+        LayerSpec.model_validate({**base, "quant": {"kind": "int4_w4a16", "group_size": "x"}})
+    assert planner._one_line(nested.value).startswith("quant.group_size: Input should be a valid integer")
+    with pytest.raises(ValidationError) as field:
+        LayerSpec.model_validate({**base, "top_k": 0})
+    assert planner._one_line(field.value) == "top_k: Input should be greater than 0"
+    with pytest.raises(ValidationError) as model_level:
+        LayerSpec.model_validate({**base, "top_k": 9})
+    assert planner._one_line(model_level.value) == "top_k (9) exceeds num_experts (8)"
+
+
+def test_preset_description_falls_back_to_the_name_and_the_top_level_dtype(monkeypatch):
+    # A preset with no model id and no quantized-from names itself; its dtype may sit at the top level only
+    # (multimodal configs whose text_config has none).
+    fake = {"model_type": "fake_moe", "torch_dtype": "float16", "text_config": {"hidden_size": 64}}
+    monkeypatch.setattr(planner._presets, "preset_names", lambda: ("my-preset",))
+    monkeypatch.setattr(planner._presets, "preset_text", lambda name: json.dumps(fake))
+    assert planner.list_presets() == {"my-preset": "my-preset; fp16"}

@@ -143,6 +143,7 @@ def guarded_call(fn: Callable[[], Any], *, timeout: float | None = None) -> Outc
     thread.join(limit)
     started.wait()
     ident = thread.ident
+    assert ident is not None  # the thread has started
     if thread.is_alive():
         for r in routers:
             r.sinks[ident] = None  # later output of the abandoned call is dropped

@@ -85,7 +85,7 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 
 from pydantic import ValidationError
 
@@ -143,7 +143,7 @@ MAX_REGEX_CHECKS = 2**13  # ``re:`` entries (and GPTQ ``dynamic`` keys) x MoE la
 MAX_NAME_CHECKS = 2**19  # all name entries x MoE layers
 
 try:  # the stdlib's own regex parser: the pattern is checked as the engine will read it
-    from re import _constants as _sre_c, _parser as _sre_parse  # Python >= 3.11
+    from re import _constants as _sre_c, _parser as _sre_parse  # type: ignore[attr-defined]  # Python >= 3.11
 except ImportError:  # pragma: no cover - Python 3.10
     import sre_constants as _sre_c  # type: ignore[no-redef]
     import sre_parse as _sre_parse  # type: ignore[no-redef]
@@ -322,6 +322,10 @@ def _as_list(value: Any, what: str) -> list[str]:
     raise QuantConfigError(f"{what} must be a list of strings, got {value!r}")
 
 
+@overload
+def _int(value: Any, what: str, default: int) -> int: ...
+@overload
+def _int(value: Any, what: str, default: None = None) -> int | None: ...
 def _int(value: Any, what: str, default: int | None = None) -> int | None:
     if value is None:
         return default
@@ -382,7 +386,7 @@ class ModelOptQuant(QuantConfig):
     group_size: int | None = None
     exclude: tuple[str, ...] = ()
     # MIXED_PRECISION: layer name -> (algo, group_size)
-    layers: tuple[tuple[str, str, int | None], ...] = ()
+    layers: tuple[tuple[str, str | None, int | None], ...] = ()  # (name, quant_algo, group_size)
 
     def _algo_scheme(self, algo: str | None, group_size: int | None, where: str) -> QuantScheme:
         if algo is None or algo.upper() in ("NONE", ""):
@@ -479,14 +483,14 @@ class CompressedTensorsQuant(QuantConfig):
                     raise UnsupportedQuantScheme(f"{where}: FP8 block_structure {block!r}; only [128, 128] is supported")
                 return _scheme(where, kind=QuantKind.FP8_BLOCK)
         elif wtype == "int" and bits == 4 and strategy in ("group", "channel"):
-            group = -1 if strategy == "channel" else gs
+            group_size = -1 if strategy == "channel" else gs
             zero_point = w.get("symmetric") is False
             act_order = str(w.get("actorder") or "").lower() in ("group", "dynamic")
             if a is None:
-                return _scheme(where, kind=QuantKind.INT4_W4A16, group_size=group, zero_point=zero_point,
+                return _scheme(where, kind=QuantKind.INT4_W4A16, group_size=group_size, zero_point=zero_point,
                                act_order=act_order)
             if a_type == "float" and a_bits == 8:
-                return _scheme(where, kind=QuantKind.INT4_FP8, group_size=group, zero_point=zero_point,
+                return _scheme(where, kind=QuantKind.INT4_FP8, group_size=group_size, zero_point=zero_point,
                                act_order=act_order)
         raise UnsupportedQuantScheme(f"{where}: compressed-tensors {desc} has no moe-registry scheme")
 
@@ -596,7 +600,7 @@ def _parse_modelopt(qc: Mapping[str, Any], source: str, unq: QuantScheme) -> Mod
                 group_size = _int(group["weights"].get("group_size"), f"{source} config_groups weights.group_size")
                 break
     exclude = tuple(_as_list(body.get(exclude_key), f"{source} {exclude_key}"))
-    layers: list[tuple[str, str, int | None]] = []
+    layers: list[tuple[str, str | None, int | None]] = []
     for lname, entry in (body.get("quantized_layers") or {}).items():
         if not isinstance(entry, Mapping):
             raise QuantConfigError(f"{source}: quantized_layers[{lname!r}] must be an object")

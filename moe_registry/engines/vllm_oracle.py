@@ -210,15 +210,15 @@ def _gated(src: str) -> Rule:
 
 def _quant(pairs: set[tuple[str | None, str | None]], src: str, when: Callable[[int], bool] | None = None,
            text: str = "") -> Rule:
-    pairs = frozenset(pairs)
-    label = text or " | ".join(f"{w}x{a}" for w, a in sorted(pairs, key=str))
-    return Rule(f"quant {label}", lambda l: (l.weight_key, l.activation_key) in pairs and (when is None or when(l.sm)),
+    frozen = frozenset(pairs)
+    label = text or " | ".join(f"{w}x{a}" for w, a in sorted(frozen, key=str))
+    return Rule(f"quant {label}", lambda l: (l.weight_key, l.activation_key) in frozen and (when is None or when(l.sm)),
                 src, QUANT)
 
 
 def _routing(names: set[str], src: str) -> Rule:
-    names = frozenset(names)
-    return Rule("routing in {" + ", ".join(sorted(names)) + "}", lambda l: l.routing in names, src, ROUTING)
+    frozen = frozenset(names)
+    return Rule("routing in {" + ", ".join(sorted(frozen)) + "}", lambda l: l.routing in frozen, src, ROUTING)
 
 
 def _fam(f: int) -> Callable[[int], bool]:

@@ -49,8 +49,8 @@ class GraphedExperts:
         self.device = torch.device(device)
         self.buckets = tuple(sorted(set(buckets)))
         self.max_tokens = self.buckets[-1]
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
-        self._pool = None
+        self._graphs: dict[tuple[int, torch.dtype], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
+        self._pool: Any = None  # torch.cuda's memory-pool handle, shared by every captured graph
 
     def bucket(self, T: int) -> int | None:
         return next((b for b in self.buckets if b >= T), None)

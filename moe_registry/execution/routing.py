@@ -98,6 +98,7 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
     logits = router_logits.float()
 
     if method is RoutingMethod.CUSTOM:
+        assert custom is not None  # _check_params refused a missing one
         return _custom(custom, logits, k)
     if method is RoutingMethod.SOFTMAX_TOPK:
         weights, ids = logits.softmax(dim=-1).topk(k, dim=-1)

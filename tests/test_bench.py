@@ -1,4 +1,4 @@
-"""`moe-registry bench` and moe_registry.bench.run_bench on the CPU (torch-grouped-mm's CPU
+"""`moe-registry bench` and moe_registry.measure.bench.run_bench on the CPU (torch-grouped-mm's CPU
 fallback and the reference backend), on tiny layers: a valid cost table, the plot, failure
 isolation, and the measured-policy script's analysis path. Timings themselves are not asserted
 (the CPU is shared); their structure is.
@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moe_registry import bench  # noqa: E402
+from moe_registry.measure import analysis, bench  # noqa: E402
 from moe_registry.cli import main  # noqa: E402
 from moe_registry.measured import CostTable, MeasuredPolicy  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
@@ -50,7 +50,7 @@ def test_cli_bench_tiny_layer_writes_a_cost_table_and_a_png(tmp_path, capsys):
     assert "torch-grouped-mm" in captured.out and "T=8" in captured.out and "*" in captured.out
     # The table it wrote drives the measured policy for this machine.
     sel = select_backend(LAYER, None, policy=MeasuredPolicy(table, num_tokens=8))
-    assert sel.decided_by == "measured" and sel.backend == bench.winners(table, LAYER)[8]
+    assert sel.decided_by == "measured" and sel.backend == analysis.winners(table, LAYER)[8]
 
 
 def test_cli_bench_json_and_backend_filter(capsys):
@@ -104,7 +104,7 @@ def test_resolve_target_dedupes_a_model_to_its_shapes():
 def test_run_bench_int4_layer_and_holdout_pass():
     layer = LayerSpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, quant="int4_w4a16:g128")
     saved = []
-    report = bench.run_bench([layer, layer.replace(name="dup", index=3)], (1, 4), device="cpu",
+    report = bench.run_bench([layer, layer.replace(name="dup", index=3)], (1, 4), torch_device="cpu",
                              holdout_tokens=(2,), checkpoint=saved.append, **FAST)
     assert {(e.backend, e.tokens) for e in report.table.entries} == {
         (b, t) for b in ("torch-grouped-mm", "reference") for t in (1, 4)}
@@ -121,7 +121,7 @@ def test_a_failing_backend_is_recorded_and_the_others_still_run(monkeypatch):
         raise RuntimeError("CUDA-like failure in this kernel")
 
     monkeypatch.setattr(ReferenceExperts, "forward", broken)
-    report = bench.run_bench([LAYER], (1, 4), device="cpu", **FAST)
+    report = bench.run_bench([LAYER], (1, 4), torch_device="cpu", **FAST)
     assert {e.backend for e in report.table.entries} == {"torch-grouped-mm"}
     failed = [s for s in report.skipped if s["backend"] == "reference"]
     assert [s["tokens"] for s in failed] == [1, 4] and all(s["stage"] == "forward" for s in failed)
@@ -138,7 +138,7 @@ def test_garbage_output_and_build_failures_are_not_timed(monkeypatch):
         raise ValueError("cannot convert these weights")
 
     monkeypatch.setattr(TorchGroupedMMExperts, "__init__", no_build)
-    report = bench.run_bench([LAYER], (2,), device="cpu", **FAST)
+    report = bench.run_bench([LAYER], (2,), torch_device="cpu", **FAST)
     assert report.table.entries == ()
     stages = {(s["backend"], s["stage"]) for s in report.skipped}
     assert stages == {("reference", "forward"), ("torch-grouped-mm", "build")}
@@ -146,7 +146,7 @@ def test_garbage_output_and_build_failures_are_not_timed(monkeypatch):
 
 
 def test_bench_layers_api_returns_a_cost_table():
-    table = bench.bench_layers([LAYER], "2", backends=["reference"], reps=2, device="cpu")
+    table = bench.bench_layers([LAYER], "2", backends=["reference"], reps=2, torch_device="cpu")
     assert isinstance(table, CostTable) and [(e.backend, e.tokens) for e in table.entries] == [("reference", 2)]
 
 
@@ -158,7 +158,7 @@ def test_measured_policy_script_quick_inprocess(tmp_path):
         import measured_policy
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    code = measured_policy.main(["--out-dir", str(tmp_path), "--device", "cpu", "--quick", "--inprocess",
+    code = measured_policy.main(["--out-dir", str(tmp_path), "--torch-device", "cpu", "--quick", "--inprocess",
                                  "--cases", "qwen3-int4", "--reps", "2", "--input-sets", "2"])
     assert code == 0
     result = json.loads((tmp_path / "measured_policy.json").read_text())

@@ -2,7 +2,7 @@
 """Verify the torch-grouped-mm backend against the reference on this GPU; write a JSON record.
 
     python benchmarks/verify_gpu.py docs/verification/torch-grouped-mm-h100.json
-    python benchmarks/verify_gpu.py /tmp/v.json --device cpu --quick      # logic check on CPU
+    python benchmarks/verify_gpu.py /tmp/v.json --torch-device cpu --quick      # logic check on CPU
 
 Each case draws fresh random inputs, runs ``TorchGroupedMMExperts`` and ``ReferenceExperts``
 (float32, per-expert loop) on the same weights and records ``||out - ref|| / ||ref||``. The
@@ -408,14 +408,14 @@ def _write(path: str, record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="JSON record path (e.g. docs/verification/torch-grouped-mm-h100.json)")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--torch-device", default="cuda")
     p.add_argument("--quick", action="store_true", help="small cases only (CPU logic check)")
     p.add_argument("--no-experiments", action="store_true")
     p.add_argument("--filter", default="", help="run only cases whose name contains this text")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = torch.device(args.torch_device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA not available; use --device cpu --quick for a logic check", file=sys.stderr)
+        print("CUDA not available; use --torch-device cpu --quick for a logic check", file=sys.stderr)
         return 2
     if device.type == "cpu":
         torch.set_num_threads(min(4, os.cpu_count() or 1))  # fewer threads: less noise on a shared host

@@ -83,6 +83,28 @@ def test_cli_bench_bad_layer_spec_and_bare_layer_exit_2(capsys):
     assert "layer:experts=" in capsys.readouterr().err
 
 
+def test_one_spelling_of_a_layer_for_select_bench_flags_and_layer_strings(capsys):
+    # select's flags, bench's `layer` flags and `layer:...` all go through planner.single_layer.
+    flags = ["--experts", "8", "--top-k", "2", "--hidden", "64", "--intermediate", "32",
+             "--activation", "swigluoai", "--swiglu-limit", "7"]
+    assert main(["select", *flags, "--json"]) == 0
+    selected = LayerSpec.model_validate(json.loads(capsys.readouterr().out)["layer"])
+    assert main(["bench", "layer", *flags, "--tokens", "2", "--reps", "1", "--backend", "reference", "--json"]) == 0
+    timed = LayerSpec.model_validate(json.loads(capsys.readouterr().out)["cost_table"]["entries"][0]["layer"])
+    text = bench.parse_layer("layer:experts=8,top_k=2,hidden=64,intermediate=32,act=swigluoai,swiglu_limit=7")
+    assert selected.shape_key() == timed == text
+    assert text.activation_params.limit == 7
+    # The same refusal everywhere: silu_clamp needs its limit.
+    for argv in (["select", *flags[:8], "--activation", "silu_clamp"], ["bench", "layer", *flags[:8], "--activation",
+                                                                       "silu_clamp"]):
+        assert main(argv) == 2
+        assert "silu_clamp needs --swiglu-limit" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="silu_clamp needs"):
+        bench.parse_layer("layer:experts=8,top_k=2,hidden=64,intermediate=32,act=silu_clamp")
+    assert main(["bench", "layer", "--experts", "8", "--top-k", "2"]) == 2
+    assert "missing --hidden, --intermediate" in capsys.readouterr().err
+
+
 def test_cli_bench_ineligible_backend_exits_3_with_the_reason(capsys):
     # marlin needs SM75+: nothing of what was asked can run on the CPU.
     assert main(["bench", TINY, "--tokens", "1", "--reps", "2", "--backend", "marlin"]) == 3

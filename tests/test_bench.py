@@ -15,8 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moe_registry.measure import analysis, bench  # noqa: E402
 from moe_registry.cli import main  # noqa: E402
+from moe_registry.measure import analysis, bench  # noqa: E402
 from moe_registry.measured import CostTable, MeasuredPolicy  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 from moe_registry.selection import select_backend  # noqa: E402

@@ -146,6 +146,8 @@ def resolve_target(target: str, quant: str | None = None,
     ``target``: a preset name, model directory or config.json (its MoE layers, deduplicated by
     shape), or ``layer:experts=..,top_k=..,hidden=..,intermediate=..`` (see :func:`parse_layer`)."""
     parallel = parallel or ParallelConfig()
+    if target == "layer":  # `bench layer` with shape flags is the CLI's (the same spelling as `select`)
+        raise ValueError("target 'layer' needs its shape: layer:experts=8,top_k=2,hidden=256,intermediate=128")
     if target.startswith("layer:"):
         layer = parse_layer(target, quant, parallel)
         return [layer], {layer.shape_key(): "layer"}
@@ -162,7 +164,7 @@ def resolve_target(target: str, quant: str | None = None,
     return layers, labels
 
 
-# --- Timing ---------------------------------------------------------------------------------------
+# --- Running the grid ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass

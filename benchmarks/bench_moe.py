@@ -42,7 +42,9 @@ for _p in (_ROOT, _HERE):
 
 import torch  # noqa: E402
 
-from _timing import Timing, machine_info, measure_ceilings, time_calls, time_graph  # noqa: E402
+from _timing import machine_info, measure_ceilings  # noqa: E402
+
+from moe_registry.measure.timing import Timing, time_calls, time_graph  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     "gemma4-26b-a4b": dict(num_experts=128, top_k=8, hidden_size=2816, intermediate_size=704, activation="gelu_tanh"),
@@ -192,7 +194,7 @@ class Bench:
         for T in self.tokens:
             inputs, hit = sets[T]
             try:
-                t = time_calls(fn, inputs, self.dev, warmup=3, min_reps=10, max_reps=200, target_s=0.06)
+                t = time_calls(fn, inputs, self.dev, warmup=3, min_reps=10, max_reps=200, budget_s=0.06)
                 self.add(shape, layer, backend, "eager", T, hit, t)
             except Exception as exc:
                 self.error(f"{shape}/{backend}/eager/T{T}", exc)
@@ -313,7 +315,7 @@ class Bench:
                 b = torch.randn(G, N, K, device=self.dev).div_(math.sqrt(K)).to(torch.bfloat16).transpose(1, 2)
                 offs = torch.arange(1, G + 1, device=self.dev, dtype=torch.int32) * rows
                 t = time_calls(lambda: torch.nn.functional.grouped_mm(a, b, offs=offs), [()], self.dev,
-                               warmup=3, min_reps=10, max_reps=50, target_s=0.1)
+                               warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
                 tf = 2.0 * G * rows * K * N / (t.median_us * 1e-6) / 1e12
                 self.rec["peaks"].append({"label": label, "us": t.median_us, "tflops": tf})
                 print(f"  grouped_mm {label:<24} {tf:7.1f} TFLOP/s", flush=True)

@@ -4,7 +4,7 @@ choosing each side of the marlin / torch-grouped-mm crossover (issue 5, parts 3-
 
     MOE_REGISTRY_VLLM_MOE_C=/path/to/vllm/_moe_C_stable_libtorch.abi3.so \\
         python benchmarks/measured_policy.py --out-dir docs/bench/measured-policy
-    python benchmarks/measured_policy.py --out-dir /tmp/mp --device cpu --quick      # logic check on CPU
+    python benchmarks/measured_policy.py --out-dir /tmp/mp --torch-device cpu --quick      # logic check on CPU
 
 Cases, in order (the last is optional and runs only if time is left):
 
@@ -15,12 +15,12 @@ Cases, in order (the last is optional and runs only if time is left):
 
 For each case, every eligible and available backend on this machine (``reference`` included: it
 is eligible everywhere, with priority 0; ``--no-reference`` leaves it out) is built once and timed with
-``moe_registry.bench.run_bench`` (CUDA events, warm-up, median of up to ``--reps`` calls, 8 rotated
+``moe_registry.measure.bench.run_bench`` (CUDA events, warm-up, median of up to ``--reps`` calls, 8 rotated
 input sets) at the policy token counts 1,16,64,512,4096 and, in a separate pass, at the held-out
 truth counts 1,8,...,4096. Then:
 
 * crossover: the token count where the faster of marlin and torch-grouped-mm changes, in the truth
-  table and in the policy table (``moe_registry.bench.crossover``);
+  table and in the policy table (``moe_registry.measure.analysis.crossover``);
 * the policy picking each side: ``select_backend(layer, None, policy=MeasuredPolicy(policy_table,
   num_tokens=T))`` for T below and at / above the policy table's crossover: ``decided_by ==
   "measured"`` and a different backend on each side;
@@ -86,7 +86,7 @@ CASES = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few token counts (CPU logic check)")
     p.add_argument("--cases", default=None, help=f"comma-separated subset of {', '.join(c.name for c in CASES)}")
     p.add_argument("--policy-tokens", default=None, help="token counts of the policy table (default 1,16,64,512,4096)")
@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _tokens(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    from moe_registry.bench import parse_tokens
+    from moe_registry.measure.bench import parse_tokens
 
     policy, truth = (QUICK_POLICY_TOKENS, QUICK_TRUTH_TOKENS) if args.quick else (POLICY_TOKENS, TRUTH_TOKENS)
     return (parse_tokens(args.policy_tokens) if args.policy_tokens else policy,
@@ -134,7 +134,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    from moe_registry.bench import run_bench
+    from moe_registry.measure.bench import run_bench
 
     policy_tokens, truth_tokens = _tokens(args)
     path = out_dir / "cases" / f"{case.name}.json"
@@ -153,7 +153,8 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> dict[str, A
             _write_json(path, record)
 
         exclude = ("reference",) if args.no_reference else ()
-        report = run_bench([layer], policy_tokens, reps=args.reps, device=args.device, holdout_tokens=truth_tokens,
+        report = run_bench([layer], policy_tokens, reps=args.reps, torch_device=args.torch_device,
+                           holdout_tokens=truth_tokens,
                            exclude=exclude, input_sets=args.input_sets, max_point_s=args.max_point_s,
                            progress=lambda line: print(line, flush=True), checkpoint=save)
         save(report)
@@ -170,8 +171,8 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> dict[str, A
 def _child_argv(args: argparse.Namespace, case: Case) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--child", case.name, "--out-dir", args.out_dir,
             "--reps", str(args.reps), "--input-sets", str(args.input_sets), "--max-point-s", str(args.max_point_s)]
-    if args.device:
-        argv += ["--device", args.device]
+    if args.torch_device:
+        argv += ["--torch-device", args.torch_device]
     for flag, value in (("--policy-tokens", args.policy_tokens), ("--truth-tokens", args.truth_tokens)):
         if value:
             argv += [flag, value]
@@ -224,10 +225,10 @@ def _prepare_selection_env(notes: list[str]) -> None:
         import torch
 
         if torch.cuda.is_available():
-            from moe_registry.bench import _load_optional_ops
+            from moe_registry.measure.bench import load_optional_ops
             from moe_registry.registry import default_registry
 
-            _load_optional_ops(notes)
+            load_optional_ops(notes)
             default_registry().refresh_environment()
     except Exception as exc:
         notes.append(f"selection environment: {type(exc).__name__}: {exc}")
@@ -235,7 +236,7 @@ def _prepare_selection_env(notes: list[str]) -> None:
 
 def analyse(records: list[dict[str, Any]], args: argparse.Namespace, out_dir: Path,
             result: dict[str, Any]) -> None:
-    from moe_registry import bench
+    from moe_registry.measure import analysis, report
 
     policy, truth = _merge(records, "policy"), _merge(records, "truth")
     result["tables"] = {}
@@ -259,15 +260,15 @@ def analyse(records: list[dict[str, Any]], args: argparse.Namespace, out_dir: Pa
             continue
         layer = LayerSpec.model_validate(r["layer"])
         labels[layer] = r["case"]
-        names = bench._backends_of(truth, layer)
+        names = analysis.backends_of(truth, layer)
         cross = []
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                cross.append({"a": a, "b": b, "truth": bench.crossovers(truth, layer, a, b),
-                              "policy_table": bench.crossovers(policy, layer, a, b)})
+                cross.append({"a": a, "b": b, "truth": analysis.crossovers(truth, layer, a, b),
+                              "policy_table": analysis.crossovers(policy, layer, a, b)})
         r["crossovers"] = cross
-        r["truth_winners"] = bench.winners(truth, layer)
-        r["policy_winners"] = bench.winners(policy, layer)
+        r["truth_winners"] = analysis.winners(truth, layer)
+        r["policy_winners"] = analysis.winners(policy, layer)
 
     # The measured policy choosing each side: the marlin pair where present, else the policy
     # table's first winner change.
@@ -277,17 +278,17 @@ def analyse(records: list[dict[str, Any]], args: argparse.Namespace, out_dir: Pa
         if not r.get("layer"):
             continue
         layer = LayerSpec.model_validate(r["layer"])
-        have = set(bench._backends_of(policy, layer))
+        have = set(analysis.backends_of(policy, layer))
         pairs = [PAIR] if set(PAIR) <= have else []
-        pairs += [(a, b) for a, b, _ in bench._winner_changes(policy, layer) if {a, b} != set(PAIR)][:1]
+        pairs += [(a, b) for a, b, _ in analysis.winner_changes(policy, layer) if {a, b} != set(PAIR)][:1]
         r["policy_sides"] = []
         for a, b in pairs:
             try:
                 try:
-                    sides = bench.policy_sides(policy, layer, a, b, None, truth=truth)
+                    sides = analysis.policy_sides(policy, layer, a, b, None, truth=truth)
                     sides["selected_for"] = "this machine (select_backend(layer, None))"
                 except Exception as exc:  # e.g. the op is not registered in this process
-                    sides = bench.policy_sides(policy, layer, a, b, policy.device, truth=truth)
+                    sides = analysis.policy_sides(policy, layer, a, b, policy.device, truth=truth)
                     sides["selected_for"] = (f"planned {policy.device.label()} (this machine failed: "
                                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
                 r["policy_sides"].append(sides)
@@ -297,12 +298,12 @@ def analyse(records: list[dict[str, Any]], args: argparse.Namespace, out_dir: Pa
                 result["errors"].append(f"{r['case']}: policy sides {a}/{b}: {type(exc).__name__}: {exc}")
 
     try:
-        reg = bench.regret(policy, truth)
+        reg = analysis.regret(policy, truth)
         result["regret"] = reg
     except Exception as exc:
         result["errors"].append(f"regret: {type(exc).__name__}: {exc}")
     try:
-        bench.plot(truth, out_dir / "measured_policy.png", labels=labels, overlay=policy, marks=marks,
+        report.plot(truth, out_dir / "measured_policy.png", labels=labels, overlay=policy, marks=marks,
                    title=f"measured policy: {truth.card} \u2014 {truth.date} (lines: held-out truth; "
                          "squares: policy table)")
         result["plot"] = str(out_dir / "measured_policy.png")
@@ -323,7 +324,7 @@ def summary_lines(records: list[dict[str, Any]], result: dict[str, Any]) -> list
     truth_path = result.get("tables", {}).get("truth")
     truth = CostTable.load(truth_path) if truth_path else None
     if truth is not None:
-        from moe_registry import bench
+        from moe_registry.measure import analysis
 
         tokens = sorted({e.tokens for e in truth.entries})
         lines.append("truth table, median us per forward (* fastest):")
@@ -332,8 +333,8 @@ def summary_lines(records: list[dict[str, Any]], result: dict[str, Any]) -> list
             if not r.get("layer"):
                 continue
             layer = LayerSpec.model_validate(r["layer"])
-            best = bench.winners(truth, layer)
-            for i, b in enumerate(bench._backends_of(truth, layer)):
+            best = analysis.winners(truth, layer)
+            for i, b in enumerate(analysis.backends_of(truth, layer)):
                 pts = dict(truth.points(b, layer))
                 cells = "".join(f"{_fmt(pts.get(t)) + ('*' if best.get(t) == b else ''):>8}" for t in tokens)
                 lines.append(f"{r['case'] if i == 0 else '':<13} {b:<17}" + cells)

@@ -2,7 +2,7 @@
 """Verify the torch-grouped-mm backend against the reference on this GPU; write a JSON record.
 
     python benchmarks/verify_gpu.py docs/verification/torch-grouped-mm-h100.json
-    python benchmarks/verify_gpu.py /tmp/v.json --device cpu --quick      # logic check on CPU
+    python benchmarks/verify_gpu.py /tmp/v.json --torch-device cpu --quick      # logic check on CPU
 
 Each case draws fresh random inputs, runs ``TorchGroupedMMExperts`` and ``ReferenceExperts``
 (float32, per-expert loop) on the same weights and records ``||out - ref|| / ||ref||``. The
@@ -35,9 +35,10 @@ if _HERE not in sys.path:
 
 import torch  # noqa: E402
 
-from _timing import machine_info, time_calls  # noqa: E402
+from _timing import machine_info  # noqa: E402
 
 from moe_registry.execution.patterns import relative_error, routing_pattern  # noqa: E402
+from moe_registry.measure.timing import time_calls  # noqa: E402
 
 BF16_TOL = 1e-2
 
@@ -348,9 +349,9 @@ def experiment_fp8_rowwise(device: torch.device) -> dict[str, Any]:
                 entry["rel_err_vs_bf16_grouped_mm"] = relative_error(out, bf16)
                 entry["verified"] = entry["rel_err_vs_dequantized_fp32"] <= BF16_TOL
                 t8 = time_calls(lambda: fn(a_q, b_q, s_a, s_w, offs=offs, out_dtype=torch.bfloat16), [()], device,
-                                warmup=3, min_reps=10, max_reps=50, target_s=0.1)
+                                warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
                 t16 = time_calls(lambda: torch.nn.functional.grouped_mm(a, b_bf16, offs=offs), [()], device,
-                                 warmup=3, min_reps=10, max_reps=50, target_s=0.1)
+                                 warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
                 entry["fp8_us"], entry["bf16_us"] = t8.median_us, t16.median_us
                 entry["fp8_tflops"] = 2 * M * K * N / (t8.median_us * 1e-6) / 1e12
                 entry["bf16_tflops"] = 2 * M * K * N / (t16.median_us * 1e-6) / 1e12
@@ -386,7 +387,7 @@ def experiment_fp16_path(device: torch.device) -> dict[str, Any]:
             a = torch.randn(T * k, K, device=device, dtype=dt)
             b = torch.randn(E, N, K, device=device, dtype=dt).transpose(1, 2)
             t = time_calls(lambda: torch.nn.functional.grouped_mm(a, b, offs=offs), [()], device,
-                           warmup=3, min_reps=10, max_reps=50, target_s=0.1)
+                           warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
             rec[f"{str(dt).replace('torch.', '')}_us"] = t.median_us
         rec["status"] = "ok"
     except Exception as exc:
@@ -407,14 +408,14 @@ def _write(path: str, record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="JSON record path (e.g. docs/verification/torch-grouped-mm-h100.json)")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--torch-device", default="cuda")
     p.add_argument("--quick", action="store_true", help="small cases only (CPU logic check)")
     p.add_argument("--no-experiments", action="store_true")
     p.add_argument("--filter", default="", help="run only cases whose name contains this text")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = torch.device(args.torch_device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA not available; use --device cpu --quick for a logic check", file=sys.stderr)
+        print("CUDA not available; use --torch-device cpu --quick for a logic check", file=sys.stderr)
         return 2
     if device.type == "cpu":
         torch.set_num_threads(min(4, os.cpu_count() or 1))  # fewer threads: less noise on a shared host

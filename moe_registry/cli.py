@@ -2,6 +2,10 @@
 
 Thin: parse arguments, call the library, render. Exit codes: 0 ok; 2 bad input (one line on
 stderr, no traceback); 3 no eligible backend, or a forced backend that cannot run the layer.
+
+Every argparse parser of the project lives here (the library takes plain arguments), which is why
+this file is longer than the ~500 lines the other modules keep to. ``--device`` always names a
+target device preset; the torch device that `run` and `bench` use is ``--torch-device``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_BACKEND = 0, 2, 3
@@ -25,28 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --- Output -------------------------------------------------------------------------------------
-
-
-def _console():
-    from .render import safe_console
-
-    # Pipes and NO_COLOR get plain text (rich honours both). The width is the terminal's, else
-    # COLUMNS, else 80 (rich reads COLUMNS too); text is wrapped to it, never cut. safe_console
-    # escapes control characters in plugin- and config-supplied strings and ends quietly on a
-    # closed pipe.
-    return safe_console(width=_width(), soft_wrap=False, highlight=False)
-
-
-def _width() -> int:
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns > 0:
-        return max(columns, 40)
-    if sys.stdout.isatty():
-        return max(os.get_terminal_size(sys.stdout.fileno()).columns, 40)
-    return 80
 
 
 def _emit_json(data: Any) -> None:
@@ -101,6 +84,30 @@ def _add_parallel(p: argparse.ArgumentParser) -> None:
                        help="data-parallel size (vLLM -dp); with --enable-expert-parallel it widens the EP group")
 
 
+def _add_layer_shape(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """One layer's shape, as `select` and `bench layer` spell it (read by _single_layer)."""
+    group = p.add_argument_group("layer shape" if required else "single layer (target 'layer')")
+    group.add_argument("--experts", type=int, required=required)
+    group.add_argument("--top-k", type=int, required=required)
+    group.add_argument("--hidden", type=int, required=required)
+    group.add_argument("--intermediate", type=int, required=required)
+    group.add_argument("--activation", default="silu")
+    group.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
+                       help="hidden-state dtype (default bf16; fp16 on devices without bf16, SM < 80)")
+    group.add_argument("--swiglu-limit", type=float, metavar="L",
+                       help="clamp limit of swigluoai / silu_clamp (a config's swiglu_limit)")
+    group.add_argument("--routing", default=None)
+    group.add_argument("--bias", action="store_true")
+    group.add_argument("--router-weight-on-input", action="store_true")
+
+
+def _add_torch_device(p: argparse.ArgumentParser, **kwargs: Any) -> None:
+    p.add_argument("--torch-device", default=None, metavar="cpu|cuda",
+                   help="the torch device to run on (default: cuda when available)", **kwargs)
+    # --device means a target device preset everywhere; here it is refused with a pointer (cmd_run / cmd_bench).
+    p.add_argument("--device", help=argparse.SUPPRESS)
+
+
 def _add_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", metavar="BACKEND", help="run this backend or fail with its reasons")
     p.add_argument("--prefer", metavar="BACKEND", action="append", default=[], help="put an eligible backend first")
@@ -111,6 +118,16 @@ def _add_choice(p: argparse.ArgumentParser) -> None:
                    help="rank eligible backends by declared priority or by a measured cost table (--costs)")
     p.add_argument("--costs", metavar="FILE", help="cost table JSON written by `moe-registry bench` (--policy measured)")
     p.add_argument("--tokens", type=int, help="tokens per forward, for --policy measured")
+
+
+def _single_layer(args: argparse.Namespace, *, quant: str | None, dtype: str | None, parallel: Any):
+    """The layer the shape flags (_add_layer_shape) spell, as `select` and `bench layer` read them."""
+    from .planner import single_layer
+
+    return single_layer(experts=args.experts, top_k=args.top_k, hidden=args.hidden, intermediate=args.intermediate,
+                        activation=args.activation or "silu", quant=quant, dtype=dtype,
+                        swiglu_limit=args.swiglu_limit, routing=args.routing, bias=args.bias,
+                        router_weight_on_input=args.router_weight_on_input, parallel=parallel)
 
 
 def _device(name: str | None):
@@ -173,24 +190,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     elif mode == "markdown":
         _write_text(render.plan_markdown(plan))
     else:
-        render.print_plan(_console(), plan, verbose=args.verbose)
+        render.print_plan(render.console(), plan, verbose=args.verbose)
     return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     from . import render
-    from .schemas.activation import Activation, SiluClampParams, SwigluOAIParams
-    from .schemas.layer import LayerSpec
     from .selection import select_backend
 
-    activation = Activation.parse(args.activation)
-    limit = args.swiglu_limit
-    if limit is not None and activation not in (Activation.SWIGLUOAI, Activation.SILU_CLAMP):
-        raise BadInput(f"--swiglu-limit applies to swigluoai and silu_clamp, not {activation.value}")
-    if activation is Activation.SILU_CLAMP and limit is None:
-        raise BadInput("silu_clamp needs --swiglu-limit (the config's swiglu_limit)")
-    params = (SwigluOAIParams() if limit is None else SwigluOAIParams(limit=limit)) \
-        if activation is Activation.SWIGLUOAI else SiluClampParams(limit=limit) if limit is not None else None
     device = _device(args.device)
     dtype = args.dtype
     no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
@@ -200,11 +207,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         dtype = "fp16" if no_bf16 else "bf16"
         if no_bf16:
             print(f"moe-registry: note: {device.label()} has no bf16; selecting for fp16", file=sys.stderr)
-    layer = LayerSpec(
-        num_experts=args.experts, top_k=args.top_k, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        activation=activation, quant=args.quant, dtype=dtype, routing=args.routing, bias=args.bias,
-        apply_router_weight_on_input=args.router_weight_on_input, parallel=_parallel(args),
-        activation_params=params)
+    layer = _single_layer(args, quant=args.quant, dtype=dtype, parallel=_parallel(args))
     selection = select_backend(layer, device, **_choice_kwargs(args))
     mode = _output_mode(args)
     if mode == "json":
@@ -212,7 +215,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     elif mode == "markdown":
         _write_text(render.selection_markdown(selection) + "\n")
     else:
-        render.print_selection(_console(), selection)
+        render.print_selection(render.console(), selection)
     return EXIT_OK
 
 
@@ -230,7 +233,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     elif mode == "markdown":
         _write_text(render.matrix_markdown(registry, device))
     else:
-        console = _console()
+        console = render.console()
         render.print_matrix(console, registry, device)
         for problem in registry.problems:
             console.print(f"plugin problem ({problem.stage}) {problem.plugin}: {problem.message}", markup=False)
@@ -249,6 +252,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from . import render
     from .planner import list_presets
 
     presets = list_presets()
@@ -262,29 +266,39 @@ def cmd_models(args: argparse.Namespace) -> int:
     table.add_column("description")
     for name, description in presets.items():
         table.add_row(name, description)
-    _console().print(table)
+    render.console().print(table)
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .run import run_preset_layer
+def _no_target_device(args: argparse.Namespace) -> None:
+    """run and bench measure on this machine; --device (a target preset elsewhere) has no meaning here."""
+    if args.device is not None:
+        raise BadInput(f"{args.command} runs on this machine: --device names a target device (explain, select); "
+                       f"the torch device to run on is --torch-device cpu|cuda")
 
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import render
+    from .measure.run import run_preset_layer
+
+    _no_target_device(args)
     parallel = _parallel(args)  # the same flags and meaning as explain / select
     if parallel.tp * parallel.ep > 1:
         from .distributed.launch import run_distributed_preset
 
-        if args.device not in (None, "cpu", "cuda"):
-            raise BadInput(f"--device must be cpu or cuda for a sharded run, got {args.device!r}")
+        if args.torch_device not in (None, "cpu", "cuda"):
+            raise BadInput(f"--torch-device must be cpu or cuda for a sharded run, got {args.torch_device!r}")
         report = run_distributed_preset(args.preset, layer=args.layer, tokens=args.tokens, tp=parallel.tp,
                                         ep=parallel.ep, seed=args.seed, force=args.force, quant=args.quant,
-                                        repeats=args.repeats, cuda=None if args.device is None else args.device == "cuda")
+                                        repeats=args.repeats,
+                                        cuda=None if args.torch_device is None else args.torch_device == "cuda")
     else:
-        report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, device=args.device,
+        report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, torch_device=args.torch_device,
                                   seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats)
     if args.json:
         _emit_json(report)
     else:
-        console = _console()
+        console = render.console()
         for key, value in report.items():
             console.print(f"{key}: {value}", markup=False)
     return EXIT_OK
@@ -296,18 +310,100 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe_main(args)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+def _check_writable(flag: str, path: Path) -> None:
+    if path.is_dir():
+        raise BadInput(f"{flag} {path} is a directory; give a file name")
+    parent = path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {path}: cannot create files in {existing or parent}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BadInput(f"{flag} {path} is not writable")
 
-    parallel = _parallel(args)  # the experts' layout from the engine-style flags
-    args.tp, args.ep = parallel.tp, parallel.ep
-    return bench_main(args)
+
+def _bench_target(args: argparse.Namespace, parallel: Any) -> tuple[list[Any], dict[Any, str]]:
+    """The layer shapes of bench / tune's TARGET: ``layer`` with the shape flags (spelt as in
+    `select`), ``layer:experts=..`` or a model (moe_registry.measure.bench.resolve_target)."""
+    from .measure.bench import resolve_target
+
+    if args.target != "layer":
+        return resolve_target(args.target, args.quant, parallel)
+    missing = [flag for flag, value in (("--experts", args.experts), ("--top-k", args.top_k),
+                                        ("--hidden", args.hidden), ("--intermediate", args.intermediate))
+               if value is None]
+    if missing:
+        raise BadInput("bench layer needs the shape: layer:experts=8,top_k=2,hidden=256,intermediate=128 "
+                       f"(or --experts/--top-k/--hidden/--intermediate; missing {', '.join(missing)})")
+    layer = _single_layer(args, quant=args.quant, dtype=args.dtype, parallel=parallel)
+    return [layer], {layer.shape_key(): "layer"}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time every eligible, available backend (moe_registry.measure.bench.run_bench), write the cost
+    table / held-out table / plot, print the report. Exit 3 when nothing could be timed."""
+    from . import render
+    from .measure.bench import parse_tokens, run_bench
+    from .measure.report import plot, print_report
+    from .schemas.layer import ParallelConfig
+
+    _no_target_device(args)
+    # The experts' layout from the engine-style flags; a cost table keys on the MoE TP x EP split only.
+    layout = _parallel(args)
+    parallel = ParallelConfig(tp=layout.tp, ep=layout.ep)
+    tokens = parse_tokens(args.tokens)
+    holdout = parse_tokens(args.holdout_tokens) if args.holdout_tokens else None
+    if args.reps < 1:
+        raise BadInput("--reps must be at least 1")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise BadInput("--plot needs matplotlib (pip install 'moe-registry[plot]')") from None
+    # Output paths are checked before the benchmark runs, so an unwritable one loses no results.
+    for flag, path in (("--out", args.out), ("--holdout-out", args.holdout_out), ("--plot", args.plot)):
+        if path:
+            _check_writable(flag, Path(path))
+    layers, labels = _bench_target(args, parallel)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = run_bench(layers, tokens, backends=list(args.backend) or None, reps=args.reps,
+                       torch_device=args.torch_device, holdout_tokens=holdout,
+                       progress=None if args.json else progress)
+    for path, table in ((args.out, report.table), (args.holdout_out, report.holdout)):
+        if path and table is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            table.save(path)
+    if args.plot and report.table.entries:
+        plot(report.table, args.plot, labels=labels, overlay=None)
+    if args.json:
+        _emit_json(report.as_json())
+    else:
+        console = render.console()
+        print_report(console, report.table, skipped=report.skipped, labels=labels)
+        if report.holdout is not None and report.holdout.entries:
+            print_report(console, report.holdout, labels=labels, title="held-out token counts")
+        for path, what in ((args.out, "cost table"), (args.holdout_out, "held-out cost table"),
+                           (args.plot if report.table.entries else None, "plot")):
+            if path:
+                console.print(f"wrote {what}: {path}", markup=False)
+    if not report.table.entries:
+        _error_line("nothing could be timed: "
+                    + ("; ".join(f"{s['backend']} ({s['stage']}): {s['reason']}" for s in report.skipped[:3])
+                       or "no eligible backend"))
+        return EXIT_NO_BACKEND
+    return EXIT_OK
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .backends.triton_fused_moe.tune import main as tune_main
+    from .backends.triton_fused_moe.tune import tune
+    from .measure.bench import parse_tokens, resolve_target
+    from .schemas.layer import ParallelConfig
 
-    return tune_main(args)
+    layers, labels = resolve_target(args.target, args.quant, ParallelConfig(tp=args.tp, ep=args.ep))
+    return tune(layers, labels, parse_tokens(args.tokens), budget_s=args.budget_s,
+                out_dir=Path(args.out_dir) if args.out_dir else None)
 
 
 # --- Parser ---------------------------------------------------------------------------------------
@@ -332,19 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experts", type=int, required=True)
-    p.add_argument("--top-k", type=int, required=True)
-    p.add_argument("--hidden", type=int, required=True)
-    p.add_argument("--intermediate", type=int, required=True)
-    p.add_argument("--activation", default="silu")
+    _add_layer_shape(p, required=True)
     p.add_argument("--quant", default="bf16")
-    p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
-                   help="hidden-state dtype (default bf16; fp16 on devices without bf16, SM < 80)")
-    p.add_argument("--swiglu-limit", type=float, metavar="L",
-                   help="clamp limit of swigluoai / silu_clamp (a config's swiglu_limit)")
-    p.add_argument("--routing", default=None)
-    p.add_argument("--bias", action="store_true")
-    p.add_argument("--router-weight-on-input", action="store_true")
     _add_target(p), _add_choice(p), _add_output(p)
     p.set_defaults(func=cmd_select)
 
@@ -365,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True)
     p.add_argument("--layer", type=int, default=0, help="index among the MoE layers' model layers (default 0)")
     p.add_argument("--tokens", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_torch_device(p)
     p.add_argument("--force", metavar="BACKEND")
     p.add_argument("--quant", help="override the layer's quantization scheme")
     p.add_argument("--seed", type=int, default=0)
@@ -394,20 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="plot time vs tokens per backend")
     p.add_argument("--json", action="store_true")
     p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)")
+    _add_torch_device(p, choices=("cpu", "cuda"))
     _add_parallel(p)
     p.add_argument("--holdout-tokens", help="extra token counts measured into a second table (for regret)")
     p.add_argument("--holdout-out", metavar="FILE", help="write the held-out table (JSON)")
-    layer = p.add_argument_group("single layer (target 'layer')")
-    layer.add_argument("--experts", type=int)
-    layer.add_argument("--top-k", type=int)
-    layer.add_argument("--hidden", type=int)
-    layer.add_argument("--intermediate", type=int)
-    layer.add_argument("--activation")
-    layer.add_argument("--dtype", choices=("bf16", "fp16", "fp32"))
-    layer.add_argument("--routing")
-    layer.add_argument("--bias", action="store_true")
-    layer.add_argument("--router-weight-on-input", action="store_true")
+    _add_layer_shape(p, required=False)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tune", help="tune triton-fused-moe's launch configs for this GPU (writes JSON data)")

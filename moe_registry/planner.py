@@ -939,3 +939,23 @@ def list_presets() -> dict[str, str]:
         model = src.model_id or (f"{src.quantized_from} (quantized export)" if src.quantized_from else name)
         out[name] = f"{model}; {qconf.summary if qconf else _dtype(text, src.config)}"
     return out
+
+
+def single_layer(*, experts: int, top_k: int, hidden: int, intermediate: int, activation: str = "silu",
+                 quant: QuantScheme | str | None = None, dtype: str | None = None, swiglu_limit: float | None = None,
+                 routing: str | None = None, bias: bool = False, router_weight_on_input: bool = False,
+                 parallel: ParallelConfig = ParallelConfig()) -> LayerSpec:
+    """One MoE layer from its shape: the one spelling behind `moe-registry select` and `bench layer`
+    (flags or ``layer:experts=..,top_k=..``). ``swiglu_limit``: the clamp of swigluoai / silu_clamp
+    (a config's ``swiglu_limit``; silu_clamp needs it). ValueError (one line) on a bad combination."""
+    act = Activation.parse(activation)
+    if swiglu_limit is not None and act not in (Activation.SWIGLUOAI, Activation.SILU_CLAMP):
+        raise ValueError(f"--swiglu-limit applies to swigluoai and silu_clamp, not {act.value}")
+    if act is Activation.SILU_CLAMP and swiglu_limit is None:
+        raise ValueError("silu_clamp needs --swiglu-limit (the config's swiglu_limit)")
+    params = (SwigluOAIParams() if swiglu_limit is None else SwigluOAIParams(limit=swiglu_limit)) \
+        if act is Activation.SWIGLUOAI else SiluClampParams(limit=swiglu_limit) if swiglu_limit is not None else None
+    return LayerSpec(
+        num_experts=experts, top_k=top_k, hidden_size=hidden, intermediate_size=intermediate, activation=act,
+        quant=quant or "bf16", dtype=dtype or "bf16", routing=routing, bias=bias,
+        apply_router_weight_on_input=router_weight_on_input, parallel=parallel, activation_params=params)

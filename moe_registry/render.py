@@ -7,7 +7,9 @@ The JSON shapes are documented in docs/cli-json.md (``schema_version`` changes o
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .schemas.activation import Activation
@@ -63,6 +65,26 @@ def _safe_console_class():
 
 def safe_console(**kwargs: Any) -> "Console":
     return _safe_console_class()(**kwargs)
+
+
+def console() -> "Console":
+    """The console every command prints to. Pipes and NO_COLOR get plain text (rich honours both).
+    The width is the terminal's, else COLUMNS, else 80 (rich reads COLUMNS too); text is wrapped to
+    it, never cut. Control characters in plugin- and config-supplied strings are escaped and a
+    closed pipe ends quietly (:func:`safe_console`)."""
+    return safe_console(width=_width(), soft_wrap=False, highlight=False)
+
+
+def _width() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return max(columns, 40)
+    if sys.stdout.isatty():
+        return max(os.get_terminal_size(sys.stdout.fileno()).columns, 40)
+    return 80
 
 # --- Shared text pieces ------------------------------------------------------------------------
 

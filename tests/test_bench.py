@@ -1,4 +1,4 @@
-"""`moe-registry bench` and moe_registry.bench.run_bench on the CPU (torch-grouped-mm's CPU
+"""`moe-registry bench` and moe_registry.measure.bench.run_bench on the CPU (torch-grouped-mm's CPU
 fallback and the reference backend), on tiny layers: a valid cost table, the plot, failure
 isolation, and the measured-policy script's analysis path. Timings themselves are not asserted
 (the CPU is shared); their structure is.
@@ -15,8 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moe_registry import bench  # noqa: E402
 from moe_registry.cli import main  # noqa: E402
+from moe_registry.measure import analysis, bench  # noqa: E402
 from moe_registry.measured import CostTable, MeasuredPolicy  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 from moe_registry.selection import select_backend  # noqa: E402
@@ -50,7 +50,7 @@ def test_cli_bench_tiny_layer_writes_a_cost_table_and_a_png(tmp_path, capsys):
     assert "torch-grouped-mm" in captured.out and "T=8" in captured.out and "*" in captured.out
     # The table it wrote drives the measured policy for this machine.
     sel = select_backend(LAYER, None, policy=MeasuredPolicy(table, num_tokens=8))
-    assert sel.decided_by == "measured" and sel.backend == bench.winners(table, LAYER)[8]
+    assert sel.decided_by == "measured" and sel.backend == analysis.winners(table, LAYER)[8]
 
 
 def test_cli_bench_json_and_backend_filter(capsys):
@@ -83,6 +83,28 @@ def test_cli_bench_bad_layer_spec_and_bare_layer_exit_2(capsys):
     assert "layer:experts=" in capsys.readouterr().err
 
 
+def test_one_spelling_of_a_layer_for_select_bench_flags_and_layer_strings(capsys):
+    # select's flags, bench's `layer` flags and `layer:...` all go through planner.single_layer.
+    flags = ["--experts", "8", "--top-k", "2", "--hidden", "64", "--intermediate", "32",
+             "--activation", "swigluoai", "--swiglu-limit", "7"]
+    assert main(["select", *flags, "--json"]) == 0
+    selected = LayerSpec.model_validate(json.loads(capsys.readouterr().out)["layer"])
+    assert main(["bench", "layer", *flags, "--tokens", "2", "--reps", "1", "--backend", "reference", "--json"]) == 0
+    timed = LayerSpec.model_validate(json.loads(capsys.readouterr().out)["cost_table"]["entries"][0]["layer"])
+    text = bench.parse_layer("layer:experts=8,top_k=2,hidden=64,intermediate=32,act=swigluoai,swiglu_limit=7")
+    assert selected.shape_key() == timed == text
+    assert text.activation_params.limit == 7
+    # The same refusal everywhere: silu_clamp needs its limit.
+    for argv in (["select", *flags[:8], "--activation", "silu_clamp"], ["bench", "layer", *flags[:8], "--activation",
+                                                                       "silu_clamp"]):
+        assert main(argv) == 2
+        assert "silu_clamp needs --swiglu-limit" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="silu_clamp needs"):
+        bench.parse_layer("layer:experts=8,top_k=2,hidden=64,intermediate=32,act=silu_clamp")
+    assert main(["bench", "layer", "--experts", "8", "--top-k", "2"]) == 2
+    assert "missing --hidden, --intermediate" in capsys.readouterr().err
+
+
 def test_cli_bench_ineligible_backend_exits_3_with_the_reason(capsys):
     # marlin needs SM75+: nothing of what was asked can run on the CPU.
     assert main(["bench", TINY, "--tokens", "1", "--reps", "2", "--backend", "marlin"]) == 3
@@ -104,7 +126,7 @@ def test_resolve_target_dedupes_a_model_to_its_shapes():
 def test_run_bench_int4_layer_and_holdout_pass():
     layer = LayerSpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, quant="int4_w4a16:g128")
     saved = []
-    report = bench.run_bench([layer, layer.replace(name="dup", index=3)], (1, 4), device="cpu",
+    report = bench.run_bench([layer, layer.replace(name="dup", index=3)], (1, 4), torch_device="cpu",
                              holdout_tokens=(2,), checkpoint=saved.append, **FAST)
     assert {(e.backend, e.tokens) for e in report.table.entries} == {
         (b, t) for b in ("torch-grouped-mm", "reference") for t in (1, 4)}
@@ -121,7 +143,7 @@ def test_a_failing_backend_is_recorded_and_the_others_still_run(monkeypatch):
         raise RuntimeError("CUDA-like failure in this kernel")
 
     monkeypatch.setattr(ReferenceExperts, "forward", broken)
-    report = bench.run_bench([LAYER], (1, 4), device="cpu", **FAST)
+    report = bench.run_bench([LAYER], (1, 4), torch_device="cpu", **FAST)
     assert {e.backend for e in report.table.entries} == {"torch-grouped-mm"}
     failed = [s for s in report.skipped if s["backend"] == "reference"]
     assert [s["tokens"] for s in failed] == [1, 4] and all(s["stage"] == "forward" for s in failed)
@@ -138,7 +160,7 @@ def test_garbage_output_and_build_failures_are_not_timed(monkeypatch):
         raise ValueError("cannot convert these weights")
 
     monkeypatch.setattr(TorchGroupedMMExperts, "__init__", no_build)
-    report = bench.run_bench([LAYER], (2,), device="cpu", **FAST)
+    report = bench.run_bench([LAYER], (2,), torch_device="cpu", **FAST)
     assert report.table.entries == ()
     stages = {(s["backend"], s["stage"]) for s in report.skipped}
     assert stages == {("reference", "forward"), ("torch-grouped-mm", "build")}
@@ -146,7 +168,7 @@ def test_garbage_output_and_build_failures_are_not_timed(monkeypatch):
 
 
 def test_bench_layers_api_returns_a_cost_table():
-    table = bench.bench_layers([LAYER], "2", backends=["reference"], reps=2, device="cpu")
+    table = bench.bench_layers([LAYER], "2", backends=["reference"], reps=2, torch_device="cpu")
     assert isinstance(table, CostTable) and [(e.backend, e.tokens) for e in table.entries] == [("reference", 2)]
 
 
@@ -158,7 +180,7 @@ def test_measured_policy_script_quick_inprocess(tmp_path):
         import measured_policy
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    code = measured_policy.main(["--out-dir", str(tmp_path), "--device", "cpu", "--quick", "--inprocess",
+    code = measured_policy.main(["--out-dir", str(tmp_path), "--torch-device", "cpu", "--quick", "--inprocess",
                                  "--cases", "qwen3-int4", "--reps", "2", "--input-sets", "2"])
     assert code == 0
     result = json.loads((tmp_path / "measured_policy.json").read_text())

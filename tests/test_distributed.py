@@ -166,8 +166,8 @@ def test_cli_run_refuses_bad_parallel_sizes(capsys):
 def test_cli_run_with_nccl_needs_a_gpu_per_rank(capsys):
     from moe_registry.cli import main
 
-    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "2", "--device", "cuda"]) == 2
+    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "2", "--torch-device", "cuda"]) == 2
     assert "NCCL needs one GPU per rank: 2 ranks, 0 GPUs here" in capsys.readouterr().err
     # vLLM's form: --tp 4 --enable-expert-parallel is EP4 with unsplit experts: 4 ranks as well.
-    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "4", "--enable-expert-parallel", "--device", "cuda"]) == 2
+    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "4", "--enable-expert-parallel", "--torch-device", "cuda"]) == 2
     assert "NCCL needs one GPU per rank: 4 ranks, 0 GPUs here" in capsys.readouterr().err

@@ -71,14 +71,16 @@ DOCUMENTED = [
     (["backends", "--json"], 0),
     (["backends", "--device", "h100", "--json"], 0),
     (["models", "--json"], 0),
-    (["bench", TINY, "--tokens", "2", "--reps", "1", "--device", "cpu", "--json"], 0),
+    (["bench", TINY, "--tokens", "2", "--reps", "1", "--torch-device", "cpu", "--json"], 0),
     # exit 2: an error object on stdout, one line on stderr
     (["explain", "no-such-model", "--json"], 2),
     (["explain", "qwen3-30b-a3b", "--device", "nope", "--json"], 2),
     ([*SELECT, "--tp", "0", "--json"], 2),
     (["select", "--experts", "x", "--json"], 2),
     (["bench", TINY, "--tp", "0", "--json"], 2),
-    (["run", "--preset", "qwen3-30b-a3b", "--device", "meta", "--json"], 2),
+    (["run", "--preset", "qwen3-30b-a3b", "--torch-device", "meta", "--json"], 2),
+    (["run", "--preset", "qwen3-30b-a3b", "--device", "cpu", "--json"], 2),
+    (["bench", TINY, "--device", "cuda", "--json"], 2),
 ]
 
 
@@ -120,7 +122,7 @@ def test_infinite_swiglu_limit_from_a_dict_is_refused():
 
 @pytest.mark.parametrize("literal", ["1e999", "Infinity", "NaN"])
 def test_non_finite_cost_table_exits_2(tmp_path, capsys, literal):
-    code, out, _ = run(capsys, "bench", TINY, "--tokens", "2", "--reps", "1", "--device", "cpu",
+    code, out, _ = run(capsys, "bench", TINY, "--tokens", "2", "--reps", "1", "--torch-device", "cpu",
                        "--out", str(tmp_path / "costs.json"))
     assert code == 0, out
     table = (tmp_path / "costs.json").read_text()
@@ -283,7 +285,7 @@ def test_run_and_bench_without_torch_exit_2():
     # torch made unimportable (None in sys.modules) before the CLI starts.
     code = ("import sys; sys.modules['torch'] = None; from moe_registry.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
-    for args in (["run", "--preset", "qwen3-30b-a3b", "--device", "cpu"], ["bench", TINY, "--device", "cpu"]):
+    for args in (["run", "--preset", "qwen3-30b-a3b", "--torch-device", "cpu"], ["bench", TINY, "--torch-device", "cpu"]):
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
         assert done.returncode == 2, done.stderr
@@ -390,6 +392,15 @@ def test_long_path_is_config_not_found():
 # --- Bad input that used to be accepted --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", [["run", "--preset", "qwen3-30b-a3b"], ["bench", TINY]])
+@pytest.mark.parametrize("device", ["cpu", "cuda", "h100"])
+def test_run_and_bench_refuse_device_and_name_torch_device(capsys, command, device):
+    # --device is a target device preset (explain, select); run and bench measure on this machine.
+    code, out, err = run(capsys, *command, "--device", device)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "--torch-device cpu|cuda" in err and "target device" in err
+
+
 def test_bench_tp_zero_and_unwritable_out_are_refused_before_running(tmp_path, capsys):
     code, _, err = run(capsys, "bench", TINY, "--tp", "0")
     assert code == 2 and "--tp" in err
@@ -403,7 +414,7 @@ def test_bench_tp_zero_and_unwritable_out_are_refused_before_running(tmp_path, c
 
 def test_select_tokens_zero_with_the_measured_policy_is_refused(tmp_path, capsys):
     costs = tmp_path / "costs.json"
-    assert run(capsys, "bench", TINY, "--tokens", "2", "--reps", "1", "--device", "cpu", "--out", str(costs))[0] == 0
+    assert run(capsys, "bench", TINY, "--tokens", "2", "--reps", "1", "--torch-device", "cpu", "--out", str(costs))[0] == 0
     code, _, err = run(capsys, "select", "--experts", "8", "--top-k", "2", "--hidden", "64", "--intermediate", "32",
                        "--device", "cpu", "--policy", "measured", "--costs", str(costs), "--tokens", "0")
     assert code == 2 and "positive token count" in err

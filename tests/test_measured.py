@@ -1,4 +1,4 @@
-"""The measured policy (moe_registry.measured) and its analysis (moe_registry.bench: crossover,
+"""The measured policy (moe_registry.measured) and its analysis (moe_registry.measure.analysis: crossover,
 regret, policy_sides) on hand-made cost tables; the `select --policy measured` CLI path.
 
 Torch-free: nothing here times a kernel.
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from moe_registry.bench import crossover, crossovers, policy_sides, regret, winners
+from moe_registry.measure.analysis import crossover, crossovers, policy_sides, regret, winners
 from moe_registry.cli import main
 from moe_registry.measured import CostEntry, CostTable, MeasuredPolicy
 from moe_registry.schemas.device import PRESETS

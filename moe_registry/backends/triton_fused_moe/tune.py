@@ -12,8 +12,6 @@ token counts tuned now replace theirs).
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -62,36 +60,6 @@ def candidates(T: int, layer: LayerSpec, quant: str, sm: int = 90) -> tuple[int,
     return bm, tiles, list(tiles)
 
 
-def _time_graph(experts: Any, sets: list[tuple[Any, ...]], replays: int) -> float:
-    import torch
-
-    dev = experts.device
-    stream = torch.cuda.Stream(dev)
-    stream.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(stream):
-        for args in sets:
-            experts.run(*args)
-    torch.cuda.current_stream(dev).wait_stream(stream)
-    graphs = []
-    for args in sets:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            experts.run(*args)
-        graphs.append(g)
-    for g in graphs:
-        g.replay()
-    torch.cuda.synchronize(dev)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    for i in range(replays):
-        starts[i].record()
-        graphs[i % len(graphs)].replay()
-        ends[i].record()
-    torch.cuda.synchronize(dev)
-    del graphs
-    return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
-
-
 def layer_weights(layer: LayerSpec, device: Any, seed: int = 0) -> Any:
     """Random canonical weights; FP8 block ones quantized one expert at a time (a whole DeepSeek-V3
     layer in fp32 would be 45 GB before quantization)."""
@@ -123,6 +91,7 @@ def tune_layer(layer: LayerSpec, tokens: tuple[int, ...], *, device: Any = "cuda
 
     from ...execution.patterns import routing_pattern
     from ...execution.weights import torch_dtype
+    from ...measure.timing import time_graph
     from .kernel import TritonFusedMoEExperts
 
     dev = torch.device(device)
@@ -147,7 +116,7 @@ def tune_layer(layer: LayerSpec, tokens: tuple[int, ...], *, device: Any = "cuda
         def measure(cfg: dict[str, dict[str, Any]]) -> float:
             experts.fixed_config = configs.validate(cfg, quant)
             try:
-                return _time_graph(experts, sets, replays)
+                return time_graph(experts.run, sets, experts.device, warmup=len(sets), replays=replays).median_us
             except Exception as exc:  # a tile that does not fit (shared memory): skip it
                 log(f"    skip {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 torch.cuda.synchronize(dev)
@@ -192,27 +161,23 @@ def save_table(layer: LayerSpec, table: dict[int, dict[str, Any]], device_name: 
     return path
 
 
-def main(args: argparse.Namespace) -> int:
-    """CLI entry (``moe-registry tune``)."""
+def tune(layers: list[LayerSpec], labels: dict[LayerSpec, str], tokens: tuple[int, ...], *, budget_s: float = 60.0,
+         out_dir: Path | None = None) -> int:
+    """`moe-registry tune`: tune every layer shape of the target (``labels`` names them) and write
+    one config file per shape."""
     import datetime
 
     import torch
 
-    from ...bench import parse_tokens, resolve_target
-    from ...schemas.layer import ParallelConfig
-
     if not torch.cuda.is_available():
         raise ValueError("tune needs a CUDA GPU (the configs are per card)")
-    layers, labels = resolve_target(args.target, args.quant, ParallelConfig(tp=args.tp, ep=args.ep), args)
-    tokens = parse_tokens(args.tokens)
     name = torch.cuda.get_device_name()
-    out_dir = Path(args.out_dir) if args.out_dir else None
     for layer in layers:
         quant = layer.quant.kind.value
         if quant not in ("bf16", "fp16", "fp8", "fp8_block"):
             raise ValueError(f"triton-fused-moe runs bf16, fp16, fp8, fp8_block; {labels[layer]} is {quant}")
         print(f"== {labels[layer]}: {layer.describe()}", flush=True)
-        table = tune_layer(layer, tokens, budget_s=args.budget_s)
+        table = tune_layer(layer, tokens, budget_s=budget_s)
         meta = {"card": name, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__, "triton": __import__("triton").__version__,
                 "method": "CUDA graph replay of the whole forward, median, 3 rotated random input sets"}

@@ -7,13 +7,12 @@ reference backend on the same (dequantized) weights.
 
 from __future__ import annotations
 
-import re
-import statistics
 import time
 from typing import Any
 
-from .planner import plan_model
-from .schemas.layer import RoutingMethod
+from ..planner import plan_model
+from ..schemas.layer import RoutingMethod
+from . import timing
 
 # Routers that need checkpoint tensors (DeepSeek's correction bias, Gemma 4's per-expert scale)
 # are replaced by softmax top-k renormalised: the experts' kernel sees the same kind of input.
@@ -21,38 +20,13 @@ _SELF_CONTAINED = {RoutingMethod.SOFTMAX_TOPK, RoutingMethod.TOPK_SOFTMAX, Routi
                    RoutingMethod.LLAMA4, RoutingMethod.SIGMOID, RoutingMethod.SIGMOID_RENORM}
 
 
-def _timer(device):
-    import torch
-
-    if device.type == "cuda":
-        def run(fn, repeats: int) -> list[float]:
-            times = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) * 1e3)
-            return times
-    else:
-        def run(fn, repeats: int) -> list[float]:
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e6)
-            return times
-    return run
-
-
-def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: str | None = None, seed: int = 0,
+def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_device: str | None = None, seed: int = 0,
                      force: str | None = None, quant: str | None = None, repeats: int = 20) -> dict[str, Any]:
     import torch
 
-    from .backends.reference.kernel import ReferenceExperts
-    from .execution import build_experts, random_weights, route
-    from .selection import select_backend
+    from ..backends.reference.kernel import ReferenceExperts
+    from ..execution import build_experts, random_weights, route
+    from ..selection import select_backend
 
     if tokens < 1:
         raise ValueError("--tokens must be at least 1")
@@ -65,24 +39,18 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: s
         raise ValueError(f"layer {layer} of {plan.model} is not an MoE layer; MoE layers: "
                          f"{moe[0]}-{moe[-1]} ({len(moe)})" if moe else f"{plan.model} has no MoE layers")
     spec = by_index[layer]
-    if device is not None and not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", device):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N (the torch device to run on), got {device!r}")
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available here")
-    if torch_device.type == "cuda" and (torch_device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    dev = timing.torch_device(torch_device)
 
     # Select for this machine (device=None: detected, packages checked); a CPU run on a GPU
     # machine plans for the CPU instead.
-    from .schemas.device import detect
+    from ..schemas.device import detect
 
-    target = "cpu" if torch_device.type == "cpu" and detect().vendor != "cpu" else None
+    target = "cpu" if dev.type == "cpu" and detect().vendor != "cpu" else None
     selection = select_backend(spec, target, force=force)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    weights = random_weights(spec, device=torch_device, seed=seed)
-    hidden = torch.randn(tokens, spec.hidden_size, generator=generator).to(torch_device, torch.bfloat16)
-    logits = torch.randn(tokens, spec.num_experts, generator=generator).to(torch_device)
+    weights = random_weights(spec, device=dev, seed=seed)
+    hidden = torch.randn(tokens, spec.hidden_size, generator=generator).to(dev, torch.bfloat16)
+    logits = torch.randn(tokens, spec.num_experts, generator=generator).to(dev)
     method = spec.routing if spec.routing in _SELF_CONTAINED else RoutingMethod.SOFTMAX_TOPK_RENORM
     topk_weights, topk_ids = route(logits, spec, method=method)
 
@@ -90,21 +58,22 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, device: s
     reference = ReferenceExperts(spec, weights)
     t_first = time.perf_counter()
     out = experts(hidden, topk_weights, topk_ids)  # warm-up (and first-use setup, e.g. a JIT compile)
-    if torch_device.type == "cuda":
-        torch.cuda.synchronize(torch_device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     t_first = time.perf_counter() - t_first
-    timer = _timer(torch_device)
-    times = timer(lambda: experts(hidden, topk_weights, topk_ids), repeats)
+    # The first call above was the warm-up; exactly ``repeats`` timed calls follow.
+    timed = timing.time_calls(lambda: experts(hidden, topk_weights, topk_ids), [()], dev, warmup=0,
+                              max_reps=repeats, budget_s=None)
     ref = reference(hidden, topk_weights, topk_ids).float()
     diff = (out.float() - ref)
     rel = (diff.norm() / ref.norm().clamp_min(1e-30)).item()
     return {
         "model": plan.model, "layer": spec.name, "shape": spec.describe(), "tokens": tokens,
-        "device": str(torch_device) + (f" ({torch.cuda.get_device_name(torch_device)})"
-                                       if torch_device.type == "cuda" else ""),
+        "device": (str(torch.device(torch_device)) if torch_device else dev.type)
+                  + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "backend": selection.backend, "decided_by": selection.decided_by, "fingerprint": selection.fingerprint,
         "routing": method.value + ("" if method == spec.routing else f" (stand-in for {spec.routing.value if spec.routing else 'unknown'})"),
-        "median_us": round(statistics.median(times), 2), "repeats": repeats,
+        "median_us": round(timed.median_us, 2), "repeats": repeats,
         "rel_error_vs_reference": float(f"{rel:.3e}"),
         "max_abs_error_vs_reference": float(f"{diff.abs().max().item():.3e}"),
         "first_call_s": round(t_first, 3),

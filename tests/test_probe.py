@@ -365,3 +365,40 @@ def test_tolerances_come_from_the_declaration():
     fp8 = layer.replace(quant="fp8")
     assert oracle.tolerance_for(native, fp8)[0] == oracle.TOL_FP8
     assert oracle.tolerance_for(native, layer.replace(quant="int4_w4a16"))[0] == oracle.TOL_16BIT
+
+
+# --- 5. selection.judge: the probe's view of one declaration ----------------------------------------
+
+
+def test_judge_tells_the_format_rule_from_a_declaration():
+    from moe_registry.schemas.device import PRESETS
+    from moe_registry.selection import DeclaredPriority, evaluate, judge
+
+    registry = Registry(entry_points=False)
+    env, declarations, cpu = registry.environment(), registry.declarations(), PRESETS["cpu"]
+    aligned = grid.layer_for(SMALL[0], Activation.SILU, QuantScheme(kind=QuantKind.NVFP4))
+    assert judge(REFERENCE, aligned, cpu, env, declarations).declared
+    # I=200 splits NvFP4's 16-element scale groups: only the format's rule rejects it for the reference...
+    unaligned = aligned.replace(intermediate_size=200)
+    verdict = judge(REFERENCE, unaligned, cpu, env, declarations)
+    assert not verdict.declared and verdict.format_rule_only
+    assert [(r.code, r.field) for r in verdict.reasons] == [(ReasonCode.SHAPE_UNALIGNED, "intermediate")]
+    # ...while a declaration without NvFP4 is rejected on its own account too.
+    bf16_only = REFERENCE.model_copy(update={"quant": tuple(q for q in REFERENCE.quant if q.kind is QuantKind.BF16)})
+    verdict = judge(bf16_only, unaligned, cpu, env, declarations)
+    assert not verdict.format_rule_only and ReasonCode.QUANT_UNSUPPORTED in {r.code for r in verdict.reasons}
+    # The same reasons selection's evaluate gives under the default policy.
+    assert list(verdict.reasons) == evaluate(bf16_only, unaligned, cpu, env, DeclaredPriority(), declarations).reasons
+
+
+def test_judge_reports_the_declared_padding():
+    from moe_registry.schemas.device import PRESETS
+    from moe_registry.selection import judge
+
+    registry = Registry(entry_points=False)
+    layer = grid.layer_for(ShapeClass(name="I=704", num_experts=4, top_k=2, hidden_size=512, intermediate_size=704,
+                                      tokens=16), Activation.SILU, QuantScheme(kind=QuantKind.BF16))
+    verdict = judge(registry.get("trtllm-bf16"), layer, PRESETS["b200"], registry.environment(),
+                    registry.declarations())
+    # Its declared pad rule: the intermediate to a multiple of 128 (704 -> 768).
+    assert [(p.dimension, p.original, p.padded) for p in verdict.paddings] == [("intermediate", 704, 768)]

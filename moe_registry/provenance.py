@@ -9,7 +9,7 @@ the schemas: rendering a declaration loads neither torch nor the probe's subproc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .schemas.activation import Activation
 from .schemas.capability import BackendCapability, HardwareStatus
@@ -46,7 +46,8 @@ def apply_verification(decl: BackendCapability, record: ProbeRecord, record_path
     counts = summary["declared"]
     note = (f"moe-registry probe {record.date[:10]} on {record.card}: {counts['passed']} declared combinations "
             f"passed, {counts['wrong'] + counts['raised']} failed")
-    status = "verified" if summary["status"] == "verified" else "not verified on hardware"
+    status: Literal["verified", "not verified on hardware"] = (
+        "verified" if summary["status"] == "verified" else "not verified on hardware")
     hardware = [h for h in data["hardware"] if h["devices"] != tag]
     hardware.append(HardwareStatus(devices=tag, status=status, record=record_path, note=note).model_dump())
     data["hardware"] = hardware
@@ -68,7 +69,8 @@ def verification_by_family(decl: BackendCapability) -> dict[str, dict[str, list[
             device = get_device(tag)
         except ValueError:
             device = None
-        verified, cited = [], []
+        verified: list[str] = []
+        cited: list[str] = []
         for act, impl in decl.activations.items():
             (verified if tag in impl.verified_on else cited).append(f"activation {act.value}")
         for s in decl.quant:

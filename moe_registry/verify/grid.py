@@ -5,7 +5,7 @@ only, through ``selection.judge``; no torch, no subprocess)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -88,7 +88,7 @@ def layer_for(shape: ShapeClass, activation: Activation, scheme: QuantScheme, *,
               router_weight_on_input: bool = False) -> LayerSpec:
     """The layer of one combination. Router weight on the input is probed with top-1 routing."""
     # fp16 is a kind of its own (unquantized fp16 weights): its hidden states are fp16 as well.
-    dtype = "fp16" if scheme.kind is QuantKind.FP16 else "bf16"
+    dtype: Literal["bf16", "fp16"] = "fp16" if scheme.kind is QuantKind.FP16 else "bf16"
     # silu_clamp has no default limit; a small one so the clamp binds on the probe's random data.
     params = SiluClampParams(limit=1.0) if activation is Activation.SILU_CLAMP else None
     return LayerSpec(num_experts=shape.num_experts, top_k=1 if router_weight_on_input else shape.top_k,

@@ -77,8 +77,9 @@ def _drift(results: Sequence[ComboResult]) -> tuple[tuple[DriftItem, ...], tuple
     drift: list[DriftItem] = []
     findings: list[DriftItem] = []
     for r in results:
-        common = dict(backend=r.backend, shape=r.shape, activation=r.activation, quant=r.quant, status=r.status,
-                      bias=r.bias, apply_router_weight_on_input=r.apply_router_weight_on_input)
+        common: dict[str, Any] = dict(backend=r.backend, shape=r.shape, activation=r.activation, quant=r.quant,
+                                      status=r.status, bias=r.bias,
+                                      apply_router_weight_on_input=r.apply_router_weight_on_input)
         if r.declared and r.status in ("wrong", "raised"):
             detail = r.message or (f"relative error {r.rel_error:.3g}" if r.rel_error is not None else "")
             drift.append(DriftItem(kind="declared_but_failing", detail=detail, **common))
@@ -115,9 +116,10 @@ def run_probe(backends: Sequence[str] | None = None, quick: bool = False, regist
 
     ``activations`` / ``quant_kinds`` / ``shapes`` (shape class names, or ShapeClass objects of
     your own) replace the grid (for tests and focused runs); ``features=False`` leaves out the
-    bias / router-weight-on-input combinations. ``progress``: a progress bar when stdout is a terminal. ``isolate=False``
-    runs in this process (a crash then ends the probe). ``timeout_s``: per combination (default
-    ``$MOE_REGISTRY_PROBE_TIMEOUT`` or 180 s); ``startup_s`` more for a worker's first result.
+    bias / router-weight-on-input combinations. ``progress``: a progress bar when stdout is a
+    terminal. ``isolate=False`` runs in this process (a crash then ends the probe). ``timeout_s``:
+    per combination (default ``$MOE_REGISTRY_PROBE_TIMEOUT`` or 180 s); ``startup_s`` more for a
+    worker's first result.
     """
     from .. import __version__
     from ..registry import default_registry

@@ -228,8 +228,8 @@ def verification_summary(record: ProbeRecord) -> dict[str, Any]:
     declared combinations ran and none failed.
     """
     out: dict[str, Any] = {"device": record.device_tag, "card": record.card, "date": record.date,
-                           "registry_digest": record.registry_digest, "moe_registry_version": record.moe_registry_version,
-                           "quick": record.quick, "backends": {}}
+                           "registry_digest": record.registry_digest,
+                           "moe_registry_version": record.moe_registry_version, "quick": record.quick, "backends": {}}
     for probe in record.backends:
         if probe.status != "probed":
             out["backends"][probe.backend] = {"status": "not run", "reason": probe.reason}
@@ -240,9 +240,12 @@ def verification_summary(record: ProbeRecord) -> dict[str, Any]:
                           ("shapes", lambda r: r.shape), ("features", _feature_of)):
             ran: dict[str, list[ComboResult]] = {}
             for r in results:
-                if key(r) is not None:
-                    ran.setdefault(key(r), []).append(r)
-            verified, failing, undeclared = [], [], []
+                value = key(r)
+                if value is not None:
+                    ran.setdefault(value, []).append(r)
+            verified: list[str] = []
+            failing: list[str] = []
+            undeclared: list[str] = []
             for name, rs in ran.items():
                 declared_ran = [r for r in rs if r.declared and r.status != "skipped"]
                 if any(r.status in ("wrong", "raised") for r in declared_ran):

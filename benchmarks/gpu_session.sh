@@ -50,7 +50,7 @@ for s in "$@"; do case $s in
   # Humming JIT-compiles every (format, GEMM shape, features) on first use (~10-15 s each, one NVRTC thread):
   # fill its cache with one probe per quant kind in parallel, so the recorded probe then measures the kernels.
   probe-warm) for k in ${WARM_KINDS:-int4_w4a16 nvfp4 nvfp4_w4a16 mxfp4}; do
-                MOE_REGISTRY_PROBE_TIMEOUT=120 timeout "${WARM_LIMIT:-300}" python3 -c "from moe_registry.probe import \
+                MOE_REGISTRY_PROBE_TIMEOUT=120 timeout "${WARM_LIMIT:-300}" python3 -c "from moe_registry.verify.probe import \
 run_probe; r = run_probe(['humming'], quick=True, quant_kinds=['$k'], progress=False); print('$k', r.summary)" \
                   > "$OUT/r/probe-warm-$k.log" 2>&1 & done; t0=$SECONDS; wait; echo "probe-warm: $((SECONDS - t0))s"
               tail -n 3 "$OUT"/r/probe-warm-*.log ;;

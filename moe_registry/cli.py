@@ -305,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .probe import main as probe_main
+    from .verify.report import main as probe_main
 
     return probe_main(args)
 

@@ -590,7 +590,7 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
 
 def verification_text(d: BackendCapability) -> str:
     """Per device family: verified on hardware (with the record) or only cited from upstream."""
-    from .probe import verification_lines
+    from .provenance import verification_lines
 
     return " | ".join(verification_lines(d))
 

@@ -516,6 +516,34 @@ def _paddings(layer: LayerSpec, multiples: dict[str, int]) -> tuple[Padding, ...
         for dim, orig in (("hidden", h), ("intermediate", i)) if padded[dim] != orig)
 
 
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """What selection decides about one declaration for one layer (see :func:`judge`)."""
+
+    reasons: tuple[Reason, ...]  # every failed rule; none: the declaration covers the layer
+    paddings: tuple[Padding, ...]  # the dimensions the backend pads for this layer
+    format_rule_only: bool  # rejected, but only by the format-wide scale-group rule (no backend rule)
+
+    @property
+    def declared(self) -> bool:
+        return not self.reasons
+
+
+def judge(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Environment,
+          declarations: Sequence[BackendCapability] = (), policy: Policy | None = None) -> Judgement:
+    """One declaration against one layer, for tools that check declarations against kernels
+    (``moe-registry probe``): exactly what :func:`evaluate` decides under ``policy`` (default:
+    approximations accepted, padding allowed), with the paddings it implies, and whether the only
+    rejections come from the quantization format's scale-group rule (a fact of the format that
+    holds for every backend alike, not of this declaration)."""
+    v = evaluate(d, layer, device, env, policy if policy is not None else DeclaredPriority(), declarations)
+    fmt = _Verdict()
+    _check_format_groups(layer, fmt)  # the format rule alone: no backend, no padded sizes
+    own = [r for r in v.reasons if r not in fmt.reasons]
+    return Judgement(reasons=tuple(v.reasons), paddings=_paddings(layer, v.padding),
+                     format_rule_only=bool(v.reasons) and not own)
+
+
 # --- Resolution ---------------------------------------------------------------------------------
 
 

@@ -20,13 +20,16 @@ import pytest
 
 pytest.importorskip("torch")
 
-from moe_registry import probe  # noqa: E402
+from moe_registry import provenance  # noqa: E402
 from moe_registry.backends.reference import DECLARATION as REFERENCE  # noqa: E402
-from moe_registry.probe import ProbeRecord, ShapeClass, run_probe  # noqa: E402
 from moe_registry.registry import Registry  # noqa: E402
 from moe_registry.schemas.activation import Activation  # noqa: E402
 from moe_registry.schemas.quant import QuantKind, QuantScheme  # noqa: E402
 from moe_registry.schemas.selection import ReasonCode  # noqa: E402
+from moe_registry.verify import grid, oracle, probe, report  # noqa: E402
+from moe_registry.verify.grid import ShapeClass  # noqa: E402
+from moe_registry.verify.probe import run_probe  # noqa: E402
+from moe_registry.verify.record import ProbeRecord, verification_summary  # noqa: E402
 
 # Small stand-ins for the probe's quick classes: 176 = 11 x 16 is unaligned to 32/64/128, so it
 # also exercises the format-wide scale-group rule (mxfp4 cannot even be quantized there).
@@ -167,7 +170,7 @@ def test_reference_has_no_drift_and_every_declared_combination_passes(reference_
     assert [r.label() for r in declared if r.status != "passed"] == []
     assert record.drift == ()
     # The reference is held to the float64 oracle: 16-bit activation schemes within 2e-2.
-    assert max(r.rel_error for r in declared if r.tolerance == probe.TOL_16BIT) < probe.TOL_16BIT
+    assert max(r.rel_error for r in declared if r.tolerance == oracle.TOL_16BIT) < oracle.TOL_16BIT
     # int4 at I=704 uses group 64 (128 does not divide 704): the weights exist and it is declared.
     r704 = _result(record, "reference", "I=704", "silu", "int4_w4a16")
     assert r704.quant == QuantScheme(kind=QuantKind.INT4_W4A16, group_size=64) and r704.declared
@@ -210,8 +213,8 @@ def test_wrong_declaration_reports_exactly_two_drifts(plugin_registry):
     # mxfp4 (32-element blocks) cannot represent K=176: skipped with the quantizer's reason.
     mx = _result(record, "acme-drift", "I=176", "silu", "mxfp4")
     assert mx.status == "skipped" and "cannot build the layer's weights" in mx.message
-    assert probe.main_exit_code(record) == probe.EXIT_DRIFT
-    summary = probe.verification_summary(record)["backends"]["acme-drift"]
+    assert report.main_exit_code(record) == report.EXIT_DRIFT
+    summary = verification_summary(record)["backends"]["acme-drift"]
     assert summary["status"] == "failing"
     assert summary["activations"]["failing"] == ["relu2_no_mul"]
     assert summary["activations"]["undeclared_working"] == ["gelu_no_mul"]
@@ -232,10 +235,10 @@ def test_feature_drift_is_reported_both_ways(plugin_registry):
     assert all("+bias" in d.describe() for d in working)
     failing = _result(record, "acme-features", "aligned", "silu", router_weight_on_input=True)
     assert failing.declared and failing.status == "raised" and "never scales the input" in failing.message
-    summary = probe.verification_summary(record)["backends"]["acme-features"]
+    summary = verification_summary(record)["backends"]["acme-features"]
     assert summary["features"] == {"verified": [], "failing": ["router_weight_on_input"],
                                    "undeclared_working": ["bias"]}
-    assert probe.main_exit_code(record) == probe.EXIT_DRIFT
+    assert report.main_exit_code(record) == report.EXIT_DRIFT
 
 
 # --- 3. A CUDA-like error and a hard crash do not stop the others ----------------------------------
@@ -296,25 +299,25 @@ def test_record_round_trips(reference_record, tmp_path):
 
 
 def test_verification_summary_and_provenance(reference_record):
-    summary = probe.verification_summary(reference_record)
+    summary = verification_summary(reference_record)
     ref = summary["backends"]["reference"]
     assert summary["device"] == "cpu" and ref["status"] == "verified"
     assert set(ref["activations"]["verified"]) == {a.value for a in Activation}
     assert "bf16" in ref["quant"]["verified"] and ref["quant"]["failing"] == []
     assert sorted(ref["features"]["verified"]) == ["bias", "router_weight_on_input"]
-    updated = probe.apply_verification(REFERENCE, reference_record, "docs/verification/cpu-probe.json")
+    updated = provenance.apply_verification(REFERENCE, reference_record, "docs/verification/cpu-probe.json")
     assert all("cpu" in impl.verified_on for impl in updated.activations.values())
     assert "cpu" in updated.features.verified_on and "cpu" not in REFERENCE.features.verified_on
     assert [h.status for h in updated.hardware if h.devices == "cpu"] == ["verified"]
-    lines = probe.verification_lines(updated)
+    lines = provenance.verification_lines(updated)
     (cpu_line,) = [line for line in lines if line.startswith("cpu:")]
     assert cpu_line.startswith("cpu: verified (docs/verification/cpu-probe.json); verified activations silu")
     # The committed declaration already points at the H100 record; the CPU line is what this record added.
-    assert [line.split(":")[0] for line in probe.verification_lines(REFERENCE)] == ["sm90"]
+    assert [line.split(":")[0] for line in provenance.verification_lines(REFERENCE)] == ["sm90"]
     unverified = REFERENCE.model_copy(update={"hardware": (), "activations": {
         a: i.model_copy(update={"verified_on": ()}) for a, i in REFERENCE.activations.items()},
         "quant": tuple(q.model_copy(update={"verified_on": ()}) for q in REFERENCE.quant)})
-    assert probe.verification_lines(unverified) == ["cited from upstream source only"]
+    assert provenance.verification_lines(unverified) == ["cited from upstream source only"]
 
 
 def test_cli_json_output_parses_and_out_writes_a_record(tmp_path, monkeypatch, capsys):
@@ -355,10 +358,47 @@ def test_tolerances_come_from_the_declaration():
     # A backend that runs every scheme as declared, without dequantizing at load (test-only).
     native = REFERENCE.model_copy(update={"quant": tuple(s.model_copy(update={"dequantized_at_load": False})
                                                          for s in REFERENCE.quant)})
-    layer = probe.layer_for(SMALL[0], Activation.SILU, QuantScheme(kind=QuantKind.NVFP4))
-    assert probe.tolerance_for(native, layer)[0] == probe.TOL_FP4  # W4A4 scheme, not dequantized at load
-    assert probe.tolerance_for(GROUPED, layer)[0] == probe.TOL_16BIT  # dequantized at load: bf16 activations
-    assert probe.tolerance_for(REFERENCE, layer)[0] == probe.TOL_16BIT  # holds fp32 weights, quantizes no activation
+    layer = grid.layer_for(SMALL[0], Activation.SILU, QuantScheme(kind=QuantKind.NVFP4))
+    assert oracle.tolerance_for(native, layer)[0] == oracle.TOL_FP4  # W4A4 scheme, not dequantized at load
+    assert oracle.tolerance_for(GROUPED, layer)[0] == oracle.TOL_16BIT  # dequantized at load: bf16 activations
+    assert oracle.tolerance_for(REFERENCE, layer)[0] == oracle.TOL_16BIT  # holds fp32 weights, quantizes no activation
     fp8 = layer.replace(quant="fp8")
-    assert probe.tolerance_for(native, fp8)[0] == probe.TOL_FP8
-    assert probe.tolerance_for(native, layer.replace(quant="int4_w4a16"))[0] == probe.TOL_16BIT
+    assert oracle.tolerance_for(native, fp8)[0] == oracle.TOL_FP8
+    assert oracle.tolerance_for(native, layer.replace(quant="int4_w4a16"))[0] == oracle.TOL_16BIT
+
+
+# --- 5. selection.judge: the probe's view of one declaration ----------------------------------------
+
+
+def test_judge_tells_the_format_rule_from_a_declaration():
+    from moe_registry.schemas.device import PRESETS
+    from moe_registry.selection import DeclaredPriority, evaluate, judge
+
+    registry = Registry(entry_points=False)
+    env, declarations, cpu = registry.environment(), registry.declarations(), PRESETS["cpu"]
+    aligned = grid.layer_for(SMALL[0], Activation.SILU, QuantScheme(kind=QuantKind.NVFP4))
+    assert judge(REFERENCE, aligned, cpu, env, declarations).declared
+    # I=200 splits NvFP4's 16-element scale groups: only the format's rule rejects it for the reference...
+    unaligned = aligned.replace(intermediate_size=200)
+    verdict = judge(REFERENCE, unaligned, cpu, env, declarations)
+    assert not verdict.declared and verdict.format_rule_only
+    assert [(r.code, r.field) for r in verdict.reasons] == [(ReasonCode.SHAPE_UNALIGNED, "intermediate")]
+    # ...while a declaration without NvFP4 is rejected on its own account too.
+    bf16_only = REFERENCE.model_copy(update={"quant": tuple(q for q in REFERENCE.quant if q.kind is QuantKind.BF16)})
+    verdict = judge(bf16_only, unaligned, cpu, env, declarations)
+    assert not verdict.format_rule_only and ReasonCode.QUANT_UNSUPPORTED in {r.code for r in verdict.reasons}
+    # The same reasons selection's evaluate gives under the default policy.
+    assert list(verdict.reasons) == evaluate(bf16_only, unaligned, cpu, env, DeclaredPriority(), declarations).reasons
+
+
+def test_judge_reports_the_declared_padding():
+    from moe_registry.schemas.device import PRESETS
+    from moe_registry.selection import judge
+
+    registry = Registry(entry_points=False)
+    layer = grid.layer_for(ShapeClass(name="I=704", num_experts=4, top_k=2, hidden_size=512, intermediate_size=704,
+                                      tokens=16), Activation.SILU, QuantScheme(kind=QuantKind.BF16))
+    verdict = judge(registry.get("trtllm-bf16"), layer, PRESETS["b200"], registry.environment(),
+                    registry.declarations())
+    # Its declared pad rule: the intermediate to a multiple of 128 (704 -> 768).
+    assert [(p.dimension, p.original, p.padded) for p in verdict.paddings] == [("intermediate", 704, 768)]

@@ -57,7 +57,7 @@ class Row:
 
 
 def _probe_rows(name: str, data: dict) -> list[Row]:
-    from moe_registry.probe import ProbeRecord
+    from moe_registry.verify.record import ProbeRecord
 
     record = ProbeRecord.model_validate(data)
     tag = record.device_tag

@@ -1,8 +1,8 @@
 """The probe's worker: runs one backend's combinations and streams one JSON line per result.
 
-``python -m moe_registry.probe_worker JOB.json [--start N]`` runs combinations ``N..`` of the job
-written by ``moe_registry.probe`` (one backend, its adapter ``module:Class``, the combinations in
-order) and writes, on its own stdout, one JSON object per line:
+``python -m moe_registry.verify.worker JOB.json [--start N]`` runs combinations ``N..`` of the job
+written by ``moe_registry.verify.supervisor`` (one backend, its adapter ``module:Class``, the
+combinations in order) and writes, on its own stdout, one JSON object per line:
 
 - ``{"event": "hello", ...}`` once the adapter class is imported (or ``"error"`` if it is not);
 - ``{"event": "result", "index": i, "status": ..., ...}`` per finished combination, in order;
@@ -17,7 +17,7 @@ Each combination builds random weights of its layer (quantized with the layer's 
 across activations of the same shape), random hidden states and routing, constructs the adapter
 directly (no selection: undeclared combinations are attempted too), runs ``forward`` and compares
 with the oracle: ``ReferenceExperts`` on the same weights, or, for the ``reference`` backend
-itself, an independent float64 dense evaluation written below.
+itself, an independent float64 dense evaluation (``oracle.dense_oracle``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import argparse
 import faulthandler
 import importlib
 import json
-import math
 import os
 import sys
 import time
 import zlib
 from typing import Any, Callable
+
+from .oracle import compare, dense_oracle
 
 EXIT_CUDA_CONTEXT = 3  # the worker stopped after a CUDA error; restart it at the next combination
 
@@ -62,77 +63,6 @@ def load_adapter(spec: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, Experts)):
         raise TypeError(f"adapter {spec!r} is not an Experts subclass")
     return cls
-
-
-# --- The float64 oracle (for the reference backend itself) ----------------------------------------
-
-def _act64(h: Any, layer: Any) -> Any:
-    """Every activation from its definition, in float64 (shares no code with execution.activations)."""
-    import torch
-
-    from moe_registry.schemas.activation import Activation
-
-    act = layer.activation
-    if act is Activation.SWIGLUOAI:
-        p = layer.swigluoai
-        n = h.shape[-1] // 2
-        gate, up = (h[..., 0::2], h[..., 1::2]) if p.interleaved else (h[..., :n], h[..., n:])
-        if p.limit is not None:
-            gate = torch.minimum(gate, torch.full_like(gate, p.limit))
-            up = torch.maximum(torch.minimum(up, torch.full_like(up, p.limit)), torch.full_like(up, -p.limit))
-        return (up + p.up_offset) * gate / (1 + torch.exp(-p.alpha * gate))
-
-    def silu(g: Any) -> Any:
-        return g / (1 + torch.exp(-g))
-
-    if act is Activation.SILU_CLAMP:
-        n, limit = h.shape[-1] // 2, layer.silu_clamp_limit
-        gate, up = h[..., :n], h[..., n:]
-        gate = torch.minimum(gate, torch.full_like(gate, limit))
-        up = torch.maximum(torch.minimum(up, torch.full_like(up, limit)), torch.full_like(up, -limit))
-        return silu(gate) * up
-
-    def gelu(g: Any) -> Any:
-        return 0.5 * g * (1 + torch.special.erf(g / math.sqrt(2)))
-
-    def gelu_tanh(g: Any) -> Any:
-        return 0.5 * g * (1 + torch.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g ** 3)))
-
-    def relu2(g: Any) -> Any:
-        return torch.where(g > 0, g * g, torch.zeros_like(g))
-
-    fn = {Activation.SILU: silu, Activation.GELU: gelu, Activation.GELU_TANH: gelu_tanh,
-          Activation.SILU_NO_MUL: silu, Activation.GELU_NO_MUL: gelu, Activation.GELU_TANH_NO_MUL: gelu_tanh,
-          Activation.RELU2_NO_MUL: relu2}[act]
-    if not act.is_gated:
-        return fn(h)
-    n = h.shape[-1] // 2
-    return fn(h[..., :n]) * h[..., n:]
-
-
-def dense_oracle(layer: Any, weights: Any, x: Any, topk_weights: Any, topk_ids: Any) -> Any:
-    """Every expert for every (token, slot) pair with dense einsums, combined through a one-hot
-    ``[T, k, E]`` matrix; float64 throughout, on the dequantized weights. Returns ``[T, H]`` float64."""
-    import torch
-
-    d = torch.float64
-    plain = weights.dequantized(torch.float32)
-    w13, w2 = plain.w13.to(d), plain.w2.to(d)
-    n_exp = w2.shape[0]
-    X, S = x.to(d), topk_weights.to(d)
-    T, k = topk_ids.shape
-    onehot = torch.nn.functional.one_hot(topk_ids.long(), n_exp).to(d)  # [T, k, E]
-    if layer.apply_router_weight_on_input:
-        xin, scale = S[..., None] * X[:, None, :], torch.ones_like(S)
-    else:
-        xin, scale = X[:, None, :].expand(T, k, X.shape[1]), S
-    h = torch.einsum("tjh,erh->tjer", xin, w13)
-    if plain.w13_bias is not None:
-        h = h + plain.w13_bias.to(d)
-    y = torch.einsum("tjei,ehi->tjeh", _act64(h, layer), w2)
-    if plain.w2_bias is not None:
-        y = y + plain.w2_bias.to(d)
-    return torch.einsum("tje,tj,tjeh->th", onehot, scale, y)
 
 
 # --- Running combinations -----------------------------------------------------------------------
@@ -199,31 +129,6 @@ class _Context:
             self.torch.cuda.synchronize(self.device)
 
 
-def _compare(ctx: _Context, out: Any, ref: Any, layer: Any, tokens: int, tolerance: float) -> dict[str, Any]:
-    from moe_registry.execution.weights import torch_dtype
-
-    torch = ctx.torch
-    expected = (tokens, layer.hidden_size)
-    if not isinstance(out, torch.Tensor):
-        return {"status": "wrong", "message": f"forward returned a {type(out).__name__}, not a tensor"}
-    if tuple(out.shape) != expected:
-        return {"status": "wrong", "message": f"output shape {list(out.shape)}, expected {list(expected)}"}
-    if out.dtype != torch_dtype(layer):
-        return {"status": "wrong", "message": f"output dtype {out.dtype}, expected {torch_dtype(layer)} (layer dtype)"}
-    out32, ref32 = out.float(), ref.float()
-    if not bool(torch.isfinite(out32).all()):
-        bad = int((~torch.isfinite(out32)).sum())
-        return {"status": "wrong", "message": f"non-finite output ({bad} NaN/inf values)", "rel_error": None}
-    diff = out32 - ref32
-    denom = float(ref32.norm())
-    rel = float(diff.norm()) / denom if denom > 0 else float(diff.norm())
-    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
-    result = {"rel_error": rel, "max_abs_error": max_abs}
-    if rel <= tolerance:
-        return {"status": "passed", **result}
-    return {"status": "wrong", "message": f"relative error {rel:.3g} > tolerance {tolerance:g}", **result}
-
-
 def run_combo(ctx: _Context, cls: type, combo: dict[str, Any], oracle: str) -> dict[str, Any]:
     """One combination -> a result dict (status, errors, message). Never raises; ``fatal`` marks a
     CUDA error after which this process must not run anything else."""
@@ -265,7 +170,7 @@ def run_combo(ctx: _Context, cls: type, combo: dict[str, Any], oracle: str) -> d
                     "fatal": True}
         return {"status": "skipped", "message": "the oracle failed: " + one_line(exc)}
     try:
-        return _compare(ctx, out, ref, layer, tokens, float(combo["tolerance"]))
+        return compare(out, ref, layer, tokens, float(combo["tolerance"]))
     except Exception as exc:
         return {"status": "raised", "message": "reading the output failed: " + one_line(exc),
                 "fatal": poisons_cuda(exc)}
@@ -312,7 +217,7 @@ def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_registry.probe_worker")
+    parser = argparse.ArgumentParser(prog="python -m moe_registry.verify.worker")
     parser.add_argument("job")
     parser.add_argument("--start", type=int, default=0)
     args = parser.parse_args(argv)

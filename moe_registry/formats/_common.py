@@ -67,12 +67,29 @@ def e2m1_decode(data: torch.Tensor) -> torch.Tensor:
 
 
 class TensorFormat:
-    """Mixin of the format dataclasses: ``.to(device)`` moves every tensor field."""
+    """Mixin of the format dataclasses: ``.to(device)`` moves every tensor field, ``.expert(e)``
+    slices every tensor field; ``.padded`` / ``.gate_up_swapped`` are the exact row-wise layout
+    changes (``formats.rows``) a format supports (the default refuses)."""
 
     def to(self, device: torch.device | str):
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
+
+    def expert(self, e: int):
+        """Expert ``e`` of an ``[E, N, K]`` weight as ``[N, K]``."""
+        fields = {f.name: getattr(self, f.name)[e] for f in dataclasses.fields(self)
+                  if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **fields)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int):
+        """Zero-padded so that it dequantizes to the zero-padded weight exactly: rows in
+        consecutive ``(rows, rows_to)`` segments, K to ``k_to``."""
+        raise ValueError(f"cannot pad a {type(self).__name__} weight")
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False):
+        """Gated GEMM1 rows ``[gate; up]`` (or interleaved) reordered to ``[up; gate]``, scales with them."""
+        raise ValueError(f"cannot reorder a {type(self).__name__} weight")
 
 
 def fail(cls: str, message: str) -> None:

@@ -18,6 +18,7 @@ Both store *dequant* scales (``w ~= data * scale``; vLLM/DeepSeek call the block
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from moe_registry.schemas.quant import QuantKind, QuantScheme
 
 from ._common import FP8_E4M3_MAX, TensorFormat, check_weight, fail
+from .rows import gate_up_index, pad_rows_cols, select_rows
 
 FP8_BLOCK = 128
 
@@ -56,6 +58,12 @@ class Fp8Tensor(TensorFormat):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.data.float() * self.scale[..., None, None]).to(dtype)
 
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "Fp8Tensor":
+        return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to))
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "Fp8Tensor":
+        return dataclasses.replace(self, data=select_rows(self.data, gate_up_index(intermediate, interleaved=interleaved)))
+
 
 @dataclass(frozen=True, eq=False)
 class Fp8ChannelTensor(TensorFormat):
@@ -82,6 +90,16 @@ class Fp8ChannelTensor(TensorFormat):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.data.float() * self.scale[..., None]).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "Fp8ChannelTensor":
+        # Padded rows: zero data under a unit scale.
+        scale = pad_rows_cols(self.scale.unsqueeze(-1), segments, None, fill=1.0).squeeze(-1)
+        return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to), scale=scale)
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "Fp8ChannelTensor":
+        index = gate_up_index(intermediate, interleaved=interleaved)
+        return dataclasses.replace(self, data=select_rows(self.data, index),
+                                   scale=select_rows(self.scale.unsqueeze(-1), index).squeeze(-1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,6 +131,30 @@ class Fp8BlockTensor(TensorFormat):
         n, k = self.data.shape[-2:]
         scale = self.scale.repeat_interleave(FP8_BLOCK, -2).repeat_interleave(FP8_BLOCK, -1)
         return (self.data.float() * scale[..., :n, :k]).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "Fp8BlockTensor":
+        block_segments = None
+        if any(r != r_to for r, r_to in segments):
+            # A segment followed by another must start and end on 128-row block boundaries, or a
+            # block would mix rows of two segments (or zeros) under one scale.
+            for rows, rows_to in segments[:-1]:
+                if rows % FP8_BLOCK or rows_to % FP8_BLOCK:
+                    raise ValueError(f"Fp8BlockTensor: cannot pad a {rows}-row segment to {rows_to} rows exactly "
+                                     "(both must be multiples of 128); pad before quantizing")
+            block_segments = [(-(-r // FP8_BLOCK), -(-r_to // FP8_BLOCK)) for r, r_to in segments]
+        return dataclasses.replace(
+            self, data=pad_rows_cols(self.data, segments, k_to),
+            scale=pad_rows_cols(self.scale, block_segments, -(-k_to // FP8_BLOCK), fill=1.0))
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "Fp8BlockTensor":
+        if interleaved:
+            raise ValueError("Fp8BlockTensor: interleaved gate/up rows share 128x128 scale blocks; "
+                             "de-interleave before quantizing")
+        if intermediate % FP8_BLOCK:
+            raise ValueError(f"Fp8BlockTensor: swapping the gate/up halves needs I % 128 == 0, got I = {intermediate}")
+        return dataclasses.replace(self, data=select_rows(self.data, gate_up_index(intermediate, interleaved=False)),
+                                   scale=select_rows(self.scale, gate_up_index(intermediate // FP8_BLOCK,
+                                                                               interleaved=False)))
 
 
 def quantize_fp8(w: torch.Tensor) -> Fp8Tensor:

@@ -47,6 +47,11 @@ class Fp8Tensor(TensorFormat):
             fail("Fp8Tensor", f"scale shape {tuple(self.scale.shape)} must be data's leading dims "
                  f"{tuple(self.data.shape[:-2])}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "Fp8Tensor":
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_fp8(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.FP8
@@ -79,6 +84,11 @@ class Fp8ChannelTensor(TensorFormat):
         if self.data.dim() < 2 or self.scale.shape != self.data.shape[:-1]:
             fail("Fp8ChannelTensor", f"scale shape {tuple(self.scale.shape)} must be data's shape without K "
                  f"{tuple(self.data.shape[:-1])}")
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "Fp8ChannelTensor":
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_fp8_channel(w)
 
     @property
     def kind(self) -> QuantKind:
@@ -118,6 +128,11 @@ class Fp8BlockTensor(TensorFormat):
         tiles = (-(-d.shape[-2] // FP8_BLOCK), -(-d.shape[-1] // FP8_BLOCK)) if d.dim() >= 2 else ()
         if d.dim() < 2 or s.shape != (*d.shape[:-2], *tiles):
             fail("Fp8BlockTensor", f"scale shape {tuple(s.shape)} does not tile data {tuple(d.shape)} by 128x128")
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "Fp8BlockTensor":
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_fp8_block(w)
 
     @property
     def kind(self) -> QuantKind:

@@ -54,6 +54,11 @@ class MxFp4Tensor(TensorFormat):
         if d.dim() < 2 or s.shape != (*d.shape[:-1], d.shape[-1] * 2 // MXFP4_BLOCK):
             fail("MxFp4Tensor", f"inconsistent shapes data {tuple(d.shape)}, scale {tuple(s.shape)}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "MxFp4Tensor":
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_mxfp4(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.MXFP4

@@ -58,6 +58,11 @@ class NvFp4Tensor(TensorFormat):
             fail("NvFp4Tensor", f"inconsistent shapes data {tuple(d.shape)}, scale {tuple(s.shape)}, "
                  f"global_scale {tuple(g.shape)}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "NvFp4Tensor":
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_nvfp4(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.NVFP4

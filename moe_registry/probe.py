@@ -149,7 +149,7 @@ def default_scheme(kind: QuantKind, shape: ShapeClass) -> QuantScheme:
     takes the largest of 128 / 64 / 32 that divides both GEMMs' K (hidden and intermediate), so the
     weights can exist at unaligned shapes (704 = 11 x 64, 2880 = 45 x 64); per channel otherwise."""
     scheme = QuantScheme(kind=kind)
-    # TODO(issue 11, merge): this kind list is quant_info(kind).fixed_group is not None (schemas.quant.QUANT_KINDS).
+    # TODO(issue 11, merge): use quant_info(kind).fixed_group (adds the 3 planning-only mx kinds, which have no format).
     if scheme.group_size is None or kind in (QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4,
                                              QuantKind.MXFP4_MXFP8, QuantKind.FP8_BLOCK):
         return scheme  # no group, or one fixed by the format

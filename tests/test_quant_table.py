@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from moe_registry.schemas import quant as Q
-from moe_registry.schemas.quant import QUANT_KINDS, QuantFamily, QuantKind, QuantKindInfo, QuantScheme
-
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-
-from moe_registry.formats import (  # noqa: E402
+from moe_registry.formats import (
     Fp8BlockTensor,
     Int4GroupTensor,
     format_class,
@@ -18,7 +13,8 @@ from moe_registry.formats import (  # noqa: E402
     pad_weight,
     quantize,
 )
-
+from moe_registry.schemas import quant as Q
+from moe_registry.schemas.quant import QUANT_KINDS, QuantFamily, QuantKind, QuantKindInfo, QuantScheme
 
 # --- The table -----------------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ def require_runtime(backend: str, device: torch.device, layer: LayerSpec, hidden
     if flashinfer_package_root() is None:
         raise RuntimeError(f"{backend} needs {FLASHINFER_DISTRIBUTION} "
                            f"(pip install {FLASHINFER_DISTRIBUTION}=={FLASHINFER_VERSION_WRITTEN_FOR})")
+    if spec.sm is None:
+        raise RuntimeError(f"{backend}: {device} reports no SM version")
     return spec.sm
 
 
@@ -117,6 +119,9 @@ def intermediate_amax(layer: LayerSpec, weights: ExpertWeights, hidden_states: t
 
 
 class FlashInferExperts(Experts):
+    sm: int | None  # None when built by _without_runtime_checks (CPU tests)
+    module_status: Any
+    check_id_range: bool
     # Keyword defaults of ``_setup`` for the CPU-test constructor.
     SETUP_DEFAULTS: ClassVar[dict[str, Any]] = {}
 

@@ -271,7 +271,7 @@ def _jit_cache_providers(version: str | None) -> list[tuple[str, Path, frozenset
     shim_version = str(getattr(flashinfer_jit_cache, "__version__", ""))
     if not version_ok(shim_version):
         return []
-    found = []
+    found: list[tuple[str, Path, frozenset[str] | None, frozenset[str] | None]] = []
     providers = getattr(flashinfer_jit_cache, "get_jit_cache_providers", None)
     if callable(providers):
         for p in providers():

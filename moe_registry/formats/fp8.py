@@ -48,7 +48,7 @@ class Fp8Tensor(TensorFormat):
                  f"{tuple(self.data.shape[:-2])}")
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "Fp8Tensor":
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Fp8Tensor:
         """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
         return quantize_fp8(w)
 
@@ -63,10 +63,10 @@ class Fp8Tensor(TensorFormat):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.data.float() * self.scale[..., None, None]).to(dtype)
 
-    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "Fp8Tensor":
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> Fp8Tensor:
         return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to))
 
-    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "Fp8Tensor":
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8Tensor:
         return dataclasses.replace(self, data=select_rows(self.data, gate_up_index(intermediate, interleaved=interleaved)))
 
 
@@ -86,7 +86,7 @@ class Fp8ChannelTensor(TensorFormat):
                  f"{tuple(self.data.shape[:-1])}")
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "Fp8ChannelTensor":
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Fp8ChannelTensor:
         """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
         return quantize_fp8_channel(w)
 
@@ -101,12 +101,12 @@ class Fp8ChannelTensor(TensorFormat):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.data.float() * self.scale[..., None]).to(dtype)
 
-    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "Fp8ChannelTensor":
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> Fp8ChannelTensor:
         # Padded rows: zero data under a unit scale.
         scale = pad_rows_cols(self.scale.unsqueeze(-1), segments, None, fill=1.0).squeeze(-1)
         return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to), scale=scale)
 
-    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "Fp8ChannelTensor":
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8ChannelTensor:
         index = gate_up_index(intermediate, interleaved=interleaved)
         return dataclasses.replace(self, data=select_rows(self.data, index),
                                    scale=select_rows(self.scale.unsqueeze(-1), index).squeeze(-1))
@@ -130,7 +130,7 @@ class Fp8BlockTensor(TensorFormat):
             fail("Fp8BlockTensor", f"scale shape {tuple(s.shape)} does not tile data {tuple(d.shape)} by 128x128")
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "Fp8BlockTensor":
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Fp8BlockTensor:
         """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
         return quantize_fp8_block(w)
 
@@ -147,7 +147,7 @@ class Fp8BlockTensor(TensorFormat):
         scale = self.scale.repeat_interleave(FP8_BLOCK, -2).repeat_interleave(FP8_BLOCK, -1)
         return (self.data.float() * scale[..., :n, :k]).to(dtype)
 
-    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "Fp8BlockTensor":
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> Fp8BlockTensor:
         block_segments = None
         if any(r != r_to for r, r_to in segments):
             # A segment followed by another must start and end on 128-row block boundaries, or a
@@ -161,7 +161,7 @@ class Fp8BlockTensor(TensorFormat):
             self, data=pad_rows_cols(self.data, segments, k_to),
             scale=pad_rows_cols(self.scale, block_segments, -(-k_to // FP8_BLOCK), fill=1.0))
 
-    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "Fp8BlockTensor":
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8BlockTensor:
         if interleaved:
             raise ValueError("Fp8BlockTensor: interleaved gate/up rows share 128x128 scale blocks; "
                              "de-interleave before quantizing")

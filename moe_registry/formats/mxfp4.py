@@ -55,7 +55,7 @@ class MxFp4Tensor(TensorFormat):
             fail("MxFp4Tensor", f"inconsistent shapes data {tuple(d.shape)}, scale {tuple(s.shape)}")
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "MxFp4Tensor":
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> MxFp4Tensor:
         """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
         return quantize_mxfp4(w)
 
@@ -71,14 +71,14 @@ class MxFp4Tensor(TensorFormat):
         values = e2m1_decode(self.data).unflatten(-1, (-1, MXFP4_BLOCK))
         return (values * e8m0_to_float(self.scale).unsqueeze(-1)).flatten(-2).to(dtype)
 
-    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "MxFp4Tensor":
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> MxFp4Tensor:
         K = int(self.shape[-1])
         if (k_to - K) % MXFP4_BLOCK:
             raise ValueError(f"MxFp4Tensor: cannot pad K {K} -> {k_to} exactly (not a multiple of the 32-group)")
         return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to // 2),
                                    scale=pad_rows_cols(self.scale, segments, k_to // MXFP4_BLOCK))
 
-    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "MxFp4Tensor":
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> MxFp4Tensor:
         index = gate_up_index(intermediate, interleaved=interleaved)
         return dataclasses.replace(self, data=select_rows(self.data, index), scale=select_rows(self.scale, index))
 

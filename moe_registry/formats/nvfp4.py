@@ -59,7 +59,7 @@ class NvFp4Tensor(TensorFormat):
                  f"global_scale {tuple(g.shape)}")
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> "NvFp4Tensor":
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> NvFp4Tensor:
         """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
         return quantize_nvfp4(w)
 
@@ -77,14 +77,14 @@ class NvFp4Tensor(TensorFormat):
         gs = self.global_scale[..., None, None, None]
         return (values * sf / gs).flatten(-2).to(dtype)
 
-    def padded(self, segments: list[tuple[int, int]], k_to: int) -> "NvFp4Tensor":
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> NvFp4Tensor:
         K = int(self.shape[-1])
         if (k_to - K) % NVFP4_BLOCK:
             raise ValueError(f"NvFp4Tensor: cannot pad K {K} -> {k_to} exactly (not a multiple of the 16-group)")
         return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to // 2),
                                    scale=pad_rows_cols(self.scale, segments, k_to // NVFP4_BLOCK))
 
-    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> "NvFp4Tensor":
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> NvFp4Tensor:
         index = gate_up_index(intermediate, interleaved=interleaved)
         return dataclasses.replace(self, data=select_rows(self.data, index), scale=select_rows(self.scale, index))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -257,7 +258,7 @@ class QuantScheme(BaseModel):
         except ValueError:
             valid = ", ".join(k.value for k in QuantKind)
             raise ValueError(f"unknown quantization scheme {parts[0]!r}; valid: {valid}") from None
-        fields: dict[str, object] = {"kind": kind}
+        fields: dict[str, Any] = {"kind": kind}
         for part in parts[1:]:
             if part in ("gchannel", "g-1"):
                 fields["group_size"] = -1

@@ -39,11 +39,13 @@ def format_class(kind: QuantKind) -> type[TensorFormat] | None:
     name = QUANT_KINDS[kind].format_class
     return None if name is None else _CLASSES[name]
 
+
 __all__ = [
     "E2M1_LUT", "E2M1_VALUES", "Fp8BlockTensor", "Fp8ChannelTensor", "Fp8Tensor", "Int4GroupTensor", "MxFp4Tensor",
     "NvFp4Tensor", "QuantizedTensor", "desc_act_g_idx", "e8m0_to_float", "format_class", "gate_up_to_up_gate",
-    "nvfp4_global_scale", "pack_int4", "pad_weight", "quantize", "quantize_fp8", "quantize_fp8_block", "quantize_fp8_channel", "quantize_int4", "quantize_mxfp4",
-    "quantize_nvfp4", "swizzle_128x4", "unpack_int4", "unswizzle_128x4",
+    "nvfp4_global_scale", "pack_int4", "pad_weight", "quantize", "quantize_fp8", "quantize_fp8_block",
+    "quantize_fp8_channel", "quantize_int4", "quantize_mxfp4", "quantize_nvfp4", "swizzle_128x4", "unpack_int4",
+    "unswizzle_128x4",
 ]
 
 

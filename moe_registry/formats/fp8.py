@@ -67,7 +67,8 @@ class Fp8Tensor(TensorFormat):
         return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to))
 
     def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8Tensor:
-        return dataclasses.replace(self, data=select_rows(self.data, gate_up_index(intermediate, interleaved=interleaved)))
+        index = gate_up_index(intermediate, interleaved=interleaved)
+        return dataclasses.replace(self, data=select_rows(self.data, index))
 
 
 @dataclass(frozen=True, eq=False)

@@ -282,7 +282,8 @@ def require_built_or_allowed(status: fij.ModuleStatus, allow_jit_build: bool | N
     that variable, and a permitted build needs it unset)."""
     if not status.built:
         if not fij.jit_build_allowed(allow_jit_build):
-            raise RuntimeError(fij.not_built_message(status.module or "fused_moe", status.detail, build_cost=first_build_cost()))
+            raise RuntimeError(fij.not_built_message(status.module or "fused_moe", status.detail,
+                                                     build_cost=first_build_cost()))
         warnings.warn(f"flashinfer-cutlass: FlashInfer will now build {status.module} "
                       f"({first_build_cost()}; set MAX_JOBS to bound memory, 3-8 GB per nvcc job). "
                       + status.detail, stacklevel=3)

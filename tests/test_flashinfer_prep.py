@@ -21,8 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-import moe_registry.execution.declared as _declared  # noqa: E402
-from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
+from moe_registry.backends import _flashinfer_base as fib  # noqa: E402
+from moe_registry.backends import _flashinfer_jit as fic  # noqa: E402
 from moe_registry.backends.flashinfer_cutlass import DECLARATION  # noqa: E402
 from moe_registry.backends.flashinfer_cutlass import kernel as K  # noqa: E402
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
@@ -381,7 +381,7 @@ def test_padding_is_exact_and_sliced(stubbed):
 def test_padding_quantized_nvfp4_is_exact():
     layer = make_layer(quant="nvfp4", hidden_size=192, intermediate_size=96)
     w = random_weights(layer, seed=9)
-    pw = fic.pad_expert_weights(w, layer, 256, 128)
+    pw = fib.pad_expert_weights(w, layer, 256, 128)
     d13, d2 = w.w13.dequantize(), w.w2.dequantize()
     want13 = torch.zeros(4, 256, 256)
     want13[:, :96, :192], want13[:, 128:224, :192] = d13[:, :96], d13[:, 96:]
@@ -655,7 +655,7 @@ def test_refusal_message_and_opt_in(fake_flashinfer, monkeypatch):
 
 
 def test_status_module_imports_neither_torch_nor_flashinfer():
-    code = ("import sys, moe_registry.backends._flashinfer_common as m; built, detail = m.fused_moe_module_status(); "
+    code = ("import sys, moe_registry.backends._flashinfer_jit as m; built, detail = m.fused_moe_module_status(); "
             "assert isinstance(built, bool) and detail; "
             "assert 'torch' not in sys.modules and 'flashinfer' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True)
@@ -671,7 +671,7 @@ def test_load_rechecks_with_flashinfers_own_build_file(flashinfer, tmp_path):
         sys.path.insert(0, {str(REPO / 'tests')!r})
         from pathlib import Path
         from test_flashinfer_prep import _make_ninja_build, _jit_dir, H100
-        from moe_registry.backends import _flashinfer_common as fic
+        from moe_registry.backends import _flashinfer_jit as fic
         from moe_registry.backends.flashinfer_cutlass import kernel as K
         ws = Path({str(tmp_path)!r})
         _make_ninja_build(_jit_dir(ws), "fused_moe_90")
@@ -708,15 +708,15 @@ def test_runtime_device_check_is_the_declarations(monkeypatch, quant, device, ma
     from moe_registry.schemas.device import get_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(_declared, "device_spec_of", lambda d: get_device(device))
-    monkeypatch.setattr(fic, "flashinfer_package_root", lambda: "/somewhere")
+    monkeypatch.setattr(fib, "device_spec_of", lambda d: get_device(device))
+    monkeypatch.setattr(fib, "flashinfer_package_root", lambda: "/somewhere")
     layer = make_layer(quant=quant)
     cuda = torch.device("cuda", 0)
     if match is None:
-        assert fic.require_runtime(K.BACKEND, cuda, layer, 256, 128) == get_device(device).sm
+        assert fib.require_runtime(K.BACKEND, cuda, layer, 256, 128) == get_device(device).sm
     else:
         with pytest.raises(RuntimeError, match=f"^flashinfer-cutlass: .*{match}"):
-            fic.require_runtime(K.BACKEND, cuda, layer, 256, 128)
+            fib.require_runtime(K.BACKEND, cuda, layer, 256, 128)
 
 
 def test_mxfp4_pads_hidden_and_intermediate_to_128_as_vllm_does(stubbed):

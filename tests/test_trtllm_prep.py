@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-import moe_registry.execution.declared as _declared  # noqa: E402
-from moe_registry.backends import _flashinfer_common as fic  # noqa: E402
+from moe_registry.backends import _flashinfer_base as fib  # noqa: E402
+from moe_registry.backends import _flashinfer_jit as fic  # noqa: E402
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
 from moe_registry.backends.trtllm_gen import _layout as LY  # noqa: E402
 from moe_registry.backends.trtllm_gen import fp4_kernel as K  # noqa: E402
@@ -354,7 +354,7 @@ def test_constructing_on_cpu_raises_runtime_error():
 
 
 def test_trtllm_probe_without_gpu(monkeypatch):
-    monkeypatch.setattr(fic, "detect_device", lambda: fic.DeviceInfo(sm=90, capabilities=((9, 0),)))
+    monkeypatch.setattr(fic, "this_gpu", lambda: fic.DeviceInfo(sm=90, capabilities=((9, 0),)))
     built, detail = fic.trtllm_module_status()
     assert not built and "SM 10.x" in detail
 
@@ -367,9 +367,9 @@ def test_runtime_device_check_is_the_declarations(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     layer = make_layer()
     cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(_declared, "device_spec_of", lambda device: get_device("h100"))
+    monkeypatch.setattr(fib, "device_spec_of", lambda device: get_device("h100"))
     with pytest.raises(RuntimeError, match=r"^trtllm-fp4: .*needs SM100/SM103/SM107; h100 \(SM90\) is not"):
-        fic.require_runtime(K.BACKEND, cuda, layer, 256, 128)
-    monkeypatch.setattr(_declared, "device_spec_of", lambda device: get_device("b200"))
-    monkeypatch.setattr(fic, "flashinfer_package_root", lambda: "/somewhere")
-    assert fic.require_runtime(K.BACKEND, cuda, layer, 256, 128) == 100
+        fib.require_runtime(K.BACKEND, cuda, layer, 256, 128)
+    monkeypatch.setattr(fib, "device_spec_of", lambda device: get_device("b200"))
+    monkeypatch.setattr(fib, "flashinfer_package_root", lambda: "/somewhere")
+    assert fib.require_runtime(K.BACKEND, cuda, layer, 256, 128) == 100

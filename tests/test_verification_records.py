@@ -248,9 +248,8 @@ def extra_members(monkeypatch):
     act = _add_member(Activation, "TEST_ONLY", "test_only_activation")
     kind = _add_member(QuantKind, "TEST_ONLY", "test_only_kind")
     # A new kind needs its per-kind facts (the one table) before anything can name it.
-    for table, value in ((quant_schema._FAMILY, quant_schema.QuantFamily.INT4), (quant_schema._WEIGHT_BITS, 4),
-                         (quant_schema._ACTIVATION_FORMAT, "16-bit")):
-        monkeypatch.setitem(table, kind, value)
+    monkeypatch.setitem(quant_schema.QUANT_KINDS, kind,
+                        quant_schema.QuantKindInfo(quant_schema.QuantFamily.INT4, 4, "16-bit"))
     modules = {}
     try:
         # Fresh copies of the declaration modules (the real ones, and the registry, stay untouched).

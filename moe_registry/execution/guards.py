@@ -16,16 +16,8 @@ from typing import Any
 import torch
 
 from ..schemas.layer import LayerSpec
+from ..schemas.quant import quant_info
 from .weights import ExpertWeights, _device_of, torch_dtype
-
-# The formats class each quantized kind stores its weights in (moe_registry.formats). Matched by
-# class name so the guard needs no import of formats.
-_FORMAT_CLASS = {
-    "nvfp4": "NvFp4Tensor", "nvfp4_w4a16": "NvFp4Tensor",
-    "mxfp4": "MxFp4Tensor", "mxfp4_mxfp8": "MxFp4Tensor",
-    "fp8": "Fp8Tensor", "fp8_block": "Fp8BlockTensor", "fp8_channel": "Fp8ChannelTensor",
-    "int4_w4a16": "Int4GroupTensor", "int4_fp8": "Int4GroupTensor",
-}
 
 
 def _fail(name: str, expected: str, actual: object, layer: LayerSpec | None = None) -> ValueError:
@@ -116,7 +108,9 @@ def check_weights(layer: LayerSpec, weights: ExpertWeights, *, dtype: torch.dtyp
     E, H, I, R = layer.local_num_experts, layer.hidden_size, layer.local_intermediate_size, layer.gemm1_rows
     where = torch.device(device) if device is not None else _device_of(weights.w2)
     expected_shapes = {"w13": (E, R, H), "w2": (E, H, I)}
-    want_class = _FORMAT_CLASS.get(layer.quant.kind.value)
+    # The formats class of the layer's kind (the quant-kind table's format_class), matched by name
+    # so the guard needs no import of formats. None: unquantized (or no format yet).
+    want_class = quant_info(layer.quant.kind).format_class
     float_dtypes = (dtype,) if dtype is not None else (torch.bfloat16, torch.float16, torch.float32)
     for name in ("w13", "w2"):
         w = getattr(weights, name)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, TypeVar
 
 import torch
+
+_F = TypeVar("_F", bound="TensorFormat")
 
 # e2m1 (FP4) magnitudes by 3-bit code; bit 3 of a nibble is the sign. Same table as FlashInfer's
 # ``quantization/fp4_quantization.py::_E2M1_VALUES`` (signed, 16 entries).
@@ -67,12 +70,37 @@ def e2m1_decode(data: torch.Tensor) -> torch.Tensor:
 
 
 class TensorFormat:
-    """Mixin of the format dataclasses: ``.to(device)`` moves every tensor field."""
+    """Mixin of the format dataclasses: ``.to(device)`` moves every tensor field, ``.expert(e)``
+    slices every tensor field; ``.padded`` / ``.gate_up_swapped`` are the exact row-wise layout
+    changes (``formats.rows``) a format supports (the default refuses)."""
 
-    def to(self, device: torch.device | str):
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
-        return dataclasses.replace(self, **moved)
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        me: Any = self  # every subclass is a dataclass
+        return {f.name: getattr(me, f.name) for f in dataclasses.fields(me)
+                if isinstance(getattr(me, f.name), torch.Tensor)}
+
+    def to(self: _F, device: torch.device | str) -> _F:
+        me: Any = self
+        return dataclasses.replace(me, **{name: t.to(device) for name, t in self._tensors().items()})
+
+    def expert(self: _F, e: int) -> _F:
+        """Expert ``e`` of an ``[E, N, K]`` weight as ``[N, K]``."""
+        me: Any = self
+        return dataclasses.replace(me, **{name: t[e] for name, t in self._tensors().items()})
+
+    @classmethod
+    def from_weight(cls: type[_F], w: torch.Tensor, scheme: Any) -> _F:
+        """``w [..., N, K]`` quantized with the format's recipe (``formats.quantize`` calls this)."""
+        raise NotImplementedError(cls.__name__)
+
+    def padded(self: _F, segments: list[tuple[int, int]], k_to: int) -> _F:
+        """Zero-padded so that it dequantizes to the zero-padded weight exactly: rows in
+        consecutive ``(rows, rows_to)`` segments, K to ``k_to``."""
+        raise ValueError(f"cannot pad a {type(self).__name__} weight")
+
+    def gate_up_swapped(self: _F, intermediate: int, *, interleaved: bool = False) -> _F:
+        """Gated GEMM1 rows ``[gate; up]`` (or interleaved) reordered to ``[up; gate]``, scales with them."""
+        raise ValueError(f"cannot reorder a {type(self).__name__} weight")
 
 
 def fail(cls: str, message: str) -> None:

@@ -18,6 +18,7 @@ Both store *dequant* scales (``w ~= data * scale``; vLLM/DeepSeek call the block
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from moe_registry.schemas.quant import QuantKind, QuantScheme
 
 from ._common import FP8_E4M3_MAX, TensorFormat, check_weight, fail
+from .rows import gate_up_index, pad_rows_cols, select_rows
 
 FP8_BLOCK = 128
 
@@ -45,6 +47,11 @@ class Fp8Tensor(TensorFormat):
             fail("Fp8Tensor", f"scale shape {tuple(self.scale.shape)} must be data's leading dims "
                  f"{tuple(self.data.shape[:-2])}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Fp8Tensor:
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_fp8(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.FP8
@@ -55,6 +62,13 @@ class Fp8Tensor(TensorFormat):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.data.float() * self.scale[..., None, None]).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> Fp8Tensor:
+        return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to))
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8Tensor:
+        index = gate_up_index(intermediate, interleaved=interleaved)
+        return dataclasses.replace(self, data=select_rows(self.data, index))
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +86,11 @@ class Fp8ChannelTensor(TensorFormat):
             fail("Fp8ChannelTensor", f"scale shape {tuple(self.scale.shape)} must be data's shape without K "
                  f"{tuple(self.data.shape[:-1])}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Fp8ChannelTensor:
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_fp8_channel(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.FP8_CHANNEL
@@ -82,6 +101,16 @@ class Fp8ChannelTensor(TensorFormat):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.data.float() * self.scale[..., None]).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> Fp8ChannelTensor:
+        # Padded rows: zero data under a unit scale.
+        scale = pad_rows_cols(self.scale.unsqueeze(-1), segments, None, fill=1.0).squeeze(-1)
+        return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to), scale=scale)
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8ChannelTensor:
+        index = gate_up_index(intermediate, interleaved=interleaved)
+        return dataclasses.replace(self, data=select_rows(self.data, index),
+                                   scale=select_rows(self.scale.unsqueeze(-1), index).squeeze(-1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +130,11 @@ class Fp8BlockTensor(TensorFormat):
         if d.dim() < 2 or s.shape != (*d.shape[:-2], *tiles):
             fail("Fp8BlockTensor", f"scale shape {tuple(s.shape)} does not tile data {tuple(d.shape)} by 128x128")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Fp8BlockTensor:
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_fp8_block(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.FP8_BLOCK
@@ -113,6 +147,30 @@ class Fp8BlockTensor(TensorFormat):
         n, k = self.data.shape[-2:]
         scale = self.scale.repeat_interleave(FP8_BLOCK, -2).repeat_interleave(FP8_BLOCK, -1)
         return (self.data.float() * scale[..., :n, :k]).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> Fp8BlockTensor:
+        block_segments = None
+        if any(r != r_to for r, r_to in segments):
+            # A segment followed by another must start and end on 128-row block boundaries, or a
+            # block would mix rows of two segments (or zeros) under one scale.
+            for rows, rows_to in segments[:-1]:
+                if rows % FP8_BLOCK or rows_to % FP8_BLOCK:
+                    raise ValueError(f"Fp8BlockTensor: cannot pad a {rows}-row segment to {rows_to} rows exactly "
+                                     "(both must be multiples of 128); pad before quantizing")
+            block_segments = [(-(-r // FP8_BLOCK), -(-r_to // FP8_BLOCK)) for r, r_to in segments]
+        return dataclasses.replace(
+            self, data=pad_rows_cols(self.data, segments, k_to),
+            scale=pad_rows_cols(self.scale, block_segments, -(-k_to // FP8_BLOCK), fill=1.0))
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> Fp8BlockTensor:
+        if interleaved:
+            raise ValueError("Fp8BlockTensor: interleaved gate/up rows share 128x128 scale blocks; "
+                             "de-interleave before quantizing")
+        if intermediate % FP8_BLOCK:
+            raise ValueError(f"Fp8BlockTensor: swapping the gate/up halves needs I % 128 == 0, got I = {intermediate}")
+        return dataclasses.replace(self, data=select_rows(self.data, gate_up_index(intermediate, interleaved=False)),
+                                   scale=select_rows(self.scale, gate_up_index(intermediate // FP8_BLOCK,
+                                                                               interleaved=False)))
 
 
 def quantize_fp8(w: torch.Tensor) -> Fp8Tensor:

@@ -80,6 +80,14 @@ class Int4GroupTensor(TensorFormat):
             if g.numel() and (int(g.min()) < 0 or int(g.max()) >= groups):
                 fail("Int4GroupTensor", f"g_idx values must lie in [0, {groups})")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> Int4GroupTensor:
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        if scheme.group_size is None:  # QuantScheme fills int4's default group; a bare None is a bug
+            raise ValueError(f"int4: scheme {scheme.label()} has no group size")
+        return quantize_int4(w, group_size=scheme.group_size, zero_point=scheme.zero_point,
+                             act_order=scheme.act_order)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.INT4_W4A16

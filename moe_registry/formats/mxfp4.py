@@ -18,6 +18,7 @@ values half-to-even, so its codes can differ from this quantizer at exact midpoi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ import torch
 from moe_registry.schemas.quant import QuantKind, QuantScheme
 
 from ._common import TensorFormat, check_weight, e2m1_decode, e2m1_magnitude_code, fail, pack_nibbles
+from .rows import gate_up_index, pad_rows_cols, select_rows
 
 MXFP4_BLOCK = 32
 
@@ -52,6 +54,11 @@ class MxFp4Tensor(TensorFormat):
         if d.dim() < 2 or s.shape != (*d.shape[:-1], d.shape[-1] * 2 // MXFP4_BLOCK):
             fail("MxFp4Tensor", f"inconsistent shapes data {tuple(d.shape)}, scale {tuple(s.shape)}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> MxFp4Tensor:
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_mxfp4(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.MXFP4
@@ -63,6 +70,17 @@ class MxFp4Tensor(TensorFormat):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         values = e2m1_decode(self.data).unflatten(-1, (-1, MXFP4_BLOCK))
         return (values * e8m0_to_float(self.scale).unsqueeze(-1)).flatten(-2).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> MxFp4Tensor:
+        K = int(self.shape[-1])
+        if (k_to - K) % MXFP4_BLOCK:
+            raise ValueError(f"MxFp4Tensor: cannot pad K {K} -> {k_to} exactly (not a multiple of the 32-group)")
+        return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to // 2),
+                                   scale=pad_rows_cols(self.scale, segments, k_to // MXFP4_BLOCK))
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> MxFp4Tensor:
+        index = gate_up_index(intermediate, interleaved=interleaved)
+        return dataclasses.replace(self, data=select_rows(self.data, index), scale=select_rows(self.scale, index))
 
 
 def quantize_mxfp4(w: torch.Tensor) -> MxFp4Tensor:

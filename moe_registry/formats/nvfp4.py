@@ -26,6 +26,7 @@ A negative value rounding to zero keeps its sign bit (code 8, -0.0), as the cvt 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ import torch
 from moe_registry.schemas.quant import QuantKind, QuantScheme
 
 from ._common import FP8_E4M3_MAX, TensorFormat, check_weight, e2m1_decode, e2m1_magnitude_code, fail, pack_nibbles
+from .rows import gate_up_index, pad_rows_cols, select_rows
 
 NVFP4_BLOCK = 16
 E2M1_MAX = 6.0
@@ -56,6 +58,11 @@ class NvFp4Tensor(TensorFormat):
             fail("NvFp4Tensor", f"inconsistent shapes data {tuple(d.shape)}, scale {tuple(s.shape)}, "
                  f"global_scale {tuple(g.shape)}")
 
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, scheme: QuantScheme) -> NvFp4Tensor:
+        """``w [..., N, K]`` quantized with this format's recipe (``formats.quantize`` calls this)."""
+        return quantize_nvfp4(w)
+
     @property
     def kind(self) -> QuantKind:
         return QuantKind.NVFP4
@@ -69,6 +76,17 @@ class NvFp4Tensor(TensorFormat):
         sf = self.scale.float().unsqueeze(-1)
         gs = self.global_scale[..., None, None, None]
         return (values * sf / gs).flatten(-2).to(dtype)
+
+    def padded(self, segments: list[tuple[int, int]], k_to: int) -> NvFp4Tensor:
+        K = int(self.shape[-1])
+        if (k_to - K) % NVFP4_BLOCK:
+            raise ValueError(f"NvFp4Tensor: cannot pad K {K} -> {k_to} exactly (not a multiple of the 16-group)")
+        return dataclasses.replace(self, data=pad_rows_cols(self.data, segments, k_to // 2),
+                                   scale=pad_rows_cols(self.scale, segments, k_to // NVFP4_BLOCK))
+
+    def gate_up_swapped(self, intermediate: int, *, interleaved: bool = False) -> NvFp4Tensor:
+        index = gate_up_index(intermediate, interleaved=interleaved)
+        return dataclasses.replace(self, data=select_rows(self.data, index), scale=select_rows(self.scale, index))
 
 
 def nvfp4_global_scale(w: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ group size and the activation-scale layout (vllm-moe-backends.md section 8, item
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -50,55 +52,75 @@ class ScaleLayout(str, Enum):
     SWIZZLED_128X4 = "swizzled_128x4"  # CUTLASS/TRT-LLM 128x4 block-scale interleave
 
 
-_FAMILY = {
-    QuantKind.BF16: QuantFamily.UNQUANTIZED,
-    QuantKind.FP16: QuantFamily.UNQUANTIZED,
-    QuantKind.FP8: QuantFamily.FP8,
-    QuantKind.FP8_BLOCK: QuantFamily.FP8,
-    QuantKind.FP8_CHANNEL: QuantFamily.FP8,
-    QuantKind.NVFP4: QuantFamily.NVFP4,
-    QuantKind.NVFP4_W4A16: QuantFamily.NVFP4,
-    QuantKind.MXFP4: QuantFamily.MXFP4,
-    QuantKind.MXFP4_MXFP8: QuantFamily.MXFP4,
-    QuantKind.INT4_W4A16: QuantFamily.INT4,
-    QuantKind.INT4_FP8: QuantFamily.INT4,
-    QuantKind.INT8_W8A16: QuantFamily.INT8,
-    QuantKind.MXFP8_W8A16: QuantFamily.FP8,
-    QuantKind.MXFP8: QuantFamily.FP8,
-    QuantKind.MXFP4_FP8: QuantFamily.MXFP4,
+@dataclass(frozen=True)
+class QuantKindInfo:
+    """Everything moe-registry knows about one ``QuantKind``, in one row.
+
+    ``weight_bits``: bits per weight value (memory / roofline arithmetic). ``activation_format``:
+    what the kernel's GEMMs take as activations. ``fixed_group``: K elements per weight scale when
+    the format fixes it; ``default_group``: the default when a checkpoint may choose (-1 or > 0).
+    ``block_scaled_activations``: activations carry block scales, so a scale layout applies.
+    ``format_class``: the ``moe_registry.formats`` class holding its weights (a name, so this
+    module stays torch-free; ``formats.format_class`` resolves it), None when unquantized or when
+    no format exists yet (planning-only kinds).
+    """
+
+    family: QuantFamily
+    weight_bits: int
+    activation_format: str
+    fixed_group: int | None = None
+    default_group: int | None = None
+    block_scaled_activations: bool = False
+    format_class: str | None = None
+
+
+_I = QuantKindInfo
+QUANT_KINDS: dict[QuantKind, QuantKindInfo] = {
+    QuantKind.BF16: _I(QuantFamily.UNQUANTIZED, 16, "bf16"),
+    QuantKind.FP16: _I(QuantFamily.UNQUANTIZED, 16, "fp16"),
+    QuantKind.FP8: _I(QuantFamily.FP8, 8, "fp8_e4m3", format_class="Fp8Tensor"),
+    QuantKind.FP8_BLOCK: _I(QuantFamily.FP8, 8, "fp8_e4m3", fixed_group=128, format_class="Fp8BlockTensor"),
+    QuantKind.FP8_CHANNEL: _I(QuantFamily.FP8, 8, "fp8_e4m3", format_class="Fp8ChannelTensor"),
+    QuantKind.NVFP4: _I(QuantFamily.NVFP4, 4, "nvfp4", fixed_group=16, block_scaled_activations=True,
+                        format_class="NvFp4Tensor"),
+    QuantKind.NVFP4_W4A16: _I(QuantFamily.NVFP4, 4, "16-bit", fixed_group=16, format_class="NvFp4Tensor"),
+    QuantKind.MXFP4: _I(QuantFamily.MXFP4, 4, "16-bit", fixed_group=32, format_class="MxFp4Tensor"),
+    QuantKind.MXFP4_MXFP8: _I(QuantFamily.MXFP4, 4, "mxfp8", fixed_group=32, block_scaled_activations=True,
+                              format_class="MxFp4Tensor"),
+    QuantKind.INT4_W4A16: _I(QuantFamily.INT4, 4, "16-bit", default_group=128, format_class="Int4GroupTensor"),
+    QuantKind.INT4_FP8: _I(QuantFamily.INT4, 4, "fp8_e4m3", default_group=128, format_class="Int4GroupTensor"),
+    QuantKind.INT8_W8A16: _I(QuantFamily.INT8, 8, "16-bit", default_group=128),
+    QuantKind.MXFP8_W8A16: _I(QuantFamily.FP8, 8, "16-bit", fixed_group=32),
+    QuantKind.MXFP8: _I(QuantFamily.FP8, 8, "mxfp8", fixed_group=32, block_scaled_activations=True),
+    QuantKind.MXFP4_FP8: _I(QuantFamily.MXFP4, 4, "fp8_e4m3", fixed_group=32),
 }
+del _I
+
+
+def _check_table() -> None:
+    """Every kind has exactly one row, and a row is consistent: a kind added to the enum without
+    its row fails at import."""
+    missing = sorted(k.value for k in set(QuantKind) - set(QUANT_KINDS))
+    if missing:
+        raise RuntimeError(f"schemas.quant.QUANT_KINDS has no row for {', '.join(missing)}")
+    for kind, info in QUANT_KINDS.items():
+        unquantized = info.family is QuantFamily.UNQUANTIZED
+        if info.fixed_group is not None and info.default_group is not None:
+            raise RuntimeError(f"{kind.value}: a group size is fixed or a default, not both")
+        if unquantized and (info.format_class or info.fixed_group or info.default_group):
+            raise RuntimeError(f"{kind.value}: an unquantized kind has no format class or group size")
+
+
+_check_table()
+
+
+def quant_info(kind: QuantKind) -> QuantKindInfo:
+    """The row of ``kind``."""
+    return QUANT_KINDS[kind]
+
 
 def family_of(kind: QuantKind) -> QuantFamily:
-    return _FAMILY[kind]
-
-
-# Weight bits (for memory / roofline arithmetic) and activation format per kind.
-_WEIGHT_BITS = {
-    QuantKind.BF16: 16, QuantKind.FP16: 16, QuantKind.FP8: 8, QuantKind.FP8_BLOCK: 8,
-    QuantKind.NVFP4: 4, QuantKind.NVFP4_W4A16: 4, QuantKind.MXFP4: 4, QuantKind.MXFP4_MXFP8: 4,
-    QuantKind.INT4_W4A16: 4, QuantKind.INT4_FP8: 4, QuantKind.FP8_CHANNEL: 8,
-    QuantKind.INT8_W8A16: 8, QuantKind.MXFP8_W8A16: 8, QuantKind.MXFP8: 8, QuantKind.MXFP4_FP8: 4,
-}
-_ACTIVATION_FORMAT = {
-    QuantKind.BF16: "bf16", QuantKind.FP16: "fp16", QuantKind.FP8: "fp8_e4m3",
-    QuantKind.FP8_BLOCK: "fp8_e4m3", QuantKind.NVFP4: "nvfp4", QuantKind.NVFP4_W4A16: "16-bit",
-    QuantKind.MXFP4: "16-bit", QuantKind.MXFP4_MXFP8: "mxfp8", QuantKind.INT4_W4A16: "16-bit",
-    QuantKind.INT4_FP8: "fp8_e4m3", QuantKind.FP8_CHANNEL: "fp8_e4m3",
-    QuantKind.INT8_W8A16: "16-bit", QuantKind.MXFP8_W8A16: "16-bit", QuantKind.MXFP8: "mxfp8",
-    QuantKind.MXFP4_FP8: "fp8_e4m3",
-}
-
-# Group size along K per kind: fixed by the format, or a default that a checkpoint may change.
-_FIXED_GROUP = {QuantKind.NVFP4: 16, QuantKind.NVFP4_W4A16: 16, QuantKind.MXFP4: 32,
-                QuantKind.MXFP4_MXFP8: 32, QuantKind.FP8_BLOCK: 128,
-                QuantKind.MXFP8_W8A16: 32, QuantKind.MXFP8: 32, QuantKind.MXFP4_FP8: 32}
-_DEFAULT_GROUP = {QuantKind.INT4_W4A16: 128, QuantKind.INT4_FP8: 128, QuantKind.INT8_W8A16: 128}
-# Kinds whose activations are block-scaled (so a scale layout applies to them).
-_BLOCK_SCALED_ACTIVATIONS = (QuantKind.NVFP4, QuantKind.MXFP4_MXFP8, QuantKind.MXFP8)
-
-# Every kind has every per-kind fact: a kind added to the enum but not to a table fails at import.
-for _table in (_FAMILY, _WEIGHT_BITS, _ACTIVATION_FORMAT):
-    assert set(_table) == set(QuantKind), sorted(k.value for k in set(QuantKind) - set(_table))
+    return QUANT_KINDS[kind].family
 
 
 class QuantScheme(BaseModel):
@@ -125,17 +147,19 @@ class QuantScheme(BaseModel):
                 kind = QuantKind(data["kind"])
             except ValueError:
                 return data
-            default = _FIXED_GROUP.get(kind, _DEFAULT_GROUP.get(kind))
+            info = QUANT_KINDS[kind]
+            default = info.fixed_group if info.fixed_group is not None else info.default_group
             if default is not None:
                 data = {**data, "group_size": default}
         return data
 
     @model_validator(mode="after")
     def _check(self) -> "QuantScheme":
-        fixed = _FIXED_GROUP.get(self.kind)
+        info = QUANT_KINDS[self.kind]
+        fixed = info.fixed_group
         if fixed is not None and self.group_size != fixed:
             raise ValueError(f"{self.kind.value} has a fixed group size of {fixed}, got {self.group_size}")
-        if self.kind in _DEFAULT_GROUP:
+        if info.default_group is not None:
             if self.group_size is None or not (self.group_size == -1 or self.group_size > 0):
                 raise ValueError(f"{self.kind.value} group size must be -1 (per channel) or positive")
         elif fixed is None and self.group_size is not None:
@@ -144,7 +168,7 @@ class QuantScheme(BaseModel):
             raise ValueError("zero points apply to int4 schemes only")
         if self.act_order and self.family is not QuantFamily.INT4:
             raise ValueError("act_order (GPTQ desc_act) applies to int4 schemes only")
-        if self.activation_scale_layout is not None and self.kind not in _BLOCK_SCALED_ACTIVATIONS:
+        if self.activation_scale_layout is not None and not info.block_scaled_activations:
             raise ValueError(f"{self.kind.value} has no block-scaled activations, so no activation scale layout")
         return self
 
@@ -152,15 +176,15 @@ class QuantScheme(BaseModel):
 
     @property
     def family(self) -> QuantFamily:
-        return _FAMILY[self.kind]
+        return QUANT_KINDS[self.kind].family
 
     @property
     def weight_bits(self) -> int:
-        return _WEIGHT_BITS[self.kind]
+        return QUANT_KINDS[self.kind].weight_bits
 
     @property
     def activation_format(self) -> str:
-        return _ACTIVATION_FORMAT[self.kind]
+        return QUANT_KINDS[self.kind].activation_format
 
     @property
     def is_quantized(self) -> bool:
@@ -202,7 +226,7 @@ class QuantScheme(BaseModel):
     def label(self) -> str:
         """Short, parseable form: ``int4_w4a16:g128``, ``nvfp4``, ``int4_w4a16:gchannel:zp``."""
         text = self.kind.value
-        if self.kind in _DEFAULT_GROUP:
+        if QUANT_KINDS[self.kind].default_group is not None:
             text += ":gchannel" if self.group_size == -1 else f":g{self.group_size}"
         if self.zero_point:
             text += ":zp"
@@ -234,7 +258,7 @@ class QuantScheme(BaseModel):
         except ValueError:
             valid = ", ".join(k.value for k in QuantKind)
             raise ValueError(f"unknown quantization scheme {parts[0]!r}; valid: {valid}") from None
-        fields: dict[str, object] = {"kind": kind}
+        fields: dict[str, Any] = {"kind": kind}
         for part in parts[1:]:
             if part in ("gchannel", "g-1"):
                 fields["group_size"] = -1

@@ -13,7 +13,7 @@ from ..schemas.activation import Activation, SiluClampParams
 from ..schemas.capability import BackendCapability, Condition
 from ..schemas.device import DeviceSpec
 from ..schemas.layer import LayerSpec
-from ..schemas.quant import QuantKind, QuantScheme
+from ..schemas.quant import QuantKind, QuantScheme, quant_info
 from ..schemas.selection import ReasonCode
 from .oracle import tolerance_for
 
@@ -67,8 +67,7 @@ def default_scheme(kind: QuantKind, shape: ShapeClass) -> QuantScheme:
     takes the largest of 128 / 64 / 32 that divides both GEMMs' K (hidden and intermediate), so the
     weights can exist at unaligned shapes (704 = 11 x 64, 2880 = 45 x 64); per channel otherwise."""
     scheme = QuantScheme(kind=kind)
-    if scheme.group_size is None or kind in (QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4,
-                                             QuantKind.MXFP4_MXFP8, QuantKind.FP8_BLOCK):
+    if scheme.group_size is None or quant_info(kind).fixed_group is not None:
         return scheme  # no group, or one fixed by the format
     for group in (scheme.group_size, 64, 32):
         if shape.hidden_size % group == 0 and shape.intermediate_size % group == 0:

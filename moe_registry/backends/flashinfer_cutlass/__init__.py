@@ -158,7 +158,7 @@ DECLARATION = BackendCapability(
         Requirement(kind="package", name="flashinfer-python", package="flashinfer-python", import_name="flashinfer",
                     hint="pip install flashinfer-python", source="flashinfer-moe-api.md 6"),
         Requirement(kind="jit_module", name="fused_moe JIT module", package="flashinfer-python",
-                    probe="moe_registry.backends._flashinfer_common:fused_moe_module_status",
+                    probe="moe_registry.backends._flashinfer_jit:fused_moe_module_status",
                     build_cost=("well over 40 minutes for fused_moe_90 on 16 cores (measured: 87 of 242 objects "
                                 "after 19 min); other archs unmeasured"),
                     hint="prebuild it once and keep the cache: python -c \"from flashinfer.jit.fused_moe import "

@@ -32,7 +32,7 @@ declaration (``flashinfer_cutlass/__init__.py``); the guards here are
 Activation scales. FP8 and NvFP4 quantize activations. The GEMM1 input scale is dynamic (this
 batch's amax) unless ``input_amax`` is given; the GEMM2 input (intermediate) scale is static: from
 ``intermediate_amax`` if given, else calibrated once on the first forward batch with a float32
-torch pass (``intermediate_amax`` of ``_flashinfer_common``), as a checkpoint's ``w2_input_scale``
+torch pass (``intermediate_amax`` of ``_flashinfer_base``), as a checkpoint's ``w2_input_scale``
 would be.
 """
 
@@ -46,11 +46,18 @@ from typing import Any, Callable
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.backends._flashinfer_base import FlashInferExperts
+from moe_registry.backends import _flashinfer_jit as fij
+from moe_registry.backends._flashinfer_base import (
+    FlashInferExperts,
+    amax_dequant_scale,
+    kernel_activation,
+    pad_expert_weights,
+    round_up,
+)
 from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights, torch_dtype
 from moe_registry.formats._common import FP8_E4M3_MAX
+from moe_registry.formats.rows import gate_up_to_up_gate
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantKind
@@ -154,7 +161,7 @@ def _swizzled_block_scales(scale: torch.Tensor) -> torch.Tensor:
 
     e, rows, cols = scale.shape
     flat = swizzle_128x4(scale.view(torch.uint8))  # [E, R*C]
-    r, c = fic.round_up(rows, 128), fic.round_up(cols, 4)
+    r, c = round_up(rows, 128), round_up(cols, 4)
     return flat.reshape(e, r, c).contiguous().view(torch.int32)
 
 
@@ -172,14 +179,14 @@ def prepare_cutlass_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_
     check_declared(BACKEND, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
     scheme = cutlass_call(layer)
     dtype = torch_dtype(layer)
-    w = fic.pad_expert_weights(weights, layer, Hp, Ip)
+    w = pad_expert_weights(weights, layer, Hp, Ip)
     w13, b13 = w.w13, w.w13_bias
     if layer.activation.is_gated:
         params = layer.swigluoai
         interleaved = bool(params and params.interleaved)
-        w13 = fic.gate_up_to_up_gate(w13, Ip, interleaved=interleaved)
+        w13 = gate_up_to_up_gate(w13, Ip, interleaved=interleaved)
         if b13 is not None:
-            b13 = fic.gate_up_to_up_gate(b13.unsqueeze(-1), Ip, interleaved=interleaved).squeeze(-1)
+            b13 = gate_up_to_up_gate(b13.unsqueeze(-1), Ip, interleaved=interleaved).squeeze(-1)
     bias = {"fc1_bias": None if b13 is None else b13.to(dtype).contiguous(),
             "fc2_bias": None if w.w2_bias is None else w.w2_bias.to(dtype).contiguous()}
 
@@ -260,17 +267,25 @@ def _env(name: str, value: str | None):
                 os.environ[name] = old
 
 
-def require_built_or_allowed(status: fic.ModuleStatus, allow_jit_build: bool | None = None) -> str | None:
+def first_build_cost() -> str:
+    """The first-use build cost, as this backend's declaration states it (its jit_module requirement)."""
+    from moe_registry.backends.flashinfer_cutlass import DECLARATION
+
+    return next(r.build_cost for r in DECLARATION.requirements if r.kind == "jit_module" and r.build_cost)
+
+
+def require_built_or_allowed(status: fij.ModuleStatus, allow_jit_build: bool | None = None) -> str | None:
     """Refuse (RuntimeError naming the first-build cost and the path checked) unless the module is
     built or building is allowed; warn when a build is about to start. Returns the value to give
     ``FLASHINFER_DISABLE_JIT`` while loading ("1" for AOT modules, which load without ninja, so
     that nothing can start compiling; None otherwise: FlashInfer refuses JIT-cache modules under
     that variable, and a permitted build needs it unset)."""
     if not status.built:
-        if not fic.jit_build_allowed(allow_jit_build):
-            raise RuntimeError(fic.not_built_message(status.module or "fused_moe", status.detail))
+        if not fij.jit_build_allowed(allow_jit_build):
+            raise RuntimeError(fij.not_built_message(status.module or "fused_moe", status.detail,
+                                                     build_cost=first_build_cost()))
         warnings.warn(f"flashinfer-cutlass: FlashInfer will now build {status.module} "
-                      f"({fic.build_cost(status.module or '')}; set MAX_JOBS to bound memory, 3-8 GB per nvcc job). "
+                      f"({first_build_cost()}; set MAX_JOBS to bound memory, 3-8 GB per nvcc job). "
                       + status.detail, stacklevel=3)
         return None
     if status.source in ("aot", "flashinfer-jit-cache") and not (status.module or "").endswith("_h20_prebuilt_d"):
@@ -278,7 +293,7 @@ def require_built_or_allowed(status: fic.ModuleStatus, allow_jit_build: bool | N
     return None
 
 
-def load_cutlass_module(device: torch.device, *, allow_jit_build: bool | None = None) -> fic.ModuleStatus:
+def load_cutlass_module(device: torch.device, *, allow_jit_build: bool | None = None) -> fij.ModuleStatus:
     """Load FlashInfer's CUTLASS fused-MoE module for ``device`` without a surprise build.
 
     Refuses (RuntimeError with the first-build cost and the path checked) when it is not built,
@@ -291,12 +306,12 @@ def load_cutlass_module(device: torch.device, *, allow_jit_build: bool | None = 
     major, minor = torch.cuda.get_device_capability(device)
     props = torch.cuda.get_device_properties(device)
     caps = tuple(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
-    info = fic.DeviceInfo(sm=major * 10 + minor, capabilities=caps,
+    info = fij.DeviceInfo(sm=major * 10 + minor, capabilities=caps,
                           name=props.name, h20=props.multi_processor_count == 78, source="torch.cuda")
-    status = fic.cutlass_module_status(info)
+    status = fij.cutlass_module_status(info)
     guard = require_built_or_allowed(status, allow_jit_build)
     with _env("FLASHINFER_DISABLE_JIT", guard), torch.cuda.device(device):
-        if status.source == "jit-cache" and not fic.jit_build_allowed(allow_jit_build):
+        if status.source == "jit-cache" and not fij.jit_build_allowed(allow_jit_build):
             status = _recheck_jit_cache(info.sm, status)
         from flashinfer.fused_moe.core import get_cutlass_fused_moe_module
 
@@ -304,7 +319,7 @@ def load_cutlass_module(device: torch.device, *, allow_jit_build: bool | None = 
     return status
 
 
-def _recheck_jit_cache(sm: int, status: fic.ModuleStatus) -> fic.ModuleStatus:
+def _recheck_jit_cache(sm: int, status: fij.ModuleStatus) -> fij.ModuleStatus:
     """The status check ran ``ninja -n`` on the ``build.ninja`` found on disk; FlashInfer first
     rewrites that file from the current environment (CUDA_HOME, FLASHINFER_EXTRA_* flags, the
     package path), and a changed command line rebuilds everything. So regenerate it exactly as
@@ -318,11 +333,11 @@ def _recheck_jit_cache(sm: int, status: fic.ModuleStatus) -> fic.ModuleStatus:
     spec = getattr(jit_fused_moe, f"gen_cutlass_fused_moe_{gen}_module")()
     spec.write_ninja()
     ninja = shutil.which("ninja")
-    problem = "ninja is not on PATH" if ninja is None else fic._ninja_dry_run(spec.build_dir, ninja)
+    problem = "ninja is not on PATH" if ninja is None else fij._ninja_dry_run(spec.build_dir, ninja)
     if problem is not None:
-        raise RuntimeError(fic.not_built_message(status.module or spec.name,
+        raise RuntimeError(fij.not_built_message(status.module or spec.name,
                                                  f"{spec.jit_library_path} exists but, with build.ninja regenerated "
-                                                 f"for this environment, {problem}"))
+                                                 f"for this environment, {problem}", build_cost=first_build_cost()))
     return status
 
 
@@ -387,7 +402,7 @@ class FlashInferCutlassExperts(FlashInferExperts):
         self.out_dtype = torch_dtype(layer)
         self.check_id_range = check_id_range
         self.tune_max_num_tokens = tune_max_num_tokens
-        self.activation_type = fic.kernel_activation(self.declaration, layer)
+        self.activation_type = kernel_activation(self.declaration, layer)
         self.prepared = prepare_cutlass_weights(layer, weights, hidden_to=self.hidden_padded,
                                                 intermediate_to=self.intermediate_padded, registry=registry)
         if self.prepared.needs_sm90_interleave:
@@ -429,8 +444,8 @@ class FlashInferCutlassExperts(FlashInferExperts):
             return x, [p.w1_scale, p.w2_scale]
         in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
         if kind == "fp8":
-            a1 = fic.amax_dequant_scale(in_amax, FP8_E4M3_MAX)
-            a2 = fic.amax_dequant_scale(self.intermediate_amax, FP8_E4M3_MAX)
+            a1 = amax_dequant_scale(in_amax, FP8_E4M3_MAX)
+            a2 = amax_dequant_scale(self.intermediate_amax, FP8_E4M3_MAX)
             xq = (x.float() / a1).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
             return xq, fp8_quant_scales(p.w1_scale, p.w2_scale, a1, a2)
         if kind == "nvfp4":
@@ -466,5 +481,5 @@ class FlashInferCutlassExperts(FlashInferExperts):
 
 
 def fused_moe_module_status() -> tuple[bool, str]:
-    """(built, detail) for this machine's CUTLASS fused-MoE module; see ``_flashinfer_common``."""
-    return fic.fused_moe_module_status()
+    """(built, detail) for this machine's CUTLASS fused-MoE module; see ``_flashinfer_jit``."""
+    return fij.fused_moe_module_status()

@@ -47,7 +47,7 @@ from moe_registry.execution.weights import ExpertWeights
 from moe_registry.formats.int4 import scales_in_dtype
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.layer import LayerSpec
-from moe_registry.schemas.quant import QuantKind
+from moe_registry.schemas.quant import QuantKind, quant_info
 
 __all__ = ["HummingExperts", "HummingSource", "activation_kwargs", "humming_source", "load_humming",
            "pack_zero_points", "unpack_source_int4"]
@@ -133,18 +133,18 @@ def humming_source(w: Any, kind: QuantKind, dtype: torch.dtype, bias: torch.Tens
     """Canonical quantized weight (logical ``[E, N, K]``) -> the Humming source schema and tensors."""
     tensors: dict[str, torch.Tensor]
     if kind in (QuantKind.NVFP4, QuantKind.NVFP4_W4A16):
-        _need(w, ("data", "scale", "global_scale"), "NvFp4Tensor", kind)
+        _need(w, ("data", "scale", "global_scale"), kind)
         # ModelOpt's weight_scale_2 is the dequant global scale; NvFp4Tensor keeps the encode scale.
         gs = w.global_scale.to(torch.float32)
         tensors = {"weight": w.data.contiguous(), "weight_scale": w.scale.contiguous(),
                    "weight_scale_2": (1.0 / gs).reshape(gs.shape[0] if gs.dim() else 1).contiguous()}
         config: dict[str, Any] = {"quant_method": "modelopt", "quant_algo": "nvfp4"}
     elif kind is QuantKind.MXFP4:
-        _need(w, ("data", "scale"), "MxFp4Tensor", kind)
+        _need(w, ("data", "scale"), kind)
         tensors = {"weight": w.data.contiguous(), "weight_scale": w.scale.contiguous()}
         config = {"quant_method": "mxfp4"}
     elif kind is QuantKind.INT4_W4A16:
-        _need(w, ("qweight", "scales", "group_size"), "Int4GroupTensor", kind)
+        _need(w, ("qweight", "scales", "group_size"), kind)
         K = w.qweight.shape[-2] * 8
         g = int(w.group_size)
         g_idx = getattr(w, "g_idx", None)
@@ -170,9 +170,10 @@ def humming_source(w: Any, kind: QuantKind, dtype: torch.dtype, bias: torch.Tens
     return HummingSource(config=config, tensors=tensors)
 
 
-def _need(w: Any, fields: tuple[str, ...], cls: str, kind: QuantKind) -> None:
+def _need(w: Any, fields: tuple[str, ...], kind: QuantKind) -> None:
     if not all(hasattr(w, f) for f in fields):
-        raise ValueError(f"humming: {kind.value} weights must be a {cls}, got {type(w).__name__}")
+        raise ValueError(f"humming: {kind.value} weights must be a {quant_info(kind).format_class}, "
+                         f"got {type(w).__name__}")
 
 
 # --- Activation expressions ------------------------------------------------------------------------

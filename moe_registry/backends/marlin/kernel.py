@@ -49,7 +49,7 @@ from moe_registry.execution.guards import check_forward_inputs, check_weights
 from moe_registry.formats.int4 import scales_in_dtype
 from moe_registry.execution.weights import ExpertWeights
 from moe_registry.schemas.layer import LayerSpec
-from moe_registry.schemas.quant import QuantKind
+from moe_registry.schemas.quant import QuantKind, quant_info
 
 from . import ops, repack
 from .ops import load_moe_c, marlin_op_available  # noqa: F401  (public API of this module)
@@ -95,13 +95,9 @@ class MarlinConfig:
         return self.intermediate_padded * (2 if self.gated else 1)
 
 
-# Layer quant kind -> (weight format, formats class name, fixed group size).
-_FORMATS = {
-    QuantKind.INT4_W4A16: ("int4", "Int4GroupTensor", None),
-    QuantKind.NVFP4_W4A16: ("nvfp4", "NvFp4Tensor", 16),
-    QuantKind.NVFP4: ("nvfp4", "NvFp4Tensor", 16),  # as vLLM: W4A4 checkpoints run weight-only on Marlin
-    QuantKind.MXFP4: ("mxfp4", "MxFp4Tensor", 32),
-}
+# The layer quant kinds the adapter converts (format class and fixed group: the quant-kind table's).
+# NVFP4 as vLLM: W4A4 checkpoints run weight-only on Marlin.
+_KINDS = (QuantKind.INT4_W4A16, QuantKind.NVFP4_W4A16, QuantKind.NVFP4, QuantKind.MXFP4)
 
 
 def _group_size_of(w: Any, name: str) -> int:
@@ -136,10 +132,11 @@ def check_marlin_config(layer: LayerSpec, weights: ExpertWeights | None = None, 
     if layer.dtype not in _ACT_DTYPES:
         raise ValueError(f"marlin: activations must be bf16 or fp16 (the kernel's a/c types), "
                          f"layer dtype is {layer.dtype}")
-    if layer.quant.kind not in _FORMATS:
+    if layer.quant.kind not in _KINDS:
         raise ValueError(f"marlin adapter runs int4_w4a16, nvfp4_w4a16 / nvfp4 (weight-only) and mxfp4 weights; "
                          f"{layer.quant.label()} is not implemented here")
-    fmt, _, fixed_group = _FORMATS[layer.quant.kind]
+    fmt = layer.quant.family.value  # "int4" | "nvfp4" | "mxfp4"
+    fixed_group = quant_info(layer.quant.kind).fixed_group
     if fmt == "mxfp4" and layer.dtype != "bf16":
         raise ValueError("marlin: MXFP4 weights run with bf16 activations only (vLLM builds the MXFP4 Marlin "
                          "kernels for a_type bfloat16 only, generate_kernels.py)")

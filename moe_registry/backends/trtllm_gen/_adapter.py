@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from moe_registry.backends import _flashinfer_common as fic
-from moe_registry.backends._flashinfer_base import FlashInferExperts
+from moe_registry.backends._flashinfer_base import FlashInferExperts, kernel_activation, pad_expert_weights
 from moe_registry.execution.declared import check_declared
 from moe_registry.execution.weights import ExpertWeights, torch_dtype
+from moe_registry.formats.rows import gate_up_to_up_gate
 from moe_registry.registry import Registry
 from moe_registry.schemas.layer import LayerSpec
 
@@ -46,7 +46,7 @@ def declared_padded_weights(backend: str, layer: LayerSpec, weights: ExpertWeigh
     Hp = hidden_to or layer.hidden_size
     Ip = intermediate_to or layer.local_intermediate_size
     check_declared(backend, layer, None, hidden_padded=Hp, intermediate_padded=Ip, registry=registry)
-    return fic.pad_expert_weights(weights, layer, Hp, Ip), Hp, Ip
+    return pad_expert_weights(weights, layer, Hp, Ip), Hp, Ip
 
 
 def gemm1_rows_up_gate(layer: LayerSpec, weights: ExpertWeights, intermediate: int) -> tuple[Any, Any]:
@@ -56,10 +56,10 @@ def gemm1_rows_up_gate(layer: LayerSpec, weights: ExpertWeights, intermediate: i
         return weights.w13, weights.w13_bias
     params = layer.swigluoai
     interleaved = bool(params and params.interleaved)
-    w13 = fic.gate_up_to_up_gate(weights.w13, intermediate, interleaved=interleaved)
+    w13 = gate_up_to_up_gate(weights.w13, intermediate, interleaved=interleaved)
     bias = weights.w13_bias
     if bias is not None:
-        bias = fic.gate_up_to_up_gate(bias.unsqueeze(-1), intermediate, interleaved=interleaved).squeeze(-1)
+        bias = gate_up_to_up_gate(bias.unsqueeze(-1), intermediate, interleaved=interleaved).squeeze(-1)
     return w13, bias
 
 
@@ -90,7 +90,7 @@ class TrtllmGenExperts(FlashInferExperts):
     ``tune_max_num_tokens``, ``check_id_range``).
 
     First use on SM100 also builds FlashInfer's ``fused_moe_trtllm_sm100`` JIT module and fetches its
-    cubins (``_flashinfer_common.trtllm_module_status``)."""
+    cubins (``_flashinfer_jit.trtllm_module_status``)."""
 
     backend = ""
     SETUP_DEFAULTS = dict(input_amax=None, intermediate_amax=None, tune_max_num_tokens=8192, check_id_range=True)
@@ -112,7 +112,7 @@ class TrtllmGenExperts(FlashInferExperts):
         self.out_dtype = torch_dtype(layer)
         self.check_id_range = check_id_range
         self.tune_max_num_tokens = tune_max_num_tokens
-        self.activation_type = fic.kernel_activation(self.declaration, layer)
+        self.activation_type = kernel_activation(self.declaration, layer)
         self.prepared = self._prepare(layer, weights, registry)
         self._init_ranges(weights, input_amax, intermediate_amax, quantizes_activations=self.quantizes_activations)
 

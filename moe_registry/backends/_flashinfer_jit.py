@@ -1,4 +1,4 @@
-"""What the FlashInfer adapters share: is a FlashInfer JIT module already built on this machine?
+"""Is a FlashInfer JIT module already built on this machine? (No torch, no flashinfer import.)
 
 Importing this module imports neither torch nor flashinfer, so the environment probe (a
 ``jit_module`` requirement's ``probe``) can call :func:`fused_moe_module_status` during selection.
@@ -44,11 +44,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-if TYPE_CHECKING:
-    from ..schemas.capability import BackendCapability
-    from ..schemas.layer import LayerSpec
+from ..schemas.device import DeviceSpec, detect
 
 # --- Constants the declarations may quote ------------------------------------------------------
 
@@ -81,13 +79,6 @@ def trtllm_module_name(sm: int) -> str | None:
     return "fused_moe_trtllm_sm107" if sm == 107 else "fused_moe_trtllm_sm100"
 
 
-def build_cost(module: str) -> str:
-    """The first-use build cost, as the CUTLASS declaration states it (its jit_module requirement)."""
-    from moe_registry.backends.flashinfer_cutlass import DECLARATION
-
-    return next(r.build_cost for r in DECLARATION.requirements if r.kind == "jit_module" and r.build_cost)
-
-
 def jit_build_allowed(flag: bool | None = None) -> bool:
     """An explicit flag wins; otherwise ``MOE_REGISTRY_FLASHINFER_ALLOW_JIT``."""
     if flag is not None:
@@ -95,9 +86,10 @@ def jit_build_allowed(flag: bool | None = None) -> bool:
     return os.environ.get(ALLOW_JIT_BUILD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def not_built_message(module: str, detail: str = "") -> str:
-    """The refusal every adapter raises instead of starting a long first-use build."""
-    msg = (f"FlashInfer's {module} JIT module is not built; its first build takes {build_cost(module)}; "
+def not_built_message(module: str, detail: str = "", *, build_cost: str) -> str:
+    """The refusal an adapter raises instead of starting a long first-use build (``build_cost``:
+    the first-build cost its declaration states)."""
+    msg = (f"FlashInfer's {module} JIT module is not built; its first build takes {build_cost}; "
            f"prebuild it or install flashinfer-jit-cache (or pass allow_jit_build=True / set "
            f"{ALLOW_JIT_BUILD_ENV}=1 to build it now)")
     return f"{msg}. {detail}" if detail else msg
@@ -174,67 +166,16 @@ class DeviceInfo:
     source: str = ""
 
 
-def _visible_indices(count: int) -> list[int]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return list(range(count))
-    out = []
-    for item in visible.split(","):
-        item = item.strip()
-        if not item.isdigit():
-            return []  # UUIDs or empty: not worth emulating
-        if int(item) < count:
-            out.append(int(item))
-    return out
-
-
-def detect_device() -> DeviceInfo | None:
-    """The current GPU without importing torch: torch's answer if torch is already imported (what
-    FlashInfer will see), else ``nvidia-smi`` (respecting numeric ``CUDA_VISIBLE_DEVICES``), else
-    None. ``MOE_REGISTRY_DEVICE`` (a preset name) overrides, as in ``schemas.device.detect``."""
-    override = os.environ.get("MOE_REGISTRY_DEVICE")
-    if override:
-        from ..schemas.device import get_device
-
-        spec = get_device(override)
-        if spec.sm is None:
-            return None
-        return DeviceInfo(sm=spec.sm, capabilities=((spec.sm // 10, spec.sm % 10),), name=spec.name,
-                          source=f"MOE_REGISTRY_DEVICE={override}")
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-                caps = tuple(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
-                props = torch.cuda.get_device_properties(torch.cuda.current_device())
-                major, minor = props.major, props.minor
-                return DeviceInfo(sm=major * 10 + minor, capabilities=caps, name=props.name,
-                                  h20=props.multi_processor_count == 78, source="torch.cuda")
-        except Exception:  # noqa: BLE001 - a broken CUDA init reads as "no GPU"
-            return None
+def this_gpu(spec: DeviceSpec | None = None) -> DeviceInfo | None:
+    """What FlashInfer would see on this machine, from ``schemas.device.detect`` (the one detector;
+    ``MOE_REGISTRY_DEVICE`` overrides it there): None without an NVIDIA GPU. The target
+    architectures are the detected GPU's (a host mixing GPU generations lists only the first; the
+    adapter's load-time check reads every visible GPU from torch); H20 is known by its name."""
+    spec = spec if spec is not None else detect()
+    if spec.vendor != "nvidia" or spec.sm is None:
         return None
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=15, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = []
-    for line in out.strip().splitlines():
-        name, _, cap = line.rpartition(",")
-        try:
-            major, minor = (int(v) for v in cap.strip().split("."))
-        except ValueError:
-            continue
-        rows.append((name.strip(), (major, minor)))
-    rows = [rows[i] for i in _visible_indices(len(rows))]
-    if not rows:
-        return None
-    name, (major, minor) = rows[0]
-    return DeviceInfo(sm=major * 10 + minor, capabilities=tuple(c for _, c in rows), name=name,
-                      h20=re.search(r"\bH20\b", name) is not None, source="nvidia-smi")
+    return DeviceInfo(sm=spec.sm, capabilities=(divmod(spec.sm, 10),), name=spec.name,
+                      h20=re.search(r"\bH20\b", spec.name) is not None, source="schemas.device.detect")
 
 
 # --- The installed flashinfer, without importing it --------------------------------------------
@@ -330,7 +271,7 @@ def _jit_cache_providers(version: str | None) -> list[tuple[str, Path, frozenset
     shim_version = str(getattr(flashinfer_jit_cache, "__version__", ""))
     if not version_ok(shim_version):
         return []
-    found = []
+    found: list[tuple[str, Path, frozenset[str] | None, frozenset[str] | None]] = []
     providers = getattr(flashinfer_jit_cache, "get_jit_cache_providers", None)
     if callable(providers):
         for p in providers():
@@ -472,7 +413,7 @@ def cutlass_module_status(device: DeviceInfo | None = None, *, workspace_base: s
                           verify_with_ninja: bool = True) -> ModuleStatus:
     """Is FlashInfer's CUTLASS fused-MoE module for ``device`` (default: this machine) loadable
     without a build? Never imports flashinfer, never builds."""
-    device = device or detect_device()
+    device = device or this_gpu()
     if device is None:
         return ModuleStatus(False, None, None, None, "no NVIDIA GPU detected (torch.cuda / nvidia-smi)")
     module = cutlass_module_name(device.sm, h20=device.h20)
@@ -494,7 +435,7 @@ def fused_moe_module_status() -> tuple[bool, str]:
 
 def trtllm_module_status() -> tuple[bool, str]:
     """Probe for the TRT-LLM-gen MoE module (``fused_moe_trtllm_sm100``; SM100 family only)."""
-    device = detect_device()
+    device = this_gpu()
     if device is None:
         return False, "no NVIDIA GPU detected (torch.cuda / nvidia-smi)"
     module = trtllm_module_name(device.sm)
@@ -502,245 +443,3 @@ def trtllm_module_status() -> tuple[bool, str]:
         return False, f"TRT-LLM-gen MoE needs SM 10.x; this GPU is SM{device.sm}"
     archs, device_arch = _device_archs(device)
     return jit_module_status(module, archs=archs, device_arch=device_arch).as_probe()
-
-
-# --- Activation ids ------------------------------------------------------------------------------
-# Which activations each kernel runs, and its ActivationType value (flashinfer/tllm_enums.py) for
-# each, live in the declarations (ActivationImpl.kernel_value); the adapters read them from there.
-
-def kernel_activation(decl: "BackendCapability", layer: "LayerSpec") -> int:
-    """FlashInfer's ``ActivationType`` value for the layer's activation, from the declaration
-    (call after ``check_declared`` accepted the layer, so the activation is declared)."""
-    impl = decl.activations[layer.activation]
-    if impl.kernel_value is None:
-        raise ValueError(f"{decl.id}: the declaration gives no kernel_value for activation {layer.activation.value}")
-    return impl.kernel_value
-
-
-# --- Runtime check shared by the two kernel modules ----------------------------------------------
-
-def require_runtime(backend: str, device, layer, hidden_padded: int, intermediate_padded: int,
-                    registry=None) -> int:
-    """RuntimeError unless the weights sit on a CUDA GPU the backend's declaration runs this layer
-    on, and flashinfer is installed; returns the GPU's SM. (The device facts come from the
-    declaration through check_declared, never from a list here.)"""
-    import torch
-
-    from moe_registry.execution.declared import check_declared, device_spec_of
-    from moe_registry.registry import default_registry
-
-    if device.type != "cuda" or not torch.cuda.is_available():
-        decl = (registry or default_registry()).get(backend)
-        needs = " or ".join(rule.describe() for rule in decl.devices)
-        raise RuntimeError(f"{backend} needs CUDA weights on {needs}; weights are on {device}"
-                           + ("" if torch.cuda.is_available() else " and CUDA is not available"))
-    spec = device_spec_of(device)
-    try:
-        check_declared(backend, layer, spec, hidden_padded=hidden_padded, intermediate_padded=intermediate_padded,
-                       registry=registry)
-    except ValueError as exc:  # the layer already passed without a device: what is left is about this GPU
-        raise RuntimeError(str(exc)) from None
-    if flashinfer_package_root() is None:
-        raise RuntimeError(f"{backend} needs {FLASHINFER_DISTRIBUTION} "
-                           f"(pip install {FLASHINFER_DISTRIBUTION}=={FLASHINFER_VERSION_WRITTEN_FOR})")
-    return spec.sm
-
-
-# --- Torch helpers shared by the two kernel modules ---------------------------------------------
-# Everything below imports torch (and moe_registry.formats / execution) inside the function, so
-# this module stays importable without torch. Only the adapters call these.
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _format_name(w: object) -> str:
-    return type(w).__name__
-
-
-def expert_slice(w, e: int):
-    """Expert ``e`` of a ``[E, N, K]`` weight (plain tensor or formats object) as ``[N, K]``."""
-    import torch
-
-    if isinstance(w, torch.Tensor):
-        return w[e]
-    fields = {f.name: getattr(w, f.name)[e] for f in dataclasses.fields(w)
-              if isinstance(getattr(w, f.name), torch.Tensor)}
-    return dataclasses.replace(w, **fields)
-
-
-def _pad_rows_cols(t, segments: list[tuple[int, int]] | None, cols_to: int | None, fill: float = 0.0):
-    """Pad the last two dims of ``t``: rows split into consecutive ``(rows, rows_to)`` segments,
-    each padded at its end; columns padded at the end to ``cols_to``. Pads with ``fill``."""
-    import torch
-
-    def pad(x, dim: int, to: int):
-        extra = to - x.shape[dim]
-        if extra <= 0:
-            return x
-        shape = list(x.shape)
-        shape[dim] = extra
-        if x.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            filler = torch.full(shape, fill, dtype=torch.float32, device=x.device).to(x.dtype)
-        else:
-            filler = torch.full(shape, fill, dtype=x.dtype, device=x.device)
-        return torch.cat([x, filler], dim=dim)
-
-    if segments is not None and any(r != r_to for r, r_to in segments):
-        if sum(r for r, _ in segments) != t.shape[-2]:
-            raise ValueError(f"row segments {segments} do not cover {t.shape[-2]} rows")
-        parts, start = [], 0
-        for rows, rows_to in segments:
-            parts.append(pad(t[..., start:start + rows, :], -2, rows_to))
-            start += rows
-        t = torch.cat(parts, dim=-2)
-    if cols_to is not None:
-        t = pad(t, -1, cols_to)
-    return t.contiguous()
-
-
-def pad_weight(w, segments: list[tuple[int, int]], k_to: int):
-    """Zero-pad a ``[E, N, K]`` weight (plain tensor or NvFp4/MxFp4/Fp8/Fp8Block formats object)
-    so that it dequantizes to the zero-padded weight exactly: packed e2m1 byte 0 and fp8 0 are
-    zeros, padded scales multiply zeros (NvFp4/MxFp4 scale 0, Fp8Block scale 1). ``segments``
-    are ``(rows, rows_to)`` consecutive row ranges (gated ``[gate; up]`` pads each half)."""
-    import torch
-
-    K = int(w.shape[-1])
-    if k_to == K and all(r == r_to for r, r_to in segments):
-        return w
-    if isinstance(w, torch.Tensor):
-        return _pad_rows_cols(w, segments, k_to)
-    name = _format_name(w)
-    if name in ("NvFp4Tensor", "MxFp4Tensor"):
-        group = 16 if name == "NvFp4Tensor" else 32
-        if (k_to - K) % group:
-            raise ValueError(f"{name}: cannot pad K {K} -> {k_to} exactly (not a multiple of the {group}-group)")
-        return dataclasses.replace(w, data=_pad_rows_cols(w.data, segments, k_to // 2),
-                                   scale=_pad_rows_cols(w.scale, segments, k_to // group))
-    if name == "Fp8Tensor":
-        return dataclasses.replace(w, data=_pad_rows_cols(w.data, segments, k_to))
-    if name == "Fp8ChannelTensor":  # padded rows: zero data under a unit scale
-        return dataclasses.replace(w, data=_pad_rows_cols(w.data, segments, k_to),
-                                   scale=_pad_rows_cols(w.scale.unsqueeze(-1), segments, None, fill=1.0).squeeze(-1))
-    if name == "Fp8BlockTensor":
-        block_segments = None
-        if any(r != r_to for r, r_to in segments):
-            # A segment followed by another must start and end on 128-row block boundaries, or a
-            # block would mix rows of two segments (or zeros) under one scale.
-            for rows, rows_to in segments[:-1]:
-                if rows % 128 or rows_to % 128:
-                    raise ValueError(f"Fp8BlockTensor: cannot pad a {rows}-row segment to {rows_to} rows exactly "
-                                     "(both must be multiples of 128); pad before quantizing")
-            block_segments = [(-(-r // 128), -(-r_to // 128)) for r, r_to in segments]
-        return dataclasses.replace(
-            w, data=_pad_rows_cols(w.data, segments, k_to),
-            scale=_pad_rows_cols(w.scale, block_segments, -(-k_to // 128), fill=1.0))
-    raise ValueError(f"cannot pad a {name} weight")
-
-
-def _gemm1_segments(I: int, I_to: int, gated: bool, interleaved: bool) -> list[tuple[int, int]]:
-    if not gated:
-        return [(I, I_to)]
-    if interleaved:  # gpt-oss rows g0, u0, g1, u1, ...: zero pairs go at the end
-        return [(2 * I, 2 * I_to)]
-    return [(I, I_to), (I, I_to)]
-
-
-def pad_expert_weights(weights, layer, hidden_to: int, intermediate_to: int):
-    """``ExpertWeights`` zero-padded to ``hidden_to`` / ``intermediate_to`` (exact, see
-    ``execution.base.Experts``); quantized formats padded in their packed form."""
-    from moe_registry.execution.base import pad_weights
-    from moe_registry.execution.weights import ExpertWeights
-
-    H, I = layer.hidden_size, layer.local_intermediate_size
-    if (hidden_to, intermediate_to) == (H, I):
-        return weights
-    params = layer.swigluoai
-    interleaved = bool(params and params.interleaved)
-    if not weights.is_quantized:
-        return pad_weights(weights, hidden_to, intermediate_to, interleaved=interleaved)
-    gated = layer.activation.is_gated
-    seg13 = _gemm1_segments(I, intermediate_to, gated, interleaved)
-    w13 = pad_weight(weights.w13, seg13, hidden_to)
-    w2 = pad_weight(weights.w2, [(H, hidden_to)], intermediate_to)
-    b13 = None if weights.w13_bias is None else _pad_rows_cols(weights.w13_bias.unsqueeze(-1), seg13, None).squeeze(-1)
-    b2 = None if weights.w2_bias is None else _pad_rows_cols(weights.w2_bias.unsqueeze(-1), [(H, hidden_to)],
-                                                             None).squeeze(-1)
-    return ExpertWeights(w13=w13, w2=w2, w13_bias=b13, w2_bias=b2)
-
-
-def _rows(t, index):
-    return t.index_select(-2, index.to(t.device))
-
-
-def gate_up_to_up_gate(w, intermediate: int, *, interleaved: bool = False):
-    """Canonical gated GEMM1 rows ``[gate; up]`` (or gpt-oss interleaved g0, u0, g1, u1, ...) ->
-    FlashInfer's ``[up; gate]`` (flashinfer-moe-api.md 1.4: ``w31 = cat([w3, w1])``). Works on
-    plain tensors ``[..., 2I, K]``, on formats objects (row-wise data and scales), and on biases
-    given as ``[..., 2I, 1]``."""
-    import torch
-
-    I = intermediate
-    rows = int(w.shape[-2])
-    if rows != 2 * I:
-        raise ValueError(f"gated GEMM1 weight has {rows} rows; expected 2*I = {2 * I}")
-    if interleaved:
-        index = torch.cat([torch.arange(1, 2 * I, 2), torch.arange(0, 2 * I, 2)])
-    else:
-        index = torch.cat([torch.arange(I, 2 * I), torch.arange(0, I)])
-    if isinstance(w, torch.Tensor):
-        return _rows(w, index).contiguous()
-    name = _format_name(w)
-    if name in ("NvFp4Tensor", "MxFp4Tensor", "Fp8Tensor"):
-        fields = {"data": _rows(w.data, index).contiguous()}
-        if name != "Fp8Tensor":
-            fields["scale"] = _rows(w.scale, index).contiguous()
-        return dataclasses.replace(w, **fields)
-    if name == "Fp8ChannelTensor":
-        return dataclasses.replace(w, data=_rows(w.data, index).contiguous(),
-                                   scale=_rows(w.scale.unsqueeze(-1), index).squeeze(-1).contiguous())
-    if name == "Fp8BlockTensor":
-        if interleaved:
-            raise ValueError("Fp8BlockTensor: interleaved gate/up rows share 128x128 scale blocks; "
-                             "de-interleave before quantizing")
-        if I % 128:
-            raise ValueError(f"Fp8BlockTensor: swapping the gate/up halves needs I % 128 == 0, got I = {I}")
-        nb = I // 128
-        block_index = torch.cat([torch.arange(nb, 2 * nb), torch.arange(0, nb)])
-        return dataclasses.replace(w, data=_rows(w.data, index).contiguous(),
-                                   scale=_rows(w.scale, block_index).contiguous())
-    raise ValueError(f"cannot reorder a {name} weight")
-
-
-def amax_dequant_scale(amax, fmax: float):
-    """``amax / fmax`` as a 0-dim fp32 tensor, floored so an all-zero input gives a tiny positive
-    scale rather than a division by zero."""
-    import torch
-
-    a = torch.as_tensor(amax, dtype=torch.float32)
-    return (a.clamp(min=1e-12) / fmax).reshape(())
-
-
-def intermediate_amax(layer, weights, hidden_states, topk_ids):
-    """``max |act(x @ w13[e].T + b13[e])|`` over the routed (token, expert) pairs of one batch: the
-    FC2-input range a static FP8 / NvFP4 activation scale is calibrated from. Runs in float32 on
-    the canonical (unpadded, ``[gate; up]``) weights with the reference activation."""
-    import torch
-
-    from moe_registry.execution.activations import apply_activation
-
-    x = hidden_states.float()
-    T, k = topk_ids.shape
-    ids = topk_ids.reshape(-1).long()
-    tokens = torch.arange(T, device=ids.device).repeat_interleave(k)
-    amax = torch.zeros((), dtype=torch.float32, device=x.device)
-    for e in torch.unique(ids).tolist():  # one host sync, once per calibration
-        rows = x[tokens[ids == e]]
-        w = expert_slice(weights.w13, e)
-        w = w.float() if isinstance(w, torch.Tensor) else w.dequantize(torch.float32)
-        h = rows @ w.to(x.device).T
-        if weights.w13_bias is not None:
-            h = h + weights.w13_bias[e].float()
-        amax = torch.maximum(amax, apply_activation(h, layer).abs().amax())
-    return amax

@@ -22,7 +22,7 @@ pytest.importorskip("torch")
 
 from moe_registry import provenance  # noqa: E402
 from moe_registry.backends.reference import DECLARATION as REFERENCE  # noqa: E402
-from moe_registry.registry import Registry  # noqa: E402
+from moe_registry.registry import Registry, default_registry  # noqa: E402
 from moe_registry.schemas.activation import Activation  # noqa: E402
 from moe_registry.schemas.quant import QuantKind, QuantScheme  # noqa: E402
 from moe_registry.schemas.selection import ReasonCode  # noqa: E402
@@ -137,6 +137,7 @@ def plugin_registry(tmp_path_factory):
         sys.path.remove(str(root))
         for name in ("acme_probe_plugin", "acme_probe_kernels"):
             sys.modules.pop(name, None)
+        default_registry.cache_clear()  # a registry built while the plugin was on sys.path must not outlive it
 
 
 def _result(record: ProbeRecord, backend: str, shape: str, activation: str, kind: str = "bf16", *,

@@ -870,7 +870,7 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
     def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
         if (key, extra) not in results:
             try:
-                more = {"extra_reasons": extra} if extra else {}
+                more: dict[str, Any] = {"extra_reasons": extra} if extra else {}
                 results[key, extra] = select_backend(key, device, **more, **kwargs)
             except NoEligibleBackend as exc:  # recorded, so the other layers are still planned
                 results[key, extra] = exc

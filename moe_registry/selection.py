@@ -26,10 +26,17 @@ from .schemas.selection import Candidate, DecidedBy, Note, Padding, Reason, Reas
 
 
 class Policy(Protocol):
-    """Orders eligible candidates. ``order`` returns the ranked list, the rule that decided, and notes."""
+    """Orders eligible candidates. ``order`` returns the ranked list, the rule that decided, and notes.
+    ``key`` names the policy in the fingerprint; a policy is hashable (selections are cached by it).
+    The two flags are read-only: a frozen dataclass field or a property both conform."""
 
-    exact_activations: bool
-    allow_padding: bool
+    @property
+    def exact_activations(self) -> bool: ...
+
+    @property
+    def allow_padding(self) -> bool: ...
+
+    def __hash__(self) -> int: ...
 
     def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
               device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]: ...

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from _decl_helpers import BASE, SRC, decl, registry
+from _decl_helpers import BASE, SRC, assert_selected, decl, registry
 from moe_registry import selection as selection_module
 from moe_registry.environment import Environment, RequirementState, this_machine
 from moe_registry.errors import InvalidDevice, NoEligibleBackend
@@ -68,25 +68,24 @@ def test_selection_with_an_environment_does_no_io(forbid_io):
     reg = registry(decl("t-a", requirements=(NEEDS_PKG,)), decl("t-b"))
     forbid_io()
     sel = select_backend(BASE, registry=reg, environment=env(satisfied=True))
-    assert sel.backend == "t-a", sel.describe()
-    assert sel.device == H100 and not sel.planning
+    assert_selected(sel, "t-a", device=H100, planning=False)
 
 
 def test_the_environment_decides_packages_device_and_override():
     reg = registry(decl("t-a", requirements=(NEEDS_PKG,)), decl("t-b", priority={QuantFamily.UNQUANTIZED: 10}))
     missing = select_backend(BASE, registry=reg, environment=env(satisfied=False))
-    assert missing.backend == "t-b", missing.describe()
+    assert_selected(missing, "t-b")
     (rejection,) = missing.rejections
     assert [r.code for r in rejection.reasons] == [ReasonCode.PACKAGE_MISSING]
     assert "fancy_kernels is not installed" in rejection.reasons[0].actual
     # A named device is checked against the given environment's software, not planned for.
     named = select_backend(BASE, "b200", registry=reg, environment=env(satisfied=False))
-    assert named.device.name == "b200" and named.backend == "t-b" and not named.planning
+    assert_selected(named, "t-b", device=get_device("b200"), planning=False)
     # The environment's device is the target; an SM70 device rejects both (declared from SM75).
     with pytest.raises(NoEligibleBackend):
         select_backend(BASE, registry=reg, environment=env(satisfied=True, device=get_device("sm70")))
     forced = select_backend(BASE, registry=reg, environment=env(satisfied=True, backend_override="t-b"))
-    assert (forced.backend, forced.decided_by) == ("t-b", "env")
+    assert_selected(forced, "t-b", decided_by="env")
 
 
 def test_an_environment_without_a_device_needs_a_named_one():
@@ -94,7 +93,7 @@ def test_an_environment_without_a_device_needs_a_named_one():
     with pytest.raises(InvalidDevice, match="names no device"):
         select_backend(BASE, registry=reg, environment=Environment.planning_target())
     sel = select_backend(BASE, "h100", registry=reg, environment=Environment.planning_target())
-    assert sel.planning and sel.backend == "t-a"
+    assert_selected(sel, "t-a", planning=True)
 
 
 def test_a_passed_environment_and_the_detected_one_give_the_same_fingerprint(monkeypatch):
@@ -128,3 +127,10 @@ def test_plan_model_takes_the_environment_device(forbid_io):
     assert plan.layers and all(p.selection is not None and p.selection.device == H100 for p in plan.layers)
     with pytest.raises(PlanError, match="names no device"):
         plan_model("qwen3-30b-a3b", environment=Environment.planning_target())
+
+
+def test_assert_selected_fails_with_the_selection_described():
+    sel = select_backend(BASE, "h100", registry=registry(decl("t-a")))
+    with pytest.raises(AssertionError) as failure:
+        assert_selected(sel, "t-b")
+    assert sel.describe() in str(failure.value) and "'backend': 't-a'" in str(failure.value)

@@ -28,6 +28,7 @@ from moe_registry.execution.weights import ExpertWeights, random_weights
 from moe_registry.schemas.activation import Activation, SwigluOAIParams
 from moe_registry.schemas.layer import LayerSpec, ParallelConfig
 
+from _decl_helpers import assert_selected
 from _factories import make_layer as _make_layer
 
 TOL = {"fp32": dict(rtol=1e-5, atol=1e-5), "bf16": dict(rtol=2**-8, atol=2e-5)}
@@ -322,7 +323,7 @@ def test_run_layer_forced_reference_equals_route_then_forward():
     x, _, _ = make_inputs(layer)
     logits = torch.randn(x.shape[0], E, generator=torch.Generator().manual_seed(5))
     out, selection = run_layer(layer, w, x, logits, device="cpu", force="reference")
-    assert selection.backend == "reference"
+    assert_selected(selection, "reference")
     tw, ti = route(logits, layer)
     torch.testing.assert_close(out, ReferenceExperts(layer, w)(x, tw, ti), rtol=0, atol=0)
     with pytest.raises(ValueError, match="EP2"):

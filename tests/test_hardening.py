@@ -557,7 +557,7 @@ def test_plugin_time_limit_from_the_environment(monkeypatch, value, expected):
 
 @pytest.mark.parametrize("name,value", [("MOE_REGISTRY_DEVICE", "garbage"), ("MOE_REGISTRY_BACKEND", "nope\x1b[2J")])
 def test_bad_environment_variables_exit_2_with_an_escaped_line(monkeypatch, capsys, name, value):
-    from moe_registry.schemas.device import detect
+    from moe_registry.environment import detect_device as detect
 
     monkeypatch.setenv(name, value)
     detect.cache_clear()  # this machine is detected once per process

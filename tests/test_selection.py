@@ -212,14 +212,14 @@ def test_planning_notes_assumed_packages():
 
 def test_this_machine_checks_packages(monkeypatch):
     monkeypatch.setenv("MOE_REGISTRY_DEVICE", "h100")
-    from moe_registry.schemas import device as device_module
+    from moe_registry.environment import detect_device
 
-    device_module.detect.cache_clear()
+    detect_device.cache_clear()
     registry = Registry(entry_points=False)
     try:
         s = select_backend(GEMMA4.replace(quant="int4_w4a16", intermediate_size=768), registry=registry)
     finally:
-        device_module.detect.cache_clear()
+        detect_device.cache_clear()
     assert not s.planning and s.device.name == "h100"
     marlin = s.rejection("marlin")
     # No vLLM here (CI and this machine): the reason says what to install, not "unsupported device".

@@ -17,14 +17,18 @@ SMALL: dict[str, Any] = dict(num_experts=4, top_k=2, hidden_size=256, intermedia
 SHORT = {"E": "num_experts", "k": "top_k", "H": "hidden_size", "I": "intermediate_size", "act": "activation"}
 
 
-def make_layer(*, tp: int = 1, ep: int = 1, dp: int = 1, **fields: Any) -> LayerSpec:
-    """``SMALL`` with ``fields`` replaced or added. ``E``, ``k``, ``H``, ``I`` and ``act`` are short
-    for num_experts, top_k, hidden_size, intermediate_size and activation; ``tp``/``ep``/``dp``
-    build ``parallel`` (pass ``parallel=`` instead, not both). silu_clamp, which has no default
-    limit, gets limit 1.0 (it binds on N(0, 1) inputs). A module with other defaults binds
-    them once with ``functools.partial``, under the names its call sites use
-    (``partial(make_layer, num_experts=8, hidden_size=64)``): a field given under both names is a
-    TypeError, never a silent choice."""
+def make_layer(quant: Any = None, /, *, tp: int = 1, ep: int = 1, dp: int = 1, **fields: Any) -> LayerSpec:
+    """``SMALL`` with ``fields`` replaced or added; ``quant`` may come first (``make_layer("nvfp4")``).
+    ``E``, ``k``, ``H``, ``I`` and ``act`` are short for num_experts, top_k, hidden_size,
+    intermediate_size and activation; ``tp``/``ep``/``dp`` build ``parallel`` (pass ``parallel=``
+    instead, not both). silu_clamp, which has no default limit, gets limit 1.0 (it binds on N(0, 1)
+    inputs). A module with other defaults binds them once with ``functools.partial``, under the
+    names its call sites use (``partial(make_layer, num_experts=8, hidden_size=64)``): a field given
+    under both names is a TypeError, never a silent choice."""
+    if quant is not None:
+        if "quant" in fields:
+            raise TypeError("make_layer got quant twice")
+        fields["quant"] = quant
     for short, name in SHORT.items():
         if short in fields:
             if name in fields:

@@ -215,7 +215,8 @@ def test_experts_base_is_abstract_and_callable():
 def test_tolerance_rejects_nearest_wrong_semantics(mutation):
     layer = make_layer(act="gelu", dtype="fp32", bias=True)
     if mutation == "interleave":
-        layer = make_layer(act="swigluoai", dtype="fp32", activation_params=SwigluOAIParams(interleaved=True), bias=True)
+        layer = make_layer(act="swigluoai", dtype="fp32", activation_params=SwigluOAIParams(interleaved=True),
+                           bias=True)
     w = random_weights(layer, dtype=torch.float32)
     x, tw, ti = make_inputs(layer, T=16)
     x = x * 2  # spread GEMM1 outputs over |g| ~ 2-3, where gelu and its tanh form differ most

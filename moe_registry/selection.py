@@ -612,11 +612,12 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     kept like any other reason. With no eligible backend, NoEligibleBackend carries every rejection.
 
     ``environment`` is the machine the kernels will run on (installed packages, built kernels,
-    accelerator, ``$MOE_REGISTRY_BACKEND``); given, selection does no I/O: ``device=None`` and a
-    CUDA torch device mean ``environment.device``, and a named device is checked against the
-    environment's software as given. Left out, this machine is detected
-    (``Registry.detect_environment()``) for ``device=None`` or a torch device, and a named device is
-    planned for (``Environment.planning_target()``).
+    accelerator, ``$MOE_REGISTRY_BACKEND``); given, selection does no I/O (beyond the default
+    registry loading its plugins on first use): ``device=None`` and a CUDA torch device mean
+    ``environment.device``, and a named device is checked against the environment's software as
+    given. Left out, this machine is detected (``Registry.detect_environment()``) for
+    ``device=None`` or a torch device, and a named device is planned for
+    (``Environment.planning_target()``).
     """
     registry = registry or default_registry()
     if not isinstance(layer_spec, LayerSpec):

@@ -2,6 +2,11 @@
 every reason, and the real kernels behind the choice.
 
 Importing this package never imports torch; the execution entry points load it on first use.
+
+Callers: ``select_backend`` (one layer), ``plan_model`` / ``plan_config`` (a whole model),
+``build_experts`` / ``run_layer`` (the kernels). Plugin authors: ``BackendCapability`` here, the rest
+of the declaration vocabulary in :mod:`moe_registry.schemas`, ``hookimpl`` to register, and
+``Experts`` to subclass for an adapter.
 """
 
 from __future__ import annotations
@@ -35,8 +40,21 @@ _EXPORTS = {
     "Reason": "moe_registry.schemas.selection",
     "ReasonCode": "moe_registry.schemas.selection",
     "plan_model": "moe_registry.planner",
+    "plan_config": "moe_registry.planner",
+    "ModelPlan": "moe_registry.planner",
+    "LayerPlan": "moe_registry.planner",
+    "PlanError": "moe_registry.quant_config",
+    "Policy": "moe_registry.selection",
+    "MeasuredPolicy": "moe_registry.measured",
+    "CostTable": "moe_registry.measured",
+    "Environment": "moe_registry.environment",
+    "MoeRegistryError": "moe_registry.errors",
+    "InvalidArgument": "moe_registry.errors",
+    "InvalidDevice": "moe_registry.errors",
     "build_experts": "moe_registry.execution",
     "run_layer": "moe_registry.execution",
+    "Experts": "moe_registry.execution",
+    "ExpertWeights": "moe_registry.execution",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -58,9 +76,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .errors import BackendNotEligible, NoEligibleBackend, UnknownBackend
-    from .execution import build_experts, run_layer
-    from .planner import plan_model
+    from .environment import Environment
+    from .errors import (
+        BackendNotEligible, InvalidArgument, InvalidDevice, MoeRegistryError, NoEligibleBackend, UnknownBackend,
+    )
+    from .execution import Experts, ExpertWeights, build_experts, run_layer
+    from .measured import CostTable, MeasuredPolicy
+    from .planner import LayerPlan, ModelPlan, plan_config, plan_model
+    from .quant_config import PlanError
     from .registry import Registry, default_registry, hookimpl
     from .schemas.activation import Activation, SwigluOAIParams
     from .schemas.capability import BackendCapability
@@ -68,4 +91,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
     from .schemas.quant import QuantKind, QuantScheme
     from .schemas.selection import Reason, ReasonCode, Selection
-    from .selection import DeclaredPriority, select_backend
+    from .selection import DeclaredPriority, Policy, select_backend

@@ -1,21 +1,35 @@
-"""What is installed and built on the machine that will run the kernels: the impure input to
-selection, taken once as a frozen snapshot so that selection itself stays a pure function.
+"""What is installed and built on the machine that will run the kernels, which GPU it has, and the
+process's overrides: the impure input to selection, taken as a frozen snapshot so that selection
+itself stays a pure function. All of this machine's probing lives here (``nvidia-smi``, CUDA via
+an already-imported torch, ``$MOE_REGISTRY_DEVICE`` / ``$MOE_REGISTRY_BACKEND``, and the
+declarations' requirement probes, which may run ``nvcc`` or ``ninja -n``); ``select_backend``
+handed an ``Environment`` does no I/O.
 
-Planning for a named device uses ``Environment.planning()``: packages are assumed installable
-(and noted), because the target is not this machine. Software presence is kept apart from
-hardware support so "not installed" never reads as "device unsupported" (vLLM #50925, #31085).
+Planning for a named device uses ``Environment.planning_target()``: packages are assumed
+installable (and noted), because the target is not this machine. Software presence is kept apart
+from hardware support so "not installed" never reads as "device unsupported" (vLLM #50925, #31085).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Iterable
 
 from pydantic import BaseModel, ConfigDict
+
+from .schemas.device import PRESETS, DeviceSpec, get_device
+
+# A preset name used instead of detecting this machine's accelerator.
+ENV_DEVICE = "MOE_REGISTRY_DEVICE"
+# A backend id that pins selection (as ``force=``), for every layer.
+ENV_FORCE = "MOE_REGISTRY_BACKEND"
 
 if TYPE_CHECKING:
     from .schemas.capability import BackendCapability, Requirement
@@ -31,21 +45,107 @@ class RequirementState(BaseModel):
 
 
 class Environment(BaseModel):
+    """One machine as selection sees it. ``planning=True``: the target is not this machine, so
+    requirements are assumed met (and noted). ``device``: the accelerator kernels will run on
+    (the CPU preset when there is none); selection uses it when no device is named. None in a
+    planning environment, whose target is always named. ``backend_override``: the backend that
+    pins selection when the caller forces none (``$MOE_REGISTRY_BACKEND`` when detected)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     planning: bool
     requirements: tuple[RequirementState, ...] = ()
     versions: tuple[tuple[str, str], ...] = ()  # distributions relevant to the fingerprint
+    device: DeviceSpec | None = None
+    backend_override: str | None = None
 
     @classmethod
-    def planning_target(cls) -> "Environment":
-        return cls(planning=True)
+    def planning_target(cls, *, backend_override: str | None = None) -> "Environment":
+        return cls(planning=True, backend_override=backend_override)
 
     def state(self, backend: str, name: str) -> RequirementState | None:
         for entry in self.requirements:
             if entry.backend == backend and entry.name == name:
                 return entry
         return None
+
+
+# --- This machine's accelerator ------------------------------------------------------------------
+
+_NAME_TO_PRESET = (("H200", "h200"), ("H100", "h100"), ("GB200", "gb200"), ("B300", "b300"),
+                   ("B200", "b200"), ("A100", "a100"), ("L40S", "l40s"), ("RTX PRO 6000", "rtx-pro-6000"))
+
+
+def device_for_gpu(product: str, sm: int, memory_gb: float | None) -> DeviceSpec:
+    """The preset for a GPU by its product name and SM (its memory as measured), else a bare spec."""
+    for marker, preset in _NAME_TO_PRESET:
+        if marker in product.upper() and PRESETS[preset].sm == sm:
+            return PRESETS[preset].model_copy(update={"memory_gb": memory_gb or PRESETS[preset].memory_gb})
+    return DeviceSpec(name=product.strip() or f"sm{sm}", vendor="nvidia", sm=sm, memory_gb=memory_gb)
+
+
+def _detect_with_torch() -> DeviceSpec | None:
+    torch = sys.modules["torch"]
+    if not torch.cuda.is_available() or torch.version.cuda is None:
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return device_for_gpu(props.name, major * 10 + minor, round(props.total_memory / 2**30, 1))
+
+
+def _detect_with_nvidia_smi() -> DeviceSpec | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    fields = [f.strip() for f in first.split(",")]
+    if len(fields) < 2:
+        return None
+    try:
+        major, minor = fields[1].split(".")
+        sm = int(major) * 10 + int(minor)
+        memory = round(float(fields[2]) / 1024, 1) if len(fields) > 2 else None
+    except ValueError:
+        return None
+    return device_for_gpu(fields[0], sm, memory)
+
+
+@functools.lru_cache(maxsize=1)
+def detect_device() -> DeviceSpec:
+    """This machine's first accelerator, without importing torch.
+
+    ``MOE_REGISTRY_DEVICE`` names a preset to use instead. If torch is already imported, CUDA's
+    answer is used (it is what kernels will see); otherwise ``nvidia-smi``; otherwise the CPU.
+    """
+    override = os.environ.get(ENV_DEVICE)
+    if override:
+        return get_device(override)
+    if "torch" in sys.modules:
+        found = _detect_with_torch()
+        if found is not None:
+            return found
+        return PRESETS["cpu"]
+    return _detect_with_nvidia_smi() or PRESETS["cpu"]
+
+
+def backend_override() -> str | None:
+    """``$MOE_REGISTRY_BACKEND`` (stripped), read now; None when unset or empty."""
+    value = os.environ.get(ENV_FORCE)
+    return value.strip() if value else None
+
+
+def this_machine(software: Environment) -> Environment:
+    """``software`` (a :func:`probe_environment` snapshot) completed with this machine's
+    accelerator and ``$MOE_REGISTRY_BACKEND``, both read now (the device is detected once)."""
+    return software.model_copy(update={"device": detect_device(), "backend_override": backend_override()})
+
+
+# --- Installed software ------------------------------------------------------------------------
 
 
 def _distribution_version(name: str) -> str | None:

@@ -77,6 +77,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import models as _presets
+from .environment import Environment, detect_device
 from .quant_config import (
     InconsistentMoEQuant,
     PlanError,
@@ -857,8 +858,6 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
                                    "plan with select=False") from None
     from .errors import NoEligibleBackend
     from .memory import MEMORY_MODES, fit
-    from .schemas.device import detect
-
     if memory_mode not in MEMORY_MODES:
         raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
 
@@ -871,14 +870,23 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
     def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
         if (key, extra) not in results:
             try:
-                more = {"extra_reasons": extra} if extra else {}
+                more: dict[str, Any] = {"extra_reasons": extra} if extra else {}
                 results[key, extra] = select_backend(key, device, **more, **kwargs)
             except NoEligibleBackend as exc:  # recorded, so the other layers are still planned
                 results[key, extra] = exc
         return results[key, extra]
 
     # Memory fit is a function of the whole plan: it adds memory_exceeded reasons, then selection reruns.
-    target = device if device is not None else detect()
+    environment = kwargs.get("environment")
+    if device is not None:
+        target = device
+    elif environment is None:
+        target = detect_device()
+    elif isinstance(environment, Environment) and environment.device is not None:
+        target = environment.device
+    else:
+        raise PlanError("a planning environment names no device: pass device=" if isinstance(environment, Environment)
+                        else f"environment must be an Environment, got {type(environment).__name__}")
     extras, memory = fit(counts, lambda k, e: (r if isinstance(r := select_key(k, e), Selection) else None),
                          target, memory_mode)  # type: ignore[arg-type]
     done: dict[LayerSpec, LayerPlan] = {}
@@ -898,7 +906,8 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
 
 def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None = None,
                parallel: ParallelConfig = ParallelConfig(), quant: QuantScheme | str | None = None, *,
-               select: bool = True, memory: str = "prefer", **select_kwargs: Any) -> ModelPlan:
+               select: bool = True, memory: str = "prefer", environment: Environment | None = None,
+               **select_kwargs: Any) -> ModelPlan:
     """Plan every MoE layer of a model.
 
     ``source``: a bundled preset name (``gemma-4-26b-a4b``) or its Hugging Face id, a model
@@ -908,25 +917,31 @@ def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None =
     arguments (``force``, ``prefer``, ``forbid``, ``policy``) go to ``select_backend``, which runs
     once per distinct layer shape. ``memory``: how the whole-model expert weights per GPU are fitted
     to the device (``prefer``, ``strict``, ``report``; see :mod:`moe_registry.memory`), reported in
-    ``ModelPlan.memory``. Raises :class:`PlanError` (one line) on any bad input.
+    ``ModelPlan.memory``. ``environment``: the machine the kernels will run on, as for
+    ``select_backend`` (its device when ``device`` is None); left out, this machine is detected.
+    Raises :class:`PlanError` (one line) on any bad input.
     """
     return _plan(_load(source), device=device, parallel=parallel, quant=quant, select=select,
-                 select_kwargs=select_kwargs, memory_mode=memory)
+                 select_kwargs=_with_environment(select_kwargs, environment), memory_mode=memory)
+
+
+def _with_environment(select_kwargs: dict[str, Any], environment: Environment | None) -> dict[str, Any]:
+    return select_kwargs if environment is None else {**select_kwargs, "environment": environment}
 
 
 def plan_config(config: Mapping[str, Any], device: DeviceSpec | str | None = None,
                 parallel: ParallelConfig = ParallelConfig(), quant: QuantScheme | str | None = None, *,
                 name: str = "config", hf_quant_config: Mapping[str, Any] | None = None,
                 quantize_config: Mapping[str, Any] | None = None, select: bool = True, memory: str = "prefer",
-                **select_kwargs: Any) -> ModelPlan:
+                environment: Environment | None = None, **select_kwargs: Any) -> ModelPlan:
     """:func:`plan_model` for a config already in memory (companion files given as arguments)."""
     if not isinstance(config, Mapping):
         raise MalformedConfig(f"{name} must be a JSON object, not {type(config).__name__}")
     src = _Source(model=name, source=name, config=dict(config), hf_quant_config=hf_quant_config,
                   hf_quant_source=f"{name} hf_quant_config", quantize_config=quantize_config,
                   quantize_source=f"{name} quantize_config")
-    return _plan(src, device=device, parallel=parallel, quant=quant, select=select, select_kwargs=select_kwargs,
-                 memory_mode=memory)
+    return _plan(src, device=device, parallel=parallel, quant=quant, select=select,
+                 select_kwargs=_with_environment(select_kwargs, environment), memory_mode=memory)
 
 
 def list_presets() -> dict[str, str]:

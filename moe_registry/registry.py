@@ -22,7 +22,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._isolation import Outcome, guarded_call, one_line, quote_output
-from .environment import Environment, probe_environment
+from .environment import Environment, probe_environment, this_machine
 from .errors import UnknownBackend
 from .schemas.capability import BackendCapability
 
@@ -185,6 +185,12 @@ class Registry:
 
     def refresh_environment(self) -> None:
         self._environment = None
+
+    def detect_environment(self) -> Environment:
+        """This machine as ``select_backend(device=None)`` sees it: :meth:`environment` plus the
+        accelerator and ``$MOE_REGISTRY_BACKEND`` (read now). Pass it, or a copy with changes, as
+        ``select_backend(..., environment=...)``."""
+        return this_machine(self.environment())
 
 
 class _FixedDeclarations:

@@ -11,28 +11,32 @@ import dataclasses
 import functools
 import hashlib
 import math
-import os
 from typing import Iterable, Protocol, Sequence
 
-from .environment import Environment
+from .environment import Environment, backend_override
 from .errors import BackendNotEligible, InvalidArgument, InvalidDevice, NoEligibleBackend
 from .registry import Registry, default_registry
 from .schemas.activation import Activation, SwigluOAIParams
 from .schemas.capability import BackendCapability, QuantSupport, dimension_value
-from .schemas.device import PRESETS, DeviceSpec, detect, get_device
+from .schemas.device import PRESETS, DeviceSpec, get_device
 from .schemas.layer import LayerSpec
 from .schemas.selection import Candidate, DecidedBy, Note, Padding, Reason, ReasonCode, Rejection, Selection
-
-ENV_FORCE = "MOE_REGISTRY_BACKEND"
 
 # --- Policies ----------------------------------------------------------------------------------
 
 
 class Policy(Protocol):
-    """Orders eligible candidates. ``order`` returns the ranked list, the rule that decided, and notes."""
+    """Orders eligible candidates. ``order`` returns the ranked list, the rule that decided, and notes.
+    ``key`` names the policy in the fingerprint; a policy is hashable (selections are cached by it).
+    The two flags are read-only: a frozen dataclass field or a property both conform."""
 
-    exact_activations: bool
-    allow_padding: bool
+    @property
+    def exact_activations(self) -> bool: ...
+
+    @property
+    def allow_padding(self) -> bool: ...
+
+    def __hash__(self) -> int: ...
 
     def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
               device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]: ...
@@ -562,8 +566,10 @@ def _held(layer: LayerSpec, support: QuantSupport | None, sizes: dict[str, int])
 def _fingerprint(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Environment, policy: Policy,
                  force: str | None, prefer: tuple[str, ...], forbid: tuple[str, ...],
                  extra: tuple[tuple[str, Reason], ...] = ()) -> str:
+    # The environment's device and override are already in (device, force): left out, so that
+    # fingerprints are the same whether the environment was passed or detected.
     text = "\n".join((registry.digest, layer.shape_key().model_dump_json(), device.model_dump_json(),
-                      env.model_dump_json(), policy.key(), repr((force, prefer, forbid)),
+                      env.model_dump_json(exclude={"device", "backend_override"}), policy.key(), repr((force, prefer, forbid)),
                       *(f"{b}:{r.model_dump_json()}" for b, r in extra)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -620,8 +626,8 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
 
 def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None, *, force: str | None = None,
                    prefer: Iterable[str] = (), forbid: Iterable[str] = (), policy: Policy | None = None,
-                   registry: Registry | None = None,
-                   extra_reasons: Iterable[tuple[str, Reason]] = ()) -> Selection:
+                   registry: Registry | None = None, extra_reasons: Iterable[tuple[str, Reason]] = (),
+                   environment: Environment | None = None) -> Selection:
     """Pick the backend for one layer.
 
     ``device=None`` selects for this machine: it is detected, and installed packages and built
@@ -632,6 +638,14 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     backends first in the given order; ``forbid`` rejects backends. ``extra_reasons`` are
     (backend, Reason) pairs decided outside this one layer (the planner's whole-model memory fit),
     kept like any other reason. With no eligible backend, NoEligibleBackend carries every rejection.
+
+    ``environment`` is the machine the kernels will run on (installed packages, built kernels,
+    accelerator, ``$MOE_REGISTRY_BACKEND``); given, selection does no I/O (beyond the default
+    registry loading its plugins on first use): ``device=None`` and a CUDA torch device mean
+    ``environment.device``, and a named device is checked against the environment's software as
+    given. Left out, this machine is detected (``Registry.detect_environment()``) for
+    ``device=None`` or a torch device, and a named device is planned for
+    (``Environment.planning_target()``).
     """
     registry = registry or default_registry()
     if not isinstance(layer_spec, LayerSpec):
@@ -641,19 +655,26 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
         raise InvalidArgument(f"force must be a backend id (str) or None, got {type(force).__name__}")
     if policy is not None and not all(hasattr(policy, a) for a in ("order", "key", "allow_padding", "exact_activations")):
         raise InvalidArgument(f"policy must be a Policy (DeclaredPriority, MeasuredPolicy, ...), got {type(policy).__name__}")
-    if device is None:
-        target, env = detect(), registry.environment()
-    elif _is_torch_device(device):  # the device kernels will run on: this machine, packages checked
-        target, env = _torch_target(device), registry.environment()
+    if environment is not None and not isinstance(environment, Environment):
+        raise InvalidArgument(f"environment must be an Environment, got {type(environment).__name__}")
+    if device is None:  # the machine kernels will run on: packages checked
+        env = environment if environment is not None else registry.detect_environment()
+        if env.device is None:
+            raise InvalidDevice("this environment names no device (a planning environment): pass device=")
+        target = env.device
+    elif _is_torch_device(device):
+        env = environment if environment is not None else registry.detect_environment()
+        target = _torch_target(device, env)
     elif isinstance(device, (str, DeviceSpec)):
         target = get_device(device) if isinstance(device, str) else device
-        env = Environment.planning_target()
+        env = environment if environment is not None else Environment.planning_target(
+            backend_override=backend_override())
     else:
         raise InvalidDevice(f"device must be a preset name, a DeviceSpec, a torch.device or None, "
                             f"got {type(device).__name__}")
     origin = "forced"
-    if force is None and os.environ.get(ENV_FORCE):
-        force, origin = os.environ[ENV_FORCE].strip(), "env"
+    if force is None and env.backend_override is not None:
+        force, origin = env.backend_override, "env"
     selection = _resolve(registry, layer_spec.shape_key(), target, env, policy or DEFAULT_POLICY,
                          force, origin, tuple(prefer), tuple(forbid), tuple(extra_reasons))
     if layer_spec.name is None and layer_spec.index is None:
@@ -677,12 +698,12 @@ def _is_torch_device(device: object) -> bool:
     return type(device).__module__ == "torch" and type(device).__name__ == "device"  # no torch import
 
 
-def _torch_target(device) -> DeviceSpec:
+def _torch_target(device, env: Environment) -> DeviceSpec:
     if device.type == "cpu":
         return PRESETS["cpu"]
     if device.type == "cuda":
-        found = detect()
-        if found.vendor != "cpu":
+        found = env.device
+        if found is not None and found.vendor != "cpu":
             return found
         raise InvalidDevice(f"{device} requested but this machine has no CUDA device")
     raise InvalidDevice(f"torch device type {device.type!r} has no fused-MoE backends (cpu or cuda)")

@@ -1,6 +1,6 @@
 """Test-only declarations and registries for the selection-rule tests (test_selection_rules.py,
 test_selection_edges.py): a permissive declaration to change one fact at a time, and a registry that
-holds exactly the declarations a test builds."""
+holds exactly the declarations a test builds, and ``assert_selected`` for the selection tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from moe_registry.schemas.capability import (
 )
 from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.quant import QuantFamily, QuantKind
+from moe_registry.schemas.selection import Selection
 
 SRC = "test declaration"
 # Routing named, so the in-kernel routing rule does not abstain (which would add a note).
@@ -40,3 +41,12 @@ def registry(*declarations: BackendCapability) -> Registry:
             return list(declarations)
 
     return Registry(builtins=False, entry_points=False, plugins=[_Plugin()])
+
+
+def assert_selected(selection: Selection, backend: str, **fields: object) -> Selection:
+    """Assert ``selection`` chose ``backend`` (and has ``fields``, e.g. ``decided_by="env"``); a
+    failure shows ``Selection.describe()``: what ran, why, and every loser's reasons."""
+    want = {"backend": backend, **fields}
+    got = {name: getattr(selection, name) for name in want}
+    assert got == want, f"expected {want}, got {got}\n{selection.describe()}"
+    return selection

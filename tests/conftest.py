@@ -1,6 +1,10 @@
-"""Fixtures shared by the CPU tests of the FlashInfer adapters (test_flashinfer_prep.py,
-test_trtllm_prep.py, test_trtllm_gen_prep.py). Their plain helpers are in ``_prep_helpers.py``.
-Torch-free: collecting a test module that skips without torch must still work."""
+"""Fixtures shared by the CPU tests. Torch-free: collecting a test module that skips without torch
+must still work.
+
+The shared factories (a small layer, routed inputs, the relative error) are plain functions in
+``_factories.py``, imported by the test modules: parametrize tables need them at import time, and
+``from conftest import ...`` would be unreliable (``tests/gpu/conftest.py`` has the same module
+name). Selection helpers (test declarations, ``assert_selected``) are in ``_decl_helpers.py``."""
 
 from __future__ import annotations
 

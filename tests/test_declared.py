@@ -22,6 +22,8 @@ from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.device import PRESETS, get_device
 from moe_registry.schemas.selection import ReasonCode
 
+from _decl_helpers import assert_selected
+
 B200, H100 = get_device("b200"), get_device("h100")
 
 
@@ -109,7 +111,7 @@ def test_pads_are_required_and_declared_padding_matches_selection():
     gpt_oss_like = nvfp4(hidden_size=2880, intermediate_size=2880)  # 2880 % 256 == 64
     assert declared_padding("trtllm-fp4", gpt_oss_like) == (3072, 2880)
     s = select_backend(gpt_oss_like, "b200")
-    assert s.backend == "trtllm-fp4"
+    assert_selected(s, "trtllm-fp4")
     assert {p.dimension: p.padded for p in s.padding} == {"hidden": 3072}
     with pytest.raises(ValueError, match=r"multiple of 256; the kernel would see 2880 \(pad hidden to 3072\)"):
         check("trtllm-fp4", gpt_oss_like)
@@ -240,7 +242,7 @@ def test_a_dtype_that_needs_newer_devices_is_a_device_reason():
     rejection = select_backend(layer, "sm75").rejection("marlin")
     assert [(r.code, r.field) for r in rejection.reasons] == [(ReasonCode.DTYPE_UNSUPPORTED, "dtype.device")]
     assert "fp16 hidden states run on sm75" in rejection.reasons[0].hint
-    assert select_backend(layer.replace(dtype="fp16"), "sm75").backend == "marlin"
+    assert_selected(select_backend(layer.replace(dtype="fp16"), "sm75"), "marlin")
 
 
 def test_every_marlin_scheme_has_a_hidden_rule():

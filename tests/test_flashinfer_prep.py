@@ -32,7 +32,7 @@ from moe_registry.formats import (  # noqa: E402
 )
 from moe_registry.schemas.activation import SwigluOAIParams  # noqa: E402
 
-from _prep_helpers import inputs, rel_err, small_layer as make_layer  # noqa: E402
+from _factories import make_layer, rel_err, routed_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -300,7 +300,7 @@ def test_forward_wiring_matches_reference(stubbed, quant, act, tol):
         kw["activation_params"] = SwigluOAIParams(alpha=1.702, limit=0.5, up_offset=1.0)
     layer = make_layer(quant=quant, activation=act, bias=(quant == "bf16" and act == "silu"), **kw)
     w = random_weights(layer, seed=11)
-    x, tw, ids = inputs(layer, T=6, seed=12)
+    x, tw, ids = routed_inputs(layer, T=6, seed=12)
     stub = stubbed(layer.dtype if quant == "bf16" else quant)
     ad = K.FlashInferCutlassExperts._without_runtime_checks(layer, w)
     out = ad(x, tw, ids.long())  # int64 ids must arrive as int32
@@ -336,7 +336,7 @@ def test_forward_wiring_matches_reference(stubbed, quant, act, tol):
 def test_static_activation_scales_are_used(stubbed):
     layer = make_layer(quant="fp8")
     w = random_weights(layer, seed=2)
-    x, tw, ids = inputs(layer, seed=3)
+    x, tw, ids = routed_inputs(layer, seed=3)
     stub = stubbed("fp8")
     ad = K.FlashInferCutlassExperts._without_runtime_checks(layer, w, input_amax=4.48, intermediate_amax=8.96)
     assert ad._calibration_weights is None
@@ -350,7 +350,7 @@ def test_static_activation_scales_are_used(stubbed):
 def test_first_batch_calibrates_once(stubbed):
     layer = make_layer(quant="nvfp4")
     w = random_weights(layer, seed=2)
-    x, tw, ids = inputs(layer, seed=3)
+    x, tw, ids = routed_inputs(layer, seed=3)
     stub = stubbed("nvfp4")
     ad = K.FlashInferCutlassExperts._without_runtime_checks(layer, w)
     ad(x, tw, ids)
@@ -365,7 +365,7 @@ def test_first_batch_calibrates_once(stubbed):
 def test_padding_is_exact_and_sliced(stubbed):
     layer = make_layer(hidden_size=200, intermediate_size=100)  # bf16 needs % 8 only; pad to show slicing
     w = random_weights(layer, seed=7)
-    x, tw, ids = inputs(layer, seed=8)
+    x, tw, ids = routed_inputs(layer, seed=8)
     stub = stubbed("bf16")
     ad = K.FlashInferCutlassExperts._without_runtime_checks(layer, w, pad_hidden_to=256, pad_intermediate_to=128)
     out = ad(x, tw, ids)
@@ -401,7 +401,7 @@ def bf16_adapter(stubbed):
 @pytest.mark.parametrize("bad", ["dtype", "noncontig", "shape", "weights_dtype", "ids_range", "misaligned"])
 def test_forward_guards_raise_before_the_kernel(bf16_adapter, bad):
     ad, layer, stub = bf16_adapter
-    x, tw, ids = inputs(layer)
+    x, tw, ids = routed_inputs(layer)
     if bad == "dtype":
         x = x.half()
     elif bad == "noncontig":
@@ -728,7 +728,7 @@ def test_mxfp4_pads_hidden_and_intermediate_to_128_as_vllm_does(stubbed):
     layer = make_layer(quant="mxfp4", activation="swigluoai", bias=True, hidden_size=224, intermediate_size=96)
     assert declared_padding("flashinfer-cutlass", layer) == (256, 128)
     w = random_weights(layer, seed=5)
-    x, tw, ids = inputs(layer, T=6, seed=6)
+    x, tw, ids = routed_inputs(layer, T=6, seed=6)
     stub = stubbed("mxfp4")
     ad = K.FlashInferCutlassExperts._without_runtime_checks(layer, w, pad_hidden_to=256, pad_intermediate_to=128)
     out = ad(x, tw, ids)

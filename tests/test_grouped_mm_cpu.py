@@ -7,13 +7,13 @@ fresh random inputs; the tolerance is the bf16 one (operands rounded to bf16, fp
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from moe_registry.execution.patterns import relative_error
 from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
 from moe_registry.backends.torch_grouped_mm.kernel import (  # noqa: E402
     TorchGroupedMMExperts,
@@ -24,28 +24,13 @@ from moe_registry.execution.weights import ExpertWeights, random_weights  # noqa
 from moe_registry.schemas.activation import Activation, SwigluOAIParams  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
+from _factories import make_layer as _make_layer, rel_err, routed_inputs  # noqa: E402
+
 BF16_TOL = 1e-2
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(out).all(), "non-finite output"
-    return relative_error(out, ref)
-
-
-def make_layer(**kw) -> LayerSpec:
-    base = dict(num_experts=8, top_k=2, hidden_size=64, intermediate_size=32, activation="silu")
-    base.update(kw)
-    if base["activation"] == "silu_clamp":  # no default limit; 1.0 binds on these random inputs
-        base.setdefault("activation_params", {"limit": 1.0})
-    return LayerSpec(**base)
-
-
-def make_inputs(layer: LayerSpec, T: int, seed: int, *, ids_dtype=torch.int32, dtype=torch.bfloat16):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, layer.hidden_size, generator=g).to(dtype)
-    logits = torch.randn(T, layer.local_num_experts, generator=g)
-    weights, ids = torch.topk(logits.softmax(-1), layer.top_k, dim=-1)
-    return x, weights.contiguous(), ids.to(ids_dtype).contiguous()
+# The shared small layer at this file's size (8 experts, H=64, I=32: fast on the CPU fallback).
+make_layer = functools.partial(_make_layer, num_experts=8, hidden_size=64, intermediate_size=32)
 
 
 def compare(layer: LayerSpec, weights: ExpertWeights, x, w, ids, *, tol=BF16_TOL, **kw) -> float:
@@ -69,7 +54,7 @@ def compare(layer: LayerSpec, weights: ExpertWeights, x, w, ids, *, tol=BF16_TOL
 def test_matches_reference_every_activation(activation, T):
     layer = make_layer(activation=activation, num_experts=8, top_k=3)
     weights = random_weights(layer, seed=T + 1)
-    x, w, ids = make_inputs(layer, T, seed=100 + T)
+    x, w, ids = routed_inputs(layer, T, seed=100 + T)
     compare(layer, weights, x, w, ids)
 
 
@@ -77,7 +62,7 @@ def test_matches_reference_every_activation(activation, T):
 def test_weight_layouts_agree(layout):
     layer = make_layer(activation="gelu_tanh", num_experts=16, top_k=4)
     weights = random_weights(layer, seed=3)
-    x, w, ids = make_inputs(layer, 33, seed=4)
+    x, w, ids = routed_inputs(layer, 33, seed=4)
     compare(layer, weights, x, w, ids, weight_layout=layout)
     a = TorchGroupedMMExperts(layer, weights, weight_layout="k_major")(x, w, ids)
     b = TorchGroupedMMExperts(layer, weights, weight_layout="n_major")(x, w, ids)
@@ -94,7 +79,7 @@ def test_bad_weight_layout():
 def test_id_dtypes(ids_dtype):
     layer = make_layer()
     weights = random_weights(layer, seed=5)
-    x, w, ids = make_inputs(layer, 16, seed=6, ids_dtype=ids_dtype)
+    x, w, ids = routed_inputs(layer, 16, seed=6, ids_dtype=ids_dtype)
     compare(layer, weights, x, w, ids)
 
 
@@ -103,7 +88,7 @@ def test_id_dtypes(ids_dtype):
 def test_empty_experts():
     layer = make_layer(num_experts=8, top_k=2)
     weights = random_weights(layer, seed=7)
-    x, w, _ = make_inputs(layer, 20, seed=8)
+    x, w, _ = routed_inputs(layer, 20, seed=8)
     # Only experts 1, 4 and 6 get tokens; 0 (first group), 7 (last group) and others stay empty.
     g = torch.Generator().manual_seed(9)
     choices = torch.tensor([1, 4, 6])
@@ -116,7 +101,7 @@ def test_empty_experts():
 def test_imbalanced_routing():
     layer = make_layer(num_experts=16, top_k=4)
     weights = random_weights(layer, seed=10)
-    x, w, _ = make_inputs(layer, 64, seed=11)
+    x, w, _ = routed_inputs(layer, 64, seed=11)
     # Every token picks expert 0 plus three distinct others drawn from a tiny set: expert 0 gets all
     # 64 rows, a few get many, most get none.
     g = torch.Generator().manual_seed(12)
@@ -128,7 +113,7 @@ def test_imbalanced_routing():
 def test_all_tokens_one_expert_last():
     layer = make_layer(num_experts=8, top_k=1)
     weights = random_weights(layer, seed=13)
-    x, w, _ = make_inputs(layer, 9, seed=14)
+    x, w, _ = routed_inputs(layer, 9, seed=14)
     ids = torch.full((9, 1), 7, dtype=torch.int32)
     compare(layer, weights, x, w, ids)
 
@@ -137,7 +122,7 @@ def test_duplicate_expert_in_one_token():
     # A token listing the same expert twice contributes twice (the reference's documented rule).
     layer = make_layer(num_experts=4, top_k=2)
     weights = random_weights(layer, seed=15)
-    x, w, _ = make_inputs(layer, 5, seed=16)
+    x, w, _ = routed_inputs(layer, 5, seed=16)
     ids = torch.tensor([[2, 2], [0, 1], [3, 3], [1, 0], [2, 3]], dtype=torch.int32)
     compare(layer, weights, x, w, ids)
 
@@ -148,7 +133,7 @@ def test_duplicate_expert_in_one_token():
 def test_biases(activation):
     layer = make_layer(activation=activation, bias=True, num_experts=8, top_k=3)
     weights = random_weights(layer, seed=17)
-    x, w, ids = make_inputs(layer, 23, seed=18)
+    x, w, ids = routed_inputs(layer, 23, seed=18)
     compare(layer, weights, x, w, ids)
 
 
@@ -157,7 +142,7 @@ def test_biases(activation):
 def test_router_weight_on_input(top_k, bias):
     layer = make_layer(apply_router_weight_on_input=True, top_k=top_k, bias=bias)
     weights = random_weights(layer, seed=19)
-    x, w, ids = make_inputs(layer, 17, seed=20)
+    x, w, ids = routed_inputs(layer, 17, seed=20)
     compare(layer, weights, x, w, ids)
 
 
@@ -166,7 +151,7 @@ def test_swigluoai_interleaved_params():
                        activation_params=SwigluOAIParams(alpha=1.5, limit=3.0, up_offset=0.5, interleaved=True),
                        bias=True)
     weights = random_weights(layer, seed=21)
-    x, w, ids = make_inputs(layer, 12, seed=22)
+    x, w, ids = routed_inputs(layer, 12, seed=22)
     compare(layer, weights, x, w, ids)
 
 
@@ -174,7 +159,7 @@ def test_tensor_parallel_local_sizes():
     layer = make_layer(intermediate_size=64, parallel={"tp": 2}, num_experts=8)
     weights = random_weights(layer, seed=23)  # local I = 32
     assert weights.intermediate_size == 32
-    x, w, ids = make_inputs(layer, 10, seed=24)
+    x, w, ids = routed_inputs(layer, 10, seed=24)
     compare(layer, weights, x, w, ids)
 
 
@@ -207,7 +192,7 @@ def test_unaligned_without_padding_is_a_clear_error(hidden, inter):
 def test_padding_requested(activation, hidden, inter, pad_h, pad_i):
     layer = make_layer(hidden_size=hidden, intermediate_size=inter, activation=activation, bias=True)
     weights = random_weights(layer, seed=28)
-    x, w, ids = make_inputs(layer, 19, seed=29)
+    x, w, ids = routed_inputs(layer, 19, seed=29)
     ref = ReferenceExperts(layer, weights)(x, w, ids)  # unpadded reference
     experts = TorchGroupedMMExperts(layer, weights, pad_hidden_to=pad_h, pad_intermediate_to=pad_i)
     assert experts.hidden_padded == (pad_h or hidden)
@@ -221,7 +206,7 @@ def test_padding_interleaved_swigluoai():
     layer = make_layer(activation="swigluoai", intermediate_size=30,
                        activation_params=SwigluOAIParams(interleaved=True))
     weights = random_weights(layer, seed=30)
-    x, w, ids = make_inputs(layer, 11, seed=31)
+    x, w, ids = routed_inputs(layer, 11, seed=31)
     ref = ReferenceExperts(layer, weights)(x, w, ids)
     out = TorchGroupedMMExperts(layer, weights, pad_intermediate_to=32)(x, w, ids)
     assert rel_err(out, ref) <= BF16_TOL
@@ -247,7 +232,7 @@ def test_dequantized_at_load(quant):
         weights = random_weights(layer, seed=32)
     except (ImportError, AttributeError, NotImplementedError) as exc:  # formats still being written
         pytest.skip(f"cannot quantize {quant} yet: {exc}")
-    x, w, ids = make_inputs(layer, 24, seed=33)
+    x, w, ids = routed_inputs(layer, 24, seed=33)
     experts = TorchGroupedMMExperts(layer, weights)
     assert experts.dequantized_at_load
     assert experts.w13_t.dtype == torch.bfloat16
@@ -263,7 +248,7 @@ def test_dequantized_int4_with_padding():
         weights = random_weights(layer, seed=34)
     except (ImportError, AttributeError, NotImplementedError) as exc:
         pytest.skip(f"cannot quantize int4 yet: {exc}")
-    x, w, ids = make_inputs(layer, 9, seed=35)
+    x, w, ids = routed_inputs(layer, 9, seed=35)
     ref = ReferenceExperts(layer, weights)(x, w, ids)
     out = TorchGroupedMMExperts(layer, weights, pad_intermediate_to=128)(x, w, ids)
     assert rel_err(out, ref) <= BF16_TOL
@@ -279,14 +264,14 @@ def built():
 
 def test_guard_wrong_hidden(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 4, seed=37)
+    x, w, ids = routed_inputs(layer, 4, seed=37)
     with pytest.raises(ValueError, match="hidden_states"):
         experts(x[:, :32].contiguous(), w, ids)
 
 
 def test_guard_wrong_dtype(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 4, seed=38)
+    x, w, ids = routed_inputs(layer, 4, seed=38)
     with pytest.raises(ValueError, match="hidden_states.*dtype"):
         experts(x.float(), w, ids)
     with pytest.raises(ValueError, match="topk_weights.*dtype"):
@@ -297,7 +282,7 @@ def test_guard_wrong_dtype(built):
 
 def test_guard_wrong_k_and_rows(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 4, seed=39)
+    x, w, ids = routed_inputs(layer, 4, seed=39)
     with pytest.raises(ValueError, match="topk_ids.*columns"):
         experts(x, w, ids[:, :1].contiguous())
     with pytest.raises(ValueError, match="topk_weights.*rows"):
@@ -306,7 +291,7 @@ def test_guard_wrong_k_and_rows(built):
 
 def test_guard_ids_out_of_range(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 4, seed=40)
+    x, w, ids = routed_inputs(layer, 4, seed=40)
     bad = ids.clone()
     bad[1, 0] = layer.num_experts
     with pytest.raises(ValueError, match=r"topk_ids.*\[0, 8\)"):
@@ -318,7 +303,7 @@ def test_guard_ids_out_of_range(built):
 
 def test_guard_non_contiguous(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 4, seed=41)
+    x, w, ids = routed_inputs(layer, 4, seed=41)
     with pytest.raises(ValueError, match="contiguous"):
         experts(torch.cat([x, x], dim=1)[:, ::2], w, ids)
 
@@ -361,7 +346,7 @@ def test_activate_matches_apply_activation(activation, dtype):
 
 def test_direct_call_matches_forward(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 13, seed=44)
+    x, w, ids = routed_inputs(layer, 13, seed=44)
     fn, args, kwargs = experts.direct_call(ids.dtype)
     assert fn is grouped_mm_experts
     assert torch.equal(fn(x, w, ids, *args, **kwargs), experts(x, w, ids))
@@ -369,7 +354,7 @@ def test_direct_call_matches_forward(built):
 
 def test_deterministic(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 64, seed=45)
+    x, w, ids = routed_inputs(layer, 64, seed=45)
     assert torch.equal(experts(x, w, ids), experts(x, w, ids))
 
 
@@ -377,14 +362,14 @@ def test_id_range_check_can_be_skipped(built):
     layer, _ = built
     experts = TorchGroupedMMExperts(layer, random_weights(layer, seed=46))
     experts.check_id_range = False
-    x, w, ids = make_inputs(layer, 8, seed=47)
+    x, w, ids = routed_inputs(layer, 8, seed=47)
     ref = ReferenceExperts(layer, random_weights(layer, seed=46))(x, w, ids)
     assert rel_err(experts(x, w, ids), ref) <= BF16_TOL
 
 
 def test_inputs_not_modified(built):
     layer, experts = built
-    x, w, ids = make_inputs(layer, 10, seed=48)
+    x, w, ids = routed_inputs(layer, 10, seed=48)
     x0, w0, ids0 = x.clone(), w.clone(), ids.clone()
     experts(x, w, ids)
     assert torch.equal(x, x0) and torch.equal(w, w0) and torch.equal(ids, ids0)

@@ -27,6 +27,8 @@ from moe_registry.quant_config import QuantConfigError, check_pattern
 from moe_registry.registry import Registry, hookimpl
 from moe_registry.schemas.layer import MAX_EXPERTS, MAX_LAYERS
 
+from _decl_helpers import assert_selected
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = "layer:experts=8,top_k=2,hidden=64,intermediate=32"
 SELECT = ["select", "--experts", "8", "--top-k", "2", "--hidden", "128", "--intermediate", "128"]
@@ -303,7 +305,7 @@ def test_missing_adapter_module_is_a_typed_error():
                                        "priority": {k: 10_000 for k in DECLARATION.priority}}))
     layer = LayerSpec(num_experts=4, top_k=2, hidden_size=64, intermediate_size=32)
     selection = select_backend(layer, torch.device("cpu"), registry=registry)
-    assert selection.backend == "acme-gone"
+    assert_selected(selection, "acme-gone")
     with pytest.raises(AdapterUnavailable, match="acme_gone_module"):
         build_experts(selection, random_weights(layer), registry=registry)
 
@@ -566,7 +568,7 @@ def test_plugin_time_limit_from_the_environment(monkeypatch, value, expected):
 
 @pytest.mark.parametrize("name,value", [("MOE_REGISTRY_DEVICE", "garbage"), ("MOE_REGISTRY_BACKEND", "nope\x1b[2J")])
 def test_bad_environment_variables_exit_2_with_an_escaped_line(monkeypatch, capsys, name, value):
-    from moe_registry.schemas.device import detect
+    from moe_registry.environment import detect_device as detect
 
     monkeypatch.setenv(name, value)
     detect.cache_clear()  # this machine is detected once per process

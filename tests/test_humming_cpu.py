@@ -21,6 +21,8 @@ from moe_registry.schemas.activation import Activation, SwigluOAIParams  # noqa:
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 from moe_registry.schemas.quant import QuantKind, QuantScheme  # noqa: E402
 
+from _decl_helpers import assert_selected  # noqa: E402
+
 # --- declaration and selection -------------------------------------------------------------------
 
 
@@ -32,7 +34,7 @@ def test_registered_as_builtin():
 def test_gemma4_nvfp4_on_h100_runs_on_humming_with_16bit_activation_note():
     plan = plan_model("gemma-4-26b-a4b-nvfp4", device="h100")
     sel = plan.layers[0].selection
-    assert sel.backend == "humming"
+    assert_selected(sel, "humming")
     notes = [n.message for n in sel.notes]
     assert any("activations run as 16-bit" in n for n in notes)
     assert not any("cannot run it yet" in n for n in notes)

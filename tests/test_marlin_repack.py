@@ -20,6 +20,8 @@ the schema-driven call is exercised as well. What only the GPU can confirm is li
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,8 @@ from moe_registry.backends.reference.kernel import ReferenceExperts
 from moe_registry.execution.weights import ExpertWeights, random_weights
 from moe_registry.formats import Int4GroupTensor, quantize_int4
 from moe_registry.schemas.activation import SwigluOAIParams
-from moe_registry.schemas.layer import LayerSpec
+
+from _factories import make_layer
 
 # =============================================================================================
 # Independent numpy transcription of vLLM 0.33.0's Python reference
@@ -532,9 +535,8 @@ def test_align_torch_contract(T, k, E, block):
 # Config checks and the missing-op error
 # =============================================================================================
 
-def _layer(E=4, k=2, H=256, I=128, act="silu", quant="int4_w4a16:g64", dtype="bf16", **kw) -> LayerSpec:
-    return LayerSpec(num_experts=E, top_k=k, hidden_size=H, intermediate_size=I, activation=act, quant=quant,
-                     dtype=dtype, **kw)
+# The shared small layer (4 experts, top-2, H=256, I=128, SiLU) with int4 weights, groups of 64.
+_layer = functools.partial(make_layer, quant="int4_w4a16:g64")
 
 
 @pytest.mark.parametrize("kwargs,pads,match", [

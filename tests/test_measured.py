@@ -18,6 +18,8 @@ from moe_registry.schemas.layer import LayerSpec
 from moe_registry.schemas.selection import Candidate
 from moe_registry.selection import select_backend
 
+from _decl_helpers import assert_selected
+
 H100, B200, CPU = PRESETS["h100"], PRESETS["b200"], PRESETS["cpu"]
 BF16 = LayerSpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=128)
 INT4 = BF16.replace(quant="int4_w4a16:g128")
@@ -108,7 +110,7 @@ def test_select_backend_end_to_end_on_planned_h100():
     # Planning for h100: triton-fused-moe (priority first), flashinfer-cutlass, torch-grouped-mm and reference
     # are eligible.
     default = select_backend(BF16, "h100")
-    assert default.backend == "triton-fused-moe" and default.decided_by == "priority"
+    assert_selected(default, "triton-fused-moe", decided_by="priority")
     costs = table({"flashinfer-cutlass": {1: 90.0, 4096: 900.0}, "torch-grouped-mm": {1: 40.0, 4096: 2000.0},
                    "triton-fused-moe": {1: 60.0, 4096: 1000.0}})
     small = select_backend(BF16, "h100", policy=MeasuredPolicy(costs, num_tokens=1))
@@ -214,7 +216,7 @@ def test_policy_picks_each_side_of_the_int4_crossover_on_planned_h100():
     assert by_t[x - 1]["backend"] == "marlin" and by_t[x]["backend"] == "torch-grouped-mm"
     assert all(r["decided_by"] == "measured" for r in sides["rows"])
     # The default policy runs one backend at every T: Humming on SM90 (vLLM's prefers_humming order).
-    assert select_backend(INT4, "h100").backend == "humming"
+    assert_selected(select_backend(INT4, "h100"), "humming")
 
 
 # --- CLI: select --policy measured ------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from moe_registry.schemas.capability import FeatureSupport, ShapeRule
 from moe_registry.schemas.quant import QuantFamily, QuantScheme
 from moe_registry.schemas.selection import ReasonCode
 
+from _decl_helpers import assert_selected
+
 GPT_OSS = LayerSpec(num_experts=128, top_k=4, hidden_size=2880, intermediate_size=2880, activation="swigluoai",
                     quant="mxfp4", bias=True)
 GEMMA4 = LayerSpec(num_experts=128, top_k=8, hidden_size=2816, intermediate_size=704, activation="gelu_tanh",
@@ -117,7 +119,7 @@ def test_gpt_oss_on_h100_without_a_4bit_backend_does_not_fit_and_says_what_would
     assert m.hint == "EP4 would hold 57.4 GB per GPU"  # 229.4 / 4
     # prefer: the smallest plan is kept (the reference would hold fp32: 2x more, rejected for memory)
     group = plan.groups()[0]
-    assert group.selection.backend == "torch-grouped-mm"
+    assert_selected(group.selection, "torch-grouped-mm")
     ref = group.selection.rejection("reference")
     # fp32: (5760 + 2880) x 2880 x 4 + 17,280 bf16 bias bytes = 99,550,080 per expert x 4608 = 458.7 GB
     assert ref.codes() == {ReasonCode.MEMORY_EXCEEDED} and ref.reasons[0].actual == "458.7 GB"
@@ -129,7 +131,7 @@ def test_memory_exceeded_reselects_the_backend_that_fits():
     # 80 GB, so torch-grouped-mm is rejected and the layers are selected again: Marlin, 4-bit.
     plan = plan_model("gpt-oss-120b", "h100", registry=_marlin_for_gpt_oss(priority=10))
     s = plan.groups()[0].selection
-    assert s.backend == "marlin" and s.decided_by == "priority"
+    assert_selected(s, "marlin", decided_by="priority")
     assert [(p.dimension, p.original, p.padded) for p in s.padding] == [("hidden", 2880, 3072),
                                                                          ("intermediate", 2880, 3072)]
     assert plan.memory.expert_weight_bytes == 15_058_944 * 128 * 36  # 69.4 GB, padded, MXFP4
@@ -144,7 +146,8 @@ def test_memory_exceeded_reselects_the_backend_that_fits():
 def test_a_backend_that_would_not_fit_is_rejected_even_when_it_is_not_chosen():
     plan = plan_model("gpt-oss-120b", "h100", registry=_marlin_for_gpt_oss(priority=100))
     s = plan.groups()[0].selection
-    assert s.backend == "marlin" and [c.backend for c in s.eligible] == ["marlin"]
+    assert_selected(s, "marlin")
+    assert [c.backend for c in s.eligible] == ["marlin"]
     assert s.rejection("torch-grouped-mm").codes() == {ReasonCode.MEMORY_EXCEEDED}
     # On a 141 GB H200 the bf16 plan still does not fit (229.4 GB > 0.92 x 141 = 129.7 GB).
     assert plan_model("gpt-oss-120b", "h200", registry=_marlin_for_gpt_oss(100)).groups()[0].selection \
@@ -156,7 +159,7 @@ def test_memory_is_a_function_of_the_plan():
     b = plan_model("gpt-oss-120b", "h100", registry=_marlin_for_gpt_oss(priority=10))
     assert a == b
     # and selection alone (no plan) is unchanged by it
-    assert select_backend(GPT_OSS, "h100", registry=_marlin_for_gpt_oss(priority=10)).backend == "torch-grouped-mm"
+    assert_selected(select_backend(GPT_OSS, "h100", registry=_marlin_for_gpt_oss(priority=10)), "torch-grouped-mm")
 
 
 def test_modes_and_unknown_memory():
@@ -170,14 +173,15 @@ def test_modes_and_unknown_memory():
         "torch-grouped-mm", "reference"}
     unknown = plan_model("gpt-oss-120b", "sm90", registry=no_4bit)  # a generic target: no memory figure
     assert unknown.memory.fits is None and unknown.memory.budget_bytes is None
-    assert unknown.groups()[0].selection.backend == "torch-grouped-mm"
+    assert_selected(unknown.groups()[0].selection, "torch-grouped-mm")
     with pytest.raises(ValueError, match="unknown memory mode"):
         plan_model("gpt-oss-120b", "h100", memory="maybe")
 
 
 def test_a_forced_backend_is_kept_in_prefer_and_refused_in_strict():
     plan = plan_model("gpt-oss-120b", "h100", force="reference")
-    assert plan.groups()[0].selection.backend == "reference" and plan.memory.fits is False
+    assert_selected(plan.groups()[0].selection, "reference")
+    assert plan.memory.fits is False
     with pytest.raises(BackendNotEligible) as err:
         plan_model("gpt-oss-120b", "h100", force="reference", memory="strict")
     assert ReasonCode.MEMORY_EXCEEDED in {r.code for r in err.value.reasons}

@@ -6,6 +6,7 @@ each case cites the lines that decide it.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -25,17 +26,18 @@ from moe_registry.engines.parity import (
 from moe_registry.registry import Registry
 from moe_registry.schemas.capability import EngineNames
 from moe_registry.schemas.device import get_device
-from moe_registry.schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
+from moe_registry.schemas.layer import LayerSpec, RoutingMethod
 from moe_registry.schemas.quant import QuantKind
 from moe_registry.schemas.selection import Reason, ReasonCode, Rejection
+
+from _factories import make_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def layer(quant="bf16", activation="silu", routing=RoutingMethod.SOFTMAX_TOPK_RENORM, *, e=128, k=8, h=4096,
-          i=1536, tp=1, ep=1, dp=1, bias=False, dtype="bf16") -> LayerSpec:
-    return LayerSpec(num_experts=e, top_k=k, hidden_size=h, intermediate_size=i, activation=activation, quant=quant,
-                     routing=routing, bias=bias, dtype=dtype, parallel=ParallelConfig(tp=tp, ep=ep, dp=dp))
+# The shared layer factory at a realistic size (128 experts, top-8, H=4096, I=1536) with renormalised
+# softmax routing, as vLLM's oracle cases assume unless a case says otherwise.
+layer = functools.partial(make_layer, E=128, k=8, H=4096, I=1536, routing=RoutingMethod.SOFTMAX_TOPK_RENORM)
 
 
 def pick(spec: LayerSpec, device: str, **kw) -> tuple[str | None, str | None]:
@@ -66,49 +68,49 @@ CASES = [
      ("FLASHINFER_CUTLASS", "FlashInferExperts")),
     # TritonExperts needs < 1024 padded experts (experts/triton_moe.py L71-94); then BATCHED_TRITON
     # (batched format only), FLASHINFER_TRTLLM (SM10x only), FLASHINFER_CUTLASS (SM90 ok, L127-139).
-    ("hopper bf16 1024 experts -> FI CUTLASS", layer(e=1024), "h100", {}, ("FLASHINFER_CUTLASS", "FlashInferExperts")),
+    ("hopper bf16 1024 experts -> FI CUTLASS", layer(E=1024), "h100", {}, ("FLASHINFER_CUTLASS", "FlashInferExperts")),
     # Nemotron relu2_no_mul on B200: TRT-LLM bf16 takes relu2_no_mul and DeepSeekV3 routing.
     ("blackwell relu2 -> TRT-LLM bf16", layer(activation="relu2_no_mul", routing=RoutingMethod.DEEPSEEK_V3), "b200", {},
      ("FLASHINFER_TRTLLM", "TrtLlmBf16ExpertsMonolithic")),
     # FP8 block. oracle/fp8.py L122-132: SM90 + (kFp8Static128BlockSym, kFp8Dynamic128Sym) puts TRITON
     # first without EP and FLASHINFER_CUTLASS first with EP.
-    ("hopper fp8 block TP -> Triton", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, e=256, h=7168, i=2048,
+    ("hopper fp8 block TP -> Triton", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, E=256, H=7168, I=2048,
                                             tp=8), "h100", {}, ("TRITON", "TritonExperts")),
-    ("hopper fp8 block EP -> FI CUTLASS", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, e=256, h=7168, i=2048,
+    ("hopper fp8 block EP -> FI CUTLASS", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, E=256, H=7168, I=2048,
                                                 ep=8), "h100", {}, ("FLASHINFER_CUTLASS", "FlashInferExperts")),
     # Blackwell: AITER (ROCm) then FLASHINFER_TRTLLM (fp8.py L88-104); the monolithic class takes block FP8
     # with DeepSeekV3 routing (experts/trtllm_fp8_moe.py L378-390, L398-420).
-    ("blackwell fp8 block -> TRT-LLM fp8", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, e=256, h=7168, i=2048),
+    ("blackwell fp8 block -> TRT-LLM fp8", layer("fp8_block", routing=RoutingMethod.DEEPSEEK_V3, E=256, H=7168, I=2048),
      "b200", {}, ("FLASHINFER_TRTLLM", "TrtLlmFp8ExpertsMonolithic")),
     # DeepGEMM (vendored in the wheel, VLLM_USE_DEEP_GEMM=1 by default) is reached on Blackwell when
     # TRT-LLM FP8 refuses > 2048 experts (experts/trtllm_fp8_moe.py L107-111) and FlashInfer CUTLASS
     # takes block FP8 on SM90 only (experts/flashinfer_cutlass_moe.py L160-170); deep_gemm_moe.py L170-200.
-    ("blackwell fp8 block 4096 experts -> DeepGEMM", layer("fp8_block", e=4096, h=7168, i=2048), "b200", {},
+    ("blackwell fp8 block 4096 experts -> DeepGEMM", layer("fp8_block", E=4096, H=7168, I=2048), "b200", {},
      ("DEEPGEMM", "TritonOrDeepGemmExperts")),
     # Qwen3.5 drops DeepGEMM on Blackwell (oracle/fp8.py L497-503, vllm/utils/deep_gemm.py L28-31); Triton
     # refuses >= 1024 padded experts (experts/triton_moe.py L71-94); next is MARLIN (weight-only, L601-621).
-    ("blackwell fp8 block 4096 experts qwen3.5 -> Marlin", layer("fp8_block", e=4096, h=7168, i=2048), "b200",
+    ("blackwell fp8 block 4096 experts qwen3.5 -> Marlin", layer("fp8_block", E=4096, H=7168, I=2048), "b200",
      {"model_type": "qwen3_5_moe_text"}, ("MARLIN", "MarlinExperts")),
     # NvFP4. oracle/nvfp4.py L203-213 + quantization/utils/humming/priority.py L10-48: on SM90 HUMMING
     # moves ahead of MARLIN; without EP the indexed class (experts/fused_humming_moe.py L112-126).
-    ("hopper nvfp4 -> Humming indexed", layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM, e=128,
-                                              h=2816, i=704), "h100", {}, ("HUMMING", "HummingIndexedExperts")),
+    ("hopper nvfp4 -> Humming indexed", layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM, E=128,
+                                              H=2816, I=704), "h100", {}, ("HUMMING", "HummingIndexedExperts")),
     ("hopper nvfp4 EP -> Humming grouped", layer("nvfp4", ep=2), "h100", {}, ("HUMMING", "HummingGroupedExperts")),
     # prefers_humming is SM90 only (priority.py L11): on SM80 MARLIN (SM>=75, experts/marlin_moe.py L592-621) wins.
     ("ampere nvfp4 -> Marlin", layer("nvfp4"), "a100", {}, ("MARLIN", "MarlinExperts")),
     # Blackwell NvFP4 with Gemma 4's custom routing: the monolithic TRT-LLM class refuses Custom
     # (experts/trtllm_nvfp4_moe.py L494-508), the modular one takes any parallel config (L296-298).
     ("blackwell nvfp4 custom -> TRT-LLM modular", layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM,
-                                                        h=2816, i=704, tp=8), "b200", {},
+                                                        H=2816, I=704, tp=8), "b200", {},
      ("FLASHINFER_TRTLLM", "TrtLlmNvFp4ExpertsModular")),
     # MXFP4 (gpt-oss): no requested activation -> BF16 variants only (oracle/mxfp4.py L614-631).
     # Hopper: TRITON = OpenAI triton_kernels, CUDA 9.0-12.x and vendored triton_kernels
     # (experts/gpt_oss_triton_kernels_moe.py L43-53, L1505-1565).
     ("hopper gpt-oss mxfp4 -> OAI triton", layer("mxfp4", activation="swigluoai", routing=RoutingMethod.TOPK_SOFTMAX,
-                                                 h=2880, i=2880, k=4, bias=True), "h100", {},
+                                                 H=2880, I=2880, k=4, bias=True), "h100", {},
      ("TRITON", "OAITritonMxfp4ExpertsMonolithic")),
     ("blackwell gpt-oss mxfp4 -> TRT-LLM mxfp4 bf16", layer("mxfp4", activation="swigluoai",
-                                                            routing=RoutingMethod.TOPK_SOFTMAX, h=2880, i=2880, k=4,
+                                                            routing=RoutingMethod.TOPK_SOFTMAX, H=2880, I=2880, k=4,
                                                             bias=True), "b200", {},
      ("FLASHINFER_TRTLLM_MXFP4_BF16", "TrtLlmMxfp4ExpertsMonolithic")),
     # With DP+EP the monolithic OAI class needs dp_size <= 1 and no all2all (L1547-1554): the modular
@@ -117,20 +119,20 @@ CASES = [
                                                        routing=RoutingMethod.TOPK_SOFTMAX, ep=2, dp=2), "h100", {},
      ("TRITON", "OAITritonExperts")),
     # WNA16. oracle/int_wna16.py L122-137: on SM90 HUMMING before MARLIN.
-    ("hopper gptq int4 -> Humming", layer("int4_w4a16:g128", dtype="fp16", h=2048, i=768), "h100",
+    ("hopper gptq int4 -> Humming", layer("int4_w4a16:g128", dtype="fp16", H=2048, I=768), "h100",
      {"quant_method": "gptq"}, ("HUMMING", "HummingIndexedExperts")),
     # Blackwell: FLASHINFER_TRTLLM (MXINT4) is hidden behind VLLM_USE_FLASHINFER_MOE_INT4=0
     # (quantization/utils/flashinfer_mxint4_moe.py L24-31), so MARLIN.
-    ("blackwell ct int4 g32 -> Marlin", layer("int4_w4a16:g32", routing=RoutingMethod.DEEPSEEK_V3, e=384, h=7168,
-                                              i=2048), "b200", {"quant_method": "compressed-tensors"},
+    ("blackwell ct int4 g32 -> Marlin", layer("int4_w4a16:g32", routing=RoutingMethod.DEEPSEEK_V3, E=384, H=7168,
+                                              I=2048), "b200", {"quant_method": "compressed-tensors"},
      ("MARLIN", "MarlinExperts")),
     # Marlin pre-filter: hidden % 128 (quantization/utils/marlin_utils.py L377-387); GPTQ may have bias,
     # which excludes TRITON (oracle/int_wna16.py L184-186; auto_gptq.py L472-479) -> HUMMING.
-    ("blackwell gptq int4 hidden 2880 -> Humming", layer("int4_w4a16:g128", h=2880, i=2880), "b200",
+    ("blackwell gptq int4 hidden 2880 -> Humming", layer("int4_w4a16:g128", H=2880, I=2880), "b200",
      {"quant_method": "gptq"}, ("HUMMING", "HummingIndexedExperts")),
     # Same layer from compressed-tensors (may_have_bias=False, compressed_tensors_moe_wna16.py L102-109):
     # TritonWNA16Experts is allowed and comes before HUMMING on SM10x.
-    ("blackwell ct int4 hidden 2880 -> Triton WNA16", layer("int4_w4a16:g128", h=2880, i=2880), "b200",
+    ("blackwell ct int4 hidden 2880 -> Triton WNA16", layer("int4_w4a16:g128", H=2880, I=2880), "b200",
      {"quant_method": "compressed-tensors"}, ("TRITON", "TritonWNA16Experts")),
     # W4A8 (int4 x fp8): oracle/w4a8.py L61-70 order [CUTLASS, HUMMING]; CUTLASS is SM90 + bf16 only
     # (experts/cutlass_moe.py L1334-1360).
@@ -212,7 +214,7 @@ def test_missing_backend_applies_only_when_no_declaration_covers_the_quant():
 
 
 def test_rejected_same_family_declaration_is_explained_by_its_reason():
-    spec = layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM, h=2816, i=704, tp=8)
+    spec = layer("nvfp4", activation="gelu_tanh", routing=RoutingMethod.CUSTOM, H=2816, I=704, tp=8)
     c = vo.vllm_default(spec, get_device("b200"))
     decl = _trtllm_nvfp4()
     rej = (Rejection(backend=decl.id, reasons=(Reason(

@@ -460,14 +460,14 @@ def test_plan_config_needs_a_mapping():
 
 
 def test_selection_on_this_machine_when_no_device_is_named(monkeypatch):
-    from moe_registry.schemas import device as device_module
+    from moe_registry.environment import detect_device
 
     monkeypatch.setenv("MOE_REGISTRY_DEVICE", "h100")
-    device_module.detect.cache_clear()
+    detect_device.cache_clear()
     try:
         p = plan_config(cfg(), name=NAME)
     finally:
-        device_module.detect.cache_clear()
+        detect_device.cache_clear()
     assert p.device is None and p.memory is not None
     assert all(layer.selection is not None and layer.selection.device.name == "h100" for layer in p.layers)
 

@@ -16,6 +16,7 @@ interleave, weight on input vs output, a dropped bias).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -26,6 +27,9 @@ from moe_registry.execution.base import Experts, pad_weights
 from moe_registry.execution.weights import ExpertWeights, random_weights
 from moe_registry.schemas.activation import Activation, SwigluOAIParams
 from moe_registry.schemas.layer import LayerSpec, ParallelConfig
+
+from _decl_helpers import assert_selected
+from _factories import make_layer as _make_layer
 
 TOL = {"fp32": dict(rtol=1e-5, atol=1e-5), "bf16": dict(rtol=2**-8, atol=2e-5)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -91,9 +95,8 @@ def oracle(layer: LayerSpec, w: ExpertWeights, x: torch.Tensor, topk_w: torch.Te
 
 # --- Inputs ----------------------------------------------------------------------------------
 
-def make_layer(activation="silu", dtype="bf16", **kw) -> LayerSpec:
-    return LayerSpec(num_experts=E, top_k=K, hidden_size=H, intermediate_size=I, activation=activation,
-                     dtype=dtype, **kw)
+# The shared small layer at this file's size (module constants E, K, H, I).
+make_layer = functools.partial(_make_layer, num_experts=E, top_k=K, hidden_size=H, intermediate_size=I)
 
 
 def make_inputs(layer: LayerSpec, T: int = 9, seed: int = 1):
@@ -141,28 +144,28 @@ def check(layer: LayerSpec, T: int = 9, *, seed: int = 1, pad=(None, None)):
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_every_activation_matches_oracle(case, dtype, bias):
     act, params = case
-    check(make_layer(act, dtype, activation_params=params, bias=bias))
+    check(make_layer(act=act, dtype=dtype, activation_params=params, bias=bias))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("act", ["silu", "swigluoai", "relu2_no_mul"])
 def test_router_weight_on_input(act, dtype):
-    check(make_layer(act, dtype, apply_router_weight_on_input=True, bias=True))
+    check(make_layer(act=act, dtype=dtype, apply_router_weight_on_input=True, bias=True))
 
 
 @pytest.mark.parametrize("T", [0, 1, 2, 33])
 def test_token_counts(T):
-    check(make_layer("silu", "fp32", bias=True), T=T)
+    check(make_layer(act="silu", dtype="fp32", bias=True), T=T)
 
 
 def test_empty_expert_and_duplicates_contribute_as_defined():
-    layer = make_layer("silu", "fp32")
+    layer = make_layer(act="silu", dtype="fp32")
     w = random_weights(layer, dtype=torch.float32)
     x, tw, ti = make_inputs(layer, T=4)
     experts = ReferenceExperts(layer, w)
     out = experts(x, tw, ti)
     # Token 0 lists expert 1 in both slots: its output is (w0 + w1) times expert 1's output.
-    single = ReferenceExperts(make_layer("silu", "fp32").model_copy(update={"top_k": 1}), w)
+    single = ReferenceExperts(make_layer(act="silu", dtype="fp32").model_copy(update={"top_k": 1}), w)
     y1 = single(x[:1], torch.ones(1, 1), torch.tensor([[1]], dtype=torch.int32))
     torch.testing.assert_close(out[:1], (tw[0].sum() * y1), rtol=1e-5, atol=1e-5)
     # The last expert never receives tokens: poisoning its weights changes nothing.
@@ -172,7 +175,7 @@ def test_empty_expert_and_duplicates_contribute_as_defined():
 
 
 def test_int64_ids_accepted():
-    layer = make_layer("gelu", "fp32")
+    layer = make_layer(act="gelu", dtype="fp32")
     w = random_weights(layer, dtype=torch.float32)
     x, tw, ti = make_inputs(layer)
     experts = ReferenceExperts(layer, w)
@@ -201,7 +204,7 @@ def test_random_weights_scale_and_determinism():
 def test_experts_base_is_abstract_and_callable():
     with pytest.raises(TypeError):
         Experts(make_layer(), None)  # type: ignore[abstract]
-    layer = make_layer("silu", "fp32")
+    layer = make_layer(act="silu", dtype="fp32")
     experts = ReferenceExperts(layer, random_weights(layer, dtype=torch.float32))
     assert experts.backend == "reference" and "reference" in repr(experts)
 
@@ -210,9 +213,10 @@ def test_experts_base_is_abstract_and_callable():
 
 @pytest.mark.parametrize("mutation", ["gelu_vs_tanh", "interleave", "weight_on_input", "drop_bias"])
 def test_tolerance_rejects_nearest_wrong_semantics(mutation):
-    layer = make_layer("gelu", "fp32", bias=True)
+    layer = make_layer(act="gelu", dtype="fp32", bias=True)
     if mutation == "interleave":
-        layer = make_layer("swigluoai", "fp32", activation_params=SwigluOAIParams(interleaved=True), bias=True)
+        layer = make_layer(act="swigluoai", dtype="fp32", activation_params=SwigluOAIParams(interleaved=True),
+                           bias=True)
     w = random_weights(layer, dtype=torch.float32)
     x, tw, ti = make_inputs(layer, T=16)
     x = x * 2  # spread GEMM1 outputs over |g| ~ 2-3, where gelu and its tanh form differ most
@@ -241,7 +245,7 @@ PAD_CASES = [("silu", None), ("swigluoai", SwigluOAIParams(interleaved=True)),
 @pytest.mark.parametrize("pad", [(32, None), (None, 32), (48, 40)], ids=["hidden", "intermediate", "both"])
 def test_padded_reference_equals_unpadded(case, pad):
     act, params = case
-    layer = make_layer(act, "fp32", activation_params=params, bias=True)
+    layer = make_layer(act=act, dtype="fp32", activation_params=params, bias=True)
     w = random_weights(layer, dtype=torch.float32)
     x, tw, ti = make_inputs(layer)
     plain = ReferenceExperts(layer, w)(x, tw, ti)
@@ -251,7 +255,7 @@ def test_padded_reference_equals_unpadded(case, pad):
 
 
 def test_pad_weights_pads_gate_and_up_halves_separately():
-    layer = make_layer("silu", "fp32", bias=True)
+    layer = make_layer(act="silu", dtype="fp32", bias=True)
     w = random_weights(layer, dtype=torch.float32)
     p = pad_weights(w, 20, 30)
     assert tuple(p.w13.shape) == (E, 60, 20) and tuple(p.w2.shape) == (E, 20, 30)
@@ -265,21 +269,21 @@ def test_pad_weights_pads_gate_and_up_halves_separately():
 
 
 def test_pad_weights_interleaved_and_non_gated_pad_at_the_end():
-    w = random_weights(make_layer("relu2_no_mul", "fp32"), dtype=torch.float32)
+    w = random_weights(make_layer(act="relu2_no_mul", dtype="fp32"), dtype=torch.float32)
     p = pad_weights(w, None, 32)
     assert tuple(p.w13.shape) == (E, 32, H) and torch.equal(p.w13[:, :I], w.w13) and not p.w13[:, I:].any()
-    w = random_weights(make_layer("swigluoai", "fp32", activation_params=SwigluOAIParams(interleaved=True)),
+    w = random_weights(make_layer(act="swigluoai", dtype="fp32", activation_params=SwigluOAIParams(interleaved=True)),
                        dtype=torch.float32)
     p = pad_weights(w, None, 32, interleaved=True)
     assert tuple(p.w13.shape) == (E, 64, H) and torch.equal(p.w13[:, :2 * I], w.w13) and not p.w13[:, 2 * I:].any()
 
 
 def test_pad_weights_refuses_quantized_and_shrinking():
-    w = random_weights(make_layer("silu", "fp32"), dtype=torch.float32)
+    w = random_weights(make_layer(act="silu", dtype="fp32"), dtype=torch.float32)
     with pytest.raises(ValueError, match="cannot pad down"):
         pad_weights(w, H - 1, None)
     with pytest.raises(ValueError, match="smaller than"):
-        ReferenceExperts(make_layer("silu", "fp32"), w, pad_intermediate_to=I - 8)
+        ReferenceExperts(make_layer(act="silu", dtype="fp32"), w, pad_intermediate_to=I - 8)
 
     class Packed:  # stands in for a formats object
         shape = w.w2.shape
@@ -315,12 +319,12 @@ def test_run_layer_forced_reference_equals_route_then_forward():
     from moe_registry.execution import run_layer
     from moe_registry.execution.routing import route
 
-    layer = make_layer("silu", "fp32", bias=True)
+    layer = make_layer(act="silu", dtype="fp32", bias=True)
     w = random_weights(layer, dtype=torch.float32)
     x, _, _ = make_inputs(layer)
     logits = torch.randn(x.shape[0], E, generator=torch.Generator().manual_seed(5))
     out, selection = run_layer(layer, w, x, logits, device="cpu", force="reference")
-    assert selection.backend == "reference"
+    assert_selected(selection, "reference")
     tw, ti = route(logits, layer)
     torch.testing.assert_close(out, ReferenceExperts(layer, w)(x, tw, ti), rtol=0, atol=0)
     with pytest.raises(ValueError, match="EP2"):
@@ -332,7 +336,7 @@ def test_build_experts_passes_the_selected_padding():
     from moe_registry.schemas.selection import Padding
     from moe_registry.selection import select_backend
 
-    layer = make_layer("swigluoai", "fp32", activation_params=SwigluOAIParams(interleaved=True), bias=True)
+    layer = make_layer(act="swigluoai", dtype="fp32", activation_params=SwigluOAIParams(interleaved=True), bias=True)
     selection = select_backend(layer, "cpu", force="reference")
     padding = (Padding(dimension="hidden", original=H, padded=32, multiple_of=32, extra_weight_memory_pct=100,
                        extra_flops_pct=100),

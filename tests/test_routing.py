@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
 from moe_registry.execution.routing import DEFAULT_ROUTING, route
-from moe_registry.schemas.layer import LayerSpec, RoutingMethod
+from moe_registry.schemas.layer import RoutingMethod
+
+from _factories import make_layer
 
 LOGITS = torch.tensor([[1.0, 3.0, 0.0, 2.0],
                        [-1.0, 0.5, 4.0, 0.0]])
 TOP2 = [[1, 3], [2, 1]]  # the two largest logits per row, in order
 
 
-def layer(E=4, k=2, routing=None) -> LayerSpec:
-    return LayerSpec(num_experts=E, top_k=k, hidden_size=8, intermediate_size=8, routing=routing)
+# The shared small layer, 4 experts of width 8 (routing never looks at H or I).
+layer = functools.partial(make_layer, hidden_size=8, intermediate_size=8)
 
 
 def sig(v: float) -> float:

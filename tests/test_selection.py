@@ -13,6 +13,8 @@ from moe_registry.schemas.layer import RoutingMethod
 from moe_registry.schemas.selection import ReasonCode
 from moe_registry.selection import DeclaredPriority
 
+from _decl_helpers import assert_selected
+
 GEMMA4 = LayerSpec(name="model.language_model.layers.0.experts", index=0, num_experts=128, top_k=8,
                    hidden_size=2816, intermediate_size=704, activation="gelu_tanh", quant="nvfp4")
 
@@ -26,7 +28,7 @@ def codes(selection, backend):
 
 def test_gemma4_nvfp4_on_b200_selects_trtllm():
     s = select_backend(GEMMA4, "b200")
-    assert s.backend == "trtllm-fp4"
+    assert_selected(s, "trtllm-fp4")
     assert s.decided_by == "priority"
     assert s.engines["vllm"] == "flashinfer_trtllm"
     # gelu_tanh runs through the Geglu gate: accepted, but said out loud.
@@ -43,7 +45,7 @@ def test_gemma4_nvfp4_on_h100_rejects_trtllm_for_the_device_and_names_the_fallba
     assert codes(s, "flashinfer-cutlass") == {ReasonCode.QUANT_UNSUPPORTED}
     assert "nvfp4" in s.rejection("flashinfer-cutlass").reasons[0].message
     # The fallback is named: vLLM 0.33's own choice on Hopper (Humming ahead of Marlin, prefers_humming).
-    assert s.backend == "humming"
+    assert_selected(s, "humming")
     assert [c.backend for c in s.eligible][:3] == ["humming", "marlin", "torch-grouped-mm"]
 
 
@@ -51,7 +53,8 @@ def test_limitations_are_judged_on_the_padded_size_the_kernel_sees():
     """Audit T14: the relu2 tile limitation is stated on the unpadded 704, but TRT-LLM-gen's weight prep
     pads a non-gated intermediate to 128 (704 -> 768 = 3 x 256), so the kernel never sees 704."""
     relu2 = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200")
-    assert relu2.backend == "trtllm-fp4" and codes(relu2, "trtllm-fp4") == set()
+    assert_selected(relu2, "trtllm-fp4")
+    assert codes(relu2, "trtllm-fp4") == set()
     assert [(p.dimension, p.original, p.padded) for p in relu2.padding] == [("intermediate", 704, 768)]
     # Without padding the kernel would see 704: the seed case is explained again, limitation and all.
     unpadded = select_backend(GEMMA4.replace(activation="relu2_no_mul"), "b200",
@@ -60,13 +63,14 @@ def test_limitations_are_judged_on_the_padded_size_the_kernel_sees():
     assert reason.code is ReasonCode.SHAPE_UNALIGNED and reason.required == "multiple of 128 when non-gated"
     assert "704" in reason.source and "GEMM1 rows" in reason.source and "2688" in reason.source
     gelu = select_backend(GEMMA4.replace(activation="gelu"), "b200")
-    assert gelu.backend == "trtllm-fp4" and gelu.rejection("trtllm-fp4") is None
+    assert_selected(gelu, "trtllm-fp4")
+    assert gelu.rejection("trtllm-fp4") is None
     assert not any(n.kind == "approximation" for n in gelu.notes)  # exact erf GeGLU
 
 
 def test_relu2_at_a_multiple_of_256_is_not_limited():
     s = select_backend(GEMMA4.replace(activation="relu2_no_mul", intermediate_size=1024), "b200")
-    assert s.backend == "trtllm-fp4"
+    assert_selected(s, "trtllm-fp4")
 
 
 # --- Every reason, not the first --------------------------------------------------------------
@@ -82,14 +86,14 @@ def test_every_failing_rule_is_reported():
             ReasonCode.KNOWN_LIMITATION} == marlin
     assert [r.field for r in s.rejection("marlin").reasons if r.code is ReasonCode.SHAPE_UNALIGNED] == ["hidden"]
     assert len(s.rejection("marlin").reasons) == 4
-    assert s.backend == "reference"
+    assert_selected(s, "reference")
 
 
 def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_the_ep_hint():
     # 704 / TP8 = 88 = 5.5 NvFP4 groups of 16. TRT-LLM-gen pads a gated intermediate to 64; ranks
     # hold whole groups (shards cut on the 16-grid), so the kernel sees lcm(64, 16) -> 128.
     s = select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200")
-    assert s.backend == "trtllm-fp4"
+    assert_selected(s, "trtllm-fp4")
     (pad,) = s.padding
     assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 88, 128, 64)
     assert pad.extra_weight_memory_pct == pytest.approx(100 * (128 / 88 - 1), abs=0.01)  # 45.45 %
@@ -109,7 +113,8 @@ def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_t
     assert reasons and all(r.actual == "88" for r in reasons)
     assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
-    assert s_ep8.backend == "trtllm-fp4" and s_ep8.layer.local_num_experts == 16 and not s_ep8.padding
+    assert_selected(s_ep8, "trtllm-fp4")
+    assert s_ep8.layer.local_num_experts == 16 and not s_ep8.padding
 
 
 def test_a_checkpoint_without_whole_groups_is_not_rescued_by_padding():
@@ -125,7 +130,7 @@ def test_a_checkpoint_without_whole_groups_is_not_rescued_by_padding():
 def test_padding_is_applied_and_costed():
     # TRT-LLM-gen weight prep pads a gated intermediate to a multiple of 64 (vLLM flashinfer_fp4_moe.py).
     gated = select_backend(GEMMA4.replace(intermediate_size=720), "b200")  # 720 % 64 = 16
-    assert gated.backend == "trtllm-fp4"
+    assert_selected(gated, "trtllm-fp4")
     (pad,) = gated.padding
     assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 720, 768, 64)
     assert pad.extra_weight_memory_pct == pytest.approx(100 * (768 / 720 - 1), abs=0.01)
@@ -140,7 +145,7 @@ def test_padding_is_applied_and_costed():
 def test_exact_activation_policy_rejects_approximations():
     s = select_backend(GEMMA4, "b200", policy=DeclaredPriority(exact_activations=True))
     assert codes(s, "trtllm-fp4") == {ReasonCode.ACTIVATION_APPROXIMATE}
-    assert s.backend == "flashinfer-cutlass"  # runs GegluTanh itself
+    assert_selected(s, "flashinfer-cutlass")  # runs GegluTanh itself
 
 
 # --- Unknown is not false ---------------------------------------------------------------------
@@ -157,7 +162,7 @@ def test_unknown_routing_abstains_and_known_routing_is_checked():
 
 def test_force_eligible_and_ineligible():
     s = select_backend(GEMMA4, "h100", force="torch-grouped-mm")
-    assert s.backend == "torch-grouped-mm" and s.decided_by == "forced"
+    assert_selected(s, "torch-grouped-mm", decided_by="forced")
     with pytest.raises(BackendNotEligible) as err:
         select_backend(GEMMA4, "h100", force="trtllm-fp4")
     assert err.value.backend == "trtllm-fp4"
@@ -167,9 +172,9 @@ def test_force_eligible_and_ineligible():
 
 def test_prefer_and_forbid():
     s = select_backend(GEMMA4, "h100", prefer=["reference", "torch-grouped-mm"])
-    assert s.backend == "reference" and s.decided_by == "preferred"
+    assert_selected(s, "reference", decided_by="preferred")
     s = select_backend(GEMMA4, "h100", forbid=["humming", "marlin"])
-    assert s.backend == "torch-grouped-mm"
+    assert_selected(s, "torch-grouped-mm")
     assert ReasonCode.FORBIDDEN in codes(s, "marlin") and ReasonCode.FORBIDDEN in codes(s, "humming")
     with pytest.raises(UnknownBackend):
         select_backend(GEMMA4, "h100", prefer=["marlinn"])
@@ -178,7 +183,7 @@ def test_prefer_and_forbid():
 def test_environment_variable_forces(monkeypatch):
     monkeypatch.setenv("MOE_REGISTRY_BACKEND", "reference")
     s = select_backend(GEMMA4, "h100")
-    assert s.backend == "reference" and s.decided_by == "env"
+    assert_selected(s, "reference", decided_by="env")
     monkeypatch.setenv("MOE_REGISTRY_BACKEND", "trtllm-fp4")
     with pytest.raises(BackendNotEligible) as err:
         select_backend(GEMMA4, "h100")
@@ -198,7 +203,8 @@ def test_no_eligible_backend_carries_every_rejection():
 def test_planning_notes_assumed_packages():
     s = select_backend(GEMMA4.replace(quant="int4_w4a16", intermediate_size=768), "h100")
     # int4 on SM90: Humming ahead of Marlin, as vLLM's prefers_humming ranks it; Marlin stays eligible.
-    assert s.backend == "humming" and s.planning
+    assert_selected(s, "humming")
+    assert s.planning
     assert any(n.kind == "assumed" and "humming-kernels" in n.message for n in s.notes)
     marlin = next(c for c in s.eligible if c.backend == "marlin")
     assert any(n.kind == "assumed" and "_moe_C" in n.message for n in marlin.notes)
@@ -206,14 +212,14 @@ def test_planning_notes_assumed_packages():
 
 def test_this_machine_checks_packages(monkeypatch):
     monkeypatch.setenv("MOE_REGISTRY_DEVICE", "h100")
-    from moe_registry.schemas import device as device_module
+    from moe_registry.environment import detect_device
 
-    device_module.detect.cache_clear()
+    detect_device.cache_clear()
     registry = Registry(entry_points=False)
     try:
         s = select_backend(GEMMA4.replace(quant="int4_w4a16", intermediate_size=768), registry=registry)
     finally:
-        device_module.detect.cache_clear()
+        detect_device.cache_clear()
     assert not s.planning and s.device.name == "h100"
     marlin = s.rejection("marlin")
     # No vLLM here (CI and this machine): the reason says what to install, not "unsupported device".

@@ -20,7 +20,7 @@ from moe_registry.schemas.quant import QuantFamily, QuantKind
 from moe_registry.schemas.selection import ReasonCode
 from moe_registry.selection import DeclaredPriority, _tp_split_group, evaluate, select_backend
 
-from _decl_helpers import BASE, SRC, decl as _decl, registry  # noqa: E402,F401
+from _decl_helpers import BASE, SRC, assert_selected, decl as _decl, registry  # noqa: E402,F401
 
 
 def decl(id: str = "t-a", **changes):
@@ -517,7 +517,8 @@ def test_extra_reasons_reject_and_enter_the_fingerprint():
                    message="t-b does not fit")
     base = select_backend(BASE, "h100", registry=reg)
     s = select_backend(BASE, "h100", registry=reg, extra_reasons=[("t-b", extra)])
-    assert base.backend == "t-b" and s.backend == "t-a"
+    assert_selected(base, "t-b")
+    assert_selected(s, "t-a")
     assert s.rejection("t-b").reasons == (extra,)
     assert s.fingerprint != base.fingerprint
 

@@ -24,7 +24,7 @@ from moe_registry.schemas.selection import ReasonCode
 from moe_registry.selection import DeclaredPriority, evaluate, select_backend
 from moe_registry.environment import Environment
 
-from _decl_helpers import BASE, SRC, decl, registry  # noqa: E402,F401
+from _decl_helpers import BASE, SRC, assert_selected, decl, registry  # noqa: E402,F401
 
 
 def reasons(layer: LayerSpec, d: BackendCapability, device: str | DeviceSpec = "h100", policy=None,
@@ -377,9 +377,9 @@ D = decl("t-d", priority={QuantFamily.UNQUANTIZED: 50})
 def test_priority_then_no_padding_then_id():
     s = select_backend(BASE, "h100", registry=registry(A, B, C, D))
     assert [c.backend for c in s.eligible] == ["t-b", "t-c", "t-a", "t-d"]
-    assert s.backend == "t-b" and s.decided_by == "priority"
+    assert_selected(s, "t-b", decided_by="priority")
     # Without B, the padded C still outranks the unpadded lower-priority ones.
-    assert select_backend(BASE, "h100", registry=registry(A, C, D)).backend == "t-c"
+    assert_selected(select_backend(BASE, "h100", registry=registry(A, C, D)), "t-c")
 
 
 def test_a_family_without_priority_ranks_as_zero():
@@ -392,14 +392,14 @@ def test_a_family_without_priority_ranks_as_zero():
 def test_prefer_reorders_eligible_backends_only():
     reg = registry(A, B, decl("t-x", devices=(DeviceRule(sm=(100,), source=SRC),)))
     s = select_backend(BASE, "h100", prefer=("t-x", "t-a"), registry=reg)
-    assert s.backend == "t-a" and s.decided_by == "preferred"
+    assert_selected(s, "t-a", decided_by="preferred")
     assert [c.backend for c in s.eligible] == ["t-a", "t-b"]
 
 
 def test_force_picks_an_eligible_backend_and_refuses_an_ineligible_one():
     reg = registry(A, B, decl("t-x", devices=(DeviceRule(sm=(100,), source=SRC),)))
     s = select_backend(BASE, "h100", force="t-a", registry=reg)
-    assert s.backend == "t-a" and s.decided_by == "forced"
+    assert_selected(s, "t-a", decided_by="forced")
     with pytest.raises(BackendNotEligible) as err:
         select_backend(BASE, "h100", force="t-x", registry=reg)
     assert [r.code for r in err.value.reasons] == [ReasonCode.DEVICE_UNSUPPORTED]
@@ -408,12 +408,12 @@ def test_force_picks_an_eligible_backend_and_refuses_an_ineligible_one():
 def test_environment_override_forces(monkeypatch):
     monkeypatch.setenv("MOE_REGISTRY_BACKEND", "t-a")
     s = select_backend(BASE, "h100", registry=registry(A, B))
-    assert s.backend == "t-a" and s.decided_by == "env"
+    assert_selected(s, "t-a", decided_by="env")
 
 
 def test_forbid_rejects_with_its_own_reason_and_can_leave_nothing():
     s = select_backend(BASE, "h100", forbid=("t-b",), registry=registry(A, B))
-    assert s.backend == "t-a"
+    assert_selected(s, "t-a")
     r = s.rejection("t-b").reasons[-1]
     assert (r.code, r.field) == (ReasonCode.FORBIDDEN, "forbid")
     with pytest.raises(NoEligibleBackend):

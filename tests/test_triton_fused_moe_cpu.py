@@ -8,6 +8,7 @@ multiples of the tiles) so masking is exercised; routing is imbalanced or leaves
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -25,6 +26,8 @@ from moe_registry.execution.patterns import relative_error, routing_pattern  # n
 from moe_registry.execution.weights import random_weights, torch_dtype  # noqa: E402
 from moe_registry.schemas.activation import Activation, SwigluOAIParams  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
+
+from _factories import make_layer  # noqa: E402
 
 
 try:  # decorate the kernels now, in interpreter mode (triton.jit reads TRITON_INTERPRET when it decorates)
@@ -64,9 +67,8 @@ def _run(layer: LayerSpec, kind: str = "imbalanced", T: int = 7, config=None, se
     return relative_error(out, ref)
 
 
-def _layer(**kw) -> LayerSpec:
-    base = dict(num_experts=8, top_k=2, hidden_size=40, intermediate_size=24)
-    return LayerSpec(**{**base, **kw})
+# The shared small layer at this file's size (8 experts, H=40, I=24: quick in the interpreter).
+_layer = functools.partial(make_layer, num_experts=8, hidden_size=40, intermediate_size=24)
 
 
 def test_align_matches_a_stable_sort():

@@ -17,6 +17,8 @@ from moe_registry.schemas.capability import RoutingLimit, RoutingSupport
 from moe_registry.schemas.layer import RoutingMethod
 from moe_registry.schemas.selection import ReasonCode
 
+from _decl_helpers import assert_selected
+
 TRTLLM_IDS = {"trtllm-fp4", "trtllm-fp8", "trtllm-fp8-channel", "trtllm-fp8-block", "trtllm-bf16", "trtllm-mxint4"}
 
 
@@ -80,7 +82,7 @@ def fp8_block(**kw) -> LayerSpec:
 def test_in_kernel_bound_exceeded_falls_back_to_precomputed_with_a_note():
     # Default (softmax -> top-k) has tiers up to 256 experts / top-8 only; 384 experts exceed them.
     s = select_backend(fp8_block(num_experts=384, routing="softmax_topk"), "b200")
-    assert s.backend == "trtllm-fp8-block"
+    assert_selected(s, "trtllm-fp8-block")
     (note,) = [n for n in s.notes if n.kind == "routing"]
     assert "exceeds the kernel's in-kernel bounds" in note.message and "experts <= 256" in note.message
 
@@ -91,7 +93,7 @@ def test_precomputed_bound_rejects_with_the_routing_source():
     assert reason.code is ReasonCode.SHAPE_OUT_OF_RANGE and reason.field == "experts"
     assert reason.required == "<= 2048" and "MaxSupportedExperts = 2048" in reason.source
     llama = select_backend(fp8_block(quant="fp8", top_k=2, num_experts=16, routing="llama4"), "b200")
-    assert llama.backend == "trtllm-fp8"  # top-2 exceeds Llama4's top-1, precomputed top-k takes it
+    assert_selected(llama, "trtllm-fp8")  # top-2 exceeds Llama4's top-1, precomputed top-k takes it
     assert any("llama4 exceeds" in n.message and "top_k <= 1" in n.message for n in llama.notes)
 
 
@@ -126,25 +128,25 @@ def test_swigluoai_with_biases_runs_on_fp4_but_not_without_bias_support():
     layer = LayerSpec(num_experts=32, top_k=4, hidden_size=2880, intermediate_size=2880, activation="swigluoai",
                       bias=True, quant="mxfp4", routing="topk_softmax")
     s = select_backend(layer, "b200")
-    assert s.backend == "trtllm-fp4"
+    assert_selected(s, "trtllm-fp4")
     bf16 = select_backend(layer.replace(quant="bf16"), "b200")
     assert bf16.rejection("trtllm-bf16").codes() == {ReasonCode.FEATURE_UNSUPPORTED}  # no bias argument
     no_bias = select_backend(layer.replace(quant="bf16", bias=False), "b200")
-    assert no_bias.backend == "trtllm-bf16"
+    assert_selected(no_bias, "trtllm-bf16")
 
 
 def test_fp8_per_tensor_takes_router_weight_on_input():
     layer = LayerSpec(num_experts=16, top_k=1, hidden_size=5120, intermediate_size=8192, quant="fp8",
                       routing="llama4", apply_router_weight_on_input=True)
     s = select_backend(layer, "b200")
-    assert s.backend == "trtllm-fp8"
+    assert_selected(s, "trtllm-fp8")
     assert any("llama4 routing runs inside the kernel" in n.message for n in s.notes)
 
 
 def test_mxint4_is_int4_g32_symmetric_and_below_marlin():
     layer = LayerSpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024, quant="int4_w4a16:g32")
     s = select_backend(layer, "b200")
-    assert s.backend == "marlin"  # vLLM uses MXINT4 only with VLLM_USE_FLASHINFER_MOE_INT4=1
+    assert_selected(s, "marlin")  # vLLM uses MXINT4 only with VLLM_USE_FLASHINFER_MOE_INT4=1
     assert "trtllm-mxint4" in [c.backend for c in s.eligible]
     zp = select_backend(layer.replace(quant="int4_w4a16:g32:zp"), "b200")
     assert zp.rejection("trtllm-mxint4").codes() == {ReasonCode.QUANT_OPTION_UNSUPPORTED}
@@ -155,7 +157,7 @@ def test_mxint4_is_int4_g32_symmetric_and_below_marlin():
 def test_fp8_channel_is_planning_only():
     layer = LayerSpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024, quant="fp8_channel")
     s = select_backend(layer, "b200")
-    assert s.backend == "trtllm-fp8-channel"
+    assert_selected(s, "trtllm-fp8-channel")
     assert any("adapter cannot run it yet" in n.message for n in s.notes)
 
 
@@ -191,5 +193,5 @@ def test_fp8_block_launcher_bounds_deepseek_top_k_more_tightly():
     assert block.routing.limit_for(RoutingMethod.DEEPSEEK_V3).max_top_k == 8
     assert fp4.routing.limit_for(RoutingMethod.DEEPSEEK_V3).max_top_k == 22
     s = select_backend(fp8_block(top_k=12, num_experts=256), "b200")
-    assert s.backend == "trtllm-fp8-block"
+    assert_selected(s, "trtllm-fp8-block")
     assert any("deepseek_v3 exceeds" in n.message and "top_k <= 8" in n.message for n in s.notes)

@@ -10,6 +10,8 @@ The kernels need SM100; nothing here runs them.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,11 +28,10 @@ from moe_registry.formats import (  # noqa: E402
 )
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
-from _prep_helpers import inputs, small_layer  # noqa: E402
+from _factories import make_layer, routed_inputs  # noqa: E402
 
 
-def layer_of(**kw) -> LayerSpec:
-    return small_layer(**{"num_experts": 3, "quant": "bf16", **kw})
+layer_of = functools.partial(make_layer, num_experts=3, quant="bf16")  # the shared small layer, 3 experts
 
 
 def up_gate(w: torch.Tensor, I: int) -> torch.Tensor:
@@ -152,11 +153,9 @@ def test_mxint4_prep_matches_flashinfer(flashinfer, monkeypatch):
     assert torch.equal(ours.gemm2_scales.reshape(-1), theirs["gemm2_weights_scale"].reshape(-1))
 
 
-def gpt_oss_like(**kw) -> LayerSpec:
-    base = dict(num_experts=2, top_k=2, hidden_size=256, intermediate_size=128, activation="swigluoai",
-                activation_params={"interleaved": True}, bias=True, quant="mxfp4", routing="topk_softmax")
-    base.update(kw)
-    return LayerSpec(**base)
+# The shared small layer shaped like gpt-oss's experts (interleaved SwiGLU-OAI, biases, MXFP4).
+gpt_oss_like = functools.partial(make_layer, num_experts=2, activation="swigluoai", bias=True, quant="mxfp4",
+                                 activation_params={"interleaved": True}, routing="topk_softmax")
 
 
 def test_mxfp4_gpt_oss_prep_matches_vllm_recipe(flashinfer):
@@ -232,7 +231,7 @@ def moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, expert) -> to
 
 
 def check(adapter, layer, w, tol, seed=7):
-    x, tw, ids = inputs(layer, seed=seed)
+    x, tw, ids = routed_inputs(layer, seed=seed)
     out = adapter(x, tw, ids.long())
     ref = ReferenceExperts(layer, w)(x, tw, ids)
     assert out.shape == (x.shape[0], layer.hidden_size) and out.dtype == torch.bfloat16
@@ -467,7 +466,7 @@ def test_nvfp4_swigluoai_and_biases_are_passed_in_raw_accumulator_units(monkeypa
     monkeypatch.setattr(fp4_kernel, "_flashinfer_routed_moe", lambda: stub)
     monkeypatch.setattr(fp4_kernel, "_sf_layout_linear", lambda: "layout_linear")
     ad = fp4_kernel.TrtllmFp4Experts._without_runtime_checks(layer, w, intermediate_amax=4.0)
-    x, tw, ids = inputs(layer)
+    x, tw, ids = routed_inputs(layer)
     ad(x, tw, ids)
     (args, kw), = stub.calls
     b1, alpha, beta, limit, b2, gate1, out2 = args[6], args[7], args[8], args[9], args[12], args[14], args[15]

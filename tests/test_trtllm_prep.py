@@ -8,6 +8,8 @@ The kernel needs SM100; the project's GPUs are SM90, so nothing here runs it.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -23,13 +25,11 @@ from moe_registry.backends.trtllm_gen.fp4 import DECLARATION  # noqa: E402
 from moe_registry.execution.declared import declared_padding  # noqa: E402
 from moe_registry.execution.weights import random_weights  # noqa: E402
 from moe_registry.formats import NvFp4Tensor, quantize_nvfp4  # noqa: E402
-from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
-from _prep_helpers import inputs, rel_err, small_layer  # noqa: E402
+from _factories import make_layer as _make_layer, rel_err, routed_inputs  # noqa: E402
 
 
-def make_layer(**kw) -> LayerSpec:
-    return small_layer(**{"quant": "nvfp4", **kw})
+make_layer = functools.partial(_make_layer, quant="nvfp4")  # the shared small layer, NVFP4
 
 
 # --- Independent index computations (slow loops from the documented semantics) ------------------------
@@ -251,7 +251,7 @@ def stub(monkeypatch):
 def test_forward_wiring_matches_reference(stub, act, H, I, pads):
     layer = make_layer(activation=act, hidden_size=H, intermediate_size=I)
     w = random_weights(layer, seed=21)
-    x, tw, ids = inputs(layer, T=6, seed=22)
+    x, tw, ids = routed_inputs(layer, T=6, seed=22)
     ad = K.TrtllmFp4Experts._without_runtime_checks(layer, w, **pads)
     out = ad(x, tw, ids.long())
     ref = ReferenceExperts(layer, w)(x, tw, ids)
@@ -277,7 +277,7 @@ def test_forward_wiring_matches_reference(stub, act, H, I, pads):
 def test_static_scales_skip_calibration(stub):
     layer = make_layer()
     w = random_weights(layer, seed=1)
-    x, tw, ids = inputs(layer, T=6, seed=2)
+    x, tw, ids = routed_inputs(layer, T=6, seed=2)
     ad = K.TrtllmFp4Experts._without_runtime_checks(layer, w, input_amax=6.0, intermediate_amax=3.0)
     assert ad._calibration_weights is None
     ad(x, tw, ids)
@@ -311,7 +311,7 @@ def test_padding_rules():
 def test_forward_guards_raise_before_the_kernel(stub, bad):
     layer = make_layer()
     ad = K.TrtllmFp4Experts._without_runtime_checks(layer, random_weights(layer, seed=0), intermediate_amax=1.0)
-    x, tw, ids = inputs(layer, T=6)
+    x, tw, ids = routed_inputs(layer, T=6)
     if bad == "dtype":
         x = x.float()
     elif bad == "noncontig":

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..environment import Environment
+from ..environment import Environment, device_for_gpu
 from ..registry import default_registry
-from ..schemas.device import PRESETS, DeviceSpec, _from_gpu
+from ..schemas.device import PRESETS, DeviceSpec
 from ..selection import DeclaredPriority, _paddings, _Verdict, evaluate
 
 if TYPE_CHECKING:
@@ -145,5 +145,5 @@ def device_spec_of(device: Any) -> DeviceSpec:
         if getattr(torch.version, "hip", None):
             return DeviceSpec(name=props.name, vendor="amd")
         major, minor = torch.cuda.get_device_capability(dev)
-        return _from_gpu(props.name, major * 10 + minor, round(props.total_memory / 2**30, 1))
+        return device_for_gpu(props.name, major * 10 + minor, round(props.total_memory / 2**30, 1))
     raise ValueError(f"no DeviceSpec for torch device type {dev.type!r} (cuda and cpu only)")

@@ -1,4 +1,4 @@
-"""Target devices: named presets, generic ``smNN`` targets, and detection of this machine.
+"""Target devices: named presets and generic ``smNN`` targets (plain data, no I/O).
 
 Planning for a device that is not this machine is the point of the tool, so a DeviceSpec is plain
 data. Figures for memory, bandwidth and bf16 peak are vendor datasheet values (dense, no
@@ -7,11 +7,6 @@ sparsity) used only for roofline arithmetic in benchmarks; ``None`` where no dat
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
-import subprocess
-import sys
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,63 +79,15 @@ def get_device(name: str) -> DeviceSpec:
     raise ValueError(f"unknown device {name!r}; presets: {', '.join(PRESETS)} (or any smNN)")
 
 
-# --- Detection of this machine ---------------------------------------------------------------
-
-_NAME_TO_PRESET = (("H200", "h200"), ("H100", "h100"), ("GB200", "gb200"), ("B300", "b300"),
-                   ("B200", "b200"), ("A100", "a100"), ("L40S", "l40s"), ("RTX PRO 6000", "rtx-pro-6000"))
+# --- Detection of this machine: moved to moe_registry.environment ------------------------------
 
 
-def _from_gpu(product: str, sm: int, memory_gb: float | None) -> DeviceSpec:
-    for marker, preset in _NAME_TO_PRESET:
-        if marker in product.upper() and PRESETS[preset].sm == sm:
-            return PRESETS[preset].model_copy(update={"memory_gb": memory_gb or PRESETS[preset].memory_gb})
-    return DeviceSpec(name=product.strip() or f"sm{sm}", vendor="nvidia", sm=sm, memory_gb=memory_gb)
+def __getattr__(name: str) -> object:  # PEP 562
+    # ``detect`` lives in environment.detect_device (all of this machine's probing is there). The
+    # alias stays until bench/run/probe import it from there; imported lazily, since environment
+    # imports this module.
+    if name == "detect":
+        from ..environment import detect_device
 
-
-def _detect_with_torch() -> DeviceSpec | None:
-    torch = sys.modules["torch"]
-    if not torch.cuda.is_available() or torch.version.cuda is None:
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return _from_gpu(props.name, major * 10 + minor, round(props.total_memory / 2**30, 1))
-
-
-def _detect_with_nvidia_smi() -> DeviceSpec | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = out.strip().splitlines()[0] if out.strip() else ""
-    fields = [f.strip() for f in first.split(",")]
-    if len(fields) < 2:
-        return None
-    try:
-        major, minor = fields[1].split(".")
-        sm = int(major) * 10 + int(minor)
-        memory = round(float(fields[2]) / 1024, 1) if len(fields) > 2 else None
-    except ValueError:
-        return None
-    return _from_gpu(fields[0], sm, memory)
-
-
-@functools.lru_cache(maxsize=1)
-def detect() -> DeviceSpec:
-    """This machine's first accelerator, without importing torch.
-
-    ``MOE_REGISTRY_DEVICE`` names a preset to use instead. If torch is already imported, CUDA's
-    answer is used (it is what kernels will see); otherwise ``nvidia-smi``; otherwise the CPU.
-    """
-    override = os.environ.get("MOE_REGISTRY_DEVICE")
-    if override:
-        return get_device(override)
-    if "torch" in sys.modules:
-        found = _detect_with_torch()
-        if found is not None:
-            return found
-        return PRESETS["cpu"]
-    return _detect_with_nvidia_smi() or PRESETS["cpu"]
+        return detect_device
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

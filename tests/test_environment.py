@@ -1,0 +1,136 @@
+"""An Environment handed to selection and planning: no I/O at all, and the environment (not this
+machine) decides packages, device and the backend override."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from _decl_helpers import BASE, SRC, assert_selected, decl, registry
+from moe_registry import selection as selection_module
+from moe_registry.environment import Environment, RequirementState, this_machine
+from moe_registry.errors import InvalidDevice, NoEligibleBackend
+from moe_registry.planner import PlanError, plan_model
+from moe_registry.schemas.capability import Requirement
+from moe_registry.schemas.device import get_device
+from moe_registry.schemas.quant import QuantFamily
+from moe_registry.schemas.selection import ReasonCode
+from moe_registry.selection import select_backend
+
+H100 = get_device("h100")
+NEEDS_PKG = Requirement(kind="package", name="fancy-kernels", import_name="fancy_kernels", source=SRC)
+
+
+class _NoEnviron(dict):
+    """os.environ that fails the test on any read."""
+
+    def _fail(self, *args, **kwargs):
+        raise AssertionError("selection read os.environ although it was handed an Environment")
+
+    __getitem__ = get = __contains__ = __iter__ = __len__ = keys = items = copy = _fail
+
+
+@pytest.fixture
+def forbid_io(monkeypatch):
+    """Call it after the test's setup: from then on any process, environment-variable, PATH or
+    import-path probe fails the test."""
+    return lambda: _forbid_io(monkeypatch)
+
+
+def _forbid_io(monkeypatch) -> None:
+    def fail(what):
+        def _raise(*args, **kwargs):
+            raise AssertionError(f"selection did I/O ({what}) although it was handed an Environment")
+        return _raise
+
+    selection_module._resolve.cache_clear()  # a cached answer would prove nothing
+    for target, name in ((subprocess, "run"), (subprocess, "Popen"), (subprocess, "check_output"),
+                         (shutil, "which"), (importlib.util, "find_spec")):
+        monkeypatch.setattr(target, name, fail(f"{target.__name__}.{name}"))
+    monkeypatch.setattr("moe_registry.environment.detect_device", fail("detect_device"))
+    monkeypatch.setattr("moe_registry.environment.probe_environment", fail("probe_environment"))
+    monkeypatch.setattr("moe_registry.registry.Registry.environment", fail("Registry.environment"))
+    monkeypatch.setattr(os, "environ", _NoEnviron())
+
+
+def env(satisfied: bool | None = None, **fields) -> Environment:
+    states = () if satisfied is None else (
+        RequirementState(backend="t-a", name=NEEDS_PKG.name, satisfied=satisfied,
+                         detail="fancy_kernels importable" if satisfied else "fancy_kernels is not installed"),)
+    return Environment(planning=False, requirements=states, device=fields.pop("device", H100), **fields)
+
+
+def test_selection_with_an_environment_does_no_io(forbid_io):
+    reg = registry(decl("t-a", requirements=(NEEDS_PKG,)), decl("t-b"))
+    forbid_io()
+    sel = select_backend(BASE, registry=reg, environment=env(satisfied=True))
+    assert_selected(sel, "t-a", device=H100, planning=False)
+
+
+def test_the_environment_decides_packages_device_and_override():
+    reg = registry(decl("t-a", requirements=(NEEDS_PKG,)), decl("t-b", priority={QuantFamily.UNQUANTIZED: 10}))
+    missing = select_backend(BASE, registry=reg, environment=env(satisfied=False))
+    assert_selected(missing, "t-b")
+    (rejection,) = missing.rejections
+    assert [r.code for r in rejection.reasons] == [ReasonCode.PACKAGE_MISSING]
+    assert "fancy_kernels is not installed" in rejection.reasons[0].actual
+    # A named device is checked against the given environment's software, not planned for.
+    named = select_backend(BASE, "b200", registry=reg, environment=env(satisfied=False))
+    assert_selected(named, "t-b", device=get_device("b200"), planning=False)
+    # The environment's device is the target; an SM70 device rejects both (declared from SM75).
+    with pytest.raises(NoEligibleBackend):
+        select_backend(BASE, registry=reg, environment=env(satisfied=True, device=get_device("sm70")))
+    forced = select_backend(BASE, registry=reg, environment=env(satisfied=True, backend_override="t-b"))
+    assert_selected(forced, "t-b", decided_by="env")
+
+
+def test_an_environment_without_a_device_needs_a_named_one():
+    reg = registry(decl("t-a"))
+    with pytest.raises(InvalidDevice, match="names no device"):
+        select_backend(BASE, registry=reg, environment=Environment.planning_target())
+    sel = select_backend(BASE, "h100", registry=reg, environment=Environment.planning_target())
+    assert_selected(sel, "t-a", planning=True)
+
+
+def test_a_passed_environment_and_the_detected_one_give_the_same_fingerprint(monkeypatch):
+    monkeypatch.setenv("MOE_REGISTRY_DEVICE", "h100")
+    monkeypatch.delenv("MOE_REGISTRY_BACKEND", raising=False)
+    from moe_registry.environment import detect_device
+
+    detect_device.cache_clear()
+    try:
+        reg = registry(decl("t-a"))
+        detected = select_backend(BASE, registry=reg)
+        passed = select_backend(BASE, registry=reg, environment=this_machine(reg.environment()))
+    finally:
+        detect_device.cache_clear()
+    assert detected == passed and detected.device == H100
+
+
+def test_not_an_environment_is_a_typed_error():
+    from moe_registry.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="environment must be an Environment"):
+        select_backend(BASE, registry=registry(decl("t-a")), environment={"planning": False})
+
+
+def test_plan_model_takes_the_environment_device(forbid_io):
+    from moe_registry.registry import default_registry
+
+    default_registry()  # built (entry points read) before I/O is forbidden
+    forbid_io()
+    plan = plan_model("qwen3-30b-a3b", environment=Environment(planning=False, device=H100))
+    assert plan.layers and all(p.selection is not None and p.selection.device == H100 for p in plan.layers)
+    with pytest.raises(PlanError, match="names no device"):
+        plan_model("qwen3-30b-a3b", environment=Environment.planning_target())
+
+
+def test_assert_selected_fails_with_the_selection_described():
+    sel = select_backend(BASE, "h100", registry=registry(decl("t-a")))
+    with pytest.raises(AssertionError) as failure:
+        assert_selected(sel, "t-b")
+    assert sel.describe() in str(failure.value) and "'backend': 't-a'" in str(failure.value)

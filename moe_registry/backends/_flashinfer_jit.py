@@ -46,7 +46,8 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from ..schemas.device import DeviceSpec, detect
+from ..environment import detect_device
+from ..schemas.device import DeviceSpec
 
 # --- Constants the declarations may quote ------------------------------------------------------
 
@@ -167,15 +168,15 @@ class DeviceInfo:
 
 
 def this_gpu(spec: DeviceSpec | None = None) -> DeviceInfo | None:
-    """What FlashInfer would see on this machine, from ``schemas.device.detect`` (the one detector;
+    """What FlashInfer would see on this machine, from ``environment.detect_device`` (the one detector;
     ``MOE_REGISTRY_DEVICE`` overrides it there): None without an NVIDIA GPU. The target
     architectures are the detected GPU's (a host mixing GPU generations lists only the first; the
     adapter's load-time check reads every visible GPU from torch); H20 is known by its name."""
-    spec = spec if spec is not None else detect()
+    spec = spec if spec is not None else detect_device()
     if spec.vendor != "nvidia" or spec.sm is None:
         return None
     return DeviceInfo(sm=spec.sm, capabilities=(divmod(spec.sm, 10),), name=spec.name,
-                      h20=re.search(r"\bH20\b", spec.name) is not None, source="schemas.device.detect")
+                      h20=re.search(r"\bH20\b", spec.name) is not None, source="environment.detect_device")
 
 
 # --- The installed flashinfer, without importing it --------------------------------------------

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from ..measured import COST_SCHEMA_VERSION, CostEntry, CostTable
 from ..planner import plan_model, single_layer
-from ..schemas.device import PRESETS, detect
+from ..environment import detect_device as detect
+from ..schemas.device import PRESETS
 from ..schemas.layer import LayerSpec, ParallelConfig
 from ..schemas.selection import ReasonCode
 from ..selection import select_backend

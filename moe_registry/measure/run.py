@@ -43,7 +43,7 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
 
     # Select for this machine (device=None: detected, packages checked); a CPU run on a GPU
     # machine plans for the CPU instead.
-    from ..schemas.device import detect
+    from ..environment import detect_device as detect
 
     target = "cpu" if dev.type == "cpu" and detect().vendor != "cpu" else None
     selection = select_backend(spec, target, force=force)

@@ -77,17 +77,3 @@ def get_device(name: str) -> DeviceSpec:
         if 10 <= sm <= 200:
             return DeviceSpec(name=f"sm{sm}", vendor="nvidia", sm=sm)
     raise ValueError(f"unknown device {name!r}; presets: {', '.join(PRESETS)} (or any smNN)")
-
-
-# --- Detection of this machine: moved to moe_registry.environment ------------------------------
-
-
-def __getattr__(name: str) -> object:  # PEP 562
-    # ``detect`` lives in environment.detect_device (all of this machine's probing is there). The
-    # alias stays until bench/run/probe import it from there; imported lazily, since environment
-    # imports this module.
-    if name == "detect":
-        from ..environment import detect_device
-
-        return detect_device
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

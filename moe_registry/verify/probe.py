@@ -123,7 +123,7 @@ def run_probe(backends: Sequence[str] | None = None, quick: bool = False, regist
     """
     from .. import __version__
     from ..registry import default_registry
-    from ..schemas.device import detect
+    from ..environment import detect_device as detect
 
     registry = registry or default_registry()
     ids = list(backends) if backends else registry.ids()

@@ -1,0 +1,153 @@
+"""The package's layers (docs/ARCHITECTURE.md, "Layers"): no module imports one from a layer above it.
+
+Two checks. Read from the source (ast): every import a module can run, at module level or deferred
+inside a function (only ``if TYPE_CHECKING:`` blocks are left out), points at its own layer or one
+below. Run for real: each layer's modules import in a fresh interpreter where every module of the
+layers above it fails to import.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "moe_registry"
+
+# Lowest first. A module belongs to the layer of its longest matching prefix.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation", ("errors", "schemas", "_isolation")),
+    ("rules", ("environment", "registry", "selection", "quant_config", "memory", "models", "measured")),
+    ("planning", ("planner", "engines")),
+    ("kernels", ("formats", "execution", "backends")),
+    ("instruments", ("verify", "measure", "distributed", "provenance", "backends.triton_fused_moe.tune")),
+    ("presentation", ("render", "verify.report", "measure.report")),
+    ("interface", ("cli",)),
+)
+# The package itself is the lazy public facade: Python imports it before any submodule, so reading
+# ``__version__`` from it is free, and its deferred exports point everywhere by design.
+FACADE = "moe_registry"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def layer_of(module: str) -> int:
+    rel = module.removeprefix(FACADE + ".")
+    best, level = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (rel == prefix or rel.startswith(prefix + ".")) and len(prefix) > best:
+                best, level = len(prefix), index
+    if level is None:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to docs/ARCHITECTURE.md)")
+    return level
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def runtime_imports(module: str) -> set[str]:
+    """The moe_registry modules ``module`` can import at run time (module level or deferred)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base_name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base_name = node.module or ""
+            found.update(f"{base_name}.{a.name}" if f"{base_name}.{a.name}" in MODULES else base_name
+                         for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    return {m for m in found if m in MODULES and m != module}
+
+
+def upward_imports() -> list[str]:
+    problems = []
+    for module in MODULES:
+        if module == FACADE:
+            continue
+        mine = layer_of(module)
+        for target in sorted(runtime_imports(module)):
+            if target != FACADE and layer_of(target) > mine:
+                problems.append(f"{module} ({LAYERS[mine][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+    return problems
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        if module != FACADE:
+            layer_of(module)
+
+
+def test_the_reader_sees_deferred_imports_and_skips_type_checking_ones():
+    # errors imports the schemas only for annotations; render's provenance lines are read lazily.
+    assert "moe_registry.schemas.layer" not in runtime_imports("moe_registry.errors")
+    assert "moe_registry.verify.record" in runtime_imports("moe_registry.provenance")
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    assert upward_imports() == []
+
+
+def test_an_upward_import_is_reported(monkeypatch):
+    real = runtime_imports
+    fake = {"moe_registry.selection": real("moe_registry.selection") | {"moe_registry.planner"}}
+    monkeypatch.setattr(sys.modules[__name__], "runtime_imports", lambda m: fake.get(m) or real(m))
+    assert upward_imports() == ["moe_registry.selection (rules) imports moe_registry.planner (planning)"]
+
+
+_BLOCKER = """
+import importlib, importlib.abc, sys
+blocked = {blocked!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in blocked:
+            raise ImportError(f"{{name}} is above this layer")
+        return None
+sys.meta_path.insert(0, Block())
+for name in {mine!r}:
+    importlib.import_module(name)
+print("ok", len({mine!r}))
+"""
+
+
+@pytest.mark.parametrize("level", range(len(LAYERS)), ids=[name for name, _ in LAYERS])
+def test_each_layer_imports_without_the_layers_above(level):
+    # Every module of the layer is imported for real (kernel modules import torch and triton at module level;
+    # optional kernel packages such as humming are imported inside functions).
+    mine = [m for m in MODULES if m != FACADE and layer_of(m) == level]
+    blocked = [m for m in MODULES if m != FACADE and layer_of(m) > level]
+    code = _BLOCKER.format(blocked=blocked, mine=mine)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"ok {len(mine)}"

@@ -17,10 +17,11 @@ from .environment import Environment, backend_override
 from .errors import BackendNotEligible, InvalidArgument, InvalidDevice, NoEligibleBackend
 from .registry import Registry, default_registry
 from .schemas.activation import Activation, SwigluOAIParams
-from .schemas.capability import BackendCapability, QuantSupport, dimension_value
+from .schemas.capability import BackendCapability, Dimension, QuantSupport, dimension_value
 from .schemas.device import PRESETS, DeviceSpec, get_device
 from .schemas.layer import LayerSpec
-from .schemas.selection import Candidate, DecidedBy, Note, Padding, Reason, ReasonCode, Rejection, Selection
+from .schemas.selection import (Candidate, DecidedBy, Note, PadDimension, Padding, Reason, ReasonCode, Rejection,
+                                Selection)
 
 # --- Policies ----------------------------------------------------------------------------------
 
@@ -84,8 +85,8 @@ def _device_rule_hint(rules) -> str:
 class _Verdict:
     reasons: list[Reason] = dataclasses.field(default_factory=list)
     notes: list[Note] = dataclasses.field(default_factory=list)
-    padding: dict[str, int] = dataclasses.field(default_factory=dict)  # dimension -> multiple
-    sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # per-rank sizes the kernel sees
+    padding: dict[Dimension, int] = dataclasses.field(default_factory=dict)  # dimension -> multiple
+    sizes: dict[Dimension, int] = dataclasses.field(default_factory=dict)  # per-rank sizes the kernel sees
     support: QuantSupport | None = None  # the scheme support that runs the layer, if any
 
     def reject(self, code: ReasonCode, field: str, required: str, actual: str, message: str,
@@ -252,14 +253,14 @@ def _tp_split_group(layer: LayerSpec) -> int | None:
     return group
 
 
-def _pad_multiples(d: BackendCapability, layer: LayerSpec, policy: Policy) -> dict[str, int]:
+def _pad_multiples(d: BackendCapability, layer: LayerSpec, policy: Policy) -> dict[Dimension, int]:
     """Dimension -> multiple the backend's adapter pads to: the lcm of its pad rules that apply, and
     where TP cuts through scale groups, the group too (the adapter pads whole groups, see
     _check_format_groups). Rule conditions are judged at the padded sizes; the set only grows, so
     this reaches a fixpoint within one pass per rule."""
     if not policy.allow_padding:
         return {}
-    multiples: dict[str, int] = {}
+    multiples: dict[Dimension, int] = {}
     group = _tp_split_group(layer)
     while True:
         sizes = _padded_sizes(layer, multiples)
@@ -274,7 +275,7 @@ def _pad_multiples(d: BackendCapability, layer: LayerSpec, policy: Policy) -> di
         multiples = grown
 
 
-def _padded_sizes(layer: LayerSpec, multiples: dict[str, int]) -> dict[str, int]:
+def _padded_sizes(layer: LayerSpec, multiples: dict[Dimension, int]) -> dict[Dimension, int]:
     """Per-rank hidden / intermediate the kernel sees after padding to ``multiples``."""
     return {"hidden": _round_up(layer.hidden_size, multiples.get("hidden", 1)),
             "intermediate": _round_up(layer.local_intermediate_size, multiples.get("intermediate", 1))}
@@ -293,7 +294,7 @@ def _smallest_ep(num_experts: int, max_per_rank: int) -> int | None:
     return num_experts // best if best else None
 
 
-def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | None = None,
+def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[Dimension, int] | None = None,
                          backend: BackendCapability | None = None) -> None:
     """A rank must hold whole scale groups along K (hidden for GEMM1, intermediate for GEMM2):
     a fact of the quantization format, so it applies to every backend alike.
@@ -339,7 +340,7 @@ def _check_format_groups(layer: LayerSpec, v: _Verdict, sizes: dict[str, int] | 
                  hint, f"{layer.quant.kind.value} format: one scale per {group} K-elements")
 
 
-def _check_shapes(d: BackendCapability, layer: LayerSpec, sizes: dict[str, int], v: _Verdict) -> None:
+def _check_shapes(d: BackendCapability, layer: LayerSpec, sizes: dict[Dimension, int], v: _Verdict) -> None:
     """Every shape rule, judged at the sizes the kernel sees (padded where the backend pads)."""
     for rule in d.shape_rules:
         if not rule.when.matches(layer, sizes):
@@ -370,7 +371,7 @@ def _check_shapes(d: BackendCapability, layer: LayerSpec, sizes: dict[str, int],
                  f"{d.name} routes at most top-{d.max_top_k}; the layer uses top-{layer.top_k}")
 
 
-def _check_limitations(d: BackendCapability, layer: LayerSpec, sizes: dict[str, int], v: _Verdict) -> None:
+def _check_limitations(d: BackendCapability, layer: LayerSpec, sizes: dict[Dimension, int], v: _Verdict) -> None:
     """Known limitations, judged at the padded sizes: the kernel never sees the unpadded ones."""
     padded = {dim: n for dim, n in sizes.items() if n != dimension_value(layer, dim)}
     seen = layer.describe() + "".join(f", per-rank {dim} padded to {n}" for dim, n in padded.items())
@@ -396,11 +397,11 @@ def _check_routing(d: BackendCapability, layer: LayerSpec, v: _Verdict) -> None:
     method = layer.routing
     pre = _limit_failures(d, None, layer)
     inside = _limit_failures(d, method, layer) if method is not None else None
-    if inside == []:
+    if method is not None and inside == []:
         v.notes.append(Note(kind="routing", message=f"{d.id}: {method.value} routing runs inside the kernel"))
         return
     if pre == []:
-        if inside:
+        if method is not None and inside:
             v.notes.append(Note(kind="routing", message=(
                 f"{d.id}: {method.value} exceeds the kernel's in-kernel bounds ("
                 + "; ".join(f"{f} {req}" for f, req, _, _ in inside) + "); routed outside, precomputed top-k")))
@@ -449,7 +450,7 @@ def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict)
 
 
 def _check_requirements(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Environment,
-                        sizes: dict[str, int], v: _Verdict) -> None:
+                        sizes: dict[Dimension, int], v: _Verdict) -> None:
     for req in d.requirements:
         if not req.when.matches(layer, sizes):
             continue
@@ -505,19 +506,20 @@ def _qualify_activation_hint(v: _Verdict) -> None:
         v.reasons[n] = reason.model_copy(update={"hint": reason.hint + extra})
 
 
-def _paddings(layer: LayerSpec, multiples: dict[str, int]) -> tuple[Padding, ...]:
+def _paddings(layer: LayerSpec, multiples: dict[Dimension, int]) -> tuple[Padding, ...]:
     h, i = layer.hidden_size, layer.local_intermediate_size
-    padded = {"hidden": h, "intermediate": i}
+    padded: dict[Dimension, int] = {"hidden": h, "intermediate": i}
     for dimension, m in multiples.items():
         padded[dimension] = -(-padded[dimension] // m) * m
     if padded == {"hidden": h, "intermediate": i}:
         return ()
     # Expert weights and GEMM FLOPs both scale with H * I (w13 is 2I x H or I x H, w2 is H x I).
     extra = 100.0 * (padded["hidden"] * padded["intermediate"] / (h * i) - 1)
+    dims: tuple[tuple[PadDimension, int], ...] = (("hidden", h), ("intermediate", i))
     return tuple(
         Padding(dimension=dim, original=orig, padded=padded[dim], multiple_of=multiples[dim],
                 extra_weight_memory_pct=round(extra, 2), extra_flops_pct=round(extra, 2))
-        for dim, orig in (("hidden", h), ("intermediate", i)) if padded[dim] != orig)
+        for dim, orig in dims if padded[dim] != orig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,7 +553,7 @@ def judge(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Envir
 # --- Resolution ---------------------------------------------------------------------------------
 
 
-def _held(layer: LayerSpec, support: QuantSupport | None, sizes: dict[str, int]) -> tuple[int | None, str]:
+def _held(layer: LayerSpec, support: QuantSupport | None, sizes: dict[Dimension, int]) -> tuple[int | None, str]:
     """(per-rank expert weight bytes of the layer as the backend holds them, what it holds)."""
     if support is None:
         return None, ""

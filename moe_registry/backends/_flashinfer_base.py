@@ -5,7 +5,7 @@ of ``forward``. Imports torch; the torch-free JIT-cache checks are ``_flashinfer
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -156,8 +156,14 @@ class FlashInferExperts(Experts):
         self._setup(layer, weights, **{**cls.SETUP_DEFAULTS, "registry": None, **kwargs})
         return self
 
-    def _setup(self, layer: LayerSpec, weights: ExpertWeights, **kwargs: Any) -> None:
-        raise NotImplementedError
+    # Each adapter defines ``_setup(layer, weights, *, <its own keyword options>)``.
+    _setup: Callable[..., None]
+
+    def _calibrated_intermediate_amax(self) -> torch.Tensor:
+        """The GEMM2 input range: given, or calibrated on the first batch before any kernel call."""
+        if self.intermediate_amax is None:
+            raise RuntimeError(f"{self.backend}: the GEMM2 input range is not calibrated yet")
+        return self.intermediate_amax
 
     def _init_ranges(self, weights: ExpertWeights, input_amax: float | None, intermediate_amax: float | None,
                      *, quantizes_activations: bool = True) -> None:

@@ -108,5 +108,6 @@ def random_weights(layer: LayerSpec, *, device: Any = "cpu", dtype: torch.dtype 
     if layer.quant.is_quantized:
         from ..formats import quantize  # lazy: formats is only needed for quantized layers
 
-        w13, w2 = quantize(w13, layer.quant), quantize(w2, layer.quant)
+        return ExpertWeights(w13=quantize(w13, layer.quant), w2=quantize(w2, layer.quant), w13_bias=w13_bias,
+                             w2_bias=w2_bias)
     return ExpertWeights(w13=w13, w2=w2, w13_bias=w13_bias, w2_bias=w2_bias)

@@ -33,7 +33,7 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
     if repeats < 1:
         raise ValueError("--repeats must be at least 1")
     plan = plan_model(preset, quant=quant, select=False)
-    by_index = {lp.layer.index: lp.layer for lp in plan.layers}
+    by_index = {lp.layer.index: lp.layer for lp in plan.layers if lp.layer.index is not None}
     if layer not in by_index:
         moe = sorted(by_index)
         raise ValueError(f"layer {layer} of {plan.model} is not an MoE layer; MoE layers: "

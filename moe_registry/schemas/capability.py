@@ -23,7 +23,7 @@ Dimension = Literal["hidden", "intermediate", "experts", "top_k"]
 Fidelity = Literal["exact", "approximate"]
 
 
-Sizes = Mapping[str, int]
+Sizes = Mapping[Dimension, int]
 """Per-rank sizes the kernel sees where a backend pads ({"hidden": 3072, "intermediate": 128})."""
 
 
@@ -280,7 +280,7 @@ class RoutingSupport(Sourced):
     def _one_limit_per_path(self) -> "RoutingSupport":
         seen: list[RoutingMethod | None] = []
         for limit in self.limits:
-            keys = list(limit.methods) or [None]
+            keys: list[RoutingMethod | None] = list(limit.methods) or [None]
             if any(k in seen for k in keys):
                 raise ValueError("routing limits: one entry per method and one for the precomputed path")
             if any(m not in self.in_kernel for m in limit.methods):

@@ -12,6 +12,9 @@ from .layer import LayerSpec
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
+PadDimension = Literal["hidden", "intermediate"]
+"""The dimensions an adapter may pad."""
+
 
 class ReasonCode(str, Enum):
     """Closed set of rejection causes (cf. TensorRT-LLM's MoERejectReason)."""
@@ -68,7 +71,7 @@ class Padding(BaseModel):
 
     model_config = _FROZEN
 
-    dimension: Literal["hidden", "intermediate"]
+    dimension: PadDimension
     original: int
     padded: int
     multiple_of: int

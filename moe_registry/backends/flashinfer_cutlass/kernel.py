@@ -187,7 +187,7 @@ def prepare_cutlass_weights(layer: LayerSpec, weights: ExpertWeights, *, hidden_
         w13 = gate_up_to_up_gate(w13, Ip, interleaved=interleaved)
         if b13 is not None:
             b13 = gate_up_to_up_gate(b13.unsqueeze(-1), Ip, interleaved=interleaved).squeeze(-1)
-    bias = {"fc1_bias": None if b13 is None else b13.to(dtype).contiguous(),
+    bias: dict[str, Any] = {"fc1_bias": None if b13 is None else b13.to(dtype).contiguous(),
             "fc2_bias": None if w.w2_bias is None else w.w2_bias.to(dtype).contiguous()}
 
     if scheme.kind in ("bf16", "fp16"):
@@ -438,6 +438,7 @@ class FlashInferCutlassExperts(FlashInferExperts):
         p, kind = self.prepared, self.scheme.kind
         if kind in ("bf16", "fp16"):
             return x, None
+        assert p.w1_scale is not None and p.w2_scale is not None  # every quantized kind has weight scales
         if kind == "fp8_block":
             return x, [p.w1_scale, p.w2_scale]
         if kind == "mxfp4":
@@ -445,12 +446,13 @@ class FlashInferCutlassExperts(FlashInferExperts):
         in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
         if kind == "fp8":
             a1 = amax_dequant_scale(in_amax, FP8_E4M3_MAX)
-            a2 = amax_dequant_scale(self.intermediate_amax, FP8_E4M3_MAX)
+            a2 = amax_dequant_scale(self._calibrated_intermediate_amax(), FP8_E4M3_MAX)
             xq = (x.float() / a1).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
             return xq, fp8_quant_scales(p.w1_scale, p.w2_scale, a1, a2)
         if kind == "nvfp4":
+            assert p.w1_global is not None and p.w2_global is not None  # NvFP4 weights carry global scales
             a1_gs = NVFP4_ACT_GS_NUMERATOR / in_amax
-            a2_gs = NVFP4_ACT_GS_NUMERATOR / self.intermediate_amax
+            a2_gs = NVFP4_ACT_GS_NUMERATOR / self._calibrated_intermediate_amax()
             return x, nvfp4_quant_scales(p.w1_scale, p.w2_scale, p.w1_global, p.w2_global, a1_gs, a2_gs)
         raise AssertionError(kind)
 

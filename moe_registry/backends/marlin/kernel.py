@@ -248,7 +248,7 @@ def prepare_int4(w: Any, *, k_padded: int, n_index: torch.Tensor | None, bias: t
     # Scales / zero points: pad output channels, then whole new groups along K.
     scales = _pad_last(scales, n_index, 0.0)
     scales = F.pad(scales, (0, 0, 0, groups_padded - groups))
-    if has_zp:
+    if zeros is not None:
         zeros = _pad_last(zeros, n_index, repack.SYMMETRIC_ZERO)
         zeros = F.pad(zeros, (0, 0, 0, groups_padded - groups), value=repack.SYMMETRIC_ZERO)
     fill_code = repack.SYMMETRIC_ZERO
@@ -258,7 +258,7 @@ def prepare_int4(w: Any, *, k_padded: int, n_index: torch.Tensor | None, bias: t
         if n_index is not None or k_padded != K:
             codes = _pad_last(codes, n_index, fill_code)
             if k_padded != K:
-                if g == -1 and has_zp:
+                if g == -1 and zeros is not None:
                     # Same group as the real rows: code = the column's zero point -> exactly 0.
                     rows = zeros[start:stop, :1, :].to(torch.uint8).expand(-1, k_padded - K, -1)
                 else:
@@ -269,7 +269,7 @@ def prepare_int4(w: Any, *, k_padded: int, n_index: torch.Tensor | None, bias: t
     out = _repack_codes_nk(codes_of, E, k_padded, n_padded, device, chunk_nibbles)
     marlin_scales = repack.marlin_permute_scales(scales.contiguous(), k_padded, n_padded,
                                                  -1 if g == -1 else g)
-    marlin_zeros = repack.marlin_zero_points(zeros, n_padded) if has_zp else None
+    marlin_zeros = repack.marlin_zero_points(zeros, n_padded) if zeros is not None else None
     marlin_bias = None
     if bias is not None:
         b = _pad_last(bias.to(device=device, dtype=dtype), n_index, 0.0)

@@ -177,7 +177,7 @@ class TrtllmFp4Experts(TrtllmGenExperts):
         if p.nvfp4:
             in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
             a1_gs = (NVFP4_GS_NUMERATOR / in_amax).reshape(())
-            c_gs = (NVFP4_GS_NUMERATOR / self.intermediate_amax).reshape(())
+            c_gs = (NVFP4_GS_NUMERATOR / self._calibrated_intermediate_amax()).reshape(())
             xq, x_sf = _quantize_input(x, a1_gs, on_kernel_device=self.sm is not None)
             out1, gate1, out2 = output_scalars(p.w1_gs, p.w2_gs, a1_gs, c_gs, gated=p.gated)
             params = self._swiglu_params(x.device, raw_scale=gate1)

@@ -91,7 +91,7 @@ class TrtllmFp8Experts(TrtllmGenExperts):
         p = self.prepared
         in_amax = self.input_amax if self.input_amax is not None else x.abs().amax().float().clamp(min=1e-12)
         a1_mult = (FP8_MAX / in_amax).reshape(())
-        c_mult = (FP8_MAX / self.intermediate_amax).reshape(())
+        c_mult = (FP8_MAX / self._calibrated_intermediate_amax()).reshape(())
         out1, gate1, out2 = output_scalars(p.w1_mult, p.w2_mult, a1_mult, c_mult, gated=p.gated)
         return _per_tensor_routed_moe()(
             (self._ids(topk_ids), topk_weights), None, quantize_per_tensor(x, a1_mult), p.gemm1_weights, out1, gate1,

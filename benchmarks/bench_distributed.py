@@ -57,11 +57,12 @@ def bench_rank(rank: int, job: dict) -> list[dict]:
         x = torch.randn(tokens, full.hidden_size, generator=gen).to(device, torch.bfloat16)
         w, ids = route(torch.randn(tokens, full.num_experts, generator=gen).to(device), full)
         experts(x, w, ids)  # warm-up
-        forward_us = _time(lambda: experts(x, w, ids), device, job["repeats"])
+        forward_us = _time(lambda x=x, w=w, ids=ids: experts(x, w, ids), device, job["repeats"])
         pairs = tokens * full.top_k
         send = x.new_empty((pairs, full.hidden_size))
         recv = torch.empty_like(send)
-        a2a_us = _time(lambda: dist.all_to_all_single(recv, send, group=experts.ep_group), device, job["repeats"]) \
+        a2a_us = _time(lambda recv=recv, send=send: dist.all_to_all_single(recv, send, group=experts.ep_group),
+                       device, job["repeats"]) \
             if experts.ep_group is not None else 0.0
         moved = 2 * pairs * full.hidden_size * 2 * (ep - 1) / ep  # there and back, bf16, off-rank share
         rows.append({"rank": rank, "tokens_per_rank": tokens, "forward_us": round(forward_us, 1),

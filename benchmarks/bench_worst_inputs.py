@@ -67,8 +67,10 @@ def cases(tmp: Path) -> list[tuple[str, list[str], dict[str, str]]]:
         "quant_method": "fp8", "weight_block_size": [128, 128],
         "ignored_layers": [f"model.layers.{i}.mlp.experts" for i in range(0, MAX_LAYERS, 2)]})
     path = config("layers_alternating", json.dumps(alternating))
-    out.append((f"{MAX_LAYERS} layers alternating fp8/bf16 ({MAX_LAYERS} groups), table", ["explain", path, "--device", "h100"], {}))
-    out.append((f"{MAX_LAYERS} layers alternating fp8/bf16, --markdown", ["explain", path, "--device", "h100", "--markdown"], {}))
+    out.append((f"{MAX_LAYERS} layers alternating fp8/bf16 ({MAX_LAYERS} groups), table",
+                ["explain", path, "--device", "h100"], {}))
+    out.append((f"{MAX_LAYERS} layers alternating fp8/bf16, --markdown",
+                ["explain", path, "--device", "h100", "--markdown"], {}))
     out.append((f"{MAX_LAYERS} layers alternating fp8/bf16, --json", ["explain", path, "--device", "h100", "--json"], {}))
     names = MAX_NAME_CHECKS // MAX_LAYERS
     path = config("names_max", json.dumps(qwen(num_hidden_layers=MAX_LAYERS, quantization_config={
@@ -103,7 +105,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], dict[str, str]]]:
     nested = '{"a": ' * 100_000 + "1" + "}" * 100_000
     out.append(("JSON nested 100,000 levels (was RecursionError)", ["explain", config("deep", nested)], {}))
     at_limit = json.dumps(qwen(_deep=json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))))
-    out.append((f"JSON nested {MAX_JSON_DEPTH} levels (the depth limit)", ["explain", config("deep_max", at_limit), "--device", "h100"], {}))
+    out.append((f"JSON nested {MAX_JSON_DEPTH} levels (the depth limit)",
+                ["explain", config("deep_max", at_limit), "--device", "h100"], {}))
 
     flood = tmp / "flood"
     _plugin(flood, "acme_flood", """

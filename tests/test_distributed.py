@@ -72,7 +72,7 @@ def test_four_ranks_ep4_and_tp2_ep2():
         _job(OAI, 2, 2, [4, 7], force="reference"),
     ]
     per_rank = _run(4, jobs)
-    for j, job in enumerate(jobs):
+    for j in range(len(jobs)):
         for r in range(4):
             assert per_rank[r][j]["rel_error_vs_reference"] < TOL, (j, r, per_rank[r][j])
     # TP2 x EP2: ranks 0,1 form TP group 0 (EP rank 0) and hold the same tokens.

@@ -9,13 +9,13 @@ import pytest
 
 from moe_registry import LayerSpec, select_backend
 from moe_registry.backends.trtllm_gen.fp4 import DECLARATION as TRTLLM
-
-TRTLLM_GEN_IDS = ["trtllm-fp4", "trtllm-fp8", "trtllm-fp8-channel", "trtllm-fp8-block", "trtllm-bf16", "trtllm-mxint4"]
 from moe_registry.registry import Registry, hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.selection import ReasonCode
 
 from _decl_helpers import assert_selected
+
+TRTLLM_GEN_IDS = ["trtllm-fp4", "trtllm-fp8", "trtllm-fp8-channel", "trtllm-fp8-block", "trtllm-bf16", "trtllm-mxint4"]
 
 GEMMA4 = LayerSpec(num_experts=128, top_k=8, hidden_size=2816, intermediate_size=704, activation="gelu",
                    quant="nvfp4")

@@ -214,7 +214,7 @@ def main() -> int:
     only = int(args[args.index("--case") + 1]) if "--case" in args else None
     args = [a for i, a in enumerate(args) if a != "--case" and (i == 0 or args[i - 1] != "--case")]
     path = args[0] if args else os.environ.get("MOE_REGISTRY_VLLM_MOE_C")
-    ns = getattr(torch.ops, "_moe_C")
+    ns = torch.ops._moe_C
     if not hasattr(ns, "moe_wna16_marlin_gemm"):
         if not path:
             print("FAIL: give the .so path (argv[1] or $MOE_REGISTRY_VLLM_MOE_C)")

@@ -113,7 +113,7 @@ def tune_layer(layer: LayerSpec, tokens: tuple[int, ...], *, device: Any = "cuda
         bm, c1, c2 = candidates(T, layer, quant, major * 10 + minor)
         start = {p: dict(default[p], BLOCK_SIZE_M=bm) for p in ("gemm1", "gemm2")}
 
-        def measure(cfg: dict[str, dict[str, Any]]) -> float:
+        def measure(cfg: dict[str, dict[str, Any]], sets: list[Any] = sets, replays: int = replays) -> float:
             experts.fixed_config = configs.validate(cfg, quant)
             try:
                 return time_graph(experts.run, sets, experts.device, warmup=len(sets), replays=replays).median_us
@@ -138,9 +138,7 @@ def tune_layer(layer: LayerSpec, tokens: tuple[int, ...], *, device: Any = "cuda
         out[T] = {**best, "us": round(best_us, 2), "default_us": round(ref_us, 2)}
         log(f"  T={T:<5} {best_us:9.1f} us (default {ref_us:9.1f} us)  gemm1 {best['gemm1']}  gemm2 {best['gemm2']}")
     experts.fixed_config = None
-    del experts, weights
-    torch.cuda.empty_cache()
-    return out
+    return out  # the caller empties the CUDA cache once this layer's weights are released
 
 
 def save_table(layer: LayerSpec, table: dict[int, dict[str, Any]], device_name: str, out_dir: Path | None,
@@ -178,6 +176,7 @@ def tune(layers: list[LayerSpec], labels: dict[LayerSpec, str], tokens: tuple[in
             raise ValueError(f"triton-fused-moe runs bf16, fp16, fp8, fp8_block; {labels[layer]} is {quant}")
         print(f"== {labels[layer]}: {layer.describe()}", flush=True)
         table = tune_layer(layer, tokens, budget_s=budget_s)
+        torch.cuda.empty_cache()
         meta = {"card": name, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__, "triton": __import__("triton").__version__,
                 "method": "CUDA graph replay of the whole forward, median, 3 rotated random input sets"}

@@ -62,6 +62,10 @@ Bounds (far above any real model; each exceeded bound is a one-line ``MalformedC
 file of at most ``MAX_CONFIG_BYTES`` (8 MiB), JSON nested at most ``MAX_JSON_DEPTH`` (64) levels,
 numbers finite (``NaN``, ``Infinity``, ``1e999`` are refused: the output must stay strict JSON), at
 most ``MAX_LAYERS`` (256) hidden layers, and the layer sizes of :class:`LayerSpec`.
+
+Modules, each importing only those before it: ``results`` (the plan and the errors), ``sources``
+(loading a source), ``reading`` (the config's keys), ``plan`` (LayerSpecs and selection); this one is
+the public API.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The decision core's own argument checks and input bounds, each with its exact one-line message
 (issue 13's hardening as seen from issue 15: these branches are part of what mutation testing and
-branch coverage measure for selection.py and planner.py)."""
+branch coverage measure for selection.py and the planner package)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import pytest
 
 from moe_registry import planner
+from moe_registry.planner import plan as planning
+from moe_registry.planner import sources
 from moe_registry.errors import InvalidArgument, InvalidDevice
 from moe_registry.planner import (
     ConfigNotFound, MalformedConfig, PlanError, QuantConfigError, UnknownPreset, plan_config, plan_model,
@@ -124,9 +126,9 @@ def test_json_numbers_constants_size_and_depth(tmp_path):
 
 def test_text_over_the_size_limit_is_refused_before_parsing():
     with pytest.raises(MalformedConfig) as info:
-        planner._parse_json(" " * (planner.MAX_CONFIG_BYTES + 1), "where")
+        sources._parse_json(" " * (planner.MAX_CONFIG_BYTES + 1), "where")
     assert str(info.value) == f"where is {planner.MAX_CONFIG_BYTES + 1} characters; the limit is {planner.MAX_CONFIG_BYTES}"
-    assert planner._parse_json(json.dumps({"a": 1}), "where") == {"a": 1}
+    assert sources._parse_json(json.dumps({"a": 1}), "where") == {"a": 1}
 
 
 def test_a_quantization_config_of_the_wrong_json_types_is_a_typed_error():
@@ -196,13 +198,13 @@ def test_one_line_names_a_nested_field_with_dots():
     base = dict(num_experts=8, top_k=2, hidden_size=512, intermediate_size=512)
     with pytest.raises(ValidationError) as nested:
         LayerSpec.model_validate({**base, "quant": {"kind": "int4_w4a16", "group_size": "x"}})
-    assert planner._one_line(nested.value).startswith("quant.group_size: Input should be a valid integer")
+    assert planning._one_line(nested.value).startswith("quant.group_size: Input should be a valid integer")
     with pytest.raises(ValidationError) as field:
         LayerSpec.model_validate({**base, "top_k": 0})
-    assert planner._one_line(field.value) == "top_k: Input should be greater than 0"
+    assert planning._one_line(field.value) == "top_k: Input should be greater than 0"
     with pytest.raises(ValidationError) as model_level:
         LayerSpec.model_validate({**base, "top_k": 9})
-    assert planner._one_line(model_level.value) == "top_k (9) exceeds num_experts (8)"
+    assert planning._one_line(model_level.value) == "top_k (9) exceeds num_experts (8)"
 
 
 def test_preset_description_falls_back_to_the_name_and_the_top_level_dtype(monkeypatch):

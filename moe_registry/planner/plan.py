@@ -1,0 +1,236 @@
+"""Planning one loaded source: its MoE layers as LayerSpecs (:func:`_plan`), each layer's
+quantization scheme, and one backend selection per distinct layer with the whole-model memory fit
+(:func:`_select`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..environment import Environment, detect_device
+from ..memory import MemoryFit
+from ..quant_config import (
+    PlanError,
+    QuantConfig,
+    QuantConfigError,
+    override_quant,
+    unquantized_scheme,
+)
+from ..schemas.device import DeviceSpec, get_device
+from ..schemas.layer import MAX_LAYERS, LayerSpec, ParallelConfig
+from ..schemas.quant import QuantScheme
+from ..schemas.selection import Selection
+from .reading import (
+    _EXPERT_KEYS,
+    _FAMILIES,
+    _REFUSED_KEYS,
+    _TOPK_KEYS,
+    _WIDTH_KEYS,
+    _activation,
+    _dbrx_view,
+    _dtype,
+    _expert_dtype,
+    _heads,
+    _moe_indices,
+    _name_template,
+    _pick_text_config,
+    _quant_of,
+    _Reader,
+    _routing,
+)
+from .results import (
+    InvalidLayer,
+    LayerPlan,
+    MalformedConfig,
+    ModelPlan,
+    NotAMoEModel,
+    ParallelismError,
+    SelectionUnavailable,
+)
+from .sources import _Source
+
+_PACKAGE = __package__.rpartition(".")[0]  # moe_registry: _select imports ..selection lazily
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]  # pydantic's ErrorDetails always carry "msg" and "loc"
+    msg = err["msg"].removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
+          quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any],
+          memory_mode: str = "prefer") -> ModelPlan:
+    if not isinstance(parallel, ParallelConfig):
+        raise PlanError(f"parallel must be a ParallelConfig, got {type(parallel).__name__}")
+    if quant is not None and not isinstance(quant, (QuantScheme, str)):
+        raise PlanError(f"quant must be a QuantScheme or a string such as 'nvfp4', got {type(quant).__name__}")
+    if device is not None and not isinstance(device, (DeviceSpec, str)):
+        raise PlanError(f"device must be a preset name or a DeviceSpec, got {type(device).__name__}")
+    config = src.config
+    text, wrapper = _pick_text_config(config)
+    where = src.source if text is config else f"{src.source} text_config"
+    model_type = str(text.get("model_type") or config.get("model_type") or "").lower()
+    if model_type == "dbrx":
+        text = _dbrx_view(text, where)
+    r = _Reader(text, where)
+    notes: list[str] = []
+
+    for key, refuse in _REFUSED_KEYS.items():
+        reason = refuse(text.get(key))
+        if reason:
+            raise MalformedConfig(f"{where}: {reason}")
+    if r.first(_EXPERT_KEYS) is None:
+        kind = model_type or "unknown model_type"
+        raise NotAMoEModel(f"{where} ({kind}) declares no routed experts "
+                           f"(none of {', '.join(_EXPERT_KEYS)}); not a MoE model")
+    num_layers = r.required_int(("num_hidden_layers",))
+    if num_layers > MAX_LAYERS:
+        raise MalformedConfig(f"{where}: num_hidden_layers {num_layers} is above the limit of {MAX_LAYERS}")
+    expert_key, experts = r.per_layer(_EXPERT_KEYS, num_layers, minimum=0)
+    if not any(experts):
+        raise NotAMoEModel(f"{where}: {expert_key} is 0; not a MoE model")
+    _, top_ks = r.per_layer(_TOPK_KEYS, num_layers)
+    _, widths = r.per_layer(_WIDTH_KEYS, num_layers)
+    hidden = r.required_int(("hidden_size",))
+    latent = r.cfg.get("moe_latent_size")
+    if latent is not None:
+        # Nemotron 3 Super LatentMoE: fc1_latent_proj (hidden -> latent) runs before the experts and
+        # fc2_latent_proj after, so the expert GEMMs see the latent width (vLLM nemotron_h.py NemotronHMoE).
+        latent = r.integer("moe_latent_size", latent, minimum=1)
+        notes.append(f"moe_latent_size {latent}: experts take the {latent}-wide latent, not hidden_size {hidden} "
+                     "(the latent projections run outside the experts)")
+        hidden = latent
+
+    family = _FAMILIES.get(model_type, "generic")
+    if family == "generic":
+        notes.append(f"model_type {model_type or '(none)'!r} is not a known MoE family: routing is unknown "
+                     "(rules that need it abstain) and layer names assume model.layers.N.mlp.experts")
+
+    indices, rule = _moe_indices(r, num_layers)
+    indices = [i for i in indices if experts[i] > 1]  # Jamba-style lists give dense layers 1 expert
+    if not indices:
+        raise NotAMoEModel(f"{where}: no layer is a MoE layer ({rule})")
+    notes.append(f"{len(indices)} of {num_layers} layers are MoE ({rule})")
+    if isinstance(text.get("num_hash_layers"), int) and text["num_hash_layers"] > 0:
+        notes.append(f"the first {text['num_hash_layers']} MoE layers route by a token-id hash table (custom routing)")
+    if isinstance(device, str):
+        try:
+            device = get_device(device)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+
+    activation, act_params, bias = _activation(family, model_type, r, notes)
+    routing, weight_on_input = _routing(family, text)
+    dtype = _dtype(text, config)
+    no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
+    if dtype == "bf16" and no_bf16:
+        # vLLM 0.33.0 config/model.py _resolve_auto_dtype + platforms/cuda.py supported_dtypes: no bf16 below SM80
+        notes.append(f"{device.label()} has no bf16: planned in fp16, as engines run it (vLLM --dtype auto)")
+        dtype = "fp16"
+
+    # Quantization
+    if quant is not None:
+        qconf: QuantConfig | None = override_quant(quant)
+        expert_scheme = None
+    else:
+        qconf = _quant_of(src, config, text, dtype, len(indices))
+        expert_scheme = _expert_dtype(r, qconf, notes)
+    unquantized = unquantized_scheme(dtype)
+    attention_heads, kv_heads = _heads(r)
+
+    # Layers
+    template = _name_template(model_type, family, wrapper)
+    specs: list[LayerSpec] = []
+    for i in indices:
+        name = template.format(i=i)
+        scheme = _scheme_for(qconf, name, unquantized)
+        if expert_scheme is not None and scheme != unquantized:
+            scheme = expert_scheme
+        try:
+            specs.append(LayerSpec(name=name, index=i, num_experts=experts[i], top_k=top_ks[i], hidden_size=hidden,
+                                   intermediate_size=widths[i], activation=activation, activation_params=act_params,
+                                   quant=scheme, dtype=dtype, routing=routing, bias=bias,
+                                   apply_router_weight_on_input=weight_on_input, parallel=parallel,
+                                   attention_heads=attention_heads, kv_heads=kv_heads))
+        except ValidationError as exc:
+            cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
+            raise cls(f"{name} (layer {i}): {_one_line(exc)}") from None
+
+    summary = qconf.summary if qconf else unquantized.label()
+    if expert_scheme is not None:
+        summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"
+    memory = None
+    if select:
+        layers, memory = _select(specs, device, select_kwargs, memory_mode)
+    else:
+        layers = tuple(LayerPlan(layer=s) for s in specs)
+    return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
+                     device=device, parallel=parallel, quantization=summary,
+                     num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
+
+
+def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) -> QuantScheme:
+    if qconf is None:
+        return unquantized
+    try:
+        return qconf.scheme_for(name)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
+        raise QuantConfigError(f"{qconf.source}: malformed quantization config for {name} "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],
+            memory_mode: str) -> tuple[tuple[LayerPlan, ...], "MemoryFit | None"]:
+    try:
+        from ..selection import select_backend
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{_PACKAGE}.selection":
+            raise
+        raise SelectionUnavailable("backend selection is not available (moe_registry.selection is missing); "
+                                   "plan with select=False") from None
+    from ..errors import NoEligibleBackend
+    from ..memory import MEMORY_MODES, fit
+    if memory_mode not in MEMORY_MODES:
+        raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
+
+    counts: dict[LayerSpec, int] = {}
+    for spec in specs:  # identical layers are selected once, without name and index
+        counts[spec.shape_key()] = counts.get(spec.shape_key(), 0) + 1
+
+    results: dict[tuple[LayerSpec, tuple], Selection | NoEligibleBackend] = {}
+
+    def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
+        if (key, extra) not in results:
+            try:
+                more: dict[str, Any] = {"extra_reasons": extra} if extra else {}
+                results[key, extra] = select_backend(key, device, **more, **kwargs)
+            except NoEligibleBackend as exc:  # recorded, so the other layers are still planned
+                results[key, extra] = exc
+        return results[key, extra]
+
+    # Memory fit is a function of the whole plan: it adds memory_exceeded reasons, then selection reruns.
+    environment = kwargs.get("environment")
+    if device is not None:
+        target = device
+    elif environment is None:
+        target = detect_device()
+    elif isinstance(environment, Environment) and environment.device is not None:
+        target = environment.device
+    else:
+        raise PlanError("a planning environment names no device: pass device=" if isinstance(environment, Environment)
+                        else f"environment must be an Environment, got {type(environment).__name__}")
+    extras, memory = fit(counts, lambda k, e: (r if isinstance(r := select_key(k, e), Selection) else None),
+                         target, memory_mode)  # type: ignore[arg-type]
+    done: dict[LayerSpec, LayerPlan] = {}
+    for key in counts:
+        result = select_key(key, extras[key])
+        if isinstance(result, Selection):
+            done[key] = LayerPlan(layer=key, selection=result)
+        else:
+            lines = str(result).splitlines()
+            done[key] = LayerPlan(layer=key, error=lines[0] if lines else type(result).__name__,
+                                  rejections=tuple(getattr(result, "rejections", ())))
+    return tuple(done[spec.shape_key()].model_copy(update={"layer": spec}) for spec in specs), memory

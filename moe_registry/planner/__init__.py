@@ -127,11 +127,14 @@ __all__ = [
 ]
 
 
+_ONE_GPU = ParallelConfig()  # frozen: one shared default is safe
+
+
 # --- Public API ------------------------------------------------------------------------------
 
 
 def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None = None,
-               parallel: ParallelConfig = ParallelConfig(), quant: QuantScheme | str | None = None, *,
+               parallel: ParallelConfig = _ONE_GPU, quant: QuantScheme | str | None = None, *,
                select: bool = True, memory: str = "prefer", environment: Environment | None = None,
                **select_kwargs: Any) -> ModelPlan:
     """Plan every MoE layer of a model.
@@ -156,7 +159,7 @@ def _with_environment(select_kwargs: dict[str, Any], environment: Environment | 
 
 
 def plan_config(config: Mapping[str, Any], device: DeviceSpec | str | None = None,
-                parallel: ParallelConfig = ParallelConfig(), quant: QuantScheme | str | None = None, *,
+                parallel: ParallelConfig = _ONE_GPU, quant: QuantScheme | str | None = None, *,
                 name: str = "config", hf_quant_config: Mapping[str, Any] | None = None,
                 quantize_config: Mapping[str, Any] | None = None, select: bool = True, memory: str = "prefer",
                 environment: Environment | None = None, **select_kwargs: Any) -> ModelPlan:
@@ -185,7 +188,7 @@ def list_presets() -> dict[str, str]:
 def single_layer(*, experts: int, top_k: int, hidden: int, intermediate: int, activation: str = "silu",
                  quant: QuantScheme | str | None = None, dtype: str | None = None, swiglu_limit: float | None = None,
                  routing: str | None = None, bias: bool = False, router_weight_on_input: bool = False,
-                 parallel: ParallelConfig = ParallelConfig()) -> LayerSpec:
+                 parallel: ParallelConfig = _ONE_GPU) -> LayerSpec:
     """One MoE layer from its shape: the one spelling behind `moe-registry select` and `bench layer`
     (flags or ``layer:experts=..,top_k=..``). ``swiglu_limit``: the clamp of swigluoai / silu_clamp
     (a config's ``swiglu_limit``; silu_clamp needs it). ValueError (one line) on a bad combination."""
@@ -196,7 +199,7 @@ def single_layer(*, experts: int, top_k: int, hidden: int, intermediate: int, ac
         raise ValueError("silu_clamp needs --swiglu-limit (the config's swiglu_limit)")
     params = (SwigluOAIParams() if swiglu_limit is None else SwigluOAIParams(limit=swiglu_limit)) \
         if act is Activation.SWIGLUOAI else SiluClampParams(limit=swiglu_limit) if swiglu_limit is not None else None
-    return LayerSpec(
+    return LayerSpec.model_validate(dict(
         num_experts=experts, top_k=top_k, hidden_size=hidden, intermediate_size=intermediate, activation=act,
         quant=quant or "bf16", dtype=dtype or "bf16", routing=routing, bias=bias,
-        apply_router_weight_on_input=router_weight_on_input, parallel=parallel, activation_params=params)
+        apply_router_weight_on_input=router_weight_on_input, parallel=parallel, activation_params=params))

@@ -126,7 +126,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     routing, weight_on_input = _routing(family, text)
     dtype = _dtype(text, config)
     no_bf16 = device is not None and device.vendor == "nvidia" and device.sm is not None and device.sm < 80
-    if dtype == "bf16" and no_bf16:
+    if device is not None and dtype == "bf16" and no_bf16:
         # vLLM 0.33.0 config/model.py _resolve_auto_dtype + platforms/cuda.py supported_dtypes: no bf16 below SM80
         notes.append(f"{device.label()} has no bf16: planned in fp16, as engines run it (vLLM --dtype auto)")
         dtype = "fp16"
@@ -223,7 +223,7 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         raise PlanError("a planning environment names no device: pass device=" if isinstance(environment, Environment)
                         else f"environment must be an Environment, got {type(environment).__name__}")
     extras, memory = fit(counts, lambda k, e: (r if isinstance(r := select_key(k, e), Selection) else None),
-                         target, memory_mode)  # type: ignore[arg-type]
+                         target, memory_mode)
     done: dict[LayerSpec, LayerPlan] = {}
     for key in counts:
         result = select_key(key, extras[key])

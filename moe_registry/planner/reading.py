@@ -14,7 +14,7 @@ from ..quant_config import (
     parse_quant_config,
 )
 from ..schemas.activation import Activation, SiluClampParams, SwigluOAIParams
-from ..schemas.layer import RoutingMethod
+from ..schemas.layer import DType, RoutingMethod
 from ..schemas.quant import QuantScheme
 from .results import MalformedConfig
 from .sources import _Source
@@ -23,7 +23,7 @@ _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num
 _TOPK_KEYS = ("num_experts_per_tok", "top_k_experts", "experts_per_token", "moe_k", "moe_topk")
 _WIDTH_KEYS = ("moe_intermediate_size", "intermediate_size")
 _ACT_KEYS = ("mlp_hidden_act", "hidden_activation", "hidden_act")
-_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+_DTYPES: dict[str, DType] = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
            "float32": "fp32", "fp32": "fp32", "float": "fp32"}
 
 # model_type -> (family, experts module path). A family fixes routing; the path is the checkpoint's,
@@ -291,7 +291,7 @@ def _quant_source(src: _Source, config: dict[str, Any], text: dict[str, Any]) ->
     return None
 
 
-def _dtype(text: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+def _dtype(text: Mapping[str, Any], config: Mapping[str, Any]) -> DType:
     for cfg in (text, config):
         for key in ("dtype", "torch_dtype"):
             value = cfg.get(key)
@@ -326,11 +326,12 @@ def _expert_dtype(r: _Reader, qconf: QuantConfig | None, notes: list[str]) -> Qu
         return None
     if value not in _EXPERT_DTYPES:
         raise MalformedConfig(f"{r.where}: expert_dtype must be one of {', '.join(_EXPERT_DTYPES)}, got {value!r}")
-    if _EXPERT_DTYPES[value] is None:
+    kind = _EXPERT_DTYPES[value]
+    if kind is None:
         return None
     notes.append("expert_dtype fp4: routed experts are MXFP4 with MXFP8 activations (vLLM falls back to BF16 "
                  "activations when no backend runs MXFP8 ones: --quant mxfp4 plans that)")
-    return QuantScheme.parse(_EXPERT_DTYPES[value])
+    return QuantScheme.parse(kind)
 
 
 def _heads(r: _Reader) -> tuple[int | None, int | None]:

@@ -125,8 +125,10 @@ class ModelPlan(BaseModel):
         def close() -> None:
             if run:
                 head = run[0]
-                out.append(LayerGroup(indices=tuple(p.layer.index for p in run),
-                                      names=tuple(p.layer.name for p in run), layer=head.layer.shape_key(),
+                # A planned layer always carries its index and name (the planner sets both).
+                out.append(LayerGroup(indices=tuple(p.layer.index for p in run),  # type: ignore[misc]
+                                      names=tuple(p.layer.name for p in run),  # type: ignore[misc]
+                                      layer=head.layer.shape_key(),
                                       selection=head.selection, error=head.error, rejections=head.rejections))
                 run.clear()
 

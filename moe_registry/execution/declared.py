@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..environment import Environment, device_for_gpu
 from ..registry import default_registry
 from ..schemas.device import PRESETS, DeviceSpec
+from ..schemas.selection import PadDimension
 from ..selection import DeclaredPriority, _paddings, _Verdict, evaluate
 
 if TYPE_CHECKING:
@@ -110,7 +111,8 @@ def check_declared(backend_id: str, layer: "LayerSpec", device: DeviceSpec | Non
                                                                           if r.field in _SHAPE_FIELDS]
         padding = vp.padding
     problems = [r.render() for r in reasons]
-    for name, padded in (("hidden", hidden_padded), ("intermediate", intermediate_padded)):
+    dims: tuple[tuple[PadDimension, int], ...] = (("hidden", hidden_padded), ("intermediate", intermediate_padded))
+    for name, padded in dims:
         multiple = padding.get(name)
         if multiple is not None and padded % multiple:
             problems.append(f"{decl.name} needs per-rank {name} to be a multiple of {multiple}; the kernel would "

@@ -90,9 +90,9 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
            "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())
            + "".join(f"; {o.family.value} {o.priority} on {' or '.join(r.describe() for r in o.devices)}"
                      for o in d.priority_overrides)]
-    for rule in d.dtype_devices:
-        out.append(f"- {rule.dtype} hidden states only on {' or '.join(r.describe() for r in rule.devices)} "
-                   f"(source: {rule.source})")
+    for dtype_rule in d.dtype_devices:
+        out.append(f"- {dtype_rule.dtype} hidden states only on {' or '.join(r.describe() for r in dtype_rule.devices)} "
+                   f"(source: {dtype_rule.source})")
     f = d.features
     out.append(f"- features: expert biases {'yes' if f.bias else 'no'}, router weight on input "
                f"{'yes' if f.apply_router_weight_on_input else 'no'}, custom swigluoai constants "

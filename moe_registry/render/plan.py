@@ -272,7 +272,7 @@ def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) 
         if n.kind in _SHOWN_NOTE_KINDS and (" assumes " not in n.message or "first build" in n.message)))
     if plan.notes or chosen_notes:
         console.print("\nnotes:", markup=False, highlight=False)
-        for note in (*plan.notes, *chosen_notes):
-            console.print(f"- {note}", markup=False, highlight=False)
+        for text in (*plan.notes, *chosen_notes):
+            console.print(f"- {text}", markup=False, highlight=False)
     if not verbose:
         console.print("(-v: every rejection, selection notes and fingerprints)", markup=False, highlight=False)

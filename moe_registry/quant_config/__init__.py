@@ -89,7 +89,7 @@ from typing import Any, overload
 
 from pydantic import ValidationError
 
-from .schemas.quant import QuantKind, QuantScheme
+from ..schemas.quant import QuantKind, QuantScheme
 
 # --- Errors ----------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from ..schemas.quant import QuantKind, QuantScheme
 
-
 # --- Errors ----------------------------------------------------------------------------------
 
 

@@ -44,8 +44,8 @@ MAX_NAME_CHECKS = 2**19  # all name entries x MoE layers
 try:  # the stdlib's own regex parser: the pattern is checked as the engine will read it
     from re import _constants as _sre_c, _parser as _sre_parse  # type: ignore[attr-defined]  # Python >= 3.11
 except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sre_c  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+    import sre_constants as _sre_c  # type: ignore[no-redef, unused-ignore]
+    import sre_parse as _sre_parse  # type: ignore[no-redef, unused-ignore]
 
 _REPEATS = tuple(getattr(_sre_c, name) for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
                  if hasattr(_sre_c, name))

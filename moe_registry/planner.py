@@ -77,6 +77,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import models as _presets
+from .errors import one_line, validation_one_line
 from .quant_config import (
     InconsistentMoEQuant,
     PlanError,
@@ -299,7 +300,7 @@ def _parse_json(text: str, where: str) -> Any:
     except RecursionError:
         raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
     except ValueError as exc:  # non-finite numbers, integers over Python's digit limit
-        raise MalformedConfig(f"{where} is not valid JSON: {' '.join(str(exc).split())}") from None
+        raise MalformedConfig(f"{where} is not valid JSON: {one_line(exc, typed=False)}") from None
     if _depth_exceeds(data, MAX_JSON_DEPTH):
         raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
     return data
@@ -687,14 +688,7 @@ def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype:
         return parse_quant_config(found[0], source=found[1], dtype=dtype)
     except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
         raise QuantConfigError(f"{found[1]}: malformed quantization config "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-
-
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]  # pydantic's ErrorDetails always carry "msg" and "loc"
-    msg = err["msg"].removeprefix("Value error, ")
-    loc = ".".join(str(p) for p in err["loc"])
-    return f"{loc}: {msg}" if loc else msg
+                               f"({one_line(exc)})") from None
 
 
 _EXPERT_DTYPES = {"fp4": "mxfp4_mxfp8", "fp8": None}
@@ -821,7 +815,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
                                    attention_heads=attention_heads, kv_heads=kv_heads))
         except ValidationError as exc:
             cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
-            raise cls(f"{name} (layer {i}): {_one_line(exc)}") from None
+            raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
 
     summary = qconf.summary if qconf else unquantized.label()
     if expert_scheme is not None:
@@ -843,7 +837,7 @@ def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) 
         return qconf.scheme_for(name)
     except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
         raise QuantConfigError(f"{qconf.source}: malformed quantization config for {name} "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+                               f"({one_line(exc)})") from None
 
 
 def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],

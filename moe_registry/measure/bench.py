@@ -218,18 +218,16 @@ def load_optional_ops(notes: list[str]) -> dict[str, str]:
 def _input_sets(layer: LayerSpec, T: int, dev: "torch.device", n: int, seed: int) -> list[tuple[Any, Any, Any]]:
     import torch
 
+    from ..execution.patterns import routing_pattern
     from ..execution.weights import torch_dtype
 
     dtype = torch_dtype(layer)
-    E, k, H = layer.local_num_experts, layer.top_k, layer.hidden_size
     sets = []
     for i in range(n):
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + T * 1_009 + i)
-        x = torch.randn(T, H, generator=gen, device=dev, dtype=torch.float32).to(dtype).contiguous()
-        logits = torch.randn(T, E, generator=gen, device=dev, dtype=torch.float32)
-        w, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
-        w = (w / w.sum(dim=-1, keepdim=True)).float().contiguous()
-        sets.append((x, w, ids.to(torch.int32).contiguous()))
+        x = torch.randn(T, layer.hidden_size, generator=gen, device=dev, dtype=torch.float32).to(dtype).contiguous()
+        w, ids = routing_pattern(T, layer.local_num_experts, layer.top_k, device=dev, generator=gen)
+        sets.append((x, w, ids))
     return sets
 
 

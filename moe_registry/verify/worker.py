@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import importlib
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import zlib
 from typing import Any, Callable
 
 from ..errors import cuda_context_broken, one_line
+from ..execution import load_adapter
 from .oracle import compare, dense_oracle
 
 EXIT_CUDA_CONTEXT = 3  # the worker stopped after a CUDA error; restart it at the next combination
@@ -40,16 +40,6 @@ EXIT_CUDA_CONTEXT = 3  # the worker stopped after a CUDA error; restart it at th
 MESSAGE_LIMIT = 400  # characters of an exception in a result line
 
 Emit = Callable[[dict[str, Any]], None]
-
-
-def load_adapter(spec: str) -> type:
-    from moe_registry.execution.base import Experts
-
-    module_name, _, class_name = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Experts)):
-        raise TypeError(f"adapter {spec!r} is not an Experts subclass")
-    return cls
 
 
 # --- Running combinations -----------------------------------------------------------------------
@@ -172,7 +162,7 @@ def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: 
     try:
         import torch
 
-        cls = load_adapter(job["adapter"])
+        cls = load_adapter(job["backend"], job["adapter"])
     except BaseException as exc:  # an ImportError, or a library that fails to load
         emit({"event": "hello", "error": one_line(exc, limit=MESSAGE_LIMIT)})
         return 0

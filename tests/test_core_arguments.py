@@ -197,7 +197,8 @@ def test_one_line_names_a_nested_field_with_dots():
     base = dict(num_experts=8, top_k=2, hidden_size=512, intermediate_size=512)
     with pytest.raises(ValidationError) as nested:
         LayerSpec.model_validate({**base, "quant": {"kind": "int4_w4a16", "group_size": "x"}})
-    assert validation_one_line(nested.value, first_only=True).startswith("quant.group_size: Input should be a valid integer")
+    assert validation_one_line(nested.value, first_only=True).startswith(
+        "quant.group_size: Input should be a valid integer")
     with pytest.raises(ValidationError) as field:
         LayerSpec.model_validate({**base, "top_k": 0})
     assert validation_one_line(field.value, first_only=True) == "top_k: Input should be greater than 0"

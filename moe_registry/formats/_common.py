@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, TypeVar, Union
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
 
@@ -12,7 +12,7 @@ _F = TypeVar("_F", bound="TensorFormat")
 # How one tensor field of a format follows the logical weight [..., N, K]: (N axis, elements of N
 # per index, K axis, elements of K per index); None where the field has no such axis, "group" for
 # the format's own group size.
-FieldAxes = tuple[Union[int, None], Union[int, str], Union[int, None], Union[int, str]]
+FieldAxes = tuple[int | None, int | str, int | None, int | str]
 
 # e2m1 (FP4) magnitudes by 3-bit code; bit 3 of a nibble is the sign. Same table as FlashInfer's
 # ``quantization/fp4_quantization.py::_E2M1_VALUES`` (signed, 16 entries).

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from moe_registry.environment import nvidia_smi
 from moe_registry.measure.timing import time_calls
 
 
@@ -57,21 +58,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         info.update(card=props.name, compute_capability=f"{props.major}.{props.minor}",
                     sm_count=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1))
-        info["driver"] = _nvidia_smi("driver_version")
-        info["clocks_sm_max_mhz"] = _nvidia_smi("clocks.max.sm")
+        info["driver"] = nvidia_smi("driver_version")
+        info["clocks_sm_max_mhz"] = nvidia_smi("clocks.max.sm")
     else:
         info.update(card="cpu", compute_capability=None, driver=None)
     info["git_commit"] = _git_commit()
     return info
-
-
-def _nvidia_smi(field: str) -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
 
 
 def _git_commit() -> str | None:

@@ -55,6 +55,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from moe_registry.errors import one_line  # noqa: E402
 from moe_registry.measured import CostEntry, CostTable  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
@@ -160,7 +161,7 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> dict[str, A
         save(report)
         record["complete"] = True
     except Exception as exc:
-        record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:800]
+        record["error"] = one_line(exc, limit=800)
         record["traceback"] = traceback.format_exc(limit=10)
         print(f"ERROR {case.name}: {record['error']}", flush=True)
     record["wall_s"] = round(time.perf_counter() - started, 1)
@@ -290,7 +291,7 @@ def analyse(records: list[dict[str, Any]], args: argparse.Namespace, out_dir: Pa
                 except Exception as exc:  # e.g. the op is not registered in this process
                     sides = analysis.policy_sides(policy, layer, a, b, policy.device, truth=truth)
                     sides["selected_for"] = (f"planned {policy.device.label()} (this machine failed: "
-                                             f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+                                             f"{one_line(exc, limit=200)})")
                 r["policy_sides"].append(sides)
                 if sides.get("crossover") is not None:
                     marks.setdefault(layer, []).append((sides["crossover"], f"policy table: {a}/{b} T={sides['crossover']}"))

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import one_line  # registry.py imports it from here too
+
 ENV_TIMEOUT = "MOE_REGISTRY_PLUGIN_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5.0
 MAX_CAPTURED_CHARS = 200  # of a plugin's output, quoted in its problem report
@@ -110,11 +112,6 @@ def _forget_abandoned(ident: int, routers: tuple[_Router, _Router]) -> None:
                 del r.sinks[ident]
                 if r.users == 0 and not r.sinks and getattr(sys, name) is r:
                     setattr(sys, name, r.real)
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def guarded_call(fn: Callable[[], Any], *, timeout: float | None = None) -> Outcome:

@@ -498,13 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
+def _message(exc: BaseException) -> str:
+    """The CLI's one line for an error: every field of a validation error, else the message."""
     from pydantic import ValidationError
 
+    from .errors import one_line, validation_one_line
+
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
-                         for e in exc.errors())
-    return " ".join(str(exc).split()) or type(exc).__name__
+        return validation_one_line(exc, whole="input")
+    return one_line(exc, typed=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -554,7 +556,7 @@ def _main(argv: list[str], json_mode: bool) -> int:
         return EXIT_BAD_INPUT
     except (BadInput, ValidationError, ValueError, OSError) as exc:
         # ValueError covers UnknownBackend, PlanError and quant/activation/device parse errors.
-        _bad_input(_one_line(exc), json_mode)
+        _bad_input(_message(exc), json_mode)
         return EXIT_BAD_INPUT
     except RecursionError:
         _bad_input("input nested too deeply", json_mode)
@@ -584,7 +586,7 @@ def _bad_input(message: str, json_mode: bool) -> None:
 
 
 def _internal_error(exc: Exception, json_mode: bool) -> int:
-    message = f"{type(exc).__name__}: {_one_line(exc)}"
+    message = f"{type(exc).__name__}: {_message(exc)}"
     _error_line(f"internal error: {message} (set MOE_REGISTRY_DEBUG=1 for the traceback)")
     if json_mode:
         from .render import JSON_SCHEMA_VERSION

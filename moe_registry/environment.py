@@ -229,3 +229,40 @@ def probe_environment(declarations: Iterable["BackendCapability"],
                                                             for r in d.requirements if r.package)})
     versions = tuple((n, v) for n in names if (v := _distribution_version(n)) is not None)
     return Environment(planning=False, requirements=tuple(states), versions=versions)
+
+
+# --- Machine facts for records (probe, bench, benchmarks/) ------------------------------------------
+# Kept apart from the snapshot above: these describe the machine a record was taken on and never
+# feed selection. (schemas.device.detect runs its own query: the schemas sit below this module.)
+
+
+def nvidia_smi(field: str, *, units: bool = True) -> str | None:
+    """``nvidia-smi --query-gpu=FIELD`` of the first GPU ("name", "driver_version", "clocks.max.sm",
+    or several, comma-separated, as one CSV line), without units ("1980" for "1980 MHz") when
+    ``units`` is False; None when nvidia-smi is missing or fails."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    fmt = "csv,noheader" if units else "csv,noheader,nounits"
+    try:
+        out = subprocess.run([exe, f"--query-gpu={field}", f"--format={fmt}"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out else None
+
+
+def package_versions(distributions: dict[str, str]) -> dict[str, str]:
+    """``{"python": version, label: version, ...}`` for each ``label -> distribution name`` installed
+    here (the others are left out), in that order."""
+    import platform
+
+    out = {"python": platform.python_version()}
+    for label, dist in distributions.items():
+        version = _distribution_version(dist)
+        if version is not None:
+            out[label] = version
+    return out

@@ -9,7 +9,6 @@ import json
 import pytest
 
 from moe_registry import planner
-from moe_registry.planner import plan as planning
 from moe_registry.planner import sources
 from moe_registry.errors import InvalidArgument, InvalidDevice
 from moe_registry.planner import (
@@ -190,21 +189,23 @@ def test_preset_descriptions():
 
 
 def test_one_line_names_a_nested_field_with_dots():
-    # A nested field's location has two parts, joined with "."; a model-level error has none.
+    # The planner's form (the first error). A nested field's location has two parts, joined with "."; a model-level error has none.
     from pydantic import ValidationError
 
+    from moe_registry.errors import validation_one_line
     from moe_registry.schemas.layer import LayerSpec
 
     base = dict(num_experts=8, top_k=2, hidden_size=512, intermediate_size=512)
     with pytest.raises(ValidationError) as nested:
         LayerSpec.model_validate({**base, "quant": {"kind": "int4_w4a16", "group_size": "x"}})
-    assert planning._one_line(nested.value).startswith("quant.group_size: Input should be a valid integer")
+    assert validation_one_line(nested.value, first_only=True).startswith(
+        "quant.group_size: Input should be a valid integer")
     with pytest.raises(ValidationError) as field:
         LayerSpec.model_validate({**base, "top_k": 0})
-    assert planning._one_line(field.value) == "top_k: Input should be greater than 0"
+    assert validation_one_line(field.value, first_only=True) == "top_k: Input should be greater than 0"
     with pytest.raises(ValidationError) as model_level:
         LayerSpec.model_validate({**base, "top_k": 9})
-    assert planning._one_line(model_level.value) == "top_k (9) exceeds num_experts (8)"
+    assert validation_one_line(model_level.value, first_only=True) == "top_k (9) exceeds num_experts (8)"
 
 
 def test_preset_description_falls_back_to_the_name_and_the_top_level_dtype(monkeypatch):

@@ -29,6 +29,7 @@ import torch
 from moe_registry.backends.marlin import ops, repack
 from moe_registry.backends.marlin.kernel import MarlinExperts, check_marlin_config
 from moe_registry.backends.reference.kernel import ReferenceExperts
+from moe_registry.execution.patterns import routing_pattern
 from moe_registry.execution.weights import ExpertWeights, random_weights
 from moe_registry.formats import Int4GroupTensor, quantize_int4
 from moe_registry.schemas.activation import SwigluOAIParams
@@ -620,17 +621,6 @@ def test_load_moe_c_paths(monkeypatch, tmp_path):
 # The whole adapter through the CPU stand-in kernel
 # =============================================================================================
 
-def _routing(T, E, k, seed, *, empty=(), skew=False):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(T, E, generator=g)
-    if skew:
-        logits = logits + torch.linspace(6.0, 0.0, E) ** 2 / 4
-    for e in empty:
-        logits[:, e] = float("-inf")
-    w, ids = torch.topk(torch.softmax(logits, -1), k, dim=-1)
-    return (w / w.sum(-1, keepdim=True)).float().contiguous(), ids.to(torch.int32).contiguous()
-
-
 def _rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
@@ -675,8 +665,9 @@ def test_forward_through_stand_in_matches_reference(stand_in, monkeypatch, name,
     ref = ReferenceExperts(layer, weights)
     E, k = layer.num_experts, layer.top_k
     dtype = marlin.dtype
-    for T, empty, skew in ((1, (), False), (7, (0, E - 1), False), (40, (2,), True)):
-        w, ids = _routing(T, E, k, seed=T, empty=empty, skew=skew)
+    for T, empty, kind in ((1, (), "random"), (7, (0, E - 1), "random"), (40, (2,), "imbalanced")):
+        w, ids = routing_pattern(T, E, k, device="cpu", kind=kind, empty=empty,
+                                 generator=torch.Generator().manual_seed(T))
         x = torch.randn(T, layer.hidden_size, generator=torch.Generator().manual_seed(T + 1)).to(dtype)
         out = marlin(x, w, ids)
         assert out.dtype == dtype and out.shape == (T, layer.hidden_size)
@@ -703,7 +694,7 @@ def test_stand_in_detects_a_wrong_layout(stand_in, monkeypatch):
     layer = _layer(E=4, k=2, H=128, I=64, quant="int4_w4a16:g64")
     weights = random_weights(layer, seed=2)
     ref = ReferenceExperts(layer, weights)
-    w, ids = _routing(16, 4, 2, seed=0)
+    w, ids = routing_pattern(16, 4, 2, device="cpu", generator=torch.Generator().manual_seed(0))
     x = torch.randn(16, 128).to(torch.bfloat16)
     good = _rel(MarlinExperts(layer, weights)(x, w, ids), ref(x, w, ids))
     wrong = tuple(reversed(repack._weight_perm_list()))
@@ -719,7 +710,7 @@ def test_swapped_gate_up_would_be_caught(stand_in):
     ref = ReferenceExperts(layer, weights)
     dq = weights.w13.dequantize(torch.bfloat16)
     swapped = quantize_int4(torch.cat([dq[:, 64:], dq[:, :64]], dim=1), group_size=64)
-    w, ids = _routing(16, 4, 2, seed=1)
+    w, ids = routing_pattern(16, 4, 2, device="cpu", generator=torch.Generator().manual_seed(1))
     x = torch.randn(16, 128).to(torch.bfloat16)
     err = _rel(MarlinExperts(layer, ExpertWeights(w13=swapped, w2=weights.w2))(x, w, ids), ref(x, w, ids))
     assert err > 0.3

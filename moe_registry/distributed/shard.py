@@ -18,18 +18,9 @@ from typing import Any
 import torch
 
 from ..execution.weights import ExpertWeights
+from ..formats import QuantizedTensor
 from ..schemas.layer import LayerSpec
 from .layout import RankLayout
-
-# Per format class and tensor field: (N axis, elements of N per index, K axis, elements of K per
-# index); None where the field has no such axis. "group" means the format's own group size.
-_FIELDS: dict[str, dict[str, tuple[int | None, int | str, int | None, int | str]]] = {
-    "NvFp4Tensor": {"data": (-2, 1, -1, 2), "scale": (-2, 1, -1, 16), "global_scale": (None, 1, None, 1)},
-    "MxFp4Tensor": {"data": (-2, 1, -1, 2), "scale": (-2, 1, -1, 32)},
-    "Fp8Tensor": {"data": (-2, 1, -1, 1), "scale": (None, 1, None, 1)},
-    "Fp8BlockTensor": {"data": (-2, 1, -1, 1), "scale": (-2, 128, -1, 128)},
-    "Int4GroupTensor": {"qweight": (-1, 1, -2, 8), "scales": (-1, 1, -2, "group"), "zeros": (-1, 1, -2, "group")},
-}
 
 
 def _narrow_plain(t: torch.Tensor, axis: int, start: int, stop: int, quantum: int, full: int, what: str) -> torch.Tensor:
@@ -43,10 +34,11 @@ def _narrow_plain(t: torch.Tensor, axis: int, start: int, stop: int, quantum: in
 def _narrow_format(w: Any, which: str, start: int, stop: int) -> Any:
     """Slice a formats object along its logical N (``which="n"``) or K (``"k"``) axis."""
     name = type(w).__name__
-    table = _FIELDS.get(name)
-    if table is None:
+    table = getattr(w, "slice_axes", None)  # each format class says how its fields follow N and K
+    if not table:
+        known = sorted(cls.__name__ for cls in QuantizedTensor.__args__ if cls.slice_axes)
         raise ValueError(f"cannot shard {name} weights for tensor parallelism yet (known formats: "
-                         f"{', '.join(sorted(_FIELDS))}); use expert parallelism instead")
+                         f"{', '.join(known)}); use expert parallelism instead")
     full = w.shape[-2] if which == "n" else w.shape[-1]
     if getattr(w, "g_idx", None) is not None and which == "k":
         raise ValueError(f"{name} with act_order (g_idx) cannot be split along K: its groups follow a permutation")
@@ -74,7 +66,7 @@ def _rows(w: Any, ranges: list[tuple[int, int]]) -> Any:
     parts = [_narrow_format(w, "n", a, b) for a, b in ranges]
     if len(parts) == 1:
         return parts[0]
-    table = _FIELDS[type(w).__name__]
+    table = w.slice_axes
     merged = {}
     for field, (n_axis, *_rest) in table.items():
         if n_axis is not None and getattr(parts[0], field) is not None:

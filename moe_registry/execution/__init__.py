@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from .weights import ExpertWeights
 
 __all__ = [
-    "Experts", "ExpertWeights", "GraphedExperts", "apply_activation", "build_experts", "check_forward_inputs", "check_weights",
-    "pad_weights", "random_weights", "route", "run_layer", "torch_dtype",
+    "Experts", "ExpertWeights", "GraphedExperts", "apply_activation", "build_experts",
+    "check_forward_inputs", "check_weights", "load_adapter", "pad_weights", "random_weights", "route", "run_layer",
+    "torch_dtype",
 ]
 
 # Lazily re-exported names -> submodule.
@@ -44,7 +45,10 @@ class AdapterUnavailable(MoeRegistryError, ValueError):
     """A backend's declared adapter cannot be imported (typed, so the CLI exits 2 with one line)."""
 
 
-def _load_adapter(backend: str, spec: str | None) -> type:
+def load_adapter(backend: str, spec: str | None) -> type:
+    """The ``Experts`` subclass that ``spec`` (a declaration's ``adapter``, "package.module:ClassName")
+    names, imported now. Raises one line: ValueError (no spec), AdapterUnavailable (import fails),
+    TypeError (not an Experts subclass)."""
     from .base import Experts
 
     if not spec or ":" not in spec:
@@ -68,7 +72,7 @@ def build_experts(selection: "Selection", weights: "ExpertWeights", *, registry:
     from ..registry import default_registry
 
     capability = (registry or default_registry()).get(selection.backend)
-    cls = _load_adapter(selection.backend, capability.adapter)
+    cls = load_adapter(selection.backend, capability.adapter)
     pads: dict[str, int] = {}
     for p in selection.padding:
         if p.dimension not in ("hidden", "intermediate"):

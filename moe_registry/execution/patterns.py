@@ -4,6 +4,8 @@ relative error every comparison in the project reports."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
 
@@ -18,25 +20,33 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def routing_pattern(T: int, E: int, k: int, *, device, kind: str = "random", generator=None,
-                    ids_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    ids_dtype: torch.dtype | None = None,
+                    empty: Iterable[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(topk_weights fp32 [T, k], topk_ids [T, k])`` for a test routing pattern.
 
     ``random``: top-k of a softmax of Gaussian logits, renormalised. ``imbalanced``: logits skewed so
     a handful of experts take most tokens. ``empty``: random, but experts 0 and E-1 (first and last
-    group) and every third expert get no tokens (needs enough experts left for k).
+    group) and every third expert get no tokens (needs enough experts left for k). ``empty=`` (any
+    kind): these experts get no tokens instead.
     """
     logits = torch.randn(T, E, device=device, generator=generator)
     if kind == "imbalanced":
         logits = logits + torch.linspace(6.0, 0.0, E, device=device) ** 2 / 4
-    elif kind == "empty":
-        banned = torch.zeros(E, dtype=torch.bool, device=device)
-        banned[0::3] = True
-        banned[E - 1] = True
-        if int((~banned).sum()) < k:
-            raise ValueError(f"'empty' routing needs at least {k} experts left of {E}")
-        logits = logits.masked_fill(banned, float("-inf"))
-    elif kind != "random":
+    elif kind not in ("random", "empty"):
         raise ValueError(f"unknown routing kind {kind!r}")
+    if empty is not None or kind == "empty":
+        banned = torch.zeros(E, dtype=torch.bool, device=device)
+        if empty is None:
+            banned[0::3] = True
+            banned[E - 1] = True
+            what = "'empty' routing"
+        else:
+            chosen = sorted(set(empty))
+            banned[chosen] = True
+            what = f"routing with experts {chosen} empty"
+        if int((~banned).sum()) < k:
+            raise ValueError(f"{what} needs at least {k} experts left of {E}")
+        logits = logits.masked_fill(banned, float("-inf"))
     weights, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights.float().contiguous(), ids.to(ids_dtype or torch.int32).contiguous()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
 
 _F = TypeVar("_F", bound="TensorFormat")
+
+# How one tensor field of a format follows the logical weight [..., N, K]: (N axis, elements of N
+# per index, K axis, elements of K per index); None where the field has no such axis, "group" for
+# the format's own group size.
+FieldAxes = tuple[int | None, int | str, int | None, int | str]
 
 # e2m1 (FP4) magnitudes by 3-bit code; bit 3 of a nibble is the sign. Same table as FlashInfer's
 # ``quantization/fp4_quantization.py::_E2M1_VALUES`` (signed, 16 entries).
@@ -72,7 +77,10 @@ def e2m1_decode(data: torch.Tensor) -> torch.Tensor:
 class TensorFormat:
     """Mixin of the format dataclasses: ``.to(device)`` moves every tensor field, ``.expert(e)``
     slices every tensor field; ``.padded`` / ``.gate_up_swapped`` are the exact row-wise layout
-    changes (``formats.rows``) a format supports (the default refuses)."""
+    changes (``formats.rows``) a format supports (the default refuses); ``slice_axes`` says how
+    each field is sliced along N or K (``distributed.shard``; empty: the format cannot be)."""
+
+    slice_axes: ClassVar[Mapping[str, FieldAxes]] = {}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         me: Any = self  # every subclass is a dataclass

@@ -40,6 +40,8 @@ class Fp8Tensor(TensorFormat):
     scale: torch.Tensor
     scheme: QuantScheme | None = None
 
+    slice_axes = {"data": (-2, 1, -1, 1), "scale": (None, 1, None, 1)}
+
     def __post_init__(self) -> None:
         if self.data.dtype != torch.float8_e4m3fn or self.scale.dtype != torch.float32:
             fail("Fp8Tensor", f"dtypes must be float8_e4m3fn/float32, got {self.data.dtype}/{self.scale.dtype}")
@@ -121,6 +123,8 @@ class Fp8BlockTensor(TensorFormat):
     data: torch.Tensor
     scale: torch.Tensor
     scheme: QuantScheme | None = None
+
+    slice_axes = {"data": (-2, 1, -1, 1), "scale": (-2, FP8_BLOCK, -1, FP8_BLOCK)}
 
     def __post_init__(self) -> None:
         d, s = self.data, self.scale

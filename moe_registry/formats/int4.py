@@ -59,6 +59,9 @@ class Int4GroupTensor(TensorFormat):
     g_idx: torch.Tensor | None = None
     scheme: QuantScheme | None = None
 
+    # [..., K/8, N] and [..., K/g, N]: N is the last axis, K the one before.
+    slice_axes = {"qweight": (-1, 1, -2, PACK), "scales": (-1, 1, -2, "group"), "zeros": (-1, 1, -2, "group")}
+
     def __post_init__(self) -> None:
         q, s = self.qweight, self.scales
         if q.dtype != torch.int32 or q.dim() < 2 or not s.is_floating_point():

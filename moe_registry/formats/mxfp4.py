@@ -47,6 +47,8 @@ class MxFp4Tensor(TensorFormat):
     scale: torch.Tensor
     scheme: QuantScheme | None = None
 
+    slice_axes = {"data": (-2, 1, -1, 2), "scale": (-2, 1, -1, MXFP4_BLOCK)}
+
     def __post_init__(self) -> None:
         d, s = self.data, self.scale
         if d.dtype != torch.uint8 or s.dtype != torch.uint8:

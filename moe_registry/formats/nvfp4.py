@@ -50,6 +50,8 @@ class NvFp4Tensor(TensorFormat):
     global_scale: torch.Tensor
     scheme: QuantScheme | None = None  # the scheme ``quantize`` was asked for, if any
 
+    slice_axes = {"data": (-2, 1, -1, 2), "scale": (-2, 1, -1, NVFP4_BLOCK), "global_scale": (None, 1, None, 1)}
+
     def __post_init__(self) -> None:
         d, s, g = self.data, self.scale, self.global_scale
         if d.dtype != torch.uint8 or s.dtype != torch.float8_e4m3fn or g.dtype != torch.float32:

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import gc
-import importlib.metadata
 import os
 import platform
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from ..environment import package_versions
+from ..errors import cuda_context_broken, one_line
 from ..measured import COST_SCHEMA_VERSION, CostEntry, CostTable
 from ..planner import plan_model, single_layer
 from ..environment import detect_device as detect
@@ -189,31 +191,10 @@ class BenchReport:
         return data
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
-
-
-def _is_sticky_cuda_error(exc: BaseException) -> bool:
-    """Errors after which the CUDA context is unusable (every later call fails too)."""
-    text = str(exc).lower()
-    return any(s in text for s in ("illegal memory access", "device-side assert", "unspecified launch failure",
-                                   "misaligned address", "illegal instruction", "cuda error: an illegal"))
-
-
-def _versions(extra: Mapping[str, str] = ()) -> dict[str, str]:
-    import torch
-
-    out = {"torch": torch.__version__, "python": platform.python_version()}
-    if torch.version.cuda:
-        out["cuda"] = str(torch.version.cuda)
-    for label, dist in (("moe-registry", "moe-registry"), ("flashinfer", "flashinfer-python"), ("vllm", "vllm")):
-        try:
-            out[label] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    out.update(dict(extra))
-    return out
+# A cost table's ``meta.versions``: label -> distribution (python too; "cuda" is torch's)
+RECORDED_PACKAGES = {"torch": "torch", "moe-registry": "moe-registry", "flashinfer": "flashinfer-python",
+                     "vllm": "vllm"}
+_line = functools.partial(one_line, limit=500)  # an exception as a skip reason
 
 
 def load_optional_ops(notes: list[str]) -> dict[str, str]:
@@ -231,25 +212,23 @@ def load_optional_ops(notes: list[str]) -> dict[str, str]:
             else:
                 notes.append(f"${ops.ENV_VAR}={path} loaded, but it registers no moe_wna16_marlin_gemm")
     except Exception as exc:
-        notes.append(f"vLLM _moe_C not loaded: {_one_line(exc)}")
+        notes.append(f"vLLM _moe_C not loaded: {_line(exc)}")
     return extra
 
 
 def _input_sets(layer: LayerSpec, T: int, dev: "torch.device", n: int, seed: int) -> list[tuple[Any, Any, Any]]:
     import torch
 
+    from ..execution.patterns import routing_pattern
     from ..execution.weights import torch_dtype
 
     dtype = torch_dtype(layer)
-    E, k, H = layer.local_num_experts, layer.top_k, layer.hidden_size
     sets = []
     for i in range(n):
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + T * 1_009 + i)
-        x = torch.randn(T, H, generator=gen, device=dev, dtype=torch.float32).to(dtype).contiguous()
-        logits = torch.randn(T, E, generator=gen, device=dev, dtype=torch.float32)
-        w, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
-        w = (w / w.sum(dim=-1, keepdim=True)).float().contiguous()
-        sets.append((x, w, ids.to(torch.int32).contiguous()))
+        x = torch.randn(T, layer.hidden_size, generator=gen, device=dev, dtype=torch.float32).to(dtype).contiguous()
+        w, ids = routing_pattern(T, layer.local_num_experts, layer.top_k, device=dev, generator=gen)
+        sets.append((x, w, ids))
     return sets
 
 
@@ -323,7 +302,10 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
         spec_device = PRESETS["cpu"]
         card = f"cpu ({platform.machine() or platform.processor() or 'unknown'})"
     date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    versions = _versions(extra_versions)
+    versions = package_versions(RECORDED_PACKAGES)
+    if torch.version.cuda:
+        versions["cuda"] = str(torch.version.cuda)
+    versions.update(extra_versions)
 
     entries: list[CostEntry] = []
     holdout_entries: list[CostEntry] = []
@@ -364,7 +346,7 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
         try:
             selection = select_backend(layer, target, registry=registry)
         except Exception as exc:  # NoEligibleBackend included: every rejection, one line
-            skip(layer, "*", "selection", _one_line(exc))
+            skip(layer, "*", "selection", _line(exc))
             continue
         wanted = [c for c in selection.eligible if (backends is None or not backends or c.backend in backends)
                   and c.backend not in exclude]
@@ -384,9 +366,9 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
             weights = random_weights(layer, device=dev, dtype=torch_dtype(layer), seed=seed)
         except Exception as exc:
             for c in wanted:
-                skip(layer, c.backend, "weights", _one_line(exc))
-            if _is_sticky_cuda_error(exc):
-                fatal = f"CUDA context unusable after: {_one_line(exc)}"
+                skip(layer, c.backend, "weights", _line(exc))
+            if cuda_context_broken(exc):
+                fatal = f"CUDA context unusable after: {_line(exc)}"
             _free(dev)
             continue
         inputs: dict[int, list[tuple[Any, Any, Any]]] = {}
@@ -405,9 +387,9 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                 build_s = time.perf_counter() - t_build
                 meta.setdefault("build_s", {})[f"{layer.describe()} / {cand.backend}"] = round(build_s, 3)
             except Exception as exc:
-                skip(layer, cand.backend, "build", _one_line(exc))
-                if _is_sticky_cuda_error(exc):
-                    fatal = f"CUDA context unusable after: {_one_line(exc)}"
+                skip(layer, cand.backend, "build", _line(exc))
+                if cuda_context_broken(exc):
+                    fatal = f"CUDA context unusable after: {_line(exc)}"
                 experts = None
                 _free(dev)
                 continue
@@ -423,9 +405,9 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                                               min_reps=min(min_reps, reps), max_reps=reps, budget_s=max_point_s,
                                               check=_output_check((T, layer.hidden_size)))
                     except Exception as exc:
-                        skip(layer, cand.backend, "forward", _one_line(exc), T)
-                        if _is_sticky_cuda_error(exc):
-                            fatal = f"CUDA context unusable after: {_one_line(exc)}"
+                        skip(layer, cand.backend, "forward", _line(exc), T)
+                        if cuda_context_broken(exc):
+                            fatal = f"CUDA context unusable after: {_line(exc)}"
                         continue
                     sink.append(CostEntry(backend=cand.backend, layer=layer, tokens=T, median_us=t.median_us,
                                           p10_us=t.p10_us, p90_us=t.p90_us))

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..environment import Environment, detect_device
+from ..errors import one_line, validation_one_line
 from ..memory import MemoryFit
 from ..quant_config import (
     PlanError,
@@ -51,13 +52,6 @@ from .results import (
 from .sources import _Source
 
 _PACKAGE = __package__.rpartition(".")[0]  # moe_registry: _select imports ..selection lazily
-
-
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]  # pydantic's ErrorDetails always carry "msg" and "loc"
-    msg = err["msg"].removeprefix("Value error, ")
-    loc = ".".join(str(p) for p in err["loc"])
-    return f"{loc}: {msg}" if loc else msg
 
 
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
@@ -157,7 +151,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
                                    attention_heads=attention_heads, kv_heads=kv_heads))
         except ValidationError as exc:
             cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
-            raise cls(f"{name} (layer {i}): {_one_line(exc)}") from None
+            raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
 
     summary = qconf.summary if qconf else unquantized.label()
     if expert_scheme is not None:
@@ -179,7 +173,7 @@ def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) 
         return qconf.scheme_for(name)
     except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
         raise QuantConfigError(f"{qconf.source}: malformed quantization config for {name} "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+                               f"({one_line(exc)})") from None
 
 
 def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import one_line
 from ..quant_config import (
     QuantConfig,
     QuantConfigError,
@@ -310,7 +311,7 @@ def _quant_of(src: _Source, config: dict[str, Any], text: dict[str, Any], dtype:
         return parse_quant_config(found[0], source=found[1], dtype=dtype)
     except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected JSON type
         raise QuantConfigError(f"{found[1]}: malformed quantization config "
-                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+                               f"({one_line(exc)})") from None
 
 
 _EXPERT_DTYPES = {"fp4": "mxfp4_mxfp8", "fp8": None}

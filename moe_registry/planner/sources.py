@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import one_line
 from .. import models as _presets
 from .results import ConfigNotFound, MalformedConfig, UnknownPreset
 
@@ -66,7 +67,7 @@ def _parse_json(text: str, where: str) -> Any:
     except RecursionError:
         raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
     except ValueError as exc:  # non-finite numbers, integers over Python's digit limit
-        raise MalformedConfig(f"{where} is not valid JSON: {' '.join(str(exc).split())}") from None
+        raise MalformedConfig(f"{where} is not valid JSON: {one_line(exc, typed=False)}") from None
     if _depth_exceeds(data, MAX_JSON_DEPTH):
         raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
     return data

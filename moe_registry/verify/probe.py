@@ -5,14 +5,12 @@ backends can run here, the planned grid per backend, running it through the supe
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
-import shutil
-import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from ..environment import nvidia_smi, package_versions
 from ..schemas.activation import Activation
 from ..schemas.capability import BackendCapability
 from ..schemas.quant import QuantKind
@@ -29,28 +27,8 @@ if TYPE_CHECKING:
 
 # --- Machine facts ---------------------------------------------------------------------------------
 
-
-def _nvidia_smi(field: str) -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0].strip() if out else None
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name, dist in (("torch", "torch"), ("flashinfer", "flashinfer-python"), ("vllm", "vllm"),
-                       ("pydantic", "pydantic")):
-        try:
-            out[name] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+# A record's ``versions``: label -> distribution (with python; cuda from the worker)
+RECORDED_PACKAGES = {"torch": "torch", "flashinfer": "flashinfer-python", "vllm": "vllm", "pydantic": "pydantic"}
 
 
 def _prepare_environment(registry: "Registry") -> "Environment":
@@ -215,15 +193,15 @@ def run_probe(backends: Sequence[str] | None = None, quick: bool = False, regist
             bar.stop()
 
     drift, findings = _drift(results)
-    versions = _versions()
+    versions = package_versions(RECORDED_PACKAGES)
     if info.get("cuda"):
         versions["cuda"] = str(info["cuda"])
-    card = info.get("card") or (_nvidia_smi("name") if on_gpu else None) or device.name
+    card = info.get("card") or (nvidia_smi("name") if on_gpu else None) or device.name
     return ProbeRecord(
         moe_registry_version=__version__, registry_digest=registry.digest,
         date=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         card=card, device=device, compute_capability=f"sm{device.sm}" if device.sm is not None else None,
-        driver=_nvidia_smi("driver_version") if on_gpu else None, versions=versions, quick=quick,
+        driver=nvidia_smi("driver_version") if on_gpu else None, versions=versions, quick=quick,
         isolated=isolate, shapes=classes, backends=tuple(probes[d.id] for d in chosen), results=tuple(results),
         drift=drift, format_findings=findings, summary=_summary(results))
 

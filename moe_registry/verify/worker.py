@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import importlib
 import json
 import os
 import sys
@@ -32,37 +31,15 @@ import time
 import zlib
 from typing import Any, Callable
 
+from ..errors import cuda_context_broken, one_line
+from ..execution import load_adapter
 from .oracle import compare, dense_oracle
 
 EXIT_CUDA_CONTEXT = 3  # the worker stopped after a CUDA error; restart it at the next combination
 
-# Texts that mean the CUDA context is poisoned: every later CUDA call in this process fails.
-CUDA_POISON_MARKERS = ("CUDA error", "illegal memory access", "CUBLAS_STATUS_EXECUTION_FAILED",
-                       "device-side assert")
+MESSAGE_LIMIT = 400  # characters of an exception in a result line
 
 Emit = Callable[[dict[str, Any]], None]
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """``Type: message`` on one line (whitespace collapsed, cut at ``limit`` characters)."""
-    text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def poisons_cuda(exc: BaseException) -> bool:
-    text = str(exc)
-    return any(marker in text for marker in CUDA_POISON_MARKERS)
-
-
-def load_adapter(spec: str) -> type:
-    from moe_registry.execution.base import Experts
-
-    module_name, _, class_name = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Experts)):
-        raise TypeError(f"adapter {spec!r} is not an Experts subclass")
-    return cls
 
 
 # --- Running combinations -----------------------------------------------------------------------
@@ -140,16 +117,18 @@ def run_combo(ctx: _Context, cls: type, combo: dict[str, Any], oracle: str) -> d
         weights = ctx.weights(layer)
         x, topk_weights, topk_ids = ctx.inputs(layer, tokens)
     except Exception as exc:  # the format cannot represent these weights: nothing to run
-        if poisons_cuda(exc):
-            return {"status": "raised", "message": "while building inputs: " + one_line(exc), "fatal": True}
-        return {"status": "skipped", "message": "cannot build the layer's weights: " + one_line(exc)}
+        line = one_line(exc, limit=MESSAGE_LIMIT)
+        if cuda_context_broken(exc):
+            return {"status": "raised", "message": "while building inputs: " + line, "fatal": True}
+        return {"status": "skipped", "message": "cannot build the layer's weights: " + line}
     try:
         experts = cls(layer, weights, pad_hidden_to=combo.get("pad_hidden_to"),
                       pad_intermediate_to=combo.get("pad_intermediate_to"))
         out = experts(x, topk_weights, topk_ids)
         ctx.sync()  # an asynchronous kernel error belongs to this combination, not the next
     except Exception as exc:
-        return {"status": "raised", "message": one_line(exc), "fatal": poisons_cuda(exc)}
+        return {"status": "raised", "message": one_line(exc, limit=MESSAGE_LIMIT),
+                "fatal": cuda_context_broken(exc)}
     finally:
         experts = None  # noqa: F841  (free the adapter's prepared weights before the oracle)
     try:
@@ -165,15 +144,16 @@ def run_combo(ctx: _Context, cls: type, combo: dict[str, Any], oracle: str) -> d
             ref = ReferenceExperts(layer.replace(quant={"kind": "bf16"}), plain)(x, topk_weights, topk_ids)
         ctx.sync()
     except Exception as exc:
-        if poisons_cuda(exc):
-            return {"status": "raised", "message": "the oracle failed after this backend ran: " + one_line(exc),
+        line = one_line(exc, limit=MESSAGE_LIMIT)
+        if cuda_context_broken(exc):
+            return {"status": "raised", "message": "the oracle failed after this backend ran: " + line,
                     "fatal": True}
-        return {"status": "skipped", "message": "the oracle failed: " + one_line(exc)}
+        return {"status": "skipped", "message": "the oracle failed: " + line}
     try:
         return compare(out, ref, layer, tokens, float(combo["tolerance"]))
     except Exception as exc:
-        return {"status": "raised", "message": "reading the output failed: " + one_line(exc),
-                "fatal": poisons_cuda(exc)}
+        return {"status": "raised", "message": "reading the output failed: " + one_line(exc, limit=MESSAGE_LIMIT),
+                "fatal": cuda_context_broken(exc)}
 
 
 def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: bool = True) -> int:
@@ -182,9 +162,9 @@ def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: 
     try:
         import torch
 
-        cls = load_adapter(job["adapter"])
+        cls = load_adapter(job["backend"], job["adapter"])
     except BaseException as exc:  # an ImportError, or a library that fails to load
-        emit({"event": "hello", "error": one_line(exc)})
+        emit({"event": "hello", "error": one_line(exc, limit=MESSAGE_LIMIT)})
         return 0
     hello: dict[str, Any] = {"event": "hello", "pid": os.getpid(), "torch": torch.__version__,
                              "cuda": torch.version.cuda}
@@ -192,7 +172,8 @@ def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: 
         try:
             hello["card"] = torch.cuda.get_device_name(0)
         except Exception as exc:
-            emit({"event": "hello", "error": "CUDA is not usable in the worker: " + one_line(exc)})
+            emit({"event": "hello",
+                  "error": "CUDA is not usable in the worker: " + one_line(exc, limit=MESSAGE_LIMIT)})
             return 0
     emit(hello)
     ctx = _Context(job["device"])

@@ -29,13 +29,13 @@ def measure_ceilings(device: torch.device, *, quick: bool = False) -> dict[str, 
     n_bytes = (1 << 30) if cuda and not quick else (64 << 20)
     src = torch.randn(n_bytes // 2, device=device, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    copy = time_calls(lambda: dst.copy_(src), [()], device, warmup=3, min_reps=5, max_reps=30, budget_s=0.2)
+    copy = time_calls(lambda dst=dst, src=src: dst.copy_(src), [()], device, warmup=3, min_reps=5, max_reps=30, budget_s=0.2)
     bw = 2 * n_bytes / (copy.median_us * 1e-6)
     del src, dst
     n = 8192 if cuda and not quick else 1024
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    mm = time_calls(lambda: torch.mm(a, b), [()], device, warmup=3, min_reps=5, max_reps=50, budget_s=0.3)
+    mm = time_calls(lambda a=a, b=b: torch.mm(a, b), [()], device, warmup=3, min_reps=5, max_reps=50, budget_s=0.3)
     peak = 2 * n**3 / (mm.median_us * 1e-6)
     del a, b
     if cuda:

@@ -296,7 +296,7 @@ class Bench:
                     w.transpose(1, 2).contiguous().to(torch.bfloat16)
             self.rec.setdefault("versions", {})["transformers"] = transformers.__version__
 
-            def hf(x: Any, w: Any, ids: Any) -> Any:
+            def hf(x: Any, w: Any, ids: Any, mod: Any = mod) -> Any:
                 return mod(x, ids.long(), w.to(x.dtype))
 
             outs["transformers-grouped-mm"] = hf(*probe).float()
@@ -314,7 +314,7 @@ class Bench:
                 a = torch.randn(G * rows, K, device=self.dev).to(torch.bfloat16)
                 b = torch.randn(G, N, K, device=self.dev).div_(math.sqrt(K)).to(torch.bfloat16).transpose(1, 2)
                 offs = torch.arange(1, G + 1, device=self.dev, dtype=torch.int32) * rows
-                t = time_calls(lambda: torch.nn.functional.grouped_mm(a, b, offs=offs), [()], self.dev,
+                t = time_calls(lambda a=a, b=b, offs=offs: torch.nn.functional.grouped_mm(a, b, offs=offs), [()], self.dev,
                                warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
                 tf = 2.0 * G * rows * K * N / (t.median_us * 1e-6) / 1e12
                 self.rec["peaks"].append({"label": label, "us": t.median_us, "tflops": tf})

@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -348,9 +348,10 @@ def experiment_fp8_rowwise(device: torch.device) -> dict[str, Any]:
                 entry["rel_err_vs_dequantized_fp32"] = relative_error(out, ref)
                 entry["rel_err_vs_bf16_grouped_mm"] = relative_error(out, bf16)
                 entry["verified"] = entry["rel_err_vs_dequantized_fp32"] <= BF16_TOL
-                t8 = time_calls(lambda: fn(a_q, b_q, s_a, s_w, offs=offs, out_dtype=torch.bfloat16), [()], device,
+                t8 = time_calls(lambda a_q=a_q, s_a=s_a, offs=offs: fn(a_q, b_q, s_a, s_w, offs=offs, out_dtype=torch.bfloat16),
+                                [()], device,
                                 warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
-                t16 = time_calls(lambda: torch.nn.functional.grouped_mm(a, b_bf16, offs=offs), [()], device,
+                t16 = time_calls(lambda a=a, offs=offs: torch.nn.functional.grouped_mm(a, b_bf16, offs=offs), [()], device,
                                  warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
                 entry["fp8_us"], entry["bf16_us"] = t8.median_us, t16.median_us
                 entry["fp8_tflops"] = 2 * M * K * N / (t8.median_us * 1e-6) / 1e12
@@ -386,7 +387,7 @@ def experiment_fp16_path(device: torch.device) -> dict[str, Any]:
         for dt in (torch.bfloat16, torch.float16):
             a = torch.randn(T * k, K, device=device, dtype=dt)
             b = torch.randn(E, N, K, device=device, dtype=dt).transpose(1, 2)
-            t = time_calls(lambda: torch.nn.functional.grouped_mm(a, b, offs=offs), [()], device,
+            t = time_calls(lambda a=a, b=b: torch.nn.functional.grouped_mm(a, b, offs=offs), [()], device,
                            warmup=3, min_reps=10, max_reps=50, budget_s=0.1)
             rec[f"{str(dt).replace('torch.', '')}_us"] = t.median_us
         rec["status"] = "ok"

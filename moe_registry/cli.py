@@ -15,7 +15,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+
+if TYPE_CHECKING:
+    from .errors import BackendNotEligible, NoEligibleBackend
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_BACKEND = 0, 2, 3
 
@@ -241,11 +244,13 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from pydantic import BaseModel
+
     from .schemas.capability import BackendCapability
     from .schemas.layer import LayerSpec
     from .schemas.selection import Selection
 
-    models = {"capability": BackendCapability, "layer": LayerSpec, "selection": Selection}
+    models: dict[str, type[BaseModel]] = {"capability": BackendCapability, "layer": LayerSpec, "selection": Selection}
     chosen = models if args.which == "all" else {args.which: models[args.which]}
     _emit_json({name: model.model_json_schema() for name, model in chosen.items()})
     return EXIT_OK
@@ -423,14 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
         "no backend when none fits (exit 3), report only (docs/cli-json.md)"))
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also every rejected backend, per-selection notes and fingerprints")
-    _add_target(p), _add_choice(p), _add_output(p)
+    _add_target(p)
+    _add_choice(p)
+    _add_output(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_layer_shape(p, required=True)
     p.add_argument("--quant", default="bf16")
-    _add_target(p), _add_choice(p), _add_output(p)
+    _add_target(p)
+    _add_choice(p)
+    _add_output(p)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("backends", help="the capability matrix generated from the declarations")
@@ -546,8 +555,6 @@ def _main(argv: list[str], json_mode: bool) -> int:
     except (NoEligibleBackend, BackendNotEligible) as exc:
         _print_no_backend(exc, json_mode)
         return EXIT_NO_BACKEND
-    except BrokenPipeError:
-        raise
     except ModuleNotFoundError as exc:
         if exc.name != "torch" and not (exc.name or "").startswith("torch."):
             return _internal_error(exc, json_mode)
@@ -607,7 +614,7 @@ def _closed_pipe() -> int:
     return EXIT_OK
 
 
-def _print_no_backend(exc: Exception, json_mode: bool) -> None:
+def _print_no_backend(exc: "NoEligibleBackend | BackendNotEligible", json_mode: bool) -> None:
     from . import render
     from .errors import BackendNotEligible
 

@@ -189,7 +189,8 @@ def test_preset_descriptions():
 
 
 def test_one_line_names_a_nested_field_with_dots():
-    # The planner's form (the first error). A nested field's location has two parts, joined with "."; a model-level error has none.
+    # The planner's form (the first error). A nested field's location has two parts, joined with "."; a
+    # model-level error has none.
     from pydantic import ValidationError
 
     from moe_registry.errors import validation_one_line

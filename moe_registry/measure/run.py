@@ -72,7 +72,8 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
         "device": (str(torch.device(torch_device)) if torch_device else dev.type)
                   + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "backend": selection.backend, "decided_by": selection.decided_by, "fingerprint": selection.fingerprint,
-        "routing": method.value + ("" if method == spec.routing else f" (stand-in for {spec.routing.value if spec.routing else 'unknown'})"),
+        "routing": method.value + ("" if method == spec.routing
+                                   else f" (stand-in for {spec.routing.value if spec.routing else 'unknown'})"),
         "median_us": round(timed.median_us, 2), "repeats": repeats,
         "rel_error_vs_reference": float(f"{rel:.3e}"),
         "max_abs_error_vs_reference": float(f"{diff.abs().max().item():.3e}"),

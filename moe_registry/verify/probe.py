@@ -151,12 +151,12 @@ def run_probe(backends: Sequence[str] | None = None, quick: bool = False, regist
                 bar.update(task, description=f"probe {decl.id}")
 
             def on_result(index: int, data: dict[str, Any], _got: dict[int, dict[str, Any]] = got,
-                          _combos: list[Combo] = combos) -> None:
+                          _combos: list[Combo] = combos, _backend: str = decl.id) -> None:
                 _got[index] = data
                 if bar is not None:
                     c = _combos[index]
                     bar.update(task, advance=1, description=(
-                        f"probe {decl.id}: {c.shape.name} {c.layer.quant.label()} {c.layer.activation.value}"))
+                        f"probe {_backend}: {c.shape.name} {c.layer.quant.label()} {c.layer.activation.value}"))
 
             job = {"backend": decl.id, "adapter": decl.adapter, "device": "cuda" if on_gpu else "cpu",
                    "oracle": "float64" if decl.id == "reference" else "reference",

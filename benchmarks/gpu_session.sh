@@ -11,7 +11,7 @@
 #   probe-warm       fill Humming's JIT cache for the probe (parallel)
 #   run              moe-registry run, Gemma 4 NvFP4 layer 0        humming-bench  humming vs marlin vs grouped-mm
 #   triton-tune      tune the Triton configs for the bench shapes   bench          benchmarks/bench_moe.py (Triton vs vLLM)
-#   policy           benchmarks/measured_policy.py
+#   policy           benchmarks/measured_policy.py                  bench-smoke    moe-registry bench, Qwen3 bf16, 2 backends
 # Limits per step come from <STEP>_LIMIT variables (seconds), so one call can fit a lease.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/r"
@@ -62,6 +62,8 @@ run_probe; r = run_probe(['humming'], quick=True, quant_kinds=['$k'], progress=F
                    p=${c%%:*}; q=${c#*:}; step "bench-$p" "${BENCH_LIMIT:-100}" python3 -m moe_registry.cli bench "$p" \
                      ${q:+--quant "$q"} --backend humming --backend marlin --backend torch-grouped-mm \
                      --tokens 1,16,64,512,4096 --reps 20 --out "$OUT/r/bench-$p.json" --plot "$OUT/r/bench-$p.png"; done ;;
+  bench-smoke) step bench-smoke "${BENCH_LIMIT:-90}" python3 -m moe_registry.cli bench qwen3-30b-a3b --backend triton-fused-moe \
+                 --backend torch-grouped-mm --tokens 1,64,512 --reps 10 --out "$OUT/r/bench-smoke.json" ;;
   # Tuned files go to the package's configs/; their names ('=' and ',') cannot come back through $OUT, so they
   # travel as configs.tgz.
   triton-tune) i=0; for l in "${TRITON_LAYERS[@]:0:${TUNE_LAYERS:-5}}"; do i=$((i + 1))

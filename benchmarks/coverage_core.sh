@@ -10,7 +10,7 @@ trap 'rm -rf "$DATA"' EXIT
 cd "$ROOT"
 TESTS=$(sed -n '/^TESTS="/,/"$/p' benchmarks/mutation.sh | tr -d '"' | sed 's/^TESTS=//')
 EXISTING=$(for t in $TESTS; do [ -f "$t" ] && echo "$t"; done)
-CORE="moe_registry/selection.py,moe_registry/schemas/capability.py,moe_registry/planner/*.py"
+CORE="moe_registry/selection/*.py,moe_registry/schemas/capability.py,moe_registry/planner/*.py"
 export COVERAGE_FILE="$DATA/.coverage" OMP_NUM_THREADS=1
 python3 -m coverage run --branch --include="$CORE" -m pytest -q -p no:cacheprovider $EXISTING > "$DATA/pytest.log" 2>&1 \
   || { tail -20 "$DATA/pytest.log"; exit 1; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Mutation testing of the decision core (issue 15): mutmut on selection.py, schemas/capability.py
-# and the planner package (planner/*.py) against the fast tests that state their rules. Too slow for
-# every CI run: run it before stopping whenever the core changed, and commit the report it writes.
+# Mutation testing of the decision core (issue 15): mutmut on the selection package (selection/*.py),
+# schemas/capability.py and the planner package (planner/*.py) against the fast tests that state their
+# rules. Too slow for every CI run: run it before stopping whenever the core changed, and commit the
+# report it writes.
 #
 # Usage: benchmarks/mutation.sh [OUT_DIR]   (default benchmarks/results/mutation)
 # Needs: pip install mutmut==3.8.1 (plus the test extra). Runs in a temporary copy of the
@@ -24,7 +25,7 @@ tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tes
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"
-  printf 'only_mutate=\n  moe_registry/selection.py\n  moe_registry/schemas/capability.py\n  moe_registry/planner/*.py\n'
+  printf 'only_mutate=\n  moe_registry/selection/*.py\n  moe_registry/schemas/capability.py\n  moe_registry/planner/*.py\n'
   echo "pytest_add_cli_args_test_selection="
   for t in $TESTS; do [ -f "$t" ] && echo "  $t"; done
   echo "pytest_add_cli_args=-p no:cacheprovider -x -q --hypothesis-seed=0"

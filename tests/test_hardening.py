@@ -175,7 +175,7 @@ def test_select_huge_prime_experts_is_a_quick_bad_input(capsys):
 
 
 def test_ep_hint_uses_the_smallest_divisor():
-    from moe_registry.selection import _smallest_ep
+    from moe_registry.selection.rules import _smallest_ep
 
     def brute(n, m):
         return next((ep for ep in range(2, n + 1) if n % ep == 0 and n // ep <= m), None)

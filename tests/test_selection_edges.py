@@ -18,7 +18,8 @@ from moe_registry.schemas.device import get_device
 from moe_registry.schemas.layer import ParallelConfig
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 from moe_registry.schemas.selection import ReasonCode
-from moe_registry.selection import DeclaredPriority, _tp_split_group, evaluate, select_backend
+from moe_registry.selection import DeclaredPriority, evaluate, select_backend
+from moe_registry.selection.padding import _tp_split_group
 
 from _decl_helpers import BASE, SRC, assert_selected, decl as _decl, registry  # noqa: E402,F401
 

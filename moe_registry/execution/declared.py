@@ -19,7 +19,9 @@ from ..environment import Environment, device_for_gpu
 from ..registry import default_registry
 from ..schemas.device import PRESETS, DeviceSpec
 from ..schemas.selection import PadDimension
-from ..selection import DeclaredPriority, _paddings, _Verdict, evaluate
+from ..selection import DeclaredPriority, evaluate
+from ..selection.padding import _paddings
+from ..selection.rules import _Verdict
 
 if TYPE_CHECKING:
     from ..registry import Registry

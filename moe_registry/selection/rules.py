@@ -1,73 +1,20 @@
-"""Selection: which backend runs one MoE layer on one device, and every reason the others lost.
-
-Pure and deterministic over (declarations, LayerSpec, DeviceSpec, Environment, policy, force,
-prefer, forbid): every rule of every declaration is evaluated and every failure is kept, each
-with a hint of what would make the backend eligible. Results are cached. No torch import.
-"""
+"""Rules: every rule of one declaration against one layer, each failure with a hint (``evaluate``,
+``judge``). Pure: no torch, no I/O."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import math
-from typing import Iterable, Protocol, Sequence
+from typing import Sequence
 
-from .environment import Environment, backend_override
-from .errors import BackendNotEligible, InvalidArgument, InvalidDevice, NoEligibleBackend
-from .registry import Registry, default_registry
-from .schemas.activation import Activation, SwigluOAIParams
-from .schemas.capability import BackendCapability, Dimension, QuantSupport, dimension_value
-from .schemas.device import PRESETS, DeviceSpec, get_device
-from .schemas.layer import LayerSpec
-from .schemas.selection import (Candidate, DecidedBy, Note, PadDimension, Padding, Reason, ReasonCode, Rejection,
-                                Selection)
-
-# --- Policies ----------------------------------------------------------------------------------
-
-
-class Policy(Protocol):
-    """Orders eligible candidates. ``order`` returns the ranked list, the rule that decided, and notes.
-    ``key`` names the policy in the fingerprint; a policy is hashable (selections are cached by it).
-    The two flags are read-only: a frozen dataclass field or a property both conform."""
-
-    @property
-    def exact_activations(self) -> bool: ...
-
-    @property
-    def allow_padding(self) -> bool: ...
-
-    def __hash__(self) -> int: ...
-
-    def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
-              device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]: ...
-
-    def key(self) -> str: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class DeclaredPriority:
-    """The default: declared priority for the layer's quant family, highest first; among equals,
-    no padding before padding, then the backend id (so the order never depends on dict order).
-
-    ``exact_activations``: reject backends that would run an approximation of the activation
-    (e.g. exact-erf GeGLU for gelu_tanh) instead of accepting it with a note.
-    ``allow_padding``: when False, a rule that needs padding rejects instead.
-    """
-
-    exact_activations: bool = False
-    allow_padding: bool = True
-
-    def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
-              device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]:
-        ranked = sorted(candidates, key=lambda c: (-c.priority, bool(c.padding), c.backend))
-        return ranked, "priority", ()
-
-    def key(self) -> str:
-        return f"declared(exact={self.exact_activations},pad={self.allow_padding})"
-
-
-# --- Rules -------------------------------------------------------------------------------------
+from ..environment import Environment
+from ..schemas.activation import Activation, SwigluOAIParams
+from ..schemas.capability import BackendCapability, Dimension, QuantSupport, dimension_value
+from ..schemas.device import PRESETS, DeviceSpec
+from ..schemas.layer import LayerSpec
+from ..schemas.selection import Note, Padding, Reason, ReasonCode
+from .padding import _pad_multiples, _padded_sizes, _paddings, _round_up, _tp_split_group
+from .policy import DeclaredPriority, Policy
 
 
 def _targets_satisfying(predicate) -> str:
@@ -237,48 +184,6 @@ def _parallel_hint(layer: LayerSpec, dimension: str, ok) -> str:
         if smaller:
             hints.append(f"TP{smaller[0]} gives intermediate {full // smaller[0]}")
     return "; ".join(hints)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _tp_split_group(layer: LayerSpec) -> int | None:
-    """The scale group TP cuts through along the intermediate, when the unsharded checkpoint holds
-    whole groups (so ranks can hold whole groups if their shards are cut on the group grid)."""
-    group = layer.quant.scale_group_k
-    local = layer.local_intermediate_size
-    if group is None or layer.parallel.tp == 1 or local % group == 0 or layer.intermediate_size % group:
-        return None
-    return group
-
-
-def _pad_multiples(d: BackendCapability, layer: LayerSpec, policy: Policy) -> dict[Dimension, int]:
-    """Dimension -> multiple the backend's adapter pads to: the lcm of its pad rules that apply, and
-    where TP cuts through scale groups, the group too (the adapter pads whole groups, see
-    _check_format_groups). Rule conditions are judged at the padded sizes; the set only grows, so
-    this reaches a fixpoint within one pass per rule."""
-    if not policy.allow_padding:
-        return {}
-    multiples: dict[Dimension, int] = {}
-    group = _tp_split_group(layer)
-    while True:
-        sizes = _padded_sizes(layer, multiples)
-        grown = dict(multiples)
-        for rule in d.shape_rules:
-            if rule.pad and rule.multiple_of is not None and rule.when.matches(layer, sizes):
-                grown[rule.dimension] = math.lcm(grown.get(rule.dimension, 1), rule.multiple_of)
-        if group is not None and "intermediate" in grown:
-            grown["intermediate"] = math.lcm(grown["intermediate"], group)
-        if grown == multiples:
-            return multiples
-        multiples = grown
-
-
-def _padded_sizes(layer: LayerSpec, multiples: dict[Dimension, int]) -> dict[Dimension, int]:
-    """Per-rank hidden / intermediate the kernel sees after padding to ``multiples``."""
-    return {"hidden": _round_up(layer.hidden_size, multiples.get("hidden", 1)),
-            "intermediate": _round_up(layer.local_intermediate_size, multiples.get("intermediate", 1))}
 
 
 def _smallest_ep(num_experts: int, max_per_rank: int) -> int | None:
@@ -506,22 +411,6 @@ def _qualify_activation_hint(v: _Verdict) -> None:
         v.reasons[n] = reason.model_copy(update={"hint": reason.hint + extra})
 
 
-def _paddings(layer: LayerSpec, multiples: dict[Dimension, int]) -> tuple[Padding, ...]:
-    h, i = layer.hidden_size, layer.local_intermediate_size
-    padded: dict[Dimension, int] = {"hidden": h, "intermediate": i}
-    for dimension, m in multiples.items():
-        padded[dimension] = -(-padded[dimension] // m) * m
-    if padded == {"hidden": h, "intermediate": i}:
-        return ()
-    # Expert weights and GEMM FLOPs both scale with H * I (w13 is 2I x H or I x H, w2 is H x I).
-    extra = 100.0 * (padded["hidden"] * padded["intermediate"] / (h * i) - 1)
-    dims: tuple[tuple[PadDimension, int], ...] = (("hidden", h), ("intermediate", i))
-    return tuple(
-        Padding(dimension=dim, original=orig, padded=padded[dim], multiple_of=multiples[dim],
-                extra_weight_memory_pct=round(extra, 2), extra_flops_pct=round(extra, 2))
-        for dim, orig in dims if padded[dim] != orig)
-
-
 @dataclasses.dataclass(frozen=True)
 class Judgement:
     """What selection decides about one declaration for one layer (see :func:`judge`)."""
@@ -548,164 +437,3 @@ def judge(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: Envir
     own = [r for r in v.reasons if r not in fmt.reasons]
     return Judgement(reasons=tuple(v.reasons), paddings=_paddings(layer, v.padding),
                      format_rule_only=bool(v.reasons) and not own)
-
-
-# --- Resolution ---------------------------------------------------------------------------------
-
-
-def _held(layer: LayerSpec, support: QuantSupport | None, sizes: dict[Dimension, int]) -> tuple[int | None, str]:
-    """(per-rank expert weight bytes of the layer as the backend holds them, what it holds)."""
-    if support is None:
-        return None, ""
-    if not support.dequantized_at_load:
-        return layer.expert_weight_bytes(sizes["hidden"], sizes["intermediate"]), layer.quant.label()
-    bits = support.dequantized_bits
-    held = "fp32" if bits == 32 else layer.dtype if layer.dtype in ("bf16", "fp16") else "bf16"
-    return (layer.expert_weight_bytes(sizes["hidden"], sizes["intermediate"], held_bits=bits),
-            f"{held} (dequantized from {layer.quant.label()})")
-
-
-def _fingerprint(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Environment, policy: Policy,
-                 force: str | None, prefer: tuple[str, ...], forbid: tuple[str, ...],
-                 extra: tuple[tuple[str, Reason], ...] = ()) -> str:
-    # The environment's device and override are already in (device, force): left out, so that
-    # fingerprints are the same whether the environment was passed or detected.
-    text = "\n".join((registry.digest, layer.shape_key().model_dump_json(), device.model_dump_json(),
-                      env.model_dump_json(exclude={"device", "backend_override"}), policy.key(), repr((force, prefer, forbid)),
-                      *(f"{b}:{r.model_dump_json()}" for b, r in extra)))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=4096)
-def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Environment, policy: Policy,
-             force: str | None, force_origin: str, prefer: tuple[str, ...], forbid: tuple[str, ...],
-             extra: tuple[tuple[str, Reason], ...] = ()) -> Selection:
-    declarations = registry.declarations()
-    for name in (force, *prefer, *forbid):
-        if name is not None:
-            registry.get(name)  # UnknownBackend for a typo, before anything else
-    candidates: list[Candidate] = []
-    rejections: list[Rejection] = []
-    verdicts: dict[str, _Verdict] = {}
-    for d in declarations:
-        v = evaluate(d, layer, device, env, policy, declarations)
-        if d.id in forbid:
-            v.reject(ReasonCode.FORBIDDEN, "forbid", "not forbidden", "forbidden",
-                     f"{d.name} is forbidden by the caller", "remove it from forbid / --forbid")
-        v.reasons += [reason for backend, reason in extra if backend == d.id]
-        verdicts[d.id] = v
-        if v.reasons:
-            rejections.append(Rejection(backend=d.id, reasons=tuple(v.reasons), notes=tuple(v.notes)))
-        else:
-            held_bytes, held = _held(layer, v.support, v.sizes)
-            candidates.append(Candidate(backend=d.id, priority=d.priority_for(layer.quant.family, device),
-                                        padding=_paddings(layer, v.padding), notes=tuple(v.notes),
-                                        expert_weight_bytes=held_bytes, weights_held=held))
-    if force is not None:
-        if verdicts[force].reasons:
-            raise BackendNotEligible(force, layer, tuple(verdicts[force].reasons), origin=force_origin)
-        chosen = next(c for c in candidates if c.backend == force)
-        ordered = [chosen] + [c for c in candidates if c.backend != force]
-        decided_by: DecidedBy = "env" if force_origin == "env" else "forced"
-        policy_notes: tuple[Note, ...] = ()
-    else:
-        if not candidates:
-            raise NoEligibleBackend(layer, tuple(rejections))
-        ordered, decided_by, policy_notes = policy.order(candidates, layer, device)
-        preferred = next((c for p in prefer for c in ordered if c.backend == p), None)
-        if preferred is not None:
-            ordered = [preferred] + [c for c in ordered if c is not preferred]
-            decided_by = "preferred"
-    chosen = ordered[0]
-    engines = registry.get(chosen.backend).engines
-    return Selection(
-        layer=layer, device=device, planning=env.planning, backend=chosen.backend, decided_by=decided_by,
-        padding=chosen.padding, notes=chosen.notes + policy_notes, eligible=tuple(ordered),
-        rejections=tuple(rejections),
-        engines={k: v for k, v in (("vllm", engines.vllm), ("sglang", engines.sglang), ("trtllm", engines.trtllm)) if v},
-        fingerprint=_fingerprint(registry, layer, device, env, policy, force, prefer, forbid, extra))
-
-
-def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None, *, force: str | None = None,
-                   prefer: Iterable[str] = (), forbid: Iterable[str] = (), policy: Policy | None = None,
-                   registry: Registry | None = None, extra_reasons: Iterable[tuple[str, Reason]] = (),
-                   environment: Environment | None = None) -> Selection:
-    """Pick the backend for one layer.
-
-    ``device=None`` selects for this machine: it is detected, and installed packages and built
-    kernels are checked. A named device (a preset name or DeviceSpec) plans for that target:
-    packages are assumed installable and the assumption is noted.
-    ``force`` (or the ``MOE_REGISTRY_BACKEND`` environment variable) pins a backend and raises
-    BackendNotEligible with every reason if it cannot run the layer; ``prefer`` puts eligible
-    backends first in the given order; ``forbid`` rejects backends. ``extra_reasons`` are
-    (backend, Reason) pairs decided outside this one layer (the planner's whole-model memory fit),
-    kept like any other reason. With no eligible backend, NoEligibleBackend carries every rejection.
-
-    ``environment`` is the machine the kernels will run on (installed packages, built kernels,
-    accelerator, ``$MOE_REGISTRY_BACKEND``); given, selection does no I/O (beyond the default
-    registry loading its plugins on first use): ``device=None`` and a CUDA torch device mean
-    ``environment.device``, and a named device is checked against the environment's software as
-    given. Left out, this machine is detected (``Registry.detect_environment()``) for
-    ``device=None`` or a torch device, and a named device is planned for
-    (``Environment.planning_target()``).
-    """
-    registry = registry or default_registry()
-    if not isinstance(layer_spec, LayerSpec):
-        raise InvalidArgument(f"select_backend needs a LayerSpec, got {type(layer_spec).__name__}")
-    prefer, forbid = _backend_ids("prefer", prefer), _backend_ids("forbid", forbid)
-    if force is not None and not isinstance(force, str):
-        raise InvalidArgument(f"force must be a backend id (str) or None, got {type(force).__name__}")
-    if policy is not None and not all(hasattr(policy, a) for a in ("order", "key", "allow_padding", "exact_activations")):
-        raise InvalidArgument(f"policy must be a Policy (DeclaredPriority, MeasuredPolicy, ...), got {type(policy).__name__}")
-    if environment is not None and not isinstance(environment, Environment):
-        raise InvalidArgument(f"environment must be an Environment, got {type(environment).__name__}")
-    if device is None:  # the machine kernels will run on: packages checked
-        env = environment if environment is not None else registry.detect_environment()
-        if env.device is None:
-            raise InvalidDevice("this environment names no device (a planning environment): pass device=")
-        target = env.device
-    elif _is_torch_device(device):
-        env = environment if environment is not None else registry.detect_environment()
-        target = _torch_target(device, env)
-    elif isinstance(device, (str, DeviceSpec)):
-        target = get_device(device) if isinstance(device, str) else device
-        env = environment if environment is not None else Environment.planning_target(
-            backend_override=backend_override())
-    else:
-        raise InvalidDevice(f"device must be a preset name, a DeviceSpec, a torch.device or None, "
-                            f"got {type(device).__name__}")
-    origin = "forced"
-    if force is None and env.backend_override is not None:
-        force, origin = env.backend_override, "env"
-    selection = _resolve(registry, layer_spec.shape_key(), target, env, policy or DEFAULT_POLICY,
-                         force, origin, tuple(prefer), tuple(forbid), tuple(extra_reasons))
-    if layer_spec.name is None and layer_spec.index is None:
-        return selection
-    return selection.model_copy(update={"layer": layer_spec})
-
-
-DEFAULT_POLICY = DeclaredPriority()
-
-
-def _backend_ids(what: str, ids: object) -> tuple[str, ...]:
-    if isinstance(ids, str) or not isinstance(ids, Iterable):
-        raise InvalidArgument(f"{what} must be a list of backend ids, got {type(ids).__name__}")
-    ids = tuple(ids)
-    if not all(isinstance(i, str) for i in ids):
-        raise InvalidArgument(f"{what} must be a list of backend ids (str)")
-    return ids
-
-
-def _is_torch_device(device: object) -> bool:
-    return type(device).__module__ == "torch" and type(device).__name__ == "device"  # no torch import
-
-
-def _torch_target(device, env: Environment) -> DeviceSpec:
-    if device.type == "cpu":
-        return PRESETS["cpu"]
-    if device.type == "cuda":
-        found = env.device
-        if found is not None and found.vendor != "cpu":
-            return found
-        raise InvalidDevice(f"{device} requested but this machine has no CUDA device")
-    raise InvalidDevice(f"torch device type {device.type!r} has no fused-MoE backends (cpu or cuda)")

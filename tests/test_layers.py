@@ -151,3 +151,50 @@ def test_each_layer_imports_without_the_layers_above(level):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"ok {len(mine)}"
+
+
+# --- The picture and the sizes ----------------------------------------------------------------------------
+
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
+# Modules allowed over ~500 lines, each saying why in its docstring (the phrase below).
+LONG_MODULES = {"moe_registry.cli", "moe_registry.engines.vllm_oracle"}
+MAX_LINES = 520
+
+
+def tree_paths() -> set[str]:
+    """Module paths named by the layout tree in docs/ARCHITECTURE.md (one line per module)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    paths, stack = set(), []  # stack of (indent, directory)
+    for line in block.splitlines()[1:]:  # the first line is the package root with column titles
+        name = line.split()[0] if line.strip() else ""
+        if not name or not name.endswith((".py", "/")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        prefix = "".join(d for _, d in stack)
+        if name.endswith("/"):
+            stack.append((indent, name))
+        else:
+            paths.add(prefix + name)
+    return paths
+
+
+def test_the_architecture_tree_names_every_module_once():
+    actual = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py")}
+    listed = tree_paths()
+    assert sorted(actual - listed) == [], "modules missing from docs/ARCHITECTURE.md's layout tree"
+    assert sorted(listed - actual) == [], "the layout tree names modules that do not exist"
+
+
+def test_no_module_is_over_about_500_lines_unless_it_says_why():
+    for module, path in MODULES.items():
+        lines = path.read_text(encoding="utf-8").count("\n")
+        if module in LONG_MODULES:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+            assert "longer than the ~500 lines" in doc, f"{module}: say why it is long"
+        else:
+            assert lines <= MAX_LINES, f"{module} has {lines} lines: split it (or say why and list it here)"

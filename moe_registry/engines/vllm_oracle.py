@@ -22,6 +22,11 @@ What is modelled, and how (the assumptions a deployment could change are in :dat
 
 Paths in sources are relative to ``vllm/model_executor/layers/`` of vLLM 0.33.0 unless they start
 with ``vllm/``. Line numbers are for that release.
+
+This file is longer than the ~500 lines the other modules keep to: it is data, one rule table per
+vLLM experts class and one ordered list per oracle, each beside its source line, and it reads top to
+bottom the way vLLM's oracle files do; split, a class's rules would sit apart from the oracle that
+orders them.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def run_isolated(job: dict[str, Any], on_result: ResultCallback, *, timeout_s: f
             stderr_path = Path(tmp) / f"stderr-{worker}.txt"
             with open(stderr_path, "w", encoding="utf-8") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "moe_registry.verify.worker", str(job_path), "--start", str(start)],
+                    [sys.executable, "-m", "moe_registry.verify.worker", str(job_path), str(start)],
                     stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True,
                     encoding="utf-8", errors="replace")
             lines: queue.Queue[str | None] = queue.Queue()

@@ -1,6 +1,6 @@
 """The probe's worker: runs one backend's combinations and streams one JSON line per result.
 
-``python -m moe_registry.verify.worker JOB.json [--start N]`` runs combinations ``N..`` of the job
+``python -m moe_registry.verify.worker JOB.json [N]`` runs combinations ``N..`` of the job
 written by ``moe_registry.verify.supervisor`` (one backend, its adapter ``module:Class``, the
 combinations in order) and writes, on its own stdout, one JSON object per line:
 
@@ -22,7 +22,6 @@ itself, an independent float64 dense evaluation (``oracle.dense_oracle``).
 
 from __future__ import annotations
 
-import argparse
 import faulthandler
 import json
 import os
@@ -198,10 +197,9 @@ def run_job(job: dict[str, Any], start: int, emit: Emit, *, stop_on_cuda_error: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_registry.verify.worker")
-    parser.add_argument("job")
-    parser.add_argument("--start", type=int, default=0)
-    args = parser.parse_args(argv)
+    # Internal protocol, not a user command (those are all in cli.py): JOB_FILE [FIRST_COMBINATION].
+    args = sys.argv[1:] if argv is None else argv
+    job_path, start = args[0], int(args[1]) if len(args) > 1 else 0
     # The protocol gets a descriptor of its own; fd 1 (and sys.stdout) become stderr, so whatever a
     # kernel library prints cannot corrupt the stream.
     protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -213,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         protocol.write(json.dumps(event) + "\n")
         protocol.flush()
 
-    with open(args.job, encoding="utf-8") as f:
+    with open(job_path, encoding="utf-8") as f:
         job = json.load(f)
-    code = run_job(job, args.start, emit)
+    code = run_job(job, start, emit)
     protocol.flush()
     return code
 

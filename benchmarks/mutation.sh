@@ -21,7 +21,8 @@ git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp -
 cd "$WORK"
 TESTS="tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
-tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py"
+tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
+tests/test_environment.py"
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"

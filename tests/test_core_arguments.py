@@ -212,7 +212,46 @@ def test_one_line_names_a_nested_field_with_dots():
 def test_preset_description_falls_back_to_the_name_and_the_top_level_dtype(monkeypatch):
     # A preset with no model id and no quantized-from names itself; its dtype may sit at the top level only
     # (multimodal configs whose text_config has none).
-    fake = {"model_type": "fake_moe", "torch_dtype": "float16", "text_config": {"hidden_size": 64}}
+    fake = {"model_type": "fake_moe", "torch_dtype": "float16", "text_config": {"num_hidden_layers": 2}}
     monkeypatch.setattr(planner._presets, "preset_names", lambda: ("my-preset",))
     monkeypatch.setattr(planner._presets, "preset_text", lambda name: json.dumps(fake))
     assert planner.list_presets() == {"my-preset": "my-preset; fp16"}
+
+
+def test_a_layer_with_two_bad_fields_names_the_first_only():
+    # The planner reports one field per layer (the first pydantic error), not every error joined.
+    cfg = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_hidden_layers": 1,
+           "num_experts": 8, "num_experts_per_tok": 2, "hidden_size": 10**9, "moe_intermediate_size": 10**9,
+           "intermediate_size": 64, "hidden_act": "silu"}
+    with pytest.raises(planner.InvalidLayer) as info:
+        planner.plan_config(cfg, select=False)
+    assert str(info.value) == ("model.layers.0.mlp.experts (layer 0): hidden_size: Input should be less than or "
+                               "equal to 1048576")
+
+
+def test_single_layer_spells_one_layer_with_its_defaults_and_limits():
+    from moe_registry.schemas.activation import Activation, SiluClampParams, SwigluOAIParams
+    from moe_registry.schemas.layer import ParallelConfig, RoutingMethod
+    from moe_registry.schemas.quant import QuantScheme
+
+    plain = planner.single_layer(experts=8, top_k=2, hidden=512, intermediate=256)
+    assert plain == LayerSpec(num_experts=8, top_k=2, hidden_size=512, intermediate_size=256)
+    assert (plain.activation, plain.quant, plain.dtype, plain.routing, plain.bias, plain.apply_router_weight_on_input,
+            plain.parallel, plain.activation_params) == (Activation.SILU, QuantScheme.parse("bf16"), "bf16", None,
+                                                         False, False, ParallelConfig(), None)
+    full = planner.single_layer(experts=8, top_k=1, hidden=512, intermediate=256, activation="swigluoai",
+                                quant="fp8", dtype="fp16", swiglu_limit=5.0, routing="softmax_topk", bias=True,
+                                router_weight_on_input=True, parallel=ParallelConfig(tp=2))
+    assert (full.activation, full.quant, full.dtype, full.routing, full.bias, full.apply_router_weight_on_input,
+            full.parallel, full.activation_params) == (
+        Activation.SWIGLUOAI, QuantScheme.parse("fp8"), "fp16", RoutingMethod.SOFTMAX_TOPK, True, True,
+        ParallelConfig(tp=2), SwigluOAIParams(limit=5.0))
+    gpt_oss = planner.single_layer(experts=8, top_k=2, hidden=512, intermediate=256, activation="swigluoai")
+    assert gpt_oss.activation_params == SwigluOAIParams()  # the gpt-oss constants
+    clamp = planner.single_layer(experts=8, top_k=2, hidden=512, intermediate=256, activation="silu_clamp",
+                                 swiglu_limit=7.0)
+    assert clamp.activation_params == SiluClampParams(limit=7.0)
+    with pytest.raises(ValueError, match="^--swiglu-limit applies to swigluoai and silu_clamp, not silu$"):
+        planner.single_layer(experts=8, top_k=2, hidden=512, intermediate=256, swiglu_limit=7.0)
+    with pytest.raises(ValueError, match=r"^silu_clamp needs --swiglu-limit \(the config's swiglu_limit\)$"):
+        planner.single_layer(experts=8, top_k=2, hidden=512, intermediate=256, activation="silu_clamp")

@@ -90,7 +90,7 @@ def test_the_environment_decides_packages_device_and_override():
 
 def test_an_environment_without_a_device_needs_a_named_one():
     reg = registry(decl("t-a"))
-    with pytest.raises(InvalidDevice, match="names no device"):
+    with pytest.raises(InvalidDevice, match=r"^this environment names no device \(a planning environment\): pass device=$"):
         select_backend(BASE, registry=reg, environment=Environment.planning_target())
     sel = select_backend(BASE, "h100", registry=reg, environment=Environment.planning_target())
     assert_selected(sel, "t-a", planning=True)
@@ -114,8 +114,10 @@ def test_a_passed_environment_and_the_detected_one_give_the_same_fingerprint(mon
 def test_not_an_environment_is_a_typed_error():
     from moe_registry.errors import InvalidArgument
 
-    with pytest.raises(InvalidArgument, match="environment must be an Environment"):
+    with pytest.raises(InvalidArgument, match="^environment must be an Environment, got dict$"):
         select_backend(BASE, registry=registry(decl("t-a")), environment={"planning": False})
+    with pytest.raises(PlanError, match="^environment must be an Environment, got dict$"):
+        plan_model("qwen3-30b-a3b", environment={"planning": False})
 
 
 def test_plan_model_takes_the_environment_device(forbid_io):
@@ -125,7 +127,7 @@ def test_plan_model_takes_the_environment_device(forbid_io):
     forbid_io()
     plan = plan_model("qwen3-30b-a3b", environment=Environment(planning=False, device=H100))
     assert plan.layers and all(p.selection is not None and p.selection.device == H100 for p in plan.layers)
-    with pytest.raises(PlanError, match="names no device"):
+    with pytest.raises(PlanError, match="^a planning environment names no device: pass device=$"):
         plan_model("qwen3-30b-a3b", environment=Environment.planning_target())
 
 
@@ -134,3 +136,35 @@ def test_assert_selected_fails_with_the_selection_described():
     with pytest.raises(AssertionError) as failure:
         assert_selected(sel, "t-b")
     assert sel.describe() in str(failure.value) and "'backend': 't-a'" in str(failure.value)
+
+
+def test_plan_config_takes_the_environment_device(forbid_io):
+    import json
+
+    from moe_registry.models import preset_text
+    from moe_registry.planner import plan_config
+    from moe_registry.registry import default_registry
+
+    config = {k: v for k, v in json.loads(preset_text("qwen3-30b-a3b")).items() if not k.startswith("_")}
+    default_registry()
+    forbid_io()
+    b200 = get_device("b200")
+    plan = plan_config(config, environment=Environment(planning=False, device=b200))
+    assert plan.layers and all(p.selection is not None and p.selection.device == b200 for p in plan.layers)
+
+
+def test_a_forced_backend_wins_over_the_environments_override():
+    reg = registry(decl("t-a"), decl("t-b", priority={QuantFamily.UNQUANTIZED: 10}))
+    forced = select_backend(BASE, registry=reg, force="t-a", environment=env(satisfied=True, backend_override="t-b"))
+    assert_selected(forced, "t-a", decided_by="forced")
+
+
+def test_a_torch_device_target_is_the_environments_gpu():
+    torch = pytest.importorskip("torch")
+    reg = registry(decl("t-a"))
+    on_gpu = select_backend(BASE, torch.device("cuda"), registry=reg, environment=env(satisfied=True))
+    assert on_gpu.device == H100
+    for device in (None, get_device("cpu")):
+        with pytest.raises(InvalidDevice, match=r"^cuda requested but this machine has no CUDA device$"):
+            select_backend(BASE, torch.device("cuda"), registry=reg,
+                           environment=Environment(planning=False, device=device))

@@ -539,3 +539,48 @@ def test_a_forced_backend_comes_first_and_the_rest_follow():
     assert s.backend == "t-a" and s.eligible[0].backend == "t-a" and {c.backend for c in s.eligible} == {
         "t-a", "t-b", "t-c"}
     assert s.notes == s.eligible[0].notes
+
+
+# --- judge: one declaration's verdict, as the probe reads it ------------------------------------------------
+
+
+def test_judge_tells_the_format_rule_from_a_declaration():
+    from moe_registry.backends.reference import DECLARATION as REFERENCE
+    from moe_registry.registry import Registry
+    from moe_registry.schemas.layer import LayerSpec
+    from moe_registry.selection import judge
+
+    reg = Registry(entry_points=False)
+    env, declarations, cpu = reg.environment(), reg.declarations(), get_device("cpu")
+    aligned = LayerSpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, quant="nvfp4")
+    verdict = judge(REFERENCE, aligned, cpu, env, declarations)
+    assert verdict.declared and not verdict.format_rule_only and verdict.reasons == () and verdict.paddings == ()
+    # I=200 splits NvFP4's 16-element scale groups: only the format's rule rejects it for the reference...
+    unaligned = aligned.replace(intermediate_size=200)
+    verdict = judge(REFERENCE, unaligned, cpu, env, declarations)
+    assert not verdict.declared and verdict.format_rule_only
+    assert [(r.code, r.field) for r in verdict.reasons] == [(ReasonCode.SHAPE_UNALIGNED, "intermediate")]
+    # ...while a declaration without NvFP4 is rejected on its own account too.
+    bf16_only = REFERENCE.model_copy(update={"quant": tuple(q for q in REFERENCE.quant if q.kind is QuantKind.BF16)})
+    verdict = judge(bf16_only, unaligned, cpu, env, declarations)
+    assert not verdict.format_rule_only and ReasonCode.QUANT_UNSUPPORTED in {r.code for r in verdict.reasons}
+    # The same reasons selection's evaluate gives under the default policy (and the policy can be given).
+    assert list(verdict.reasons) == evaluate(bf16_only, unaligned, cpu, env, DeclaredPriority(), declarations).reasons
+    assert judge(bf16_only, unaligned, cpu, env, declarations, DeclaredPriority()) == verdict
+
+
+def test_judge_reports_the_declared_padding():
+    from moe_registry.registry import Registry
+    from moe_registry.schemas.layer import LayerSpec
+    from moe_registry.selection import judge
+
+    reg = Registry(entry_points=False)
+    layer = LayerSpec(num_experts=4, top_k=2, hidden_size=512, intermediate_size=704)
+    verdict = judge(reg.get("trtllm-bf16"), layer, get_device("b200"), reg.environment(), reg.declarations())
+    # Its declared pad rule: the intermediate to a multiple of 128 (704 -> 768).
+    assert [(p.dimension, p.original, p.padded) for p in verdict.paddings] == [("intermediate", 704, 768)]
+    assert verdict.declared and verdict.reasons == ()
+    # Without padding allowed, the same rule rejects the layer instead.
+    strict = judge(reg.get("trtllm-bf16"), layer, get_device("b200"), reg.environment(), reg.declarations(),
+                   DeclaredPriority(allow_padding=False))
+    assert not strict.declared and strict.paddings == ()

@@ -224,7 +224,6 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         if isinstance(result, Selection):
             done[key] = LayerPlan(layer=key, selection=result)
         else:
-            lines = str(result).splitlines()
-            done[key] = LayerPlan(layer=key, error=lines[0] if lines else type(result).__name__,
-                                  rejections=tuple(getattr(result, "rejections", ())))
+            # A NoEligibleBackend: its message starts "no backend can run ...", its rejections are all there.
+            done[key] = LayerPlan(layer=key, error=str(result).splitlines()[0], rejections=result.rejections)
     return tuple(done[spec.shape_key()].model_copy(update={"layer": spec}) for spec in specs), memory

@@ -25,13 +25,33 @@ H100 = get_device("h100")
 NEEDS_PKG = Requirement(kind="package", name="fancy-kernels", import_name="fancy_kernels", source=SRC)
 
 
+_REAL_ENVIRON = os.environ
+# The mutation tester's own switch (benchmarks/mutation.sh): its trampoline reads it around every
+# mutated function; selection never does.
+_TOOL_KEYS = ("MUTANT_UNDER_TEST",)
+
+
 class _NoEnviron(dict):
-    """os.environ that fails the test on any read."""
+    """os.environ that fails the test on any read (but the mutation tester's own key)."""
 
     def _fail(self, *args, **kwargs):
         raise AssertionError("selection read os.environ although it was handed an Environment")
 
-    __getitem__ = get = __contains__ = __iter__ = __len__ = keys = items = copy = _fail
+    def _allowed(self, key: str) -> str:
+        if key not in _TOOL_KEYS:
+            self._fail()
+        return key
+
+    def __getitem__(self, key):
+        return _REAL_ENVIRON[self._allowed(key)]
+
+    def get(self, key, default=None):
+        return _REAL_ENVIRON.get(self._allowed(key), default)
+
+    def __contains__(self, key):
+        return self._allowed(key) in _REAL_ENVIRON
+
+    __iter__ = __len__ = keys = items = copy = _fail
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ NEEDS_PKG = Requirement(kind="package", name="fancy-kernels", import_name="fancy
 
 
 _REAL_ENVIRON = os.environ
-# The mutation tester's own switch (benchmarks/mutation.sh): its trampoline reads it around every
+# The mutation tester's own switches (benchmarks/mutation.sh): its trampoline reads them around every
 # mutated function; selection never does.
-_TOOL_KEYS = ("MUTANT_UNDER_TEST",)
+_TOOL_KEYS = ("MUTANT_UNDER_TEST", "MUTMUT_DEPENDENCY_DEPTH")
 
 
 class _NoEnviron(dict):

@@ -24,3 +24,12 @@ def flashinfer(tmp_path_factory):
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"flashinfer does not import here: {type(exc).__name__}: {exc}")
     return fi
+
+
+@pytest.fixture(autouse=True)
+def _fresh_selections():
+    """Every test selects afresh: an answer cached by an earlier test (or by the mutation tester's
+    warm-up run in the parent process, benchmarks/mutation.sh) would hide the code under test."""
+    from moe_registry.selection import _resolve
+
+    _resolve.cache_clear()

@@ -188,3 +188,16 @@ def test_a_torch_device_target_is_the_environments_gpu():
         with pytest.raises(InvalidDevice, match=r"^cuda requested but this machine has no CUDA device$"):
             select_backend(BASE, torch.device("cuda"), registry=reg,
                            environment=Environment(planning=False, device=device))
+
+
+def test_the_fingerprint_ignores_the_environments_gpu_and_override_when_a_device_is_named():
+    # What decides a selection is in the fingerprint; the machine's own GPU (a named target replaces it) and
+    # the override (recorded as decided_by) are not, so a plan made on a laptop and on the GPU host agree.
+    reg = registry(decl("t-a"))
+    here = select_backend(BASE, "h100", registry=reg, environment=env(satisfied=True))
+    elsewhere = select_backend(BASE, "h100", registry=reg, environment=env(satisfied=True, device=get_device("b200")))
+    assert here.fingerprint == elsewhere.fingerprint
+    overridden = select_backend(BASE, "h100", registry=reg, force="t-a",
+                                environment=env(satisfied=True, backend_override="t-a"))
+    forced = select_backend(BASE, "h100", registry=reg, force="t-a", environment=env(satisfied=True))
+    assert overridden.fingerprint == forced.fingerprint

@@ -65,12 +65,14 @@ def test_device_unsupported_names_the_rule_the_device_and_where_it_would_run():
 
 def test_activation_unsupported_lists_the_backends_that_run_it():
     other = decl("t-b", activations={Activation.GELU: ActivationImpl(kernel_name="gelu", source=SRC)})
+    silu_only = decl("t-c")  # runs silu only: not named
     d = decl()
     v = evaluate(d, BASE.replace(activation="gelu"), get_device("h100"), Environment.planning_target(),
-                 DeclaredPriority(), (d, other))
+                 DeclaredPriority(), (d, other, silu_only))
     r = only(v, ReasonCode.ACTIVATION_UNSUPPORTED)
     assert (r.field, r.required, r.actual) == ("activation", "silu", "gelu")
-    assert r.hint.startswith("backends that run gelu: t-b")
+    assert r.hint == ("backends that run gelu: t-b; if this kernel does run it, declare it in its activations "
+                      "(verify with `moe-registry probe --backend t-a`); that is the only change needed")
 
 
 def test_an_approximate_activation_is_a_note_by_default_and_a_reason_when_exact_is_asked():
@@ -106,9 +108,11 @@ INT4 = QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(64, 128), source="in
 
 def test_quant_unsupported_when_the_kind_is_not_declared():
     other = decl("t-b", quant=(INT4,), priority={QuantFamily.INT4: 1})
+    bf16_only = decl("t-c")  # runs bf16 only: not named
     d = decl()
     layer = BASE.replace(quant="int4_w4a16:g128")
-    v = evaluate(d, layer, get_device("h100"), Environment.planning_target(), DeclaredPriority(), (d, other))
+    v = evaluate(d, layer, get_device("h100"), Environment.planning_target(), DeclaredPriority(),
+                 (d, other, bf16_only))
     r = only(v, ReasonCode.QUANT_UNSUPPORTED)
     assert (r.field, r.required, r.actual) == ("quant", "bf16", "int4_w4a16")
     assert r.hint == "backends that run int4_w4a16: t-b"
@@ -119,7 +123,15 @@ def test_quant_unsupported_on_this_device_names_the_devices():
     r = only(reasons(BASE, d, "h100"), ReasonCode.QUANT_UNSUPPORTED)
     assert (r.field, r.required, r.actual) == ("quant.device", "bf16 on SM100+", "bf16 on h100 (SM90)")
     assert r.hint.startswith("would be eligible on SM100+ (e.g. b200")
+    assert r.source == "q"  # the quant support's own source
     assert reasons(BASE, d, "b200").reasons == []
+
+
+def test_a_device_hint_names_no_cpu_example():
+    # Examples are GPU presets; a rule that only the CPU meets gets no "(e.g. ...)".
+    d = decl(devices=(DeviceRule(vendor="cpu", source=SRC),))
+    r = only(reasons(BASE, d, "h100"), ReasonCode.DEVICE_UNSUPPORTED)
+    assert r.hint == "would be eligible on CPU"
 
 
 @pytest.mark.parametrize("scheme,field,required,actual", [
@@ -362,7 +374,20 @@ def test_dequantized_at_load_says_what_it_costs():
     d = decl(quant=(QuantSupport(kind=QuantKind.NVFP4, dequantized_at_load=True, source=SRC),),
              priority={QuantFamily.NVFP4: 1})
     v = reasons(BASE.replace(quant="nvfp4"), d)
-    assert v.reasons == [] and v.notes[0].kind == "memory" and "4x the expert weight memory" in v.notes[0].message
+    assert v.reasons == [] and v.notes[0].kind == "memory"
+    assert v.notes[0].message == ("t-a dequantizes nvfp4 weights to 16-bit when the layer is built: 4x the expert "
+                                  "weight memory of the checkpoint")
+
+
+def test_planning_notes_every_requirement_with_its_build_cost():
+    d = decl(requirements=(
+        Requirement(kind="jit_module", name="fancy_jit", build_cost="40 min", hint="build it", source=SRC),
+        Requirement(kind="package", name="fancy-kernels", import_name="fancy_kernels", source=SRC)))
+    v = reasons(BASE, d)
+    assert v.reasons == []
+    assert [n.message for n in v.notes] == [
+        "t-a: planning for h100 (SM90) assumes built kernel module fancy_jit is available on it (first build: 40 min)",
+        "t-a: planning for h100 (SM90) assumes package fancy-kernels is available on it"]
 
 
 # --- Ordering: priority, padding tie-break, force, prefer, forbid, env --------------------------

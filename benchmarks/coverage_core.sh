@@ -22,10 +22,16 @@ python3 -m coverage run --branch --include="$CORE" -m pytest -q -p no:cacheprovi
   python3 - <<'PY'
 import json, subprocess
 data = json.loads(subprocess.run(["python3", "-m", "coverage", "json", "-q", "-o", "-"], capture_output=True, text=True).stdout)
-print("\nbranches only (taken / all):")
+print("\nbranches only (taken / all), per module and per package:")
+packages = {}
 for name, f in sorted(data["files"].items()):
     s = f["summary"]
     total, missing = s["num_branches"], s["missing_branches"]
-    print(f"  {name}: {total - missing} / {total} = {100 * (total - missing) / total:.1f} %")
+    unit = name.rsplit("/", 1)[0] + "/" if name.count("/") > 1 and not name.startswith("moe_registry/schemas") else name
+    taken, all_ = packages.get(unit, (0, 0))
+    packages[unit] = (taken + total - missing, all_ + total)
+    print(f"  {name}: {total - missing} / {total}" + (f" = {100 * (total - missing) / total:.1f} %" if total else ""))
+for unit, (taken, total) in sorted(packages.items()):
+    print(f"  {unit}: {taken} / {total} = {100 * taken / total:.1f} %")
 PY
 } | tee "$OUT"

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import one_line  # registry.py imports it from here too
+from .errors import one_line
 
 ENV_TIMEOUT = "MOE_REGISTRY_PLUGIN_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5.0

@@ -21,9 +21,9 @@ from typing import Any, Iterable, Iterator, Literal
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._isolation import Outcome, guarded_call, one_line, quote_output
+from ._isolation import Outcome, guarded_call, quote_output
 from .environment import Environment, probe_environment, this_machine
-from .errors import UnknownBackend
+from .errors import UnknownBackend, one_line
 from .schemas.capability import BackendCapability
 
 PROJECT = "moe_registry"

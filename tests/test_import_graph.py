@@ -1,80 +1,16 @@
 """Module-level imports of moe_registry form no cycle, and the torch-free parts load without torch.
 
-The graph is read from the source with ast (no module is imported): an edge A -> B for every
-``import`` / ``from ... import`` that runs when A is first imported (module level, outside
-``if TYPE_CHECKING:``); imports inside functions are deferred on purpose and not edges.
+The graph is read from the source with ast (tests/_imports.py): for cycles, an edge A -> B for every
+import that runs when A is first imported; imports inside functions are deferred on purpose and not edges.
 """
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PKG = REPO / "moe_registry"
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
-
-
-def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    out: list[ast.Import | ast.ImportFrom] = []
-
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                out.append(node)
-            elif isinstance(node, ast.If):
-                test = node.test
-                name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
-                if name != "TYPE_CHECKING":
-                    visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
-                    visit(block)
-            elif isinstance(node, ast.With):
-                visit(node.body)
-
-    visit(tree.body)
-    return out
-
-
-def import_graph(*, deferred: bool = False) -> dict[str, set[str]]:
-    """Module -> the moe_registry modules it imports at module level (``deferred``: anywhere)."""
-    modules = _modules()
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        tree = ast.parse(path.read_text(), str(path))
-        nodes = ([n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))] if deferred
-                 else _top_level_imports(tree))
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            else:
-                if node.level:
-                    base = package.split(".")
-                    base = base[: len(base) - node.level + 1]
-                    base_name = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    base_name = node.module or ""
-                # `from pkg import sub` imports the submodule pkg.sub when there is one.
-                targets = [f"{base_name}.{a.name}" if f"{base_name}.{a.name}" in modules else base_name
-                           for a in node.names]
-            graph[name].update(t for t in targets if t in modules and t != name)
-    return graph
+from _imports import REPO, import_graph
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -116,7 +52,7 @@ def test_moe_registry_has_no_import_cycle():
 def test_nothing_imports_the_cli_even_inside_a_function():
     # The CLI is the top: a library module reaching up into it (bench's old `from .cli import _console`)
     # is a cycle that deferred imports hide from the module-level graph.
-    graph = import_graph(deferred=True)
+    graph = import_graph("all")
     assert "moe_registry.measure.bench" in graph["moe_registry.cli"]  # the reader sees deferred imports
     assert [m for m in graph if "moe_registry.cli" in graph[m]] == []
 

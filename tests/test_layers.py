@@ -12,12 +12,10 @@ import ast
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PKG = REPO / "moe_registry"
+from _imports import PKG, REPO, import_graph, modules
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -32,16 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # The package itself is the lazy public facade: Python imports it before any submodule, so reading
 # ``__version__`` from it is free, and its deferred exports point everywhere by design.
 FACADE = "moe_registry"
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+MODULES = modules()
 
 
 def layer_of(module: str) -> int:
@@ -56,38 +45,12 @@ def layer_of(module: str) -> int:
     return level
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+_RUNTIME = import_graph("runtime")
 
 
 def runtime_imports(module: str) -> set[str]:
     """The moe_registry modules ``module`` can import at run time (module level or deferred)."""
-    path = MODULES[module]
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base_name = ".".join(base + ([node.module] if node.module else []))
-            else:
-                base_name = node.module or ""
-            found.update(f"{base_name}.{a.name}" if f"{base_name}.{a.name}" in MODULES else base_name
-                         for a in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
-    return {m for m in found if m in MODULES and m != module}
+    return _RUNTIME[module]
 
 
 def upward_imports() -> list[str]:

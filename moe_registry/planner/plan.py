@@ -163,6 +163,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
         layers = tuple(LayerPlan(layer=s) for s in specs)
     return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
                      device=device, parallel=parallel, quantization=summary,
+                     model_type=model_type or None, quant_method=qconf.method if qconf else None,
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
 
 

@@ -108,6 +108,10 @@ class ModelPlan(BaseModel):
     device: DeviceSpec | None = None  # None: this machine (selection detects it)
     parallel: ParallelConfig = ParallelConfig()
     quantization: str = "none"  # one-line summary of the quantization config (or the override)
+    # What an engine reads off the checkpoint to pick its kernels (engines/answer.py): the config's
+    # model_type and its quantization config's format ("modelopt", "fp8", "gptq", ...; None: unquantized).
+    model_type: str | None = None
+    quant_method: str | None = None
     num_hidden_layers: int
     layers: tuple[LayerPlan, ...]
     notes: tuple[str, ...] = ()

@@ -14,7 +14,9 @@ from moe_registry.engines.sglang.names import (
 from moe_registry.planner import plan_model
 from moe_registry.registry import Registry, default_registry
 from moe_registry.schemas.capability import EngineNames
+from moe_registry.schemas.layer import ParallelConfig
 from moe_registry.schemas.quant import QuantKind
+from moe_registry.selection.policy import DeclaredPriority
 
 DECLARATIONS = Registry(entry_points=False).declarations()
 RECORD = load_record()
@@ -160,9 +162,10 @@ def test_the_plugin_leaves_sglang_alone_without_a_runner_it_can_name():
     choice = plugin.choose(plan_model("qwen3-30b-a3b-gptq-int4", "h100"))
     assert choice.runner is None and choice.why.startswith("no runner SGLang has a branch for")
     assert [flag for _, _, flag in choice.per_group] == [None]
-    # Kimi K2.5 on one H100: no backend of ours fits, SGLang keeps its own choice.
-    none = plugin.choose(plan_model("kimi-k2.5", "h100"))
-    assert none.runner is None and none.why.startswith("no backend of the registry can run")
+    # Gemma 4 NvFP4 at TP8 without padding: no backend of ours can run it, SGLang keeps its own choice.
+    unpadded = plan_model("gemma-4-26b-a4b-nvfp4", "b200", ParallelConfig(tp=8), policy=DeclaredPriority(allow_padding=False))
+    none = plugin.choose(unpadded)
+    assert none.runner is None and none.why == "no backend of the registry can run layers 0-29 (30): left to SGLang"
     assert plugin.choose(plan_model("deepseek-v3", "h100")).runner == "triton"  # FP8 block on Hopper
 
 

@@ -81,6 +81,14 @@ SGLANG_DIFFERS: dict[tuple[str, str], Explanation] = {
         "(docs/parity-vllm.md agrees on this row)",
         f"{_SG}layers/quantization/unquant.py L1193; arg_groups/model_overrides/qwen3_moe.py L41-90; "
         f"{_V}oracle/unquantized.py L55-96"),
+    ("flashinfer-trtllm", "marlin"): Explanation(
+        "follows-vllm",
+        "SGLang runs the TRT-LLM-gen MXINT4 kernel on SM100 for Kimi K2 / K2.5 thinking int4 (a model-and-quant "
+        "override); vLLM 0.33 uses it only with VLLM_USE_FLASHINFER_MOE_INT4=1 (default 0) and otherwise runs Marlin, "
+        "and our declared int4 order (marlin 100 ahead of trtllm-mxint4 50) follows it (docs/parity-vllm.md agrees); "
+        "no committed benchmark compares the two",
+        f"{_SG}arg_groups/overrides.py L810-831; {_V}experts/trtllm_mxint4_moe.py L45-56, "
+        "quantization/utils/flashinfer_mxint4_moe.py L24-31"),
     ("flashinfer-cutlass", "triton-fused-moe"): Explanation(
         "follows-vllm",
         "SGLang's Nemotron-H override runs FlashInfer CUTLASS for bf16 below SM100; vLLM 0.33 moves FlashInfer's "

@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import types
 from typing import Any
 
@@ -259,7 +260,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
     from sglang.srt.server_args import prepare_server_args
 
-    out: dict[str, Any] = {"config": None, "layers": [], "error": None, "log": []}
+    out: dict[str, Any] = {"config": None, "layers": [], "error": None, "log": [], "seconds": {}}
     plugin = sys.modules.get("moe_registry.engines.sglang.plugin")
     if plugin is not None:  # loaded by load_plugins(): one report per case
         plugin.reset()
@@ -272,6 +273,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         original(self, *args, **kwargs)
         seen.append(self)
 
+    started = time.perf_counter()
     try:
         args = ["--model-path", _checkpoint_dir(case), *case["args"]]
         server_args = prepare_server_args(args)
@@ -295,6 +297,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         if text.model_type not in BLOCKS:
             raise LookupError(f"no MoE block known for model_type {text.model_type!r} (known: {', '.join(sorted(BLOCKS))})")
         FusedMoE.__init__ = record
+        out["seconds"] = {"resolve": round(time.perf_counter() - started, 4)}
+        started = time.perf_counter()
         for index, name in case["layers"]:
             seen.clear()
             entry: dict[str, Any] = {"index": index, "name": name}
@@ -309,6 +313,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             except Exception as e:  # SGLang refuses this layer: its message is the answer
                 entry["error"] = _failure(e)
             out["layers"].append(entry)
+        out["seconds"]["layers"] = round(time.perf_counter() - started, 4)
     except Exception as e:  # SGLang refuses the configuration at resolution
         out["error"] = _failure(e)
     finally:
@@ -318,6 +323,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     if plugin is not None:
         out["plugin"] = {"reports": [{"model": r.model, "rows": [list(x) for x in r.rows], "expected": r.expected,
                                       "printed": r.printed, "text": plugin.render(r)} for r in plugin.REPORTS],
+                         "added_s": round(plugin._STATE["added_s"], 4),
                          "choice": None if plugin._STATE["choice"] is None else {
                              "runner": plugin._STATE["choice"].runner, "why": plugin._STATE["choice"].why}}
     return out

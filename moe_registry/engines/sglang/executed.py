@@ -60,6 +60,7 @@ class Outcome:
     error: str | None
     log: tuple[str, ...] = field(default=())
     plugin: dict[str, Any] | None = None  # the plugin's choice and per-layer reports, when it was loaded
+    seconds: dict[str, float] = field(default_factory=dict)  # SGLang's resolution and layer building, wall time
 
 
 def installed_version() -> str | None:
@@ -105,8 +106,8 @@ def run_cases(device: DeviceSpec, cases: list[Case], *, timeout: float = TIMEOUT
         data = json.loads(done.stdout)
     except json.JSONDecodeError:
         raise SGLangRunFailed("SGLang's resolution worker wrote no JSON answer") from None
-    outcomes = [Outcome(c.key, a["config"], tuple(a["layers"]), a["error"], tuple(a["log"]), a.get("plugin"))
-                for c, a in zip(cases, data["answers"])]
+    outcomes = [Outcome(c.key, a["config"], tuple(a["layers"]), a["error"], tuple(a["log"]), a.get("plugin"),
+                        a.get("seconds", {})) for c, a in zip(cases, data["answers"])]
     meta = {k: data[k] for k in ("version", "fakes", "assumptions")}
     return outcomes, meta
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pkgutil
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,7 @@ class Report:
 
 
 REPORTS: list[Report] = []  # every model reported in this process, for tests and callers
-_STATE: dict[str, Any] = {"plan": None, "key": None, "choice": None, "warned": set()}
+_STATE: dict[str, Any] = {"plan": None, "key": None, "choice": None, "warned": set(), "added_s": 0.0}
 
 
 def _warn_once(text: str) -> None:
@@ -87,7 +88,7 @@ def _plan_for(model_path: str, tp: int, ep: int) -> Any:
 def reset() -> None:
     """Forget this process's plan, choice and reports (a process that builds another model)."""
     REPORTS.clear()
-    _STATE.update(plan=None, key=None, choice=None)
+    _STATE.update(plan=None, key=None, choice=None, added_s=0.0)
 
 
 def _flag_with_branch(declaration: Any, kind: Any) -> str | None:
@@ -127,10 +128,12 @@ def choose(plan: Any) -> Choice:
 def _resolution_hook(server_args: Any, previous: Any) -> None:
     """Wraps handle_moe_kernel_config: declare the registry's runner, then let SGLang validate it."""
     declared = None
+    started = time.perf_counter()
     try:
         declared = _declare(server_args)
     except Exception as e:  # never raise into SGLang: it resolves as if we were absent
         _warn_once(f"config-time choice skipped ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+    _STATE["added_s"] += time.perf_counter() - started
     if declared is None:
         previous(server_args)
         return
@@ -170,10 +173,12 @@ def _declare(server_args: Any) -> Any:
 
 def _around_init(original: Any, self: Any, *args: Any, **kwargs: Any) -> Any:
     result = original(self, *args, **kwargs)
+    started = time.perf_counter()
     try:
         _observe(self)
     except Exception as e:  # observation only: never break model construction
         _warn_once(f"per-layer report stopped ({type(e).__name__}: {str(e)[:200]})")
+    _STATE["added_s"] += time.perf_counter() - started
     return result
 
 

@@ -18,8 +18,8 @@ sglang_tests() {
         "$venv/bin/pip" install -q transformers==5.19.0 tokenizers==0.23.2 openai==2.8.0 orjson psutil pybase64 \
             requests pillow starlette msgspec pyzmq tqdm IPython aiohttp dill gguf partial_json_parser einops \
             "cuda-python>=13.0" nvidia-ml-py tabulate uvicorn setproctitle fastapi triton pydantic pluggy rich pytest
-        "$venv/bin/pip" install -q --no-deps -e "$ROOT"
     fi
+    "$venv/bin/pip" install -q --no-deps -e "$ROOT"  # refreshes the entry points (sglang.srt.plugins) of this tree
     local log="$ROOT/docs/verification/sglang-engine-tests.log"
     {
         echo "# scripts/engine_tests.sh sglang at $(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet || echo ' (+ uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -26,7 +26,7 @@ MODELS = ("gemma-4-26b-a4b-nvfp4", "gpt-oss-120b", "deepseek-v3", "qwen3-30b-a3b
 # (device, model) -> (runner, quant method, the config-time step that set it or None)
 EXPECTED = {
     ("h100", "gemma-4-26b-a4b-nvfp4"): ("marlin", "ModelOptNvFp4FusedMoEMethod", None),
-    ("h100", "gpt-oss-120b"): ("triton", "Mxfp4MoEMethod", None),
+    ("h100", "gpt-oss-120b"): ("triton_kernel", "Mxfp4MoEMethod", "_gpt_oss_overrides"),
     ("h100", "deepseek-v3"): ("triton", "Fp8MoEMethod", None),
     ("h100", "qwen3-30b-a3b"): ("triton", "UnquantizedFusedMoEMethod", None),
     ("b200", "gemma-4-26b-a4b-nvfp4"): ("flashinfer_trtllm", "ModelOptNvFp4FusedMoEMethod", "_gemma4_overrides"),
@@ -97,8 +97,10 @@ def test_the_plugins_config_time_choice_is_accepted_by_sglang(with_plugin):
     choice = outcome.plugin["choice"]
     assert choice["runner"] is not None and "one runner for the whole model" in choice["why"]
     ours = [s for s in outcome.config["steps"] if s["source"] == "moe_registry"]
-    if choice["runner"] != "triton":  # SGLang's own default here; the registry only declares a change
-        assert ours and ours[0]["fields"]["moe_runner_backend"] == choice["runner"]
+    # SGLang's own pick here is triton_kernel (gpt_oss.py); the registry's differs, so it is declared and SGLang
+    # validates and builds every layer with it.
+    assert choice["runner"] != "triton_kernel"
+    assert ours and ours[0]["fields"]["moe_runner_backend"] == choice["runner"]
     assert outcome.error is None and outcome.config["moe_runner_backend"] == choice["runner"]
     assert {x["runner"] for x in outcome.layers} == {choice["runner"]}  # every layer built with it
 

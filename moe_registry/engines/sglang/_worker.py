@@ -52,9 +52,10 @@ FAKES = (
     "the override SGLang's own error message names",
 )
 ASSUMPTIONS = (
-    "SGLang 0.5.23 executed on a CPU with the GPU faked (F1-F5); `pip install sglang==0.5.23` environment: "
-    "triton_kernels is not installed (not a requirement of the wheel), nvidia-smi absent (driver version unknown: "
-    "gpt_oss.py's Blackwell driver >= 595 fallback does not fire)",
+    "SGLang 0.5.23 executed on a CPU with the GPU faked (F1-F6), in the environment `pip install sglang==0.5.23` "
+    "makes: sglang-kernel 0.4.10 is installed, and with it OpenAI's triton_kernels package (so gpt_oss.py picks "
+    "triton_kernel on Hopper at EP1); nvidia-smi is absent, so the driver version is unknown and gpt_oss.py's "
+    "Blackwell driver >= 595 fallback to triton does not fire",
 )
 _STUBBED = ("sgl_kernel", "deep_gemm", "torchvision")
 _MOE_WORDS = ("moe", "runner", "expert", "marlin", "trtllm", "cutlass", "triton", "deepgemm", "deep_gemm")

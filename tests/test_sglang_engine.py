@@ -85,10 +85,11 @@ def with_plugin():
     device = get_device("h100")
     gpt = plan_model("gpt-oss-120b", device)
     qwen = plan_model("qwen3-30b-a3b", device, ParallelConfig(tp=8, ep=2))
-    explicit = case_for_plan(qwen, ("--moe-runner-backend", "flashinfer_cutlass"), key="explicit")
+    single = plan_model("qwen3-30b-a3b", device)  # the registry picks triton here; the user asks for another
+    explicit = case_for_plan(single, ("--moe-runner-backend", "flashinfer_cutlass"), key="explicit")
     cases = [case_for_plan(gpt, key="gpt"), case_for_plan(qwen, key="qwen"), explicit]
     outcomes, _ = run_cases(device, cases, load_plugins=True)
-    return dict(zip(("gpt", "qwen", "explicit"), zip((gpt, qwen, qwen), outcomes)))
+    return dict(zip(("gpt", "qwen", "explicit"), zip((gpt, qwen, single), outcomes)))
 
 
 def test_the_plugins_config_time_choice_is_accepted_by_sglang(with_plugin):
@@ -116,12 +117,20 @@ def test_the_per_layer_table_lists_every_moe_layer(with_plugin):
 
 def test_an_explicit_runner_is_left_alone(with_plugin):
     plan, outcome = with_plugin["explicit"]
+    assert outcome.error is None, outcome.error
+    assert plugin_choice_for(plan) == "triton"  # what the plugin would have declared under auto
     assert not [s for s in outcome.config["steps"] if s["source"] == "moe_registry"]
     assert outcome.config["moe_runner_backend"] == "flashinfer_cutlass"
     assert outcome.plugin["choice"] is None
     assert {x["runner"] for x in outcome.layers} == {"flashinfer_cutlass"}
     (report,) = outcome.plugin["reports"]  # still observed, per layer
     assert len(report["rows"]) == len(plan.layers)
+
+
+def plugin_choice_for(plan):
+    from moe_registry.engines.sglang.plugin import choose
+
+    return choose(plan).runner
 
 
 # --- harmless when SGLang's internals move ----------------------------------------------------

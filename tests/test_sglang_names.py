@@ -66,6 +66,21 @@ def test_a_name_sglang_lacks_is_caught():
                                       "int4_w4a16: CompressedTensorsFusedMoEMethod has no 'triton' branch"]
 
 
+def test_every_problem_of_every_kind_is_reported_in_order():
+    names = EngineNames(sglang=None, sglang_by_quant={QuantKind.FP16: "nope", QuantKind.FP8: "marlin",
+                                                      QuantKind.MXFP4: "flashinfer_trtllm", QuantKind.INT4_FP8: "triton",
+                                                      QuantKind.NVFP4: "triton", QuantKind.MXFP8: "marlin"})
+    d = decl("flashinfer-cutlass").model_copy(update={"engines": names})
+    assert [q.kind for q in d.quant][:7] == [QuantKind.BF16, QuantKind.FP16, QuantKind.FP8, QuantKind.FP8_BLOCK,
+                                             QuantKind.MXFP4, QuantKind.INT4_FP8, QuantKind.NVFP4]
+    assert missing_branches(d) == ["fp16: 'nope' is no SGLang 0.5.23 runner",
+                                   "fp8: Fp8MoEMethod has no 'marlin' branch",
+                                   "mxfp4: Mxfp4MoEMethod has no 'flashinfer_trtllm' branch",
+                                   "int4_fp8: 'triton' named, but no SGLang quant method of this kind is known here",
+                                   "nvfp4: ModelOptNvFp4FusedMoEMethod has no 'triton' branch",
+                                   "mxfp8: 'marlin' named, but no SGLang quant method of this kind is known here"]
+
+
 def test_has_branch_needs_every_method_of_the_kind():
     assert has_branch("marlin", QuantKind.MXFP4) and has_branch("marlin", QuantKind.NVFP4)
     assert not has_branch("marlin", QuantKind.INT4_W4A16)  # compressed-tensors has it, GPTQ (auto only) does not

@@ -56,7 +56,13 @@ def case_key(kind: str, device: str, model: str, parallel: ParallelConfig, runne
 _SG = f"sglang {SGLANG_VERSION} srt/"
 _V = "vLLM 0.33.0 model_executor/layers/fused_moe/"
 # (SGLang kernel family, quant family or "*") -> we declare no such kernel for the layer's quant kind.
-SGLANG_MISSING: dict[tuple[str, str], Explanation] = {}
+SGLANG_MISSING: dict[tuple[str, str], Explanation] = {
+    ("oai-triton-kernels", "*"): Explanation(
+        "missing-backend",
+        "no declaration of OpenAI's triton_kernels MXFP4 MoE: SGLang's `triton_kernel` runner, its gpt-oss default on "
+        "Hopper at EP1 when triton_kernels is importable (sglang-kernel 0.4.10 ships it); issue 21 item 4 plans one",
+        f"{_SG}arg_groups/model_overrides/gpt_oss.py L102-120; layers/quantization/mxfp4.py L1447-1450"),
+}
 
 # (SGLang kernel family, our backend id) -> why our pick differs; only a cited or measured reason goes here.
 SGLANG_DIFFERS: dict[tuple[str, str], Explanation] = {
@@ -238,4 +244,30 @@ def render_markdown(rows: list[Row], record: dict[str, Any]) -> str:
     for via, rid in ids.items():
         e = by_via[via]
         out.append(f"| {rid} | `{via}` | {e.kind} | {e.text} | {e.evidence} |")
-    return "\n".join(out).rstrip() + "\n"
+    return "\n".join(out + _probe_markdown(record)).rstrip() + "\n"
+
+
+def _probe_markdown(record: dict[str, Any]) -> list[str]:
+    """The branch probe: each runner name forced on one preset per quant kind, what SGLang did with it."""
+    out = ["", "## Runner names forced per quant kind (branch probe)", "",
+           "`--moe-runner-backend NAME` on one preset per quant kind, first MoE layer. `built`: SGLang built the layer with "
+           "that runner (necessary for a branch, not sufficient: sglang#36569 shows names accepted at build that fail at "
+           "the first forward, so `names.BRANCHES` also cites the code); `-> X`: it quietly ran X; else its error. "
+           "Our declarations name only runners in `names.BRANCHES` (`tests/test_sglang_names.py`).", "",
+           "| quant kind (preset) | runner | H100 | B200 |", "|---|---|---|---|"]
+
+    def cell(case: dict[str, Any] | None, runner: str) -> str:
+        if case is None:
+            return "-"
+        layer = case["layers"][0] if case["layers"] else {}
+        error = case["error"] or layer.get("error")
+        if error:
+            return f"refused: {error.split(' (at ')[0][:90]}"
+        return "built" if layer.get("runner") == runner else f"-> {layer.get('runner')}"
+
+    for kind, preset in PROBE_PRESETS.items():
+        for runner in PROBE_RUNNERS:
+            cells = [cell(record["cases"].get(case_key(f"probe-{kind}", dev, preset, ParallelConfig(), runner)), runner)
+                     for dev in DEVICES]
+            out.append(f"| {kind} ({preset}) | `{runner}` | {' | '.join(cells)} |")
+    return out

@@ -22,7 +22,7 @@ sglang_tests() {
     "$venv/bin/pip" install -q --no-deps -e "$ROOT"  # refreshes the entry points (sglang.srt.plugins) of this tree
     local log="$ROOT/docs/verification/sglang-engine-tests.log"
     {
-        echo "# scripts/engine_tests.sh sglang at $(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet || echo ' (+ uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
+        echo "# scripts/engine_tests.sh sglang at $(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet -- . ':!docs/verification/*engine-tests.log' || echo ' (+ uncommitted changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
         echo "# $("$venv/bin/python" -c 'import importlib.metadata as m; print("sglang", m.version("sglang"), "torch", m.version("torch"))')"
         cd "$ROOT" && "$venv/bin/python" -m pytest -q -m sglang -p no:cacheprovider tests/test_sglang_engine.py 2>&1
     } | tee "$log"

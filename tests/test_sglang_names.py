@@ -204,3 +204,20 @@ def test_registry_default_flags_are_the_declared_ones():
     reg = default_registry()
     for d in DECLARATIONS:
         assert reg.get(d.id).engines == d.engines
+
+
+def test_without_sglang_there_is_no_sglang_answer(monkeypatch):
+    import pytest as _pytest
+
+    from moe_registry.engines import answer
+    from moe_registry.engines.sglang import executed
+
+    plan = plan_model("qwen3-30b-a3b", "h100")
+    monkeypatch.setattr(executed, "installed_version", lambda: None)
+    with _pytest.raises(answer.EngineNotInstalled, match=r"sglang==0\.5\.23 .*sglang is not installed"):
+        answer.engine_answers(plan, "sglang", source="executed")
+    monkeypatch.setattr(executed, "installed_version", lambda: "0.5.22")
+    with _pytest.raises(answer.EngineNotInstalled, match="sglang 0.5.22 is installed"):
+        answer.engine_answers(plan, "sglang", source="executed")
+    with _pytest.raises(ValueError, match="no model answer for engine 'sglang'"):
+        answer.engine_answers(plan, "sglang", source="model")

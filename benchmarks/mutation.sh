@@ -5,6 +5,8 @@
 # report it writes.
 #
 # Usage: benchmarks/mutation.sh [OUT_DIR]   (default benchmarks/results/mutation)
+# MUTATE_ONLY="glob ..." and MUTATE_TESTS="tests/x.py ..." restrict it to other decision code (an engine's name
+# mapping: MUTATE_ONLY=moe_registry/engines/sglang/names.py MUTATE_TESTS=tests/test_sglang_names.py).
 # Needs: pip install mutmut==3.8.1 (plus the test extra). Runs in a temporary copy of the
 # working tree, so the checkout is never touched; OMP_NUM_THREADS=1, Hypothesis derandomized.
 set -euo pipefail
@@ -19,14 +21,17 @@ else
 fi
 git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
 cd "$WORK"
-TESTS="tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
+TESTS="${MUTATE_TESTS:-tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
 tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
-tests/test_environment.py"
+tests/test_environment.py}"
+ONLY="${MUTATE_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}"
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"
-  printf 'only_mutate=\n  moe_registry/selection/*.py\n  moe_registry/schemas/capability.py\n  moe_registry/planner/*.py\n'
+  printf 'also_copy=\n  docs\n'
+  echo "only_mutate="
+  for m in $ONLY; do echo "  $m"; done
   echo "pytest_add_cli_args_test_selection="
   for t in $TESTS; do [ -f "$t" ] && echo "  $t"; done
   echo "pytest_add_cli_args=-p no:cacheprovider -x -q --hypothesis-seed=0"

@@ -52,10 +52,10 @@ class EngineAnswer(BaseModel):
         """Does our chosen backend (None: none) run the kernel family the engine picks?"""
         if declaration is None:
             return self.family is None
-        if self.engine == "vllm":
-            from .vllm_oracle import family_of_engine  # the one family table
-            return self.family is not None and family_of_engine(declaration.engines.vllm) == self.family
-        return self.flag is not None and declaration.engines.sglang == self.flag
+        # Both engines answer in one family vocabulary (vllm_oracle.ENGINE_FAMILY; SGLang's runners map
+        # into it in engines/sglang/names.py), and our declaration's family is its vLLM name's.
+        from .vllm_oracle import family_of_engine  # the one family table
+        return self.family is not None and family_of_engine(declaration.engines.vllm) == self.family
 
 
 class EngineNotInstalled(ValueError):
@@ -87,6 +87,9 @@ def engine_answers(plan: ModelPlan, engine: str = "vllm", *, source: Source = "m
 def _load_builtin_providers() -> None:
     if "vllm" not in PROVIDERS:
         register_provider("vllm", "model", _vllm_model)
+    if "sglang" not in PROVIDERS:
+        from .sglang.executed import executed_answers  # torch-free; runs SGLang in a child process when called
+        register_provider("sglang", "executed", executed_answers)
 
 
 # --- vLLM, from the hand model of its oracle -----------------------------------------------------

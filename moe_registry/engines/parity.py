@@ -34,7 +34,8 @@ from .vllm_oracle import ASSUMPTIONS, VLLM_VERSION, VllmChoice, family_of_engine
 DEVICES = ("h100", "b200")
 TP_VARIANTS = {"gemma-4-26b-a4b-nvfp4": (2, 4, 8), "deepseek-v3": (2, 4, 8)}
 
-Kind = Literal["missing-backend", "missing-capability", "ours-better-measured", "ours-better-capability", "vllm-none"]
+Kind = Literal["missing-backend", "missing-capability", "ours-better-measured", "ours-better-capability", "vllm-none",
+               "engine-none", "engine-missing-backend", "follows-vllm"]
 
 
 @dataclass(frozen=True)

@@ -81,11 +81,25 @@ def matrix_markdown(declarations: Iterable[BackendCapability], device: DeviceSpe
     return "\n".join(out) + "\n"
 
 
+def _sglang_flags(d: BackendCapability) -> str:
+    """SGLang names its runner per quant method: each flag with the kinds it serves (``-``: none)."""
+    kinds: dict[str, list[str]] = {}
+    for q in d.quant:
+        flag = d.engines.sglang_flag(q.kind)
+        if flag and q.kind.value not in kinds.setdefault(flag, []):
+            kinds[flag].append(q.kind.value)
+    if not kinds:
+        return "`-`"
+    if len(kinds) == 1:
+        return f"`{next(iter(kinds))}`"
+    return ", ".join(f"`{f}` ({'/'.join(k)})" for f, k in kinds.items())
+
+
 def _backend_markdown(d: BackendCapability) -> list[str]:
     out = [f"### `{d.id}`: {d.name}", "", d.description, "",
            f"- kernel: `{d.kernel}`; provider: {d.provider}",
            f"- devices: {' or '.join(r.describe() for r in d.devices)}; hidden-state dtypes: {', '.join(d.dtypes)}",
-           f"- engines: vLLM `{d.engines.vllm or '-'}`, SGLang `{d.engines.sglang or '-'}`, TRT-LLM "
+           f"- engines: vLLM `{d.engines.vllm or '-'}`, SGLang {_sglang_flags(d)}, TRT-LLM "
            f"`{d.engines.trtllm or '-'}`",
            "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())
            + "".join(f"; {o.family.value} {o.priority} on {' or '.join(r.describe() for r in o.devices)}"

@@ -335,8 +335,15 @@ class EngineNames(BaseModel):
 
     vllm: str | None = None  # --moe-backend value
     sglang: str | None = None  # --moe-runner-backend value
+    # SGLang names its runner per quant method: where a quant kind runs under another name than
+    # ``sglang`` (MXFP4 on TRT-LLM-gen is ``flashinfer_mxfp4``) or under none (None), it is listed here.
+    sglang_by_quant: dict[QuantKind, str | None] = {}
     trtllm: str | None = None  # MoeConfig.backend value
     source: str = ""
+
+    def sglang_flag(self, kind: QuantKind) -> str | None:
+        """SGLang's ``--moe-runner-backend`` value for this kernel on weights of ``kind``."""
+        return self.sglang_by_quant[kind] if kind in self.sglang_by_quant else self.sglang
 
 
 class PriorityOverride(Sourced):

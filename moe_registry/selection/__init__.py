@@ -99,7 +99,8 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
         layer=layer, device=device, planning=env.planning, backend=chosen.backend, decided_by=decided_by,
         padding=chosen.padding, notes=chosen.notes + policy_notes, eligible=tuple(ordered),
         rejections=tuple(rejections),
-        engines={k: v for k, v in (("vllm", engines.vllm), ("sglang", engines.sglang), ("trtllm", engines.trtllm)) if v},
+        engines={k: v for k, v in (("vllm", engines.vllm), ("sglang", engines.sglang_flag(layer.quant.kind)),
+                                    ("trtllm", engines.trtllm)) if v},
         fingerprint=_fingerprint(registry, layer, device, env, policy, force, prefer, forbid, extra))
 
 

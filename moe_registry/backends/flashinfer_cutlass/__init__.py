@@ -176,8 +176,18 @@ DECLARATION = BackendCapability(
     priority_overrides=(PriorityOverride(
         family=QuantFamily.UNQUANTIZED, devices=(DeviceRule(min_sm=90, max_sm=99, source=_SM9X_DEMOTED),),
         priority=50, source=_SM9X_DEMOTED),),
-    engines=EngineNames(vllm="flashinfer_cutlass", sglang="flashinfer_cutlass", trtllm="CUTLASS",
-                        source="vLLM config/kernel.py MoEBackend; SGLang MoeRunnerBackend; TRT-LLM MoeConfig.backend"),
+    engines=EngineNames(
+        vllm="flashinfer_cutlass", sglang="flashinfer_cutlass", trtllm="CUTLASS",
+        # SGLang 0.5.23: MXFP4 x bf16 runs FlashInfer's CUTLASS mixed-input MoE under flashinfer_mxfp4 on SM90 / SM120
+        # (on SM100 that name runs TRT-LLM-gen); its Fp8MoEMethod has no flashinfer_cutlass path (FP8 layers become
+        # triton) and the other kinds have no runner of their own.
+        sglang_by_quant={QuantKind.MXFP4: "flashinfer_mxfp4", QuantKind.FP8: None, QuantKind.FP8_BLOCK: None,
+                         QuantKind.INT4_FP8: None, QuantKind.MXFP4_MXFP8: None, QuantKind.MXFP4_FP8: None,
+                         QuantKind.MXFP8: None},
+        source="vLLM config/kernel.py MoEBackend; SGLang 0.5.23 layers/moe/utils.py L194 MoeRunnerBackend, "
+               "quantization/mxfp4.py L1433-1476, quantization/fp8.py L2968-2977, arg_groups/moe_hook.py L72-84 "
+               "(flashinfer_cutlass: modelopt_fp4 / modelopt_fp8 / bf16 only); executed branch probe "
+               "docs/verification/sglang-0.5.23-executed.json; TRT-LLM MoeConfig.backend"),
     hardware=(
         HardwareStatus(devices="sm90", status="not verified on hardware",
                        note="the fused_moe_90 JIT build does not fit a GPU session (> 40 min)"),

@@ -159,7 +159,10 @@ DECLARATION = BackendCapability(
         "dequantization; probe (docs/verification/h200-humming-probe.json): 104 declared combinations passed (8 "
         "activations x int4 g128/g64, NvFP4, NvFP4 W4A16, MXFP4 x aligned / T=1 / I=704, biases), max rel err "
         "5.5e-3, 226 undeclared refused, 0 drift")),),
-    engines=EngineNames(vllm="humming", source=f"{_V} fused_moe/oracle/nvfp4.py map_nvfp4_backend 'humming'"),
+    engines=EngineNames(vllm="humming", source=(
+        f"{_V} fused_moe/oracle/nvfp4.py map_nvfp4_backend 'humming'; no SGLang name: SGLang 0.5.23's humming runner "
+        "serves its own `--quantization humming` and FP4 experts of FP8 checkpoints (quantization/humming.py, "
+        "fp8.py L452-456), not the ModelOpt NvFP4, MXFP4 or GPTQ layers this backend runs")),
 )
 
 

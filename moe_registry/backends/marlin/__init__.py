@@ -127,8 +127,18 @@ DECLARATION = BackendCapability(
         "shapes x silu/gelu_tanh/relu2_no_mul, T 1/7/64/512 incl. imbalanced routing and an empty expert, rel err "
         "<= 5.7e-3 vs the reference; 16 single-GEMM layouts (groups -1/32/64/128, symmetric and zero points, bf16 "
         "and fp16) passed; FP4 schemes not verified")),),
-    engines=EngineNames(vllm="marlin", sglang="marlin", trtllm="MARLIN",
-                        source="vLLM config/kernel.py MoEBackend; SGLang MoeRunnerBackend; TRT-LLM MoeConfig.backend"),
+    engines=EngineNames(
+        vllm="marlin", sglang="marlin", trtllm="MARLIN",
+        # SGLang 0.5.23 runs Marlin for NvFP4 (ModelOpt) and MXFP4 MoE layers when asked. Its int4 layers run Marlin
+        # by default, but GPTQ's asserts `auto` (an explicit marlin crashes at load), so no flag forces it for int4;
+        # its FP8 method takes marlin only for FP4 experts, and the other kinds have no Marlin MoE path there.
+        sglang_by_quant={QuantKind.INT4_W4A16: None, QuantKind.FP8: None, QuantKind.NVFP4_W4A16: None,
+                         QuantKind.INT4_FP8: None, QuantKind.INT8_W8A16: None, QuantKind.MXFP8_W8A16: None},
+        source="vLLM config/kernel.py MoEBackend; SGLang 0.5.23 layers/moe/utils.py L194 MoeRunnerBackend, "
+               "quantization/modelopt_quant.py L3233, quantization/mxfp4.py L1463, hardware_backend/gpu/quantization/"
+               "gptq_kernels.py L306-311, "
+               "quantization/fp8.py L445; executed record docs/verification/sglang-0.5.23-executed.json; "
+               "TRT-LLM MoeConfig.backend"),
 )
 
 

@@ -90,9 +90,10 @@ DECLARATION = BackendCapability(
     priority={QuantFamily.UNQUANTIZED: 65, QuantFamily.FP8: 75},
     priority_overrides=(PriorityOverride(
         family=QuantFamily.FP8, devices=(DeviceRule(sm=(90,), source=_HOPPER_FP8),), priority=85, source=_HOPPER_FP8),),
-    engines=EngineNames(vllm="triton", source=(
-        "vLLM 0.33.0 config/kernel.py MoEBackend 'triton' (TritonExperts, fused_moe.py): the same kernel family, "
-        "not the same code")),
+    engines=EngineNames(vllm="triton", sglang="triton", source=(
+        "vLLM 0.33.0 config/kernel.py MoEBackend 'triton' (TritonExperts, fused_moe.py); SGLang 0.5.23 "
+        "MoeRunnerBackend.TRITON (layers/moe/fused_moe_triton/, the same design ported from vLLM; unquant.py L1193, "
+        "fp8.py L2961): the same kernel family, not the same code")),
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
         "2026-11-29, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0: probe (quick) 96 declared combinations passed "
         "(8 activations x bf16/fp16/fp8/fp8_block x 3 shapes), 144 undeclared refused, 0 drift; "

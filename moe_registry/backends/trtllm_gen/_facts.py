@@ -17,6 +17,7 @@ from moe_registry.schemas.capability import (
     ActivationImpl, DeviceRule, EngineNames, HardwareStatus, Requirement, RoutingLimit, RoutingSupport,
 )
 from moe_registry.schemas.layer import RoutingMethod
+from moe_registry.schemas.quant import QuantKind
 
 FI = "flashinfer 0.7.2.post1"
 CORE = f"{FI} fused_moe/core.py"
@@ -126,9 +127,20 @@ REQUIREMENTS = (Requirement(
          "version differs from its own)",
     source=f"PyPI flashinfer-python 0.7.2.post1; {FI} jit/env.py L80-91, L112-125 (cubin wheel version check)"),)
 
-ENGINES = EngineNames(vllm="flashinfer_trtllm", sglang="flashinfer_trtllm", trtllm="TRTLLM", source=(
-    "vLLM 0.33.0 config/kernel.py L122-147 MoEBackend 'flashinfer_trtllm' (one flag for every TRT-LLM-gen "
-    "kernel; the quant oracles pick the entry); SGLang MoeRunnerBackend.FLASHINFER_TRTLLM; TRT-LLM MoeConfig.backend"))
+ENGINES = EngineNames(
+    vllm="flashinfer_trtllm", sglang="flashinfer_trtllm", trtllm="TRTLLM",
+    # SGLang 0.5.23 names its runner per quant method: MXFP4 runs TRT-LLM-gen under flashinfer_mxfp4 on SM100
+    # (Mxfp4MoEMethod, which raises for flashinfer_trtllm); per-channel FP8 has no TRT-LLM-gen path there, MXFP4 x
+    # MXFP8 no runner of its own, and the MXINT4 kernel runs only inside compressed-tensors' int4 scheme, so no one
+    # flag names it for int4 checkpoints (GPTQ ones load into GPTQMarlinMoEMethod).
+    sglang_by_quant={QuantKind.MXFP4: "flashinfer_mxfp4", QuantKind.MXFP4_MXFP8: None, QuantKind.FP8_CHANNEL: None,
+                     QuantKind.INT4_W4A16: None},
+    source=(
+        "vLLM 0.33.0 config/kernel.py L122-147 MoEBackend 'flashinfer_trtllm' (one flag for every TRT-LLM-gen "
+        "kernel; the quant oracles pick the entry); SGLang 0.5.23 layers/moe/utils.py L194 MoeRunnerBackend, "
+        "quantization/mxfp4.py L1433-1476 (flashinfer_mxfp4: trtllm_sm100), layers/moe/moe_runner/flashinfer_trtllm.py "
+        "L780, L919 (FP8 per tensor and block only); executed branch probe "
+        "docs/verification/sglang-0.5.23-executed.json; TRT-LLM MoeConfig.backend"))
 
 HARDWARE = (HardwareStatus(devices="sm100", status="not verified on hardware", note=(
     "TRT-LLM-gen needs SM100; the project's GPU machines are SM90 (H100/H200). Weight preparation is "

@@ -11,6 +11,7 @@ target device preset; the torch device that `run` and `bench` use is ``--torch-d
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -620,6 +621,8 @@ def _main(argv: list[str], json_mode: bool) -> int:
     except (BadInput, ValidationError, ValueError, OSError) as exc:
         # ValueError covers UnknownBackend, PlanError and quant/activation/device parse errors.
         failure = _stdout_failure() if isinstance(exc, OSError) else None
+        if failure is None and isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            failure = exc.strerror or "no space left"  # only writing fills a device: the output
         if failure is not None:
             raise _OutputFailed(failure) from None
         _bad_input(_message(exc), json_mode)

@@ -377,7 +377,6 @@ def _plugin_key(entry: importlib.metadata.EntryPoint) -> str | None:
         for found in (spec, top):
             if found is not None and found.origin:
                 parts.append(_stat_line(found.origin))
-                parts.append(_stat_line(os.path.dirname(found.origin)))
     except Exception:  # noqa: BLE001 - odd metadata: evaluate the plugin every time instead
         return None
     return "\n".join(parts)

@@ -286,9 +286,14 @@ def issue23_cases(tmp: Path) -> list[dict]:
     out.append(_case("run --tp 65536 --torch-device cpu (spawned ranks first)", [*run, "--tp", "65536", "--json"], 2))
     adapter = _reference_plugin(tmp, "acme_exit_adapter", changes='{"adapter": "acme_exit_adapter:Experts"}',
                                 prelude="""
-        class Experts:
+        from moe_registry.execution.base import Experts as _Base
+
+        class Experts(_Base):
             def __init__(self, *args, **kwargs):
                 raise SystemExit(11)
+
+            def forward(self, hidden_states, topk_weights, topk_ids):
+                return hidden_states
         """)
     out.append(_case("adapter raising SystemExit in run (was exit 11, no message)",
                      [*run, "--tokens", "4", "--force", "acme-exit-adapter", "--json"], 2, adapter))
@@ -434,6 +439,8 @@ def main() -> int:
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")  # plugins evaluated cold, once each
+        (Path(tmp) / "13").mkdir()
         all_cases = [] if args.issue23 else [
             _case(label, argv, -1, extra_env) for label, argv, extra_env in cases(Path(tmp) / "13")]
         (Path(tmp) / "23").mkdir()

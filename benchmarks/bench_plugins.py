@@ -81,6 +81,7 @@ def main() -> int:
         "median_s_without_plugins": round(medians["without"], 3), "median_s_with_plugins_cached": round(medians["with"], 3),
         "ratio": round(ratio, 3), "target_ratio": 1.2, "meets_target": ratio <= 1.2,
         "first_run_s_uncached": round(cold, 3),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # the machine is shared: context for the seconds
         "method": "fresh processes, interleaved; the plugin cache in a temporary $XDG_CACHE_HOME, filled by the "
                   "first run (recorded as first_run_s_uncached)",
     }

@@ -455,6 +455,7 @@ def main() -> int:
             print(f"{result['seconds']:7.2f} s  exit {result['exit']}  {case['case']}"
                   + (f"\n           {result['stderr'][:120]}" if result["stderr"] else ""), flush=True)
     record = {"date": datetime.date.today().isoformat(), "machine": cpu_name(), "cpus": os.cpu_count(),
+              "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # a shared machine: context for the seconds
               "python": sys.version.split()[0], "method": "one fresh `python -m moe_registry.cli` process per case "
               "(or `python -c` for a library case), wall time including interpreter start (about 0.25 s of it); "
               f"a case still running after {args.timeout:g} s is killed with its process group ('timeout')",

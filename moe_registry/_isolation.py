@@ -262,7 +262,7 @@ def run_in_child(module: str, request: dict[str, Any], *, timeout: float | None 
 def run_children(module: str, requests: list[dict[str, Any]], *, timeout: float | None = None) -> list[ChildOutcome]:
     """:func:`run_in_child` for several requests at once, one child each, in parallel."""
     limit = plugin_timeout() if timeout is None else timeout
-    children = []
+    children: list[tuple[Any, ChildOutcome, Any, list[threading.Thread], list[bytes]]] = []
     for request in requests:
         outcome = ChildOutcome()
         try:
@@ -272,7 +272,7 @@ def run_children(module: str, requests: list[dict[str, Any]], *, timeout: float 
                                     stderr=subprocess.PIPE, start_new_session=True, env=env)
         except OSError as exc:
             outcome.error = f"could not start a child process: {one_line(exc)}"
-            children.append((None, outcome, None, None, []))
+            children.append((None, outcome, None, [], []))
             continue
         ready = threading.Event()
         chatter: list[bytes] = []

@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -259,8 +259,8 @@ def _probes_outside(groups: dict[str, list[tuple[str, str]]],
             answer = answers.get(index, {})
             value = _probe_answer(answer.get("value"))
             if value is None:
-                error = answer.get("error") if isinstance(answer.get("error"), str) else (
-                    outcome.error or "returned something other than (bool, str)")
+                given = answer.get("error")
+                error = given if isinstance(given, str) else (outcome.error or "returned something other than (bool, str)")
                 if failures is not None:
                     failures.append((f"{backend} requirement probe {reference}", error))
                 value = (False, f"probe {reference} failed: {error}")
@@ -268,7 +268,7 @@ def _probes_outside(groups: dict[str, list[tuple[str, str]]],
     return found
 
 
-def _probe_child(request: dict, say) -> bool:  # type: ignore[no-untyped-def]
+def _probe_child(request: dict[str, Any], say: Callable[[Any], None]) -> bool:
     """In the child (``python -m moe_registry.environment``): run each probe, answering as it goes."""
     from .errors import one_line
 

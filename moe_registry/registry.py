@@ -329,9 +329,10 @@ def _evaluated(outcome: ChildOutcome) -> _Evaluated:
         problems.append(("validate", f"returned more than {MAX_DECLARATIONS_PER_PLUGIN} declarations; a plugin may "
                                      f"contribute at most {MAX_DECLARATIONS_PER_PLUGIN}; all ignored"))
         return None, problems
-    invalid = result.get("invalid") if isinstance(result.get("invalid"), list) else []
-    problems.extend(("validate", str(message)) for message in invalid)
-    raw = result.get("declarations") if isinstance(result.get("declarations"), list) else []
+    invalid = result.get("invalid")
+    problems.extend(("validate", str(message)) for message in (invalid if isinstance(invalid, list) else []))
+    raw = result.get("declarations")
+    raw = raw if isinstance(raw, list) else []
     declarations = []
     for item in raw[:MAX_DECLARATIONS_PER_PLUGIN]:
         decl = _validated(item if isinstance(item, Mapping) else None)

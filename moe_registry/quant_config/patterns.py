@@ -63,7 +63,7 @@ def _re2() -> Any:
     """The ``re2`` module of google-re2, or None when it is not installed (imported on first use:
     a config without patterns never loads it)."""
     try:
-        import re2  # type: ignore[import-not-found, unused-ignore]
+        import re2  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         return None
     return re2

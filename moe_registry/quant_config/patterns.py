@@ -168,12 +168,17 @@ def _shown(text: str) -> str:
 def check_pattern(pattern: str, field: str = "the quantization config") -> Callable[[str], bool]:
     """The matcher of a config-supplied ``re:`` pattern (``re.match`` semantics: anchored at the
     start only); QuantConfigError naming ``field`` when it is too long or cannot run in linear time."""
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise QuantConfigError(f"{field}: regex {_shown(pattern)} is {len(pattern)} characters; "
+    return _checked("regex", pattern, field, _compiled)
+
+
+def _checked(what: str, text: str, field: str,
+             compile_: Callable[[str], Callable[[str], bool] | str]) -> Callable[[str], bool]:
+    if len(text) > MAX_PATTERN_CHARS:
+        raise QuantConfigError(f"{field}: {what} {_shown(text)} is {len(text)} characters; "
                                f"the limit is {MAX_PATTERN_CHARS}")
-    matcher = _compiled(pattern)
+    matcher = compile_(text)
     if isinstance(matcher, str):
-        raise QuantConfigError(f"{field}: regex {_shown(pattern)} {matcher}")
+        raise QuantConfigError(f"{field}: {what} {_shown(text)} {matcher}")
     return matcher
 
 
@@ -278,13 +283,7 @@ def _compiled_glob(pat: str) -> Callable[[str], bool] | str:
 def check_glob(pat: str, field: str = "the quantization config") -> Callable[[str], bool]:
     """The full-match matcher of a config-supplied glob; QuantConfigError naming ``field`` when it
     is longer than ``MAX_PATTERN_CHARS``."""
-    if len(pat) > MAX_PATTERN_CHARS:
-        raise QuantConfigError(f"{field}: glob {_shown(pat)} is {len(pat)} characters; "
-                               f"the limit is {MAX_PATTERN_CHARS}")
-    matcher = _compiled_glob(pat)
-    if isinstance(matcher, str):
-        raise QuantConfigError(f"{field}: glob {_shown(pat)} {matcher}")
-    return matcher
+    return _checked("glob", pat, field, _compiled_glob)
 
 
 # --- What one config may ask for -------------------------------------------------------------------

@@ -36,6 +36,7 @@ MAX_CAPTURED_CHARS = 200  # of a plugin's output, quoted in its problem report
 MAX_CHILD_OUTPUT = 64 * 1024  # bytes of a child's stray output kept (the rest is read and dropped)
 MAX_CHILD_ANSWER = 16 * 2**20  # bytes of a child's answer (64 declarations are well under 1 MiB)
 CHILD_START_LIMIT_S = 60.0  # for the child's interpreter and our imports, before the budget starts
+_ENV_PARENT = "MOE_REGISTRY_CHILD_OF"  # the pid that spawned a child (die_with_parent)
 # Written by the child on stderr once it is ready: what came before is the child's own start-up.
 _OUTPUT_STARTS = b"\0moe-registry: plugin output follows\0\n"
 
@@ -206,19 +207,19 @@ class ChildOutcome:
         return done[-1] if done else None
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); a
-    no-op elsewhere. Call it first thing in a spawned child."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
+    no-op elsewhere. Call it first thing in a spawned child; ``parent``: the pid that spawned it,
+    so that a parent that died before this call is noticed too (the child is then re-parented)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent already died before prctl took effect
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if parent is not None and os.getppid() != parent:
         os._exit(1)
 
 
@@ -267,7 +268,8 @@ def run_children(module: str, requests: list[dict[str, Any]], *, timeout: float 
         outcome = ChildOutcome()
         try:
             # The child finds this package (and the plugin) on this process's sys.path, as it is now.
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1",
+                   _ENV_PARENT: str(os.getpid())}
             proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, env=env)
         except OSError as exc:
@@ -370,7 +372,7 @@ def child_main(handler: Callable[[dict[str, Any], Callable[[Any], None]], Any]) 
     send ``{"result": ..., "side_effects": [...]}``, and leave at once with ``os._exit`` (no atexit
     handler or non-daemon thread of the plugin runs). The plugin's writes, to ``sys.stdout`` or to
     file descriptor 1, go to the captured stderr; the answer has a descriptor of its own."""
-    die_with_parent()
+    die_with_parent(int(os.environ.get(_ENV_PARENT, "0")) or None)
     answer = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     encode = json.JSONEncoder(allow_nan=False).encode  # bound now: plugin code may replace json.dumps

@@ -43,7 +43,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, results: Any, fn:
                args: tuple, parent: int | None = None) -> None:
     # A rank dies with the process that spawned it: killing `moe-registry run` must not leave
     # ranks computing (or holding a GPU) for minutes.
-    die_with_parent()
+    die_with_parent(parent)
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     if backend == "nccl":

@@ -334,7 +334,7 @@ def issue23_cases(tmp: Path) -> list[dict]:
         out.append(_case(f"plugin {label}: backends --json", argv or ["backends", "--json"], 0, env))
 
     plugin("raising KeyboardInterrupt during registration (every command exited 130)", _install(
-        tmp / "kbd", "acme_kbd", "def __getattr__(name):\n    raise KeyboardInterrupt\n"))
+        tmp / "kbd", "acme_kbd", "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(1)\n"))
     pkg_faults = {"SystemExit": "raise SystemExit(5)", "KeyboardInterrupt": "raise KeyboardInterrupt",
                   "a hang": "import time\ntime.sleep(3600)", "RuntimeError": "raise RuntimeError('boom')"}
     for what, code in pkg_faults.items():

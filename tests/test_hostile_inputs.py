@@ -555,7 +555,9 @@ def _hook(body: str, prelude: str = "", changes: str = "{}") -> str:
 
 
 PLUGINS = {
-    "kbd": ("def __getattr__(name):\n    raise KeyboardInterrupt\n", None),
+    # SIGINT to its own process while it loads: in process, the main thread's KeyboardInterrupt
+    "kbd": ("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(1)\n",
+            ("load", "KeyboardInterrupt")),
     "thread": (_hook("", "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=False).start()"),
                ("side_effect", "non-daemon thread")),
     "chatty": (_hook("", "import threading, time\ndef chatter():\n    for _ in range(100):\n        print('chatter')\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from .errors import UnusablePath
@@ -57,6 +56,8 @@ def check_output_path(path: str | os.PathLike[str], *, what: str) -> None:
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UnusablePath(f"{what} {target}: cannot create files in {existing or parent}")
     if existing == parent:
+        import tempfile  # only here: the planner reads configs with this module on its default path
+
         try:
             with tempfile.NamedTemporaryFile(dir=parent, prefix=".moe-registry-check-"):
                 pass

@@ -28,7 +28,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
@@ -436,6 +435,8 @@ def _cache_write(key: str, evaluated: _Evaluated) -> None:
     path = _cache_path(key)
     if path is None:
         return
+    import tempfile  # only when a plugin was evaluated: the common path reads the cache
+
     declarations, problems = evaluated
     data = {"format": CACHE_FORMAT, "key": key, "problems": [list(p) for p in problems],
             "declarations": None if declarations is None else [d.model_dump(mode="json") for d in declarations]}

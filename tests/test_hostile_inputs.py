@@ -697,7 +697,8 @@ def _declaration(**changes):
     {"shape_rules": [{"dimension": "intermediate", "multiple_of": 2**20 + 1, "source": "t"}]},
     {"shape_rules": [{"dimension": "hidden", "min": -1, "source": "t"}]},
     {"shape_rules": [{"dimension": "hidden", "max": 2**20 + 1, "source": "t"}]},
-    {"max_experts": 65_537}, {"max_experts": 0}, {"max_top_k": 10**30},
+    {"max_experts": 65_537}, {"max_experts": -1}, {"max_top_k": 10**30},
+    {"routing": {"source": "t", "limits": [{"max_top_k": 0}]}},
     {"devices": [{"vendor": "nvidia", "sm": [10**9], "source": "t"}]},
     {"devices": [{"vendor": "nvidia", "min_sm": 9, "source": "t"}]},
     {"priority_overrides": [{"family": "unquantized", "priority": 10**6 + 1, "source": "t",
@@ -713,7 +714,7 @@ def test_absurd_declared_numbers_are_refused_when_validated(changes):
 @pytest.mark.parametrize("changes", [
     {"shape_rules": [{"dimension": "intermediate", "multiple_of": 2**20, "source": "t"}]},
     {"shape_rules": [{"dimension": "hidden", "min": 0, "max": 2**20, "source": "t"}]},
-    {"max_experts": 65_536, "max_top_k": 1},
+    {"max_experts": 65_536, "max_top_k": 0},
     {"devices": [{"vendor": "nvidia", "sm": [10, 200], "min_sm": 10, "max_sm": 200, "source": "t"}]},
     {"priority_overrides": [{"family": "unquantized", "priority": -10**6, "source": "t",
                              "devices": [{"vendor": "cpu", "source": "t"}]}]},

@@ -106,9 +106,10 @@ def check_world_size(world: int, *, cuda: bool) -> None:
     """ValueError (one line) before anything is spawned: one rank per GPU with NCCL, at most one
     per usable CPU with gloo (more only oversubscribes the machine and swaps)."""
     have = torch.cuda.device_count() if cuda else usable_cpus()
+    if cuda and world > have:
+        raise ValueError(f"NCCL needs one GPU per rank: {world} ranks, {have} GPUs here")
     if world > have:
-        what = "GPUs" if cuda else "usable CPUs"
-        raise ValueError(f"{world} ranks (tp x ep) but this machine has {have} {what}; "
+        raise ValueError(f"{world} ranks (tp x ep) but this machine has {have} usable CPUs; "
                          f"at most {have} ranks run here")
 
 

@@ -29,7 +29,8 @@ Size = Annotated[int, Field(ge=0, le=MAX_DIMENSION)]  # a dimension's min / max
 Multiple = Annotated[int, Field(gt=0, le=MAX_DIMENSION)]  # multiple_of, pad multiples
 GroupSize = Annotated[int, Field(ge=-1, le=MAX_DIMENSION)]  # -1: per channel
 Sm = Annotated[int, Field(ge=10, le=200)]  # as DeviceSpec.sm
-Count = Annotated[int, Field(gt=0, le=MAX_EXPERTS)]  # experts, top-k
+Count = Annotated[int, Field(ge=0, le=MAX_EXPERTS)]  # a backend's experts / top-k bound (0: runs none)
+PositiveCount = Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
 Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 
 Dimension = Literal["hidden", "intermediate", "experts", "top_k"]
@@ -261,8 +262,8 @@ class RoutingLimit(Sourced):
     engines pass the global count even under EP)."""
 
     methods: tuple[RoutingMethod, ...] = ()
-    max_top_k: Count | None = None
-    max_experts: Count | None = None
+    max_top_k: PositiveCount | None = None
+    max_experts: PositiveCount | None = None
 
     def failures(self, layer: LayerSpec) -> list[tuple[str, str, str]]:
         """(field, required, actual) for each bound the layer exceeds."""

@@ -783,3 +783,148 @@ def test_absurd_device_memory_is_a_typed_error():
 def test_errors_are_moe_registry_errors():
     assert issubclass(UnusablePath, MoeRegistryError) and issubclass(UnusablePath, ValueError)
     assert issubclass(MalformedConfig, ValueError)
+
+
+# --- Pattern machinery, rule by rule (what the mutation run holds them to) ----------------------------
+
+CLASS_GLOBS = ["[a-c]", "[!a-c]", "[c-a]", "[a-]", "[-a]", "[!-a]", "[a-c-e]", "[a-cx-z]", "[]a]", "[!]a]", "[a-c-]",
+               "[--z]", "[z-a-c]", "[a-a]", "[!]", "[]", "[!!]", "[\\]", "[a\\-z]", "[^a]", "[[]", "[a-z0-9_]",
+               "[ab-]", "[-]", "[!-]", "[a--]", "[x-a-c]", "[!b-a]", "[b-a]", "[a-cb-a]", "[!a-cz]", "x[", "[!",
+               "a[b", "[a-c]x[!y]", "*[a-c]*", "?[!]", "[&~|]", "[a&&b]", "[]-a]", "[!]-a]", "[]]", "[!]]"]
+CLASS_NAMES = list("abcdexyz-]![\\^_0&~|") + ["", "ax", "[a", "x[", "a[b", "[!", "bxy", "]]", "]a", "zz"]
+
+
+@pytest.mark.parametrize("glob", CLASS_GLOBS)
+def test_glob_classes_mean_what_fnmatch_means(glob):
+    matcher = check_glob(glob)
+    wrong = [name for name in CLASS_NAMES if matcher(name) != fnmatch.fnmatchcase(name, glob)]
+    assert wrong == [], (glob, glob_regex(glob))
+
+
+def test_glob_regex_spells_the_translation():
+    assert glob_regex("a*b") == "(?s)a.*b"
+    assert glob_regex("a**?") == "(?s)a.*."
+    assert glob_regex("x.y") == r"(?s)x\x{2e}y"
+    assert glob_regex("[!a-c]") == r"(?s)[^\x{61}-\x{63}]"
+    assert glob_regex("[]") == r"(?s)\x{5b}\x{5d}"
+    assert glob_regex("[c-a]") == r"(?s)[^\x{0}-\x{10ffff}]"
+    assert glob_regex("[!]") == r"(?s)\x{5b}\x{21}\x{5d}"
+    assert glob_regex("[]a]") == r"(?s)[\x{5d}\x{61}]"
+    assert glob_regex("a_1") == "(?s)a_1"
+
+
+def test_re2_errors_print_nothing_and_name_the_reason(capfd):
+    with pytest.raises(QuantConfigError, match=r"RE2 runs in linear time \(invalid perl operator: \(\?=\)"):
+        check_pattern("(?=a)b", "f[0]")
+    assert capfd.readouterr().err == ""  # RE2 would log the parse error on stderr
+
+
+def test_a_pattern_that_cannot_be_utf8_is_one_line():
+    with pytest.raises(QuantConfigError, match=r"f\[0\]: regex '.*' cannot be compiled \(UnicodeEncodeError\)"):
+        check_pattern("a\ud800", "f[0]")
+
+
+def test_re_patterns_match_at_the_start_and_globs_the_whole_name():
+    assert check_pattern("mlp")("mlp.experts") and not check_pattern("experts")("mlp.experts")
+    assert check_glob("mlp*")("mlp.experts") and not check_glob("mlp")("mlp.experts")
+    assert check_glob("*")("a\nb")  # fnmatch's * crosses newlines (DOTALL)
+
+
+def test_pattern_length_bound_is_inclusive_and_names_the_field():
+    check_pattern("a" * MAX_PATTERN_CHARS)
+    check_glob("*" * MAX_PATTERN_CHARS)
+    with pytest.raises(QuantConfigError) as info:
+        check_pattern("a" * (MAX_PATTERN_CHARS + 1), "x.ignore[3]")
+    assert str(info.value) == (f"x.ignore[3]: regex {'a' * 80 + '...'!r} is {MAX_PATTERN_CHARS + 1} characters; "
+                               f"the limit is {MAX_PATTERN_CHARS}")
+    with pytest.raises(QuantConfigError) as info:
+        check_glob("b" * 81 + "*" * 200, "y[0]")
+    assert str(info.value).startswith(f"y[0]: glob {'b' * 80 + '...'!r} is 281 characters")
+    with pytest.raises(QuantConfigError) as info:
+        check_pattern("(?=a)" + "b" * 75)
+    assert str(info.value).startswith("the quantization config: regex '(?=a)" + "b" * 75 + "' is not")
+
+
+def test_check_entries_compiles_only_patterns_and_names_the_index():
+    from moe_registry.quant_config import check_entries
+
+    check_entries(["plain[name", "re:ok"], "f", globs=False)  # compressed-tensors: a "[" is a name there
+    with pytest.raises(QuantConfigError, match=r"^f\[1\]: glob"):
+        check_entries(["ok", "[" * 300], "f")
+    with pytest.raises(QuantConfigError, match=r"^f\[2\]: regex"):
+        check_entries(["a", "b*", "re:(?=x)"], "f", globs=False)
+
+
+def test_name_entries_are_counted_once_per_object():
+    from moe_registry.quant_config.patterns import _name_entries
+
+    shared = ["re:a", "b"]
+    qc = {"ignore": ["x", "re:y", "m*", "n?", "p[q]", 3], "dynamic": {"k1": {}, "k2": {}},
+          "nested": [{"exclude_modules": ["re:z"]}], "same": shared, "again": shared, "s": "not-a-list"}
+    assert _name_entries(qc, "src") == (5 + 2 + 1 + 2, 4 + 2 + 1 + 1)
+    deep: list = []
+    node = deep
+    for _ in range(MAX_QUANT_DEPTH - 1):
+        node.append([])
+        node = node[0]
+    assert _name_entries(deep, "src") == (0, 0)  # 64 levels: the limit, accepted
+    node.append([])
+    with pytest.raises(QuantConfigError, match=f"^src is nested more than {MAX_QUANT_DEPTH} levels deep$"):
+        _name_entries(deep, "src")
+
+
+def test_matching_budgets_are_inclusive():
+    from moe_registry.quant_config import MAX_NAME_CHECKS, MAX_PATTERN_CHECKS, check_matching_budget
+
+    check_matching_budget({"ignore": ["re:a"] * 32}, MAX_PATTERN_CHECKS // 32, "src")
+    with pytest.raises(QuantConfigError, match=r"^src: 32 patterns \(re: and globs\) x 257 MoE layers"):
+        check_matching_budget({"ignore": ["re:a"] * 32}, MAX_PATTERN_CHECKS // 32 + 1, "src")
+    check_matching_budget({"ignore": ["a"] * 2048}, MAX_NAME_CHECKS // 2048, "src")
+    with pytest.raises(QuantConfigError, match=r"^src: 2048 module-name entries x 257 MoE layers"):
+        check_matching_budget({"ignore": ["a"] * 2048}, MAX_NAME_CHECKS // 2048 + 1, "src")
+
+
+@pytest.mark.parametrize("pattern,problem", [
+    ("a*b*", None),  # the final loop is free
+    ("a*b*$", None),  # ... followed by anchors only
+    ("a*b*c", "2 choice points"),
+    ("(a*)b*", None),
+    ("(?:a*b)*", "a variable repeat inside a repeated group"),
+    ("(?:ab){3}c*", None),
+    ("(?:ab?){3}", "a variable repeat inside a repeated group"),
+    ("(?:a|b)c{2}", None),  # single characters: a class, not an alternation
+    ("(?:ab|cd)x*", None),
+    ("(?:ab|cd)x*y", "2 choice points"),
+    ("(?:(?:ab|cd)e){2}", "an alternation inside a repeated group"),
+    ("x(?:ab|c*d)", "2 choice points"),
+    ("a?", None),
+    ("a?b?", None),
+    ("a?b?c", "2 choice points"),
+    ("(?:a{2,3})", None),
+    ("(?P<n>a)(?P=n)", "a backreference"),
+    ("(a)?(?(1)b|c)", "a backreference"),
+    ("(?<!a)b", "a lookaround"),
+    ("a++", None),
+])
+def test_the_fallback_subset_rule_by_rule(pattern, problem):
+    found = patterns_module._python_compile(pattern)
+    if problem is None:
+        assert not isinstance(found, str), found
+    else:
+        assert isinstance(found, str) and problem in found, found
+
+
+def test_the_fallback_matches_like_re_and_reports_invalid_patterns():
+    matcher = patterns_module._python_compile(r"model\.layers\.\d+\.mlp.*")
+    assert not isinstance(matcher, str)
+    assert matcher("model.layers.3.mlp.experts") and not matcher("x.model.layers.3.mlp")
+    assert patterns_module._python_compile("(").startswith("is not a valid pattern (missing )")
+
+
+def test_the_engine_is_named():
+    assert patterns_module.engine() == "re2"
+
+
+def test_without_re2_the_engine_is_the_safe_subset(without_re2):
+    assert patterns_module.engine() == "python-re"
+    assert check_glob("m*[!x]")("model.layers.3.mlp")

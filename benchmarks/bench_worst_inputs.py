@@ -230,7 +230,7 @@ def issue23_cases(tmp: Path) -> list[dict]:
             "quant_algo": "NVFP4", "group_size": 16, "exclude_modules": ["[" * n]}}))
         out.append(_case(f"glob of {n:,} '[' in ModelOpt exclude_modules (was {'20' if n == 20_000 else '> 30'} s)",
                          ["explain", path, "--device", "h100"], 2))
-    out.append(_case("plan_config on a dict that contains itself (never returned)", ["-c", textwrap.dedent("""
+    out.append(_case("plan_config on a dict that contains itself (never returned; now planned)", ["-c", textwrap.dedent("""
         import sys
         from moe_registry.planner import PlanError, plan_config
         from moe_registry.models import load_preset
@@ -243,7 +243,10 @@ def issue23_cases(tmp: Path) -> list[dict]:
         except PlanError as exc:
             print(type(exc).__name__, exc, file=sys.stderr)
             sys.exit(2)
-        """)], 2, cli=False))
+        """)], 0, cli=False))
+    # Controls: what any command costs on this machine at the time of the run (it is shared).
+    out.append(_case("control: python -c pass", ["-c", "pass"], 0, cli=False))
+    out.append(_case("control: backends --json, no plugin", ["backends", "--json"], 0))
 
     fifo = tmp / "fifo"
     os.mkfifo(fifo)

@@ -790,8 +790,10 @@ def test_errors_are_moe_registry_errors():
 CLASS_GLOBS = ["[a-c]", "[!a-c]", "[c-a]", "[a-]", "[-a]", "[!-a]", "[a-c-e]", "[a-cx-z]", "[]a]", "[!]a]", "[a-c-]",
                "[--z]", "[z-a-c]", "[a-a]", "[!]", "[]", "[!!]", "[\\]", "[a\\-z]", "[^a]", "[[]", "[a-z0-9_]",
                "[ab-]", "[-]", "[!-]", "[a--]", "[x-a-c]", "[!b-a]", "[b-a]", "[a-cb-a]", "[!a-cz]", "x[", "[!",
+               "[a-b]x-y", "[ab]-", "[a-c]-[x-z]", "[c-ax-z]", "[a-cz-ab-d]", "[z-ay-bc-d]", "[a-bcd-e]", "[a-bcdx-z]",
                "a[b", "[a-c]x[!y]", "*[a-c]*", "?[!]", "[&~|]", "[a&&b]", "[]-a]", "[!]-a]", "[]]", "[!]]"]
-CLASS_NAMES = list("abcdexyz-]![\\^_0&~|") + ["", "ax", "[a", "x[", "a[b", "[!", "bxy", "]]", "]a", "zz"]
+CLASS_NAMES = list("abcdexyzX-]![\\^_0&~|") + ["", "ax", "[a", "x[", "a[b", "[!", "bxy", "]]", "]a", "zz", "ax-y",
+                                                 "a-", "b-", "a-x", "c-z"]
 
 
 @pytest.mark.parametrize("glob", CLASS_GLOBS)
@@ -843,12 +845,16 @@ def test_pattern_length_bound_is_inclusive_and_names_the_field():
     with pytest.raises(QuantConfigError) as info:
         check_pattern("(?=a)" + "b" * 75)
     assert str(info.value).startswith("the quantization config: regex '(?=a)" + "b" * 75 + "' is not")
+    with pytest.raises(QuantConfigError) as info:
+        check_pattern("(?=a)" + "b" * 76)  # 81 characters: cut at 80
+    assert str(info.value).startswith("the quantization config: regex '(?=a)" + "b" * 75 + "...' is not")
 
 
 def test_check_entries_compiles_only_patterns_and_names_the_index():
     from moe_registry.quant_config import check_entries
 
-    check_entries(["plain[name", "re:ok"], "f", globs=False)  # compressed-tensors: a "[" is a name there
+    check_entries(["plain[name", "re:ok", "[" * 300], "f", globs=False)  # compressed-tensors: "[" is a name there
+    check_entries(["x" * 300, "y"], "f")  # plain names are not patterns: no length bound
     with pytest.raises(QuantConfigError, match=r"^f\[1\]: glob"):
         check_entries(["ok", "[" * 300], "f")
     with pytest.raises(QuantConfigError, match=r"^f\[2\]: regex"):
@@ -868,6 +874,18 @@ def test_name_entries_are_counted_once_per_object():
         node.append([])
         node = node[0]
     assert _name_entries(deep, "src") == (0, 0)  # 64 levels: the limit, accepted
+    # counting order: strings counted before a nested dynamic object is reached add up
+    assert _name_entries({"b": {"dynamic": {"k": {}}}, "a": ["x", "y"]}, "src") == (3, 1)
+    nested: dict = {}
+    node_d = nested
+    for _ in range(MAX_QUANT_DEPTH - 1):
+        node_d["x"] = {}
+        node_d = node_d["x"]
+    assert _name_entries(nested, "src") == (0, 0)
+    node_d["x"] = {}
+    with pytest.raises(QuantConfigError, match="^cfg is nested"):
+        from moe_registry.quant_config import check_matching_budget
+        check_matching_budget(nested, 1, "cfg")
     node.append([])
     with pytest.raises(QuantConfigError, match=f"^src is nested more than {MAX_QUANT_DEPTH} levels deep$"):
         _name_entries(deep, "src")

@@ -793,7 +793,7 @@ CLASS_GLOBS = ["[a-c]", "[!a-c]", "[c-a]", "[a-]", "[-a]", "[!-a]", "[a-c-e]", "
                "[a-b]x-y", "[ab]-", "[a-c]-[x-z]", "[c-ax-z]", "[a-cz-ab-d]", "[z-ay-bc-d]", "[a-bcd-e]", "[a-bcdx-z]",
                "a[b", "[a-c]x[!y]", "*[a-c]*", "?[!]", "[&~|]", "[a&&b]", "[]-a]", "[!]-a]", "[]]", "[!]]"]
 CLASS_NAMES = list("abcdexyzX-]![\\^_0&~|") + ["", "ax", "[a", "x[", "a[b", "[!", "bxy", "]]", "]a", "zz", "ax-y",
-                                                 "a-", "b-", "a-x", "c-z"]
+                                                 "a-", "b-", "a-x", "c-z", "xx-y", "-x-y", "]x-y"]
 
 
 @pytest.mark.parametrize("glob", CLASS_GLOBS)
@@ -876,6 +876,7 @@ def test_name_entries_are_counted_once_per_object():
     assert _name_entries(deep, "src") == (0, 0)  # 64 levels: the limit, accepted
     # counting order: strings counted before a nested dynamic object is reached add up
     assert _name_entries({"b": {"dynamic": {"k": {}}}, "a": ["x", "y"]}, "src") == (3, 1)
+    assert _name_entries({"b": {"dynamic": {"k": {}}}, "a": ["re:x", "y*"]}, "src") == (3, 3)
     nested: dict = {}
     node_d = nested
     for _ in range(MAX_QUANT_DEPTH - 1):

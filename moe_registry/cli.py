@@ -11,6 +11,7 @@ target device preset; the torch device that `run` and `bench` use is ``--torch-d
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -37,13 +38,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _emit_json(data: Any) -> None:
     # Strict RFC 8259 (no NaN/Infinity), serialised whole first so an error never leaves half a document.
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    _write_stdout(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def _write_text(text: str) -> None:
     from .render import escape_control
 
-    sys.stdout.write(escape_control(text, keep_newlines=True))  # Markdown: no raw control characters
+    _write_stdout(escape_control(text, keep_newlines=True))  # Markdown: no raw control characters
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: a normal end (main)
+    except (OSError, ValueError) as exc:
+        raise _OutputFailed(getattr(exc, "strerror", None) or str(exc)) from None
 
 
 def _output_mode(args: argparse.Namespace) -> str:
@@ -286,8 +297,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import render
     from .measure.run import run_preset_layer
 
+    from .measure.timing import check_run_size
+
     _no_target_device(args)
     parallel = _parallel(args)  # the same flags and meaning as explain / select
+    check_run_size(args.tokens, args.repeats)  # before torch is imported or anything spawned
+    if parallel.tp * parallel.ep > 1 and args.torch_device == "cpu":
+        _check_cpu_ranks(parallel.tp * parallel.ep)
     if parallel.tp * parallel.ep > 1:
         from .distributed.launch import run_distributed_preset
 
@@ -309,21 +325,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_cpu_ranks(world: int) -> None:
+    """gloo ranks on the CPU: at most one per usable CPU, known without importing torch."""
+    from .measure.timing import usable_cpus
+
+    cpus = usable_cpus()
+    if world > cpus:
+        raise BadInput(f"{world} ranks (tp x ep) but this machine has {cpus} usable CPUs; at most {cpus} ranks run here")
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from .verify.report import main as probe_main
 
+    if args.out:  # before the probe runs: an unusable path must not cost its minutes
+        _check_writable("--out", Path(args.out))
     return probe_main(args)
 
 
 def _check_writable(flag: str, path: Path) -> None:
-    if path.is_dir():
-        raise BadInput(f"{flag} {path} is a directory; give a file name")
-    parent = path.parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInput(f"{flag} {path}: cannot create files in {existing or parent}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise BadInput(f"{flag} {path} is not writable")
+    from ._files import check_output_path
+
+    check_output_path(path, what=flag)  # UnusablePath (a ValueError): exit 2 before any work
 
 
 def _bench_target(args: argparse.Namespace, parallel: Any) -> tuple[list[Any], dict[Any, str]]:
@@ -357,8 +379,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     parallel = ParallelConfig(tp=layout.tp, ep=layout.ep)
     tokens = parse_tokens(args.tokens)
     holdout = parse_tokens(args.holdout_tokens) if args.holdout_tokens else None
-    if args.reps < 1:
-        raise BadInput("--reps must be at least 1")
+    from .measure.timing import MAX_REPEATS
+
+    if not 1 <= args.reps <= MAX_REPEATS:
+        raise BadInput(f"--reps must be from 1 to {MAX_REPEATS:,}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -531,11 +555,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader stopped (`| head -1`): a normal end. Point stdout at /dev/null so the
         # interpreter's final flush does not complain.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return EXIT_OK
+        return _closed_pipe()
+    except OSError as exc:  # the final flush of a full stdout
+        _closed_pipe()
+        _error_line(f"error: cannot write the output: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    except _OutputFailed as exc:  # stdout full (/dev/full) or unusable: one line, nothing half-written
+        _closed_pipe()
+        _error_line(f"error: cannot write the output: {exc}")
+        return EXIT_BAD_INPUT
+
+
+class _OutputFailed(Exception):
+    """Standard output cannot be written (a full disk, /dev/full, a closed descriptor)."""
+
+
+def _stdout_failure() -> str | None:
+    """Why stdout cannot take what is buffered, or None when it can."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or one_line_of(exc)
+    return None
+
+
+def one_line_of(exc: BaseException) -> str:
+    from .errors import one_line
+
+    return one_line(exc, typed=False)
 
 
 def _main(argv: list[str], json_mode: bool) -> int:
@@ -543,15 +592,23 @@ def _main(argv: list[str], json_mode: bool) -> int:
 
     from .errors import BackendNotEligible, NoEligibleBackend
 
+    parsed = False
     try:
         args = build_parser().parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
+        parsed = True
         code = handler(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler below, not at interpreter exit
         return code
-    except BrokenPipeError:
-        return _closed_pipe()
+    except (BrokenPipeError, _OutputFailed):
+        raise  # main: a closed pipe is a normal end, a full stdout one line
+    except SystemExit as exc:
+        if not parsed:  # argparse's --help
+            raise
+        # Our code never exits from inside a command: plugin or adapter code did (run, bench, probe).
+        return _internal_error(RuntimeError(f"code called sys.exit({exc.code!r}) while the command ran "
+                                            "(a plugin's adapter?)"), json_mode)
     except (NoEligibleBackend, BackendNotEligible) as exc:
         _print_no_backend(exc, json_mode)
         return EXIT_NO_BACKEND
@@ -563,6 +620,11 @@ def _main(argv: list[str], json_mode: bool) -> int:
         return EXIT_BAD_INPUT
     except (BadInput, ValidationError, ValueError, OSError) as exc:
         # ValueError covers UnknownBackend, PlanError and quant/activation/device parse errors.
+        failure = _stdout_failure() if isinstance(exc, OSError) else None
+        if failure is None and isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            failure = exc.strerror or "no space left"  # only writing fills a device: the output
+        if failure is not None:
+            raise _OutputFailed(failure) from None
         _bad_input(_message(exc), json_mode)
         return EXIT_BAD_INPUT
     except RecursionError:
@@ -579,8 +641,17 @@ def _main(argv: list[str], json_mode: bool) -> int:
 def _error_line(text: str) -> None:
     from .render import escape_control
 
-    if sys.stderr is not None:
-        print(f"moe-registry: {escape_control(text)}", file=sys.stderr)
+    if sys.stderr is None:
+        return
+    try:
+        print(f"moe-registry: {escape_control(text)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr full or closed: the exit code alone must tell
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _bad_input(message: str, json_mode: bool) -> None:

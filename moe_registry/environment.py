@@ -20,11 +20,11 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
-from .schemas.device import PRESETS, DeviceSpec, get_device
+from .schemas.device import MAX_DEVICE_MEMORY_GB, PRESETS, DeviceSpec, get_device
 
 # A preset name used instead of detecting this machine's accelerator.
 ENV_DEVICE = "MOE_REGISTRY_DEVICE"
@@ -90,7 +90,8 @@ def _detect_with_torch() -> DeviceSpec | None:
         return None
     major, minor = torch.cuda.get_device_capability()
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return device_for_gpu(props.name, major * 10 + minor, round(props.total_memory / 2**30, 1))
+    # the driver's answer, validated as nvidia-smi's is
+    return _parse_gpu_line(f"{props.name}, {major}.{minor}, {props.total_memory / 2**20}")
 
 
 def _detect_with_nvidia_smi() -> DeviceSpec | None:
@@ -102,17 +103,30 @@ def _detect_with_nvidia_smi() -> DeviceSpec | None:
                              capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+    return _parse_gpu_line(out)
+
+
+def _parse_gpu_line(out: str) -> DeviceSpec | None:
+    """nvidia-smi's "name, compute_cap, memory.total (MiB)" for the first GPU, validated like user
+    input: a name of printable characters, an SM that exists, a finite memory size of at most a
+    petabyte (an unknown or absurd size becomes None, the preset's size); None if unusable."""
+    import math
+
     first = out.strip().splitlines()[0] if out.strip() else ""
     fields = [f.strip() for f in first.split(",")]
-    if len(fields) < 2:
+    if len(fields) < 2 or len(fields[0]) > 200 or not fields[0].isprintable():
         return None
     try:
         major, minor = fields[1].split(".")
         sm = int(major) * 10 + int(minor)
-        memory = round(float(fields[2]) / 1024, 1) if len(fields) > 2 else None
+        memory = float(fields[2]) / 1024 if len(fields) > 2 else None
     except ValueError:
         return None
-    return device_for_gpu(fields[0], sm, memory)
+    if not (0 <= int(minor) < 10 and 10 <= sm <= 200):
+        return None
+    if memory is not None and not (math.isfinite(memory) and 0 < memory <= MAX_DEVICE_MEMORY_GB):
+        memory = None
+    return device_for_gpu(fields[0], sm, None if memory is None else round(memory, 1) or None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,16 +164,35 @@ def this_machine(software: Environment) -> Environment:
 
 def _distribution_version(name: str) -> str | None:
     try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
+        version = importlib.metadata.version(name)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
         return None
+    return _machine_text(version if isinstance(version, str) else None, limit=100)
+
+
+def find_module_spec(name: str) -> "importlib.machinery.ModuleSpec | None":
+    """The spec of module ``name`` found without importing it or any package above it: for
+    ``pkg.sub``, ``importlib.util.find_spec`` would run ``pkg/__init__.py`` (plugin code, which may
+    exit, hang or print); here each level is looked up on the path of the one above."""
+    import importlib.machinery
+
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    try:
+        spec = importlib.util.find_spec(parts[0])  # a top-level name: no package code runs
+        for depth in range(1, len(parts)):
+            locations = None if spec is None else spec.submodule_search_locations
+            if locations is None:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), list(locations))
+    except (ImportError, ValueError, OSError):
+        return None
+    return spec
 
 
 def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    return find_module_spec(module) is not None
 
 
 def _torch_op_registered(qualified: str) -> bool:
@@ -181,8 +214,9 @@ def _call_probe(reference: str) -> tuple[bool, str]:
 
 def _run_probe(reference: str, failures: list[tuple[str, str]] | None = None,
                backend: str = "") -> tuple[bool, str]:
-    # A probe is plugin code: guarded (SystemExit, output, time limit) so that it cannot break
-    # selection for the other backends or the CLI's output.
+    # A built-in probe, guarded all the same (SystemExit, output, time limit) so that it cannot
+    # break selection for the other backends or the CLI's output. Plugins' probes run out of
+    # process (_probes_outside).
     from ._isolation import guarded_call, quote_output
 
     outcome = guarded_call(lambda: _call_probe(reference))
@@ -196,8 +230,59 @@ def _run_probe(reference: str, failures: list[tuple[str, str]] | None = None,
     return outcome.value
 
 
-def check_requirement(backend: str, req: "Requirement",
-                      failures: list[tuple[str, str]] | None = None) -> RequirementState:
+def _probe_answer(value: object) -> tuple[bool, str] | None:
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], bool) and isinstance(value[1], str):
+        return value[0], value[1][:500]
+    return None
+
+
+def _probes_outside(groups: dict[str, list[tuple[str, str]]],
+                    failures: list[tuple[str, str]] | None) -> dict[tuple[str, str], tuple[bool, str]]:
+    """Run each plugin's requirement probes (``{plugin: [(backend, "module:function"), ...]}``) in
+    a child process of its own, all of one plugin's probes under one time budget, the plugins in
+    parallel. -> ``{(backend, reference): (satisfied, detail)}``."""
+    from ._isolation import quote_output, run_children
+
+    names = list(groups)
+    outcomes = run_children("moe_registry.environment",
+                            [{"probes": [ref for _, ref in groups[name]]} for name in names])
+    found: dict[tuple[str, str], tuple[bool, str]] = {}
+    for name, outcome in zip(names, outcomes):
+        answers = {m["probe"]: m for m in outcome.messages if isinstance(m, dict) and isinstance(m.get("probe"), int)}
+        if outcome.output.strip() and failures is not None:
+            failures.append((f"{name} requirement probes", f"wrote to stdout/stderr (captured): "
+                                                           f"{quote_output(outcome.output)}"))
+        for effect in outcome.side_effects:
+            if failures is not None:
+                failures.append((f"{name} requirement probes", effect))
+        for index, (backend, reference) in enumerate(groups[name]):
+            answer = answers.get(index, {})
+            value = _probe_answer(answer.get("value"))
+            if value is None:
+                given = answer.get("error")
+                error = given if isinstance(given, str) else (outcome.error or "returned something other than (bool, str)")
+                if failures is not None:
+                    failures.append((f"{backend} requirement probe {reference}", error))
+                value = (False, f"probe {reference} failed: {error}")
+            found[(backend, reference)] = value
+    return found
+
+
+def _probe_child(request: dict[str, Any], say: Callable[[Any], None]) -> bool:
+    """In the child (``python -m moe_registry.environment``): run each probe, answering as it goes."""
+    from .errors import one_line
+
+    for index, reference in enumerate(request.get("probes", [])):
+        try:
+            built, detail = _call_probe(str(reference))
+            say({"probe": index, "value": [bool(built), str(detail)]})
+        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from plugin code too
+            say({"probe": index, "error": one_line(exc, limit=300)})
+    return True
+
+
+def check_requirement(backend: str, req: "Requirement", failures: list[tuple[str, str]] | None = None,
+                      probed: dict[tuple[str, str], tuple[bool, str]] | None = None) -> RequirementState:
     if req.kind == "package":
         module = req.import_name or req.name
         ok = _importable(module)
@@ -213,18 +298,28 @@ def check_requirement(backend: str, req: "Requirement",
             ok, detail = True, f"{req.package} installed (importing it registers {req.name})"
         elif not ok:
             detail = f"torch.ops.{req.name.replace('::', '.')} not registered"
+    elif req.probe and probed is not None and (backend, req.probe) in probed:
+        ok, detail = probed[(backend, req.probe)]
     else:
         ok, detail = _run_probe(req.probe, failures, backend) if req.probe else (False, "no probe declared")
     return RequirementState(backend=backend, name=req.name, satisfied=ok, detail=detail)
 
 
 def probe_environment(declarations: Iterable["BackendCapability"],
-                      failures: list[tuple[str, str]] | None = None) -> Environment:
+                      failures: list[tuple[str, str]] | None = None, *,
+                      outside: dict[str, str] | None = None) -> Environment:
     """Snapshot this machine's software for the given declarations. The registry caches the
     result; call ``Registry.refresh_environment()`` after installing or loading something.
-    Probes that fail, time out or print are appended to ``failures`` as (who, what)."""
+    Probes that fail, time out or print are appended to ``failures`` as (who, what). The probes
+    of the backends in ``outside`` (backend id -> plugin) run in a child process per plugin."""
     declarations = tuple(declarations)
-    states = [check_requirement(d.id, req, failures) for d in declarations for req in d.requirements]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for d in declarations:
+        for req in d.requirements:
+            if req.kind == "jit_module" and req.probe and outside and d.id in outside:
+                groups.setdefault(outside[d.id], []).append((d.id, req.probe))
+    probed = _probes_outside(groups, failures) if groups else {}
+    states = [check_requirement(d.id, req, failures, probed) for d in declarations for req in d.requirements]
     names = sorted({"torch", "flashinfer-python", "vllm", *(r.package for d in declarations
                                                             for r in d.requirements if r.package)})
     versions = tuple((n, v) for n in names if (v := _distribution_version(n)) is not None)
@@ -252,7 +347,16 @@ def nvidia_smi(field: str, *, units: bool = True) -> str | None:
                              text=True, timeout=20, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.splitlines()[0].strip() if out else None
+    first = out.splitlines()[0].strip() if out else ""
+    return _machine_text(first)
+
+
+def _machine_text(text: str | None, limit: int = 200) -> str | None:
+    """A string this machine reported (nvidia-smi, package metadata), validated like user input:
+    printable, at most ``limit`` characters; None otherwise."""
+    if not text or len(text) > limit or not text.isprintable():
+        return None
+    return text
 
 
 def package_versions(distributions: dict[str, str]) -> dict[str, str]:
@@ -266,3 +370,9 @@ def package_versions(distributions: dict[str, str]) -> dict[str, str]:
         if version is not None:
             out[label] = version
     return out
+
+
+if __name__ == "__main__":  # a child running plugins' requirement probes (_probes_outside)
+    from ._isolation import child_main
+
+    child_main(_probe_child)

@@ -23,6 +23,11 @@ class InvalidDevice(MoeRegistryError, ValueError):
     """A device argument that names no target selection can plan or run for."""
 
 
+class UnusablePath(MoeRegistryError, ValueError):
+    """A path that cannot be used as given: not a regular file (a FIFO, a device, a directory),
+    over a size limit, or an output whose directory cannot hold a new file."""
+
+
 class UnknownBackend(MoeRegistryError, ValueError):
     """A backend id that no declaration in the registry has."""
 

@@ -16,6 +16,8 @@ from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._files import read_regular_file
+
 from .schemas.device import DeviceSpec
 from .schemas.layer import LayerSpec
 from .schemas.selection import Candidate, DecidedBy, Note
@@ -55,13 +57,10 @@ class CostTable(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> "CostTable":
         """Read a cost table; ValueError (one line) for a missing or malformed file."""
-        try:
-            with Path(path).open("rb") as f:
-                raw = f.read(MAX_COST_TABLE_BYTES + 1)
+        try:  # a regular file only (a FIFO must not block), size-checked before reading
+            raw = read_regular_file(path, limit=MAX_COST_TABLE_BYTES, what="cost table")
         except OSError as exc:
             raise ValueError(f"cannot read cost table {path}: {exc.strerror or exc}") from None
-        if len(raw) > MAX_COST_TABLE_BYTES:
-            raise ValueError(f"cost table {path} is larger than {MAX_COST_TABLE_BYTES} bytes")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

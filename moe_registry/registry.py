@@ -2,11 +2,19 @@
 
 Built-in backends and third-party plugins contribute declarations through the same hook; plugins
 are found through the ``moe_registry`` entry-point group. A plugin that fails to load, raises,
-returns something that is not a valid declaration, or reuses an id is isolated and reported in
-``Registry.problems``; every other backend keeps working. Plugin code (import and hook) runs under
-:func:`moe_registry._isolation.guarded_call`: ``SystemExit`` is caught too, output is captured, and
-each call has a time limit (``$MOE_REGISTRY_PLUGIN_TIMEOUT``, default 5 s). A plugin contributes at
-most ``MAX_DECLARATIONS_PER_PLUGIN`` declarations.
+returns something that is not a valid declaration, reuses an id, prints, exits, hangs or leaves
+handlers behind is isolated and reported in ``Registry.problems``; every other backend keeps
+working.
+
+An entry-point plugin is third-party code and its declarations are data, so it is evaluated out of
+process (:func:`moe_registry._isolation.run_in_child`): its import and hook run in a child Python
+process under one time budget (``$MOE_REGISTRY_PLUGIN_TIMEOUT``, default 1 s), and the validated
+declarations (JSON), with the problems found, are cached by distribution name, version and file
+modification times (``$XDG_CACHE_HOME/moe-registry``, else ``~/.cache/moe-registry``): the common
+path imports no plugin code at all. Its requirement probes run in a child too, when this machine's
+environment is first asked for. Plugin objects handed to ``Registry(plugins=...)`` run in process,
+guarded (:func:`moe_registry._isolation.guarded_call`). A plugin contributes at most
+``MAX_DECLARATIONS_PER_PLUGIN`` declarations.
 """
 
 from __future__ import annotations
@@ -16,14 +24,20 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
-from typing import Any, Iterable, Iterator, Literal
+import json
+import os
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._isolation import Outcome, guarded_call, quote_output
-from .environment import Environment, probe_environment, this_machine
-from .errors import UnknownBackend, one_line
+from ._isolation import ChildOutcome, Outcome, child_main, guarded_call, plugin_timeout, quote_output, run_children
+from .environment import Environment, find_module_spec, probe_environment, this_machine
+from .errors import InvalidArgument, UnknownBackend, one_line
 from .schemas.capability import BackendCapability
 
 PROJECT = "moe_registry"
@@ -57,11 +71,15 @@ class BackendSpec:
         raise NotImplementedError
 
 
+Stage = Literal["load", "register", "call", "validate", "duplicate", "output", "side_effect", "probe"]
+_STAGES = frozenset(Stage.__args__)  # type: ignore[attr-defined]
+
+
 class PluginProblem(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     plugin: str
-    stage: Literal["load", "register", "call", "validate", "duplicate", "output", "probe"]
+    stage: Stage
     message: str
 
 
@@ -73,6 +91,7 @@ class Registry:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(BackendSpec)
         self._order: list[str] = []
+        self._outside: dict[str, str] = {}  # backend id -> the entry-point plugin that declared it
         if builtins:
             for module in BUILTIN_BACKENDS:
                 self._register(importlib.import_module(module), module)
@@ -96,14 +115,28 @@ class Registry:
         self._order.append(name)
 
     def _load_entry_points(self) -> None:
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entries = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        answers: dict[int, _Evaluated] = {}
+        keys = {index: _plugin_key(entry) for index, entry in enumerate(entries)}
+        for index, key in keys.items():
+            cached = _cache_read(key) if key is not None else None
+            if cached is not None:
+                answers[index] = cached
+        pending = [index for index in range(len(entries)) if index not in answers]
+        requests = [{"name": entries[i].name, "value": entries[i].value} for i in pending]
+        for index, outcome in zip(pending, run_children("moe_registry.registry", requests) if pending else []):
+            answers[index] = _evaluated(outcome)
+            key = keys[index]
+            if key is not None:
+                _cache_write(key, answers[index])
+        for index, entry in enumerate(entries):
             name = f"{entry.name} ({entry.value})"
-            outcome = guarded_call(entry.load)
-            self._report_output(name, "load", outcome.output)
-            if outcome.error is not None:
-                self.problems.append(PluginProblem(plugin=name, stage="load", message=outcome.error))
-                continue
-            self._register(outcome.value, name)
+            declarations, problems = answers[index]
+            self.problems.extend(PluginProblem(plugin=name, stage=stage, message=message)  # type: ignore[arg-type]
+                                 for stage, message in problems)
+            if declarations is not None:
+                self._outside.update((d.id, name) for d in declarations)
+                self._register(_FixedDeclarations(declarations), name)
 
     def _report_output(self, name: str, when: str, output: str) -> None:
         if output.strip():
@@ -158,6 +191,8 @@ class Registry:
         return list(self._declarations)
 
     def get(self, backend: str) -> BackendCapability:
+        if not isinstance(backend, str):
+            raise InvalidArgument(f"a backend id is a str, got {type(backend).__name__}")
         try:
             return self._declarations[backend]
         except KeyError:
@@ -169,6 +204,8 @@ class Registry:
     def with_declaration(self, declaration: BackendCapability) -> "Registry":
         """This registry with one declaration added, or replacing the one with its id: the way to
         ask "what would change if this backend declared X?" (the rest stays identical)."""
+        if not isinstance(declaration, BackendCapability):
+            raise InvalidArgument(f"with_declaration needs a BackendCapability, got {type(declaration).__name__}")
         replaced = [declaration if d.id == declaration.id else d for d in self._declarations.values()]
         if declaration.id not in self._declarations:
             replaced.append(declaration)
@@ -179,7 +216,8 @@ class Registry:
         """This machine's software for these declarations (probed once, then cached)."""
         if self._environment is None:
             failures: list[tuple[str, str]] = []
-            self._environment = probe_environment(self._declarations.values(), failures=failures)
+            outside = {i: who for i, who in self._outside.items() if i in self._declarations}
+            self._environment = probe_environment(self._declarations.values(), failures=failures, outside=outside)
             self.problems.extend(PluginProblem(plugin=who, stage="probe", message=what) for who, what in failures)
         return self._environment
 
@@ -235,3 +273,184 @@ def _materialise(contributed: Any) -> list[Any]:
 def default_registry() -> Registry:
     """The process-wide registry: built-ins plus installed entry-point plugins."""
     return Registry()
+
+
+# --- Entry-point plugins, out of process -----------------------------------------------------------
+
+# (validated declarations, or None when the plugin contributes none; [(stage, message)] problems)
+_Evaluated = tuple["list[BackendCapability] | None", list[tuple[str, str]]]
+
+
+def _evaluate_in_child(request: dict[str, Any], say: Callable[[Any], None]) -> dict[str, Any]:
+    """In the child (``python -m moe_registry.registry``): load one entry point, call its hook and
+    validate what it returns; plugin code runs here only."""
+    entry = importlib.metadata.EntryPoint(name=str(request["name"]), value=str(request["value"]),
+                                          group=ENTRY_POINT_GROUP)
+    plugin = entry.load()
+    say({"stage": "loaded"})
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(BackendSpec)
+    try:
+        pm.register(plugin, name=entry.name)
+    except BaseException as exc:  # noqa: BLE001 - pluggy validates hookimpls; a module __getattr__ may exit
+        return {"register_error": one_line(exc)}
+    say({"stage": "called"})
+    declarations: list[Any] = []
+    invalid: list[str] = []
+    for impl in pm.hook.moe_registry_backends.get_hookimpls():
+        items = _materialise(impl.function())
+        if len(items) > MAX_DECLARATIONS_PER_PLUGIN:
+            return {"too_many": True}
+        for item in items:
+            decl = _validated(item)
+            if isinstance(decl, str):
+                invalid.append(decl)
+            else:
+                declarations.append(decl.model_dump(mode="json"))
+    return {"declarations": declarations, "invalid": invalid}
+
+
+def _evaluated(outcome: ChildOutcome) -> _Evaluated:
+    """A child's answer as validated declarations (validated again here: the child ran plugin
+    code) and problems."""
+    problems: list[tuple[str, str]] = []
+    if outcome.output.strip():
+        problems.append(("output", f"wrote to stdout/stderr (captured): {quote_output(outcome.output)}"))
+    problems.extend(("side_effect", effect) for effect in outcome.side_effects)
+    if outcome.error is not None:
+        problems.append(("load" if outcome.stage in ("start", "ready") else "call", outcome.error))
+        return None, problems
+    result = outcome.result if isinstance(outcome.result, Mapping) else {}
+    if isinstance(result.get("register_error"), str):
+        problems.append(("register", result["register_error"]))
+        return None, problems
+    if result.get("too_many"):
+        problems.append(("validate", f"returned more than {MAX_DECLARATIONS_PER_PLUGIN} declarations; a plugin may "
+                                     f"contribute at most {MAX_DECLARATIONS_PER_PLUGIN}; all ignored"))
+        return None, problems
+    invalid = result.get("invalid")
+    problems.extend(("validate", str(message)) for message in (invalid if isinstance(invalid, list) else []))
+    raw = result.get("declarations")
+    raw = raw if isinstance(raw, list) else []
+    declarations = []
+    for item in raw[:MAX_DECLARATIONS_PER_PLUGIN]:
+        decl = _validated(item if isinstance(item, Mapping) else None)
+        if isinstance(decl, str):
+            problems.append(("validate", decl))
+        else:
+            declarations.append(decl)
+    return declarations, problems
+
+
+CACHE_FORMAT = 1
+MAX_CACHE_BYTES = 16 * 2**20
+MAX_KEY_FILES = 4096  # files of one distribution whose modification times make the cache key
+
+
+def _stat_line(path: "str | os.PathLike[str]") -> str:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return f"{path} -"
+    return f"{path} {st.st_mtime_ns} {st.st_size}"
+
+
+def _plugin_key(entry: importlib.metadata.EntryPoint) -> str | None:
+    """What a plugin's evaluation depends on: this package's and Python's versions, the time budget,
+    the entry point, its distribution's name and version, and the modification times of the
+    distribution's files and of the entry point's module. None: do not cache."""
+    from . import __version__
+
+    parts = [f"format {CACHE_FORMAT}", f"moe-registry {__version__}", sys.version, f"budget {plugin_timeout():g}",
+             f"entry {entry.name} = {entry.value}"]
+    dist = getattr(entry, "dist", None)
+    try:
+        if dist is not None:
+            parts.append(f"dist {dist.metadata['Name']} {dist.version}")
+            located = getattr(dist, "_path", None)
+            if located is not None:
+                parts.append(_stat_line(located))
+            parts.extend(_stat_line(f.locate()) for f in (dist.files or [])[:MAX_KEY_FILES])
+        module = entry.value.split(":")[0].strip()
+        spec = find_module_spec(module)
+        top = find_module_spec(module.split(".")[0])
+        for found in (spec, top):
+            if found is not None and found.origin:
+                parts.append(_stat_line(found.origin))
+    except Exception:  # noqa: BLE001 - odd metadata: evaluate the plugin every time instead
+        return None
+    return "\n".join(parts)
+
+
+def _cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/moe-registry`` (else ``~/.cache/moe-registry``), created private; None
+    when it cannot be made, is not a directory of this user's, or is writable by others."""
+    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache"))
+    if not os.path.isabs(base):
+        return None
+    directory = Path(base) / "moe-registry"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return None
+    return directory
+
+
+def _cache_path(key: str) -> Path | None:
+    directory = _cache_dir()
+    return None if directory is None else directory / f"plugin-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _cache_read(key: str) -> _Evaluated | None:
+    """The cached evaluation for ``key``; None when absent, unreadable, corrupt or for another key
+    (it is then evaluated again and rewritten)."""
+    path = _cache_path(key)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CACHE_BYTES:
+                return None
+            data = json.loads(f.read(MAX_CACHE_BYTES + 1))
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("key") != key:
+            return None
+        problems = [(str(stage), str(message)) for stage, message in data["problems"] if stage in _STAGES]
+        raw = data["declarations"]
+        if raw is None:
+            return None, problems
+        return [BackendCapability.model_validate(item) for item in raw], problems
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+
+
+def _cache_write(key: str, evaluated: _Evaluated) -> None:
+    path = _cache_path(key)
+    if path is None:
+        return
+    import tempfile  # only when a plugin was evaluated: the common path reads the cache
+
+    declarations, problems = evaluated
+    data = {"format": CACHE_FORMAT, "key": key, "problems": [list(p) for p in problems],
+            "declarations": None if declarations is None else [d.model_dump(mode="json") for d in declarations]}
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".plugin-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(temp, path)  # atomic: a reader sees the old entry or the new one, never half
+    except (OSError, ValueError, TypeError):
+        try:
+            os.unlink(temp)
+        except (OSError, UnboundLocalError):
+            pass
+
+
+if __name__ == "__main__":  # a child evaluating one entry-point plugin (Registry._load_entry_points)
+    child_main(_evaluate_in_child)

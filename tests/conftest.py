@@ -26,6 +26,13 @@ def flashinfer(tmp_path_factory):
     return fi
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_plugin_cache(tmp_path_factory):
+    """Plugin evaluations are cached under ``$XDG_CACHE_HOME/moe-registry``: the tests use a
+    directory of their own, never the user's cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_selections():
     """Every test selects afresh: an answer cached by an earlier test (or by the mutation tester's

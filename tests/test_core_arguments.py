@@ -177,8 +177,8 @@ def test_the_regex_matching_budget_counts_the_moe_layers():
     assert len(plan_config(cfg(num_hidden_layers=64, quantization_config=quant), select=False).layers) == 64
     with pytest.raises(QuantConfigError) as info:
         plan_config(cfg(num_hidden_layers=128, quantization_config=quant), select=False)
-    assert str(info.value) == ("config quantization_config: 100 re: patterns x 128 MoE layers is above the matching "
-                               "limit of 8192")
+    assert str(info.value) == ("config quantization_config: 100 patterns (re: and globs) x 128 MoE layers is above "
+                               "the matching limit of 8192")
 
 
 def test_preset_descriptions():

@@ -188,15 +188,12 @@ def test_ep_hint_uses_the_smallest_divisor():
 
 
 @pytest.mark.parametrize("pattern,why", [
-    (r"(a+)+$", "quantifier inside a repeated group"),
-    (r"(.*a){20}", "quantifier inside a repeated group"),
-    (r"(a|aa)*b", "alternation inside a repeated group"),
-    (r"(x)\1", "backreference"),
-    (r".*.*.*.*.*x", "repeating quantifiers"),
+    (r"(x)\1", "not a pattern RE2 runs in linear time"),
+    (r"(?=a)b", "not a pattern RE2 runs in linear time"),
     ("a" * 300, "the limit is 256"),
-    ("(", "invalid regex"),
+    ("(", "not a pattern RE2 runs in linear time"),
 ])
-def test_backtracking_patterns_are_refused(pattern, why):
+def test_patterns_re2_cannot_run_are_refused(pattern, why):
     with pytest.raises(QuantConfigError, match=why.replace("(", r"\(")):
         check_pattern(pattern)
 
@@ -215,11 +212,12 @@ def test_real_exclusion_patterns_stay_accepted(pattern):
                                                   "exclude_modules": ["re:(\\w+\\.?)+$"]}},
     {"quant_method": "gptq", "bits": 4, "group_size": 128, "dynamic": {"-:(m|mo|mod)+x": {}}},
 ])
-def test_a_backtracking_pattern_in_any_format_exits_2_quickly(tmp_path, capsys, quant):
+def test_a_backtracking_pattern_in_any_format_is_matched_in_linear_time(tmp_path, capsys, quant):
+    # Issue 13 refused these (Python's re backtracks); on RE2 they are ordinary patterns.
     started = time.monotonic()
     code, _, err = run(capsys, "explain", write_config(tmp_path, json.dumps(qwen(quantization_config=quant))),
                        "--device", "h100")
-    assert code == 2 and "backtrack" in err, err
+    assert code in (0, 2) and "internal" not in err, err
     assert time.monotonic() - started < 5
 
 
@@ -557,8 +555,8 @@ def test_library_calls_with_junk_arguments_raise_typed_errors():
     assert untyped == []
 
 
-@pytest.mark.parametrize("value,expected", [("0.5", 0.5), ("abc", 5.0), ("-1", 5.0), ("0", 5.0), ("inf", 5.0),
-                                            ("nan", 5.0), ("", 5.0)])
+@pytest.mark.parametrize("value,expected", [("0.5", 0.5), ("abc", 1.0), ("-1", 1.0), ("0", 1.0), ("inf", 1.0),
+                                            ("nan", 1.0), ("", 1.0), ("3600", 3600.0), ("3601", 1.0)])
 def test_plugin_time_limit_from_the_environment(monkeypatch, value, expected):
     from moe_registry._isolation import plugin_timeout
 

@@ -19,7 +19,7 @@ from _imports import PKG, REPO, import_graph, modules
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("errors", "schemas", "_isolation")),
+    ("foundation", ("errors", "schemas", "_isolation", "_files")),
     ("rules", ("environment", "registry", "selection", "quant_config", "memory", "models", "measured")),
     ("planning", ("planner", "engines")),
     ("kernels", ("formats", "execution", "backends")),

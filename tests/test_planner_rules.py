@@ -15,6 +15,7 @@ from moe_registry.planner import (
     ConfigNotFound, InvalidLayer, LayerGroup, MalformedConfig, NotAMoEModel, ParallelismError, PlanError,
     UnknownPreset, list_presets, plan_config, plan_model,
 )
+from moe_registry.planner import sources as planner_sources
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.layer import LayerSpec, ParallelConfig, RoutingMethod
 from moe_registry.schemas.quant import QuantKind
@@ -583,18 +584,18 @@ def test_sources(tmp_path, monkeypatch):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(cfg()))
 
-    def unreadable(self, *args, **kwargs):
+    def unreadable(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(type(good), "open", unreadable)  # the planner reads with a bounded Path.open
+    monkeypatch.setattr(planner_sources, "read_regular_file", unreadable)  # the planner's one bounded read
     with pytest.raises(ConfigNotFound, match=": Permission denied$") as err:  # the OS's reason, as it says it
         plan_model(good, select=False)
     assert str(good) in str(err.value)
 
-    def vanished(self, *args, **kwargs):  # removed between the existence check and the read
+    def vanished(*args, **kwargs):  # removed between the existence check and the read
         raise FileNotFoundError(2, "No such file or directory")
 
-    monkeypatch.setattr(type(good), "open", vanished)
+    monkeypatch.setattr(planner_sources, "read_regular_file", vanished)
     with pytest.raises(ConfigNotFound, match="no such file") as err:
         plan_model(good, select=False)
     assert str(good) in str(err.value)

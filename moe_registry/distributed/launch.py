@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import os
 import queue as queue_mod
 import socket
 import statistics
+import threading
 import time
 from typing import Any, Callable
 
@@ -16,7 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from .._isolation import die_with_parent
 from ..errors import MoeRegistryError
+from ..measure.timing import usable_cpus
 from ..schemas.layer import LayerSpec, ParallelConfig
 from .layout import RankLayout
 
@@ -27,8 +31,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _watch_parent(parent: int) -> None:
+    # PR_SET_PDEATHSIG covers Linux; this covers the rest (and a parent that died before prctl).
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.5)
+
+
 def _rank_main(rank: int, world: int, port: int, backend: str, results: Any, fn: Callable[..., Any],
-               args: tuple) -> None:
+               args: tuple, parent: int | None = None) -> None:
+    # A rank dies with the process that spawned it: killing `moe-registry run` must not leave
+    # ranks computing (or holding a GPU) for minutes.
+    die_with_parent(parent)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     if backend == "nccl":
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -50,6 +67,8 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | N
     """
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
+    if world_size > 4 * usable_cpus():  # tests run EP4 on two cores; 65,536 processes would swamp any host
+        raise ValueError(f"{world_size} ranks is more than 4 per usable CPU ({usable_cpus()}) here")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
     if backend == "nccl" and torch.cuda.device_count() < world_size:
@@ -57,8 +76,8 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | N
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, backend, results, fn, args), daemon=True)
-             for r in range(world_size)]
+    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, backend, results, fn, args, os.getpid()),
+                         daemon=True) for r in range(world_size)]
     for p in procs:
         p.start()
     collected: dict[int, tuple[int, str, Any]] = {}
@@ -81,6 +100,17 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | N
             collected[r] = (r, "error", f"rank {r} exited without a result (exit code {code})"
                             if code is not None else f"rank {r} timed out after {timeout_s:g} s")
     return [collected[r] for r in range(world_size)]
+
+
+def check_world_size(world: int, *, cuda: bool) -> None:
+    """ValueError (one line) before anything is spawned: one rank per GPU with NCCL, at most one
+    per usable CPU with gloo (more only oversubscribes the machine and swaps)."""
+    have = torch.cuda.device_count() if cuda else usable_cpus()
+    if cuda and world > have:
+        raise ValueError(f"NCCL needs one GPU per rank: {world} ranks, {have} GPUs here")
+    if world > have:
+        raise ValueError(f"{world} ranks (tp x ep) but this machine has {have} usable CPUs; "
+                         f"at most {have} ranks run here")
 
 
 def _rank_tokens(tokens: int | list[int], ep: int) -> list[int]:
@@ -146,16 +176,19 @@ def run_distributed_preset(preset: str, *, layer: int = 0, tokens: int = 64, tp:
                            seed: int = 0, force: str | None = None, quant: str | None = None,
                            repeats: int = 10, cuda: bool | None = None) -> dict[str, Any]:
     """``moe-registry run --tp/--ep``: one preset layer sharded over TP x EP spawned ranks."""
+    from ..measure.timing import check_run_size
     from ..planner import plan_model
 
+    check_run_size(tokens, repeats)
+    world = tp * ep
+    if cuda is None:
+        cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
+    check_world_size(world, cuda=cuda)  # before the plan and before any rank is spawned
     plan = plan_model(preset, quant=quant, select=False)
     by_index = {lp.layer.index: lp.layer for lp in plan.layers}
     if layer not in by_index:
         raise ValueError(f"layer {layer} of {plan.model} is not an MoE layer")
     spec = by_index[layer].replace(parallel=ParallelConfig(), name=None, index=None)
-    world = tp * ep
-    if cuda is None:
-        cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
     job = {"layer": spec.model_dump_json(), "tp": tp, "ep": ep, "tokens": tokens, "seed": seed, "force": force,
            "repeats": repeats, "cuda": cuda, "target": None if cuda else "cpu"}
     results = launch(run_rank_job, world, job, backend="nccl" if cuda else "gloo")

@@ -59,6 +59,9 @@ def load_adapter(backend: str, spec: str | None) -> type:
     except ImportError as exc:  # a plugin's adapter module missing, or its package not installed
         raise AdapterUnavailable(f"backend {backend!r}: cannot import its adapter module {module_name!r}: "
                                  f"{exc}") from None
+    except SystemExit as exc:  # plugin code: one typed line, never the process's exit
+        raise AdapterUnavailable(f"backend {backend!r}: importing its adapter module {module_name!r} called "
+                                 f"sys.exit({exc.code!r})") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Experts)):
         raise TypeError(f"backend {backend!r}: adapter {spec!r} is not an Experts subclass")
@@ -78,8 +81,12 @@ def build_experts(selection: "Selection", weights: "ExpertWeights", *, registry:
         if p.dimension not in ("hidden", "intermediate"):
             raise ValueError(f"selection pads {p.dimension!r}; adapters pad hidden and intermediate only")
         pads[p.dimension] = p.padded
-    return cls(selection.layer, weights, pad_hidden_to=pads.get("hidden"),
-               pad_intermediate_to=pads.get("intermediate"))
+    try:
+        return cls(selection.layer, weights, pad_hidden_to=pads.get("hidden"),
+                   pad_intermediate_to=pads.get("intermediate"))
+    except SystemExit as exc:  # a plugin's adapter: one typed line, never the process's exit
+        raise AdapterUnavailable(f"backend {selection.backend!r}: its adapter called sys.exit({exc.code!r}) "
+                                 "while being built") from None
 
 
 def run_layer(layer: "LayerSpec", weights: "ExpertWeights", hidden_states: "torch.Tensor",

@@ -77,6 +77,10 @@ def check_forward_inputs(layer: LayerSpec, hidden_states: Any, topk_weights: Any
             raise _fail(name, f"{k} columns (layer top_k)", f"{t.shape[1]} columns", layer)
     _check_tensor("topk_weights", topk_weights, (T, k), (torch.float32,), where, layer)
     _check_tensor("topk_ids", topk_ids, (T, k), (torch.int32, torch.int64), where, layer)
+    if topk_weights.device.type == "cpu" and topk_weights.numel():  # on a GPU this would sync the host
+        plain = torch.Tensor.as_subclass(topk_weights, torch.Tensor).detach()
+        if not bool(torch.isfinite(plain).all()):
+            raise _fail("topk_weights", "finite router weights", "NaN or infinite values", layer)
     if check_id_range and topk_ids.numel():
         check_id_range_of(topk_ids, E, layer)
 
@@ -86,6 +90,9 @@ def check_id_range_of(topk_ids: torch.Tensor, num_experts: int, layer: LayerSpec
     device-side assert (``torch._assert_async``), so a forward keeps no host sync and stays
     capturable in a CUDA graph; a bad id then fails the stream ("device-side assert triggered")
     before any later kernel runs, instead of being read as an address."""
+    # The tensor's data as a plain torch.Tensor: a subclass may override aminmax, clamp or
+    # comparisons (__torch_function__) to pass the check with ids that index out of bounds.
+    topk_ids = torch.Tensor.as_subclass(topk_ids, torch.Tensor).detach()
     if topk_ids.device.type == "cpu":
         lo, hi = (int(v) for v in torch.aminmax(topk_ids))  # one pass over the ids
         if lo < 0 or hi >= num_experts:

@@ -94,6 +94,9 @@ def route(router_logits: torch.Tensor, layer: LayerSpec, *, method: RoutingMetho
                          f"got {list(router_logits.shape)}")
     if not router_logits.is_floating_point():
         raise ValueError(f"router_logits: expected a floating dtype, got {router_logits.dtype}")
+    if router_logits.device.type == "cpu" and not bool(
+            torch.isfinite(torch.Tensor.as_subclass(router_logits, torch.Tensor)).all()):  # a GPU check would sync
+        raise ValueError("router_logits: expected finite values, got NaN or infinity")
     _check_params(method, correction_bias, n_group, topk_group, routed_scaling_factor, renormalize, custom, E, k)
     logits = router_logits.float()
 
@@ -170,8 +173,14 @@ def _check_params(method: RoutingMethod, correction_bias: torch.Tensor | None, n
     if correction_bias is not None:
         if method not in _BIASED:
             raise ValueError(f"correction_bias is used by deepseek_v3 and minimax2 only, not {name}")
+        if not isinstance(correction_bias, torch.Tensor) or not correction_bias.is_floating_point():
+            raise ValueError(f"correction_bias: expected a floating torch.Tensor [{E}], "
+                             f"got {getattr(correction_bias, 'dtype', type(correction_bias).__name__)}")
         if tuple(correction_bias.shape) != (E,):
             raise ValueError(f"correction_bias: expected shape [{E}], got {list(correction_bias.shape)}")
+        # A NaN bias would send every token to the same experts with finite weights (issue 23).
+        if not bool(torch.isfinite(torch.Tensor.as_subclass(correction_bias, torch.Tensor)).all()):
+            raise ValueError("correction_bias: expected finite values, got NaN or infinity")
     if routed_scaling_factor != 1.0 and method not in _SCALED:
         raise ValueError(f"routed_scaling_factor is used by deepseek_v3 and minimax2 only, not {name}")
     if method is not RoutingMethod.DEEPSEEK_V3:

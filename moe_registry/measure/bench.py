@@ -41,6 +41,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..environment import package_versions
+from .timing import MAX_TOKENS
 from ..errors import cuda_context_broken, one_line
 from ..measured import COST_SCHEMA_VERSION, CostEntry, CostTable
 from ..planner import plan_model, single_layer
@@ -77,6 +78,8 @@ def parse_tokens(text: str | Iterable[int]) -> tuple[int, ...]:
         raise ValueError("--tokens is empty")
     if any(v < 1 for v in values):
         raise ValueError(f"token counts must be at least 1, got {min(values)}")
+    if any(v > MAX_TOKENS for v in values):
+        raise ValueError(f"token counts must be at most {MAX_TOKENS:,}, got {max(values)}")
     return tuple(sorted(set(values)))
 
 

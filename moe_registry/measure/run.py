@@ -20,18 +20,16 @@ _SELF_CONTAINED = {RoutingMethod.SOFTMAX_TOPK, RoutingMethod.TOPK_SOFTMAX, Routi
                    RoutingMethod.LLAMA4, RoutingMethod.SIGMOID, RoutingMethod.SIGMOID_RENORM}
 
 
+def forward_flop_per_token(spec: Any) -> float:
+    """The experts' GEMM work of one token of ``spec`` (both GEMMs, every chosen expert), twice:
+    the backend's forward and the reference's."""
+    return 2 * 2.0 * spec.top_k * spec.hidden_size * (spec.gemm1_rows + spec.local_intermediate_size)
+
+
 def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_device: str | None = None, seed: int = 0,
                      force: str | None = None, quant: str | None = None, repeats: int = 20) -> dict[str, Any]:
-    import torch
-
-    from ..backends.reference.kernel import ReferenceExperts
-    from ..execution import build_experts, random_weights, route
-    from ..selection import select_backend
-
-    if tokens < 1:
-        raise ValueError("--tokens must be at least 1")
-    if repeats < 1:
-        raise ValueError("--repeats must be at least 1")
+    # Bounds first, torch-free: a refused run costs no torch import and builds nothing.
+    timing.check_run_size(tokens, repeats)
     plan = plan_model(preset, quant=quant, select=False)
     by_index = {lp.layer.index: lp.layer for lp in plan.layers if lp.layer.index is not None}
     if layer not in by_index:
@@ -39,7 +37,17 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
         raise ValueError(f"layer {layer} of {plan.model} is not an MoE layer; MoE layers: "
                          f"{moe[0]}-{moe[-1]} ({len(moe)})" if moe else f"{plan.model} has no MoE layers")
     spec = by_index[layer]
+    flop = forward_flop_per_token(spec)
+    if torch_device == "cpu":
+        timing.check_run_size(tokens, repeats, flop_per_token=flop, cpu=True)
+    import torch
+
+    from ..backends.reference.kernel import ReferenceExperts
+    from ..execution import build_experts, random_weights, route
+    from ..selection import select_backend
+
     dev = timing.torch_device(torch_device)
+    timing.check_run_size(tokens, repeats, flop_per_token=flop, cpu=dev.type == "cpu")
 
     # Select for this machine (device=None: detected, packages checked); a CPU run on a GPU
     # machine plans for the CPU instead.

@@ -12,6 +12,7 @@ Torch is imported by the functions, not by this module.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -19,7 +20,37 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Timing", "percentile", "rep_count", "time_calls", "time_graph", "torch_device"]
+__all__ = ["MAX_CPU_FLOP", "MAX_REPEATS", "MAX_TOKENS", "Timing", "check_run_size", "percentile", "rep_count", "usable_cpus",
+           "time_calls", "time_graph", "torch_device"]
+
+# Bounds of `run` / `bench` / the distributed run, checked before anything is built or spawned:
+# far above a real batch (engines cap a forward at max_num_batched_tokens, 8k-64k) and a real
+# measurement, far below what would take hours or exhaust memory.
+MAX_TOKENS = 65_536
+MAX_REPEATS = 10_000
+MAX_CPU_FLOP = 2e12  # one `run` on the CPU: about a minute on two cores
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity), the bound of gloo ranks here."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_run_size(tokens: object, repeats: object, *, flop_per_token: float | None = None,
+                   cpu: bool = False) -> None:
+    """ValueError (one line) for token or repeat counts out of bounds, or, on the CPU, for a run
+    whose forwards (warm-up, ``repeats`` timed, the reference) would do more than ``MAX_CPU_FLOP``."""
+    for flag, value, limit in (("--tokens", tokens, MAX_TOKENS), ("--repeats", repeats, MAX_REPEATS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ValueError(f"{flag} must be an integer from 1 to {limit:,}, got {value!r}")
+    if cpu and flop_per_token is not None:
+        total = flop_per_token * tokens * (repeats + 2)  # type: ignore[operator]
+        if total > MAX_CPU_FLOP:
+            raise ValueError(f"this run would compute about {total:.1e} FLOP on the CPU (the limit is "
+                             f"{MAX_CPU_FLOP:.0e}, about a minute here): lower --tokens or --repeats, or run on a GPU")
 
 # A sample below a nanosecond is a clock artefact; cost tables need strictly positive times.
 _MIN_SAMPLE_US = 1e-3

@@ -325,7 +325,7 @@ def _expert_dtype(r: _Reader, qconf: QuantConfig | None, notes: list[str]) -> Qu
     value = r.cfg.get("expert_dtype")
     if value is None or qconf is None:
         return None
-    if value not in _EXPERT_DTYPES:
+    if not isinstance(value, str) or value not in _EXPERT_DTYPES:  # a list or dict is unhashable
         raise MalformedConfig(f"{r.where}: expert_dtype must be one of {', '.join(_EXPERT_DTYPES)}, got {value!r}")
     kind = _EXPERT_DTYPES[value]
     if kind is None:

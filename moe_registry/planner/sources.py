@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import one_line
+from .._files import read_regular_file
+from ..errors import UnusablePath, one_line
 from .. import models as _presets
 from .results import ConfigNotFound, MalformedConfig, UnknownPreset
 
@@ -75,11 +76,10 @@ def _parse_json(text: str, where: str) -> Any:
 
 def _read_json(path: Path) -> Any:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: a FIFO or /dev/zero must not hang or fill memory
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise MalformedConfig(f"{path} is larger than {MAX_CONFIG_BYTES} bytes (the limit for a config file)")
-        text = raw.decode("utf-8")
+        # A regular file only, size-checked before reading: a FIFO or /dev/zero must not hang or fill memory.
+        text = read_regular_file(path, limit=MAX_CONFIG_BYTES, what="config file").decode("utf-8")
+    except UnusablePath as exc:
+        raise MalformedConfig(str(exc)) from None
     except FileNotFoundError:
         raise ConfigNotFound(f"no such file: {path}") from None
     except UnicodeDecodeError:

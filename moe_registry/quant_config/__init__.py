@@ -12,16 +12,16 @@ patterns in the file were written against, not an engine's runtime prefixes.
 
 Matching rules, per format, and the engine code each mirrors
 -------------------------------------------------------------
-``re:`` patterns are everywhere Python regexes applied with ``re.match`` (anchored at the start,
-not at the end), as compressed-tensors and vLLM ``_is_equal_or_regex_match`` do. Which patterns
-are accepted (a subset that cannot backtrack catastrophically) and how much matching one plan may
-do: :mod:`moe_registry.quant_config.patterns`.
+``re:`` patterns are everywhere regexes applied with ``re.match`` semantics (anchored at the start,
+not at the end), as compressed-tensors and vLLM ``_is_equal_or_regex_match`` do; they run on RE2
+(linear time; a pattern RE2 cannot run, such as a lookahead, is an error naming its field). The
+engine, the bounds and how much matching one plan may do: :mod:`moe_registry.quant_config.patterns`.
 
 ModelOpt (``hf_quant_config.json`` ``quantization.exclude_modules``, or the flat
 ``quantization_config.ignore``)
     Globs (``*`` matches any run of characters, dots included: SGLang
     ``ModelOptQuantConfig.is_layer_excluded`` turns ``*`` into ``.*`` and full-matches; we use
-    ``fnmatch.fnmatchcase``, which does the same for these patterns). A pattern excludes the MoE
+    ``fnmatch.fnmatchcase``'s meaning, which does the same for these patterns, run on RE2). A pattern excludes the MoE
     layer when it full-matches the experts module name **or any ancestor** of it
     (``model.layers.3.mlp`` excludes ``model.layers.3.mlp.experts``; TensorRT-LLM
     ``QuantConfig.is_module_excluded_from_quantization`` walks ancestors), and a trailing ``.*``
@@ -98,23 +98,28 @@ from .fp8 import Fp8Quant, Mxfp4Quant, _parse_fp8
 from .int4 import WeightOnlyInt4Quant, _parse_int4
 from .modelopt import ModelOptQuant, _parse_modelopt
 from .patterns import (
+    MAX_FALLBACK_CHOICES,
     MAX_NAME_CHECKS,
     MAX_PATTERN_CHARS,
-    MAX_PATTERN_LOOPS,
-    MAX_REGEX_CHECKS,
+    MAX_PATTERN_CHECKS,
+    MAX_QUANT_DEPTH,
     ancestors,
+    check_entries,
+    check_glob,
     check_matching_budget,
     check_pattern,
+    glob_regex,
 )
 
 __all__ = [
     "CompressedTensorsQuant",
     "Fp8Quant",
     "InconsistentMoEQuant",
+    "MAX_FALLBACK_CHOICES",
     "MAX_NAME_CHECKS",
     "MAX_PATTERN_CHARS",
-    "MAX_PATTERN_LOOPS",
-    "MAX_REGEX_CHECKS",
+    "MAX_PATTERN_CHECKS",
+    "MAX_QUANT_DEPTH",
     "ModelOptQuant",
     "Mxfp4Quant",
     "OverrideQuant",
@@ -126,8 +131,11 @@ __all__ = [
     "UnsupportedQuantScheme",
     "WeightOnlyInt4Quant",
     "ancestors",
+    "check_entries",
+    "check_glob",
     "check_matching_budget",
     "check_pattern",
+    "glob_regex",
     "override_quant",
     "parse_quant_config",
     "unquantized_scheme",
@@ -173,6 +181,7 @@ def parse_quant_config(qc: Any, *, source: str, dtype: str = "bf16") -> QuantCon
         return _parse_fp8(qc, source, unq)
     if method == "mxfp4":
         not_convert = tuple(_as_list(qc.get("modules_to_not_convert"), f"{source} modules_to_not_convert"))
+        check_entries(not_convert, f"{source} modules_to_not_convert")
         return Mxfp4Quant(method="mxfp4", summary="MXFP4 experts", source=source, unquantized=unq,
                           not_convert=not_convert)
     shown = repr(qc.get("quant_method")) if qc.get("quant_method") is not None else "(no quant_method)"

@@ -18,7 +18,7 @@ from .base import (
     _int,
     _scheme,
 )
-from .patterns import _regex_match
+from .patterns import _regex_match, check_entries
 
 _PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -119,12 +119,15 @@ def _parse_compressed_tensors(qc: Mapping[str, Any], source: str, unq: QuantSche
         for part, value in (("weights", weights), ("input_activations", acts)):
             if value is not None and not isinstance(value, Mapping):
                 raise QuantConfigError(f"{source}: config_groups[{gname!r}].{part} must be an object or null")
-        groups.append(_CTGroup(name=str(gname), targets=tuple(_as_list(g.get("targets"), f"{source} targets")),
-                               weights=weights, input_activations=acts))
+        targets = tuple(_as_list(g.get("targets"), f"{source} targets"))
+        check_entries(targets, f"{source} config_groups[{gname!r}].targets", globs=False)
+        groups.append(_CTGroup(name=str(gname), targets=targets, weights=weights, input_activations=acts))
     fmt = qc.get("format")
     summary = f"compressed-tensors {fmt}" if fmt else "compressed-tensors"
+    ignore = tuple(_as_list(qc.get("ignore"), f"{source} ignore"))
+    check_entries(ignore, f"{source} ignore", globs=False)  # compressed-tensors: re: or exact names only
     quant = CompressedTensorsQuant(method="compressed-tensors", summary=summary, source=source, unquantized=unq,
-                                   groups=tuple(groups), ignore=tuple(_as_list(qc.get("ignore"), f"{source} ignore")))
+                                   groups=tuple(groups), ignore=ignore)
     # Name the schemes in the summary; a group without a scheme fails only if an MoE layer uses it
     # (a mixed-precision checkpoint may hold, say, FP8 per-channel attention next to NVFP4 experts).
     labels = set()

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..schemas.quant import QuantKind, QuantScheme
 from .base import QuantConfig, QuantConfigError, UnsupportedQuantScheme, _as_list
-from .patterns import _ancestor_plain, _excludes, _fp8_plain
+from .patterns import _ancestor_plain, _excludes, _fp8_plain, check_entries
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,11 @@ def _parse_fp8(qc: Mapping[str, Any], source: str, unq: QuantScheme) -> Fp8Quant
         raise QuantConfigError(f"{source}: weight_block_size must be a list of two integers, got {block!r}")
     if block is not None and block != [128, 128]:
         raise UnsupportedQuantScheme(f"{source}: FP8 weight_block_size {block}; only [128, 128] is supported")
-    ignored = tuple(_as_list(qc.get("ignored_layers"), f"{source} ignored_layers")
-                    + _as_list(qc.get("modules_to_not_convert"), f"{source} modules_to_not_convert"))
+    ignored_layers = _as_list(qc.get("ignored_layers"), f"{source} ignored_layers")
+    not_convert = _as_list(qc.get("modules_to_not_convert"), f"{source} modules_to_not_convert")
+    check_entries(ignored_layers, f"{source} ignored_layers")
+    check_entries(not_convert, f"{source} modules_to_not_convert")
+    ignored = tuple(ignored_layers + not_convert)
     summary = "FP8 128x128 blocks" if block is not None else "FP8 per tensor"
     return Fp8Quant(method="fp8", summary=summary, source=source, unquantized=unq, block=block is not None,
                     ignored=ignored)

@@ -17,7 +17,7 @@ from .base import (
     _int,
     _scheme,
 )
-from .patterns import _excludes, _regex_match, _substring_plain
+from .patterns import _excludes, _regex_match, _substring_plain, check_entries, check_pattern
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,10 @@ def _parse_int4(qc: Mapping[str, Any], method: str, source: str, unq: QuantSchem
     if not isinstance(dynamic_raw, Mapping):
         raise QuantConfigError(f"{source}: dynamic must be an object of regex -> override")
     dynamic = tuple((str(k), v if isinstance(v, Mapping) else {}) for k, v in dynamic_raw.items())
+    for index, (key, _) in enumerate(dynamic):  # every key is a regex (GPTQModel: -:skip, +:override, bare)
+        check_pattern(key[2:] if key.startswith(("-:", "+:")) else key, f"{source} dynamic key #{index}")
     not_convert = tuple(_as_list(qc.get("modules_to_not_convert"), f"{source} modules_to_not_convert"))
+    check_entries(not_convert, f"{source} modules_to_not_convert")
     label = f"{method.upper()} int{bits} " + ("per-channel" if group_size == -1 else f"g{group_size}")
     label += ", zero points" if zero_point else ""
     label += ", act_order" if act_order else ""

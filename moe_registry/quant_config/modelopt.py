@@ -18,7 +18,7 @@ from .base import (
     _int,
     _scheme,
 )
-from .patterns import _excludes, _modelopt_plain
+from .patterns import _excludes, _modelopt_plain, check_entries
 
 # ModelOpt quant_algo -> our scheme (None: a known algorithm with no QuantScheme yet).
 # NVFP4_AWQ is NVFP4 for the experts kernels (TensorRT-LLM MoEProblem treats it so).
@@ -82,6 +82,8 @@ class ModelOptQuant(QuantConfig):
 
 def _parse_modelopt(qc: Mapping[str, Any], source: str, unq: QuantScheme) -> ModelOptQuant:
     inner = qc.get("quantization")
+    if inner is not None and not isinstance(inner, Mapping):
+        raise QuantConfigError(f"{source}: quantization must be an object, got {type(inner).__name__}")
     if isinstance(inner, Mapping):  # nested: hf_quant_config.json, or inline {"quantization": {...}}
         body, exclude_key = inner, "exclude_modules"
     else:  # flat converter output: quant_algo + config_groups + ignore
@@ -96,6 +98,7 @@ def _parse_modelopt(qc: Mapping[str, Any], source: str, unq: QuantScheme) -> Mod
                 group_size = _int(group["weights"].get("group_size"), f"{source} config_groups weights.group_size")
                 break
     exclude = tuple(_as_list(body.get(exclude_key), f"{source} {exclude_key}"))
+    check_entries(exclude, f"{source} {exclude_key}")
     layers: list[tuple[str, str | None, int | None]] = []
     for lname, entry in (body.get("quantized_layers") or {}).items():
         if not isinstance(entry, Mapping):

@@ -8,16 +8,30 @@ engine-flag names, the probe's expectations and the adapters' guards are all der
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .activation import Activation
 from .device import DeviceSpec
-from .layer import DType, LayerSpec, RoutingMethod
+from .layer import MAX_DIMENSION, MAX_EXPERTS, DType, LayerSpec, RoutingMethod
 from .quant import QuantFamily, QuantKind, ScaleLayout, family_of
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # output is strict JSON
+
+# Semantic bounds on every declared number, checked when a declaration is validated: a plugin's
+# multiple_of=10**400 would otherwise overflow arithmetic in every selection (issue 23). Each is
+# far above what a kernel declares and at the bound of what a layer may be (schemas.layer).
+MAX_PRIORITY = 10**6
+MAX_KERNEL_VALUE = 2**31 - 1  # a kernel enum is a C int
+MAX_ABS_ERROR = 1e3
+Size = Annotated[int, Field(ge=0, le=MAX_DIMENSION)]  # a dimension's min / max
+Multiple = Annotated[int, Field(gt=0, le=MAX_DIMENSION)]  # multiple_of, pad multiples
+GroupSize = Annotated[int, Field(ge=-1, le=MAX_DIMENSION)]  # -1: per channel
+Sm = Annotated[int, Field(ge=10, le=200)]  # as DeviceSpec.sm
+Count = Annotated[int, Field(ge=0, le=MAX_EXPERTS)]  # a backend's experts / top-k bound (0: runs none)
+PositiveCount = Annotated[int, Field(gt=0, le=MAX_EXPERTS)]
+Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 
 Dimension = Literal["hidden", "intermediate", "experts", "top_k"]
 Fidelity = Literal["exact", "approximate"]
@@ -55,9 +69,9 @@ class DeviceRule(Sourced):
     capabilities; ``min_sm``/``max_sm`` give an inclusive range; vendor "any" matches every device."""
 
     vendor: Literal["nvidia", "amd", "cpu", "any"] = "nvidia"
-    sm: tuple[int, ...] | None = None
-    min_sm: int | None = None
-    max_sm: int | None = None
+    sm: tuple[Sm, ...] | None = None
+    min_sm: Sm | None = None
+    max_sm: Sm | None = None
 
     def matches(self, device: DeviceSpec) -> bool:
         if self.vendor == "any":
@@ -92,10 +106,10 @@ class DimTest(BaseModel):
     model_config = _FROZEN
 
     dimension: Dimension
-    multiple_of: int | None = Field(default=None, gt=0)
-    not_multiple_of: int | None = Field(default=None, gt=0)
-    min: int | None = None
-    max: int | None = None
+    multiple_of: Multiple | None = None
+    not_multiple_of: Multiple | None = None
+    min: Size | None = None
+    max: Size | None = None
 
     def matches(self, layer: LayerSpec, sizes: Sizes | None = None) -> bool:
         value = dimension_value(layer, self.dimension, sizes)
@@ -128,7 +142,7 @@ class Condition(BaseModel):
     activations: tuple[Activation, ...] | None = None
     gated: bool | None = None
     quant: tuple[QuantKind, ...] | None = None
-    group_sizes: tuple[int, ...] | None = None  # the layer's quant group size is one of these
+    group_sizes: tuple[GroupSize, ...] | None = None  # the layer's quant group size is one of these
     apply_router_weight_on_input: bool | None = None
     dims: tuple[DimTest, ...] = ()
 
@@ -172,9 +186,9 @@ class ActivationImpl(Sourced):
     kernel_name: str
     # The kernel's own enum value for this activation (e.g. FlashInfer ActivationType); adapters
     # pass it to the kernel, so it is stated here and nowhere else.
-    kernel_value: int | None = None
+    kernel_value: int | None = Field(default=None, ge=-MAX_KERNEL_VALUE - 1, le=MAX_KERNEL_VALUE)
     fidelity: Fidelity = "exact"
-    max_abs_error: float | None = Field(default=None, ge=0)
+    max_abs_error: float | None = Field(default=None, ge=0, le=MAX_ABS_ERROR)
     note: str = ""
 
     @model_validator(mode="after")
@@ -188,7 +202,7 @@ class QuantSupport(Sourced):
     """One quantization scheme the backend runs, with its limits."""
 
     kind: QuantKind
-    group_sizes: tuple[int, ...] | None = None  # None: whatever the format allows
+    group_sizes: tuple[GroupSize, ...] | None = None  # None: whatever the format allows
     zero_point: bool = False
     act_order: bool = False
     activation_scale_layout: ScaleLayout | None = None  # the layout the kernel consumes
@@ -219,9 +233,9 @@ class ShapeRule(Sourced):
     limitations are judged on the padded sizes, the sizes the kernel sees."""
 
     dimension: Dimension
-    multiple_of: int | None = Field(default=None, gt=0)
-    min: int | None = None
-    max: int | None = None
+    multiple_of: Multiple | None = None
+    min: Size | None = None
+    max: Size | None = None
     pad: bool = False
     when: Condition = Condition()
 
@@ -248,8 +262,8 @@ class RoutingLimit(Sourced):
     engines pass the global count even under EP)."""
 
     methods: tuple[RoutingMethod, ...] = ()
-    max_top_k: int | None = Field(default=None, gt=0)
-    max_experts: int | None = Field(default=None, gt=0)
+    max_top_k: PositiveCount | None = None
+    max_experts: PositiveCount | None = None
 
     def failures(self, layer: LayerSpec) -> list[tuple[str, str, str]]:
         """(field, required, actual) for each bound the layer exceeds."""
@@ -353,7 +367,7 @@ class PriorityOverride(Sourced):
 
     family: QuantFamily
     devices: tuple[DeviceRule, ...] = Field(min_length=1)
-    priority: int
+    priority: Priority
 
 
 class HardwareStatus(BaseModel):
@@ -387,13 +401,13 @@ class BackendCapability(BaseModel):
     activations: dict[Activation, ActivationImpl]
     quant: tuple[QuantSupport, ...]
     shape_rules: tuple[ShapeRule, ...] = ()
-    max_experts: int | None = None  # per rank
-    max_top_k: int | None = None
+    max_experts: Count | None = None  # per rank
+    max_top_k: Count | None = None
     limitations: tuple[KnownLimitation, ...] = ()
     routing: RoutingSupport
     features: FeatureSupport
     requirements: tuple[Requirement, ...] = ()
-    priority: dict[QuantFamily, int]  # higher runs first among eligible backends
+    priority: dict[QuantFamily, Priority]  # higher runs first among eligible backends
     priority_overrides: tuple[PriorityOverride, ...] = ()
     engines: EngineNames = EngineNames()
     hardware: tuple[HardwareStatus, ...] = ()

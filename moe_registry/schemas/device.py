@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 Vendor = Literal["nvidia", "amd", "cpu"]
 
 
+MAX_DEVICE_MEMORY_GB = 1e6
+
+
 class DeviceSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # output is strict JSON
 
@@ -21,9 +24,11 @@ class DeviceSpec(BaseModel):
     vendor: Vendor
     # NVIDIA compute capability as one integer: 90 for SM 9.0, 103 for SM 10.3. None on CPU.
     sm: int | None = Field(default=None, ge=10, le=200)
-    memory_gb: float | None = Field(default=None, gt=0)
-    memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
-    bf16_dense_tflops: float | None = Field(default=None, gt=0)
+    # Bounded far above any device (a petabyte, a petabyte per second, an exaflop): a device
+    # reporting 1e308 GB must not overflow the memory-fit arithmetic.
+    memory_gb: float | None = Field(default=None, gt=0, le=MAX_DEVICE_MEMORY_GB)
+    memory_bandwidth_gbs: float | None = Field(default=None, gt=0, le=1e6)
+    bf16_dense_tflops: float | None = Field(default=None, gt=0, le=1e6)
     source: str = ""
 
     @property

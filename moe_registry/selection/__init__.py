@@ -127,7 +127,9 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     ``device=None`` or a torch device, and a named device is planned for
     (``Environment.planning_target()``).
     """
-    registry = registry or default_registry()
+    if registry is not None and not isinstance(registry, Registry):
+        raise InvalidArgument(f"registry must be a Registry, got {type(registry).__name__}")
+    registry = default_registry() if registry is None else registry
     if not isinstance(layer_spec, LayerSpec):
         raise InvalidArgument(f"select_backend needs a LayerSpec, got {type(layer_spec).__name__}")
     prefer, forbid = _backend_ids("prefer", prefer), _backend_ids("forbid", forbid)
@@ -156,7 +158,7 @@ def select_backend(layer_spec: LayerSpec, device: DeviceSpec | str | None = None
     if force is None and env.backend_override is not None:
         force, origin = env.backend_override, "env"
     selection = _resolve(registry, layer_spec.shape_key(), target, env, policy or DEFAULT_POLICY,
-                         force, origin, tuple(prefer), tuple(forbid), tuple(extra_reasons))
+                         force, origin, tuple(prefer), tuple(forbid), _extra_reasons(extra_reasons))
     if layer_spec.name is None and layer_spec.index is None:
         return selection
     return selection.model_copy(update={"layer": layer_spec})
@@ -172,6 +174,16 @@ def _backend_ids(what: str, ids: object) -> tuple[str, ...]:
     if not all(isinstance(i, str) for i in ids):
         raise InvalidArgument(f"{what} must be a list of backend ids (str)")
     return ids
+
+
+def _extra_reasons(pairs: object) -> tuple[tuple[str, Reason], ...]:
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+        raise InvalidArgument(f"extra_reasons must be (backend id, Reason) pairs, got {type(pairs).__name__}")
+    found = tuple(pairs)
+    for pair in found:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], Reason)):
+            raise InvalidArgument(f"extra_reasons must be (backend id, Reason) pairs, got {type(pair).__name__}")
+    return found
 
 
 def _is_torch_device(device: object) -> bool:

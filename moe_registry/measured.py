@@ -3,6 +3,13 @@ eligible backends by their measured time for the layer's token count.
 
 Where a backend has no measurement for the layer on this device, declared priority decides: the
 measured policy only reorders what it has evidence for, and says so in the Selection's notes.
+
+Decode is measured as engines run it: at T up to the largest CUDA-graph bucket (:data:`DECODE_BUCKETS`)
+a cost table holds graph-replay times (``mode="graph"``) beside the eager ones, and the policy ranks by
+the graphed time wherever a backend has one (a backend without one runs eagerly at decode, and is
+ranked by that). With every T measured on both sides of the bucket limit, the policy also names the
+backend that serves decode and the one that serves prefill (:class:`~moe_registry.schemas.selection.PhaseChoice`),
+the latter among the eligible backends that hold the same weights as the decode one.
 """
 
 from __future__ import annotations
@@ -12,16 +19,22 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .schemas.device import DeviceSpec
 from .schemas.layer import LayerSpec
-from .schemas.selection import Candidate, DecidedBy, Note
+from .schemas.selection import Candidate, DecidedBy, Note, PhaseChoice
 from .selection import DeclaredPriority
 
-COST_SCHEMA_VERSION = 1
+# 2: entries carry ``mode`` (tables of version 1 are all eager and load as such).
+COST_SCHEMA_VERSION = 2
+
+#: Token buckets that run from CUDA graphs at decode (vLLM's capture sizes up to 64); above the last one a
+#: forward runs eagerly. The one home of this fact: execution.graphs and measure.bench read it.
+DECODE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+Mode = Literal["eager", "graph"]
 
 
 # A time above this (11.6 days) is not a measurement; finite bounds keep sums and --json finite.
@@ -35,6 +48,7 @@ class CostEntry(BaseModel):
     backend: str
     layer: LayerSpec  # shape key: name and index are dropped
     tokens: int = Field(gt=0)
+    mode: Mode = "eager"  # "graph": replays of the forward captured in a CUDA graph (decode, T <= 64)
     median_us: float = Field(gt=0, le=MAX_US)
     p10_us: float | None = Field(default=None, ge=0, le=MAX_US)
     p90_us: float | None = Field(default=None, ge=0, le=MAX_US)
@@ -75,16 +89,16 @@ class CostTable(BaseModel):
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=1) + "\n")
 
-    def points(self, backend: str, layer: LayerSpec) -> list[tuple[int, float]]:
+    def points(self, backend: str, layer: LayerSpec, mode: Mode = "eager") -> list[tuple[int, float]]:
         key = layer.shape_key()
         # shape_key() on both sides: an entry written with a layer name still matches its shape.
         return sorted((e.tokens, e.median_us) for e in self.entries
-                      if e.backend == backend and e.layer.shape_key() == key)
+                      if e.backend == backend and e.mode == mode and e.layer.shape_key() == key)
 
-    def estimate_us(self, backend: str, layer: LayerSpec, tokens: int) -> float | None:
+    def estimate_us(self, backend: str, layer: LayerSpec, tokens: int, mode: Mode = "eager") -> float | None:
         """Interpolated time (log-log between the nearest measured token counts; the nearest
         measurement outside the measured range). None when the pair was never measured."""
-        pts = self.points(backend, layer)
+        pts = self.points(backend, layer, mode)
         if not pts:
             return None
         if tokens <= pts[0][0]:

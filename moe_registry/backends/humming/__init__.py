@@ -43,6 +43,7 @@ _A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path 
         "on SM90 no e2m1/fp8/int8 activation schema is compatible with group-16 NvFP4 weights")
 
 _RECORD = "docs/verification/h200-humming.txt"
+_GRAPH_RECORD = "docs/verification/h100-decode.txt"
 #: Measured on the H200 (2026-11-29, record above): first forward of a freshly built layer with a cold
 #: cache, i.e. both GEMMs' tuning intervals and the activation kernel compiled by NVRTC in parallel.
 # Measured on the H200, 2026-11-29 (docs/verification/h200-humming.txt): the first forward of a layer shape
@@ -123,11 +124,13 @@ DECLARATION = BackendCapability(
     routing=RoutingSupport(precomputed=True, source=f"{_EXPERTS} HummingIndexedExperts.apply takes topk_ids / "
                                                     f"topk_weights and aligns them with moe_align_block_size"),
     features=FeatureSupport(
-        bias=True, apply_router_weight_on_input=False, swigluoai_params=True, tensor_parallel=True,
+        bias=True, apply_router_weight_on_input=False, swigluoai_params=True, cuda_graphs=True, tensor_parallel=True,
         expert_parallel=True, source=(
             f"{_EXPERTS}: humming_forward(bias=w1_bias / w2_bias), LayerConfig.has_bias; apply() asserts not "
             f"apply_router_weight_on_input; {_V} utils/humming/activation.py clamped-SiLU template takes limit, "
-            f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True")),
+            f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True; cuda_graphs: "
+            f"the adapter's forward sizes everything from metadata (moe_align_block_size from _moe_C or the sync-free "
+            f"torch one), verified by tests/gpu/test_graph_capture_gpu.py for every scheme ({_GRAPH_RECORD})")),
     requirements=(
         Requirement(kind="package", name="humming-kernels", package="humming-kernels", import_name="humming",
                     hint="pip install humming-kernels==0.1.19 (the moe-registry 'humming' extra; needs a CUDA torch and "

@@ -84,7 +84,7 @@ run_probe; r = run_probe(['humming'], quick=True, quant_kinds=['$k'], progress=F
                   "${PYTEST[@]}" -s tests/gpu/test_graph_capture_gpu.py tests/gpu/test_oai_triton_gpu.py \
                   -k "${DTESTS_K:-humming or marlin or oai}" ;;
   decode-bench) TAIL=90 step decode-bench "${DBENCH_LIMIT:-250}" python3 benchmarks/decode_bench.py \
-                  --out-dir "$OUT/r/decode" --budget-s "${DBENCH_BUDGET:-235}" ;;
+                  --out-dir "$OUT/r/decode" --budget-s "${DBENCH_BUDGET:-235}" ${DBENCH_CASES:+--cases "$DBENCH_CASES"} ;;
   *) echo "unknown step $s" ;;
 esac; done
 cp -f "$OUT"/*.txt "$OUT/r/" 2>/dev/null

@@ -124,6 +124,7 @@ class MeasuredPolicy:
     costs: CostTable
     num_tokens: int | None = None
     fallback: DeclaredPriority = DeclaredPriority()
+    graph_tokens: int = DECODE_BUCKETS[-1]  # decode: T up to here runs from CUDA graphs where measured so
 
     def __post_init__(self) -> None:
         if self.num_tokens is not None and (isinstance(self.num_tokens, bool) or self.num_tokens < 1):
@@ -138,12 +139,19 @@ class MeasuredPolicy:
         return self.fallback.allow_padding
 
     def key(self) -> str:
-        return f"measured({self.costs.digest()},T={self.num_tokens},{self.fallback.key()})"
+        return f"measured({self.costs.digest()},T={self.num_tokens},graphs<={self.graph_tokens},{self.fallback.key()})"
+
+    def run_us(self, backend: str, layer: LayerSpec, tokens: int) -> tuple[float | None, Mode]:
+        """The time of one forward as an engine runs it: from a CUDA graph at decode (T up to
+        ``graph_tokens``) where the table has graph times for the backend, else eager."""
+        if tokens <= self.graph_tokens and self.costs.points(backend, layer, "graph"):
+            return self.costs.estimate_us(backend, layer, tokens, "graph"), "graph"
+        return self.costs.estimate_us(backend, layer, tokens), "eager"
 
     def _costs(self, backends: Sequence[str], layer: LayerSpec) -> tuple[dict[str, float | None], str]:
         """Cost per backend (None: unmeasured) and the token counts it stands for."""
         if self.num_tokens is not None:
-            return {b: self.costs.estimate_us(b, layer, self.num_tokens) for b in backends}, f"T={self.num_tokens}"
+            return {b: self.run_us(b, layer, self.num_tokens)[0] for b in backends}, f"T={self.num_tokens}"
         # Summed over the token counts every measured candidate has, so a backend that lacks a
         # (costly) point, e.g. one that failed at large T, is not favoured by the gap. Without a
         # common count: interpolated (clamped) estimates over the union.
@@ -154,8 +162,51 @@ class MeasuredPolicy:
             grid = sorted(set().union(*measured.values())) if measured else []
         costs: dict[str, float | None] = {b: None for b in backends}
         for b in measured:
-            costs[b] = sum(self.costs.estimate_us(b, layer, t) or 0.0 for t in grid)
+            costs[b] = sum(self.run_us(b, layer, t)[0] or 0.0 for t in grid)
         return costs, "summed over T=" + ",".join(map(str, grid))
+
+    def phases(self, candidates: Sequence[Candidate], layer: LayerSpec,
+               device: DeviceSpec) -> tuple[tuple[PhaseChoice, ...], tuple[Note, ...]]:
+        """The backend that serves decode (T <= ``graph_tokens``, graphed where measured so) and the one
+        that serves prefill (larger T, eager), each the fastest summed over the token counts every
+        measured candidate has on its side; prefill only among the candidates that hold the same
+        weights as the decode one. Empty without measurements on both sides (or from another card)."""
+        if (self.costs.device.name, self.costs.device.sm) != (device.name, device.sm):
+            return (), ()
+        measured = {c.backend: {t for t, _ in self.costs.points(c.backend, layer)} for c in candidates}
+        measured = {b: ts for b, ts in measured.items() if ts}
+        if not measured:
+            return (), ()
+        common = set.intersection(*measured.values())
+        decode = sorted(t for t in common if t <= self.graph_tokens)
+        prefill = sorted(t for t in common if t > self.graph_tokens)
+        if not decode or not prefill:
+            return (), ()
+
+        def fastest(pool: Sequence[Candidate], grid: list[int]) -> tuple[Candidate, float]:
+            # candidates arrive in declared-priority order: the first of equal sums wins
+            timed = [(sum(self.run_us(c.backend, layer, t)[0] or 0.0 for t in grid), i, c)
+                     for i, c in enumerate(pool) if c.backend in measured]
+            cost, _, best = min(timed, key=lambda x: (x[0], x[1]))
+            return best, cost
+
+        by_priority, _, _ = self.fallback.order(candidates, layer, device)
+        dec, dec_us = fastest(by_priority, decode)
+        same = [c for c in by_priority if c.weights_held == dec.weights_held]
+        pre, pre_us = fastest(same, prefill)
+        mode: Mode = "graph" if self.costs.points(dec.backend, layer, "graph") else "eager"
+        choices = (
+            PhaseChoice(phase="decode", tokens=f"T <= {self.graph_tokens}", backend=dec.backend, mode=mode,
+                        estimated_us=round(dec_us, 3), expert_weight_bytes=dec.expert_weight_bytes),
+            PhaseChoice(phase="prefill", tokens=f"T > {self.graph_tokens}", backend=pre.backend, mode="eager",
+                        estimated_us=round(pre_us, 3), expert_weight_bytes=pre.expert_weight_bytes),
+        )
+        text = (f"decode ({choices[0].tokens}, {mode}): {dec.backend} {dec_us:g} us summed over T="
+                f"{','.join(map(str, decode))}; prefill ({choices[1].tokens}, eager): {pre.backend} {pre_us:g} us summed "
+                f"over T={','.join(map(str, prefill))}, among backends holding {dec.weights_held or 'the same weights'}")
+        if pre.backend != dec.backend:
+            text += f"; {pre.backend} keeps its own copy of the expert weights (counted in the memory fit)"
+        return choices, (Note(kind="measured", message=text),)
 
     def order(self, candidates: Sequence[Candidate], layer: LayerSpec,
               device: DeviceSpec) -> tuple[list[Candidate], DecidedBy, tuple[Note, ...]]:

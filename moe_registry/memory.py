@@ -85,7 +85,7 @@ def gb(n: int) -> str:
 def _bytes(selection: Selection | None) -> int:
     if selection is None:
         return 0
-    return selection.eligible[0].expert_weight_bytes or 0
+    return selection.held_bytes()  # a second backend serving prefill keeps its own copy
 
 
 def _ep_hint(counts: dict[LayerSpec, int], total: int, budget: int) -> str:

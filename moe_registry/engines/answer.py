@@ -53,8 +53,8 @@ class EngineAnswer(BaseModel):
         if declaration is None:
             return self.family is None
         if self.engine == "vllm":
-            from .vllm_oracle import family_of_engine  # the one family table
-            return self.family is not None and family_of_engine(declaration.engines.vllm) == self.family
+            from .vllm_oracle import family_of_declaration  # the one family table
+            return self.family is not None and family_of_declaration(declaration) == self.family
         return self.flag is not None and declaration.engines.sglang == self.flag
 
 

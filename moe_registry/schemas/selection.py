@@ -149,7 +149,7 @@ class Selection(BaseModel):
     def held_bytes(self) -> int:
         """Per-rank expert weight bytes of this layer as held: the chosen backend's, plus a copy for
         each other backend that serves a phase (each adapter converts the weights into its own layout)."""
-        total = self.eligible[0].expert_weight_bytes or 0 if self.eligible else 0
+        total = (self.eligible[0].expert_weight_bytes or 0) if self.eligible else 0
         seen = {self.backend}
         for p in self.phases:
             if p.backend not in seen:

@@ -1,0 +1,194 @@
+"""Decode measured as engines run it (issue 21): graph entries in cost tables, the measured policy ranking
+decode by graphed times, the decode / prefill backends in the Selection and the plan, the memory fit
+counting a second copy, and the rendering. Torch-free: hand-made cost tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moe_registry.cli import main
+from moe_registry.measure.analysis import regret, winners
+from moe_registry.measured import DECODE_BUCKETS, CostEntry, CostTable, MeasuredPolicy
+from moe_registry.planner import plan_model
+from moe_registry.render import plan_json
+from moe_registry.schemas.device import PRESETS
+from moe_registry.schemas.layer import LayerSpec
+from moe_registry.schemas.selection import Candidate, PhaseChoice
+from moe_registry.selection import select_backend
+
+H100, B200 = PRESETS["h100"], PRESETS["b200"]
+INT4 = LayerSpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=128, quant="int4_w4a16:g128")
+
+
+def entries(backend: str, points: dict[int, float], mode: str = "eager", layer: LayerSpec = INT4) -> list[CostEntry]:
+    return [CostEntry(backend=backend, layer=layer.shape_key(), tokens=t, mode=mode, median_us=us)
+            for t, us in points.items()]
+
+
+def table(*groups: list[CostEntry], device=H100) -> CostTable:
+    return CostTable(device=device, card="test card", entries=tuple(e for g in groups for e in g))
+
+
+def cand(backend: str, priority: int, held: str = "int4_w4a16:g128", size: int = 1000) -> Candidate:
+    return Candidate(backend=backend, priority=priority, weights_held=held, expert_weight_bytes=size)
+
+
+def test_decode_buckets_are_the_graph_buckets():
+    from moe_registry.execution import graphs
+
+    assert graphs.DEFAULT_BUCKETS is DECODE_BUCKETS and DECODE_BUCKETS[-1] == 64
+
+
+def test_old_tables_load_as_eager():
+    data = table(entries("a", {1: 5.0})).model_dump(mode="json")
+    del data["entries"][0]["mode"]
+    data["schema_version"] = 1
+    loaded = CostTable.model_validate(data)
+    assert loaded.entries[0].mode == "eager" and loaded.points("a", INT4) == [(1, 5.0)]
+    assert loaded.points("a", INT4, "graph") == []
+
+
+def test_points_and_estimates_keep_the_modes_apart():
+    costs = table(entries("a", {1: 300.0, 64: 400.0}), entries("a", {1: 40.0, 64: 90.0}, "graph"))
+    assert costs.points("a", INT4) == [(1, 300.0), (64, 400.0)]
+    assert costs.points("a", INT4, "graph") == [(1, 40.0), (64, 90.0)]
+    assert costs.estimate_us("a", INT4, 64, "graph") == 90.0
+
+
+def test_decode_is_ranked_by_graphed_time_where_measured():
+    # eager, "fast-eager" wins at T=1 (host overhead differences); graphed, "fast-graph" does
+    costs = table(entries("fast-eager", {1: 300.0, 512: 900.0}), entries("fast-graph", {1: 400.0, 512: 800.0}),
+                  entries("fast-eager", {1: 60.0}, "graph"), entries("fast-graph", {1: 40.0}, "graph"))
+    policy = MeasuredPolicy(costs, num_tokens=1)
+    ordered, decided_by, notes = policy.order([cand("fast-eager", 100), cand("fast-graph", 1)], INT4, H100)
+    assert [c.backend for c in ordered] == ["fast-graph", "fast-eager"]
+    assert ordered[0].estimated_us == 40.0
+    # above the last bucket an engine runs eagerly: eager times decide
+    ordered, _, _ = MeasuredPolicy(costs, num_tokens=512).order([cand("fast-eager", 100), cand("fast-graph", 1)],
+                                                                INT4, H100)
+    assert ordered[0].backend == "fast-graph" and ordered[0].estimated_us == 800.0
+    assert policy.run_us("fast-graph", INT4, 64) == (40.0, "graph")
+    assert policy.run_us("fast-graph", INT4, 65)[1] == "eager"
+    # a backend without graph times runs eagerly at decode, and is ranked by that
+    only_eager = table(entries("x", {1: 30.0}), entries("y", {1: 200.0}), entries("y", {1: 35.0}, "graph"))
+    ordered, _, _ = MeasuredPolicy(only_eager, num_tokens=1).order([cand("x", 1), cand("y", 1)], INT4, H100)
+    assert [c.backend for c in ordered] == ["x", "y"]
+
+
+def _split_table(device=H100) -> CostTable:
+    return table(entries("dec", {1: 300.0, 64: 400.0, 512: 2000.0, 4096: 9000.0}),
+                 entries("dec", {1: 20.0, 64: 50.0}, "graph"),
+                 entries("pre", {1: 310.0, 64: 420.0, 512: 1000.0, 4096: 5000.0}),
+                 entries("pre", {1: 60.0, 64: 90.0}, "graph"),
+                 entries("bf16", {1: 200.0, 64: 300.0, 512: 500.0, 4096: 1000.0}),
+                 entries("bf16", {1: 50.0, 64: 60.0}, "graph"), device=device)
+
+
+def test_phases_pick_decode_and_prefill_among_backends_holding_the_same_weights():
+    policy = MeasuredPolicy(_split_table())
+    pool = [cand("dec", 90), cand("pre", 100), cand("bf16", 60, held="bf16 (dequantized from int4_w4a16:g128)",
+                                                    size=4000)]
+    phases, notes = policy.phases(pool, INT4, H100)
+    assert [(p.phase, p.backend, p.mode) for p in phases] == [("decode", "dec", "graph"), ("prefill", "pre", "eager")]
+    assert phases[0].tokens == "T <= 64" and phases[1].tokens == "T > 64"
+    assert phases[0].estimated_us == 70.0 and phases[1].estimated_us == 6000.0  # bf16 is faster but holds bf16
+    assert phases[1].expert_weight_bytes == 1000
+    assert "keeps its own copy" in notes[0].message and "summed over T=1,64" in notes[0].message
+
+
+def test_phases_need_both_sides_and_the_same_card():
+    decode_only = table(entries("a", {1: 5.0, 64: 9.0}), entries("b", {1: 6.0, 64: 7.0}))
+    assert MeasuredPolicy(decode_only).phases([cand("a", 1), cand("b", 1)], INT4, H100) == ((), ())
+    prefill_only = table(entries("a", {512: 5.0}), entries("b", {512: 6.0}))
+    assert MeasuredPolicy(prefill_only).phases([cand("a", 1), cand("b", 1)], INT4, H100) == ((), ())
+    assert MeasuredPolicy(_split_table(device=B200)).phases([cand("dec", 1), cand("pre", 1)], INT4, H100) == ((), ())
+    assert MeasuredPolicy(_split_table()).phases([cand("unmeasured", 1)], INT4, H100) == ((), ())
+
+
+def test_one_backend_for_both_phases_says_so():
+    costs = table(entries("a", {1: 5.0, 512: 50.0}), entries("b", {1: 6.0, 512: 60.0}))
+    phases, notes = MeasuredPolicy(costs).phases([cand("a", 1), cand("b", 2)], INT4, H100)
+    assert [p.backend for p in phases] == ["a", "a"] and phases[0].mode == "eager"
+    assert "own copy" not in notes[0].message
+
+
+def test_ties_go_to_declared_priority():
+    costs = table(entries("a", {1: 5.0, 512: 50.0}), entries("b", {1: 5.0, 512: 50.0}))
+    phases, _ = MeasuredPolicy(costs).phases([cand("a", 1), cand("b", 2)], INT4, H100)
+    assert [p.backend for p in phases] == ["b", "b"]
+
+
+def test_held_bytes_count_each_backend_once():
+    from moe_registry.schemas.selection import Selection
+
+    base = select_backend(INT4, "h100")
+    chosen = base.eligible[0]
+    own = chosen.expert_weight_bytes
+    assert base.held_bytes() == own
+    split = base.model_copy(update={"phases": (
+        PhaseChoice(phase="decode", tokens="T <= 64", backend=chosen.backend, mode="graph", expert_weight_bytes=own),
+        PhaseChoice(phase="prefill", tokens="T > 64", backend="other", mode="eager", expert_weight_bytes=7))})
+    assert isinstance(split, Selection) and split.held_bytes() == own + 7
+
+
+def _measured_plan_table() -> CostTable:
+    layer = plan_model("qwen3-30b-a3b-gptq-int4", select=False).layers[0].layer.shape_key()
+    return table(entries("humming", {1: 400.0, 64: 500.0, 4096: 1800.0}, layer=layer),
+                 entries("humming", {1: 45.0, 64: 160.0}, "graph", layer=layer),
+                 entries("marlin", {1: 350.0, 64: 450.0, 4096: 1500.0}, layer=layer),
+                 entries("marlin", {1: 49.0, 64: 173.0}, "graph", layer=layer))
+
+
+def test_plan_carries_and_renders_decode_and_prefill(tmp_path, capsys):
+    costs = _measured_plan_table()
+    path = tmp_path / "costs.json"
+    costs.save(path)
+    plan = plan_model("qwen3-30b-a3b-gptq-int4", device="h100", policy=MeasuredPolicy(costs))
+    s = plan.layers[0].selection
+    assert [(p.phase, p.backend) for p in s.phases] == [("decode", "humming"), ("prefill", "marlin")]
+    group = plan_json(plan)["groups"][0]
+    assert group["serves"] == {"decode": "humming", "prefill": "marlin"}
+    assert group["selection"]["phases"][0]["mode"] == "graph"
+    # the memory fit counts both copies
+    assert plan.memory.expert_weight_bytes == 2 * len(plan.layers) * s.eligible[0].expert_weight_bytes
+    assert main(["explain", "qwen3-30b-a3b-gptq-int4", "--device", "h100", "--policy", "measured",
+                 "--costs", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "decode (T <= 64, graph): humming; prefill (T > 64): marlin" in " ".join(out.split())
+    assert main(["explain", "qwen3-30b-a3b-gptq-int4", "--device", "h100", "--policy", "measured",
+                 "--costs", str(path), "--markdown"]) == 0
+    assert "- decode (T <= 64, graph): `humming`; prefill (T > 64): `marlin`" in capsys.readouterr().out
+
+
+def test_declared_priority_plans_one_backend_for_every_phase():
+    plan = plan_model("qwen3-30b-a3b-gptq-int4", device="h100")
+    s = plan.layers[0].selection
+    assert s.phases == ()
+    assert plan_json(plan)["groups"][0]["serves"] == {"decode": s.backend, "prefill": s.backend}
+
+
+def test_winners_and_regret_as_engines_run_it():
+    costs = _split_table()
+    assert winners(costs, INT4)[1] == "bf16"  # eager: 200 us
+    assert winners(costs, INT4, "graph")[1] == "dec"  # graphed: 20 us
+    rows = {r["tokens"]: r for r in regret(costs, costs, registry=_Registry())["rows"]}
+    assert rows[1]["best"] == "dec" and rows[1]["best_us"] == 20.0  # truth at decode is the graphed time
+    assert rows[4096]["best"] == "bf16"
+
+
+class _Registry:
+    def get(self, backend):
+        raise KeyError(backend)
+
+
+@pytest.mark.parametrize("argv", [["--json"], []])
+def test_bench_report_shows_graph_rows(argv, tmp_path, capsys):
+    from moe_registry.measure.report import print_report
+    from moe_registry.render import console
+
+    print_report(console(), _split_table())
+    out = capsys.readouterr().out
+    assert "dec (graph)" in out and "pre (graph)" in out
+    assert json.loads(_split_table().model_dump_json())["entries"][4]["mode"] == "graph"

@@ -80,7 +80,7 @@ run_probe; r = run_probe(['humming'], quick=True, quant_kinds=['$k'], progress=F
            --plot "$OUT/r/bench-moe-h200.png" ;;
   policy) step measured-policy "${POLICY_LIMIT:-240}" python3 benchmarks/measured_policy.py --out-dir "$OUT/r/measured-policy" \
             --budget-s 225 --cases gemma4-bf16,qwen3-bf16,qwen3-int4 ;;
-  decode-tests) GRAPH_CAPTURE_TABLE="$OUT/r/graph_capture_table.txt" TAIL=40 step decode-tests "${DTESTS_LIMIT:-170}" \
+  decode-tests) GRAPH_CAPTURE_TABLE="$OUT/r/graph_capture_table.txt" TAIL=40 step decode-tests "${DTESTS_LIMIT:-330}" \
                   "${PYTEST[@]}" -s tests/gpu/test_graph_capture_gpu.py tests/gpu/test_oai_triton_gpu.py \
                   -k "${DTESTS_K:-humming or marlin or oai}" ;;
   decode-bench) TAIL=90 step decode-bench "${DBENCH_LIMIT:-250}" python3 benchmarks/decode_bench.py \

@@ -287,10 +287,12 @@ def test_nvfp4_monolithic_trtllm_refuses_all2all_even_with_ag_rs():
 def test_a_new_same_family_backend_that_loses_makes_rows_unexplained():
     # The declaration of the kernel vLLM picks for gpt-oss on Hopper (OpenAI triton_kernels), ranked last
     # by our policy: the rows must not agree, and be flagged until someone decides (a table entry).
+    # (Humming's measured SM90 lead is taken away too: PREFERRED explains that one.)
     base = Registry(entry_points=False)
-    decl = base.get("oai-triton-kernels")
+    decl, humming = base.get("oai-triton-kernels"), base.get("humming")
     loser = decl.model_copy(update={"priority": {k: -1000 for k in decl.priority}, "priority_overrides": ()})
-    rows = parity_rows(base.with_declaration(loser))
+    humming = humming.model_copy(update={"priority_overrides": humming.priority_overrides[:1]})  # int4 only
+    rows = parity_rows(base.with_declaration(loser).with_declaration(humming))
     hopper_gpt_oss = [r for r in rows if r.model == "gpt-oss-20b" and r.device == "h100"]
     assert hopper_gpt_oss and all(not r.explained and "oai-triton-kernels" in r.via for r in hopper_gpt_oss)
     assert "**UNEXPLAINED**" in render_markdown(rows)

@@ -54,6 +54,12 @@ JIT_COST = "14-22 s per layer shape cold (H200), 0.7 s from $HUMMING_CACHE_DIR"
 _PRIORITY_SRC = ("vLLM 0.33.0 model_executor/layers/quantization/utils/humming/priority.py L10-48: prefers_humming() "
                  "is true for compute capability 90 only; prioritize_humming() moves Humming directly ahead of Marlin "
                  "(oracle/int_wna16.py, oracle/nvfp4.py, oracle/mxfp4.py apply it)")
+# Measured, not vLLM's order (vLLM 0.33 ranks OpenAI's triton_kernels, then FlashInfer CUTLASS, ahead of Humming for
+# gpt-oss): above both on SM90 (90 > oai-triton-kernels 85 > flashinfer-cutlass 80).
+_MXFP4_SM90 = ("benchmarks/results/decode-h100/decode_bench.json (issue 21, NVIDIA H100 80GB HBM3, 2026-12-07): at the "
+               "gpt-oss-120b layer Humming is faster than oai-triton-kernels (vLLM's SM90 default) at every decode T from "
+               "CUDA graphs (T=1 73 vs 133 us, T=64 600 vs 679 us) and at T=512 (932 vs 1190 us), slower only at T=4096 "
+               "(2702 vs 2294 us); FlashInfer CUTLASS is not measurable on SM90 here (its JIT build takes > 40 min)")
 # Listed, not "every Activation": a new id (silu_clamp) is declared only once kernel.activation_kwargs
 # has its expression and a run verified it.
 _FUSED_ACTIVATIONS = (Activation.SILU, Activation.GELU, Activation.GELU_TANH, Activation.SWIGLUOAI,
@@ -153,7 +159,8 @@ DECLARATION = BackendCapability(
     # for int4 (NvFP4 / MXFP4 already rank Humming above Marlin everywhere: 70 > 60).
     priority_overrides=(PriorityOverride(
         family=QuantFamily.INT4, devices=(DeviceRule(sm=(90,), source=_PRIORITY_SRC),), priority=110,
-        source=_PRIORITY_SRC),),
+        source=_PRIORITY_SRC), PriorityOverride(
+        family=QuantFamily.MXFP4, devices=(DeviceRule(sm=(90,), source=_MXFP4_SM90),), priority=90, source=_MXFP4_SM90)),
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_RECORD, note=(
         "2026-11-29, NVIDIA H200, humming-kernels 0.1.19, torch 2.11.0+cu130: tests/gpu/test_humming_gpu.py 11/11 - "
         "Gemma 4 NvFP4 gelu_tanh, Qwen3-30B-A3B int4 g128 (fp16) and NvFP4 silu, Mixtral int4 g128 zero points silu, "

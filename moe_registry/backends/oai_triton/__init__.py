@@ -96,12 +96,11 @@ DECLARATION = BackendCapability(
         f"{_EXPERTS} L43-53 _triton_kernel_moe_supports_current_device: CUDA (9, 0) <= capability < (13, 0)")),),
     dtypes=("bf16",),
     activations={Activation.SWIGLUOAI: ActivationImpl(
-        kernel_name="triton_kernels.swiglu.swiglu_fn fused into GEMM1 (FusedActivation, reduction_n 2)",
-        verified_on=("sm90",), source=(
+        kernel_name="triton_kernels.swiglu.swiglu_fn fused into GEMM1 (FusedActivation, reduction_n 2)", source=(
             f"{_EXPERTS} L1100-1101 OAITritonExperts._supports_activation (SWIGLUOAI only), L813-818 FusedActivation("
             f"FnSpecs('swiglu', swiglu_fn, ('alpha', 'limit')), (1.702, 7.0), 2); {_TK} swiglu_details/_swiglu.py "
             "compute_swiglu: interleaved gate/up pairs, s * (linear + 1)"))},
-    quant=(QuantSupport(kind=QuantKind.MXFP4, dtypes=("bf16",), verified_on=("sm90",), source=(
+    quant=(QuantSupport(kind=QuantKind.MXFP4, dtypes=("bf16",), source=(
         f"{_EXPERTS} L1031-1038 _supports_quant_scheme [(kMxfp4Static, None)]: MXFP4 weights, bf16 activations "
         f"(L775 asserts hidden_states bf16); weights swizzled as {_SWIZZLE} (Hopper value / scale layouts, scale "
         "groups padded to 4 on SM90); biases fp32")),),
@@ -122,7 +121,8 @@ DECLARATION = BackendCapability(
     features=FeatureSupport(
         bias=True, apply_router_weight_on_input=False, swigluoai_params=False, cuda_graphs=True, source=(
             f"{_EXPERTS} L776-777 w1_bias / w2_bias fp32; OAITritonExperts passes apply_router_weight_on_input=False; "
-            f"cuda_graphs: sizes from metadata only (vLLM captures it); verified by {_GRAPHS} ({_RECORD})")),
+            f"cuda_graphs: sizes from metadata only (vLLM captures it); captured and replayed by `bench` on the H100 "
+            f"({_RECORD}); the graphed == eager check is {_GRAPHS}, not yet run for it")),
     requirements=(
         Requirement(kind="package", name="triton", package="triton", import_name="triton",
                     hint="pip install triton (CUDA builds of torch bring it)", source=f"{_TK} imports triton"),
@@ -133,14 +133,17 @@ DECLARATION = BackendCapability(
                     source=_IMPORT),
     ),
     # vLLM's gpt-oss order puts TRITON ahead of FlashInfer CUTLASS and Humming / Marlin on every CUDA device
-    # but SM12x (oracle/mxfp4.py L402-435): 85 everywhere above FlashInfer CUTLASS (80); below TRT-LLM-gen (100).
+    # but SM12x (oracle/mxfp4.py L402-435): 85, above FlashInfer CUTLASS (80), below TRT-LLM-gen (100). On SM90
+    # the measurement puts Humming first (its override, 90: benchmarks/results/decode-h100/).
     priority={QuantFamily.MXFP4: 85},
     priority_overrides=(PriorityOverride(family=QuantFamily.MXFP4, devices=(DeviceRule(sm=(120, 121), source=(
         f"{_ORACLE} L425-434: consumer Blackwell moves TRITON after BATCHED_MARLIN")),), priority=55, source=(
         f"{_ORACLE} L425-434")),),
-    hardware=(HardwareStatus(devices="sm90", status="verified", record=_RECORD, note=(
-        "see the record: tests/gpu/test_oai_triton_gpu.py against the reference at the gpt-oss-120b shape, "
-        f"and {_GRAPHS}")),),
+    hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", record=_RECORD, note=(
+        "2026-12-07, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, vLLM 0.33.0's vendored triton_kernels: "
+        "built, ran and was captured in CUDA graphs at the gpt-oss-120b layer for T 1..4096 (finite outputs; "
+        "benchmarks/results/decode-h100/), but not yet compared with the reference: tests/gpu/test_oai_triton_gpu.py "
+        f"and {_GRAPHS} did not reach it within the session's device time")),),
     engines=EngineNames(vllm="triton", source=(
         f"{_ORACLE} L375 map_mxfp4_backend: 'triton' -> [Mxfp4MoeBackend.TRITON] (the MXFP4 oracle's meaning of "
         "--moe-backend triton)")),

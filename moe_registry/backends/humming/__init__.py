@@ -136,7 +136,9 @@ DECLARATION = BackendCapability(
             f"apply_router_weight_on_input; {_V} utils/humming/activation.py clamped-SiLU template takes limit, "
             f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True; cuda_graphs: "
             f"the adapter's forward sizes everything from metadata (moe_align_block_size from _moe_C or the sync-free "
-            f"torch one), verified by tests/gpu/test_graph_capture_gpu.py for every scheme ({_GRAPH_RECORD})")),
+            f"torch one); tests/gpu/test_graph_capture_gpu.py: graphed == eager at every bucket for int4 g128 on the H100 "
+            f"({_GRAPH_RECORD}; the other schemes were captured by bench there, their equality check not reached), "
+            f"NvFP4 and int4 captured equal to eager by issue 21's raw capture (2026-12-07)")),
     requirements=(
         Requirement(kind="package", name="humming-kernels", package="humming-kernels", import_name="humming",
                     hint="pip install humming-kernels==0.1.19 (the moe-registry 'humming' extra; needs a CUDA torch and "

@@ -22,12 +22,12 @@ import pytest
 _LATE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from moe_registry.backends import oai_triton
-from moe_registry.backends.oai_triton import DECLARATION, locate, triton_kernels_available
-from moe_registry.planner import plan_model, single_layer
-from moe_registry.schemas.device import get_device
-from moe_registry.schemas.quant import QuantFamily
-from moe_registry.selection import select_backend
+from moe_registry.backends import oai_triton  # noqa: E402
+from moe_registry.backends.oai_triton import DECLARATION, locate, triton_kernels_available  # noqa: E402
+from moe_registry.planner import plan_model, single_layer  # noqa: E402
+from moe_registry.schemas.device import get_device  # noqa: E402
+from moe_registry.schemas.quant import QuantFamily  # noqa: E402
+from moe_registry.selection import select_backend  # noqa: E402
 
 
 def _fake_package(root, name: str, files=oai_triton.GENERATION_FILES) -> None:

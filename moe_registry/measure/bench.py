@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..environment import package_versions
 from ..errors import cuda_context_broken, one_line
-from ..measured import COST_SCHEMA_VERSION, DECODE_BUCKETS, CostEntry, CostTable
+from ..measured import COST_SCHEMA_VERSION, DECODE_BUCKETS, CostEntry, CostTable, Mode
 from ..planner import plan_model, single_layer
 from ..environment import detect_device as detect
 from ..schemas.device import PRESETS
@@ -424,7 +424,7 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                         if cuda_context_broken(exc):
                             fatal = f"CUDA context unusable after: {_line(exc)}"
                         continue
-                    timed = [("eager", t)]
+                    timed: list[tuple[Mode, timing.Timing]] = [("eager", t)]
                     if refusal is None and T <= DECODE_BUCKETS[-1]:
                         try:
                             timed.append(("graph", timing.time_graph(experts.forward, inputs[T], dev, replays=reps)))

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..measured import CostTable
+from ..measured import CostTable, Mode
 from ..schemas.layer import LayerSpec, ParallelConfig
 from .analysis import backends_of, layers_of, winner_changes, winners
 
@@ -39,7 +39,8 @@ def print_report(console: Any, table: CostTable, *, skipped: Sequence[Mapping[st
             t.add_column(f"T={T}", justify="right")
         graph_best = winners(table, layer, "graph")
         for backend in backends_of(table, layer):
-            for mode, fastest in (("eager", best), ("graph", graph_best)):  # graphed decode: its own row
+            rows: tuple[tuple[Mode, dict[int, str]], ...] = (("eager", best), ("graph", graph_best))
+            for mode, fastest in rows:  # graphed decode: its own row
                 pts = dict(table.points(backend, layer, mode))
                 if not pts:
                     continue

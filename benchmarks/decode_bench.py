@@ -45,6 +45,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from _host import write_json  # noqa: E402
 from moe_registry.errors import one_line  # noqa: E402
 from moe_registry.measured import DECODE_BUCKETS, CostTable  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
@@ -85,13 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def case_layer(case: Case, quick: bool) -> LayerSpec:
     from moe_registry.planner import plan_model
 
@@ -125,7 +119,7 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> None:
         def save(report: Any) -> None:
             record.update(table=report.table.model_dump(mode="json"), skipped=report.skipped, meta=report.meta,
                           wall_s=round(time.perf_counter() - started, 1))
-            _write_json(path, record)
+            write_json(path, record)
 
         tokens = parse_tokens(args.tokens) if args.tokens else (QUICK_TOKENS if args.quick else TOKENS)
         report = run_bench([layer], tokens, backends=args.backend or None, reps=args.reps,
@@ -138,7 +132,7 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> None:
         record["error"] = one_line(exc, limit=800)
         print(f"ERROR {case.name}: {record['error']}", flush=True)
     record["wall_s"] = round(time.perf_counter() - started, 1)
-    _write_json(path, record)
+    write_json(path, record)
 
 
 def _child_argv(args: argparse.Namespace, case: Case) -> list[str]:
@@ -260,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             result["plot_error"] = one_line(exc, limit=300)
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    _write_json(out_dir / "decode_bench.json", result)
+    write_json(out_dir / "decode_bench.json", result)
     print("\n".join(summary_lines(records, result)), flush=True)
     return 0
 

@@ -192,3 +192,29 @@ def test_bench_report_shows_graph_rows(argv, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dec (graph)" in out and "pre (graph)" in out
     assert json.loads(_split_table().model_dump_json())["entries"][4]["mode"] == "graph"
+
+
+def test_decode_bench_floor_and_summary():
+    import sys
+    from pathlib import Path
+
+    bench_dir = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench_dir)
+    try:
+        import decode_bench
+    finally:
+        sys.path.remove(bench_dir)
+    gpt_oss = plan_model("gpt-oss-120b", select=False).layers[0].layer.shape_key()
+    # T=1: top-4 of 128 experts, each expert's MXFP4 weights + scales + biases, at 3350 GB/s
+    per_expert = gpt_oss.expert_weight_bytes() / 128
+    assert decode_bench.floor_us(gpt_oss, 1, 3350) == pytest.approx(4 * per_expert / 3350e9 * 1e6)
+    assert decode_bench.floor_us(gpt_oss, 4096, 3350) == pytest.approx(128 * per_expert / 3350e9 * 1e6, rel=1e-9)
+    costs = table(entries("dec", {1: 300.0}, layer=gpt_oss), entries("dec", {1: 20.0}, "graph", layer=gpt_oss))
+    record = {"case": "gpt-oss", "table": costs.model_dump(mode="json"), "layer": gpt_oss.model_dump(mode="json"),
+              "layer_describe": gpt_oss.describe(), "floor_us": {"1": 15.8},
+              "skipped": [{"backend": "flashinfer-cutlass", "stage": "unavailable", "tokens": None, "reason": "no"}]}
+    lines = decode_bench.summary_lines([record, {"case": "other", "error": "boom"}], {"card": "c", "date": "d"})
+    text = "\n".join(lines)
+    assert "dec graph" in text and "20.0" in text and "dec eager" in text and "300.0" in text
+    assert "HBM floor" in text and "15.8" in text
+    assert "not timed: flashinfer-cutlass (unavailable)" in text and "other: no table (boom)" in text

@@ -218,3 +218,19 @@ def test_decode_bench_floor_and_summary():
     assert "dec graph" in text and "20.0" in text and "dec eager" in text and "300.0" in text
     assert "HBM floor" in text and "15.8" in text
     assert "not timed: flashinfer-cutlass (unavailable)" in text and "other: no table (boom)" in text
+
+
+def test_run_says_which_backend_serves_decode_and_prefill(tmp_path):
+    pytest.importorskip("torch")
+    from moe_registry.measure.run import _serves
+
+    costs = _measured_plan_table()
+    layer = plan_model("qwen3-30b-a3b-gptq-int4", select=False).layers[0].layer
+    split = select_backend(layer, "h100", policy=MeasuredPolicy(costs, num_tokens=1))
+    assert split.backend == "humming"  # graphed T=1: 45 vs 49 us
+    assert _serves(split) == {"decode": "humming", "prefill": "marlin"}
+    one = select_backend(layer, "h100")
+    assert _serves(one) == {"decode": one.backend, "prefill": one.backend}
+    path = tmp_path / "costs.json"
+    costs.save(path)
+    assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "2", "--costs", str(path)]) == 2  # sharded: refused

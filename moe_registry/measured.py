@@ -187,7 +187,7 @@ class MeasuredPolicy:
             # candidates arrive in declared-priority order: the first of equal sums wins
             timed = [(sum(self.run_us(c.backend, layer, t)[0] or 0.0 for t in grid), i, c)
                      for i, c in enumerate(pool) if c.backend in measured]
-            cost, _, best = min(timed, key=lambda x: (x[0], x[1]))
+            cost, _, best = min(timed)  # (cost, position): positions are distinct, candidates never compared
             return best, cost
 
         by_priority, _, _ = self.fallback.order(candidates, layer, device)

@@ -5,6 +5,7 @@ counting a second copy, and the rendering. Torch-free: hand-made cost tables."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +235,72 @@ def test_run_says_which_backend_serves_decode_and_prefill(tmp_path):
     path = tmp_path / "costs.json"
     costs.save(path)
     assert main(["run", "--preset", "qwen3-30b-a3b", "--tp", "2", "--costs", str(path)]) == 2  # sharded: refused
+
+
+def _with_phases(selection, *backends_bytes):
+    phases = tuple(PhaseChoice(phase=phase, tokens="T", backend=b, mode="eager", expert_weight_bytes=n)
+                   for phase, (b, n) in zip(("decode", "prefill"), backends_bytes))
+    return selection.model_copy(update={"phases": phases})
+
+
+def test_memory_counts_a_second_copy_only_for_another_backend():
+    from moe_registry.memory import _bytes, split
+
+    base = select_backend(INT4, "h100")
+    own = base.eligible[0].expert_weight_bytes
+    assert own and _bytes(None) == 0 and _bytes(None, False) == 0 and not split(None)
+    assert _bytes(base) == own and _bytes(base, False) == own and not split(base)
+    same = _with_phases(base, (base.backend, own), (base.backend, own))
+    assert _bytes(same) == own and not split(same)
+    other = _with_phases(base, (base.backend, own), ("other", 5))
+    assert split(other) and _bytes(other) == own + 5 and _bytes(other, False) == own
+    unknown = other.model_copy(update={"eligible": (base.eligible[0].model_copy(update={"expert_weight_bytes": None}),)})
+    assert _bytes(unknown, False) == 0
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "decode-h100" / "costs.json"
+
+
+def test_a_split_that_does_not_fit_is_dropped_before_any_backend_is_rejected():
+    # gpt-oss-120b on one H100 with the committed H100 table: decode humming, prefill oai-triton-kernels would hold
+    # 2 x 61 GB; one copy fits, so each layer keeps its chosen backend for both phases, with a note
+    policy = MeasuredPolicy(CostTable.load(COMMITTED))
+    split_plan = plan_model("gpt-oss-120b", device="h100", policy=policy, memory="report")
+    s = split_plan.layers[0].selection
+    assert [(p.phase, p.backend) for p in s.phases] == [("decode", "humming"), ("prefill", "oai-triton-kernels")]
+    one = s.eligible[0].expert_weight_bytes
+    assert split_plan.memory.expert_weight_bytes == 36 * 2 * one and not split_plan.memory.fits
+    assert not split_plan.memory.phases_dropped  # report only
+    plan = plan_model("gpt-oss-120b", device="h100", policy=policy)
+    s = plan.layers[0].selection
+    assert s.phases == () and s.backend == "humming"
+    assert plan.memory.phases_dropped and plan.memory.fits and plan.memory.expert_weight_bytes == 36 * one
+    assert plan.memory.rejected == ("reference", "torch-grouped-mm")  # only the dequantizing ones, as without a split
+    assert any("humming serves decode and prefill: the measured split (decode humming, prefill oai-triton-kernels) "
+               "would hold two copies" in n.message for n in s.notes)
+    assert plan_json(plan)["groups"][0]["serves"] == {"decode": "humming", "prefill": "humming"}
+    # on an H200 the same table is another card's: declared priority, no split
+    assert plan_model("gpt-oss-120b", device="h200", policy=policy).layers[0].selection.phases == ()
+
+
+def test_phase_times_are_rounded_and_the_note_names_both_sides():
+    costs = table(entries("a", {1: 0.1234567, 8: 1.0, 512: 10.0004, 4096: 20.0}),
+                  entries("b", {1: 9.0, 8: 9.0, 512: 1.0, 4096: 2.0}))
+    phases, notes = MeasuredPolicy(costs, graph_tokens=8).phases([cand("a", 1), cand("b", 1)], INT4, H100)
+    assert [(p.backend, p.estimated_us, p.tokens) for p in phases] == [("a", 1.123, "T <= 8"), ("b", 3.0, "T > 8")]
+    text = notes[0].message
+    assert text.startswith("decode (T <= 8, eager): a 1.12346 us summed over T=1,8; prefill (T > 8, eager): b 3 us ")
+    assert "summed over T=512,4096, among backends holding int4_w4a16:g128;" in text
+    unlabelled = MeasuredPolicy(costs).phases([cand("a", 1, held=""), cand("b", 1, held="")], INT4, H100)[1]
+    assert "among backends holding the same weights" in unlabelled[0].message
+
+
+def test_summed_policy_without_a_common_token_count_uses_the_union():
+    costs = table(entries("a", {1: 10.0}), entries("b", {4096: 1.0}))
+    ordered, decided_by, notes = MeasuredPolicy(costs).order([cand("a", 1), cand("b", 1)], INT4, H100)
+    # union grid 1, 4096: a = 10 + 10 (clamped), b = 1 + 1
+    assert [(c.backend, c.estimated_us) for c in ordered] == [("b", 2.0), ("a", 20.0)]
+    assert "summed over T=1,4096" in notes[0].message
+    nothing = table(entries("a", {1: 10.0}, layer=INT4.replace(hidden_size=512)))
+    ordered, decided_by, _ = MeasuredPolicy(nothing).order([cand("a", 1), cand("b", 2)], INT4, H100)
+    assert decided_by == "priority" and ordered[0].backend == "b"

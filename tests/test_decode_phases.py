@@ -309,11 +309,11 @@ def test_a_split_that_does_not_fit_is_dropped_before_any_backend_is_rejected():
 
 def test_phase_times_are_rounded_and_the_note_names_both_sides():
     costs = table(entries("a", {1: 0.1234567, 8: 1.0, 512: 10.0004, 4096: 20.0}),
-                  entries("b", {1: 9.0, 8: 9.0, 512: 1.0, 4096: 2.0}))
+                  entries("b", {1: 9.0, 8: 9.0, 512: 1.40049, 4096: 2.0}))
     phases, notes = MeasuredPolicy(costs, graph_tokens=8).phases([cand("a", 1), cand("b", 1)], INT4, H100)
-    assert [(p.backend, p.estimated_us, p.tokens) for p in phases] == [("a", 1.123, "T <= 8"), ("b", 3.0, "T > 8")]
+    assert [(p.backend, p.estimated_us, p.tokens) for p in phases] == [("a", 1.123, "T <= 8"), ("b", 3.4, "T > 8")]
     text = notes[0].message
-    assert text.startswith("decode (T <= 8, eager): a 1.12346 us summed over T=1,8; prefill (T > 8, eager): b 3 us ")
+    assert text.startswith("decode (T <= 8, eager): a 1.12346 us summed over T=1,8; prefill (T > 8, eager): b 3.40049 us ")
     assert "summed over T=512,4096, among backends holding int4_w4a16:g128;" in text
     unlabelled = MeasuredPolicy(costs).phases([cand("a", 1, held=""), cand("b", 1, held="")], INT4, H100)[1]
     assert "among backends holding the same weights" in unlabelled[0].message
@@ -328,3 +328,47 @@ def test_summed_policy_without_a_common_token_count_uses_the_union():
     nothing = table(entries("a", {1: 10.0}, layer=INT4.replace(hidden_size=512)))
     ordered, decided_by, _ = MeasuredPolicy(nothing).order([cand("a", 1), cand("b", 2)], INT4, H100)
     assert decided_by == "priority" and ordered[0].backend == "b"
+
+
+
+def _fit(selection, n: int, memory_gb: float, mode: str = "prefer"):
+    from moe_registry.memory import fit
+
+    device = H100.model_copy(update={"memory_gb": memory_gb})
+    return fit({selection.layer: n}, lambda key, extra: _drop(selection, extra), device, mode)
+
+
+def _drop(selection, extra):
+    """The planner's re-selection with memory_exceeded reasons: the rejected backends leave the eligible list."""
+    gone = {b for b, _ in extra}
+    eligible = tuple(c for c in selection.eligible if c.backend not in gone)
+    if not eligible:
+        return None
+    return selection.model_copy(update={"eligible": eligible, "backend": eligible[0].backend})
+
+
+def test_fit_counts_drops_and_keeps_the_split_by_the_budget():
+    from moe_registry.memory import BUDGET_FRACTION, GB
+
+    base = select_backend(INT4, "h100")
+    own = base.eligible[0].expert_weight_bytes
+    biggest = max(c.expert_weight_bytes for c in base.eligible)
+    assert biggest >= 2 * own  # a dequantizing backend (bf16 / fp32) is eligible too
+    s = _with_phases(base, (base.backend, own), ("other", own))
+    n = 1000
+
+    def gb_for(total_bytes: float) -> float:  # device memory whose budget is total_bytes (+ a little)
+        return (total_bytes + 1) / (BUDGET_FRACTION * GB)
+
+    # two copies fit: counted, kept; the biggest backend alone fits too, so nothing is rejected
+    _, m = _fit(s, n, gb_for(n * biggest))
+    assert m.fits and not m.phases_dropped and m.expert_weight_bytes == 2 * n * own and m.rejected == ()
+    # one copy fits, two do not: the split goes first, then nothing needs rejecting
+    _, m = _fit(s, n, gb_for(n * own * 1.5))
+    assert m.fits and m.phases_dropped and m.expert_weight_bytes == n * own
+    # not even one copy fits: the split is dropped and the fit reports it (no endless loop)
+    _, m = _fit(s, n, gb_for(n * own * 0.5))
+    assert m.fits is False and m.phases_dropped
+    # report mode: both copies counted, nothing dropped
+    _, m = _fit(s, n, gb_for(n * own * 1.5), "report")
+    assert m.fits is False and not m.phases_dropped and m.expert_weight_bytes == 2 * n * own

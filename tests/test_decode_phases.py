@@ -372,3 +372,17 @@ def test_fit_counts_drops_and_keeps_the_split_by_the_budget():
     # report mode: both copies counted, nothing dropped
     _, m = _fit(s, n, gb_for(n * own * 1.5), "report")
     assert m.fits is False and not m.phases_dropped and m.expert_weight_bytes == 2 * n * own
+
+
+def test_after_dropping_a_split_the_other_backends_are_judged_with_one_copy():
+    from moe_registry.memory import BUDGET_FRACTION, GB
+
+    base = select_backend(INT4, "h100")
+    own = base.eligible[0].expert_weight_bytes
+    bigger = base.eligible[1].model_copy(update={"backend": "bigger", "expert_weight_bytes": own * 3 // 2})
+    s = _with_phases(base.model_copy(update={"eligible": (base.eligible[0], bigger)}), (base.backend, own),
+                     ("other", own))
+    n = 1000
+    _, m = _fit(s, n, (n * own * 5 // 4) / (BUDGET_FRACTION * GB))  # one copy fits, two do not
+    assert m.phases_dropped and m.fits
+    assert m.rejected == ("bigger",)  # 1.5 copies would not fit (judged against one copy, not two)

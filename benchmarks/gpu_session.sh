@@ -12,6 +12,11 @@
 #   run              moe-registry run, Gemma 4 NvFP4 layer 0        humming-bench  humming vs marlin vs grouped-mm
 #   triton-tune      tune the Triton configs for the bench shapes   bench          benchmarks/bench_moe.py (Triton vs vLLM)
 #   policy           benchmarks/measured_policy.py                  bench-smoke    moe-registry bench, Qwen3 bf16, 2 backends
+#   decode-tests     graph capture of every cuda_graphs backend (tests/gpu/test_graph_capture_gpu.py, -k $DTESTS_K)
+#                    and oai-triton-kernels against the reference
+#   decode-bench     benchmarks/decode_bench.py: the four 4-bit shapes, T 1..4096, graphed decode, HBM floor
+# oai-triton-kernels needs triton_kernels: carry vLLM's vendored copy as .gpu/tk/vllm/third_party/triton_kernels
+# (unzip it from the vLLM wheel; `vllm/third_party/__init__.py` beside it, no vllm/__init__.py).
 # Limits per step come from <STEP>_LIMIT variables (seconds), so one call can fit a lease.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/r"
@@ -25,6 +30,7 @@ if [ -d .whl ] && { [ ! -d /tmp/site/pydantic ] || [ ! -d /tmp/site/humming ]; }
 fi
 if [ -f .gpu/moe_C.so.xz ] && [ ! -f /tmp/moe_C.so ]; then xz -d -c .gpu/moe_C.so.xz > /tmp/moe_C.so; fi
 [ -f /tmp/moe_C.so ] && export MOE_REGISTRY_VLLM_MOE_C=/tmp/moe_C.so
+[ -d .gpu/tk/vllm/third_party/triton_kernels ] && export PYTHONPATH="$PYTHONPATH:$(cd .gpu/tk && pwd)"
 step() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s) ==="; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/r/$name.log" 2>&1; echo "rc=$? in $((SECONDS - t0))s"; tail -n "${TAIL:-25}" "$OUT/r/$name.log"; }
 { nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
@@ -74,6 +80,11 @@ run_probe; r = run_probe(['humming'], quick=True, quant_kinds=['$k'], progress=F
            --plot "$OUT/r/bench-moe-h200.png" ;;
   policy) step measured-policy "${POLICY_LIMIT:-240}" python3 benchmarks/measured_policy.py --out-dir "$OUT/r/measured-policy" \
             --budget-s 225 --cases gemma4-bf16,qwen3-bf16,qwen3-int4 ;;
+  decode-tests) GRAPH_CAPTURE_TABLE="$OUT/r/graph_capture_table.txt" TAIL=40 step decode-tests "${DTESTS_LIMIT:-330}" \
+                  "${PYTEST[@]}" -s tests/gpu/test_graph_capture_gpu.py tests/gpu/test_oai_triton_gpu.py \
+                  -k "${DTESTS_K:-humming or marlin or oai}" ;;
+  decode-bench) TAIL=90 step decode-bench "${DBENCH_LIMIT:-250}" python3 benchmarks/decode_bench.py \
+                  --out-dir "$OUT/r/decode" --budget-s "${DBENCH_BUDGET:-235}" ${DBENCH_CASES:+--cases "$DBENCH_CASES"} ;;
   *) echo "unknown step $s" ;;
 esac; done
 cp -f "$OUT"/*.txt "$OUT/r/" 2>/dev/null

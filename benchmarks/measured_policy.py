@@ -55,6 +55,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from _host import write_json  # noqa: E402
 from moe_registry.errors import one_line  # noqa: E402
 from moe_registry.measured import CostEntry, CostTable  # noqa: E402
 from moe_registry.schemas.layer import LayerSpec  # noqa: E402
@@ -124,13 +125,6 @@ def case_layer(case: Case, quick: bool) -> tuple[LayerSpec, int]:
     return layer, count
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 # --- One case (child process) -------------------------------------------------------------------------
 
 
@@ -151,7 +145,7 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> dict[str, A
             record.update(policy=report.table.model_dump(mode="json"),
                           truth=report.holdout.model_dump(mode="json") if report.holdout is not None else None,
                           skipped=report.skipped, meta=report.meta, wall_s=round(time.perf_counter() - started, 1))
-            _write_json(path, record)
+            write_json(path, record)
 
         exclude = ("reference",) if args.no_reference else ()
         report = run_bench([layer], policy_tokens, reps=args.reps, torch_device=args.torch_device,
@@ -165,7 +159,7 @@ def run_case(case: Case, args: argparse.Namespace, out_dir: Path) -> dict[str, A
         record["traceback"] = traceback.format_exc(limit=10)
         print(f"ERROR {case.name}: {record['error']}", flush=True)
     record["wall_s"] = round(time.perf_counter() - started, 1)
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -441,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         records.append(record)
         result["cases"] = records
         result["wall_s"] = round(time.perf_counter() - started, 1)
-        _write_json(json_path, result)
+        write_json(json_path, result)
 
     try:
         analyse(records, args, out_dir, result)
@@ -450,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         result["analysis_traceback"] = traceback.format_exc(limit=10)
     result["cases"] = records
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    _write_json(json_path, result)
+    write_json(json_path, result)
     try:
         lines = summary_lines(records, result)
     except Exception as exc:

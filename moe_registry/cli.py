@@ -307,6 +307,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if parallel.tp * parallel.ep > 1:
         from .distributed.launch import run_distributed_preset
 
+        if args.costs:
+            raise BadInput("--costs applies to a single-GPU run (a sharded run selects per rank by declared priority)")
+
         if args.torch_device not in (None, "cpu", "cuda"):
             raise BadInput(f"--torch-device must be cpu or cuda for a sharded run, got {args.torch_device!r}")
         report = run_distributed_preset(args.preset, layer=args.layer, tokens=args.tokens, tp=parallel.tp,
@@ -314,8 +317,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         repeats=args.repeats,
                                         cuda=None if args.torch_device is None else args.torch_device == "cuda")
     else:
+        policy = None
+        if args.costs:  # the measured policy at --tokens; it also names the decode and prefill backends
+            from .measured import CostTable, MeasuredPolicy
+
+            policy = MeasuredPolicy(CostTable.load(args.costs), num_tokens=args.tokens)
         report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, torch_device=args.torch_device,
-                                  seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats)
+                                  seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats,
+                                  policy=policy)
     if args.json:
         _emit_json(report)
     else:
@@ -398,7 +407,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     report = run_bench(layers, tokens, backends=list(args.backend) or None, reps=args.reps,
-                       torch_device=args.torch_device, holdout_tokens=holdout,
+                       torch_device=args.torch_device, holdout_tokens=holdout, graphs=not args.eager_only,
                        progress=None if args.json else progress)
     for path, table in ((args.out, report.table), (args.holdout_out, report.holdout)):
         if path and table is not None:
@@ -488,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", help="override the layer's quantization scheme")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--costs", metavar="FILE", help="cost table from `moe-registry bench`: choose by measured time at "
+                   "--tokens (graphed at T <= 64) and say which backend serves decode and which prefill")
     # --tp/--ep/--enable-expert-parallel as in explain: the experts' MoE TP x EP layout; that many ranks are
     # spawned here (NCCL with a GPU per rank, else gloo on the CPU), each checked against the reference.
     _add_parallel(p)
@@ -508,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
     p.add_argument("--backend", action="append", default=[], help="only these backends")
+    p.add_argument("--eager-only", action="store_true",
+                   help="do not also time T <= 64 from CUDA graphs (decode as engines run it)")
     p.add_argument("--out", metavar="FILE", help="write the cost table (JSON)")
     p.add_argument("--plot", metavar="FILE.png", help="plot time vs tokens per backend")
     p.add_argument("--json", action="store_true")

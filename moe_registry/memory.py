@@ -62,6 +62,9 @@ class MemoryFit(BaseModel):
     fits: bool | None  # None: unknown device memory
     rejected: tuple[str, ...] = ()  # backends rejected with memory_exceeded in some layer
     hint: str = ""  # when it does not fit: the expert parallelism that would
+    # True: a measured policy's decode / prefill split (two copies of some layers' weights) did not fit, so
+    # each of those layers is served by its chosen backend alone (the planner drops the split, with a note).
+    phases_dropped: bool = False
 
     def describe(self) -> str:
         held = f"expert weights per GPU: {gb(self.expert_weight_bytes)}"
@@ -82,10 +85,16 @@ def gb(n: int) -> str:
     return f"{n / GB:.2f} GB" if n < 10 * GB else f"{n / GB:.1f} GB"
 
 
-def _bytes(selection: Selection | None) -> int:
+def _bytes(selection: Selection | None, phases: bool = True) -> int:
     if selection is None:
         return 0
-    return selection.eligible[0].expert_weight_bytes or 0
+    # A second backend serving prefill keeps its own copy, unless the plan drops the split (phases=False).
+    return selection.held_bytes() if phases else selection.eligible[0].expert_weight_bytes or 0
+
+
+def split(selection: Selection | None) -> bool:
+    """Does a second backend serve one of the phases (a second copy of the weights)?"""
+    return selection is not None and any(p.backend != selection.backend for p in selection.phases)
 
 
 def _ep_hint(counts: dict[LayerSpec, int], total: int, budget: int) -> str:
@@ -128,11 +137,15 @@ def fit(counts: dict[LayerSpec, int], select: SelectKey, device: DeviceSpec,
         assert budget is not None or not facts[k]
         return tuple((b, _reason(b, *f, budget, device, hint)) for b, f in facts[k].items())  # type: ignore[arg-type]
 
+    phases = True  # count a decode / prefill split's second copy until it is dropped for not fitting
     while True:
         selections = {k: select(k, extras(k)) for k in counts}
-        total = sum(n * _bytes(selections[k]) for k, n in counts.items())
+        total = sum(n * _bytes(selections[k], phases) for k, n in counts.items())
         if mode == "report" or budget is None or total <= budget:
             break
+        if phases and any(split(s) for s in selections.values()):
+            phases = False  # one copy per layer first, before any backend is rejected
+            continue
         shares: dict[str, int] = {}
         shrink: dict[str, list[LayerSpec]] = {}
         for k, s in selections.items():
@@ -156,7 +169,7 @@ def fit(counts: dict[LayerSpec, int], select: SelectKey, device: DeviceSpec,
         for k, s in selections.items():
             if s is None:
                 continue
-            base = total - counts[k] * (s.eligible[0].expert_weight_bytes or 0)
+            base = total - counts[k] * _bytes(s, phases)
             for c in s.eligible[1:]:
                 would = base + counts[k] * (c.expert_weight_bytes or 0)
                 if would > budget:
@@ -176,5 +189,5 @@ def fit(counts: dict[LayerSpec, int], select: SelectKey, device: DeviceSpec,
     rejected = tuple(sorted({b for f in facts.values() for b in f}))
     memory = MemoryFit(mode=mode, device_memory_bytes=int(device.memory_gb * GB) if device.memory_gb else None,
                        budget_bytes=budget, expert_weight_bytes=total, fits=fits, rejected=rejected,
-                       hint=hint if fits is False else "")
+                       hint=hint if fits is False else "", phases_dropped=not phases)
     return {k: extras(k, hint) for k in counts}, memory

@@ -50,11 +50,12 @@ def test_fp4_layers_prefer_humming_over_marlin_and_grouped_mm(device):
         assert ranked.index("humming") < ranked.index("marlin"), (preset, ranked)
         if "torch-grouped-mm" in ranked:  # SM9x/10x only
             assert ranked.index("marlin") < ranked.index("torch-grouped-mm"), (preset, ranked)
-        # gpt-oss on SM90: vLLM 0.33's MXFP4 order puts FlashInfer CUTLASS MXFP4_BF16 right after OpenAI's
-        # triton_kernels (oracle/mxfp4.py _get_priority_backends_for_gpt_oss L405-421), ahead of Humming;
-        # CUTLASS MXFP4 exists on SM90 only (sm80 falls to Humming).
-        first = "flashinfer-cutlass" if preset == "gpt-oss-120b" and device != "sm80" else "humming"
-        assert sel.backend == first, (preset, device, sel.backend)
+        # gpt-oss on SM90: vLLM 0.33's MXFP4 order is OpenAI's triton_kernels, then FlashInfer CUTLASS MXFP4_BF16,
+        # ahead of Humming (oracle/mxfp4.py _get_priority_backends_for_gpt_oss L405-421); Humming measured faster
+        # than triton_kernels on the H100 (benchmarks/results/decode-h100/) and leads; sm80 has neither of the two.
+        assert sel.backend == "humming", (preset, device, sel.backend)
+        if preset == "gpt-oss-120b" and device != "sm80":
+            assert ranked[:3] == ["humming", "oai-triton-kernels", "flashinfer-cutlass"]
 
 
 def test_blackwell_nvfp4_keeps_flashinfer_ahead():

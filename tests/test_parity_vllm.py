@@ -285,16 +285,26 @@ def test_nvfp4_monolithic_trtllm_refuses_all2all_even_with_ag_rs():
 
 
 def test_a_new_same_family_backend_that_loses_makes_rows_unexplained():
-    # A declaration of the kernel vLLM picks for gpt-oss on Hopper (OpenAI triton_kernels) that our
-    # policy ranks last: the rows must stop being "missing backend" and be flagged until someone decides.
+    # The declaration of the kernel vLLM picks for gpt-oss on Hopper (OpenAI triton_kernels), ranked last
+    # by our policy: the rows must not agree, and be flagged until someone decides (a table entry).
+    # (Humming's measured SM90 lead is taken away too: PREFERRED explains that one.)
     base = Registry(entry_points=False)
-    decl = base.get("torch-grouped-mm")
-    lookalike = decl.model_copy(update={"id": "oai-triton-lookalike", "engines": EngineNames(vllm="triton_unfused"),
-                                        "priority": {k: -1000 for k in decl.priority}})
-    rows = parity_rows(base.with_declaration(lookalike))
+    decl, humming = base.get("oai-triton-kernels"), base.get("humming")
+    loser = decl.model_copy(update={"priority": {k: -1000 for k in decl.priority}, "priority_overrides": ()})
+    humming = humming.model_copy(update={"priority_overrides": humming.priority_overrides[:1]})  # int4 only
+    rows = parity_rows(base.with_declaration(loser).with_declaration(humming))
     hopper_gpt_oss = [r for r in rows if r.model == "gpt-oss-20b" and r.device == "h100"]
-    assert hopper_gpt_oss and all(not r.explained and "oai-triton-lookalike" in r.via for r in hopper_gpt_oss)
+    assert hopper_gpt_oss and all(not r.explained and "oai-triton-kernels" in r.via for r in hopper_gpt_oss)
     assert "**UNEXPLAINED**" in render_markdown(rows)
+
+
+def test_a_declaration_keyed_triton_is_openais_kernels_only_when_it_runs_mxfp4_only():
+    base = Registry(entry_points=False)
+    assert vo.family_of_declaration(base.get("oai-triton-kernels")) == "oai-triton-kernels"
+    assert vo.family_of_declaration(base.get("triton-fused-moe")) == "triton"
+    mixed = base.get("oai-triton-kernels").model_copy(update={"quant": base.get("humming").quant})
+    assert vo.family_of_declaration(mixed) == "triton"  # also runs other families: the --moe-backend meaning
+    assert vo.family_of_declaration(base.get("humming")) == "humming"
 
 
 def test_engines_never_import_torch():

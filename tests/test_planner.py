@@ -285,10 +285,12 @@ def test_gpt_oss_plans_on_a_four_bit_backend_with_the_2880_padding_on_h100():
     assert sum(len(g.indices) for g in groups) == 36
     for group in groups:
         s = group.selection
-        assert s is not None and s.backend in ("flashinfer-cutlass", "marlin")
+        # Humming (measured fastest on the H100, issue 21) holds the 4-bit weights unpadded
+        assert s is not None and s.backend == "humming" and not s.padding
         assert group.layer.bias and group.layer.quant.weight_bits == 4
         # FlashInfer CUTLASS MXFP4 (vLLM pads both to 128): 2880 -> 23 x 128 = 2944.
-        assert {(p.dimension, p.original, p.padded) for p in s.padding} == {
+        fi = next(c for c in s.eligible if c.backend == "flashinfer-cutlass")
+        assert {(p.dimension, p.original, p.padded) for p in fi.padding} == {
             ("hidden", 2880, 2944), ("intermediate", 2880, 2944)}
         marlin = next(c for c in s.eligible if c.backend == "marlin")
         # Marlin MXFP4 (vLLM pads hidden to 256, intermediate to 128): 2880 -> 3072 and 2944.

@@ -54,8 +54,8 @@ class EngineAnswer(BaseModel):
             return self.family is None
         # Both engines answer in one family vocabulary (vllm_oracle.ENGINE_FAMILY; SGLang's runners map
         # into it in engines/sglang/names.py), and our declaration's family is its vLLM name's.
-        from .vllm_oracle import family_of_engine  # the one family table
-        return self.family is not None and family_of_engine(declaration.engines.vllm) == self.family
+        from .vllm_oracle import family_of_declaration  # the one family table
+        return self.family is not None and family_of_declaration(declaration) == self.family
 
 
 class EngineNotInstalled(ValueError):

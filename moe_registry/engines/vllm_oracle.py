@@ -37,7 +37,8 @@ from typing import Callable
 
 from ..schemas.device import DeviceSpec
 from ..schemas.layer import LayerSpec, RoutingMethod
-from ..schemas.quant import QuantKind
+from ..schemas.capability import BackendCapability
+from ..schemas.quant import QuantFamily, QuantKind, family_of
 
 VLLM_VERSION = "0.33.0"
 
@@ -744,3 +745,17 @@ ENGINE_FAMILY: dict[str, str] = {
 
 def family_of_engine(moe_backend: str | None) -> str | None:
     return ENGINE_FAMILY.get(moe_backend) if moe_backend else None
+
+
+# The collision above, resolved per declaration: a declaration keyed "triton" that runs MXFP4 and nothing
+# else is OpenAI's triton_kernels (the MXFP4 oracle's TRITON, fused_moe/oracle/mxfp4.py L375).
+MXFP4_ONLY_FAMILY: dict[str, str] = {"triton": "oai-triton-kernels"}
+
+
+def family_of_declaration(decl: BackendCapability) -> str | None:
+    """The vLLM kernel family of one of our declarations (its ``engines.vllm`` key, and its quant kinds
+    where the key is ambiguous)."""
+    key = decl.engines.vllm
+    if key in MXFP4_ONLY_FAMILY and decl.quant and {family_of(q.kind) for q in decl.quant} == {QuantFamily.MXFP4}:
+        return MXFP4_ONLY_FAMILY[key]
+    return family_of_engine(key)

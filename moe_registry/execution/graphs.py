@@ -20,11 +20,30 @@ from typing import Any
 
 import torch
 
+from ..measured import DECODE_BUCKETS
 from .base import Experts
 from .guards import check_forward_inputs
 from .weights import torch_dtype
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+DEFAULT_BUCKETS = DECODE_BUCKETS
+
+
+def graph_refusal(experts: Experts, *, registry: Any = None) -> str | None:
+    """Why ``experts`` cannot be captured in a CUDA graph (one line), or None when it can: its
+    declaration must list ``features.cuda_graphs``, the adapter must not say ``capturable = False``
+    (a host-syncing fallback path on this device), and it must live on a CUDA device."""
+    from ..registry import default_registry
+
+    decl = (registry or default_registry()).get(experts.backend)
+    if not decl.features.cuda_graphs:
+        return (f"{experts.backend}: its declaration does not list cuda_graphs (a forward may sync with the host); "
+                "run it eagerly")
+    if getattr(experts, "capturable", True) is False:
+        return f"{experts!r} runs a path that syncs with the host here; run it eagerly"
+    device = getattr(experts, "device", None)
+    if device is None or torch.device(device).type != "cuda":
+        return f"{experts.backend}: CUDA graphs need the experts on a CUDA device, got {device}"
+    return None
 
 
 class GraphedExperts:
@@ -32,17 +51,10 @@ class GraphedExperts:
 
     def __init__(self, experts: Experts, buckets: tuple[int, ...] = DEFAULT_BUCKETS, *,
                  registry: Any = None) -> None:
-        from ..registry import default_registry
-
-        decl = (registry or default_registry()).get(experts.backend)
-        if not decl.features.cuda_graphs:
-            raise ValueError(f"{experts.backend}: its declaration does not list cuda_graphs (a forward may sync "
-                             "with the host); run it eagerly")
-        if getattr(experts, "capturable", True) is False:
-            raise ValueError(f"{experts!r} runs a path that syncs with the host here; run it eagerly")
-        device = getattr(experts, "device", None)
-        if device is None or torch.device(device).type != "cuda":
-            raise ValueError(f"{experts.backend}: CUDA graphs need the experts on a CUDA device, got {device}")
+        refusal = graph_refusal(experts, registry=registry)
+        if refusal:
+            raise ValueError(refusal)
+        device = experts.device  # type: ignore[attr-defined]  # graph_refusal checked it
         if not buckets or any(b <= 0 for b in buckets):
             raise ValueError(f"buckets must be positive token counts, got {buckets}")
         self.experts = experts

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import Any, Sequence
 
-from ..measured import CostTable, MeasuredPolicy
+from ..measured import CostTable, MeasuredPolicy, Mode
 from ..schemas.device import DeviceSpec
 from ..schemas.layer import LayerSpec
 from ..schemas.selection import Candidate
@@ -101,11 +101,13 @@ def backends_of(table: CostTable, layer: LayerSpec) -> list[str]:
     return out
 
 
-def winners(table: CostTable, layer: LayerSpec) -> dict[int, str]:
-    """Measured token count -> the backend measured fastest there (ties: the first listed)."""
+def winners(table: CostTable, layer: LayerSpec, mode: Mode = "eager") -> dict[int, str]:
+    """Measured token count -> the backend measured fastest there in ``mode`` (ties: the first listed)."""
     key = layer.shape_key()
     best: dict[int, tuple[float, str]] = {}
     for e in table.entries:
+        if e.mode != mode:
+            continue
         if e.layer.shape_key() == key and (e.tokens not in best or e.median_us < best[e.tokens][0]):
             best[e.tokens] = (e.median_us, e.backend)
     return {t: b for t, (_, b) in sorted(best.items())}
@@ -144,8 +146,8 @@ def regret(policy_table: CostTable, truth_table: CostTable, layers: Sequence[Lay
     for layer in layers:
         key = layer.shape_key()
         truth: dict[int, dict[str, float]] = {}
-        for e in truth_table.entries:
-            if e.layer.shape_key() == key:
+        for e in truth_table.entries:  # as an engine runs it: graphed where measured so, else eager
+            if e.layer.shape_key() == key and (e.mode == "graph" or e.backend not in truth.get(e.tokens, {})):
                 truth.setdefault(e.tokens, {})[e.backend] = e.median_us
         policy_tokens = {e.tokens for e in policy_table.entries if e.layer.shape_key() == key}
         for T in (sorted(tokens) if tokens is not None else sorted(truth)):

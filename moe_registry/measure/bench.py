@@ -22,6 +22,13 @@ token count T:
   :func:`.timing.time_calls`. Calls slower than ``max_point_s / reps`` get fewer repetitions
   (never fewer than ``min_reps``). Median, p10 and p90 in microseconds go to the cost table.
 
+Decode as engines run it: at T up to the largest CUDA-graph bucket (``measured.DECODE_BUCKETS``, 64),
+a backend that can be captured (declared ``features.cuda_graphs``, adapter not on a host-syncing path:
+``execution.graphs.graph_refusal``) is also timed from CUDA graphs (:func:`.timing.time_graph`: one
+graph per input set, replays between CUDA events, launch gaps removed), recorded as entries with
+``mode="graph"`` beside the eager ones (``graphs=False``: eager only). A backend that cannot be captured
+has eager entries only, and is said so in ``skipped`` (stage ``graph``).
+
 Token counts not measured are interpolated log-log by :meth:`CostTable.estimate_us`.
 ``holdout_tokens`` measures a second table at other token counts in a separate pass on the same
 built adapters: the ground truth that :func:`.analysis.regret` scores the policy table against.
@@ -43,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from ..environment import package_versions
 from .timing import MAX_TOKENS
 from ..errors import cuda_context_broken, one_line
-from ..measured import COST_SCHEMA_VERSION, CostEntry, CostTable
+from ..measured import COST_SCHEMA_VERSION, DECODE_BUCKETS, CostEntry, CostTable, Mode
 from ..planner import plan_model, single_layer
 from ..environment import detect_device as detect
 from ..schemas.device import PRESETS
@@ -262,12 +269,13 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
               backends: Sequence[str] | None = None, reps: int = 50, torch_device: Any = None, *,
               holdout_tokens: Sequence[int] | str | None = None, exclude: Sequence[str] = (),
               input_sets: int = 8, warmup: int = 3, min_reps: int = 5, max_point_s: float = 2.0, seed: int = 0,
-              progress: Callable[[str], None] | None = None,
+              graphs: bool = True, progress: Callable[[str], None] | None = None,
               checkpoint: Callable[[BenchReport], None] | None = None) -> BenchReport:
     """Time every eligible, available backend (or those of ``backends``, minus ``exclude``) on each
     distinct shape of ``layers`` at each of ``tokens``; see the module docstring for the method.
 
     ``torch_device``: ``None`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    ``graphs``: on a GPU, also time T <= 64 from CUDA graphs where the backend can be captured.
     ``holdout_tokens``: also measure these (a separate pass on the same adapters) into
     ``report.holdout``. ``progress`` gets one line per measured point; ``checkpoint`` gets the
     report so far after every backend (to save partial results). A failure (selection, build, one
@@ -277,6 +285,7 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
     import torch
 
     from ..execution import build_experts, random_weights
+    from ..execution.graphs import graph_refusal
     from ..execution.weights import torch_dtype
     from ..registry import default_registry
 
@@ -316,10 +325,13 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
     meta: dict[str, Any] = {
         "torch_device": str(dev), "card": card, "tokens": list(tokens), "holdout_tokens": list(holdout),
         "reps": reps, "min_reps": min_reps, "max_point_s": max_point_s, "warmup": warmup, "input_sets": input_sets,
-        "seed": seed, "notes": notes, "points": [],
+        "seed": seed, "notes": notes, "points": [], "graphs": graphs and dev.type == "cuda",
+        "graph_max_tokens": DECODE_BUCKETS[-1],
         "method": ("adapter forward (guards included) between CUDA events (perf_counter on CPU), median/p10/p90 "
                    f"over up to {reps} calls after warm-up; {input_sets} input sets rotated, routing random but "
-                   "fixed per set; weights random N(0, 1/fan_in), quantized like the layer"),
+                   "fixed per set; weights random N(0, 1/fan_in), quantized like the layer"
+                   + (f"; T <= {DECODE_BUCKETS[-1]} also from CUDA graphs (mode graph: one graph per input set, "
+                      f"up to {reps} replays between CUDA events)" if graphs and dev.type == "cuda" else "")),
     }
 
     def report() -> BenchReport:
@@ -396,6 +408,9 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                 experts = None
                 _free(dev)
                 continue
+            refusal = graph_refusal(experts, registry=registry) if graphs and dev.type == "cuda" else "off"
+            if refusal not in (None, "off"):
+                skip(layer, cand.backend, "graph", f"timed eagerly only: {refusal}")
             for pass_name, pass_tokens, sink in (("main", tokens, entries), ("holdout", holdout, holdout_entries)):
                 for T in pass_tokens:
                     if fatal:
@@ -412,14 +427,23 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                         if cuda_context_broken(exc):
                             fatal = f"CUDA context unusable after: {_line(exc)}"
                         continue
-                    sink.append(CostEntry(backend=cand.backend, layer=layer, tokens=T, median_us=t.median_us,
-                                          p10_us=t.p10_us, p90_us=t.p90_us))
-                    meta["points"].append({"layer": layer.describe(), "backend": cand.backend, "pass": pass_name,
-                                           "tokens": T, "reps": t.reps})
-                    if progress:
-                        tag = "" if pass_name == "main" else " (holdout)"
-                        progress(f"  {cand.backend:<20} T={T:<6} {t.median_us:12.1f} us  "
-                                 f"(p10 {t.p10_us:.1f}, p90 {t.p90_us:.1f}, {t.reps} reps){tag}")
+                    timed: list[tuple[Mode, timing.Timing]] = [("eager", t)]
+                    if refusal is None and T <= DECODE_BUCKETS[-1]:
+                        try:
+                            timed.append(("graph", timing.time_graph(experts.forward, inputs[T], dev, replays=reps)))
+                        except Exception as exc:
+                            skip(layer, cand.backend, "graph", _line(exc), T)
+                            if cuda_context_broken(exc):
+                                fatal = f"CUDA context unusable after: {_line(exc)}"
+                    for mode, t in timed:
+                        sink.append(CostEntry(backend=cand.backend, layer=layer, tokens=T, mode=mode,
+                                              median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us))
+                        meta["points"].append({"layer": layer.describe(), "backend": cand.backend, "pass": pass_name,
+                                               "tokens": T, "mode": mode, "reps": t.reps})
+                        if progress:
+                            tag = ("" if pass_name == "main" else " (holdout)") + (" graph" if mode == "graph" else "")
+                            progress(f"  {cand.backend:<20} T={T:<6} {t.median_us:12.1f} us  "
+                                     f"(p10 {t.p10_us:.1f}, p90 {t.p90_us:.1f}, {t.reps} reps){tag}")
             del experts
             _free(dev)
             if checkpoint:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..measured import CostTable
+from ..measured import CostTable, Mode
 from ..schemas.layer import LayerSpec, ParallelConfig
 from .analysis import backends_of, layers_of, winner_changes, winners
 
@@ -37,22 +37,28 @@ def print_report(console: Any, table: CostTable, *, skipped: Sequence[Mapping[st
         t.add_column("backend", no_wrap=True)
         for T in tokens:
             t.add_column(f"T={T}", justify="right")
+        graph_best = winners(table, layer, "graph")
         for backend in backends_of(table, layer):
-            pts = dict(table.points(backend, layer))
-            cells = []
-            for T in tokens:
-                if T not in pts:
-                    cells.append("-")
-                elif best.get(T) == backend:
-                    cells.append(f"[bold]{pts[T]:,.1f}*[/bold]")
-                else:
-                    cells.append(f"{pts[T]:,.1f}")
-            t.add_row(backend, *cells)
+            rows: tuple[tuple[Mode, dict[int, str]], ...] = (("eager", best), ("graph", graph_best))
+            for mode, fastest in rows:  # graphed decode: its own row
+                pts = dict(table.points(backend, layer, mode))
+                if not pts:
+                    continue
+                cells = []
+                for T in tokens:
+                    if T not in pts:
+                        cells.append("-")
+                    elif fastest.get(T) == backend:
+                        cells.append(f"[bold]{pts[T]:,.1f}*[/bold]")
+                    else:
+                        cells.append(f"{pts[T]:,.1f}")
+                t.add_row(backend + (" (graph)" if mode == "graph" else ""), *cells)
         console.print(t)
         changes = winner_changes(table, layer)
         if changes:
             console.print("  winner changes: " + "; ".join(f"{a} -> {b} at T={x}" for a, b, x in changes), markup=False)
-    console.print("  times: median microseconds per forward; * fastest at that T", markup=False)
+    console.print("  times: median microseconds per forward; * fastest at that T (eager and graph rows apart)",
+                  markup=False)
     for s in skipped:
         where = f" T={s['tokens']}" if s.get("tokens") else ""
         console.print(f"  not timed: {s['backend']} ({s['stage']}{where}) on {s['layer']}: {s['reason']}",
@@ -61,11 +67,13 @@ def print_report(console: Any, table: CostTable, *, skipped: Sequence[Mapping[st
 
 def plot(table: CostTable, path: str | os.PathLike[str], *, labels: Mapping[LayerSpec, str] | None = None,
          overlay: CostTable | None = None, title: str | None = None,
-         marks: Mapping[LayerSpec, Sequence[tuple[int, str]]] | None = None) -> Path:
+         marks: Mapping[LayerSpec, Sequence[tuple[int, str]]] | None = None,
+         floors: Mapping[LayerSpec, Mapping[int, float]] | None = None) -> Path:
     """Time vs tokens (log-log), one line per backend (p10-p90 band), one panel per layer shape.
 
     ``overlay``: a second table (e.g. the policy table) drawn as hollow markers. ``marks``: extra
-    vertical lines per layer (token count, label); winner changes of ``table`` are marked anyway."""
+    vertical lines per layer (token count, label); winner changes of ``table`` are marked anyway.
+    ``floors``: per layer, a lower bound per token count (e.g. the HBM floor), drawn dotted."""
     try:
         import matplotlib
 
@@ -86,12 +94,16 @@ def plot(table: CostTable, path: str | os.PathLike[str], *, labels: Mapping[Laye
         for backend in backends_of(table, layer):
             color = colors.setdefault(backend, cycle[len(colors) % len(cycle)])
             key = layer.shape_key()
-            es = sorted((e for e in table.entries if e.backend == backend and e.layer.shape_key() == key),
-                        key=lambda e: e.tokens)
-            xs = [e.tokens for e in es]
-            ax.plot(xs, [e.median_us for e in es], marker="o", ms=3.5, color=color, label=backend)
-            if all(e.p10_us is not None and e.p90_us is not None for e in es):
-                ax.fill_between(xs, [e.p10_us for e in es], [e.p90_us for e in es], color=color, alpha=0.15, lw=0)
+            for mode, style in (("eager", "-"), ("graph", "--")):  # graphed decode dashed, same colour
+                es = sorted((e for e in table.entries if e.backend == backend and e.mode == mode
+                             and e.layer.shape_key() == key), key=lambda e: e.tokens)
+                if not es:
+                    continue
+                xs = [e.tokens for e in es]
+                ax.plot(xs, [e.median_us for e in es], marker="o", ms=3.5, color=color, ls=style,
+                        label=backend + (" (graph)" if mode == "graph" else ""))
+                if all(e.p10_us is not None and e.p90_us is not None for e in es):
+                    ax.fill_between(xs, [e.p10_us for e in es], [e.p90_us for e in es], color=color, alpha=0.15, lw=0)
         if overlay is not None:
             for backend in backends_of(overlay, layer):
                 color = colors.setdefault(backend, cycle[len(colors) % len(cycle)])
@@ -104,6 +116,9 @@ def plot(table: CostTable, path: str | os.PathLike[str], *, labels: Mapping[Laye
             right = bool(span) and math.log(x) > (math.log(min(span)) + math.log(max(span))) / 2
             ax.annotate(f"{a}\u2192{b}\nT={x}", (x, 0.97), xycoords=("data", "axes fraction"), fontsize=7,
                         ha="right" if right else "left", va="top", color="dimgrey")
+        floor = (floors or {}).get(layer.shape_key())
+        if floor:
+            ax.plot(sorted(floor), [floor[t] for t in sorted(floor)], color="black", ls=":", lw=1.2, label="HBM floor")
         for x, text in marks.get(layer.shape_key(), ()):
             ax.axvline(x, color="black", ls=":", lw=0.9)
             ax.annotate(text, (x, 0.03), xycoords=("data", "axes fraction"), fontsize=7, ha="left", va="bottom")

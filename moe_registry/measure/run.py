@@ -27,7 +27,8 @@ def forward_flop_per_token(spec: Any) -> float:
 
 
 def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_device: str | None = None, seed: int = 0,
-                     force: str | None = None, quant: str | None = None, repeats: int = 20) -> dict[str, Any]:
+                     force: str | None = None, quant: str | None = None, repeats: int = 20,
+                     policy: Any = None) -> dict[str, Any]:
     # Bounds first, torch-free: a refused run costs no torch import and builds nothing.
     timing.check_run_size(tokens, repeats)
     plan = plan_model(preset, quant=quant, select=False)
@@ -54,7 +55,7 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
     from ..environment import detect_device as detect
 
     target = "cpu" if dev.type == "cpu" and detect().vendor != "cpu" else None
-    selection = select_backend(spec, target, force=force)
+    selection = select_backend(spec, target, force=force, policy=policy)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights = random_weights(spec, device=dev, seed=seed)
     hidden = torch.randn(tokens, spec.hidden_size, generator=generator).to(dev, torch.bfloat16)
@@ -80,6 +81,9 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
         "device": (str(torch.device(torch_device)) if torch_device else dev.type)
                   + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "backend": selection.backend, "decided_by": selection.decided_by, "fingerprint": selection.fingerprint,
+        # Which kernel serves decode (T <= 64, graphed) and which serves prefill: one backend for both unless
+        # a measured policy (--costs) chose per phase.
+        **{f"serves_{phase}": backend for phase, backend in _serves(selection).items()},
         "routing": method.value + ("" if method == spec.routing
                                    else f" (stand-in for {spec.routing.value if spec.routing else 'unknown'})"),
         "median_us": round(timed.median_us, 2), "repeats": repeats,
@@ -90,3 +94,8 @@ def run_preset_layer(preset: str, *, layer: int = 0, tokens: int = 64, torch_dev
             [f"the first forward took {t_first:.2f} s (kernel JIT compile or first-use setup included; "
              f"the median excludes it)"] if t_first > 1.0 else []),
     }
+
+
+def _serves(selection: Any) -> dict[str, str]:
+    by_phase = {p.phase: p.backend for p in selection.phases}
+    return {phase: by_phase.get(phase, selection.backend) for phase in ("decode", "prefill")}

@@ -21,7 +21,7 @@ from ..quant_config import (
 from ..schemas.device import DeviceSpec, get_device
 from ..schemas.layer import MAX_LAYERS, LayerSpec, ParallelConfig
 from ..schemas.quant import QuantScheme
-from ..schemas.selection import Selection
+from ..schemas.selection import Note, Selection
 from .reading import (
     _EXPERT_KEYS,
     _FAMILIES,
@@ -187,7 +187,7 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         raise SelectionUnavailable("backend selection is not available (moe_registry.selection is missing); "
                                    "plan with select=False") from None
     from ..errors import NoEligibleBackend
-    from ..memory import MEMORY_MODES, fit
+    from ..memory import MEMORY_MODES, fit, split
     if memory_mode not in MEMORY_MODES:
         raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
 
@@ -222,6 +222,11 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
     done: dict[LayerSpec, LayerPlan] = {}
     for key in counts:
         result = select_key(key, extras[key])
+        if isinstance(result, Selection) and memory.phases_dropped and split(result):
+            result = result.model_copy(update={"phases": (), "notes": result.notes + (Note(kind="memory", message=(
+                f"{result.backend} serves decode and prefill: the measured split ("
+                f"{', '.join(f'{p.phase} {p.backend}' for p in result.phases)}) would hold two copies of the expert "
+                "weights, over the memory budget")),)})
         if isinstance(result, Selection):
             done[key] = LayerPlan(layer=key, selection=result)
         else:

@@ -109,6 +109,22 @@ class Rejection(BaseModel):
 DecidedBy = Literal["forced", "env", "preferred", "priority", "measured"]
 
 
+class PhaseChoice(BaseModel):
+    """The backend that serves one phase of inference for this layer: ``decode`` (T up to the largest
+    CUDA-graph bucket, replayed from graphs where the backend can be captured) or ``prefill`` (larger T,
+    eager). Filled by a policy that has measurements on both sides (the measured policy); the prefill
+    backend holds the same weights as the decode one (``weights_held``)."""
+
+    model_config = _FROZEN
+
+    phase: Literal["decode", "prefill"]
+    tokens: str  # the token counts it covers, e.g. "T <= 64"
+    backend: str
+    mode: Literal["graph", "eager"]  # how its time was measured (and how an engine runs it)
+    estimated_us: float | None = None  # summed over the measured token counts of the phase
+    expert_weight_bytes: int | None = None  # this backend's copy of the layer's expert weights
+
+
 class Selection(BaseModel):
     """The answer for one layer on one device. ``fingerprint`` lets ranks of a distributed job
     check they resolved the same way (ranks that disagree hang)."""
@@ -126,6 +142,20 @@ class Selection(BaseModel):
     rejections: tuple[Rejection, ...] = ()
     engines: dict[str, str] = {}
     fingerprint: str
+    # Decode and prefill backends when the policy chose per phase (measured policy); empty: ``backend``
+    # serves every token count.
+    phases: tuple[PhaseChoice, ...] = ()
+
+    def held_bytes(self) -> int:
+        """Per-rank expert weight bytes of this layer as held: the chosen backend's, plus a copy for
+        each other backend that serves a phase (each adapter converts the weights into its own layout)."""
+        total = (self.eligible[0].expert_weight_bytes or 0) if self.eligible else 0
+        seen = {self.backend}
+        for p in self.phases:
+            if p.backend not in seen:
+                seen.add(p.backend)
+                total += p.expert_weight_bytes or 0
+        return total
 
     def rejection(self, backend: str) -> Rejection | None:
         return next((r for r in self.rejections if r.backend == backend), None)

@@ -22,7 +22,7 @@ from ..registry import Registry, default_registry
 from ..schemas.capability import Dimension, QuantSupport
 from ..schemas.device import PRESETS, DeviceSpec, get_device
 from ..schemas.layer import LayerSpec
-from ..schemas.selection import Candidate, DecidedBy, Note, Reason, ReasonCode, Rejection, Selection
+from ..schemas.selection import Candidate, DecidedBy, Note, PhaseChoice, Reason, ReasonCode, Rejection, Selection
 from .padding import _paddings
 from .policy import DeclaredPriority, Policy
 from .rules import Judgement, _Verdict, evaluate, judge
@@ -85,10 +85,15 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
         ordered = [chosen] + [c for c in candidates if c.backend != force]
         decided_by: DecidedBy = "env" if force_origin == "env" else "forced"
         policy_notes: tuple[Note, ...] = ()
+        phases: tuple[PhaseChoice, ...] = ()
     else:
         if not candidates:
             raise NoEligibleBackend(layer, tuple(rejections))
         ordered, decided_by, policy_notes = policy.order(candidates, layer, device)
+        # A policy that can tell decode from prefill (the measured one) names a backend for each.
+        by_phase = getattr(policy, "phases", None)
+        phases, phase_notes = by_phase(candidates, layer, device) if callable(by_phase) else ((), ())
+        policy_notes += phase_notes
         preferred = next((c for p in prefer for c in ordered if c.backend == p), None)
         if preferred is not None:
             ordered = [preferred] + [c for c in ordered if c is not preferred]
@@ -98,7 +103,7 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
     return Selection(
         layer=layer, device=device, planning=env.planning, backend=chosen.backend, decided_by=decided_by,
         padding=chosen.padding, notes=chosen.notes + policy_notes, eligible=tuple(ordered),
-        rejections=tuple(rejections),
+        rejections=tuple(rejections), phases=phases,
         engines={k: v for k, v in (("vllm", engines.vllm), ("sglang", engines.sglang_flag(layer.quant.kind)),
                                     ("trtllm", engines.trtllm)) if v},
         fingerprint=_fingerprint(registry, layer, device, env, policy, force, prefer, forbid, extra))

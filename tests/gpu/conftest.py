@@ -63,3 +63,17 @@ def poison() -> Callable[["torch.Tensor"], "torch.Tensor"]:
 @pytest.fixture(scope="session")
 def make_routing() -> Callable[..., "tuple[torch.Tensor, torch.Tensor]"]:
     return routing_pattern
+
+
+@pytest.fixture(scope="session")
+def no_host_sync() -> Callable[..., None]:
+    """Run ``fn(*args)`` with torch's sync debug mode set to raise on any host synchronization (a
+    forward that passes can be captured in a CUDA graph); call it once before, outside, to compile."""
+    def check(fn: Callable[..., object], *args: object) -> None:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return check

@@ -139,17 +139,12 @@ def test_quantizers_round_like_torch(sm90):
     assert (qt.float() == want_t.float()).float().mean() > 0.999
 
 
-def test_no_host_sync_in_a_forward(sm90):
+def test_no_host_sync_in_a_forward(sm90, no_host_sync):
     experts, _ = _build(LayerSpec(**MEDIUM), sm90)
     for T in (1, 64, 600):  # naive and aligned paths
         x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
         experts(x, w, ids)  # compile first
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            experts(x, w, ids)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        no_host_sync(experts, x, w, ids)
 
 
 def test_graphed_experts_match_eager(sm90):

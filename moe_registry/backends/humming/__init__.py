@@ -43,6 +43,7 @@ _A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path 
         "on SM90 no e2m1/fp8/int8 activation schema is compatible with group-16 NvFP4 weights")
 
 _RECORD = "docs/verification/h200-humming.txt"
+_GRAPH_RECORD = "docs/verification/h100-decode.txt"
 #: Measured on the H200 (2026-11-29, record above): first forward of a freshly built layer with a cold
 #: cache, i.e. both GEMMs' tuning intervals and the activation kernel compiled by NVRTC in parallel.
 # Measured on the H200, 2026-11-29 (docs/verification/h200-humming.txt): the first forward of a layer shape
@@ -53,6 +54,12 @@ JIT_COST = "14-22 s per layer shape cold (H200), 0.7 s from $HUMMING_CACHE_DIR"
 _PRIORITY_SRC = ("vLLM 0.33.0 model_executor/layers/quantization/utils/humming/priority.py L10-48: prefers_humming() "
                  "is true for compute capability 90 only; prioritize_humming() moves Humming directly ahead of Marlin "
                  "(oracle/int_wna16.py, oracle/nvfp4.py, oracle/mxfp4.py apply it)")
+# Measured, not vLLM's order (vLLM 0.33 ranks OpenAI's triton_kernels, then FlashInfer CUTLASS, ahead of Humming for
+# gpt-oss): above both on SM90 (90 > oai-triton-kernels 85 > flashinfer-cutlass 80).
+_MXFP4_SM90 = ("benchmarks/results/decode-h100/decode_bench.json (issue 21, NVIDIA H100 80GB HBM3, 2026-12-07): at the "
+               "gpt-oss-120b layer Humming is faster than oai-triton-kernels (vLLM's SM90 default) at every decode T from "
+               "CUDA graphs (T=1 73 vs 133 us, T=64 600 vs 679 us) and at T=512 (932 vs 1190 us), slower only at T=4096 "
+               "(2702 vs 2294 us); FlashInfer CUTLASS is not measurable on SM90 here (its JIT build takes > 40 min)")
 # Listed, not "every Activation": a new id (silu_clamp) is declared only once kernel.activation_kwargs
 # has its expression and a run verified it.
 _FUSED_ACTIVATIONS = (Activation.SILU, Activation.GELU, Activation.GELU_TANH, Activation.SWIGLUOAI,
@@ -123,11 +130,15 @@ DECLARATION = BackendCapability(
     routing=RoutingSupport(precomputed=True, source=f"{_EXPERTS} HummingIndexedExperts.apply takes topk_ids / "
                                                     f"topk_weights and aligns them with moe_align_block_size"),
     features=FeatureSupport(
-        bias=True, apply_router_weight_on_input=False, swigluoai_params=True, tensor_parallel=True,
+        bias=True, apply_router_weight_on_input=False, swigluoai_params=True, cuda_graphs=True, tensor_parallel=True,
         expert_parallel=True, source=(
             f"{_EXPERTS}: humming_forward(bias=w1_bias / w2_bias), LayerConfig.has_bias; apply() asserts not "
             f"apply_router_weight_on_input; {_V} utils/humming/activation.py clamped-SiLU template takes limit, "
-            f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True")),
+            f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True; cuda_graphs: "
+            f"the adapter's forward sizes everything from metadata (moe_align_block_size from _moe_C or the sync-free "
+            f"torch one); tests/gpu/test_graph_capture_gpu.py: graphed == eager at every bucket for int4 g128 on the H100 "
+            f"({_GRAPH_RECORD}; the other schemes were captured by bench there, their equality check not reached), "
+            f"NvFP4 and int4 captured equal to eager by issue 21's raw capture (2026-12-07)")),
     requirements=(
         Requirement(kind="package", name="humming-kernels", package="humming-kernels", import_name="humming",
                     hint="pip install humming-kernels==0.1.19 (the moe-registry 'humming' extra; needs a CUDA torch and "
@@ -150,7 +161,8 @@ DECLARATION = BackendCapability(
     # for int4 (NvFP4 / MXFP4 already rank Humming above Marlin everywhere: 70 > 60).
     priority_overrides=(PriorityOverride(
         family=QuantFamily.INT4, devices=(DeviceRule(sm=(90,), source=_PRIORITY_SRC),), priority=110,
-        source=_PRIORITY_SRC),),
+        source=_PRIORITY_SRC), PriorityOverride(
+        family=QuantFamily.MXFP4, devices=(DeviceRule(sm=(90,), source=_MXFP4_SM90),), priority=90, source=_MXFP4_SM90)),
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_RECORD, note=(
         "2026-11-29, NVIDIA H200, humming-kernels 0.1.19, torch 2.11.0+cu130: tests/gpu/test_humming_gpu.py 11/11 - "
         "Gemma 4 NvFP4 gelu_tanh, Qwen3-30B-A3B int4 g128 (fp16) and NvFP4 silu, Mixtral int4 g128 zero points silu, "

@@ -323,7 +323,7 @@ class HummingExperts(Experts):
         y = torch.empty((M, H), dtype=self.dtype, device=x.device)
         self._gemm(self.w2, a, y, align2, top_k=1, shape_m=M)
         out = (y.view(T, k, H).float() * topk_weights.unsqueeze(-1)).sum(dim=1).to(self.dtype)
-        if first:
+        if first and not torch.cuda.is_current_stream_capturing():  # a sync would end a capture
             torch.cuda.synchronize(x.device)
             self.first_forward_seconds = time.perf_counter() - t0
         return out

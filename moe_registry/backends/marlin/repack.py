@@ -351,17 +351,19 @@ def moe_align_block_size_torch(topk_ids: torch.Tensor, num_experts: int, block_s
     flat = topk_ids.reshape(-1).to(torch.int64)
     numel = flat.numel()
     max_padded, num_blocks = align_buffer_sizes(numel, num_experts, block_size)
-    counts = torch.bincount(flat, minlength=num_experts)[:num_experts]
+    # No host sync (capturable in a CUDA graph): every size comes from metadata; counts by scatter_add
+    # (bincount reads the maximum on the host), block owners by searchsorted (repeat_interleave with
+    # tensor repeats reads the total on the host), the padded total stays on the device.
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_size - 1) // block_size * block_size
     starts = torch.cumsum(padded, 0) - padded
-    total = int(padded.sum().item())
     sorted_ids = torch.full((max_padded,), numel, dtype=torch.int32, device=device)
     order = torch.argsort(flat, stable=True)
     experts_sorted = flat[order]
     rank = torch.arange(numel, device=device) - (torch.cumsum(counts, 0) - counts)[experts_sorted]
     sorted_ids[starts[experts_sorted] + rank] = order.to(torch.int32)
-    expert_ids = torch.zeros((num_blocks,), dtype=torch.int32, device=device)
-    block_expert = torch.repeat_interleave(torch.arange(num_experts, device=device), padded // block_size)
-    expert_ids[: block_expert.numel()] = block_expert.to(torch.int32)
-    num_tokens_post_padded = torch.tensor([total], dtype=torch.int32, device=device)
+    blocks_end = torch.cumsum(padded // block_size, 0)  # expert e owns blocks [blocks_end[e-1], blocks_end[e])
+    owner = torch.searchsorted(blocks_end, torch.arange(num_blocks, device=device), right=True)
+    expert_ids = torch.where(owner < num_experts, owner, 0).to(torch.int32)
+    num_tokens_post_padded = padded.sum().to(torch.int32).view(1)
     return sorted_ids, expert_ids, num_tokens_post_padded

@@ -24,7 +24,6 @@ from ...execution.base import Experts
 from ...execution.declared import check_declared
 from ...execution.guards import check_forward_inputs, check_weights
 from ...execution.weights import ExpertWeights, torch_dtype
-from ...schemas.activation import Activation
 from ...schemas.layer import LayerSpec
 from ...schemas.quant import QuantKind
 from . import codes as C
@@ -79,21 +78,11 @@ class TritonFusedMoEExperts(Experts):
         self.w2_bias = None if weights.w2_bias is None else weights.w2_bias.float().contiguous()
 
         # The GEMM1 epilogue, from the declaration and the layer.
-        act = layer.activation
-        I = layer.local_intermediate_size
-        code = decl.activations[act].kernel_value
-        assert code is not None, f"declaration of {self.backend} gives no kernel_value for {act.value}"
-        from .ops import Epilogue
+        code = decl.activations[layer.activation].kernel_value
+        assert code is not None, f"declaration of {self.backend} gives no kernel_value for {layer.activation.value}"
+        from .ops import epilogue_for
 
-        if act is Activation.SWIGLUOAI:
-            p = layer.swigluoai
-            assert p is not None
-            self.epilogue = Epilogue(act=code, gated=True, row_stride=2 if p.interleaved else 1,
-                                     up_offset=1 if p.interleaved else I, alpha=p.alpha, limit=p.limit,
-                                     up_add=p.up_offset, routed_on_input=layer.apply_router_weight_on_input)
-        else:
-            self.epilogue = Epilogue(act=code, gated=act.is_gated, up_offset=I if act.is_gated else 0,
-                                     routed_on_input=layer.apply_router_weight_on_input)
+        self.epilogue = epilogue_for(layer, code)
         self.fixed_config = configs.validate(config, self.quant_label) if config is not None else None
         self.config_dir = config_dir
         self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None

@@ -6,6 +6,9 @@
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/r"
 export PYTHONUNBUFFERED=1 CUDA_CACHE_MAXSIZE=4294967296 HUMMING_CACHE_DIR=${HUMMING_CACHE_DIR:-/tmp/humming-cache}
+# A Triton cache filled without a GPU (benchmarks/lowt_precompile.py), when carried.
+if [ -f .gpu/lowt-tcache.tar.xz ]; then mkdir -p /tmp/lowt-tc && tar xJf .gpu/lowt-tcache.tar.xz -C /tmp/lowt-tc &&
+  export TRITON_CACHE_DIR=/tmp/lowt-tc/tcache; fi
 { nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   python3 -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name(), 'triton', triton.__version__)"
   python3 -c "import humming; print('humming-kernels', humming.__version__)"; date -u; } > "$OUT/r/env.txt" 2>&1
@@ -13,7 +16,7 @@ cat "$OUT/r/env.txt"
 t0=$SECONDS
 if [ "${LOWT_TESTS:-1}" = 1 ]; then
   timeout "${TESTS_LIMIT:-300}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/gpu/test_triton_lowt_moe_gpu.py \
-    > "$OUT/r/gpu-tests.log" 2>&1 &
+    ${TESTS_K:+-k "$TESTS_K"} > "$OUT/r/gpu-tests.log" 2>&1 &
   TESTS=$!
 fi
 if [ "${LOWT_PROBE:-1}" = 1 ]; then

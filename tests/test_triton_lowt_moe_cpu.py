@@ -181,3 +181,112 @@ def test_declaration_codes_and_features():
     for act, code in values.items():
         assert (code < C.ACT_RELU2) == act.is_gated, act
     assert DECLARATION.features.cuda_graphs and DECLARATION.features.bias
+
+
+# --- The PTX unpacking, bit for bit (an emulation of the few instructions it uses) ------------------
+
+def _half(bits: int, fp16: bool) -> float:
+    t = torch.tensor([bits - 65536 if bits >= 32768 else bits], dtype=torch.int16)
+    return t.view(torch.float16 if fp16 else torch.bfloat16).float().item()
+
+
+def _bits(value: float, fp16: bool) -> int:
+    return torch.tensor([value]).to(torch.float16 if fp16 else torch.bfloat16).view(torch.int16).item() & 0xFFFF
+
+
+def _emulate(asm: str, inputs: dict[int, int]) -> list[int]:
+    """Run the PTX of ``unpack.py`` on 32-bit integers: prmt, shifts, and/or/lop3, max, mov and the
+    16-bit-pair sub / mul (round to nearest even, subnormals kept, as PTX specifies for bf16x2 / f16x2)."""
+    regs: dict[str, int] = {}
+
+    def val(tok: str) -> int:
+        tok = tok.strip()
+        if tok.startswith("$"):
+            return regs.get(tok, inputs.get(int(tok[1:]), 0))
+        return regs[tok] if tok in regs else int(tok, 0) & 0xFFFFFFFF
+
+    for line in asm.splitlines():
+        line = line.strip()
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        a = [x.strip() for x in rest.rstrip(";").split(",")]
+        if op == "prmt.b32":
+            pool = [(val(a[1]) >> 8 * i) & 0xFF for i in range(4)] + [(val(a[2]) >> 8 * i) & 0xFF for i in range(4)]
+            sel = val(a[3])
+            v = 0
+            for i in range(4):
+                s = (sel >> 4 * i) & 0xF
+                byte = pool[s & 7] if not s & 8 else (0xFF if pool[s & 7] & 0x80 else 0)
+                v |= byte << 8 * i
+        elif op == "shr.u32":
+            v = val(a[1]) >> val(a[2])
+        elif op == "shl.b32":
+            v = val(a[1]) << val(a[2])
+        elif op == "and.b32":
+            v = val(a[1]) & val(a[2])
+        elif op == "or.b32":
+            v = val(a[1]) | val(a[2])
+        elif op == "mov.b32":
+            v = val(a[1])
+        elif op == "max.u32":
+            v = max(val(a[1]), val(a[2]))
+        elif op == "lop3.b32":  # a = 0xF0, b = 0xCC, c = 0xAA
+            x, y, z, lut = (val(t) for t in a[1:5])
+            v = sum(((lut >> (((x >> k) & 1) << 2 | ((y >> k) & 1) << 1 | ((z >> k) & 1))) & 1) << k for k in range(32))
+        elif op.split(".")[0] in ("mul", "sub"):
+            fp16 = op.endswith(".f16x2")
+            x, y = val(a[1]), val(a[2])
+            v = 0
+            for h in range(2):
+                p, q = _half((x >> 16 * h) & 0xFFFF, fp16), _half((y >> 16 * h) & 0xFFFF, fp16)
+                v |= _bits(p * q if op.startswith("mul") else p - q, fp16) << 16 * h
+        else:
+            raise AssertionError(f"instruction {op} not emulated")
+        regs[a[0]] = v & 0xFFFFFFFF
+    return [regs[f"${i}"] for i in range(4)]
+
+
+def _pair_values(outs: list[int], fp16: bool = False) -> tuple[list[float], list[float]]:
+    """(low-nibble values of bytes 0-3, high-nibble values) from the four output registers."""
+    lo = [_half((outs[b // 2] >> 16 * (b % 2)) & 0xFFFF, fp16) for b in range(4)]
+    hi = [_half((outs[2 + b // 2] >> 16 * (b % 2)) & 0xFFFF, fp16) for b in range(4)]
+    return lo, hi
+
+
+def _pairs(v: list[int]) -> tuple[int, int]:
+    return v[0] | v[1] << 16, v[2] | v[3] << 16
+
+
+def test_ptx_unpacking_is_exact():
+    from moe_registry.backends.triton_lowt_moe import unpack
+    from moe_registry.formats._common import E2M1_LUT
+
+    gen = torch.Generator().manual_seed(5)
+    words = torch.randint(0, 2**32, (40,), generator=gen, dtype=torch.int64).tolist()
+    e2m1 = E2M1_LUT.tolist()
+    for word in words:
+        nibbles = [((word >> 8 * b) & 0xF, (word >> 8 * b + 4) & 0xF) for b in range(4)]
+        # NvFP4: multiplier e4m3 * 2^116 per byte -> value * e4m3 * 2^-10
+        e4 = torch.randint(1, 127, (4,), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn).float().tolist()
+        m = _pairs([_bits(s * 2.0**116, False) for s in e4])
+        lo, hi = _pair_values(_emulate(unpack._e2m1_asm(False), {4: word, 5: m[0], 6: m[1], 7: m[0], 8: m[1]}))
+        assert lo == [e2m1[n[0]] * s * 2.0**-10 for n, s in zip(nibbles, e4)]
+        assert hi == [e2m1[n[1]] * s * 2.0**-10 for n, s in zip(nibbles, e4)]
+        # MXFP4: multiplier 2^(e - 127) per byte
+        ex = torch.randint(100, 150, (4,), generator=gen).tolist()
+        m = _pairs([e << 7 for e in ex])
+        lo, hi = _pair_values(_emulate(unpack._e2m1_asm(True), {4: word, 5: m[0], 6: m[1], 7: m[0], 8: m[1]}))
+        assert lo == [e2m1[n[0]] * 2.0**(e - 127) for n, e in zip(nibbles, ex)]
+        assert hi == [e2m1[n[1]] * 2.0**(e - 127) for n, e in zip(nibbles, ex)]
+        for fp16 in (False, True):
+            magic = 1024 if fp16 else 128
+            lo, hi = _pair_values(_emulate(unpack._int4_asm(False, fp16), {4: word}), fp16)
+            assert lo == [n[0] + magic for n in nibbles] and hi == [n[1] + magic for n in nibbles]
+            z = torch.randint(0, 16, (4,), generator=gen).tolist()
+            s = [_half(_bits(v, fp16), fp16) for v in (torch.randn(4, generator=gen) * 0.01).tolist()]
+            zc, sc = _pairs([_bits(v + magic, fp16) for v in z]), _pairs([_bits(v, fp16) for v in s])
+            ins = {4: word, 5: zc[0], 6: zc[1], 7: zc[0], 8: zc[1], 9: sc[0], 10: sc[1], 11: sc[0], 12: sc[1]}
+            lo, hi = _pair_values(_emulate(unpack._int4_asm(True, fp16), ins), fp16)
+            assert lo == [_half(_bits((n[0] - zz) * ss, fp16), fp16) for n, zz, ss in zip(nibbles, z, s)]
+            assert hi == [_half(_bits((n[1] - zz) * ss, fp16), fp16) for n, zz, ss in zip(nibbles, z, s)]

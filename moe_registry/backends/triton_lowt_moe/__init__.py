@@ -11,11 +11,12 @@ from __future__ import annotations
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, Condition, DeviceRule, FeatureSupport, QuantSupport, Requirement, RoutingSupport,
-    ShapeRule,
+    ActivationImpl, BackendCapability, Condition, DeviceRule, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
+    RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
+from ..triton_fused_moe import _ACT as _FUSED_ACT
 from ..triton_fused_moe import codes as C
 
 _K = "moe_registry/backends/triton_lowt_moe/kernels.py"
@@ -23,22 +24,13 @@ _OPS = "moe_registry/backends/triton_lowt_moe/ops.py"
 _EPI = f"{_K} _activation (run-time code, GEMM1 accumulators in float32; the maths of triton_fused_moe._activate)"
 _VERIFIED: tuple[str, ...] = ()  # set once the probe record exists (docs/verification/)
 
-_ACT = {
-    Activation.SILU: (C.ACT_SILU, "silu(gate) * up"),
-    Activation.GELU: (C.ACT_GELU, "gelu(gate) * up with exact erf"),
-    Activation.GELU_TANH: (C.ACT_GELU_TANH, "gelu_tanh(gate) * up, tanh(u) = 2 sigmoid(2u) - 1"),
-    Activation.SWIGLUOAI: (C.ACT_SWIGLUOAI, "(clamp(up) + up_offset) * g * sigmoid(alpha g), g = min(gate, limit); "
-                                            "interleaved or [gate; up] rows"),
-    Activation.SILU_CLAMP: (C.ACT_SWIGLUOAI, "the swigluoai epilogue with alpha 1, up offset 0, [gate; up] rows "
-                                             "(triton_fused_moe/ops.py epilogue_for): silu(min(gate, L)) * clamp(up)"),
-    Activation.RELU2_NO_MUL: (C.ACT_RELU2, "relu(h)^2, non-gated"),
-    Activation.SILU_NO_MUL: (C.ACT_SILU_NO_MUL, "silu(h), non-gated"),
-    Activation.GELU_NO_MUL: (C.ACT_GELU_NO_MUL, "gelu(h) exact erf, non-gated"),
-    Activation.GELU_TANH_NO_MUL: (C.ACT_GELU_TANH_NO_MUL, "gelu_tanh(h), non-gated"),
-}
+# The activation maths and codes are triton-fused-moe's (one _activate); silu_clamp runs as its swigluoai.
+_ACT = {**_FUSED_ACT, Activation.SILU_CLAMP: (C.ACT_SWIGLUOAI, (
+    "the swigluoai epilogue with alpha 1, up offset 0, [gate; up] rows (triton_fused_moe/ops.py epilogue_for): "
+    "silu(min(gate, L)) * clamp(up)"))}
 _FOUR_BIT = (QuantKind.INT4_W4A16, QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4)
-_UNPACK = (f"{_K} _unpack (PTX: int4 codes + magic exponent, e2m1 bits times 2^-126 fixed by mul.bf16x2) and "
-           f"_half_multipliers; {_OPS} pack_weight")
+_UNPACK = ("moe_registry/backends/triton_lowt_moe/unpack.py _unpack (PTX: int4 codes + magic exponent, e2m1 bits "
+           f"times 2^-126 fixed by mul.bf16x2) and _half_multipliers; {_OPS} pack_weight")
 _A16 = "run weight-only with 16-bit activations (W4A16), as vLLM 0.33 runs NvFP4 on SM90 (Marlin, Humming)"
 
 DECLARATION = BackendCapability(
@@ -52,8 +44,10 @@ DECLARATION = BackendCapability(
                 "Capturable in CUDA graphs.",
     kernel="moe_registry.backends.triton_lowt_moe.kernels.lowt_moe_kernel",
     adapter="moe_registry.backends.triton_lowt_moe.kernel:TritonLowTExperts",
-    devices=(DeviceRule(min_sm=90, source=(
-        f"{_K} _int4_asm / _e2m1_asm: PTX mul.rn.bf16x2 / sub.rn.bf16x2 need sm_90; tl.dot lowers to mma / wgmma")),),
+    devices=(DeviceRule(sm=(90,), source=(
+        "moe_registry/backends/triton_lowt_moe/unpack.py _int4_asm / _e2m1_asm: PTX mul.rn.bf16x2 / sub.rn.bf16x2 need "
+        "sm_90; written and tuned for Hopper only (tiles of 16 rows per warp for mma / wgmma); other architectures "
+        "are not claimed")),),
     dtypes=("bf16", "fp16"),
     activations={act: ActivationImpl(kernel_name=f"{_K} _activation code {code}", kernel_value=code,
                                      source=f"{_EPI}: {what}", verified_on=_VERIFIED)
@@ -87,7 +81,16 @@ DECLARATION = BackendCapability(
     requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
                               hint="pip install triton (ships with CUDA builds of torch)",
                               source=f"{_K} imports triton"),),
+    # Below every backend that has been measured here (humming 70 / 90-110, marlin 100, triton-fused-moe 65,
+    # torch-grouped-mm 60): not one GPU run of these kernels exists yet (benchmarks/lowt-notes.md), so the
+    # default must not move to them. Raise it per measured family with the benchmark that shows it faster at
+    # decode (benchmarks/bench_lowt.py); per token bucket the measured policy decides.
     priority={QuantFamily.UNQUANTIZED: 55, QuantFamily.INT4: 50, QuantFamily.NVFP4: 50, QuantFamily.MXFP4: 50},
+    hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", note=(
+        "2026-12-07: no GPU machine could be started for this session's remaining device time; the PTX is "
+        "assembled by ptxas (triton 3.6, sm_90) and checked bit for bit by an emulation in "
+        "tests/test_triton_lowt_moe_cpu.py, the kernels' logic runs in Triton's interpreter there; "
+        "tests/gpu/test_triton_lowt_moe_gpu.py and the probe are not yet run")),),
 )
 
 

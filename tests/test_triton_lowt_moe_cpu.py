@@ -163,6 +163,18 @@ def test_split_half_blocks_layout():
     assert int(out[0, 64 + 7]) == int(codes[0, 128 + 7]) | (int(codes[0, 160 + 7]) << 4)
 
 
+def test_default_configs_and_their_bounds():
+    pytest.importorskip("triton")
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    assert ops.default_config(1, 8, 128).gemm2 == "token"
+    assert ops.default_config(16, 8, 128).gemm2 == "expert"
+    assert ops.default_config(ops.SORT_ABOVE + 1, 8, 128).gemm2 == "sorted"
+    assert ops.default_config(64, 2, 8).bm == 32  # 16 pairs per expert expected: one block holds most
+    with pytest.raises(ValueError, match="gemm2"):
+        ops.Config(gemm2="grouped")
+
+
 def test_packing_refuses_act_order_and_wrong_placement():
     pytest.importorskip("triton")
     from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts

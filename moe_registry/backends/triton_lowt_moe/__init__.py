@@ -81,11 +81,11 @@ DECLARATION = BackendCapability(
     requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
                               hint="pip install triton (ships with CUDA builds of torch)",
                               source=f"{_K} imports triton"),),
-    # Below every backend that has been measured here (humming 70 / 90-110, marlin 100, triton-fused-moe 65,
-    # torch-grouped-mm 60): not one GPU run of these kernels exists yet (benchmarks/lowt-notes.md), so the
-    # default must not move to them. Raise it per measured family with the benchmark that shows it faster at
-    # decode (benchmarks/bench_lowt.py); per token bucket the measured policy decides.
-    priority={QuantFamily.UNQUANTIZED: 55, QuantFamily.INT4: 50, QuantFamily.NVFP4: 50, QuantFamily.MXFP4: 50},
+    # Just above the reference and below every backend measured here (torch-grouped-mm's 30 for 4-bit is the
+    # lowest): not one GPU run of these kernels exists yet (benchmarks/lowt-notes.md), so no default moves to
+    # them. Raise it per family with the benchmark that shows them faster at decode (benchmarks/bench_lowt.py);
+    # per token bucket the measured policy decides.
+    priority={QuantFamily.UNQUANTIZED: 5, QuantFamily.INT4: 5, QuantFamily.NVFP4: 5, QuantFamily.MXFP4: 5},
     hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", note=(
         "2026-12-07: no GPU machine could be started for this session's remaining device time; the PTX is "
         "assembled by ptxas (triton 3.6, sm_90) and checked bit for bit by an emulation in "

@@ -38,7 +38,7 @@ class PackedWeight:
     fmt: int
     w: torch.Tensor  # 16-bit [E, N, K] or uint8 [E, N, K/2] in half-split blocks of ``block`` elements
     block: int  # the kernels' K step (4-bit: the packing block; a launch must use it)
-    scale: torch.Tensor | None = None  # int4 [E, N, K/g] (16-bit), NvFP4 / MXFP4 scale bytes [E, N, K/block]
+    scale: torch.Tensor | None = None  # int4 [E, N, K/g] (16-bit); NvFP4 / MXFP4 bytes [E, N, K/16] / [E, N, K/32]
     zeros: torch.Tensor | None = None  # int4 zero points, uint8 [E, N, K/g]
     global_mult: torch.Tensor | None = None  # NvFP4: float32 [E], 2^10 / global_scale
     group: int = ONE_GROUP  # K elements per scale
@@ -102,14 +102,17 @@ def pack_weight(weight: Any, dtype: torch.dtype, *, block: int, backend: str) ->
 # --- Launch configs ---------------------------------------------------------------------------------
 
 SORT_ABOVE = 64  # tokens: above this the pairs are sorted into expert blocks first (the prefill path)
+GEMM2_MODES = ("token", "expert", "sorted")
 
 
 @dataclass(frozen=True)
 class Config:
     """Tiles for one token count. ``bn1`` / ``bn2``: weight rows per program in GEMM1 / GEMM2 (the dot's
     M side: 16 per warp keeps each warp on its own rows, so no unpacking is repeated); ``bm``: pairs per
-    program (the dot's N side); ``gemm2``: ``"token"`` (per token, two launches in all), ``"expert"``
-    (per expert slot, float32 atomics and a cast) or ``"sorted"`` (align first, blocks of ``bm`` pairs)."""
+    program (the dot's N side; ``bm_token`` for GEMM2 per token, whose one real column is the pair);
+    ``warps`` / ``warps2``: per program of GEMM1 / GEMM2; ``stages``: Triton's software pipelining depth;
+    ``gemm2``: ``"token"`` (per token, two launches in all), ``"expert"`` (per expert slot, float32 atomics
+    and a cast) or ``"sorted"`` (align first, blocks of ``bm`` pairs; the prefill path)."""
 
     bn1: int = 32
     bn2: int = 32
@@ -119,6 +122,10 @@ class Config:
     warps2: int = 2
     stages: int = 3
     gemm2: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.gemm2 not in GEMM2_MODES:
+            raise ValueError(f"Config.gemm2 must be one of {', '.join(GEMM2_MODES)}, got {self.gemm2!r}")
 
     def label(self) -> str:
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "

@@ -37,6 +37,23 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def checked_triton_build(experts: Experts, weights: ExpertWeights) -> Any:
+    """What a Triton adapter checks at build (this backend's and triton-lowt-moe's): the declaration
+    (returned), no padding (the kernels mask every tail), the weights, and a CUDA device or the
+    interpreter."""
+    layer = experts.layer
+    decl = check_declared(experts.backend, layer, None, hidden_padded=experts.hidden_padded,
+                          intermediate_padded=experts.intermediate_padded)
+    if (experts.hidden_padded, experts.intermediate_padded) != (layer.hidden_size, layer.local_intermediate_size):
+        raise ValueError(f"{experts.backend}: the kernels mask every tail and declare no padding; got padded sizes "
+                         f"hidden {experts.hidden_padded}, intermediate {experts.intermediate_padded}")
+    check_weights(layer, weights)
+    if weights.device.type != "cuda" and not interpreter_active():
+        raise ValueError(f"{experts.backend}: weights are on {weights.device}; the Triton kernels run on CUDA "
+                         "(or on the CPU in Triton's interpreter with TRITON_INTERPRET=1, for tests)")
+    return decl
+
+
 class TritonFusedMoEExperts(Experts):
     """Experts on the project's Triton fused-MoE kernels.
 
@@ -53,17 +70,9 @@ class TritonFusedMoEExperts(Experts):
                  pad_intermediate_to: int | None = None, config: dict[str, dict[str, int]] | None = None,
                  config_dir: Any = None) -> None:
         super().__init__(layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        decl = check_declared(self.backend, layer, None, hidden_padded=self.hidden_padded,
-                              intermediate_padded=self.intermediate_padded)
-        if (self.hidden_padded, self.intermediate_padded) != (layer.hidden_size, layer.local_intermediate_size):
-            raise ValueError(f"{self.backend}: the kernels mask every tail and declare no padding; "
-                             f"got pad_hidden_to={pad_hidden_to} pad_intermediate_to={pad_intermediate_to}")
-        check_weights(layer, weights)
+        decl = checked_triton_build(self, weights)
         self.dtype = torch_dtype(layer)
         self.device = weights.device
-        if self.device.type != "cuda" and not interpreter_active():
-            raise ValueError(f"{self.backend}: weights are on {self.device}; the Triton kernels run on CUDA "
-                             "(or on the CPU in Triton's interpreter with TRITON_INTERPRET=1, for tests)")
         kind = layer.quant.kind
         self.quant = _QUANT_CODE[kind]
         self.quant_label = kind.value

@@ -18,12 +18,11 @@ from typing import Any
 import torch
 
 from ...execution.base import Experts
-from ...execution.declared import check_declared
-from ...execution.guards import check_forward_inputs, check_weights
+from ...execution.guards import check_forward_inputs
 from ...execution.weights import ExpertWeights, torch_dtype
 from ...formats.int4 import Int4GroupTensor, scales_in_dtype
 from ...schemas.layer import LayerSpec
-from ..triton_fused_moe.kernel import interpreter_active
+from ..triton_fused_moe.kernel import checked_triton_build
 from ..triton_fused_moe.ops import epilogue_for
 from . import ops
 
@@ -43,17 +42,9 @@ class TritonLowTExperts(Experts):
     def __init__(self, layer: LayerSpec, weights: ExpertWeights, *, pad_hidden_to: int | None = None,
                  pad_intermediate_to: int | None = None, config: Any = None, block_k: int | None = None) -> None:
         super().__init__(layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        decl = check_declared(self.backend, layer, None, hidden_padded=self.hidden_padded,
-                              intermediate_padded=self.intermediate_padded)
-        if (self.hidden_padded, self.intermediate_padded) != (layer.hidden_size, layer.local_intermediate_size):
-            raise ValueError(f"{self.backend}: the kernels mask every tail and declare no padding; "
-                             f"got pad_hidden_to={pad_hidden_to} pad_intermediate_to={pad_intermediate_to}")
-        check_weights(layer, weights)
+        decl = checked_triton_build(self, weights)
         self.dtype = torch_dtype(layer)
         self.device = weights.device
-        if self.device.type != "cuda" and not interpreter_active():
-            raise ValueError(f"{self.backend}: weights are on {self.device}; the Triton kernels run on CUDA "
-                             "(or on the CPU in Triton's interpreter with TRITON_INTERPRET=1, for tests)")
         block = block_k or (BLOCK_4BIT if weights.is_quantized else BLOCK_16BIT)
         self.w13 = ops.pack_weight(self._scales_cast(weights.w13), self.dtype, block=block, backend=self.backend)
         self.w2 = ops.pack_weight(self._scales_cast(weights.w2), self.dtype, block=block, backend=self.backend)

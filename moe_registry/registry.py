@@ -56,6 +56,7 @@ BUILTIN_BACKENDS = (
     "moe_registry.backends.humming",
     "moe_registry.backends.oai_triton",
     "moe_registry.backends.triton_fused_moe",
+    "moe_registry.backends.triton_lowt_moe",
     "moe_registry.backends.torch_grouped_mm",
     "moe_registry.backends.reference",
 )

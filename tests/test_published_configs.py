@@ -119,16 +119,17 @@ def test_deepseek_v4_fp4_experts_and_clamped_swiglu():
         plan({**DSV4_FLASH, "swiglu_limit": "ten"})
 
 
-def test_silu_clamp_is_declared_by_the_reference_only_and_its_maths():
+def test_silu_clamp_is_declared_by_the_reference_and_triton_lowt_only_and_its_maths():
     torch = pytest.importorskip("torch")
     from moe_registry.execution.activations import apply_activation
 
     layer = LayerSpec(num_experts=8, top_k=2, hidden_size=128, intermediate_size=64, activation="silu_clamp",
                       activation_params={"limit": 10.0}, routing=RoutingMethod.CUSTOM)
     s = select_backend(layer, "h100")
-    assert [c.backend for c in s.eligible] == ["reference"]
+    # triton-lowt-moe runs it as its swigluoai epilogue (alpha 1, no up offset); every other backend refuses it.
+    assert [c.backend for c in s.eligible] == ["triton-lowt-moe", "reference"]
     assert all(any(r.code.value == "activation_unsupported" for r in rej.reasons) for rej in s.rejections
-               if rej.backend != "reference")
+               if rej.backend not in ("reference", "triton-lowt-moe"))
     h = torch.tensor([[-20.0, 0.5, 20.0, 12.0, -30.0, 3.0]])  # gate | up
     gate, up = torch.tensor([-20.0, 0.5, 10.0]), torch.tensor([10.0, -10.0, 3.0])
     expected = torch.nn.functional.silu(gate) * up

@@ -53,7 +53,7 @@ def _install_distribution(tmp_path, monkeypatch, name: str, entry_points: dict[s
 def test_builtins_are_registered_in_order():
     registry = Registry(entry_points=False)
     assert registry.ids() == TRTLLM_GEN_IDS + ["flashinfer-cutlass", "marlin", "humming", "oai-triton-kernels",
-                                                "triton-fused-moe", "torch-grouped-mm", "reference"]
+                                                "triton-fused-moe", "triton-lowt-moe", "torch-grouped-mm", "reference"]
     assert registry.problems == []
 
 
@@ -96,7 +96,7 @@ def test_faulty_plugins_are_reported_and_isolated():
     stages = sorted(p.stage for p in registry.problems)
     assert stages == ["call", "duplicate", "validate"]
     assert registry.ids() == TRTLLM_GEN_IDS + ["flashinfer-cutlass", "marlin", "humming", "oai-triton-kernels",
-                                                "triton-fused-moe", "torch-grouped-mm", "reference"]
+                                                "triton-fused-moe", "triton-lowt-moe", "torch-grouped-mm", "reference"]
     assert_selected(select_backend(GEMMA4, "b200", registry=registry), "trtllm-fp4")
 
 

@@ -24,7 +24,6 @@ from ...execution.base import Experts
 from ...execution.declared import check_declared
 from ...execution.guards import check_forward_inputs, check_weights
 from ...execution.weights import ExpertWeights, torch_dtype
-from ...schemas.activation import Activation
 from ...schemas.layer import LayerSpec
 from ...schemas.quant import QuantKind
 from . import codes as C
@@ -36,6 +35,23 @@ _QUANT_CODE = {QuantKind.BF16: C.QUANT_NONE, QuantKind.FP16: C.QUANT_NONE, Quant
 
 def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def checked_triton_build(experts: Experts, weights: ExpertWeights) -> Any:
+    """What a Triton adapter checks at build (this backend's and triton-lowt-moe's): the declaration
+    (returned), no padding (the kernels mask every tail), the weights, and a CUDA device or the
+    interpreter."""
+    layer = experts.layer
+    decl = check_declared(experts.backend, layer, None, hidden_padded=experts.hidden_padded,
+                          intermediate_padded=experts.intermediate_padded)
+    if (experts.hidden_padded, experts.intermediate_padded) != (layer.hidden_size, layer.local_intermediate_size):
+        raise ValueError(f"{experts.backend}: the kernels mask every tail and declare no padding; got padded sizes "
+                         f"hidden {experts.hidden_padded}, intermediate {experts.intermediate_padded}")
+    check_weights(layer, weights)
+    if weights.device.type != "cuda" and not interpreter_active():
+        raise ValueError(f"{experts.backend}: weights are on {weights.device}; the Triton kernels run on CUDA "
+                         "(or on the CPU in Triton's interpreter with TRITON_INTERPRET=1, for tests)")
+    return decl
 
 
 class TritonFusedMoEExperts(Experts):
@@ -54,17 +70,9 @@ class TritonFusedMoEExperts(Experts):
                  pad_intermediate_to: int | None = None, config: dict[str, dict[str, int]] | None = None,
                  config_dir: Any = None) -> None:
         super().__init__(layer, weights, pad_hidden_to=pad_hidden_to, pad_intermediate_to=pad_intermediate_to)
-        decl = check_declared(self.backend, layer, None, hidden_padded=self.hidden_padded,
-                              intermediate_padded=self.intermediate_padded)
-        if (self.hidden_padded, self.intermediate_padded) != (layer.hidden_size, layer.local_intermediate_size):
-            raise ValueError(f"{self.backend}: the kernels mask every tail and declare no padding; "
-                             f"got pad_hidden_to={pad_hidden_to} pad_intermediate_to={pad_intermediate_to}")
-        check_weights(layer, weights)
+        decl = checked_triton_build(self, weights)
         self.dtype = torch_dtype(layer)
         self.device = weights.device
-        if self.device.type != "cuda" and not interpreter_active():
-            raise ValueError(f"{self.backend}: weights are on {self.device}; the Triton kernels run on CUDA "
-                             "(or on the CPU in Triton's interpreter with TRITON_INTERPRET=1, for tests)")
         kind = layer.quant.kind
         self.quant = _QUANT_CODE[kind]
         self.quant_label = kind.value
@@ -79,21 +87,11 @@ class TritonFusedMoEExperts(Experts):
         self.w2_bias = None if weights.w2_bias is None else weights.w2_bias.float().contiguous()
 
         # The GEMM1 epilogue, from the declaration and the layer.
-        act = layer.activation
-        I = layer.local_intermediate_size
-        code = decl.activations[act].kernel_value
-        assert code is not None, f"declaration of {self.backend} gives no kernel_value for {act.value}"
-        from .ops import Epilogue
+        code = decl.activations[layer.activation].kernel_value
+        assert code is not None, f"declaration of {self.backend} gives no kernel_value for {layer.activation.value}"
+        from .ops import epilogue_for
 
-        if act is Activation.SWIGLUOAI:
-            p = layer.swigluoai
-            assert p is not None
-            self.epilogue = Epilogue(act=code, gated=True, row_stride=2 if p.interleaved else 1,
-                                     up_offset=1 if p.interleaved else I, alpha=p.alpha, limit=p.limit,
-                                     up_add=p.up_offset, routed_on_input=layer.apply_router_weight_on_input)
-        else:
-            self.epilogue = Epilogue(act=code, gated=act.is_gated, up_offset=I if act.is_gated else 0,
-                                     routed_on_input=layer.apply_router_weight_on_input)
+        self.epilogue = epilogue_for(layer, code)
         self.fixed_config = configs.validate(config, self.quant_label) if config is not None else None
         self.config_dir = config_dir
         self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None

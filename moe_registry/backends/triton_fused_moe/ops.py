@@ -106,6 +106,26 @@ class Epilogue:
     routed_on_input: bool = False
 
 
+def epilogue_for(layer: Any, code: int) -> Epilogue:
+    """GEMM1's epilogue for ``layer`` (a LayerSpec) with the activation's kernel code ``code`` (its
+    declaration's ``kernel_value``). silu_clamp is swigluoai with alpha 1, no up offset, ``[gate; up]`` rows
+    (``SiluClampParams``): a backend running it declares the swigluoai code for it."""
+    from ...schemas.activation import Activation
+
+    act = layer.activation
+    I = layer.local_intermediate_size
+    on_input = layer.apply_router_weight_on_input
+    if act is Activation.SWIGLUOAI:
+        p = layer.swigluoai
+        assert p is not None
+        return Epilogue(act=code, gated=True, row_stride=2 if p.interleaved else 1, up_offset=1 if p.interleaved else I,
+                        alpha=p.alpha, limit=p.limit, up_add=p.up_offset, routed_on_input=on_input)
+    if act is Activation.SILU_CLAMP:
+        return Epilogue(act=code, gated=True, up_offset=I, alpha=1.0, limit=layer.silu_clamp_limit, up_add=0.0,
+                        routed_on_input=on_input)
+    return Epilogue(act=code, gated=act.is_gated, up_offset=I if act.is_gated else 0, routed_on_input=on_input)
+
+
 def moe_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, al: Alignment, topk_weights: torch.Tensor,
              num_pairs: int, n_out: int, a_row_div: int, cfg: dict[str, int], ep: Epilogue, *,
              quant: int = C.QUANT_NONE, a_scale: torch.Tensor | None = None, b_scale: torch.Tensor | None = None,

@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""triton-lowt-moe against its peers on one GPU, same weights and inputs, graphs at T <= 64 (issue 21).
+
+    python benchmarks/bench_lowt.py --out lowt.json [--layers gemma4-nvfp4,...] [--moe-c /tmp/moe_C.so]
+
+Layers: Gemma 4 26B-A4B NvFP4 (W4A16), Qwen3-30B-A3B int4 g128 (GPTQ, symmetric), Mixtral 8x7B AWQ int4
+g128 with zero points, Gemma 4 and Qwen3-30B bf16. Peers: ``humming`` (4-bit), ``marlin`` (int4; needs
+vLLM's ``_moe_C``), vLLM 0.33's ``fused_experts_impl`` (bf16; the shim of ``bench_moe.py``). Per layer:
+relative error of every backend against the float32 reference (T = 1, 16, 64), then CUDA-graph replays
+at T in {1, 2, 4, 8, 16, 32, 64} and eager calls at T = 512 / 4096, for our default configs and a few
+variants. Floors: bytes of the distinct experts each input set hits (weights + scales as our kernels
+read them) plus activations, over the copy bandwidth measured in the same run, and over 3.35 TB/s.
+
+``--warm LAYER``: compile every kernel the timed pass will launch (Triton, Humming's NVRTC, Marlin's
+PTX JIT) without timing; the driver runs one such process per layer in parallel first, so the timed
+pass measures kernels, not compilers. Results are rewritten after every layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+for _p in (_ROOT, _HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import torch  # noqa: E402
+
+LAYERS: dict[str, dict[str, Any]] = {
+    "gemma4-nvfp4": dict(num_experts=128, top_k=8, hidden_size=2816, intermediate_size=704, activation="gelu_tanh",
+                         quant="nvfp4"),
+    "qwen3-int4": dict(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, activation="silu",
+                       quant={"kind": "int4_w4a16", "group_size": 128}),
+    "mixtral-awq": dict(num_experts=8, top_k=2, hidden_size=4096, intermediate_size=14336, activation="silu",
+                        quant={"kind": "int4_w4a16", "group_size": 128, "zero_point": True}),
+    "gemma4-bf16": dict(num_experts=128, top_k=8, hidden_size=2816, intermediate_size=704, activation="gelu_tanh"),
+    "qwen3-bf16": dict(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, activation="silu"),
+}
+GRAPH_T = (1, 2, 4, 8, 16, 32, 64)
+VARIANT_T = (1, 4, 16, 64)  # where the non-default configs are timed too
+EAGER_T = (512, 4096)
+CHECK_T = (1, 16, 64)
+SPEC_BW = 3.35e12  # H100 SXM HBM3 (engines-2026-12.md section 5)
+
+
+def variants(name: str) -> dict[str, Callable[[int], Any]]:
+    """Our configs: the default and alternatives, as ``T -> Config`` (None: the default for T)."""
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    C = ops.Config
+
+    def at(T: int, cfg: Any) -> Any:
+        return cfg if T <= 64 else None
+
+    return {
+        "default": lambda T: None,
+        "expert-gemm2": lambda T: at(T, C(bn1=32, bn2=32, bm=8 if T < 32 else 16, warps=2, warps2=2, gemm2="expert")),
+        "wide": lambda T: at(T, C(bn1=64, bn2=64, bm=8 if T < 32 else 16, warps=4, warps2=4, stages=4,
+                                  gemm2="token" if T <= 2 else "expert")),
+        "narrow": lambda T: at(T, C(bn1=16, bn2=16, bm=8 if T < 32 else 16, bm_token=8, warps=1, warps2=1, stages=4,
+                                    gemm2="token" if T <= 2 else "expert")),
+    }
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dev = torch.device("cuda")
+        self.rec: dict[str, Any] = {"results": [], "errors": [], "checks": [], "notes": []}
+        self.t0 = time.perf_counter()
+
+    def error(self, where: str, exc: BaseException) -> None:
+        msg = f"{where}: {type(exc).__name__}: {str(exc)[:300]}"
+        print(f"ERROR {msg}", flush=True)
+        self.rec["errors"].append({"where": where, "error": msg, "traceback": traceback.format_exc(limit=8)})
+
+    def save(self) -> None:
+        self.rec["wall_s"] = round(time.perf_counter() - self.t0, 1)
+        with open(self.args.out + ".tmp", "w") as f:
+            json.dump(self.rec, f, indent=1, default=str)
+        os.replace(self.args.out + ".tmp", self.args.out)
+
+    # --- backends ---------------------------------------------------------------------------------
+
+    def backends(self, name: str, layer: Any, weights: Any) -> dict[str, Callable[..., Any]]:
+        """name -> fn(x, w, ids) for every backend that runs this layer here."""
+        from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+        out: dict[str, Callable[..., Any]] = {}
+        ours = TritonLowTExperts(layer, weights)
+        self.per_expert_bytes = (ours.weight_bytes) / layer.local_num_experts
+        for label, cfg in variants(name).items():
+            if label != "default" and self.args.variants == "default":
+                continue
+            exp = ours if label == "default" else _with_config(ours, cfg)
+            out[f"ours:{label}"] = exp.forward
+        kind = layer.quant.kind.value
+        wanted = self.args.peers.split(",")
+        if kind != "bf16" and "humming" in wanted:
+            try:
+                from moe_registry.backends.humming.kernel import HummingExperts
+
+                out["humming"] = HummingExperts(layer, weights).forward
+            except Exception as exc:
+                self.error(f"{name}/humming", exc)
+        if kind == "int4_w4a16" and "marlin" in wanted:
+            try:
+                from moe_registry.backends.marlin.kernel import MarlinExperts
+
+                out["marlin"] = MarlinExperts(layer, weights).forward
+            except Exception as exc:
+                self.error(f"{name}/marlin", exc)
+        if kind == "bf16" and "vllm" in wanted:
+            try:
+                from bench_moe import load_vllm
+
+                fm = load_vllm(self.args.vllm_shim, self.args.moe_c)
+                w13, w2 = weights.w13.contiguous(), weights.w2.contiguous()
+                act = layer.activation.value
+                out["vllm"] = lambda x, w, ids: fm.fused_experts_impl(x, w13, w2, w, ids, activation=act)
+            except Exception as exc:
+                self.error(f"{name}/vllm", exc)
+        return out
+
+    # --- one layer ------------------------------------------------------------------------------------
+
+    def inputs(self, layer: Any, T: int, sets: int = 3) -> tuple[list[tuple[Any, ...]], float]:
+        from moe_registry.execution.patterns import routing_pattern
+
+        gen = torch.Generator(device=self.dev).manual_seed(1000 + T)
+        out, hits = [], []
+        for _ in range(sets):
+            w, ids = routing_pattern(T, layer.local_num_experts, layer.top_k, device=self.dev, generator=gen)
+            x = torch.randn(T, layer.hidden_size, device=self.dev, generator=gen).to(torch.bfloat16)
+            out.append((x, w, ids))
+            hits.append(int(torch.unique(ids).numel()))
+        return out, float(statistics.mean(hits))
+
+    def layer(self, name: str, warm_only: bool) -> None:
+        from moe_registry.backends.reference.kernel import ReferenceExperts
+        from moe_registry.execution.patterns import relative_error
+        from moe_registry.execution.weights import random_weights
+        from moe_registry.measure.timing import time_calls, time_graph
+        from moe_registry.schemas.layer import LayerSpec
+
+        layer = LayerSpec(name=name, **LAYERS[name])
+        print(f"\n== {name}: {layer.describe()}", flush=True)
+        weights = random_weights(layer, device=self.dev, dtype=torch.bfloat16, seed=7)
+        fns = self.backends(name, layer, weights)
+        tokens = GRAPH_T + (EAGER_T if self.args.eager else ())
+        sets = {T: self.inputs(layer, T) for T in tokens}
+        if warm_only:
+            for label, fn in fns.items():
+                for T in tokens:
+                    if label.startswith("ours:") and label != "ours:default" and T not in VARIANT_T:
+                        continue
+                    try:
+                        fn(*sets[T][0][0])
+                    except Exception as exc:
+                        self.error(f"warm {name}/{label}/T{T}", exc)
+                torch.cuda.synchronize()
+            return
+        ref = ReferenceExperts(layer, weights)
+        for T in CHECK_T:
+            x, w, ids = sets[T][0][0]
+            want = ref(x, w, ids).float()
+            for label, fn in fns.items():
+                try:
+                    err = relative_error(fn(x, w, ids).float(), want)
+                except Exception as exc:
+                    self.error(f"check {name}/{label}/T{T}", exc)
+                    continue
+                self.rec["checks"].append({"layer": name, "backend": label, "T": T, "rel_err": err})
+                print(f"  check {label:<22} T={T:<3} rel err {err:.2e}", flush=True)
+        del ref
+        torch.cuda.empty_cache()
+        bw = self.rec["ceilings"]["copy_bandwidth_gbs"] * 1e9
+        for T in tokens:
+            inputs, hit = sets[T]
+            nbytes = hit * self.per_expert_bytes + 4.0 * T * layer.hidden_size + 8.0 * T * layer.top_k
+            for label, fn in fns.items():
+                if label.startswith("ours:") and label != "ours:default" and T not in VARIANT_T:
+                    continue
+                mode = "graph" if T <= 64 else "eager"
+                try:
+                    if mode == "graph":
+                        t = time_graph(fn, inputs, self.dev, replays=self.args.replays)
+                    else:
+                        t = time_calls(fn, inputs, self.dev, warmup=2, min_reps=5, max_reps=50, budget_s=0.05)
+                except Exception as exc:
+                    self.error(f"time {name}/{label}/T{T}", exc)
+                    torch.cuda.synchronize()
+                    continue
+                row = {"layer": name, "quant": layer.quant.label() if hasattr(layer.quant, "label") else
+                       layer.quant.kind.value, "backend": label, "mode": mode, "T": T, "us": t.median_us,
+                       "p10_us": t.p10_us, "p90_us": t.p90_us, "experts_hit": hit, "bytes": nbytes,
+                       "floor_us": nbytes / bw * 1e6, "spec_floor_us": nbytes / SPEC_BW * 1e6}
+                row["floor_pct"] = 100.0 * row["floor_us"] / t.median_us
+                self.rec["results"].append(row)
+                print(f"  {label:<22} {mode:<5} T={T:<5} {t.median_us:9.1f} us  floor {row['floor_us']:7.1f} us "
+                      f"({row['floor_pct']:5.1f}%)", flush=True)
+        del fns, weights
+        torch.cuda.empty_cache()
+
+    def run(self) -> None:
+        from _timing import machine_info, measure_ceilings
+
+        import triton
+
+        self.rec["meta"] = {**machine_info(self.dev), "args": vars(self.args), "triton": triton.__version__}
+        self.rec["ceilings"] = measure_ceilings(self.dev)
+        print(f"ceilings: copy {self.rec['ceilings']['copy_bandwidth_gbs']:.0f} GB/s, bf16 matmul "
+              f"{self.rec['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s", flush=True)
+        self.save()
+        for name in self.args.layers.split(","):
+            try:
+                self.layer(name, warm_only=False)
+            except Exception as exc:
+                self.error(name, exc)
+            torch.cuda.synchronize()
+            self.save()
+        self.summary()
+        self.save()
+
+    def summary(self) -> None:
+        rows = self.rec["results"]
+
+        def us(layer: str, backend: str, T: int) -> float | None:
+            return next((r["us"] for r in rows if (r["layer"], r["backend"], r["T"]) == (layer, backend, T)), None)
+
+        out = []
+        print("\nlayer          T     ours(best)  variant           peers (us)                         best peer / ours  %floor")
+        for layer in dict.fromkeys(r["layer"] for r in rows):
+            for T in dict.fromkeys(r["T"] for r in rows if r["layer"] == layer):
+                mine = [(r["us"], r["backend"]) for r in rows if r["layer"] == layer and r["T"] == T
+                        and r["backend"].startswith("ours:")]
+                if not mine:
+                    continue
+                best, which = min(mine)
+                default = us(layer, "ours:default", T)
+                peers = {r["backend"]: r["us"] for r in rows if r["layer"] == layer and r["T"] == T
+                         and not r["backend"].startswith("ours:")}
+                floor = next(r["floor_us"] for r in rows if r["layer"] == layer and r["T"] == T)
+                item = {"layer": layer, "T": T, "ours_best_us": best, "ours_best": which, "ours_default_us": default,
+                        "peers": peers, "floor_us": floor,
+                        "speedup_vs_best_peer": (min(peers.values()) / best) if peers else None,
+                        "floor_pct": 100.0 * floor / best}
+                out.append(item)
+                ptxt = ", ".join(f"{k} {v:.1f}" for k, v in peers.items())
+                sp = f"{item['speedup_vs_best_peer']:.2f}x" if peers else "-"
+                print(f"{layer:<14} {T:<5} {best:9.1f}  {which:<17} {ptxt:<34} {sp:>8}  {item['floor_pct']:5.1f}",
+                      flush=True)
+        self.rec["summary"] = out
+
+
+def _with_config(base: Any, cfg_for: Callable[[int], Any]) -> Any:
+    """A shallow copy of our adapter with another config rule (weights shared)."""
+    import copy
+
+    other = copy.copy(base)
+    other.config = lambda T: cfg_for(T) or base.config_for(T)
+    return other
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.devnull)
+    p.add_argument("--layers", default=",".join(LAYERS))
+    p.add_argument("--peers", default="humming,marlin,vllm")
+    p.add_argument("--variants", default="all", choices=("all", "default"))
+    p.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True, help="also T = 512, 4096 eagerly")
+    p.add_argument("--replays", type=int, default=100)
+    p.add_argument("--warm", help="compile for this layer only (no timing), then exit")
+    p.add_argument("--phase", default="both", choices=("warm", "time", "both"),
+                   help="warm: one --warm process per layer in parallel, then exit; time: the timed pass only")
+    p.add_argument("--warm-limit", type=float, default=300.0, help="seconds before the warm-up processes are stopped")
+    p.add_argument("--vllm-shim", default=os.path.join(_ROOT, ".gpu", "vllm_shim"))
+    p.add_argument("--moe-c", default=os.environ.get("MOE_REGISTRY_VLLM_MOE_C"))
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_lowt.py needs a CUDA GPU")
+    if args.warm:
+        Run(args).layer(args.warm, warm_only=True)
+        return
+    if args.phase in ("warm", "both"):
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, __file__, "--out", os.devnull, "--warm", name, "--peers", args.peers,
+                                   "--variants", args.variants, "--vllm-shim", args.vllm_shim]
+                                  + (["--moe-c", args.moe_c] if args.moe_c else []) + ([] if args.eager else ["--no-eager"]))
+                 for name in args.layers.split(",")]
+        deadline = time.monotonic() + args.warm_limit
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # a compiler still running would disturb the timed pass
+                proc.wait()
+        print(f"warm-up: {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.phase in ("time", "both"):
+        Run(args).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Compile the low-T kernels for SM90 on a machine without a GPU and report what the compiler made of
+them: registers, spills, shared memory, and the instruction mix of the SASS (``nvdisasm`` from the
+triton wheel). What costs no device time (benchmarks/lowt-notes.md says what each version showed).
+
+    PYTHONPATH=/path/to/triton-3.6 python benchmarks/lowt_sass.py [--fmt nvfp4] [--dump DIR]
+
+Pick the triton version the GPU machine runs (gpu-machine-notes.md: 3.6.0); a local
+``pip install --target DIR triton==3.6.0`` is enough (no CUDA driver needed to compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from moe_registry.backends.triton_lowt_moe import codes as F  # noqa: E402
+from moe_registry.backends.triton_lowt_moe import kernels as KN  # noqa: E402
+
+FMTS = {"bf16": F.FMT_16BIT, "int4": F.FMT_INT4, "nvfp4": F.FMT_NVFP4, "mxfp4": F.FMT_MXFP4}
+PTR = {"a": "*bf16", "ids": "*i32", "tw": "*fp32", "bias": "*fp32", "c": "*bf16", "zero": "*fp32", "ok": "*i32",
+       "gsc": "*fp32", "out": "*bf16", "z": "*u8", "sorted": "*i32", "block_expert": "*i32", "total": "*i32"}
+
+
+def _sig(fn: triton.JITFunction, fmt: int, stage: int) -> tuple[dict, dict]:
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        base = name[:-4] if name.endswith("_ptr") else None
+        if base is not None:
+            if base == "w":
+                sig[name] = "*bf16" if fmt == F.FMT_16BIT else "*u8"
+            elif base == "s":
+                sig[name] = "*bf16" if fmt == F.FMT_INT4 else "*u8"
+            elif base == "c" and stage == 2:
+                sig[name] = "*fp32"
+            else:
+                sig[name] = PTR.get(base, "*fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ("alpha", "limit", "up_add"):
+            sig[name] = "fp32"
+        elif i in fn.constexprs:
+            sig[name] = "constexpr"
+        else:
+            sig[name] = "i32"
+            if name.startswith("s_") or name in ("K", "N_OUT"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+def compile_one(fn: triton.JITFunction, consts: dict, fmt: int, stage: int, warps: int, stages: int) -> object:
+    sig, attrs = _sig(fn, fmt, stage)
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def sass_mix(cubin: bytes) -> tuple[collections.Counter, str]:
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    ops = collections.Counter()
+    for line in text.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line)
+        if m:
+            ops[m.group(1).split(".")[0]] += 1
+    return ops, text
+
+
+def loops(text: str) -> list[tuple[int, collections.Counter]]:
+    """(instructions, op mix) of each loop body (a label up to a backward branch to it), largest first."""
+    lines = text.splitlines()
+    labels = {m.group(1): i for i, l in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", l))}
+    out = []
+    for i, l in enumerate(lines):
+        m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", l)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            ops = collections.Counter()
+            for b in lines[labels[m.group(1)]:i + 1]:
+                mm = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", b)
+                if mm:
+                    ops[mm.group(1).split(".")[0]] += 1
+            out.append((sum(ops.values()), ops))
+    return sorted(out, key=lambda x: -x[0])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fmt", default="nvfp4,int4,bf16,mxfp4")
+    p.add_argument("--bn", type=int, default=32)
+    p.add_argument("--bk", type=int, default=256)
+    p.add_argument("--bm", type=int, default=16)
+    p.add_argument("--bm-token", type=int, default=8)
+    p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--kernel", default="gemm1,token")
+    p.add_argument("--dump")
+    a = p.parse_args()
+    print(f"triton {triton.__version__}")
+    for name in a.fmt.split(","):
+        fmt = FMTS[name]
+        group = 16 if fmt == F.FMT_NVFP4 else 32 if fmt == F.FMT_MXFP4 else 128
+        bk = min(a.bk, 128) if fmt == F.FMT_INT4 else a.bk
+        for kern in a.kernel.split(","):
+            if kern == "gemm1":
+                fn = KN.lowt_moe_kernel
+                consts = dict(STAGE=1, FMT=fmt, GATED=True, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
+                              ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
+                              DOT_F32=False, ZERO_BLOCK=1024, TAIL=False)
+                stage = 1
+            else:
+                fn = KN.lowt_token_kernel
+                consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,
+                              BK=bk, BM=a.bm_token, ASM=fmt != 0, DOT_F32=False, TAIL=False)
+                stage = 2
+            k = compile_one(fn, consts, fmt, stage, a.warps, a.stages)
+            md = k.metadata
+            ops, text = sass_mix(k.asm["cubin"])
+            total = sum(ops.values())
+            top = ", ".join(f"{op} {n}" for op, n in ops.most_common(14))
+            print(f"{name:6} {kern:6} smem {md.shared} instr {total}: {top}")
+            rows = a.bn * (2 if kern == "gemm1" else 1)
+            per = rows * bk / (32 * a.warps)
+            inner = [lp for lp in loops(text) if lp[1]["HMMA"] + lp[1]["HGMMA"] and not lp[1]["MUFU"]]
+            for n, mix in inner[:1]:
+                print(f"    main loop {n} instr = {n / per:.2f} per weight element per thread: "
+                      + ", ".join(f"{op} {c}" for op, c in mix.most_common(12)))
+            bf16_tiles = [ln for ln in k.asm["ttgir"].splitlines() if "local_alloc %" in ln and "xbf16" in ln]
+            print(f"    16-bit tiles through shared memory: {len(bf16_tiles)}")
+            if a.dump:
+                os.makedirs(a.dump, exist_ok=True)
+                for ext in ("ttgir", "ptx"):
+                    with open(os.path.join(a.dump, f"{name}-{kern}.{ext}"), "w") as f:
+                        f.write(k.asm[ext])
+                with open(os.path.join(a.dump, f"{name}-{kern}.sass"), "w") as f:
+                    f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``triton-lowt-moe``: this project's fused-MoE Triton kernels for decode-sized batches (T up to ~64),
+weight-only: bf16/fp16, int4 (GPTQ / AWQ group scales, with or without zero points), NvFP4 and MXFP4
+run with 16-bit activations, the 4-bit weights dequantized in registers next to the tensor-core dot.
+
+Every fact below is a property of our own kernels (``kernels.py``, ``ops.py``), cited by function;
+``verified_on`` names what the probe and the GPU tests confirmed on hardware.
+"""
+
+from __future__ import annotations
+
+from moe_registry.registry import hookimpl
+from moe_registry.schemas.activation import Activation
+from moe_registry.schemas.capability import (
+    ActivationImpl, BackendCapability, Condition, DeviceRule, FeatureSupport, HardwareStatus, QuantSupport, Requirement,
+    RoutingSupport, ShapeRule,
+)
+from moe_registry.schemas.quant import QuantFamily, QuantKind
+
+from ..triton_fused_moe import _ACT as _FUSED_ACT
+from ..triton_fused_moe import codes as C
+
+_K = "moe_registry/backends/triton_lowt_moe/kernels.py"
+_OPS = "moe_registry/backends/triton_lowt_moe/ops.py"
+_EPI = f"{_K} _activation (run-time code, GEMM1 accumulators in float32; the maths of triton_fused_moe._activate)"
+_VERIFIED: tuple[str, ...] = ()  # set once the probe record exists (docs/verification/)
+
+# The activation maths and codes are triton-fused-moe's (one _activate); silu_clamp runs as its swigluoai.
+_ACT = {**_FUSED_ACT, Activation.SILU_CLAMP: (C.ACT_SWIGLUOAI, (
+    "the swigluoai epilogue with alpha 1, up offset 0, [gate; up] rows (triton_fused_moe/ops.py epilogue_for): "
+    "silu(min(gate, L)) * clamp(up)"))}
+_FOUR_BIT = (QuantKind.INT4_W4A16, QuantKind.NVFP4, QuantKind.NVFP4_W4A16, QuantKind.MXFP4)
+_UNPACK = ("moe_registry/backends/triton_lowt_moe/unpack.py _unpack (PTX: int4 codes + magic exponent, e2m1 bits "
+           f"times 2^-126 fixed by mul.bf16x2) and _half_multipliers; {_OPS} pack_weight")
+_A16 = "run weight-only with 16-bit activations (W4A16), as vLLM 0.33 runs NvFP4 on SM90 (Marlin, Humming)"
+
+DECLARATION = BackendCapability(
+    id="triton-lowt-moe",
+    name="Triton low-T fused MoE (moe-registry)",
+    provider="moe-registry (Triton >= 3.4 kernels)",
+    description="Decode-sized fused MoE: each used expert's weight tile read once for all its tokens (experts "
+                "found by an in-kernel histogram, no sort and no host sync), 4-bit weights dequantized in "
+                "registers, the activation fused into GEMM1, the router-weighted top-k sum fused into GEMM2 "
+                "(per token, or float32 atomics); large batches sort pairs into expert blocks first. "
+                "Capturable in CUDA graphs.",
+    kernel="moe_registry.backends.triton_lowt_moe.kernels.lowt_moe_kernel",
+    adapter="moe_registry.backends.triton_lowt_moe.kernel:TritonLowTExperts",
+    devices=(DeviceRule(sm=(90,), source=(
+        "moe_registry/backends/triton_lowt_moe/unpack.py _int4_asm / _e2m1_asm: PTX mul.rn.bf16x2 / sub.rn.bf16x2 need "
+        "sm_90; written and tuned for Hopper only (tiles of 16 rows per warp for mma / wgmma); other architectures "
+        "are not claimed")),),
+    dtypes=("bf16", "fp16"),
+    activations={act: ActivationImpl(kernel_name=f"{_K} _activation code {code}", kernel_value=code,
+                                     source=f"{_EPI}: {what}", verified_on=_VERIFIED)
+                 for act, (code, what) in _ACT.items()},
+    quant=(
+        QuantSupport(kind=QuantKind.BF16, dtypes=("bf16",), verified_on=_VERIFIED,
+                     source=f"{_K} _kstep FMT_16BIT: bf16 tl.dot, float32 accumulate"),
+        QuantSupport(kind=QuantKind.FP16, dtypes=("fp16",), verified_on=_VERIFIED,
+                     source=f"{_K} _kstep FMT_16BIT: fp16 tl.dot, float32 accumulate"),
+        QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 16, 32, 64, 128, 256), zero_point=True,
+                     verified_on=_VERIFIED, source=(
+                         f"{_UNPACK}: GPTQ / AWQ layout (Int4GroupTensor), uint4 codes minus 8 or the zero point, "
+                         f"group scale exact per step (groups >= 128) or in the layer dtype (smaller groups); "
+                         f"act-order (g_idx) is not run: pack_weight refuses it")),
+        QuantSupport(kind=QuantKind.NVFP4_W4A16, dtypes=("bf16",), verified_on=_VERIFIED, source=(
+            f"{_UNPACK}: e2m1 x e4m3 per 16 (exact in bf16) x 2^10 / global scale per expert")),
+        QuantSupport(kind=QuantKind.NVFP4, dtypes=("bf16",), note=_A16, verified_on=_VERIFIED, source=(
+            f"{_UNPACK}: NvFp4Tensor weights; activations stay bf16")),
+        QuantSupport(kind=QuantKind.MXFP4, dtypes=("bf16",), verified_on=_VERIFIED, source=(
+            f"{_UNPACK}: e2m1 x e8m0 per 32 (2^(e-127) as bf16; e = 0 reads as 0)")),
+    ),
+    shape_rules=tuple(
+        ShapeRule(dimension=dim, multiple_of=64, when=Condition(quant=_FOUR_BIT), source=(
+            f"{_OPS} split_half_blocks: a K step's two halves hold whole 32-element halves, the last step too "
+            f"({dim} is a GEMM's K)"))
+        for dim in ("hidden", "intermediate")),
+    routing=RoutingSupport(precomputed=True, source="the adapter takes topk_ids / topk_weights"),
+    features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True, cuda_graphs=True,
+                            source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai "
+                                    f"params; {_OPS} fused_experts: shapes from metadata only, no host sync")),
+    requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
+                              hint="pip install triton (ships with CUDA builds of torch)",
+                              source=f"{_K} imports triton"),),
+    # Just above the reference and below every backend measured here (torch-grouped-mm's 30 for 4-bit is the
+    # lowest): not one GPU run of these kernels exists yet (benchmarks/lowt-notes.md), so no default moves to
+    # them. Raise it per family with the benchmark that shows them faster at decode (benchmarks/bench_lowt.py);
+    # per token bucket the measured policy decides.
+    priority={QuantFamily.UNQUANTIZED: 5, QuantFamily.INT4: 5, QuantFamily.NVFP4: 5, QuantFamily.MXFP4: 5},
+    hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", note=(
+        "2026-12-07: no GPU machine could be started for this session's remaining device time; the PTX is "
+        "assembled by ptxas (triton 3.6, sm_90) and checked bit for bit by an emulation in "
+        "tests/test_triton_lowt_moe_cpu.py, the kernels' logic runs in Triton's interpreter there; "
+        "tests/gpu/test_triton_lowt_moe_gpu.py and the probe are not yet run")),),
+)
+
+
+@hookimpl
+def moe_registry_backends() -> list[BackendCapability]:
+    return [DECLARATION]

@@ -1,0 +1,223 @@
+"""Load-time packing of canonical weights for the low-T kernels, the launch configs, and the launches.
+
+Packing (``pack_weight``, once per layer; its cost is a copy of each weight at most):
+- bf16 / fp16: the canonical ``[E, N, K]`` tensor as is;
+- NvFP4 / MXFP4: the canonical ``uint8 [E, N, K/2]`` data (element ``2i`` in the low nibble of byte
+  ``i``: the kernels' byte layout) and scale bytes as they are, no copy; NvFP4's per-expert
+  ``2^10 / global_scale`` (see ``kernels``);
+- int4 (GPTQ layout ``qweight [E, K/8, N]``, ``scales`` / ``zeros [E, K/g, N]``): transposed to
+  ``[E, N, K/8]`` / ``[E, N, K/g]`` and the words read as bytes ``[E, N, K/2]`` (little-endian: the same
+  byte layout); one copy of each, done once at load; zero points as uint8.
+
+Everything in a forward is asynchronous and shaped by metadata only (capturable in a CUDA graph).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+
+from ...formats.int4 import Int4GroupTensor
+from ...formats.mxfp4 import MXFP4_BLOCK, MxFp4Tensor
+from ...formats.nvfp4 import NVFP4_BLOCK, NvFp4Tensor
+from ..triton_fused_moe.ops import Epilogue, align, next_pow2
+from . import codes as F
+from . import kernels as KN
+
+ONE_GROUP = 1 << 30  # the group size given to the kernels for per-channel int4 (one scale over all K)
+NVFP4_FOLD = 1024.0  # 2^10: the tile holds value * scale * 2^-10 (kernels module doc)
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """One expert weight ``[E, N, K]`` as the kernels read it."""
+
+    fmt: int
+    w: torch.Tensor  # 16-bit [E, N, K] or uint8 [E, N, K/2] in half-split blocks of ``block`` elements
+    block: int  # the kernels' K step (4-bit: the packing block; a launch must use it)
+    scale: torch.Tensor | None = None  # int4 [E, N, K/g] (16-bit); NvFP4 / MXFP4 bytes [E, N, K/16] / [E, N, K/32]
+    zeros: torch.Tensor | None = None  # int4 zero points, uint8 [E, N, K/g]
+    global_mult: torch.Tensor | None = None  # NvFP4: float32 [E], 2^10 / global_scale
+    group: int = ONE_GROUP  # K elements per scale
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.w, self.scale, self.zeros, self.global_mult)
+                   if t is not None)
+
+
+def split_half_blocks(codes: torch.Tensor, block: int) -> torch.Tensor:
+    """4-bit codes ``uint8 [..., K]`` (0..15) -> bytes ``[..., K/2]``: in each block of L elements (``block``,
+    the last one possibly shorter) byte i holds element i (low nibble) and element L/2 + i (high)."""
+    K = codes.shape[-1]
+    full = K // block * block
+    out = torch.empty((*codes.shape[:-1], K // 2), dtype=torch.uint8, device=codes.device)
+    if full:
+        c = codes[..., :full].unflatten(-1, (full // block, 2, block // 2))
+        out[..., :full // 2] = (c[..., 0, :] | (c[..., 1, :] << 4)).flatten(-2)
+    if K > full:
+        h = (K - full) // 2
+        out[..., full // 2:] = codes[..., full:full + h] | (codes[..., full + h:] << 4)
+    return out
+
+
+def _repack_bytes(data: torch.Tensor, block: int) -> torch.Tensor:
+    """Canonical nibble bytes ``[E, N, K/2]`` (element 2i low, 2i + 1 high) -> half-split blocks,
+    one expert at a time (the codes are a byte per element)."""
+    out = torch.empty_like(data)
+    for e in range(data.shape[0]):
+        codes = torch.stack((data[e] & 0xF, data[e] >> 4), dim=-1).flatten(-2)
+        out[e] = split_half_blocks(codes, block)
+    return out
+
+
+def pack_weight(weight: Any, dtype: torch.dtype, *, block: int, backend: str) -> PackedWeight:
+    """A canonical weight (tensor or formats object) -> ``PackedWeight`` with K steps of ``block``."""
+    if isinstance(weight, torch.Tensor):
+        return PackedWeight(F.FMT_16BIT, weight.to(dtype).contiguous(), block)
+    if isinstance(weight, NvFp4Tensor):
+        return PackedWeight(F.FMT_NVFP4, _repack_bytes(weight.data, block), block,
+                            scale=weight.scale.contiguous().view(torch.uint8),
+                            global_mult=(NVFP4_FOLD / weight.global_scale.float()).contiguous(), group=NVFP4_BLOCK)
+    if isinstance(weight, MxFp4Tensor):
+        return PackedWeight(F.FMT_MXFP4, _repack_bytes(weight.data, block), block, scale=weight.scale.contiguous(),
+                            group=MXFP4_BLOCK)
+    if isinstance(weight, Int4GroupTensor):
+        if weight.g_idx is not None:
+            raise ValueError(f"{backend}: act-order int4 (g_idx) is not supported")
+        K = int(weight.shape[-1])
+        g = weight.group_size
+        group = ONE_GROUP if g in (-1, K) else g
+        # GPTQ words [E, K/8, N] -> [E, N, K/8]; little-endian bytes are then canonical nibble bytes.
+        data = weight.qweight.transpose(-1, -2).contiguous().view(torch.uint8)
+        zeros = None if weight.zeros is None else weight.zeros.transpose(-1, -2).to(torch.uint8).contiguous()
+        return PackedWeight(F.FMT_INT4, _repack_bytes(data, block), block,
+                            scale=weight.scales.transpose(-1, -2).contiguous(), zeros=zeros, group=group)
+    raise ValueError(f"{backend}: no packing for a {type(weight).__name__} weight")
+
+
+# --- Launch configs ---------------------------------------------------------------------------------
+
+SORT_ABOVE = 64  # tokens: above this the pairs are sorted into expert blocks first (the prefill path)
+GEMM2_MODES = ("token", "expert", "sorted")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tiles for one token count. ``bn1`` / ``bn2``: weight rows per program in GEMM1 / GEMM2 (the dot's
+    M side: 16 per warp keeps each warp on its own rows, so no unpacking is repeated); ``bm``: pairs per
+    program (the dot's N side; ``bm_token`` for GEMM2 per token, whose one real column is the pair);
+    ``warps`` / ``warps2``: per program of GEMM1 / GEMM2; ``stages``: Triton's software pipelining depth;
+    ``gemm2``: ``"token"`` (per token, two launches in all), ``"expert"`` (per expert slot, float32 atomics
+    and a cast) or ``"sorted"`` (align first, blocks of ``bm`` pairs; the prefill path)."""
+
+    bn1: int = 32
+    bn2: int = 32
+    bm: int = 16
+    bm_token: int = 8
+    warps: int = 2
+    warps2: int = 2
+    stages: int = 3
+    gemm2: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.gemm2 not in GEMM2_MODES:
+            raise ValueError(f"Config.gemm2 must be one of {', '.join(GEMM2_MODES)}, got {self.gemm2!r}")
+
+    def label(self) -> str:
+        return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
+                f"{self.gemm2}")
+
+
+def default_config(T: int, top_k: int, num_experts: int) -> Config:
+    """Tiles by the expected pairs per expert: the token side covers them in one pass where it can."""
+    if T > SORT_ABOVE:
+        return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted")
+    per_expert = -(-T * top_k // num_experts)
+    bm = min(64, max(8, next_pow2(2 * per_expert)))
+    if T == 1:
+        return Config(bn1=32, bn2=16, bm=bm, warps=2, warps2=1, gemm2="token")
+    return Config(bm=bm, gemm2="token" if T <= 2 else "expert")
+
+
+# --- Launches ------------------------------------------------------------------------------------------
+
+def _args(pw: PackedWeight, dummy: torch.Tensor) -> tuple[Any, ...]:
+    s = pw.scale if pw.scale is not None else dummy
+    z = pw.zeros if pw.zeros is not None else dummy
+    g = pw.global_mult if pw.global_mult is not None else dummy
+    return pw.w, s, z, g
+
+
+def _strides(pw: PackedWeight) -> tuple[int, int, int, int]:
+    s_se, s_sn = (pw.scale.stride(0), pw.scale.stride(1)) if pw.scale is not None else (0, 0)
+    return pw.w.stride(0), pw.w.stride(1), s_se, s_sn
+
+
+def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, w13: PackedWeight,
+                  w2: PackedWeight, num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, *,
+                  w13_bias: torch.Tensor | None = None, w2_bias: torch.Tensor | None = None,
+                  ok: torch.Tensor, asm: bool) -> torch.Tensor:
+    """The whole forward without guards: ``x [T, H]`` -> ``[T, H]`` in x's dtype. ``ok`` (int32 [1],
+    1 on entry) is cleared when an id is outside [0, E), and with ``asm`` (the GPU) the kernel then
+    stops with a device error. Biases float32."""
+    T, H = x.shape
+    k = topk_ids.shape[1]
+    P = T * k
+    dev = x.device
+    ids = topk_ids.reshape(-1)
+    tw = topk_weights.reshape(-1)
+    inter = torch.empty((P, intermediate), dtype=x.dtype, device=dev)
+    out = torch.empty((T, H), dtype=x.dtype, device=dev)
+    atomic = cfg.gemm2 != "token"
+    acc = torch.empty((T, H), dtype=torch.float32, device=dev) if atomic else tw
+    dummy = tw
+    interp = not asm  # the interpreter (no PTX) multiplies in float32
+    if cfg.gemm2 == "sorted":
+        al = align(topk_ids, num_experts, cfg.bm, ok)
+        srt, blk, tot, programs = al.sorted_pairs, al.block_expert, al.total, al.max_blocks
+    else:
+        srt = blk = tot = ids
+        programs = min(num_experts, P)
+    common = dict(E_P2=max(16, next_pow2(num_experts)), PCHUNK=16 if P <= 16 else 128, ASM=asm, DOT_F32=interp,
+                  num_stages=cfg.stages, SORTED=cfg.gemm2 == "sorted", ZERO_BLOCK=1024)
+    limit = float(ep.limit) if ep.limit is not None else float("inf")
+
+    w, s, z, g = _args(w13, dummy)
+    s_we, s_wn, s_se, s_sn = _strides(w13)
+    KN.lowt_moe_kernel[(programs * triton.cdiv(intermediate, cfg.bn1),)](
+        x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, acc, ok, srt, blk, tot,
+        P, num_experts, intermediate, H, k, T * H if atomic else 0,
+        x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
+        ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
+        STAGE=1, FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None,
+        GROUP=w13.group, ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn1, BK=w13.block, BM=cfg.bm,
+        TAIL=H % w13.block != 0, num_warps=cfg.warps, **common)
+
+    w, s, z, g = _args(w2, dummy)
+    s_we, s_wn, s_se, s_sn = _strides(w2)
+    b2 = w2_bias if w2_bias is not None else dummy
+    s_b2 = w2_bias.stride(0) if w2_bias is not None else 0
+    if atomic:
+        KN.lowt_moe_kernel[(programs * triton.cdiv(H, cfg.bn2),)](
+            inter, ids, tw, w, s, z, g, b2, acc, acc, ok, srt, blk, tot,
+            P, num_experts, H, intermediate, k, 0,
+            inter.stride(0), s_we, s_wn, s_se, s_sn, acc.stride(0), s_b2,
+            1, 0, 0, 1.0, limit, 0.0,
+            STAGE=2, FMT=w2.fmt, GATED=False, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None,
+            GROUP=w2.group, ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn2, BK=w2.block, BM=cfg.bm,
+            TAIL=intermediate % w2.block != 0, num_warps=cfg.warps2, **common)
+        n = T * H
+        KN.cast_kernel[(triton.cdiv(n, 1024),)](acc, out, n, BLOCK=1024, num_warps=4)
+    else:
+        KN.lowt_token_kernel[(T * triton.cdiv(H, cfg.bn2),)](
+            inter, ids, tw, w, s, z, g, b2, out,
+            num_experts, H, intermediate, k,
+            inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), s_b2,
+            FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
+            ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn2, BK=w2.block, BM=cfg.bm_token, ASM=asm, DOT_F32=interp,
+            TAIL=intermediate % w2.block != 0, num_warps=cfg.warps2, num_stages=cfg.stages)
+    return out

@@ -1,0 +1,170 @@
+"""triton-lowt-moe on an SM90 GPU against the reference (``pytest -m gpu tests/gpu``): the PTX
+unpacking path, which the CPU tests (Triton's interpreter) cannot run.
+
+Every declared activation x weight format (bf16, fp16, int4 g128 symmetric, int4 g64 with zero points,
+NvFP4, MXFP4) on a medium shape whose intermediate leaves a partial last K step; T = 1 (GEMM2 per
+token), 5 / 64 (per expert slot, atomics) and 200 (pairs sorted into expert blocks); swigluoai with
+biases; router weight on the input; the benchmark's layer shapes (Gemma 4 NvFP4, Qwen3-30B int4,
+Mixtral AWQ int4); then what decode needs: no host sync, CUDA-graph replay equal to eager, and an
+out-of-range expert id failing the stream (in a subprocess: it ends the CUDA context).
+Tolerance 2e-2 (bf16 rounding of the intermediate and output, as for Humming and Marlin); fp16 1e-2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+from moe_registry.backends.reference.kernel import ReferenceExperts  # noqa: E402
+from moe_registry.backends.triton_lowt_moe import DECLARATION  # noqa: E402
+from moe_registry.execution.patterns import relative_error, routing_pattern  # noqa: E402
+from moe_registry.execution.weights import random_weights, torch_dtype  # noqa: E402
+from moe_registry.schemas.activation import Activation, SiluClampParams, SwigluOAIParams  # noqa: E402
+from moe_registry.schemas.layer import LayerSpec  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+MEDIUM = dict(num_experts=16, top_k=4, hidden_size=1024, intermediate_size=704)
+SCHEMES = {
+    "bf16": dict(quant="bf16"),
+    "fp16": dict(quant="fp16", dtype="fp16"),
+    "int4-g64": dict(quant={"kind": "int4_w4a16", "group_size": 64}),  # 704 = 11 x 64
+    "int4-g64-zp": dict(quant={"kind": "int4_w4a16", "group_size": 64, "zero_point": True}),
+    "int4-g128-aligned": dict(quant={"kind": "int4_w4a16", "group_size": 128}, intermediate_size=768),
+    "nvfp4": dict(quant="nvfp4_w4a16"),
+    "mxfp4": dict(quant="mxfp4"),
+}
+BENCH = {
+    "gemma4-nvfp4": dict(num_experts=128, top_k=8, hidden_size=2816, intermediate_size=704, activation="gelu_tanh",
+                         quant="nvfp4"),
+    "qwen3-int4": dict(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, activation="silu",
+                       quant={"kind": "int4_w4a16", "group_size": 128}),
+    "mixtral-awq": dict(num_experts=8, top_k=2, hidden_size=4096, intermediate_size=14336, activation="silu",
+                        quant={"kind": "int4_w4a16", "group_size": 128, "zero_point": True}),
+}
+
+
+def _tol(layer: LayerSpec) -> float:
+    return 1e-2 if layer.dtype == "fp16" else 2e-2
+
+
+def _inputs(layer: LayerSpec, T: int, dev, kind: str, seed: int):
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    w, ids = routing_pattern(T, layer.num_experts, layer.top_k, device=dev, kind=kind, generator=gen)
+    x = torch.randn(T, layer.hidden_size, device=dev, generator=gen).to(torch_dtype(layer))
+    return x, w, ids
+
+
+def _build(layer: LayerSpec, dev, seed: int = 0):
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    weights = random_weights(layer, device=dev, dtype=torch_dtype(layer), seed=seed)
+    return TritonLowTExperts(layer, weights), ReferenceExperts(layer, weights)
+
+
+def _check(layer: LayerSpec, dev, tokens=(1, 5, 64, 200), kinds=("imbalanced", "empty")):
+    experts, ref = _build(layer, dev)
+    errs = {}
+    for T in tokens:
+        for kind in kinds:
+            x, w, ids = _inputs(layer, T, dev, kind, seed=T)
+            errs[(T, kind)] = relative_error(experts(x, w, ids), ref(x, w, ids))
+    tol = _tol(layer)
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, f"{layer.describe()}: relative errors above {tol}: {bad}"
+
+
+@pytest.mark.parametrize("act", [a for a in DECLARATION.activations if a not in (Activation.SWIGLUOAI,
+                                                                                 Activation.SILU_CLAMP)])
+def test_every_activation(sm90, act):
+    # The activation is a run-time code: one compiled kernel per format serves them all.
+    _check(LayerSpec(**MEDIUM, **SCHEMES["nvfp4"], activation=act), sm90, tokens=(1, 5, 200), kinds=("imbalanced",))
+
+
+@pytest.mark.parametrize("act", ["silu", "relu2_no_mul"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_every_format(sm90, scheme, act):
+    _check(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}, activation=act), sm90, tokens=(1, 5, 200))
+
+
+@pytest.mark.parametrize("scheme", ["bf16", "mxfp4", "int4-g64-zp"])
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_swigluoai_with_biases(sm90, interleaved, scheme):
+    params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=interleaved)
+    _check(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}, activation="swigluoai", activation_params=params, bias=True),
+           sm90, tokens=(1, 64))
+
+
+def test_silu_clamp(sm90):
+    _check(LayerSpec(**{**MEDIUM, **SCHEMES["nvfp4"]}, activation="silu_clamp",
+                     activation_params=SiluClampParams(limit=1.0)), sm90, tokens=(1, 64))
+
+
+def test_router_weight_on_input(sm90):
+    _check(LayerSpec(**{**MEDIUM, "top_k": 1, **SCHEMES["int4-g128-aligned"]}, apply_router_weight_on_input=True),
+           sm90, tokens=(5, 64))
+
+
+@pytest.mark.parametrize("name", list(BENCH))
+def test_bench_shapes(sm90, name):
+    _check(LayerSpec(name=name, **BENCH[name]), sm90, tokens=(1, 16, 64, 300), kinds=("imbalanced",))
+    torch.cuda.empty_cache()
+
+
+def test_no_host_sync_in_a_forward(sm90):
+    experts, _ = _build(LayerSpec(**MEDIUM, **SCHEMES["nvfp4"]), sm90)
+    for T in (1, 8, 600):  # per-token GEMM2, per-expert atomics, sorted blocks
+        x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
+        experts(x, w, ids)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            experts(x, w, ids)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_graphed_experts_match_eager(sm90):
+    from moe_registry.execution.graphs import GraphedExperts
+
+    experts, _ = _build(LayerSpec(**MEDIUM, **SCHEMES["int4-g128-aligned"]), sm90)
+    graphed = GraphedExperts(experts, buckets=(1, 4, 16, 64))
+    for T in (1, 3, 16, 50, 64, 65):
+        x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
+        want = experts(x, w, ids).clone()
+        got = graphed(x, w, ids)
+        # float32 atomics (T > 2) add in any order: equal up to rounding of the float32 sums.
+        assert relative_error(got, want) < 1e-3, T
+
+
+_BAD_IDS = r"""
+import sys, torch
+from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+from moe_registry.execution.weights import random_weights
+from moe_registry.schemas.layer import LayerSpec
+layer = LayerSpec(num_experts=16, top_k=4, hidden_size=256, intermediate_size=128, quant="nvfp4_w4a16")
+experts = TritonLowTExperts(layer, random_weights(layer, device="cuda"))
+T = int(sys.argv[1])
+x = torch.randn(T, 256, device="cuda").to(torch.bfloat16)
+w = torch.full((T, 4), 0.25, device="cuda")
+ids = torch.arange(T * 4, device="cuda", dtype=torch.int32).view(T, 4) % 16
+ids[0, 1] = 40  # out of range
+experts(x, w, ids)
+torch.cuda.synchronize()
+print("NO ERROR")
+"""
+
+
+@pytest.mark.parametrize("T", [1, 8, 100])
+def test_out_of_range_ids_fail_on_the_device(sm90, T):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
+    r = subprocess.run([sys.executable, "-c", _BAD_IDS, str(T)], capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode != 0 and "NO ERROR" not in r.stdout, r.stdout + r.stderr[-2000:]

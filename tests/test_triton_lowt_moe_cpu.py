@@ -1,0 +1,304 @@
+"""triton-lowt-moe on the CPU: its Triton kernels in Triton's interpreter (tiny shapes) against the
+reference, the load-time packing, and the declaration the adapter reads.
+
+The interpreter runs the plain-Triton unpacking path (it cannot run PTX; tests/gpu runs the PTX path):
+what these tests pin is the routing without a sort, the K-step layout, every scale and zero-point
+layout, the three GEMM2 modes, the partial last K step and every epilogue. ``TRITON_INTERPRET=1`` must
+be set before triton is first imported (as in tests/test_triton_fused_moe_cpu.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import pytest
+
+_LATE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+os.environ.setdefault("TRITON_INTERPRET", "1")
+torch = pytest.importorskip("torch")
+
+from moe_registry.backends.triton_fused_moe import codes as C  # noqa: E402
+from moe_registry.backends.triton_lowt_moe import DECLARATION  # noqa: E402
+from moe_registry.execution.patterns import relative_error, routing_pattern  # noqa: E402
+from moe_registry.execution.weights import random_weights, torch_dtype  # noqa: E402
+from moe_registry.schemas.activation import Activation, SiluClampParams, SwigluOAIParams  # noqa: E402
+from moe_registry.schemas.layer import LayerSpec  # noqa: E402
+
+from _factories import make_layer  # noqa: E402
+
+try:
+    from moe_registry.backends.triton_lowt_moe import kernels as _kernels
+except ImportError:  # no triton: the kernel tests skip
+    _kernels = None
+
+
+def _interpreter() -> None:
+    if _kernels is None:
+        pytest.skip("triton is not installed")
+    if _LATE:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (run these tests in their own process)")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(_kernels.lowt_moe_kernel, InterpretedFunction):
+        pytest.skip("the kernels were imported before TRITON_INTERPRET=1 was set (not in interpreter mode)")
+
+
+TOL = 2e-2  # bf16 intermediate and output (the GPU tests' bound)
+# 4 experts, H = 128 (one K step of 128), I = 192 (one step and a partial one of 64): K steps of 128.
+_layer = functools.partial(make_layer, num_experts=4, top_k=2, hidden_size=128, intermediate_size=192)
+
+
+def _run(layer: LayerSpec, T: int = 3, kind: str = "imbalanced", config=None, seed: int = 0) -> float:
+    from moe_registry.backends.reference.kernel import ReferenceExperts
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    gen = torch.Generator().manual_seed(seed)
+    weights = random_weights(layer, dtype=torch_dtype(layer), seed=seed)
+    w, ids = routing_pattern(T, layer.num_experts, layer.top_k, device="cpu", kind=kind, generator=gen)
+    x = torch.randn(T, layer.hidden_size, generator=gen).to(torch_dtype(layer))
+    out = TritonLowTExperts(layer, weights, config=config, block_k=128)(x, w, ids)
+    ref = ReferenceExperts(layer, weights)(x, w, ids)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    return relative_error(out, ref)
+
+
+@pytest.mark.parametrize("quant", ["bf16", "nvfp4_w4a16", "mxfp4", {"kind": "int4_w4a16", "group_size": 64},
+                                   {"kind": "int4_w4a16", "group_size": 32, "zero_point": True},
+                                   {"kind": "int4_w4a16", "group_size": -1, "zero_point": True}])
+@pytest.mark.parametrize("T", [1, 3, 70])  # GEMM2 per token, per expert slot (atomics), sorted blocks
+def test_every_format_and_mode(quant, T):
+    _interpreter()
+    assert _run(_layer(quant=quant), T=T) <= TOL
+
+
+def test_int4_whole_groups_per_half_step():
+    # g128 with K steps of 256: each half-step is one group (the exact, post-scaled path).
+    _interpreter()
+    from moe_registry.backends.reference.kernel import ReferenceExperts
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = make_layer(num_experts=4, top_k=2, hidden_size=512, intermediate_size=256,
+                       quant={"kind": "int4_w4a16", "group_size": 128, "zero_point": True})
+    weights = random_weights(layer, seed=1)
+    w, ids = routing_pattern(2, 4, 2, device="cpu", kind="random", generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    out = TritonLowTExperts(layer, weights, block_k=256)(x, w, ids)
+    assert relative_error(out, ReferenceExperts(layer, weights)(x, w, ids)) <= TOL
+
+
+@pytest.mark.parametrize("act", [a for a in DECLARATION.activations if a not in (Activation.SWIGLUOAI,
+                                                                                 Activation.SILU_CLAMP)])
+def test_every_activation(act):
+    _interpreter()
+    assert _run(_layer(quant="nvfp4_w4a16", activation=act)) <= TOL
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_swigluoai_with_biases(interleaved):
+    _interpreter()
+    params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=interleaved)
+    assert _run(_layer(quant="mxfp4", activation="swigluoai", activation_params=params, bias=True), T=2) <= TOL
+    assert _run(_layer(quant="mxfp4", activation="swigluoai", activation_params=params, bias=True), T=5) <= TOL
+
+
+def test_silu_clamp_runs_as_swigluoai():
+    _interpreter()
+    assert DECLARATION.activations[Activation.SILU_CLAMP].kernel_value == C.ACT_SWIGLUOAI
+    layer = _layer(quant="bf16", activation="silu_clamp", activation_params=SiluClampParams(limit=0.5))
+    assert _run(layer) <= TOL
+
+
+def test_router_weight_on_input_and_fp16():
+    _interpreter()
+    assert _run(_layer(top_k=1, apply_router_weight_on_input=True, quant={"kind": "int4_w4a16", "group_size": 64}),
+                T=5) <= TOL
+    assert _run(_layer(dtype="fp16", quant="fp16"), T=1) <= 1e-2
+    assert _run(_layer(dtype="fp16", quant={"kind": "int4_w4a16", "group_size": 64}), T=3) <= 1e-2
+
+
+def test_experts_with_more_pairs_than_a_block():
+    # 6 tokens on 2 experts, blocks of 8 pairs: the slot program walks its pairs in several blocks.
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    cfg = ops.Config(bm=8, gemm2="expert")
+    assert _run(_layer(num_experts=2, quant="nvfp4_w4a16"), T=9, config=cfg) <= TOL
+
+
+def test_out_of_range_ids_are_flagged_and_never_addresses():
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = _layer(quant="nvfp4_w4a16")
+    experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    w = torch.full((3, 2), 0.5)
+    bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
+    for mode in ("token", "expert", "sorted"):
+        ok = torch.ones(1, dtype=torch.int32)
+        out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, ops.Config(gemm2=mode),
+                                ok=ok, asm=False)
+        assert int(ok) == 0 and out.shape == (3, 128), mode
+    ok = torch.ones(1, dtype=torch.int32)
+    ops.fused_experts(x, w, bad.clamp(0, 3), experts.w13, experts.w2, 4, 192, experts.epilogue, ops.Config(), ok=ok,
+                      asm=False)
+    assert int(ok) == 1
+    with pytest.raises(ValueError, match="expert ids in"):  # on the CPU the guard says so first
+        experts(x, w, bad)
+
+
+# --- Packing and declaration (no kernels) ----------------------------------------------------------
+
+def test_split_half_blocks_layout():
+    from moe_registry.backends.triton_lowt_moe.ops import split_half_blocks
+
+    codes = torch.arange(16, dtype=torch.uint8).repeat(12)[:192].view(1, 192) % 16
+    out = split_half_blocks(codes, 128)
+    assert out.shape == (1, 96)
+    # block 0: byte i = element i | element 64 + i << 4; the last block (64 elements): halves of 32
+    assert int(out[0, 5]) == int(codes[0, 5]) | (int(codes[0, 69]) << 4)
+    assert int(out[0, 64 + 7]) == int(codes[0, 128 + 7]) | (int(codes[0, 160 + 7]) << 4)
+
+
+def test_default_configs_and_their_bounds():
+    pytest.importorskip("triton")
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    assert ops.default_config(1, 8, 128).gemm2 == "token"
+    assert ops.default_config(16, 8, 128).gemm2 == "expert"
+    assert ops.default_config(ops.SORT_ABOVE + 1, 8, 128).gemm2 == "sorted"
+    assert ops.default_config(64, 2, 8).bm == 32  # 16 pairs per expert expected: one block holds most
+    with pytest.raises(ValueError, match="gemm2"):
+        ops.Config(gemm2="grouped")
+
+
+def test_packing_refuses_act_order_and_wrong_placement():
+    pytest.importorskip("triton")
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = _layer(quant={"kind": "int4_w4a16", "group_size": 64, "act_order": True})
+    with pytest.raises(ValueError):  # declared: act-order is not run
+        TritonLowTExperts(layer, random_weights(layer))
+    bad_shape = make_layer(num_experts=4, top_k=2, hidden_size=96, intermediate_size=64, quant="nvfp4_w4a16")
+    with pytest.raises(ValueError, match="hidden"):
+        TritonLowTExperts(bad_shape, random_weights(bad_shape))
+
+
+def test_declaration_codes_and_features():
+    values = {act: impl.kernel_value for act, impl in DECLARATION.activations.items()}
+    assert set(values) == set(Activation)
+    for act, code in values.items():
+        assert (code < C.ACT_RELU2) == act.is_gated, act
+    assert DECLARATION.features.cuda_graphs and DECLARATION.features.bias
+
+
+# --- The PTX unpacking, bit for bit (an emulation of the few instructions it uses) ------------------
+
+def _half(bits: int, fp16: bool) -> float:
+    t = torch.tensor([bits - 65536 if bits >= 32768 else bits], dtype=torch.int16)
+    return t.view(torch.float16 if fp16 else torch.bfloat16).float().item()
+
+
+def _bits(value: float, fp16: bool) -> int:
+    return torch.tensor([value]).to(torch.float16 if fp16 else torch.bfloat16).view(torch.int16).item() & 0xFFFF
+
+
+def _emulate(asm: str, inputs: dict[int, int]) -> list[int]:
+    """Run the PTX of ``unpack.py`` on 32-bit integers: prmt, shifts, and/or/lop3, max, mov and the
+    16-bit-pair sub / mul (round to nearest even, subnormals kept, as PTX specifies for bf16x2 / f16x2)."""
+    regs: dict[str, int] = {}
+
+    def val(tok: str) -> int:
+        tok = tok.strip()
+        if tok.startswith("$"):
+            return regs.get(tok, inputs.get(int(tok[1:]), 0))
+        return regs[tok] if tok in regs else int(tok, 0) & 0xFFFFFFFF
+
+    for line in asm.splitlines():
+        line = line.strip()
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        a = [x.strip() for x in rest.rstrip(";").split(",")]
+        if op == "prmt.b32":
+            pool = [(val(a[1]) >> 8 * i) & 0xFF for i in range(4)] + [(val(a[2]) >> 8 * i) & 0xFF for i in range(4)]
+            sel = val(a[3])
+            v = 0
+            for i in range(4):
+                s = (sel >> 4 * i) & 0xF
+                byte = pool[s & 7] if not s & 8 else (0xFF if pool[s & 7] & 0x80 else 0)
+                v |= byte << 8 * i
+        elif op == "shr.u32":
+            v = val(a[1]) >> val(a[2])
+        elif op == "shl.b32":
+            v = val(a[1]) << val(a[2])
+        elif op == "and.b32":
+            v = val(a[1]) & val(a[2])
+        elif op == "or.b32":
+            v = val(a[1]) | val(a[2])
+        elif op == "mov.b32":
+            v = val(a[1])
+        elif op == "max.u32":
+            v = max(val(a[1]), val(a[2]))
+        elif op == "lop3.b32":  # a = 0xF0, b = 0xCC, c = 0xAA
+            x, y, z, lut = (val(t) for t in a[1:5])
+            v = sum(((lut >> (((x >> k) & 1) << 2 | ((y >> k) & 1) << 1 | ((z >> k) & 1))) & 1) << k for k in range(32))
+        elif op.split(".")[0] in ("mul", "sub"):
+            fp16 = op.endswith(".f16x2")
+            x, y = val(a[1]), val(a[2])
+            v = 0
+            for h in range(2):
+                p, q = _half((x >> 16 * h) & 0xFFFF, fp16), _half((y >> 16 * h) & 0xFFFF, fp16)
+                v |= _bits(p * q if op.startswith("mul") else p - q, fp16) << 16 * h
+        else:
+            raise AssertionError(f"instruction {op} not emulated")
+        regs[a[0]] = v & 0xFFFFFFFF
+    return [regs[f"${i}"] for i in range(4)]
+
+
+def _pair_values(outs: list[int], fp16: bool = False) -> tuple[list[float], list[float]]:
+    """(low-nibble values of bytes 0-3, high-nibble values) from the four output registers."""
+    lo = [_half((outs[b // 2] >> 16 * (b % 2)) & 0xFFFF, fp16) for b in range(4)]
+    hi = [_half((outs[2 + b // 2] >> 16 * (b % 2)) & 0xFFFF, fp16) for b in range(4)]
+    return lo, hi
+
+
+def _pairs(v: list[int]) -> tuple[int, int]:
+    return v[0] | v[1] << 16, v[2] | v[3] << 16
+
+
+def test_ptx_unpacking_is_exact():
+    from moe_registry.backends.triton_lowt_moe import unpack
+    from moe_registry.formats._common import E2M1_LUT
+
+    gen = torch.Generator().manual_seed(5)
+    words = torch.randint(0, 2**32, (40,), generator=gen, dtype=torch.int64).tolist()
+    e2m1 = E2M1_LUT.tolist()
+    for word in words:
+        nibbles = [((word >> 8 * b) & 0xF, (word >> 8 * b + 4) & 0xF) for b in range(4)]
+        # NvFP4: multiplier e4m3 * 2^116 per byte -> value * e4m3 * 2^-10
+        e4 = torch.randint(1, 127, (4,), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn).float().tolist()
+        m = _pairs([_bits(s * 2.0**116, False) for s in e4])
+        lo, hi = _pair_values(_emulate(unpack._e2m1_asm(False), {4: word, 5: m[0], 6: m[1], 7: m[0], 8: m[1]}))
+        assert lo == [e2m1[n[0]] * s * 2.0**-10 for n, s in zip(nibbles, e4)]
+        assert hi == [e2m1[n[1]] * s * 2.0**-10 for n, s in zip(nibbles, e4)]
+        # MXFP4: multiplier 2^(e - 127) per byte
+        ex = torch.randint(100, 150, (4,), generator=gen).tolist()
+        m = _pairs([e << 7 for e in ex])
+        lo, hi = _pair_values(_emulate(unpack._e2m1_asm(True), {4: word, 5: m[0], 6: m[1], 7: m[0], 8: m[1]}))
+        assert lo == [e2m1[n[0]] * 2.0**(e - 127) for n, e in zip(nibbles, ex)]
+        assert hi == [e2m1[n[1]] * 2.0**(e - 127) for n, e in zip(nibbles, ex)]
+        for fp16 in (False, True):
+            magic = 1024 if fp16 else 128
+            lo, hi = _pair_values(_emulate(unpack._int4_asm(False, fp16), {4: word}), fp16)
+            assert lo == [n[0] + magic for n in nibbles] and hi == [n[1] + magic for n in nibbles]
+            z = torch.randint(0, 16, (4,), generator=gen).tolist()
+            s = [_half(_bits(v, fp16), fp16) for v in (torch.randn(4, generator=gen) * 0.01).tolist()]
+            zc, sc = _pairs([_bits(v + magic, fp16) for v in z]), _pairs([_bits(v, fp16) for v in s])
+            ins = {4: word, 5: zc[0], 6: zc[1], 7: zc[0], 8: zc[1], 9: sc[0], 10: sc[1], 11: sc[0], 12: sc[1]}
+            lo, hi = _pair_values(_emulate(unpack._int4_asm(True, fp16), ins), fp16)
+            assert lo == [_half(_bits((n[0] - zz) * ss, fp16), fp16) for n, zz, ss in zip(nibbles, z, s)]
+            assert hi == [_half(_bits((n[1] - zz) * ss, fp16), fp16) for n, zz, ss in zip(nibbles, z, s)]

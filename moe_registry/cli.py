@@ -66,7 +66,8 @@ parallel layout, as the engines spell it:
   --tp 8 --enable-expert-parallel   vLLM -tp 8 -ep: experts spread over the 8 ranks (EP8), unsplit
   --tp 8 --ep 8                     SGLang --tp-size 8 --ep-size 8: the same EP8 over the TP group
   --tp 8 --ep 2                     SGLang: EP2 within TP8, so each expert is split 4 ways (MoE TP4)
-  --tp 4 --dp 2 --enable-expert-parallel   vLLM: EP over TP x DP = 8 ranks"""
+  --tp 4 --dp 2                     vLLM -tp 4 -dp 2: the experts span TP x DP = 8 ranks (MoE TP8)
+  --tp 4 --dp 2 --enable-expert-parallel   vLLM: EP over TP x DP = 8 ranks (EP8)"""
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -84,7 +85,8 @@ def _add_parallel(p: argparse.ArgumentParser) -> None:
     group.add_argument("--enable-expert-parallel", "-ep", dest="enable_ep", action="store_true",
                        help="vLLM's flag: experts spread over all tp x dp ranks, unsplit")
     group.add_argument("--dp", type=int, default=1, metavar="N",
-                       help="data-parallel size (vLLM -dp); with --enable-expert-parallel it widens the EP group")
+                       help="data-parallel size (vLLM -dp): the experts span tp x dp ranks, as EP with "
+                            "--enable-expert-parallel, else as TP (vLLM FusedMoEParallelConfig.make)")
 
 
 def _add_layer_shape(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -141,22 +143,9 @@ def _device(name: str | None):
 
 def _parallel(args: argparse.Namespace):
     """The experts' layout (ParallelConfig: MoE TP x EP) from the engine-style flags (PARALLEL_HELP)."""
-    from .schemas.layer import ParallelConfig
+    from .planner.layouts import from_flags
 
-    dp = args.dp
-    if any(v is not None and v < 1 for v in (args.tp, args.ep, dp)):
-        raise BadInput("--tp, --ep and --dp must be positive")
-    tp = args.tp if args.tp is not None else (args.ep or 1)
-    if args.enable_ep:
-        if args.ep is not None and args.ep != tp * dp:
-            raise BadInput(f"--enable-expert-parallel spreads the experts over tp x dp = {tp * dp} ranks; "
-                           f"--ep {args.ep} contradicts it (drop one of them)")
-        return ParallelConfig(tp=1, ep=tp * dp, dp=dp)
-    ep = args.ep or 1
-    if tp % ep:
-        raise BadInput(f"--ep {ep} must divide --tp {tp}: EP runs within the TP group (SGLang --ep-size); "
-                       f"for EP{ep} with unsplit experts use --tp {ep} --ep {ep} or --tp {ep} --enable-expert-parallel")
-    return ParallelConfig(tp=tp // ep, ep=ep, dp=dp)
+    return from_flags(tp=args.tp, ep=args.ep, enable_ep=args.enable_ep, dp=args.dp)
 
 
 def _policy(args: argparse.Namespace):
@@ -184,17 +173,70 @@ def _choice_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import render
     from .planner import plan_model
+    from .planner.layouts import suggest_layouts
 
-    plan = plan_model(args.model, device=_device(args.device), parallel=_parallel(args), quant=args.quant,
-                      memory=args.memory, **_choice_kwargs(args))
+    device, quant, choice = _device(args.device), args.quant, _choice_kwargs(args)
+    plan = plan_model(args.model, device=device, parallel=_parallel(args), quant=quant, memory=args.memory, **choice)
+    _warn_ignored_prefer(args.prefer, [lp.selection for lp in plan.layers], [lp.rejections for lp in plan.layers])
     mode = _output_mode(args)
-    if mode == "json":
-        _emit_json(render.plan_json(plan))
-    elif mode == "markdown":
+    if mode == "markdown":
         _write_text(render.plan_markdown(plan))
+        return _plan_exit(plan)
+    from .render.deploy import engine_defaults
+
+    defaults = {engine: engine_defaults(plan, engine) for engine in ("vllm", "sglang")}
+    style = "sglang" if args.ep is not None else "vllm"  # hints spell layouts the way the user did
+    suggestions = suggest_layouts(plan, lambda parallel: plan_model(args.model, device=device, parallel=parallel,
+                                                                    quant=quant, memory=args.memory, **choice),
+                                  style=style)
+    replay = _replay(args)
+    if mode == "json":
+        _emit_json({**render.plan_json(plan), **render.advice_json(plan, defaults, suggestions, replay, style=style)})
     else:
-        render.print_plan(render.console(), plan, verbose=args.verbose)
+        render.print_plan(plan, verbose=args.verbose, defaults=defaults, suggestions=suggestions, replay=replay,
+                          style=style)
+    return _plan_exit(plan)
+
+
+def _plan_exit(plan: Any) -> int:
     return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> list[str]:
+    """This `explain` command line without its parallel flags: a hint appends the layout it offers."""
+    import shlex
+
+    out = ["moe-registry", "explain", shlex.quote(args.model)]
+    if args.device:
+        out += ["--device", shlex.quote(args.device)]
+    if args.quant:
+        out += ["--quant", shlex.quote(args.quant)]
+    if args.memory != "prefer":
+        out += ["--memory", args.memory]
+    for flag in ("force",):
+        if getattr(args, flag):
+            out += [f"--{flag}", shlex.quote(getattr(args, flag))]
+    for flag in ("prefer", "forbid"):
+        for value in getattr(args, flag):
+            out += [f"--{flag}", shlex.quote(value)]
+    out += [flag for flag, on in (("--exact", args.exact), ("--no-pad", args.no_pad)) if on]
+    if args.policy != "declared":
+        out += ["--policy", args.policy, "--costs", shlex.quote(args.costs)]
+        out += ["--tokens", str(args.tokens)] if args.tokens is not None else []
+    return out
+
+
+def _warn_ignored_prefer(prefer: list[str], selections: list, rejections: list) -> None:
+    """A --prefer backend that is not eligible is not silently ignored: one line on stderr each."""
+    for backend in dict.fromkeys(prefer):
+        ignored = [s for s in selections if s is not None and s.backend != backend
+                   and any(r.backend == backend for r in s.rejections)]
+        ignored += [r for rs in rejections for r in rs if r.backend == backend]
+        if ignored:
+            first = ignored[0]
+            reasons = first.rejection(backend).reasons if hasattr(first, "rejection") else first.reasons
+            _error_line(f"warning: --prefer {backend} ignored: not eligible ({reasons[0].code.value}: "
+                        f"{reasons[0].message})")
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -212,13 +254,14 @@ def cmd_select(args: argparse.Namespace) -> int:
             print(f"moe-registry: note: {device.label()} has no bf16; selecting for fp16", file=sys.stderr)
     layer = _single_layer(args, quant=args.quant, dtype=dtype, parallel=_parallel(args))
     selection = select_backend(layer, device, **_choice_kwargs(args))
+    _warn_ignored_prefer(args.prefer, [selection], [])
     mode = _output_mode(args)
     if mode == "json":
         _emit_json(render.selection_json(selection))
     elif mode == "markdown":
         _write_text(render.selection_markdown(selection) + "\n")
     else:
-        render.print_selection(render.console(), selection)
+        render.print_selection(selection, verbose=args.verbose)
     return EXIT_OK
 
 
@@ -437,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_layer_shape(p, required=True)
     p.add_argument("--quant", default="bf16")
+    p.add_argument("-v", "--verbose", action="store_true", help="every hint as declared, notes and the fingerprint")
     _add_target(p)
     _add_choice(p)
     _add_output(p)

@@ -116,7 +116,7 @@ def test_gpt_oss_on_h100_without_a_4bit_backend_does_not_fit_and_says_what_would
     m = plan.memory
     assert m.expert_weight_bytes == 49_783_680 * 128 * 36 == 229_403_197_440  # ~229 GB of bf16
     assert m.budget_bytes == int(80e9 * BUDGET_FRACTION) and m.fits is False
-    assert m.hint == "EP4 would hold 57.4 GB per GPU"  # 229.4 / 4
+    assert m.hint == "EP4 over 4 GPUs would hold 57.4 GB per GPU"  # 229.4 / 4
     # prefer: the smallest plan is kept (the reference would hold fp32: 2x more, rejected for memory)
     group = plan.groups()[0]
     assert_selected(group.selection, "torch-grouped-mm")
@@ -205,7 +205,7 @@ def test_cli_exit_codes(capsys):
     # fit is not, with the EP that would fit; strict refuses (exit 3).
     assert main(["explain", "deepseek-v3", "--device", "b200"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the line wraps at the terminal's width
-    assert "DOES NOT FIT" in out and "EP4 would hold 163.5 GB per GPU" in out
+    assert "DOES NOT FIT" in out and "EP4 over 4 GPUs would hold 163.5 GB per GPU" in out
     assert main(["explain", "deepseek-v3", "--device", "b200", "--memory", "strict"]) == 3
     capsys.readouterr()
     assert main(["explain", "gpt-oss-120b", "--device", "h100", "--memory", "bogus"]) == 2

@@ -317,10 +317,11 @@ def test_explain_fits_the_width_and_never_cuts_an_id(columns):
     assert proc.returncode == 0 and all(len(line) <= columns for line in lines)
     assert "…" not in proc.stdout and "E128 k8 H2816 I704" in proc.stdout
     assert all(b in proc.stdout for b in ("humming", "trtllm-fp4", "flashinfer-cutlass"))
-    # decision first, then the faster backends' reasons, then notes; one 80x24 screen in all
+    # decision first, then the higher-priority backends' reasons, then notes
     assert lines.index(next(l for l in lines if l.startswith("layers"))) < \
-        lines.index(next(l for l in lines if l.startswith("faster backends rejected"))) < lines.index("notes:")
-    assert lines.index("notes:") < 24  # the decision and the reasons fit one 80x24 screen; notes follow
+        lines.index(next(l for l in lines if l.startswith("higher-priority backends rejected"))) < lines.index("notes:")
+    # the decision and what to type fit the first 80x24 screen
+    assert lines.index(next(l for l in lines if l.startswith("what to type"))) < 22
 
 
 def test_a_failed_plan_prints_its_rejection_table_once(capsys):

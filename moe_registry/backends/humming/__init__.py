@@ -39,8 +39,8 @@ _FUSED = (f"fused into Humming's process_input kernel that quantizes/prepares GE
           f"({_EXPERTS} HummingExpertsBase.process_input -> humming.forward.may_process_input with "
           f"{_V} quantization/utils/humming/activation.py get_humming_activation); the expression is compiled "
           f"in fp32 by NVRTC (humming/kernel/process_input.py ProcessInputActivation)")
-_A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path builds a 16-bit input schema, and "
-        "on SM90 no e2m1/fp8/int8 activation schema is compatible with group-16 NvFP4 weights")
+_A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path builds a 16-bit input schema on "
+        "every GPU (e2m1 activations would need SM100+, 8-bit ones weight groups >= 32)")
 
 _RECORD = "docs/verification/h200-humming.txt"
 #: Measured on the H200 (2026-11-29, record above): first forward of a freshly built layer with a cold

@@ -121,19 +121,22 @@ class Suggestion:
         return gpus(self.parallel)
 
 
+_BLOCKING = {"no-backend", "memory"}  # the plan cannot run as it is
+
+
 def problems(plan: ModelPlan) -> tuple[str, ...]:
-    """What a deployer must change about this plan: no backend for some layers, expert weights that
-    do not fit, padding forced by the layout, a pick no engine can be told to run."""
+    """What a deployer must change about this plan, worst first: no backend for some layers, expert
+    weights that do not fit, a pick no engine can be told to run, padding."""
     out = []
     chosen = [lp.selection for lp in plan.layers if lp.selection is not None]
     if any(lp.selection is None for lp in plan.layers):
         out.append("no-backend")
     if plan.memory is not None and plan.memory.fits is False:
         out.append("memory")
-    if any(s.padding for s in chosen):
-        out.append("padding")
     if any("vllm" not in s.engines and "sglang" not in s.engines for s in chosen):
         out.append("no-engine")
+    if any(s.padding for s in chosen):
+        out.append("padding")
     return tuple(out)
 
 
@@ -167,8 +170,14 @@ def suggest_layouts(plan: ModelPlan, replan: Callable[[ParallelConfig], ModelPla
     found = problems(plan)
     if not found:
         return ()
+    target = found[0]  # the worst problem: the one every suggestion must fix
     tried: set[ParallelConfig] = {plan.parallel}
     out: list[Suggestion] = []
+
+    def acceptable(other: ModelPlan) -> bool:
+        # It fixes the target, adds no problem this plan does not have, and leaves nothing blocking.
+        new = set(problems(other))
+        return target not in new and not new & _BLOCKING and new <= set(found)
 
     def attempt(parallel: ParallelConfig, why: Callable[[ModelPlan], str]) -> bool:
         if parallel in tried or not _runnable(plan, parallel):
@@ -178,7 +187,7 @@ def suggest_layouts(plan: ModelPlan, replan: Callable[[ParallelConfig], ModelPla
             other = replan(parallel)
         except ValueError:  # a layout the planner refuses: not a suggestion
             return False
-        if problems(other):
+        if not acceptable(other):
             return False
         out.append(Suggestion(parallel, why(other), other))
         return True
@@ -190,7 +199,7 @@ def suggest_layouts(plan: ModelPlan, replan: Callable[[ParallelConfig], ModelPla
         return "every layer has a backend" if mem is None else f"{gb(mem.expert_weight_bytes)} per GPU"
 
     n = gpus(plan.parallel)
-    if "memory" in found:
+    if target == "memory":
         total = plan.memory.expert_weight_bytes if plan.memory else 0
         budget = plan.memory.budget_bytes if plan.memory else None
         m = n * 2
@@ -202,7 +211,7 @@ def suggest_layouts(plan: ModelPlan, replan: Callable[[ParallelConfig], ModelPla
         return tuple(out)
     if n > 1:
         attempt(_ep_layout(plan, n, style), lambda o: f"EP{n} over the same {n} GPUs: {held(o)}")
-        if plan.parallel.ep == 1 and ("no-backend" in found or "no-engine" in found):
+        if plan.parallel.ep == 1 and target in ("no-backend", "no-engine"):
             t = plan.parallel.tp // 2
             while t >= 1 and len(out) < 2:
                 attempt(ParallelConfig(tp=t, ep=1, dp=1), lambda o, t=t: f"TP{t} over {t} GPU{'s' if t > 1 else ''}: "

@@ -134,6 +134,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
         expert_scheme = _expert_dtype(r, qconf, notes)
     unquantized = unquantized_scheme(dtype)
     attention_heads, kv_heads = _heads(r)
+    _check_attention_tp(parallel, attention_heads, kv_heads, where)
 
     # Layers
     template = _name_template(model_type, family, wrapper)
@@ -165,6 +166,21 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
                      device=device, parallel=parallel, quantization=summary,
                      model_type=model_type or None, quant_method=qconf.method if qconf else None,
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
+
+
+def _check_attention_tp(parallel: ParallelConfig, heads: int | None, kv_heads: int | None, where: str) -> None:
+    """The engine's attention TP (the GPUs over the DP replicas) must divide the attention heads and
+    divide or be a multiple of the KV heads (vLLM 0.33.0 config/model.py verify_with_parallel_config;
+    QKVParallelLinear replicates KV heads): else the engine refuses the layout before any MoE layer."""
+    from .layouts import attention_tp
+
+    tp = attention_tp(parallel)
+    probe = LayerSpec(num_experts=2, top_k=1, hidden_size=8, intermediate_size=8, attention_heads=heads,
+                      kv_heads=kv_heads)
+    if tp > 1 and not probe.runnable_tp(tp):
+        kv = f" and {kv_heads} KV heads" if kv_heads else ""
+        raise ParallelismError(f"{where}: attention TP{tp} does not suit {heads} attention heads{kv} (the engines "
+                               f"refuse it); TP sizes that do: {', '.join(str(t) for t in range(1, 65) if probe.runnable_tp(t))}")
 
 
 def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) -> QuantScheme:

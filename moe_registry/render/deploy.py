@@ -155,7 +155,7 @@ def _engine_line(plan: ModelPlan, engine: str, defaults: EngineDefaults,
         return layout, f"{name}'s default already picks this"
     if None in needed:
         missing = sorted({g.selection.backend for g in groups if engine_flag(g, engine) is None and g.selection})
-        return None, f"no {name} flag runs {', '.join(missing)}"
+        return None, f"no {name} flag runs {', '.join(missing)}; the layout alone: {layout or 'no flags'}"
     if len(needed) > 1:
         return None, (f"the layer groups need different {FLAG[engine]} values ({', '.join(sorted(needed))}: "  # type: ignore[arg-type]
                       f"{name}'s flag is one for the whole model)")
@@ -172,7 +172,7 @@ _LEAD = {
     "no-backend": "no backend runs every layer on this layout",
     "memory": "the expert weights do not fit this layout",
     "padding": "this layout makes the kernel pad the expert weights",
-    "no-engine": "no engine flag runs the chosen backend on this layout",
+    "no-engine": "no engine can be told to run the chosen backend on this layout",
 }
 
 
@@ -216,7 +216,7 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
             for note in dict.fromkeys(notes):
                 out += wrap(note, width, first="- ", indent="  ")
     found = problems(plan)
-    blocking = [p for p in found if p in ("no-backend", "memory")]
+    blocking = [p for p in found if p != "padding"]  # the plan cannot be deployed as it is
     if not blocking:
         out += wrap(f"what to type ({gpu_count(plan.parallel)}):", width)
         out += _layout_lines(plan, width, decls)

@@ -126,9 +126,9 @@ def selection_lines(selection: Selection, *, width: int = 80, verbose: bool = Fa
         out += wrap("also eligible: " + ", ".join(c.backend for c in selection.eligible[1:]), width,
                     first="  ", indent="    ")
     if selection.rejections:
-        out += reason_lines("rejected:", selection.rejections, width, verbose=verbose)
+        out += reason_lines("rejected:", selection.rejections, width, verbose=verbose, first_only=not verbose)
     if not verbose:
-        out.append("(-v: every hint as declared, notes and the fingerprint)")
+        out.append("(-v: every reason and hint as declared, notes and the fingerprint)")
     return out
 
 
@@ -151,7 +151,8 @@ def _reason_text(reason, hint: str) -> str:
     return f"{reason.code.value}: {reason.message}" + (f" (hint: {hint})" if hint else "")
 
 
-def reason_lines(title: str, rejections: Iterable, width: int, *, verbose: bool = False) -> list[str]:
+def reason_lines(title: str, rejections: Iterable, width: int, *, verbose: bool = False,
+                 first_only: bool = False) -> list[str]:
     """One row per backend. A reason every listed backend shares (a quantization format's scale
     groups, say) is printed once above the table, and so is a hint that several rows share
     ("backends that run nvfp4: ...")."""
@@ -178,6 +179,9 @@ def reason_lines(title: str, rejections: Iterable, width: int, *, verbose: bool 
     for rejection in rejections:
         lines = [_reason_text(r, "" if hint_of(r) in repeated else hint_of(r))
                  for r in rejection.reasons if r.message not in shared]
+        if first_only and len(lines) > 1:  # the first reason, and the codes of the others (-v: all)
+            rest = [r.code.value for r in rejection.reasons if r.message not in shared][1:]
+            lines = [lines[0], f"and {', '.join(dict.fromkeys(rest))}"]
         rows.append([rejection.backend, "\n".join(lines) or "(only the shared reasons above)"])
     out += table(["backend", "why not"], rows, width, fixed=(0,))
     for h in repeated:

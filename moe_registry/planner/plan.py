@@ -168,6 +168,22 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
 
 
+def _not_for_deployment(target: DeviceSpec, kwargs: dict[str, Any]) -> tuple:
+    """For a GPU target, a ``known_limitation`` reason for every declaration that is not a deployment
+    kernel (``BackendCapability.not_for_deployment``: the fp32 reference), so a plan for a GPU never
+    rests on it: its layers have no backend (exit 3) with every real backend's reasons instead."""
+    if target.vendor == "cpu":
+        return ()
+    from ..registry import default_registry
+    from ..schemas.selection import Reason, ReasonCode
+
+    registry = kwargs.get("registry") or default_registry()
+    return tuple((d.id, Reason(code=ReasonCode.KNOWN_LIMITATION, field="backend", required="a deployment kernel",
+                               actual="test oracle", message=f"{d.id}: {d.not_for_deployment}",
+                               hint="plan for a CPU (--device cpu) to run it"))
+                 for d in registry.declarations() if d.not_for_deployment)
+
+
 def _check_attention_tp(parallel: ParallelConfig, heads: int | None, kv_heads: int | None, where: str) -> None:
     """The engine's attention TP (the GPUs over the DP replicas) must divide the attention heads and
     divide or be a multiple of the KV heads (vLLM 0.33.0 config/model.py verify_with_parallel_config;
@@ -212,8 +228,10 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         counts[spec.shape_key()] = counts.get(spec.shape_key(), 0) + 1
 
     results: dict[tuple[LayerSpec, tuple], Selection | NoEligibleBackend] = {}
+    oracles: tuple = ()  # set below once the target is known: test oracles rejected on a GPU
 
     def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
+        extra = oracles + tuple(extra)
         if (key, extra) not in results:
             try:
                 more: dict[str, Any] = {"extra_reasons": extra} if extra else {}
@@ -233,6 +251,7 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
     else:
         raise PlanError("a planning environment names no device: pass device=" if isinstance(environment, Environment)
                         else f"environment must be an Environment, got {type(environment).__name__}")
+    oracles = _not_for_deployment(target, kwargs)
     extras, memory = fit(counts, lambda k, e: (r if isinstance(r := select_key(k, e), Selection) else None),
                          target, memory_mode)
     done: dict[LayerSpec, LayerPlan] = {}

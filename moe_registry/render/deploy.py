@@ -233,7 +233,7 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
         if i == 0 and blocking and s.plan is not None:
             out += _layout_lines(s.plan, width, decls)
     if blocking and not suggestions:
-        out += wrap(f"what to type: {_LEAD[blocking[0]]}, and no layout up to 64 GPUs fixes it (reasons below)",
+        out += wrap(f"what to type: {_LEAD[blocking[0]]}, and no layout moe-registry tried fixes it (reasons below)",
                     width)
     return out
 

@@ -176,6 +176,9 @@ class ActivationImpl(Sourced):
     fidelity: Fidelity = "exact"
     max_abs_error: float | None = Field(default=None, ge=0)
     note: str = ""
+    # False: the kernel runs this activation in its engine (cited) but moe-registry's adapter does not
+    # pass it yet. Planning for a target reports it (a note); selecting to run here rejects it.
+    adapter_implemented: bool = True
 
     @model_validator(mode="after")
     def _approximation_is_bounded(self) -> "ActivationImpl":
@@ -390,6 +393,9 @@ class BackendCapability(BaseModel):
     priority_overrides: tuple[PriorityOverride, ...] = ()
     engines: EngineNames = EngineNames()
     hardware: tuple[HardwareStatus, ...] = ()
+    # None: a deployment kernel. Otherwise why it is not one (the fp32 reference is the test oracle):
+    # a plan for a GPU target never picks it (the planner rejects it there with this reason).
+    not_for_deployment: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "BackendCapability":

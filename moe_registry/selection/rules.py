@@ -70,9 +70,17 @@ def _check_dtype_device(d: BackendCapability, layer: LayerSpec, device: DeviceSp
 
 
 def _check_activation(d: BackendCapability, layer: LayerSpec, policy: Policy,
-                      others: Sequence[BackendCapability], v: _Verdict) -> None:
+                      others: Sequence[BackendCapability], v: _Verdict, planning: bool = True) -> None:
     act = layer.activation
     impl = d.activations.get(act)
+    if impl is not None and not impl.adapter_implemented:
+        if not planning:
+            v.reject(ReasonCode.ADAPTER_MISSING, "activation", f"{act.value} in the adapter", "not implemented",
+                     f"{d.name} runs {act.value}, but moe-registry's adapter does not pass it yet",
+                     "plan with a named --device to see what an engine would run", impl.source)
+            return
+        v.notes.append(Note(kind="assumed", message=(
+            f"{d.id} runs {act.value} in its engine; moe-registry's adapter cannot run it yet")))
     if impl is None:
         runs_it = [o.id for o in others if act in o.activations and o.id != d.id]
         hint = f"backends that run {act.value}: {', '.join(runs_it)}" if runs_it else ""
@@ -385,7 +393,7 @@ def evaluate(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: En
         v.reject(ReasonCode.DTYPE_UNSUPPORTED, "dtype", " or ".join(d.dtypes), layer.dtype,
                  f"{d.name} takes {' or '.join(d.dtypes)} hidden states, not {layer.dtype}")
     _check_dtype_device(d, layer, device, v)
-    _check_activation(d, layer, policy, declarations, v)
+    _check_activation(d, layer, policy, declarations, v, env.planning)
     v.support = _check_quant(d, layer, device, env.planning, declarations, v)
     multiples = _pad_multiples(d, layer, policy)
     sizes = _padded_sizes(layer, multiples)

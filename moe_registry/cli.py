@@ -305,16 +305,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     presets = list_presets()
     if args.json:
-        _emit_json(presets)
+        _emit_json({"schema_version": render.JSON_SCHEMA_VERSION, "presets": presets})
         return EXIT_OK
-    from rich.table import Table
+    from .render.terminal import table, width
 
-    table = Table()
-    table.add_column("preset", no_wrap=True)
-    table.add_column("description")
-    for name, description in presets.items():
-        table.add_row(name, description)
-    render.console().print(table)
+    render.write_lines(table(["preset", "model; quantization"], [[n, d] for n, d in presets.items()], width(),
+                             fixed=(0,)))
     return EXIT_OK
 
 
@@ -325,30 +321,41 @@ def _no_target_device(args: argparse.Namespace) -> None:
                        f"the torch device to run on is --torch-device cpu|cuda")
 
 
+def _progress(line: str) -> None:
+    """A progress line on stderr (stdout keeps the report, or the JSON document), wrapped to the terminal."""
+    from .render.terminal import width, wrap
+
+    for part in wrap(line, width(), indent="    "):
+        print(part, file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import render
     from .measure.run import run_preset_layer
 
     _no_target_device(args)
     parallel = _parallel(args)  # the same flags and meaning as explain / select
+    say = None if args.json else _progress
     if parallel.tp * parallel.ep > 1:
         from .distributed.launch import run_distributed_preset
 
         if args.torch_device not in (None, "cpu", "cuda"):
             raise BadInput(f"--torch-device must be cpu or cuda for a sharded run, got {args.torch_device!r}")
+        if say:
+            say(f"spawning {parallel.tp * parallel.ep} ranks (MoE TP{parallel.tp} x EP{parallel.ep}); each builds its "
+                "shard and checks it against the reference")
         report = run_distributed_preset(args.preset, layer=args.layer, tokens=args.tokens, tp=parallel.tp,
                                         ep=parallel.ep, seed=args.seed, force=args.force, quant=args.quant,
                                         repeats=args.repeats,
                                         cuda=None if args.torch_device is None else args.torch_device == "cuda")
     else:
         report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, torch_device=args.torch_device,
-                                  seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats)
+                                  seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats,
+                                  progress=say)
     if args.json:
-        _emit_json(report)
+        _emit_json({"schema_version": render.JSON_SCHEMA_VERSION, **report})
     else:
-        console = render.console()
-        for key, value in report.items():
-            console.print(f"{key}: {value}", markup=False)
+        render.write_lines(render.run_lines(report, render.terminal_width()))
     return EXIT_OK
 
 
@@ -413,12 +420,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _check_writable(flag, Path(path))
     layers, labels = _bench_target(args, parallel)
 
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     report = run_bench(layers, tokens, backends=list(args.backend) or None, reps=args.reps,
                        torch_device=args.torch_device, holdout_tokens=holdout,
-                       progress=None if args.json else progress)
+                       progress=None if args.json else _progress)
     for path, table in ((args.out, report.table), (args.holdout_out, report.holdout)):
         if path and table is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

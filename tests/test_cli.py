@@ -162,7 +162,8 @@ def test_schema_and_models(capsys):
     data = json.loads(out)
     assert code == 0 and set(data) == {"capability", "layer", "selection"}
     code, out, _ = run(capsys, "models", "--json")
-    assert code == 0 and "gemma-4-26b-a4b-nvfp4" in json.loads(out)
+    data = json.loads(out)
+    assert code == 0 and data["schema_version"] == 1 and "gemma-4-26b-a4b-nvfp4" in data["presets"]
 
 
 def test_console_script_does_not_import_torch():

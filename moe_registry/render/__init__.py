@@ -29,7 +29,8 @@ _EXPORTS = {
     "print_selection": "selection", "reason_lines": "selection", "rejections_markdown": "selection",
     "selection_json": "selection", "selection_lines": "selection", "selection_markdown": "selection",
     "shape_text": "selection", "weights_text": "selection",
-    "console": "terminal", "escape_control": "terminal", "safe_console": "terminal", "write_lines": "terminal",
+    "run_lines": "measure",
+    "console": "terminal", "escape_control": "terminal", "terminal_width": "terminal", "safe_console": "terminal", "write_lines": "terminal",
 }
 
 __all__ = ["JSON_SCHEMA_VERSION", *sorted(_EXPORTS)]

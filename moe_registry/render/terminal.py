@@ -143,6 +143,9 @@ def width() -> int:
     return _width()
 
 
+terminal_width = width
+
+
 def write_lines(lines: list[str]) -> None:
     """Print lines to stdout with control characters escaped (a closed pipe raises BrokenPipeError,
     which the CLI treats as a normal end)."""

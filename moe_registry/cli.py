@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .errors import BackendNotEligible, NoEligibleBackend
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_BACKEND = 0, 2, 3
+COMMANDS = ("explain", "select", "backends", "schema", "models", "run", "probe", "bench", "tune")
 
 
 class BadInput(Exception):
@@ -461,13 +462,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
 # --- Parser ---------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the parser of a subcommand that is not running: its arguments are not built
+    (argparse's add_argument calls are a good part of the CLI's start-up)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; with ``only``, the arguments of that one alone (the others parse nothing,
+    and are never dispatched to)."""
     parser = _Parser(prog="moe-registry", description=(
         "Which fused-MoE kernel runs each layer of a model, on any GPU, and why the others were rejected."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p if only in (None, "explain") else _Skipped()  # type: ignore[assignment]
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
     p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
     p.add_argument("--memory", choices=("prefer", "strict", "report"), default="prefer", help=(
@@ -482,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p if only in (None, "select") else _Skipped()  # type: ignore[assignment]
     _add_layer_shape(p, required=True)
     p.add_argument("--quant", default="bf16")
     p.add_argument("-v", "--verbose", action="store_true", help="every hint as declared, notes and the fingerprint")
@@ -491,19 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("backends", help="the capability matrix generated from the declarations")
+    p = p if only in (None, "backends") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--device", help="only what runs on this device preset")
     _add_output(p)
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("schema", help="JSON Schema of declarations, layer specs and selections")
+    p = p if only in (None, "schema") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--which", choices=("all", "capability", "layer", "selection"), default="all")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("models", help="the bundled model presets")
+    p = p if only in (None, "models") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="run one layer of a preset on this machine and compare with the reference")
+    p = p if only in (None, "run") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--preset", required=True)
     p.add_argument("--layer", type=int, default=0, help="index among the MoE layers' model layers (default 0)")
     p.add_argument("--tokens", type=int, default=64)
@@ -519,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("probe", help="check every declaration against the real kernels on this machine")
+    p = p if only in (None, "probe") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--backend", action="append", default=[], help="probe only this backend (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
     p.add_argument("--out", metavar="FILE", help="write a verification record (JSON)")
@@ -528,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers",
                        epilog=PARALLEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p if only in (None, "bench") else _Skipped()  # type: ignore[assignment]
     p.add_argument("target", help="preset name, model directory, config.json, or 'layer' with --experts etc.")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
@@ -544,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tune", help="tune triton-fused-moe's launch configs for this GPU (writes JSON data)")
+    p = p if only in (None, "tune") else _Skipped()  # type: ignore[assignment]
     p.add_argument("target", help="preset name, model directory, config.json, or layer:experts=..,top_k=..,...")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
@@ -568,6 +588,10 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # pydantic looks for its own plugins (observability hooks) by scanning every installed
+    # distribution's entry points when the first model is built; the CLI uses none of them, and the
+    # scan is a noticeable part of `explain`'s start-up. Set by the user, the variable is respected.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     json_mode = "--json" in argv  # known before parsing, so a parse error is a JSON document too
     if sys.stdout is None:  # started with stdout closed (`moe-registry ... >&-`)
         _error_line("error: standard output is closed")
@@ -592,7 +616,8 @@ def _main(argv: list[str], json_mode: bool) -> int:
     from .errors import BackendNotEligible, NoEligibleBackend
 
     try:
-        args = build_parser().parse_args(argv)
+        first = next((a for a in argv if not a.startswith("-")), None)
+        args = build_parser(first if first in COMMANDS else None).parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
         code = handler(args)

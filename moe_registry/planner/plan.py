@@ -224,8 +224,9 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
 
     counts: dict[LayerSpec, int] = {}
-    for spec in specs:  # identical layers are selected once, without name and index
-        counts[spec.shape_key()] = counts.get(spec.shape_key(), 0) + 1
+    keys = [spec.shape_key() for spec in specs]
+    for key in keys:  # identical layers are selected once, without name and index
+        counts[key] = counts.get(key, 0) + 1
 
     results: dict[tuple[LayerSpec, tuple], Selection | NoEligibleBackend] = {}
     oracles: tuple = ()  # set below once the target is known: test oracles rejected on a GPU
@@ -262,4 +263,4 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         else:
             # A NoEligibleBackend: its message starts "no backend can run ...", its rejections are all there.
             done[key] = LayerPlan(layer=key, error=str(result).splitlines()[0], rejections=result.rejections)
-    return tuple(done[spec.shape_key()].model_copy(update={"layer": spec}) for spec in specs), memory
+    return tuple(done[key].model_copy(update={"layer": spec}) for spec, key in zip(specs, keys)), memory

@@ -176,13 +176,15 @@ _LEAD = {
 }
 
 
-def _layout_lines(plan: ModelPlan, width: int, decls: dict[str, BackendCapability], *, indent: str = "  ") -> list[str]:
-    """Per engine, the flags that run ``plan`` as chosen (its defaults computed here)."""
+def _layout_lines(plan: ModelPlan, width: int, decls: dict[str, BackendCapability], *, indent: str = "  ",
+                  defaults: dict[str, EngineDefaults] | None = None) -> list[str]:
+    """Per engine, the flags that run ``plan`` as chosen (its defaults computed here unless given)."""
     from .terminal import wrap
 
     out: list[str] = []
     for engine in ENGINE_NAMES:
-        flags, why = _engine_line(plan, engine, engine_defaults(plan, engine), decls)
+        known = (defaults or {}).get(engine)
+        flags, why = _engine_line(plan, engine, known or engine_defaults(plan, engine), decls)
         name = ENGINE_NAMES[engine]
         if flags is None:
             text = f"{name}: - ({why})"
@@ -219,7 +221,7 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
     blocking = [p for p in found if p != "padding"]  # the plan cannot be deployed as it is
     if not blocking:
         out += wrap(f"what to type ({gpu_count(plan.parallel)}):", width)
-        out += _layout_lines(plan, width, decls)
+        out += _layout_lines(plan, width, decls, defaults=defaults)
     for i, s in enumerate(suggestions):
         argv = " ".join([*replay, *cli_flags(s.parallel, style)])
         if i == 0 and blocking:

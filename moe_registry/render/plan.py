@@ -30,10 +30,9 @@ def layout_text(plan: "ModelPlan") -> str:
     p = plan.parallel
     if p.tp * p.ep == 1 and plan.device is not None and plan.device.vendor == "cpu":
         return "unsharded"
-    parts = [f"MoE TP{p.tp}"] if p.tp > 1 else []
-    parts += [f"EP{p.ep}"] if p.ep > 1 else []
-    parts += [f"DP{p.dp}"] if p.dp > 1 else []
-    return gpu_count(p) + (f" ({' x '.join(parts[:2])}{', ' + parts[2] if len(parts) > 2 else ''})" if parts else "")
+    moe = " x ".join(([f"MoE TP{p.tp}"] if p.tp > 1 else []) + ([f"EP{p.ep}"] if p.ep > 1 else []))
+    parts = ([moe] if moe else []) + ([f"DP{p.dp}"] if p.dp > 1 else [])
+    return gpu_count(p) + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _plan_header(plan: "ModelPlan") -> str:

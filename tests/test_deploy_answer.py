@@ -135,12 +135,12 @@ def _walk():
 
 def test_every_hint_of_every_preset_and_device_reruns_and_fits():
     """Each suggestion is a moe-registry command line; re-run, it plans every layer, fits, and
-    uses the GPUs it says. A plan that does not fit always gets one."""
+    uses the GPUs it says. A plan that does not fit always gets one (a layer no backend runs on any
+    layout, DeepSeek-V3's block FP8 on an A100 once the fp32 reference is no plan, gets none)."""
     checked = 0
     for preset, device in _walk():
         code, data = run_json("explain", preset, "--device", device)
-        blocked = code == 3 or (data["memory"] or {}).get("fits") is False
-        if blocked:
+        if code == 0 and (data["memory"] or {}).get("fits") is False:  # every plan that does not fit gets one
             assert data["suggestions"], (preset, device)
         for s in data["suggestions"]:
             argv = shlex.split(s["command"])

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["NOISY_SPREAD", "Timing", "noise_warning", "noisy", "percentile", "rep_count", "time_calls", "time_graph", "torch_device"]
+__all__ = ["NOISY_SPREAD", "Timing", "noise_warning", "noisy", "percentile", "rep_count", "time_calls", "time_graph",
+           "torch_device"]
 
 # A sample below a nanosecond is a clock artefact; cost tables need strictly positive times.
 _MIN_SAMPLE_US = 1e-3

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -206,7 +207,7 @@ def suggest_layouts(plan: ModelPlan, replan: Callable[[ParallelConfig], ModelPla
         while m <= max_gpus and not out:
             # Expert bytes per GPU scale with 1 / GPUs under EP; plan only the counts that could fit.
             if budget is None or total * n // m <= budget:
-                attempt(_ep_layout(plan, m, style), lambda o, m=m: f"EP{m} over {m} GPUs: {held(o)}")
+                attempt(_ep_layout(plan, m, style), functools.partial(lambda m, o: f"EP{m} over {m} GPUs: {held(o)}", m))
             m *= 2
         return tuple(out)
     if n > 1:
@@ -214,7 +215,7 @@ def suggest_layouts(plan: ModelPlan, replan: Callable[[ParallelConfig], ModelPla
         if plan.parallel.ep == 1 and target in ("no-backend", "no-engine"):
             t = plan.parallel.tp // 2
             while t >= 1 and len(out) < 2:
-                attempt(ParallelConfig(tp=t, ep=1, dp=1), lambda o, t=t: f"TP{t} over {t} GPU{'s' if t > 1 else ''}: "
-                                                                   f"{held(o)}")
+                attempt(ParallelConfig(tp=t, ep=1, dp=1),
+                        functools.partial(lambda t, o: f"TP{t} over {gpu_count(ParallelConfig(tp=t))}: {held(o)}", t))
                 t //= 2
     return tuple(out)

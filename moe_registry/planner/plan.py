@@ -134,7 +134,6 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
         expert_scheme = _expert_dtype(r, qconf, notes)
     unquantized = unquantized_scheme(dtype)
     attention_heads, kv_heads = _heads(r)
-    _check_attention_tp(parallel, attention_heads, kv_heads, where)
 
     # Layers
     template = _name_template(model_type, family, wrapper)
@@ -154,6 +153,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
             cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
             raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
 
+    _check_attention_tp(parallel, attention_heads, kv_heads, where)
     summary = qconf.summary if qconf else unquantized.label()
     if expert_scheme is not None:
         summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"

@@ -30,7 +30,8 @@ _EXPORTS = {
     "selection_json": "selection", "selection_lines": "selection", "selection_markdown": "selection",
     "shape_text": "selection", "weights_text": "selection",
     "run_lines": "measure",
-    "console": "terminal", "escape_control": "terminal", "terminal_width": "terminal", "safe_console": "terminal", "write_lines": "terminal",
+    "console": "terminal", "escape_control": "terminal", "terminal_width": "terminal", "safe_console": "terminal",
+    "write_lines": "terminal",
 }
 
 __all__ = ["JSON_SCHEMA_VERSION", *sorted(_EXPORTS)]

@@ -113,7 +113,6 @@ def _because(group: LayerGroup, answer: EngineAnswer, decls: dict[str, BackendCa
 
 def verdict(group: LayerGroup, answer: EngineAnswer | None, engine: str,
             decls: dict[str, BackendCapability] | None = None) -> Verdict:
-    name = ENGINE_NAMES[engine]
     if answer is None:
         return Verdict("unknown", "?", "")
     decls = _declarations() if decls is None else decls

@@ -16,8 +16,6 @@ from .selection import (
 )
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ..planner import ModelPlan
 
 # --- Model plans ---------------------------------------------------------------------------------

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from ..schemas.selection import Selection
 from .terminal import escape_control
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 from . import JSON_SCHEMA_VERSION
 

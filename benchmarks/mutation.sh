@@ -19,17 +19,23 @@ else
 fi
 git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
 cd "$WORK"
-TESTS="tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
+TESTS="${MUTATION_TESTS:-tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
 tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
-tests/test_environment.py"
+tests/test_environment.py tests/test_deploy_answer.py tests/test_real_configs.py}"
+# MUTATION_ONLY="a.py b.py" restricts the mutants to the modules a change touched (a copy of these settings).
+ONLY="${MUTATION_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}"
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"
-  printf 'only_mutate=\n  moe_registry/selection/*.py\n  moe_registry/schemas/capability.py\n  moe_registry/planner/*.py\n'
+  echo "only_mutate="
+  for m in $ONLY; do echo "  $m"; done
   echo "pytest_add_cli_args_test_selection="
   for t in $TESTS; do [ -f "$t" ] && echo "  $t"; done
-  echo "pytest_add_cli_args=-p no:cacheprovider -x -q --hypothesis-seed=0"
+  # The hint walker re-plans every preset on every device: too slow to run per mutant.
+  # One argument a line (mutmut splits a multi-line value on newlines only).
+  printf 'pytest_add_cli_args=\n  -p\n  no:cacheprovider\n  -x\n  -q\n  --hypothesis-seed=0\n  -k\n  not every_hint_of_every_preset\n'
+
 } > setup.cfg
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 START=$(date +%s)

@@ -59,13 +59,14 @@ def test_explain_tp8_pads_nvfp4_to_whole_groups_keeps_the_ep_hint_and_exits_3_on
     selection = json.loads(out)["groups"][0]["selection"]
     assert selection["backend"].startswith("trtllm")
     assert [(p["dimension"], p["original"], p["padded"]) for p in selection["padding"]] == [("intermediate", 88, 128)]
-    assert any(n["kind"] == "hint" and "(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in n["message"]
+    ep8 = "(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704"
+    assert any(n["kind"] == "hint" and ep8 in n["message"]
                for n in selection["notes"])
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--no-pad", "--json")
     assert code == 3
     group = json.loads(out)["groups"][0]
     hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}
-    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in h for h in hints)
+    assert any("(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704" in h for h in hints)
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--ep", "8", "--json")
     assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-fp4"}
 

@@ -134,7 +134,8 @@ def _inter_rule(m):
     return decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=m, source=SRC),))
 
 
-EP_HINT = "expert parallelism over the TP group (EP{n}, vLLM --enable-expert-parallel) keeps intermediate {i}"
+EP_HINT = ("expert parallelism over the TP group (EP{n}: vLLM --enable-expert-parallel, SGLang --ep-size {n}) "
+           "keeps intermediate {i}")
 
 
 @pytest.mark.parametrize("m,full,parallel,experts,hint", [

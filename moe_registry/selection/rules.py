@@ -185,7 +185,8 @@ def _parallel_hint(layer: LayerSpec, dimension: str, ok) -> str:
     full = layer.intermediate_size
     hints = []
     if ok(full) and layer.num_experts % (tp * ep) == 0:
-        hints.append(f"expert parallelism over the TP group (EP{tp * ep}, vLLM --enable-expert-parallel) keeps "
+        hints.append(f"expert parallelism over the TP group (EP{tp * ep}: vLLM --enable-expert-parallel, SGLang "
+                     f"--ep-size {tp * ep}) keeps "
                      f"intermediate {full}")
     if ep == 1:
         smaller = [t for t in range(tp - 1, 0, -1) if full % t == 0 and ok(full // t) and layer.runnable_tp(t)]
@@ -350,7 +351,8 @@ def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict)
     # Hints only name layouts the layer can take (EP must divide the experts, TP the width and heads).
     if p.tp > 1 and not f.tensor_parallel:
         ranks = p.tp * p.ep
-        hint = (f"expert parallelism over the TP group instead (EP{ranks}, vLLM --enable-expert-parallel)"
+        hint = (f"expert parallelism over the TP group instead (EP{ranks}: vLLM --enable-expert-parallel, SGLang "
+                f"--ep-size {ranks})"
                 if f.expert_parallel and layer.num_experts % ranks == 0 else "")
         v.reject(ReasonCode.PARALLEL_UNSUPPORTED, "parallel.tp", "TP1", f"TP{p.tp}",
                  f"{d.name} does not support tensor-parallel experts", hint, f.source)

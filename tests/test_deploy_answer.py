@@ -309,3 +309,15 @@ def test_select_hides_maintainer_hints_and_prints_a_shared_hint_once(capsys):
     assert len(lines) <= 42 and all(len(l) <= 80 and l == l.rstrip() for l in lines)
     assert main([*argv, "-v"]) == 0
     assert "declare it in its activations" in capsys.readouterr().out
+
+
+def test_explain_and_select_never_import_rich_or_torch():
+    """Start-up time (issue 20): the text of explain and select is laid out without rich."""
+    probe = ("import sys, io, contextlib\nfrom moe_registry.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    main(['explain', 'deepseek-v3', '--device', 'h100'])\n"
+             "    main(['select', '--experts', '8', '--top-k', '2', '--hidden', '256', '--intermediate', '128'])\n"
+             "print(sorted(m for m in ('rich', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "[]"

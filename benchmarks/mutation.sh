@@ -22,7 +22,7 @@ cd "$WORK"
 TESTS="${MUTATION_TESTS:-tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
 tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
-tests/test_environment.py tests/test_deploy_answer.py tests/test_real_configs.py}"
+tests/test_environment.py tests/test_deploy_answer.py tests/test_deploy_rules.py tests/test_real_configs.py}"
 # MUTATION_ONLY="a.py b.py" restricts the mutants to the modules a change touched (a copy of these settings).
 ONLY="${MUTATION_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}"
 {

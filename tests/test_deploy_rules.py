@@ -1,0 +1,171 @@
+"""The rules behind the deployer's answer, pinned exactly (issue 20; what the mutation run checks):
+layouts spelled back as flags, which layouts a plan may move to, the memory hint's GPU count, and
+each verdict of an engine's default against our pick."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_registry.engines.answer import EngineAnswer
+from moe_registry.memory import _ep_hint
+from moe_registry.planner import plan_model
+from moe_registry.planner.layouts import _ep_layout, _runnable, attention_tp, cli_flags, gpu_count, gpus
+from moe_registry.render.deploy import EngineDefaults, _engine_line, _declarations, verdict
+from moe_registry.schemas.layer import LayerSpec, ParallelConfig
+from moe_registry.schemas.selection import Reason, ReasonCode
+
+
+def answer(flag: str | None, kernel: str | None, family: str | None, error: str | None = None) -> EngineAnswer:
+    return EngineAnswer(engine="vllm", version="0.33.0", source="model", flag=flag, kernel=kernel, family=family,
+                        error=error)
+
+
+# --- Layouts as flags ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout, style, flags", [
+    (ParallelConfig(), "vllm", ()),
+    (ParallelConfig(), "sglang", ()),
+    (ParallelConfig(tp=8), "vllm", ("--tp", "8")),
+    (ParallelConfig(tp=8), "sglang", ("--tp", "8")),
+    (ParallelConfig(tp=8, dp=2), "vllm", ("--tp", "4", "--dp", "2")),
+    (ParallelConfig(ep=2), "vllm", ("--tp", "2", "--enable-expert-parallel")),
+    (ParallelConfig(ep=2), "sglang", ("--tp", "2", "--ep", "2")),
+    (ParallelConfig(ep=16, dp=2), "vllm", ("--tp", "8", "--dp", "2", "--enable-expert-parallel")),
+    (ParallelConfig(ep=16, dp=2), "sglang", ("--tp", "8", "--dp", "2", "--enable-expert-parallel")),
+    (ParallelConfig(tp=2, ep=2), "vllm", ("--tp", "4", "--ep", "2")),
+    (ParallelConfig(tp=4, ep=2), "vllm", ("--tp", "8", "--ep", "2")),
+])
+def test_cli_flags(layout, style, flags):
+    assert cli_flags(layout, style) == flags
+
+
+def test_gpu_counts():
+    assert gpus(ParallelConfig(tp=4, ep=2, dp=1)) == 8 and attention_tp(ParallelConfig(ep=16, dp=2)) == 8
+    assert gpu_count(ParallelConfig()) == "1 GPU" and gpu_count(ParallelConfig(ep=2)) == "2 GPUs"
+    assert attention_tp(ParallelConfig(tp=2, dp=4)) == 1  # never below one
+
+
+QWEN = plan_model("qwen3-30b-a3b", "h100", select=False)  # 128 experts, I 768, 32 heads, 4 KV heads
+
+
+@pytest.mark.parametrize("layout, ok", [
+    (ParallelConfig(ep=8), True), (ParallelConfig(tp=8), True),
+    (ParallelConfig(ep=3), False),  # 128 experts
+    (ParallelConfig(tp=5), False),  # 768
+    (ParallelConfig(tp=3), False),  # 768 % 3 == 0, but 32 heads
+])
+def test_runnable_layouts(layout, ok):
+    assert _runnable(QWEN, layout) is ok
+
+
+def test_ep_layouts_keep_the_attention_tp_where_they_can():
+    tp8 = plan_model("qwen3-30b-a3b", "h100", ParallelConfig(tp=8), select=False)
+    assert _ep_layout(tp8, 16, "vllm") == ParallelConfig(ep=16, dp=2)
+    assert _ep_layout(tp8, 16, "sglang") == ParallelConfig(ep=16, dp=1)
+    assert _ep_layout(tp8, 4, "vllm") == ParallelConfig(ep=4, dp=4)  # 4 % 8: attention TP 1
+    assert _ep_layout(QWEN, 2, "vllm") == ParallelConfig(ep=2, dp=2)
+    assert _ep_layout(QWEN, 1, "vllm") == ParallelConfig()
+
+
+# --- The memory hint: EP over N GPUs --------------------------------------------------------------
+
+def _counts(experts: int, parallel: ParallelConfig = ParallelConfig()) -> dict[LayerSpec, int]:
+    spec = LayerSpec(num_experts=experts, top_k=1, hidden_size=64, intermediate_size=64, parallel=parallel)
+    return {spec: 1}
+
+
+def test_ep_hint_counts_gpus():
+    assert _ep_hint({}, 100, 10) == "" and _ep_hint(_counts(8), 0, 10) == ""
+    assert _ep_hint(_counts(8), 1, 10) == "EP2 over 2 GPUs would hold 0.0 MB per GPU"
+    assert _ep_hint(_counts(8), 100, 50) == "EP2 over 2 GPUs would hold 0.0 MB per GPU"
+    assert _ep_hint(_counts(8), 800 * 10**6, 100 * 10**6) == "EP8 over 8 GPUs would hold 100.0 MB per GPU"
+    assert _ep_hint(_counts(3), 10, 3) == "EP3 over 3 GPUs would hold 0.0 MB per GPU"  # 10 // 3 fits, 10 / 3 not
+    assert _ep_hint(_counts(2), 100, 10) == ""  # EP2 holds 50: nothing fits
+    # From 8 GPUs (TP8), EP16 over 16 GPUs: the count is the GPUs, not EP within TP.
+    assert _ep_hint(_counts(256, ParallelConfig(tp=8)), 818 * 10**8, 736 * 10**8) == \
+        "EP16 over 16 GPUs would hold 40.9 GB per GPU"
+
+
+# --- Verdicts -------------------------------------------------------------------------------------
+
+GEMMA = plan_model("gemma-4-26b-a4b-nvfp4", "h100")  # humming
+GROUP = GEMMA.groups()[0]
+
+
+def test_verdicts_name_the_engine_pick_and_why():
+    assert verdict(GROUP, None, "vllm").kind == "unknown"
+    same = verdict(GROUP, answer("humming", "HUMMING (HummingIndexedExperts)", "humming"), "vllm")
+    assert (same.kind, same.cell, same.text) == ("same", "same", "")
+    ranked = verdict(GROUP, answer("marlin", "MARLIN (MarlinExperts)", "marlin"), "vllm")
+    assert (ranked.kind, ranked.cell) == ("differs", "marlin")
+    assert ranked.text == ("MARLIN (MarlinExperts), not humming: moe-registry ranks humming above marlin by declared "
+                           "priority (70 vs 60), not by a measurement")
+    undeclared = verdict(GROUP, answer("triton", "TRITON (TritonExperts)", "triton"), "vllm")
+    assert undeclared.text == "TRITON (TritonExperts), not humming: moe-registry's triton-fused-moe does not declare nvfp4"
+    missing = verdict(GROUP, answer("triton_unfused", "TRITON (OAI)", "oai-triton-kernels"), "vllm")
+    assert missing.text == "TRITON (OAI), not humming: moe-registry declares no backend of that kernel"
+    rejected = verdict(GROUP, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"), "vllm")
+    assert rejected.text == ("X, not humming: moe-registry rejects trtllm-fp4 here (device_unsupported: h100 (SM90), "
+                             "needs SM100/SM103/SM107)")
+    none = verdict(GROUP, answer(None, None, None, error="No NvFp4 MoE backend supports it."), "vllm")
+    assert (none.kind, none.cell, none.text) == ("engine-none", "none", "no backend: No NvFp4 MoE backend supports it.")
+    assert verdict(GROUP, answer(None, None, None), "vllm").text == "no backend: no answer"
+    cell_only = verdict(GROUP, answer(None, "KERNEL", "marlin"), "vllm")
+    assert cell_only.cell == "KERNEL"
+
+
+def test_a_rejection_without_required_and_actual_is_quoted_whole():
+    s = GROUP.selection
+    bare = Reason(code=ReasonCode.FORBIDDEN, field="backend", required="", actual="trtllm-fp4",
+                  message="trtllm-fp4 is forbidden")
+    rejections = tuple(r.model_copy(update={"reasons": (bare,)}) if r.backend == "trtllm-fp4" else r
+                       for r in s.rejections)
+    group = GROUP.model_copy(update={"selection": s.model_copy(update={"rejections": rejections})})
+    got = verdict(group, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"), "vllm")
+    assert got.text == "X, not humming: moe-registry rejects trtllm-fp4 here (forbidden: trtllm-fp4 is forbidden)"
+
+
+def test_no_backend_here_and_a_pick_the_engine_has():
+    nothing = plan_model("qwen3-30b-a3b", "h100", forbid=tuple(_declarations()))
+    (group,) = nothing.groups()
+    got = verdict(group, answer("triton", "TRITON (TritonExperts)", "triton"), "vllm")
+    assert (got.kind, got.cell, got.text) == ("differs", "triton", "TRITON (TritonExperts); moe-registry finds no backend")
+
+
+# --- What to type, per engine -----------------------------------------------------------------------
+
+def _defaults(plan, *answers) -> EngineDefaults:
+    return EngineDefaults("vllm", "model", "0.33.0", tuple(answers))
+
+
+def test_engine_lines():
+    decls = _declarations()
+    same = answer("humming", "HUMMING", "humming")
+    assert _engine_line(GEMMA, "vllm", _defaults(GEMMA, same), decls) == ("", "vLLM's default already picks this")
+    other = answer("marlin", "MARLIN", "marlin")
+    assert _engine_line(GEMMA, "vllm", _defaults(GEMMA, other), decls) == (
+        "--moe-backend humming", "runs moe-registry's pick; without it vLLM runs its default, marlin")
+    unknown = EngineDefaults("vllm", "", "", (None,))
+    assert _engine_line(GEMMA, "vllm", unknown, decls) == ("--moe-backend humming", "vLLM's default: not known here")
+    assert _engine_line(GEMMA, "sglang", EngineDefaults("sglang", "", "", (None,)), decls) == (
+        None, "no SGLang flag runs humming; the layout alone: no flags")
+    tp4ep2 = plan_model("qwen3-30b-a3b", "h100", ParallelConfig(tp=4, ep=2))
+    assert _engine_line(tp4ep2, "vllm", _defaults(tp4ep2, None), decls) == (
+        None, "vLLM cannot run this layout (TP within EP); SGLang can")
+    none = plan_model("qwen3-30b-a3b", "h100", forbid=tuple(decls))
+    assert _engine_line(none, "vllm", _defaults(none, None), decls) == (None, "no backend for some layers (below)")
+
+
+def test_describe_says_which_source_answered(monkeypatch):
+    from moe_registry.render import deploy
+
+    monkeypatch.setattr(deploy, "_installed", lambda engine: False)
+    assert EngineDefaults("vllm", "model", "0.33.0", ()).describe() == (
+        "vLLM 0.33.0's default (moe-registry's model of its oracle; vLLM not installed here)")
+    monkeypatch.setattr(deploy, "_installed", lambda engine: True)
+    assert EngineDefaults("vllm", "model", "0.33.0", ()).describe() == (
+        "vLLM 0.33.0's default (moe-registry's model of its oracle; vLLM installed, but no executed answer is "
+        "registered)")
+    assert EngineDefaults("vllm", "executed", "0.34.0", ()).describe() == (
+        "vLLM 0.34.0's default (its own selection code, run here)")
+    assert EngineDefaults("sglang", "", "", ()).describe() == "SGLang's default: not known here"

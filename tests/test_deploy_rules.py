@@ -169,3 +169,51 @@ def test_describe_says_which_source_answered(monkeypatch):
     assert EngineDefaults("vllm", "executed", "0.34.0", ()).describe() == (
         "vLLM 0.34.0's default (its own selection code, run here)")
     assert EngineDefaults("sglang", "", "", ()).describe() == "SGLang's default: not known here"
+
+
+def test_more_layouts_and_the_hint_from_several_gpus():
+    assert _runnable(QWEN, ParallelConfig(ep=3, dp=3)) is False  # 128 experts; attention TP 1 would be fine
+    assert _runnable(QWEN, ParallelConfig(ep=4, dp=4)) is True
+    # From 2 GPUs: EP8 holds 100 x 2 / 8 = 25 <= 30 (EP4 would hold 50).
+    assert _ep_hint(_counts(8, ParallelConfig(tp=2)), 100, 30) == "EP8 over 8 GPUs would hold 0.0 MB per GPU"
+
+
+# --- The same answer for tools, and per group in text -------------------------------------------------
+
+def test_advice_json_shape():
+    from moe_registry.render.deploy import advice_json, engine_defaults
+
+    plan = plan_model("gpt-oss-120b", "h100")
+    defaults = {e: engine_defaults(plan, e) for e in ("vllm", "sglang")}
+    data = advice_json(plan, defaults, (), ["moe-registry", "explain", "gpt-oss-120b"])
+    vllm, sglang = data["engine_defaults"]
+    assert (vllm["engine"], vllm["source"], vllm["version"]) == ("vllm", "model", "0.33.0")
+    assert (sglang["engine"], sglang["source"], sglang["version"]) == ("sglang", None, None)
+    (group,) = vllm["groups"]
+    assert group["range"] == "layers 0-35 (36)" and group["verdict"] == "differs"
+    assert group["answer"]["flag"] == "triton" and group["answer"]["source"] == "model"
+    assert group["why"].startswith("TRITON (OAITritonMxfp4ExpertsMonolithic), not flashinfer-cutlass")
+    assert sglang["groups"] == [{"range": "layers 0-35 (36)", "answer": None, "verdict": "unknown", "why": None}]
+    assert data["what_to_type"] == {"gpus": 1, "engines": [
+        {"engine": "vllm", "flags": "--moe-backend flashinfer_cutlass",
+         "why": "runs moe-registry's pick; without it vLLM runs its default, triton"},
+        {"engine": "sglang", "flags": "--moe-runner-backend flashinfer_cutlass", "why": "SGLang's default: not known here"}]}
+    assert data["suggestions"] == []
+
+
+def test_a_group_that_differs_is_named_and_continuation_lines_are_indented():
+    from moe_registry.planner import plan_config
+    from moe_registry.render.deploy import advice_lines
+
+    from test_planner import preset_config
+
+    hf = {"quantization": {"quant_algo": "NVFP4", "exclude_modules": ["model.language_model.layers.29.experts"]}}
+    plan = plan_config(preset_config("gemma-4-26b-a4b"), device="h100", hf_quant_config=hf)
+    first, last = plan.groups()
+    answers = (answer("humming", "HUMMING", "humming"), answer("marlin", "MARLIN (MarlinExperts)", "marlin"))
+    lines = advice_lines(plan, {"vllm": EngineDefaults("vllm", "model", "0.33.0", answers)}, (), ["moe-registry"], 80)
+    text = "\n".join(lines)
+    assert f"- {last.label()}: MARLIN (MarlinExperts), not {last.selection.backend}" in text
+    assert first.label() not in text
+    long = [l for l in lines if l.startswith("  vLLM")]
+    assert long and all(l.startswith("    ") for l in lines[lines.index(long[0]) + 1:] if not l.startswith("  SGLang"))

@@ -211,7 +211,7 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
         for g, a in zip(groups, d.answers):
             v = verdict(g, a, engine, decls)
             if v.text:
-                notes.append((f"layers {compact(g)}: " if many else "") + v.text)
+                notes.append((f"{g.label()}: " if many else "") + v.text)
         if notes:
             out += wrap(f"{d.describe()}:", width)
             for note in dict.fromkeys(notes):
@@ -237,10 +237,6 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
         out += wrap(f"what to type: {_LEAD[blocking[0]]}, and no layout moe-registry tried fixes it (reasons below)",
                     width)
     return out
-
-
-def compact(group: LayerGroup) -> str:
-    return group.label().removeprefix("layers ").removeprefix("layer ")
 
 
 def advice_json(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestions: tuple[Suggestion, ...],

@@ -69,8 +69,9 @@ def test_ep_layouts_keep_the_attention_tp_where_they_can():
 
 # --- The memory hint: EP over N GPUs --------------------------------------------------------------
 
-def _counts(experts: int, parallel: ParallelConfig = ParallelConfig()) -> dict[LayerSpec, int]:
-    spec = LayerSpec(num_experts=experts, top_k=1, hidden_size=64, intermediate_size=64, parallel=parallel)
+def _counts(experts: int, parallel: ParallelConfig | None = None) -> dict[LayerSpec, int]:
+    spec = LayerSpec(num_experts=experts, top_k=1, hidden_size=64, intermediate_size=64,
+                     parallel=parallel or ParallelConfig())
     return {spec: 1}
 
 

@@ -94,24 +94,24 @@ GROUP = GEMMA.groups()[0]
 
 
 def test_verdicts_name_the_engine_pick_and_why():
-    assert verdict(GROUP, None, "vllm").kind == "unknown"
-    same = verdict(GROUP, answer("humming", "HUMMING (HummingIndexedExperts)", "humming"), "vllm")
+    assert verdict(GROUP, None).kind == "unknown"
+    same = verdict(GROUP, answer("humming", "HUMMING (HummingIndexedExperts)", "humming"))
     assert (same.kind, same.cell, same.text) == ("same", "same", "")
-    ranked = verdict(GROUP, answer("marlin", "MARLIN (MarlinExperts)", "marlin"), "vllm")
+    ranked = verdict(GROUP, answer("marlin", "MARLIN (MarlinExperts)", "marlin"))
     assert (ranked.kind, ranked.cell) == ("differs", "marlin")
     assert ranked.text == ("MARLIN (MarlinExperts), not humming: moe-registry ranks humming above marlin by declared "
                            "priority (70 vs 60), not by a measurement")
-    undeclared = verdict(GROUP, answer("triton", "TRITON (TritonExperts)", "triton"), "vllm")
+    undeclared = verdict(GROUP, answer("triton", "TRITON (TritonExperts)", "triton"))
     assert undeclared.text == "TRITON (TritonExperts), not humming: moe-registry's triton-fused-moe does not declare nvfp4"
-    missing = verdict(GROUP, answer("triton_unfused", "TRITON (OAI)", "oai-triton-kernels"), "vllm")
+    missing = verdict(GROUP, answer("triton_unfused", "TRITON (OAI)", "oai-triton-kernels"))
     assert missing.text == "TRITON (OAI), not humming: moe-registry declares no backend of that kernel"
-    rejected = verdict(GROUP, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"), "vllm")
+    rejected = verdict(GROUP, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"))
     assert rejected.text == ("X, not humming: moe-registry rejects trtllm-fp4 here (device_unsupported: h100 (SM90), "
                              "needs SM100/SM103/SM107)")
-    none = verdict(GROUP, answer(None, None, None, error="No NvFp4 MoE backend supports it."), "vllm")
+    none = verdict(GROUP, answer(None, None, None, error="No NvFp4 MoE backend supports it."))
     assert (none.kind, none.cell, none.text) == ("engine-none", "none", "no backend: No NvFp4 MoE backend supports it.")
-    assert verdict(GROUP, answer(None, None, None), "vllm").text == "no backend: no answer"
-    cell_only = verdict(GROUP, answer(None, "KERNEL", "marlin"), "vllm")
+    assert verdict(GROUP, answer(None, None, None)).text == "no backend: no answer"
+    cell_only = verdict(GROUP, answer(None, "KERNEL", "marlin"))
     assert cell_only.cell == "KERNEL"
 
 
@@ -122,14 +122,14 @@ def test_a_rejection_without_required_and_actual_is_quoted_whole():
     rejections = tuple(r.model_copy(update={"reasons": (bare,)}) if r.backend == "trtllm-fp4" else r
                        for r in s.rejections)
     group = GROUP.model_copy(update={"selection": s.model_copy(update={"rejections": rejections})})
-    got = verdict(group, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"), "vllm")
+    got = verdict(group, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"))
     assert got.text == "X, not humming: moe-registry rejects trtllm-fp4 here (forbidden: trtllm-fp4 is forbidden)"
 
 
 def test_no_backend_here_and_a_pick_the_engine_has():
     nothing = plan_model("qwen3-30b-a3b", "h100", forbid=tuple(_declarations()))
     (group,) = nothing.groups()
-    got = verdict(group, answer("triton", "TRITON (TritonExperts)", "triton"), "vllm")
+    got = verdict(group, answer("triton", "TRITON (TritonExperts)", "triton"))
     assert (got.kind, got.cell, got.text) == ("differs", "triton", "TRITON (TritonExperts); moe-registry finds no backend")
 
 
@@ -218,3 +218,147 @@ def test_a_group_that_differs_is_named_and_continuation_lines_are_indented():
     assert first.label() not in text
     long = [l for l in lines if l.startswith("  vLLM")]
     assert long and all(l.startswith("    ") for l in lines[lines.index(long[0]) + 1:] if not l.startswith("  SGLang"))
+
+
+# --- Mutation survivors of the first run, killed ----------------------------------------------------
+
+from moe_registry.planner import ParallelismError  # noqa: E402
+from moe_registry.planner.layouts import from_flags, problems, sglang_flags, suggest_layouts, vllm_flags  # noqa: E402
+from moe_registry.render.deploy import engine_defaults, engine_flag  # noqa: E402
+
+
+def test_from_flags_edges_and_messages():
+    assert from_flags(tp=4, ep=8, enable_ep=True, dp=2) == ParallelConfig(ep=8, dp=2)  # --ep agreeing with tp x dp
+    assert from_flags(tp=2, ep=None, enable_ep=True, dp=1) == ParallelConfig(ep=2)
+    with pytest.raises(ParallelismError) as info:
+        from_flags(tp=4, ep=4, enable_ep=True, dp=2)
+    assert str(info.value) == ("--enable-expert-parallel spreads the experts over tp x dp = 8 ranks; --ep 4 "
+                               "contradicts it (drop one of them)")
+    with pytest.raises(ParallelismError) as info:
+        from_flags(tp=8, ep=2, enable_ep=False, dp=2)
+    assert str(info.value) == ("--dp 2 with --ep 2: --dp is vLLM's -dp (the MoE layer spans tp x dp ranks) and --ep "
+                               "SGLang's --ep-size (EP within --tp); use --tp T --dp D --enable-expert-parallel (vLLM) "
+                               "or --tp N --ep M (SGLang)")
+    with pytest.raises(ParallelismError) as info:
+        from_flags(tp=2, ep=4, enable_ep=False, dp=1)
+    assert str(info.value).endswith("use --tp 4 --ep 4 or --tp 4 --enable-expert-parallel")
+    with pytest.raises(ParallelismError, match="^--tp, --ep and --dp must be positive$"):
+        from_flags(tp=None, ep=None, enable_ep=False, dp=0)
+
+
+@pytest.mark.parametrize("layout, vllm, sglang", [
+    (ParallelConfig(tp=2), "-tp 2", "--tp-size 2"),
+    (ParallelConfig(ep=2), "-tp 2 --enable-expert-parallel", "--tp-size 2 --ep-size 2"),
+    (ParallelConfig(tp=2, ep=2), None, "--tp-size 4 --ep-size 2"),
+    (ParallelConfig(ep=4, dp=2), "-tp 2 -dp 2 --enable-expert-parallel",
+     "--tp-size 4 --ep-size 4 --dp-size 2 --enable-dp-attention"),
+    (ParallelConfig(), "", ""),
+])
+def test_engine_flags_exactly(layout, vllm, sglang):
+    assert vllm_flags(layout) == vllm and sglang_flags(layout) == sglang
+
+
+def test_the_test_oracle_reason_and_a_registry_of_ones_own():
+    from moe_registry.backends.reference import DECLARATION as REF
+    from moe_registry.backends.torch_grouped_mm import DECLARATION as TGM
+    from moe_registry.registry import Registry
+
+    plan = plan_model("qwen3-30b-a3b", "h100", force="torch-grouped-mm")
+    (reason,) = plan.groups()[0].selection.rejection("reference").reasons
+    assert (reason.code, reason.field, reason.required, reason.actual, reason.hint) == (
+        ReasonCode.KNOWN_LIMITATION, "backend", "a deployment kernel", "test oracle",
+        "plan for a CPU (--device cpu) to run it")
+    mine = Registry(entry_points=False, builtins=False).with_declaration(REF.model_copy(update={"id": "my-oracle"})) \
+        .with_declaration(TGM)
+    s = plan_model("qwen3-30b-a3b", "h100", registry=mine).groups()[0].selection
+    assert s.backend == "torch-grouped-mm" and s.rejection("my-oracle") is not None
+
+
+def test_engine_defaults_fall_back_to_the_model_and_have_no_version_without_answers(monkeypatch):
+    from moe_registry.render import deploy
+
+    assert deploy._installed("json") is True and deploy._installed("no_such_module_here") is False
+    monkeypatch.setattr(deploy, "_installed", lambda engine: True)  # installed, no executed provider registered
+    assert engine_defaults(GEMMA, "vllm").source == "model"
+    cpu = plan_model("qwen3-30b-a3b", "cpu")
+    assert engine_defaults(cpu, "vllm") == EngineDefaults("vllm", "model", "", (None,))  # NVIDIA only
+    assert engine_defaults(cpu, "sglang") == EngineDefaults("sglang", "", "", (None,))
+
+
+def test_verdict_edges():
+    assert verdict(GROUP, None) == deploy_verdict("unknown", "?", "")
+    assert verdict(GROUP, answer("marlin", "MARLIN", "marlin"), decls={}) == \
+        deploy_verdict("differs", "marlin", "MARLIN; moe-registry finds no backend")
+    nothing = plan_model("qwen3-30b-a3b", "h100", forbid=tuple(_declarations())).groups()[0]
+    assert engine_flag(nothing, "vllm") is None and engine_flag(GROUP, "vllm") == "humming"
+
+
+def deploy_verdict(kind, cell, text):
+    from moe_registry.render.deploy import Verdict
+
+    return Verdict(kind, cell, text)
+
+
+def _two_groups():
+    from moe_registry.planner import plan_config
+
+    from test_planner import preset_config
+
+    hf = {"quantization": {"quant_algo": "NVFP4", "exclude_modules": ["model.language_model.layers.29.experts"]}}
+    return plan_config(preset_config("gemma-4-26b-a4b"), device="h100", hf_quant_config=hf)
+
+
+def test_engine_line_with_two_groups():
+    decls = _declarations()
+    plan = _two_groups()  # humming (vLLM humming), then triton-fused-moe (vLLM triton)
+    both = _defaults(plan, answer("marlin", "M", "marlin"), answer("marlin", "M", "marlin"))
+    assert _engine_line(plan, "vllm", both, decls) == (
+        None, "the layer groups need different --moe-backend values (humming, triton: vLLM's flag is one for the "
+              "whole model)")
+    # The last group's pick has no vLLM name: only it is named.
+    last = plan.layers[-1]
+    bare = last.model_copy(update={"selection": last.selection.model_copy(update={"engines": {}})})
+    plan2 = plan.model_copy(update={"layers": (*plan.layers[:-1], bare)})
+    assert plan2.groups()[-1].selection.engines == {}  # no stale groups after a copy
+    assert problems(plan2) == ("no-engine",)
+    assert _engine_line(plan2, "vllm", both, decls) == (
+        None, f"no vLLM flag runs {last.selection.backend}; the layout alone: no flags")
+    sglang_only = last.model_copy(update={"selection": last.selection.model_copy(update={"engines": {"sglang": "x"}})})
+    assert problems(plan.model_copy(update={"layers": (*plan.layers[:-1], sglang_only)})) == ()
+
+
+def test_suggestions_must_fix_the_worst_problem_and_add_none():
+    padded = plan_model("gemma-4-26b-a4b-nvfp4", "b200", ParallelConfig(tp=8))
+    assert problems(padded) == ("padding",)
+    assert suggest_layouts(padded, lambda p: padded) == ()  # still pads
+    no_backend = plan_model("gemma-4-26b-a4b-nvfp4", "b200", ParallelConfig(tp=8), policy=None,
+                            forbid=tuple(_declarations()))
+    assert suggest_layouts(padded, lambda p: no_backend) == ()  # fixes padding, adds a blocking problem
+    fixed = plan_model("gemma-4-26b-a4b-nvfp4", "b200", ParallelConfig(ep=8))
+    (only,) = suggest_layouts(padded, lambda p: fixed)
+    assert only.parallel == ParallelConfig(ep=8) and only.why == "EP8 over the same 8 GPUs: 1.61 GB per GPU"
+    assert only.plan is fixed
+
+
+def test_memory_suggestions_try_the_runnable_counts_in_order():
+    from moe_registry.schemas.device import get_device
+
+    small = get_device("h100").model_copy(update={"memory_gb": 30.0})  # 27.6 GB budget
+    plan = plan_model("mixtral-8x7b", small)  # 8 experts, 90 GB of bf16 experts
+    assert problems(plan)[0] == "memory"
+    calls = []
+
+    def replan(p):
+        calls.append(p)
+        return plan_model("mixtral-8x7b", small, p)
+
+    (s,) = suggest_layouts(plan, replan)
+    assert calls == [ParallelConfig(ep=4, dp=4)] and s.gpus == 4 and s.why.startswith("EP4 over 4 GPUs: ")
+    tiny = get_device("h100").model_copy(update={"memory_gb": 1.0})
+    calls.clear()
+    assert suggest_layouts(plan_model("mixtral-8x7b", tiny), replan) == () and calls == []  # nothing could fit
+    tp8 = plan_model("qwen3-30b-a3b", "h100", ParallelConfig(tp=8), forbid=tuple(_declarations()))
+    calls.clear()
+    got = suggest_layouts(tp8, lambda p: calls.append(p) or tp8)
+    assert calls == [ParallelConfig(ep=8, dp=1), ParallelConfig(tp=4), ParallelConfig(tp=2), ParallelConfig(tp=1)]
+    assert got == ()

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from pydantic import BaseModel, ConfigDict
 
 from ..memory import MemoryFit
@@ -125,11 +123,16 @@ class ModelPlan(BaseModel):
 
     def groups(self) -> tuple[LayerGroup, ...]:
         """Runs of consecutive MoE layers with the same ``shape_key()`` (and so the same backend).
-        Computed once per plan (the plan is frozen): renderers ask for it many times."""
-        return self._groups
+        Computed once per plan (renderers ask for it many times); the cache is keyed by the layers
+        tuple itself, so a ``model_copy`` with other layers never sees stale groups."""
+        cached = self.__dict__.get("_groups_cache")
+        if cached is not None and cached[0] is self.layers:
+            return cached[1]
+        groups = self._group_layers()
+        self.__dict__["_groups_cache"] = (self.layers, groups)
+        return groups
 
-    @functools.cached_property
-    def _groups(self) -> tuple[LayerGroup, ...]:
+    def _group_layers(self) -> tuple[LayerGroup, ...]:
         out: list[LayerGroup] = []
         run: list[tuple[LayerPlan, LayerSpec]] = []
 

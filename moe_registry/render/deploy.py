@@ -111,7 +111,7 @@ def _because(group: LayerGroup, answer: EngineAnswer, decls: dict[str, BackendCa
             f"vs {_priority(d, group)}), not by a measurement")
 
 
-def verdict(group: LayerGroup, answer: EngineAnswer | None, engine: str,
+def verdict(group: LayerGroup, answer: EngineAnswer | None,
             decls: dict[str, BackendCapability] | None = None) -> Verdict:
     if answer is None:
         return Verdict("unknown", "?", "")
@@ -148,7 +148,7 @@ def _engine_line(plan: ModelPlan, engine: str, defaults: EngineDefaults,
         return None, f"{name} cannot run this layout (TP within EP); SGLang can"
     if any(g.selection is None for g in groups):
         return None, "no backend for some layers (below)"
-    verdicts = [verdict(g, a, engine, decls) for g, a in zip(groups, defaults.answers)]
+    verdicts = [verdict(g, a, decls) for g, a in zip(groups, defaults.answers)]
     needed = {engine_flag(g, engine) for g, v in zip(groups, verdicts) if v.kind != "same"}
     if not needed:
         return layout, f"{name}'s default already picks this"
@@ -209,7 +209,7 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
     for engine, d in defaults.items():
         notes = []
         for g, a in zip(groups, d.answers):
-            v = verdict(g, a, engine, decls)
+            v = verdict(g, a, decls)
             if v.text:
                 notes.append((f"{g.label()}: " if many else "") + v.text)
         if notes:
@@ -256,7 +256,7 @@ def advice_json(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestion
         "engine_defaults": [
             {"engine": e, "source": d.source or None, "version": d.version or None,
              "groups": [{"range": g.label(), "answer": ans.model_dump(mode="json") if ans is not None else None,
-                         "verdict": (v := verdict(g, ans, e, decls)).kind, "why": v.text or None}
+                         "verdict": (v := verdict(g, ans, decls)).kind, "why": v.text or None}
                         for g, ans in zip(groups, d.answers)]}
             for e, d in defaults.items()],
         "what_to_type": {"gpus": plan.parallel.tp * plan.parallel.ep, "engines": engines(plan, defaults)},

@@ -221,7 +221,7 @@ def plan_lines(plan: "ModelPlan", *, width: int = 80, verbose: bool = False, def
     rows = []
     for i, g in enumerate(groups):
         s = g.selection
-        engine_cell = verdict(g, vllm.answers[i], "vllm").cell if vllm is not None else "?"
+        engine_cell = verdict(g, vllm.answers[i]).cell if vllm is not None else "?"
         rows.append([compact_range(g), _backend_cell(s) if s else "NONE", compact_shape(g.layer),
                      _padding_cell(s) if s else "-", verified_cell(s) if s else "-", engine_cell])
     out += table(headers, rows, width, fixed=(0, 1, 4))

@@ -206,7 +206,7 @@ def advice_lines(plan: ModelPlan, defaults: dict[str, EngineDefaults], suggestio
     out: list[str] = []
     groups = plan.groups()
     many = len(groups) > 1
-    for engine, d in defaults.items():
+    for d in defaults.values():
         notes = []
         for g, a in zip(groups, d.answers):
             v = verdict(g, a, decls)

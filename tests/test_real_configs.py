@@ -81,3 +81,18 @@ def test_the_fp32_reference_is_never_a_gpu_deployment_plan(capsys):
 
     with pytest.raises(BackendNotEligible, match="test oracle"):
         plan_model("qwen3-30b-a3b", "h100", force="reference")
+
+
+def test_the_planning_only_activation_reason_exactly():
+    from moe_registry.backends.humming import DECLARATION
+    from moe_registry.environment import Environment
+    from moe_registry.errors import BackendNotEligible
+    from moe_registry.schemas.activation import Activation
+
+    layer = plan_config(DSV4_FLASH, select=False).layer_specs[0].shape_key()
+    with pytest.raises(BackendNotEligible) as info:
+        select_backend(layer, "h100", environment=Environment(planning=False), force="humming")
+    (reason,) = [r for r in info.value.reasons if r.code.value == "adapter_missing" and r.field == "activation"]
+    assert (reason.required, reason.actual, reason.hint, reason.source) == (
+        "silu_clamp in the adapter", "not implemented", "plan with a named --device to see what an engine would run",
+        DECLARATION.activations[Activation.SILU_CLAMP].source)

@@ -21,11 +21,12 @@ else
 fi
 git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
 cd "$WORK"
-TESTS="${MUTATE_TESTS:-tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
+TESTS="${MUTATION_TESTS:-${MUTATE_TESTS:-tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
 tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
-tests/test_environment.py}"
-ONLY="${MUTATE_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}"
+tests/test_environment.py tests/test_deploy_answer.py tests/test_deploy_rules.py tests/test_real_configs.py}}"
+# MUTATION_ONLY="a.py b.py" (or MUTATE_ONLY) restricts the mutants to the modules a change touched (a copy of these settings).
+ONLY="${MUTATION_ONLY:-${MUTATE_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}}"
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"
@@ -34,11 +35,16 @@ ONLY="${MUTATE_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability
   for m in $ONLY; do echo "  $m"; done
   echo "pytest_add_cli_args_test_selection="
   for t in $TESTS; do [ -f "$t" ] && echo "  $t"; done
-  echo "pytest_add_cli_args=-p no:cacheprovider -x -q --hypothesis-seed=0"
+  # The hint walker re-plans every preset on every device: too slow to run per mutant.
+  # One argument a line (mutmut splits a multi-line value on newlines only).
+  printf 'pytest_add_cli_args=\n  -p\n  no:cacheprovider\n  -x\n  -q\n  --hypothesis-seed=0\n  -k\n  not every_hint_of_every_preset\n'
+
 } > setup.cfg
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 START=$(date +%s)
-mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > "$OUT/run.log" 2>&1 || true
+# MUTATION_NAMES="pattern ..." runs only those mutants (mutmut's fnmatch names, e.g. the functions a change touched).
+# shellcheck disable=SC2086
+mutmut run --max-children "${MUTMUT_CHILDREN:-2}" ${MUTATION_NAMES:-} > "$OUT/run.log" 2>&1 || true
 # Keep the log readable: drop the spinner frames, keep the last progress line.
 python3 - "$OUT/run.log" <<'PY'
 import sys

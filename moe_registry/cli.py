@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .errors import BackendNotEligible, NoEligibleBackend
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_BACKEND = 0, 2, 3
+COMMANDS = ("explain", "select", "backends", "schema", "models", "run", "probe", "bench", "tune")
 
 
 class BadInput(Exception):
@@ -77,7 +78,8 @@ parallel layout, as the engines spell it:
   --tp 8 --enable-expert-parallel   vLLM -tp 8 -ep: experts spread over the 8 ranks (EP8), unsplit
   --tp 8 --ep 8                     SGLang --tp-size 8 --ep-size 8: the same EP8 over the TP group
   --tp 8 --ep 2                     SGLang: EP2 within TP8, so each expert is split 4 ways (MoE TP4)
-  --tp 4 --dp 2 --enable-expert-parallel   vLLM: EP over TP x DP = 8 ranks"""
+  --tp 4 --dp 2                     vLLM -tp 4 -dp 2: the experts span TP x DP = 8 ranks (MoE TP8)
+  --tp 4 --dp 2 --enable-expert-parallel   vLLM: EP over TP x DP = 8 ranks (EP8)"""
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -95,7 +97,8 @@ def _add_parallel(p: argparse.ArgumentParser) -> None:
     group.add_argument("--enable-expert-parallel", "-ep", dest="enable_ep", action="store_true",
                        help="vLLM's flag: experts spread over all tp x dp ranks, unsplit")
     group.add_argument("--dp", type=int, default=1, metavar="N",
-                       help="data-parallel size (vLLM -dp); with --enable-expert-parallel it widens the EP group")
+                       help="data-parallel size (vLLM -dp): the experts span tp x dp ranks, as EP with "
+                            "--enable-expert-parallel, else as TP (vLLM FusedMoEParallelConfig.make)")
 
 
 def _add_layer_shape(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -152,22 +155,9 @@ def _device(name: str | None):
 
 def _parallel(args: argparse.Namespace):
     """The experts' layout (ParallelConfig: MoE TP x EP) from the engine-style flags (PARALLEL_HELP)."""
-    from .schemas.layer import ParallelConfig
+    from .planner.layouts import from_flags
 
-    dp = args.dp
-    if any(v is not None and v < 1 for v in (args.tp, args.ep, dp)):
-        raise BadInput("--tp, --ep and --dp must be positive")
-    tp = args.tp if args.tp is not None else (args.ep or 1)
-    if args.enable_ep:
-        if args.ep is not None and args.ep != tp * dp:
-            raise BadInput(f"--enable-expert-parallel spreads the experts over tp x dp = {tp * dp} ranks; "
-                           f"--ep {args.ep} contradicts it (drop one of them)")
-        return ParallelConfig(tp=1, ep=tp * dp, dp=dp)
-    ep = args.ep or 1
-    if tp % ep:
-        raise BadInput(f"--ep {ep} must divide --tp {tp}: EP runs within the TP group (SGLang --ep-size); "
-                       f"for EP{ep} with unsplit experts use --tp {ep} --ep {ep} or --tp {ep} --enable-expert-parallel")
-    return ParallelConfig(tp=tp // ep, ep=ep, dp=dp)
+    return from_flags(tp=args.tp, ep=args.ep, enable_ep=args.enable_ep, dp=args.dp)
 
 
 def _policy(args: argparse.Namespace):
@@ -195,17 +185,70 @@ def _choice_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import render
     from .planner import plan_model
+    from .planner.layouts import suggest_layouts
 
-    plan = plan_model(args.model, device=_device(args.device), parallel=_parallel(args), quant=args.quant,
-                      memory=args.memory, **_choice_kwargs(args))
+    device, quant, choice = _device(args.device), args.quant, _choice_kwargs(args)
+    plan = plan_model(args.model, device=device, parallel=_parallel(args), quant=quant, memory=args.memory, **choice)
+    _warn_ignored_prefer(args.prefer, [lp.selection for lp in plan.layers], [lp.rejections for lp in plan.layers])
     mode = _output_mode(args)
-    if mode == "json":
-        _emit_json(render.plan_json(plan))
-    elif mode == "markdown":
+    if mode == "markdown":
         _write_text(render.plan_markdown(plan))
+        return _plan_exit(plan)
+    from .render.deploy import engine_defaults
+
+    defaults = {engine: engine_defaults(plan, engine) for engine in ("vllm", "sglang")}
+    style = "sglang" if args.ep is not None else "vllm"  # hints spell layouts the way the user did
+    suggestions = suggest_layouts(plan, lambda parallel: plan_model(args.model, device=device, parallel=parallel,
+                                                                    quant=quant, memory=args.memory, **choice),
+                                  style=style)
+    replay = _replay(args)
+    if mode == "json":
+        _emit_json({**render.plan_json(plan), **render.advice_json(plan, defaults, suggestions, replay, style=style)})
     else:
-        render.print_plan(render.console(), plan, verbose=args.verbose)
+        render.print_plan(plan, verbose=args.verbose, defaults=defaults, suggestions=suggestions, replay=replay,
+                          style=style)
+    return _plan_exit(plan)
+
+
+def _plan_exit(plan: Any) -> int:
     return EXIT_NO_BACKEND if any(lp.selection is None for lp in plan.layers) else EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> list[str]:
+    """This `explain` command line without its parallel flags: a hint appends the layout it offers."""
+    import shlex
+
+    out = ["moe-registry", "explain", shlex.quote(args.model)]
+    if args.device:
+        out += ["--device", shlex.quote(args.device)]
+    if args.quant:
+        out += ["--quant", shlex.quote(args.quant)]
+    if args.memory != "prefer":
+        out += ["--memory", args.memory]
+    for flag in ("force",):
+        if getattr(args, flag):
+            out += [f"--{flag}", shlex.quote(getattr(args, flag))]
+    for flag in ("prefer", "forbid"):
+        for value in getattr(args, flag):
+            out += [f"--{flag}", shlex.quote(value)]
+    out += [flag for flag, on in (("--exact", args.exact), ("--no-pad", args.no_pad)) if on]
+    if args.policy != "declared":
+        out += ["--policy", args.policy, "--costs", shlex.quote(args.costs)]
+        out += ["--tokens", str(args.tokens)] if args.tokens is not None else []
+    return out
+
+
+def _warn_ignored_prefer(prefer: list[str], selections: list, rejections: list) -> None:
+    """A --prefer backend that is not eligible is not silently ignored: one line on stderr each."""
+    for backend in dict.fromkeys(prefer):
+        ignored = [s for s in selections if s is not None and s.backend != backend
+                   and any(r.backend == backend for r in s.rejections)]
+        ignored += [r for rs in rejections for r in rs if r.backend == backend]
+        if ignored:
+            first = ignored[0]
+            reasons = first.rejection(backend).reasons if hasattr(first, "rejection") else first.reasons
+            _error_line(f"warning: --prefer {backend} ignored: not eligible ({reasons[0].code.value}: "
+                        f"{reasons[0].message})")
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -223,13 +266,14 @@ def cmd_select(args: argparse.Namespace) -> int:
             print(f"moe-registry: note: {device.label()} has no bf16; selecting for fp16", file=sys.stderr)
     layer = _single_layer(args, quant=args.quant, dtype=dtype, parallel=_parallel(args))
     selection = select_backend(layer, device, **_choice_kwargs(args))
+    _warn_ignored_prefer(args.prefer, [selection], [])
     mode = _output_mode(args)
     if mode == "json":
         _emit_json(render.selection_json(selection))
     elif mode == "markdown":
         _write_text(render.selection_markdown(selection) + "\n")
     else:
-        render.print_selection(render.console(), selection)
+        render.print_selection(selection, verbose=args.verbose)
     return EXIT_OK
 
 
@@ -273,16 +317,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     presets = list_presets()
     if args.json:
-        _emit_json(presets)
+        _emit_json({"schema_version": render.JSON_SCHEMA_VERSION, "presets": presets})
         return EXIT_OK
-    from rich.table import Table
+    from .render.terminal import table, width
 
-    table = Table()
-    table.add_column("preset", no_wrap=True)
-    table.add_column("description")
-    for name, description in presets.items():
-        table.add_row(name, description)
-    render.console().print(table)
+    render.write_lines(table(["preset", "model; quantization"], [[n, d] for n, d in presets.items()], width(),
+                             fixed=(0,)))
     return EXIT_OK
 
 
@@ -291,6 +331,14 @@ def _no_target_device(args: argparse.Namespace) -> None:
     if args.device is not None:
         raise BadInput(f"{args.command} runs on this machine: --device names a target device (explain, select); "
                        f"the torch device to run on is --torch-device cpu|cuda")
+
+
+def _progress(line: str) -> None:
+    """A progress line on stderr (stdout keeps the report, or the JSON document), wrapped to the terminal."""
+    from .render.terminal import width, wrap
+
+    for part in wrap(line, width(), indent="    "):
+        print(part, file=sys.stderr, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -304,6 +352,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_run_size(args.tokens, args.repeats)  # before torch is imported or anything spawned
     if parallel.tp * parallel.ep > 1 and args.torch_device == "cpu":
         _check_cpu_ranks(parallel.tp * parallel.ep)
+    say = None if args.json else _progress
     if parallel.tp * parallel.ep > 1:
         from .distributed.launch import run_distributed_preset
 
@@ -312,6 +361,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if args.torch_device not in (None, "cpu", "cuda"):
             raise BadInput(f"--torch-device must be cpu or cuda for a sharded run, got {args.torch_device!r}")
+        if say:
+            say(f"spawning {parallel.tp * parallel.ep} ranks (MoE TP{parallel.tp} x EP{parallel.ep}); each builds its "
+                "shard and checks it against the reference")
         report = run_distributed_preset(args.preset, layer=args.layer, tokens=args.tokens, tp=parallel.tp,
                                         ep=parallel.ep, seed=args.seed, force=args.force, quant=args.quant,
                                         repeats=args.repeats,
@@ -324,13 +376,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             policy = MeasuredPolicy(CostTable.load(args.costs), num_tokens=args.tokens)
         report = run_preset_layer(args.preset, layer=args.layer, tokens=args.tokens, torch_device=args.torch_device,
                                   seed=args.seed, force=args.force, quant=args.quant, repeats=args.repeats,
-                                  policy=policy)
+                                  policy=policy, progress=say)
     if args.json:
-        _emit_json(report)
+        _emit_json({"schema_version": render.JSON_SCHEMA_VERSION, **report})
     else:
-        console = render.console()
-        for key, value in report.items():
-            console.print(f"{key}: {value}", markup=False)
+        render.write_lines(render.run_lines(report, render.terminal_width()))
     return EXIT_OK
 
 
@@ -403,12 +453,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _check_writable(flag, Path(path))
     layers, labels = _bench_target(args, parallel)
 
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     report = run_bench(layers, tokens, backends=list(args.backend) or None, reps=args.reps,
                        torch_device=args.torch_device, holdout_tokens=holdout, graphs=not args.eager_only,
-                       progress=None if args.json else progress)
+                       progress=None if args.json else _progress)
     for path, table in ((args.out, report.table), (args.holdout_out, report.holdout)):
         if path and table is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -447,13 +494,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
 # --- Parser ---------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the parser of a subcommand that is not running: its arguments are not built
+    (argparse's add_argument calls are a good part of the CLI's start-up)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; with ``only``, the arguments of that one alone (the others parse nothing,
+    and are never dispatched to)."""
     parser = _Parser(prog="moe-registry", description=(
         "Which fused-MoE kernel runs each layer of a model, on any GPU, and why the others were rejected."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p if only in (None, "explain") else _Skipped()  # type: ignore[assignment]
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
     p.add_argument("--quant", help="override every MoE layer's quantization scheme (e.g. int4_w4a16:g128)")
     p.add_argument("--memory", choices=("prefer", "strict", "report"), default="prefer", help=(
@@ -468,27 +526,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p if only in (None, "select") else _Skipped()  # type: ignore[assignment]
     _add_layer_shape(p, required=True)
     p.add_argument("--quant", default="bf16")
+    p.add_argument("-v", "--verbose", action="store_true", help="every hint as declared, notes and the fingerprint")
     _add_target(p)
     _add_choice(p)
     _add_output(p)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("backends", help="the capability matrix generated from the declarations")
+    p = p if only in (None, "backends") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--device", help="only what runs on this device preset")
     _add_output(p)
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("schema", help="JSON Schema of declarations, layer specs and selections")
+    p = p if only in (None, "schema") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--which", choices=("all", "capability", "layer", "selection"), default="all")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("models", help="the bundled model presets")
+    p = p if only in (None, "models") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="run one layer of a preset on this machine and compare with the reference")
+    p = p if only in (None, "run") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--preset", required=True)
     p.add_argument("--layer", type=int, default=0, help="index among the MoE layers' model layers (default 0)")
     p.add_argument("--tokens", type=int, default=64)
@@ -506,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("probe", help="check every declaration against the real kernels on this machine")
+    p = p if only in (None, "probe") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--backend", action="append", default=[], help="probe only this backend (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
     p.add_argument("--out", metavar="FILE", help="write a verification record (JSON)")
@@ -515,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers",
                        epilog=PARALLEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p if only in (None, "bench") else _Skipped()  # type: ignore[assignment]
     p.add_argument("target", help="preset name, model directory, config.json, or 'layer' with --experts etc.")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
@@ -533,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tune", help="tune triton-fused-moe's launch configs for this GPU (writes JSON data)")
+    p = p if only in (None, "tune") else _Skipped()  # type: ignore[assignment]
     p.add_argument("target", help="preset name, model directory, config.json, or layer:experts=..,top_k=..,...")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
     p.add_argument("--quant", help="override the quantization scheme")
@@ -557,6 +624,10 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # pydantic looks for its own plugins (observability hooks) by scanning every installed
+    # distribution's entry points when the first model is built; the CLI uses none of them, and the
+    # scan is a noticeable part of `explain`'s start-up. Set by the user, the variable is respected.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     json_mode = "--json" in argv  # known before parsing, so a parse error is a JSON document too
     if sys.stdout is None:  # started with stdout closed (`moe-registry ... >&-`)
         _error_line("error: standard output is closed")
@@ -607,7 +678,8 @@ def _main(argv: list[str], json_mode: bool) -> int:
 
     parsed = False
     try:
-        args = build_parser().parse_args(argv)
+        first = next((a for a in argv if not a.startswith("-")), None)
+        args = build_parser(first if first in COMMANDS else None).parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
         parsed = True

@@ -98,17 +98,18 @@ def split(selection: Selection | None) -> bool:
 
 
 def _ep_hint(counts: dict[LayerSpec, int], total: int, budget: int) -> str:
-    """The smallest expert parallelism at which these expert weights fit (per-rank bytes scale
-    exactly with 1/EP when EP divides the experts)."""
+    """The fewest GPUs at which these expert weights fit with expert parallelism over all of them
+    (EP = GPUs, experts unsplit: how vLLM's --enable-expert-parallel and SGLang's --ep-size spread
+    them), and what each then holds. Per-GPU bytes scale as GPUs now / GPUs then: EP that divides
+    the experts splits them exactly, and the current layout's TP already divides their width."""
     keys = list(counts)
     if not keys or total <= 0:
         return ""
-    ep = keys[0].parallel.ep
+    now = keys[0].parallel.tp * keys[0].parallel.ep
     experts = {k.num_experts for k in keys}
-    for n in range(ep + 1, max(experts) + 1):
-        if all(e % n == 0 for e in experts) and total * ep // n <= budget:
-            tp = keys[0].parallel.tp
-            return f"EP{n}{f' with TP{tp}' if tp > 1 else ''} would hold {gb(total * ep // n)} per GPU"
+    for n in range(now + 1, max(experts) + 1):
+        if all(e % n == 0 for e in experts) and total * now // n <= budget:
+            return f"EP{n} over {n} GPUs would hold {gb(total * now // n)} per GPU"
     return ""
 
 

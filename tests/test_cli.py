@@ -59,13 +59,14 @@ def test_explain_tp8_pads_nvfp4_to_whole_groups_keeps_the_ep_hint_and_exits_3_on
     selection = json.loads(out)["groups"][0]["selection"]
     assert selection["backend"].startswith("trtllm")
     assert [(p["dimension"], p["original"], p["padded"]) for p in selection["padding"]] == [("intermediate", 88, 128)]
-    assert any(n["kind"] == "hint" and "(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in n["message"]
+    ep8 = "(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704"
+    assert any(n["kind"] == "hint" and ep8 in n["message"]
                for n in selection["notes"])
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--tp", "8", "--no-pad", "--json")
     assert code == 3
     group = json.loads(out)["groups"][0]
     hints = {r["hint"] for rej in group["rejections"] for r in rej["reasons"]}
-    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in h for h in hints)
+    assert any("(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704" in h for h in hints)
     code, out, _ = run(capsys, "explain", "gemma-4-26b-a4b-nvfp4", "--device", "b200", "--ep", "8", "--json")
     assert code == 0 and {layer["backend"] for layer in json.loads(out)["layers"]} == {"trtllm-fp4"}
 
@@ -162,7 +163,8 @@ def test_schema_and_models(capsys):
     data = json.loads(out)
     assert code == 0 and set(data) == {"capability", "layer", "selection"}
     code, out, _ = run(capsys, "models", "--json")
-    assert code == 0 and "gemma-4-26b-a4b-nvfp4" in json.loads(out)
+    data = json.loads(out)
+    assert code == 0 and data["schema_version"] == 1 and "gemma-4-26b-a4b-nvfp4" in data["presets"]
 
 
 def test_console_script_does_not_import_torch():

@@ -100,11 +100,14 @@ def test_layer_count_bound():
 
 def test_json_numbers_constants_size_and_depth(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text('{"hidden_size": 1e999}')
-    with pytest.raises(MalformedConfig, match=r"is not valid JSON: number 1e999 is out of range \(not a finite double\)$"):
+    # Non-finite numbers parse (as Python's json module and transformers read them, issue 20) and are
+    # refused where a number is used.
+    moe = '"num_hidden_layers": 2, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64'
+    path.write_text('{"hidden_size": 1e999, ' + moe + '}')
+    with pytest.raises(MalformedConfig, match=r"hidden_size must be an integer >= 1, got inf$"):
         plan_model(path, select=False)
-    path.write_text('{"hidden_size": NaN}')
-    with pytest.raises(MalformedConfig, match=r"is not valid JSON: NaN is not a JSON number \(RFC 8259\)$"):
+    path.write_text('{"hidden_size": NaN, ' + moe + '}')
+    with pytest.raises(MalformedConfig, match=r"hidden_size must be an integer >= 1, got nan$"):
         plan_model(path, select=False)
     path.write_text("[" * 65 + "]" * 65)  # 65 levels: past the limit, but not deep enough for a RecursionError
     with pytest.raises(MalformedConfig, match=r"is nested too deeply \(the limit is 64 levels\)$"):

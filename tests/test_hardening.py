@@ -110,10 +110,11 @@ def test_schema_output_is_strict_json(capsys):
 
 @pytest.mark.parametrize("literal", ["1e999", "-1e999", "NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_in_a_config_exit_2(tmp_path, capsys, literal):
+    # Read as Python's json module reads them (issue 20), refused where the planner uses one.
     text = json.dumps(qwen(model_type="gpt_oss")).replace('"rope_theta": 1000000.0', f'"swiglu_limit": {literal}')
     code, out, err = run(capsys, "explain", write_config(tmp_path, text), "--device", "h100", "--json")
     assert code == 2, err
-    assert "not valid JSON" in strict_json(out)["message"]
+    assert "swiglu_limit must be a finite positive number" in strict_json(out)["message"]
 
 
 def test_infinite_swiglu_limit_from_a_dict_is_refused():

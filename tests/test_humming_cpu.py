@@ -161,7 +161,15 @@ def test_unsupported_kind_is_refused():
 # --- activations and the adapter on CPU ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("act", list(DECLARATION.activations))
+# Planning-only activations (adapter_implemented False: DeepSeek-V4's silu_clamp) have no expression yet.
+_RUNS = [a for a, impl in DECLARATION.activations.items() if impl.adapter_implemented]
+
+
+def test_planning_only_activations_are_the_ones_without_an_expression():
+    assert [a for a in DECLARATION.activations if a not in _RUNS] == [Activation.SILU_CLAMP]
+
+
+@pytest.mark.parametrize("act", _RUNS)
 def test_every_declared_activation_has_a_fused_expression(act):
     params = {"activation_params": SwigluOAIParams(interleaved=True)} if act is Activation.SWIGLUOAI else {}
     layer = LayerSpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, activation=act,
@@ -193,7 +201,7 @@ def _eval_c_expression(expr: str, a: float, b: float) -> float:
     return float(eval(py, {"__builtins__": {}}, env))  # noqa: S307 (our own constant strings)
 
 
-@pytest.mark.parametrize("act", [a for a in DECLARATION.activations if a is not Activation.SWIGLUOAI])
+@pytest.mark.parametrize("act", [a for a in _RUNS if a is not Activation.SWIGLUOAI])
 def test_fused_expressions_compute_the_reference_activation(act):
     """The expression strings the kernel compiles equal moe_registry.execution.activations on sample points
     (swigluoai's lambda form is checked on the GPU at the gpt-oss shape)."""

@@ -119,14 +119,17 @@ def test_gpt_oss_on_h100_without_a_4bit_backend_does_not_fit_and_says_what_would
     m = plan.memory
     assert m.expert_weight_bytes == 49_783_680 * 128 * 36 == 229_403_197_440  # ~229 GB of bf16
     assert m.budget_bytes == int(80e9 * BUDGET_FRACTION) and m.fits is False
-    assert m.hint == "EP4 would hold 57.4 GB per GPU"  # 229.4 / 4
-    # prefer: the smallest plan is kept (the reference would hold fp32: 2x more, rejected for memory)
+    assert m.hint == "EP4 over 4 GPUs would hold 57.4 GB per GPU"  # 229.4 / 4
+    # prefer: the smallest plan is kept; the fp32 reference is no plan for a GPU at all (issue 20)
     group = plan.groups()[0]
     assert_selected(group.selection, "torch-grouped-mm")
     ref = group.selection.rejection("reference")
-    # fp32: (5760 + 2880) x 2880 x 4 + 17,280 bf16 bias bytes = 99,550,080 per expert x 4608 = 458.7 GB
-    assert ref.codes() == {ReasonCode.MEMORY_EXCEEDED} and ref.reasons[0].actual == "458.7 GB"
-    assert m.rejected == ("reference",)
+    assert ref.codes() == {ReasonCode.KNOWN_LIMITATION} and "test oracle" in ref.reasons[0].message
+    assert m.rejected == ()
+    # On a CPU target the reference stays a candidate, and the memory fit counts its fp32:
+    # (5760 + 2880) x 2880 x 4 + 17,280 bf16 bias bytes = 99,550,080 per expert x 4608 = 458.7 GB.
+    cpu = plan_model("gpt-oss-120b", "cpu", force="reference", registry=_fixed(NO_4BIT))
+    assert cpu.memory.expert_weight_bytes == 99_550_080 * 128 * 36
 
 
 def test_memory_exceeded_reselects_the_backend_that_fits():
@@ -138,7 +141,7 @@ def test_memory_exceeded_reselects_the_backend_that_fits():
     assert [(p.dimension, p.original, p.padded) for p in s.padding] == [("hidden", 2880, 3072),
                                                                          ("intermediate", 2880, 3072)]
     assert plan.memory.expert_weight_bytes == 15_058_944 * 128 * 36  # 69.4 GB, padded, MXFP4
-    assert plan.memory.fits is True and plan.memory.rejected == ("reference", "torch-grouped-mm")
+    assert plan.memory.fits is True and plan.memory.rejected == ("torch-grouped-mm",)
     reason = s.rejection("torch-grouped-mm").reasons[0]
     assert reason.code is ReasonCode.MEMORY_EXCEEDED and reason.field == "memory"
     assert reason.actual == "229.4 GB" and reason.required == "<= 73.6 GB per GPU"
@@ -169,11 +172,11 @@ def test_modes_and_unknown_memory():
     no_4bit = _fixed(NO_4BIT)
     report = plan_model("gpt-oss-120b", "h100", memory="report", registry=no_4bit)
     assert report.memory.fits is False and report.memory.rejected == ()
-    assert report.groups()[0].selection.rejection("reference") is None
+    assert report.groups()[0].selection.rejection("reference").codes() == {ReasonCode.KNOWN_LIMITATION}
     strict = plan_model("gpt-oss-120b", "h100", memory="strict", registry=no_4bit)
     assert all(lp.selection is None for lp in strict.layers)
     assert {r.backend for r in strict.layers[0].rejections if ReasonCode.MEMORY_EXCEEDED in r.codes()} == {
-        "torch-grouped-mm", "reference"}
+        "torch-grouped-mm"}
     unknown = plan_model("gpt-oss-120b", "sm90", registry=no_4bit)  # a generic target: no memory figure
     assert unknown.memory.fits is None and unknown.memory.budget_bytes is None
     assert_selected(unknown.groups()[0].selection, "torch-grouped-mm")
@@ -182,11 +185,11 @@ def test_modes_and_unknown_memory():
 
 
 def test_a_forced_backend_is_kept_in_prefer_and_refused_in_strict():
-    plan = plan_model("gpt-oss-120b", "h100", force="reference")
-    assert_selected(plan.groups()[0].selection, "reference")
+    plan = plan_model("gpt-oss-120b", "h100", force="torch-grouped-mm")  # 229 GB of bf16
+    assert_selected(plan.groups()[0].selection, "torch-grouped-mm")
     assert plan.memory.fits is False
     with pytest.raises(BackendNotEligible) as err:
-        plan_model("gpt-oss-120b", "h100", force="reference", memory="strict")
+        plan_model("gpt-oss-120b", "h100", force="torch-grouped-mm", memory="strict")
     assert ReasonCode.MEMORY_EXCEEDED in {r.code for r in err.value.reasons}
 
 
@@ -208,7 +211,7 @@ def test_cli_exit_codes(capsys):
     # fit is not, with the EP that would fit; strict refuses (exit 3).
     assert main(["explain", "deepseek-v3", "--device", "b200"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the line wraps at the terminal's width
-    assert "DOES NOT FIT" in out and "EP4 would hold 163.5 GB per GPU" in out
+    assert "DOES NOT FIT" in out and "EP4 over 4 GPUs would hold 163.5 GB per GPU" in out
     assert main(["explain", "deepseek-v3", "--device", "b200", "--memory", "strict"]) == 3
     capsys.readouterr()
     assert main(["explain", "gpt-oss-120b", "--device", "h100", "--memory", "bogus"]) == 2

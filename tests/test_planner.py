@@ -248,7 +248,9 @@ def test_selection_runs_once_per_distinct_layer(counted_selection):
     hf = {"quantization": {"quant_algo": "NVFP4", "exclude_modules": ["model.language_model.layers.29.experts"]}}
     plan = plan_config(preset_config("gemma-4-26b-a4b"), device="b200", hf_quant_config=hf, prefer=())
     assert len(counted_selection) == 2  # 29 identical NVFP4 layers, one bf16 layer
-    assert all(layer.name is None and device == PRESETS["b200"] and kw == {"prefer": ()}
+    # The one extra reason: the fp32 reference is no deployment plan for a GPU (issue 20).
+    assert all(layer.name is None and device == PRESETS["b200"] and set(kw) == {"prefer", "extra_reasons"}
+               and kw["prefer"] == () and [b for b, _ in kw["extra_reasons"]] == ["reference"]
                for layer, device, kw in counted_selection)
     assert all(isinstance(p.selection, Selection) and p.error is None for p in plan.layers)
     assert plan.layers[3].layer.name == "model.language_model.layers.3.experts"

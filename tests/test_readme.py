@@ -49,3 +49,16 @@ def test_python_snippets_run_on_the_cpu():
 def test_toml_snippet_parses():
     (toml,) = [body for lang, body in BLOCKS if lang == "toml"]
     assert tomllib.loads(toml)["project"]["entry-points"]["moe_registry"]["acme"] == "acme_moe.registry_plugin"
+
+
+def test_the_cpu_test_run_asks_for_the_cpu_build_of_torch():
+    """issue 20 item 8: a stock pip must not pull PyPI's CUDA torch (and its nvidia-* wheels) for the
+    CPU test run: the install pins the +cpu local version, which only PyTorch's CPU index (or a
+    find-links directory holding that wheel) has, so a pip that finds neither fails at once."""
+    (first,) = [body for lang, body in BLOCKS if lang == "bash"][:1]
+    second = [line for line in first.splitlines() if line.strip()][1]
+    torch_install = second.split(" && ")[0].split()
+    assert torch_install[:4] == ["python3", "-m", "pip", "install"]
+    (pin,) = [w for w in torch_install if w.startswith("torch")]
+    assert re.fullmatch(r"torch==\d+\.\d+\.\d+\+cpu", pin)
+    assert torch_install[torch_install.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"

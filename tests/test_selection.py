@@ -98,20 +98,21 @@ def test_tp_shard_that_splits_scale_groups_is_padded_to_whole_groups_and_keeps_t
     assert (pad.dimension, pad.original, pad.padded, pad.multiple_of) == ("intermediate", 88, 128, 64)
     assert pad.extra_weight_memory_pct == pytest.approx(100 * (128 / 88 - 1), abs=0.01)  # 45.45 %
     assert any(n.kind == "padding" and "96 per rank" in n.message for n in s.notes)
-    assert any(n.kind == "hint" and "(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in n.message for n in s.notes)
+    ep8 = "(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704"
+    assert any(n.kind == "hint" and ep8 in n.message for n in s.notes)
     # A backend that pads the intermediate to 8 holds whole groups too: 88 -> 96 (torch grouped GEMM).
     grouped = next(c for c in s.eligible if c.backend == "torch-grouped-mm")
     assert [(p.original, p.padded, p.multiple_of) for p in grouped.padding] == [(88, 96, 16)]
     # The reference declares no padding: it cannot hold whole groups, and says so with the hint.
     ref = s.rejection("reference").reasons
     assert [(r.code, r.actual) for r in ref] == [(ReasonCode.SHAPE_UNALIGNED, "88")]
-    assert "(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in ref[0].hint
+    assert "(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704" in ref[0].hint
     # Without padding no backend can: exit 3 territory, every reason with the EP hint.
     with pytest.raises(NoEligibleBackend) as err:
         select_backend(GEMMA4.replace(parallel=ParallelConfig(tp=8)), "b200", policy=DeclaredPriority(allow_padding=False))
     reasons = [r for rej in err.value.rejections for r in rej.reasons if r.field == "intermediate"]
     assert reasons and all(r.actual == "88" for r in reasons)
-    assert any("(EP8, vLLM --enable-expert-parallel) keeps intermediate 704" in r.hint for r in reasons)
+    assert any("(EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps intermediate 704" in r.hint for r in reasons)
     s_ep8 = select_backend(GEMMA4.replace(parallel=ParallelConfig(ep=8)), "b200")
     assert_selected(s_ep8, "trtllm-fp4")
     assert s_ep8.layer.local_num_experts == 16 and not s_ep8.padding

@@ -134,7 +134,8 @@ def _inter_rule(m):
     return decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=m, source=SRC),))
 
 
-EP_HINT = "expert parallelism over the TP group (EP{n}, vLLM --enable-expert-parallel) keeps intermediate {i}"
+EP_HINT = ("expert parallelism over the TP group (EP{n}: vLLM --enable-expert-parallel, SGLang --ep-size {n}) "
+           "keeps intermediate {i}")
 
 
 @pytest.mark.parametrize("m,full,parallel,experts,hint", [
@@ -569,18 +570,28 @@ def test_judge_tells_the_format_rule_from_a_declaration():
     assert judge(bf16_only, unaligned, cpu, env, declarations, DeclaredPriority()) == verdict
 
 
-def test_judge_reports_the_declared_padding():
+@pytest.mark.parametrize("flashinfer_installed", [True, False])
+def test_judge_reports_the_declared_padding(flashinfer_installed):
+    from moe_registry.environment import Environment, RequirementState
     from moe_registry.registry import Registry
     from moe_registry.schemas.layer import LayerSpec
     from moe_registry.selection import judge
 
     reg = Registry(entry_points=False)
     layer = LayerSpec(num_experts=4, top_k=2, hidden_size=512, intermediate_size=704)
-    verdict = judge(reg.get("trtllm-bf16"), layer, get_device("b200"), reg.environment(), reg.declarations())
+    # A B200 plan is judged for the target (packages assumed installable), never with this machine's
+    # packages: the verdict is the same whether FlashInfer is installed here or not (issue 20).
+    here = Environment(planning=False, requirements=tuple(
+        RequirementState(backend="trtllm-bf16", name=r.name, satisfied=flashinfer_installed, detail="")
+        for r in reg.get("trtllm-bf16").requirements))
+    assert not judge(reg.get("trtllm-bf16"), layer, get_device("b200"), here, reg.declarations()).declared \
+        or flashinfer_installed
+    target = Environment.planning_target()
+    verdict = judge(reg.get("trtllm-bf16"), layer, get_device("b200"), target, reg.declarations())
     # Its declared pad rule: the intermediate to a multiple of 128 (704 -> 768).
     assert [(p.dimension, p.original, p.padded) for p in verdict.paddings] == [("intermediate", 704, 768)]
     assert verdict.declared and verdict.reasons == ()
     # Without padding allowed, the same rule rejects the layer instead.
-    strict = judge(reg.get("trtllm-bf16"), layer, get_device("b200"), reg.environment(), reg.declarations(),
+    strict = judge(reg.get("trtllm-bf16"), layer, get_device("b200"), target, reg.declarations(),
                    DeclaredPriority(allow_padding=False))
     assert not strict.declared and strict.paddings == ()

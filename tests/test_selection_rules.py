@@ -274,7 +274,7 @@ def test_a_tp_shard_that_splits_scale_groups_is_rejected_with_both_parallel_hint
     layer = BASE.replace(quant="int4_w4a16:g128", intermediate_size=768, parallel=ParallelConfig(tp=4))
     r = only(reasons(layer, d), ReasonCode.SHAPE_UNALIGNED)  # 768/4 = 192: 1.5 groups of 128
     assert (r.field, r.required, r.actual) == ("intermediate", "multiple of 128", "192")
-    assert r.hint == ("expert parallelism over the TP group (EP4, vLLM --enable-expert-parallel) keeps "
+    assert r.hint == ("expert parallelism over the TP group (EP4: vLLM --enable-expert-parallel, SGLang --ep-size 4) keeps "
                       "intermediate 768; TP3 gives intermediate 256")
     assert reasons(layer.replace(parallel=ParallelConfig(tp=3)), d).reasons == []
 
@@ -283,7 +283,7 @@ def test_parallel_hint_for_a_shape_rule():
     d = decl(shape_rules=(ShapeRule(dimension="intermediate", multiple_of=256, source=SRC),))
     layer = BASE.replace(intermediate_size=1024, parallel=ParallelConfig(tp=8))  # 128 per rank
     r = only(reasons(layer, d), ReasonCode.SHAPE_UNALIGNED)
-    assert r.hint == ("expert parallelism over the TP group (EP8, vLLM --enable-expert-parallel) keeps "
+    assert r.hint == ("expert parallelism over the TP group (EP8: vLLM --enable-expert-parallel, SGLang --ep-size 8) keeps "
                       "intermediate 1024; TP4 gives intermediate 256")
 
 
@@ -327,7 +327,8 @@ def test_parallel_unsupported_with_the_other_layout_as_hint():
     no_tp = decl(features=FeatureSupport(tensor_parallel=False, source=SRC))
     r = only(reasons(BASE.replace(parallel=ParallelConfig(tp=2)), no_tp), ReasonCode.PARALLEL_UNSUPPORTED)
     assert (r.field, r.required, r.actual, r.hint) == (
-        "parallel.tp", "TP1", "TP2", "expert parallelism over the TP group instead (EP2, vLLM --enable-expert-parallel)")
+        "parallel.tp", "TP1", "TP2",
+        "expert parallelism over the TP group instead (EP2: vLLM --enable-expert-parallel, SGLang --ep-size 2)")
     no_ep = decl(features=FeatureSupport(expert_parallel=False, source=SRC))
     r = only(reasons(BASE.replace(parallel=ParallelConfig(ep=4)), no_ep), ReasonCode.PARALLEL_UNSUPPORTED)
     assert (r.field, r.required, r.actual, r.hint) == ("parallel.ep", "EP1", "EP4", "TP4 without expert parallelism instead")

@@ -127,7 +127,8 @@ def test_routing_and_activation_ids_match_flashinfer(flashinfer):
     declared = {a.value: impl.kernel_value for a, impl in DECLARATION.activations.items()}
     assert declared == {"silu": int(ActivationType.Swiglu), "gelu": int(ActivationType.Geglu),
                         "gelu_tanh": int(ActivationType.Geglu), "relu2_no_mul": int(ActivationType.Relu2),
-                        "swigluoai": int(ActivationType.Swiglu)}
+                        "swigluoai": int(ActivationType.Swiglu),
+                        "silu_clamp": int(ActivationType.Swiglu)}  # planning-only: Swiglu with the clamp
     from moe_registry.backends.trtllm_gen import DECLARATIONS
 
     for decl in DECLARATIONS:  # every kernel of the family: the enum value is the named member's

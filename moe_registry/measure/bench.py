@@ -377,6 +377,11 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                     skip(layer, rej.backend, "unavailable", "; ".join(r.render() for r in rej.reasons))
         if not wanted:
             continue
+        if progress:
+            from ..memory import gb
+
+            progress(f"  building random weights ({gb(layer.expert_weight_bytes(held_bits=32))} in fp32 before "
+                     f"quantizing) for {', '.join(c.backend for c in wanted)}")
         try:
             weights = random_weights(layer, device=dev, dtype=torch_dtype(layer), seed=seed)
         except Exception as exc:
@@ -394,6 +399,8 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
             chosen = selection.model_copy(update={"backend": cand.backend, "padding": cand.padding,
                                                   "decided_by": "forced"})
             experts = None
+            if progress:
+                progress(f"  {cand.backend}: preparing its weights, then timing T={','.join(map(str, tokens))}")
             try:
                 t_build = time.perf_counter()
                 experts = build_experts(chosen, weights, registry=registry)
@@ -442,8 +449,9 @@ def run_bench(layers: Sequence[LayerSpec], tokens: Sequence[int] | str = DEFAULT
                                                "tokens": T, "mode": mode, "reps": t.reps})
                         if progress:
                             tag = ("" if pass_name == "main" else " (holdout)") + (" graph" if mode == "graph" else "")
+                            loud = " NOISY" if timing.noisy(t.p10_us, t.p90_us) else ""
                             progress(f"  {cand.backend:<20} T={T:<6} {t.median_us:12.1f} us  "
-                                     f"(p10 {t.p10_us:.1f}, p90 {t.p90_us:.1f}, {t.reps} reps){tag}")
+                                     f"(p10 {t.p10_us:.1f}, p90 {t.p90_us:.1f}, {t.reps} reps){tag}{loud}")
             del experts
             _free(dev)
             if checkpoint:

@@ -59,6 +59,11 @@ def print_report(console: Any, table: CostTable, *, skipped: Sequence[Mapping[st
             console.print("  winner changes: " + "; ".join(f"{a} -> {b} at T={x}" for a, b, x in changes), markup=False)
     console.print("  times: median microseconds per forward; * fastest at that T (eager and graph rows apart)",
                   markup=False)
+    from .timing import noise_warning, noisy
+
+    loud = [e for e in table.entries if e.p10_us is not None and e.p90_us is not None and noisy(e.p10_us, e.p90_us)]
+    if loud:
+        console.print("  " + noise_warning(len(loud), len(table.entries)), markup=False)
     for s in skipped:
         where = f" T={s['tokens']}" if s.get("tokens") else ""
         console.print(f"  not timed: {s['backend']} ({s['stage']}{where}) on {s['layer']}: {s['reason']}",

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MAX_CPU_FLOP", "MAX_REPEATS", "MAX_TOKENS", "Timing", "check_run_size", "percentile", "rep_count", "usable_cpus",
-           "time_calls", "time_graph", "torch_device"]
+__all__ = ["MAX_CPU_FLOP", "MAX_REPEATS", "MAX_TOKENS", "NOISY_SPREAD", "Timing", "check_run_size", "noise_warning", "noisy",
+           "percentile", "rep_count", "time_calls", "time_graph", "torch_device", "usable_cpus"]
 
 # Bounds of `run` / `bench` / the distributed run, checked before anything is built or spawned:
 # far above a real batch (engines cap a forward at max_num_batched_tokens, 8k-64k) and a real
@@ -67,6 +67,21 @@ class Timing:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# p90 / p10 above this: the machine was busy or the clock coarse; the median is not to be trusted
+# (a warning, not a failure: on a quiet GPU the spread is a few percent).
+NOISY_SPREAD = 1.5
+
+
+def noisy(p10_us: float, p90_us: float) -> bool:
+    """Whether a timing's spread (p90 / p10) is too wide to trust its median."""
+    return p10_us > 0 and p90_us / p10_us > NOISY_SPREAD
+
+
+def noise_warning(count: int, of: int) -> str:
+    return (f"warning: {count} of {of} timings are too noisy to trust (p90 / p10 > {NOISY_SPREAD:g}): rerun on an "
+            "idle machine or with more repetitions")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

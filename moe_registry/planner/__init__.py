@@ -60,7 +60,8 @@ file, key or layer at fault.
 
 Bounds (far above any real model; each exceeded bound is a one-line ``MalformedConfig``): a config
 file of at most ``MAX_CONFIG_BYTES`` (8 MiB), JSON nested at most ``MAX_JSON_DEPTH`` (64) levels,
-numbers finite (``NaN``, ``Infinity``, ``1e999`` are refused: the output must stay strict JSON), at
+non-finite numbers (``NaN``, ``Infinity``, ``1e999``, which Python's json module and transformers read) refused
+where the planner uses one (an integer key, ``swiglu_limit``) and never carried into the output, at
 most ``MAX_LAYERS`` (256) hidden layers, and the layer sizes of :class:`LayerSpec`.
 
 Modules, each importing only those before it: ``results`` (the plan and the errors), ``sources``

@@ -153,6 +153,7 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
             cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
             raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
 
+    _check_attention_tp(parallel, attention_heads, kv_heads, where)
     summary = qconf.summary if qconf else unquantized.label()
     if expert_scheme is not None:
         summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"
@@ -165,6 +166,37 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
                      device=device, parallel=parallel, quantization=summary,
                      model_type=model_type or None, quant_method=qconf.method if qconf else None,
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
+
+
+def _not_for_deployment(target: DeviceSpec, kwargs: dict[str, Any]) -> tuple:
+    """For a GPU target, a ``known_limitation`` reason for every declaration that is not a deployment
+    kernel (``BackendCapability.not_for_deployment``: the fp32 reference), so a plan for a GPU never
+    rests on it: its layers have no backend (exit 3) with every real backend's reasons instead."""
+    if target.vendor == "cpu":
+        return ()
+    from ..registry import default_registry
+    from ..schemas.selection import Reason, ReasonCode
+
+    registry = kwargs.get("registry") or default_registry()
+    return tuple((d.id, Reason(code=ReasonCode.KNOWN_LIMITATION, field="backend", required="a deployment kernel",
+                               actual="test oracle", message=f"{d.id}: {d.not_for_deployment}",
+                               hint="plan for a CPU (--device cpu) to run it"))
+                 for d in registry.declarations() if d.not_for_deployment)
+
+
+def _check_attention_tp(parallel: ParallelConfig, heads: int | None, kv_heads: int | None, where: str) -> None:
+    """The engine's attention TP (the GPUs over the DP replicas) must divide the attention heads and
+    divide or be a multiple of the KV heads (vLLM 0.33.0 config/model.py verify_with_parallel_config;
+    QKVParallelLinear replicates KV heads): else the engine refuses the layout before any MoE layer."""
+    from .layouts import attention_tp
+
+    tp = attention_tp(parallel)
+    probe = LayerSpec(num_experts=2, top_k=1, hidden_size=8, intermediate_size=8, attention_heads=heads,
+                      kv_heads=kv_heads)
+    if tp > 1 and not probe.runnable_tp(tp):
+        kv = f" and {kv_heads} KV heads" if kv_heads else ""
+        raise ParallelismError(f"{where}: attention TP{tp} does not suit {heads} attention heads{kv} (the engines "
+                               f"refuse it); TP sizes that do: {', '.join(str(t) for t in range(1, 65) if probe.runnable_tp(t))}")
 
 
 def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) -> QuantScheme:
@@ -192,12 +224,15 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
 
     counts: dict[LayerSpec, int] = {}
-    for spec in specs:  # identical layers are selected once, without name and index
-        counts[spec.shape_key()] = counts.get(spec.shape_key(), 0) + 1
+    keys = [spec.shape_key() for spec in specs]
+    for key in keys:  # identical layers are selected once, without name and index
+        counts[key] = counts.get(key, 0) + 1
 
     results: dict[tuple[LayerSpec, tuple], Selection | NoEligibleBackend] = {}
+    oracles: tuple = ()  # set below once the target is known: test oracles rejected on a GPU
 
     def select_key(key: LayerSpec, extra: tuple = ()) -> Selection | NoEligibleBackend:
+        extra = oracles + tuple(extra)
         if (key, extra) not in results:
             try:
                 more: dict[str, Any] = {"extra_reasons": extra} if extra else {}
@@ -217,6 +252,7 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
     else:
         raise PlanError("a planning environment names no device: pass device=" if isinstance(environment, Environment)
                         else f"environment must be an Environment, got {type(environment).__name__}")
+    oracles = _not_for_deployment(target, kwargs)
     extras, memory = fit(counts, lambda k, e: (r if isinstance(r := select_key(k, e), Selection) else None),
                          target, memory_mode)
     done: dict[LayerSpec, LayerPlan] = {}
@@ -232,4 +268,4 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         else:
             # A NoEligibleBackend: its message starts "no backend can run ...", its rejections are all there.
             done[key] = LayerPlan(layer=key, error=str(result).splitlines()[0], rejections=result.rejections)
-    return tuple(done[spec.shape_key()].model_copy(update={"layer": spec}) for spec in specs), memory
+    return tuple(done[key].model_copy(update={"layer": spec}) for spec, key in zip(specs, keys)), memory

@@ -122,23 +122,34 @@ class ModelPlan(BaseModel):
         return tuple(p.layer for p in self.layers)
 
     def groups(self) -> tuple[LayerGroup, ...]:
-        """Runs of consecutive MoE layers with the same ``shape_key()`` (and so the same backend)."""
+        """Runs of consecutive MoE layers with the same ``shape_key()`` (and so the same backend).
+        Computed once per plan (renderers ask for it many times); the cache is keyed by the layers
+        tuple itself, so a ``model_copy`` with other layers never sees stale groups."""
+        cached = self.__dict__.get("_groups_cache")
+        if cached is not None and cached[0] is self.layers:
+            return cached[1]
+        groups = self._group_layers()
+        self.__dict__["_groups_cache"] = (self.layers, groups)
+        return groups
+
+    def _group_layers(self) -> tuple[LayerGroup, ...]:
         out: list[LayerGroup] = []
-        run: list[LayerPlan] = []
+        run: list[tuple[LayerPlan, LayerSpec]] = []
 
         def close() -> None:
             if run:
-                head = run[0]
+                head, key = run[0]
                 # A planned layer always carries its index and name (the planner sets both).
-                out.append(LayerGroup(indices=tuple(p.layer.index for p in run),  # type: ignore[misc]
-                                      names=tuple(p.layer.name for p in run),  # type: ignore[misc]
-                                      layer=head.layer.shape_key(),
-                                      selection=head.selection, error=head.error, rejections=head.rejections))
+                out.append(LayerGroup(indices=tuple(p.layer.index for p, _ in run),  # type: ignore[misc]
+                                      names=tuple(p.layer.name for p, _ in run),  # type: ignore[misc]
+                                      layer=key, selection=head.selection, error=head.error,
+                                      rejections=head.rejections))
                 run.clear()
 
         for plan in self.layers:
-            if run and plan.layer.shape_key() != run[0].layer.shape_key():
+            key = plan.layer.shape_key()
+            if run and key != run[0][1]:
                 close()
-            run.append(plan)
+            run.append((plan, key))
         close()
         return tuple(out)

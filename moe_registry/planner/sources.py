@@ -1,11 +1,11 @@
 """Loading a model source: a bundled preset (by name or Hugging Face id), a model directory or a
-``config.json`` path -> :class:`_Source` (the config and its quantization companions), with bounded,
-strict JSON reading (``MAX_CONFIG_BYTES``, ``MAX_JSON_DEPTH``, finite numbers only)."""
+``config.json`` path -> :class:`_Source` (the config and its quantization companions), with bounded
+JSON reading (``MAX_CONFIG_BYTES``, ``MAX_JSON_DEPTH``) that accepts what Python's json module and
+transformers accept (``Infinity`` included); non-finite numbers are refused where they are used."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +35,6 @@ MAX_CONFIG_BYTES = 8 * 2**20  # real config.json / quant configs are kilobytes; 
 MAX_JSON_DEPTH = 64  # real configs nest about 6 levels
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range (not a finite double)")
-    return value
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
-
-
 def _depth_exceeds(data: Any, limit: int) -> bool:
     stack = [(data, 1)]
     while stack:  # iterative: a deep document must not exhaust the Python stack here either
@@ -62,12 +51,16 @@ def _parse_json(text: str, where: str) -> Any:
     if len(text) > MAX_CONFIG_BYTES:
         raise MalformedConfig(f"{where} is {len(text)} characters; the limit is {MAX_CONFIG_BYTES}")
     try:
-        data = json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+        # What Python's json module and transformers read: NaN / Infinity / -Infinity and 1e999 too
+        # (Nemotron-3-Super's config.json holds "time_step_limit": [0.0, Infinity]). A non-finite
+        # number is refused where the planner uses one (an integer key, swiglu_limit), never
+        # carried into output, which stays strict JSON.
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedConfig(f"{where} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
-    except ValueError as exc:  # non-finite numbers, integers over Python's digit limit
+    except ValueError as exc:  # integers over Python's digit limit
         raise MalformedConfig(f"{where} is not valid JSON: {one_line(exc, typed=False)}") from None
     if _depth_exceeds(data, MAX_JSON_DEPTH):
         raise MalformedConfig(f"{where} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")

@@ -9,7 +9,6 @@ from ..schemas.selection import Selection
 from .selection import (
     JSON_SCHEMA_VERSION,
     _md,
-    _reasons_table,
     _selection_lines,
     engine_flags,
     padding_text,
@@ -17,17 +16,27 @@ from .selection import (
 )
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ..planner import ModelPlan
 
 # --- Model plans ---------------------------------------------------------------------------------
 
 
+def layout_text(plan: "ModelPlan") -> str:
+    """``1 GPU``, ``8 GPUs (MoE TP8)``, ``16 GPUs (EP16, DP2)``; ``unsharded`` on a CPU."""
+    from ..planner.layouts import gpu_count
+
+    p = plan.parallel
+    if p.tp * p.ep == 1 and plan.device is not None and plan.device.vendor == "cpu":
+        return "unsharded"
+    moe = " x ".join(([f"MoE TP{p.tp}"] if p.tp > 1 else []) + ([f"EP{p.ep}"] if p.ep > 1 else []))
+    parts = ([moe] if moe else []) + ([f"DP{p.dp}"] if p.dp > 1 else [])
+    return gpu_count(p) + (f" ({', '.join(parts)})" if parts else "")
+
+
 def _plan_header(plan: "ModelPlan") -> str:
     device = plan.device.label() if plan.device else "this machine"
     model = plan.model + (f" ({plan.model_id})" if plan.model_id and plan.model_id != plan.model else "")
-    return (f"{model} on {device}, {plan.parallel.label()}: {len(plan.layers)} MoE layers of "
+    return (f"{model} on {device}, {layout_text(plan)}: {len(plan.layers)} MoE layers of "
             f"{plan.num_hidden_layers}; quantization: {plan.quantization}")
 
 
@@ -122,19 +131,6 @@ def compact_range(group) -> str:
     return str(group.first) if group.count == 1 else f"{group.first}-{group.last} ({group.count})"
 
 
-def _engine_cell(selection: Selection, vllm_only: bool) -> str:
-    """The flag that picks this backend: vLLM's when every group has one (the column says so),
-    else the first engine that has it, named."""
-    e = selection.engines
-    for engine, flag in (("vllm", "--moe-backend"), ("sglang", "--moe-runner-backend"), ("trtllm", "backend=")):
-        if engine in e:
-            if vllm_only:  # the column header names the flag; the cell is its value
-                return e[engine]
-            value = f"{flag}{'' if flag.endswith('=') else ' '}{e[engine]}"
-            return f"{ {'vllm': 'vLLM', 'sglang': 'SGLang', 'trtllm': 'TRT-LLM'}[engine]} {value}"
-    return "-"
-
-
 def _padding_cell(selection: Selection) -> str:
     """e.g. ``H2880->2944 I2880->2944 +4.49%``: the percentage is the cost of all padding together
     (every Padding entry carries the same combined figure)."""
@@ -209,88 +205,102 @@ def faster_rejections(selection: Selection) -> list:
 
 _SHOWN_NOTE_KINDS = ("approximation", "assumed", "padding", "hint", "memory")
 
+# The two flag styles: vLLM (-tp/-dp/--enable-expert-parallel) and SGLang (--tp-size/--ep-size).
+ENGINES = ("vllm", "sglang")
 
-def print_plan(console: "Console", plan: "ModelPlan", *, verbose: bool = False) -> None:
-    """Decision first (one table), then why each faster backend lost, then notes; ``verbose`` adds
-    every rejection, per-selection notes and fingerprints."""
-    from rich import box
-    from rich.measure import Measurement
-    from rich.table import Table
 
-    console.print(_plan_header(plan), markup=False, highlight=False)
+def _backend_cell(s: Selection) -> str:
+    return s.backend + (" *" if s.decided_by in ("forced", "env") else "")
+
+
+def _forced_line(chosen: list[Selection]) -> str:
+    forced = sorted({(s.backend, s.decided_by) for s in chosen if s.decided_by in ("forced", "env")})
+    how = {"forced": "--force", "env": "MOE_REGISTRY_BACKEND"}
+    return "; ".join(f"* {b}: forced by {how[d]}, not chosen by selection" for b, d in forced)
+
+
+def plan_lines(plan: "ModelPlan", *, width: int = 80, verbose: bool = False, defaults: dict | None = None,
+               suggestions: tuple = (), replay: list[str] | None = None, style: str = "vllm") -> list[str]:
+    """``explain``'s text: the decision (one table, the memory fit, the layer kinds), the engines'
+    defaults that differ and what to type, within the first screen; then why each higher-priority
+    backend was rejected, then notes. ``verbose`` adds every rejection, per-selection notes and
+    fingerprints. ``defaults``: engine -> :class:`~moe_registry.render.deploy.EngineDefaults`."""
+    from .deploy import advice_lines, verdict
+    from .terminal import table, wrap
+
+    out = wrap(_plan_header(plan), width)
     groups = plan.groups()
     chosen = [g.selection for g in groups if g.selection is not None]
-    vllm_only = bool(chosen) and all("vllm" in s.engines for s in chosen)
-    # Per-GPU memory is one line under the table (the whole model's figure is what must fit), not a
-    # column: a sixth column does not fit 80 columns next to a TP shape and a padded size.
-    columns = ["layers", "backend", "shape", "pad", "on hw", "vLLM --moe-backend" if vllm_only else "engine flag"]
-    flags = [_engine_cell(s, vllm_only) for s in chosen]
-    longest_word = max((len(w) for f in flags for w in f.split()), default=1)
-    # One space between columns, so the table fits 80 columns with the longest backend id and a TP
-    # shape; the flag wraps between words only (its width is at least its longest word).
-    rows = [[compact_range(g), g.selection.backend if g.selection else "NONE", compact_shape(g.layer),
-             _padding_cell(g.selection) if g.selection else "-", verified_cell(g.selection) if g.selection else "-",
-             _engine_cell(g.selection, vllm_only) if g.selection else "-"] for g in groups]
-
-    def build(caps: dict[str, int]) -> "Table":
-        table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, show_edge=False, expand=False)
-        for column in columns:
-            table.add_column(column, no_wrap=column in ("layers", "backend", "on hw"), overflow="fold",
-                             min_width=longest_word if column.endswith(("flag", "--moe-backend")) else None,
-                             max_width=caps.get(column))
-        for row in rows:
-            table.add_row(*row)
-        return table
-
-    table = build({})
-    # Rich shrinks every column alike when a table is too wide, which would cut the flag; when it
-    # does not fit, cap the two columns that wrap well at spaces instead ("E128 k8" / "H2816 I704").
-    if Measurement.get(console, console.options.update_width(10_000), table).maximum > console.width:
-        table = build({"shape": 11, "pad": 12})
-    console.print(table)
+    defaults = defaults or {}
+    vllm = defaults.get("vllm")
+    headers = ["layers", "backend", "shape", "pad", "on hw", "vLLM default"]
+    rows = []
+    for i, g in enumerate(groups):
+        s = g.selection
+        engine_cell = verdict(g, vllm.answers[i]).cell if vllm is not None else "?"
+        rows.append([compact_range(g), _backend_cell(s) if s else "NONE", compact_shape(g.layer),
+                     _padding_cell(s) if s else "-", verified_cell(s) if s else "-", engine_cell])
+    out += table(headers, rows, width, fixed=(0, 1, 4))
+    if any(s.decided_by in ("forced", "env") for s in chosen):
+        out += wrap(_forced_line(chosen), width)
     if plan.memory is not None and all(g.selection is not None for g in groups):
         per_group = [f"{compact_range(g)}: {_memory_cell(g)}" for g in groups] if len(groups) > 1 else []
-        console.print(plan.memory.describe() + (f" ({'; '.join(per_group)})" if per_group else ""),
-                      markup=False, highlight=False)
+        out += wrap(plan.memory.describe() + (f" ({'; '.join(per_group)})" if per_group else ""), width)
+    kinds = {(g.layer.activation.value, g.layer.quant.label(), g.layer.dtype) for g in groups}
+    if len(kinds) == 1:
+        act, quant, dtype = next(iter(kinds))
+        out += wrap(f"all layers: activation {act}, quant {quant}, dtype {dtype}", width)
     if any(verified_cell(s) == "no" for s in chosen):
         family = f"SM{chosen[0].device.family * 10}-family" if chosen[0].device.family else "this device's"
-        console.print(f"on hw: probed on {family} hardware (no: cited from upstream only)",
-                      markup=False, highlight=False)
-    layer_text = {group.first: f"{group.layer.activation.value}, {group.layer.quant.label()}, {group.layer.dtype}"
-                  for group in groups}
-    if len(set(layer_text.values())) == 1:
-        console.print(f"all layers: {next(iter(layer_text.values()))}", markup=False, highlight=False)
+        out += wrap(f"on hw: yes = probed on {family} hardware; no = cited from upstream only", width)
+    out += advice_lines(plan, defaults, tuple(suggestions), replay or ["moe-registry", "explain", plan.model], width,
+                        style=style)
 
     many = len(groups) > 1
     for group in groups:
         where = f" (layers {compact_range(group)})" if many else ""
         s = group.selection
         if s is None:
-            console.print("")
-            _reasons_table(console, f"no backend can run layers {compact_range(group)}:", group.rejections)
+            out.append("")
+            out += _reason_lines(f"no backend can run layers {compact_range(group)}:", group.rejections, width,
+                                 verbose=verbose)
             continue
         shown = list(s.rejections) if verbose else faster_rejections(s)
         if shown:
-            title = "every rejected backend" if verbose else "faster backends rejected"
-            console.print("")
-            _reasons_table(console, f"{title}{where}", shown)
+            title = ("every rejected backend" if verbose
+                     else "higher-priority backends rejected (declared priority, not measured speed)")
+            out.append("")
+            out += _reason_lines(f"{title}{where}:", shown, width, verbose=verbose)
         if s.phases:
-            console.print(f"{phases_text(s)}{where}", markup=False, highlight=False)
+            out += wrap(f"{phases_text(s)}{where}", width)
         others = [c.backend for c in s.eligible[1:]]
         if others:
-            console.print(f"also eligible{where}, in order: {', '.join(others)}", markup=False, highlight=False)
+            out += wrap(f"also eligible{where}, in order: {', '.join(others)}", width)
         if verbose:
-            console.print(f"decided by {s.decided_by}; fingerprint {s.fingerprint}", markup=False, highlight=False)
+            out += wrap(f"decided by {s.decided_by}; fingerprint {s.fingerprint}", width)
             for note in s.notes:
-                console.print(f"  note ({note.kind}): {note.message}", markup=False, highlight=False)
+                out += wrap(f"note ({note.kind}): {note.message}", width, first="  ", indent="  ")
     # What the user must know about the chosen backends even without -v: how they run the layer
     # (approximations, activation formats, padding, hints); not the routine "planning assumes package X".
     chosen_notes = [] if verbose else list(dict.fromkeys(
         n.message for s in chosen for n in s.notes
         if n.kind in _SHOWN_NOTE_KINDS and (" assumes " not in n.message or "first build" in n.message)))
     if plan.notes or chosen_notes:
-        console.print("\nnotes:", markup=False, highlight=False)
+        out += ["", "notes:"]
         for text in (*plan.notes, *chosen_notes):
-            console.print(f"- {text}", markup=False, highlight=False)
+            out += wrap(text, width, first="- ", indent="  ")
     if not verbose:
-        console.print("(-v: every rejection, selection notes and fingerprints)", markup=False, highlight=False)
+        out.append("(-v: every rejection, selection notes and fingerprints)")
+    return out
+
+
+def print_plan(plan: "ModelPlan", **kwargs) -> None:
+    from .terminal import width, write_lines
+
+    write_lines(plan_lines(plan, width=width(), **kwargs))
+
+
+def _reason_lines(title: str, rejections, width: int, *, verbose: bool = False) -> list[str]:
+    from .selection import reason_lines
+
+    return reason_lines(title, rejections, width, verbose=verbose)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from ..schemas.selection import Selection
 from .terminal import escape_control
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-# Every JSON document the CLI writes carries it (docs/cli-json.md); it changes on any break.
-JSON_SCHEMA_VERSION = 1
+from . import JSON_SCHEMA_VERSION
 
 # --- Shared text pieces ------------------------------------------------------------------------
 
@@ -106,47 +102,85 @@ def _md(text: str) -> str:
     return escape_control(text.replace("|", "\\|").replace("\n", " "))
 
 
-def print_selection(console: "Console", selection: Selection) -> None:
-    console.print(f"[bold]{selection.layer.name or 'layer'}[/bold] on {selection.device.label()}"
-                  f"{' (planning)' if selection.planning else ''}: [bold green]{selection.backend}[/bold green]")
-    console.print(f"  {shape_text(selection)}, {selection.layer.activation.value}, {selection.layer.quant.label()}, "
-                  f"{selection.layer.dtype}, {selection.layer.parallel.label()}")
-    for line in _selection_lines(selection):
-        console.print(f"  {line}", highlight=False, markup=False)
+def selection_lines(selection: Selection, *, width: int = 80, verbose: bool = False) -> list[str]:
+    """`select`'s text: the decision and what runs it in each engine first, then the rejections
+    (hints for deployers only, each shared hint once; ``verbose``: every hint as declared)."""
+    from .terminal import wrap
+
+    l = selection.layer
+    forced = {"forced": " (forced by --force)", "env": " (forced by MOE_REGISTRY_BACKEND)"}.get(selection.decided_by, "")
+    out = wrap(f"{l.name or 'layer'} on {selection.device.label()}{' (planning)' if selection.planning else ''}: "
+               f"{selection.backend}{forced}", width)
+    out += wrap(f"{shape_text(selection)}, activation {l.activation.value}, quant {l.quant.label()}, "
+                f"dtype {l.dtype}", width, first="  ", indent="  ")
+    lines = [f"decided by: {selection.decided_by}", f"padding: {padding_text(selection)}",
+             f"expert weights: {weights_text(selection)}", f"engines: {engine_flags(selection)}"]
+    if verbose:
+        lines += [f"fingerprint: {selection.fingerprint}"] + [f"note ({n.kind}): {n.message}" for n in selection.notes]
+    for line in lines:
+        out += wrap(line, width, first="  ", indent="    ")
     if len(selection.eligible) > 1:
-        console.print("  also eligible: " + ", ".join(c.backend for c in selection.eligible[1:]), markup=False)
-    print_rejections(console, selection.rejections)
+        out += wrap("also eligible: " + ", ".join(c.backend for c in selection.eligible[1:]), width,
+                    first="  ", indent="    ")
+    if selection.rejections:
+        out += reason_lines("rejected:", selection.rejections, width, verbose=verbose, first_only=not verbose)
+    if not verbose:
+        out.append("(-v: every reason and hint as declared, notes and the fingerprint)")
+    return out
 
 
-def print_rejections(console: "Console", rejections: Iterable) -> None:
-    rejections = list(rejections)
-    if rejections:
-        _reasons_table(console, "rejected", rejections)
+def print_selection(selection: Selection, *, verbose: bool = False) -> None:
+    from .terminal import width, write_lines
+
+    write_lines(selection_lines(selection, width=width(), verbose=verbose))
 
 
+# Hint parts written for whoever maintains a declaration, not for whoever deploys a model: shown with -v.
+_MAINTAINER_HINTS = ("if this kernel does run it", "that alone is not enough", "that is the only change needed")
 
-def _reason_text(reason, hints: bool = True) -> str:
-    return f"{reason.code.value}: {reason.message}" + (f" (hint: {reason.hint})" if hints and reason.hint else "")
+
+def deployer_hint(hint: str) -> str:
+    """A reason's hint without the parts meant for a declaration's maintainer."""
+    return "; ".join(p for p in hint.split("; ") if not p.startswith(_MAINTAINER_HINTS))
 
 
-def _reasons_table(console: "Console", title: str, rejections: Iterable, *, hints: bool = True) -> None:
+def _reason_text(reason, hint: str) -> str:
+    return f"{reason.code.value}: {reason.message}" + (f" (hint: {hint})" if hint else "")
+
+
+def reason_lines(title: str, rejections: Iterable, width: int, *, verbose: bool = False,
+                 first_only: bool = False) -> list[str]:
     """One row per backend. A reason every listed backend shares (a quantization format's scale
-    groups, say) is printed once above the table instead of in every row."""
-    from rich import box
-    from rich.table import Table
+    groups, say) is printed once above the table, and so is a hint that several rows share
+    ("backends that run nvfp4: ...")."""
+    from .terminal import table, wrap
 
     rejections = list(rejections)
     shared = set.intersection(*({r.message for r in rej.reasons} for rej in rejections)) \
         if len(rejections) > 1 else set()
-    if title:
-        console.print(title, markup=False, highlight=False)
+
+    def hint_of(reason) -> str:
+        return reason.hint if verbose else deployer_hint(reason.hint or "")
+
+    counts: dict[str, int] = {}
+    for rej in rejections:
+        for r in rej.reasons:
+            if r.message not in shared and hint_of(r):
+                counts[hint_of(r)] = counts.get(hint_of(r), 0) + 1
+    repeated = [h for h, n in counts.items() if n > 1]
+    out = wrap(title, width) if title else []
     for reason in rejections[0].reasons if shared else ():
         if reason.message in shared:
-            console.print(f"all of them: {_reason_text(reason, hints)}", markup=False, highlight=False)
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, expand=False, show_edge=False)
-    table.add_column("backend", no_wrap=True)
-    table.add_column("why not", overflow="fold")
+            out += wrap(f"all of them: {_reason_text(reason, hint_of(reason))}", width, indent="  ")
+    rows = []
     for rejection in rejections:
-        lines = [_reason_text(r, hints) for r in rejection.reasons if r.message not in shared]
-        table.add_row(rejection.backend, "\n".join(lines) or "(only the shared reasons above)")
-    console.print(table)
+        lines = [_reason_text(r, "" if hint_of(r) in repeated else hint_of(r))
+                 for r in rejection.reasons if r.message not in shared]
+        if first_only and len(lines) > 1:  # the first reason, and the codes of the others (-v: all)
+            rest = [r.code.value for r in rejection.reasons if r.message not in shared][1:]
+            lines = [lines[0], f"and {', '.join(dict.fromkeys(rest))}"]
+        rows.append([rejection.backend, "\n".join(lines) or "(only the shared reasons above)"])
+    out += table(["backend", "why not"], rows, width, fixed=(0,))
+    for h in repeated:
+        out += wrap(f"hint ({counts[h]} rows): {h}", width, indent="  ")
+    return out

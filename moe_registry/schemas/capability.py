@@ -190,6 +190,9 @@ class ActivationImpl(Sourced):
     fidelity: Fidelity = "exact"
     max_abs_error: float | None = Field(default=None, ge=0, le=MAX_ABS_ERROR)
     note: str = ""
+    # False: the kernel runs this activation in its engine (cited) but moe-registry's adapter does not
+    # pass it yet. Planning for a target reports it (a note); selecting to run here rejects it.
+    adapter_implemented: bool = True
 
     @model_validator(mode="after")
     def _approximation_is_bounded(self) -> "ActivationImpl":
@@ -411,6 +414,9 @@ class BackendCapability(BaseModel):
     priority_overrides: tuple[PriorityOverride, ...] = ()
     engines: EngineNames = EngineNames()
     hardware: tuple[HardwareStatus, ...] = ()
+    # None: a deployment kernel. Otherwise why it is not one (the fp32 reference is the test oracle):
+    # a plan for a GPU target never picks it (the planner rejects it there with this reason).
+    not_for_deployment: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "BackendCapability":
@@ -431,7 +437,10 @@ class BackendCapability(BaseModel):
 
     def priority_for(self, family: QuantFamily, device: DeviceSpec) -> int:
         """The rank of this backend for a quant family on a device (0 when the family has none)."""
-        for rule in self.priority_overrides:
-            if rule.family is family and any(r.matches(device) for r in rule.devices):
-                return rule.priority
-        return self.priority.get(family, 0)
+        rule = self.priority_override_for(family, device)
+        return rule.priority if rule is not None else self.priority.get(family, 0)
+
+    def priority_override_for(self, family: QuantFamily, device: DeviceSpec) -> PriorityOverride | None:
+        """The override that sets this backend's rank on ``device`` (with its source), if any."""
+        return next((rule for rule in self.priority_overrides
+                     if rule.family is family and any(r.matches(device) for r in rule.devices)), None)

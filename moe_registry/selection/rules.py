@@ -70,9 +70,17 @@ def _check_dtype_device(d: BackendCapability, layer: LayerSpec, device: DeviceSp
 
 
 def _check_activation(d: BackendCapability, layer: LayerSpec, policy: Policy,
-                      others: Sequence[BackendCapability], v: _Verdict) -> None:
+                      others: Sequence[BackendCapability], v: _Verdict, planning: bool = True) -> None:
     act = layer.activation
     impl = d.activations.get(act)
+    if impl is not None and not impl.adapter_implemented:
+        if not planning:
+            v.reject(ReasonCode.ADAPTER_MISSING, "activation", f"{act.value} in the adapter", "not implemented",
+                     f"{d.name} runs {act.value}, but moe-registry's adapter does not pass it yet",
+                     "plan with a named --device to see what an engine would run", impl.source)
+            return
+        v.notes.append(Note(kind="assumed", message=(
+            f"{d.id} runs {act.value} in its engine; moe-registry's adapter cannot run it yet")))
     if impl is None:
         runs_it = [o.id for o in others if act in o.activations and o.id != d.id]
         hint = f"backends that run {act.value}: {', '.join(runs_it)}" if runs_it else ""
@@ -177,7 +185,8 @@ def _parallel_hint(layer: LayerSpec, dimension: str, ok) -> str:
     full = layer.intermediate_size
     hints = []
     if ok(full) and layer.num_experts % (tp * ep) == 0:
-        hints.append(f"expert parallelism over the TP group (EP{tp * ep}, vLLM --enable-expert-parallel) keeps "
+        hints.append(f"expert parallelism over the TP group (EP{tp * ep}: vLLM --enable-expert-parallel, SGLang "
+                     f"--ep-size {tp * ep}) keeps "
                      f"intermediate {full}")
     if ep == 1:
         smaller = [t for t in range(tp - 1, 0, -1) if full % t == 0 and ok(full // t) and layer.runnable_tp(t)]
@@ -342,7 +351,8 @@ def _check_routing_features(d: BackendCapability, layer: LayerSpec, v: _Verdict)
     # Hints only name layouts the layer can take (EP must divide the experts, TP the width and heads).
     if p.tp > 1 and not f.tensor_parallel:
         ranks = p.tp * p.ep
-        hint = (f"expert parallelism over the TP group instead (EP{ranks}, vLLM --enable-expert-parallel)"
+        hint = (f"expert parallelism over the TP group instead (EP{ranks}: vLLM --enable-expert-parallel, SGLang "
+                f"--ep-size {ranks})"
                 if f.expert_parallel and layer.num_experts % ranks == 0 else "")
         v.reject(ReasonCode.PARALLEL_UNSUPPORTED, "parallel.tp", "TP1", f"TP{p.tp}",
                  f"{d.name} does not support tensor-parallel experts", hint, f.source)
@@ -385,7 +395,7 @@ def evaluate(d: BackendCapability, layer: LayerSpec, device: DeviceSpec, env: En
         v.reject(ReasonCode.DTYPE_UNSUPPORTED, "dtype", " or ".join(d.dtypes), layer.dtype,
                  f"{d.name} takes {' or '.join(d.dtypes)} hidden states, not {layer.dtype}")
     _check_dtype_device(d, layer, device, v)
-    _check_activation(d, layer, policy, declarations, v)
+    _check_activation(d, layer, policy, declarations, v, env.planning)
     v.support = _check_quant(d, layer, device, env.planning, declarations, v)
     multiples = _pad_multiples(d, layer, policy)
     sizes = _padded_sizes(layer, multiples)

@@ -45,15 +45,15 @@ def print_record(console: "Console", record: ProbeRecord, *, out: str | None = N
         if b.status == "skipped" or b.reason:
             console.print(f"{b.backend}: {b.status}: {b.reason}", markup=False, highlight=False)
 
-    table = Table(title=f"probe on {record.card} ({record.device_tag}), {record.date}"
-                        f"{' (quick)' if record.quick else ''}", title_justify="left")
-    for column in ("backend", "declared ok", "declared failing", "undeclared ok", "undeclared failing",
-                   "skipped", "drift", "time"):
-        table.add_column(column, no_wrap=True, justify="left" if column == "backend" else "right")
+    # The summary: plain text wrapped to the terminal (headers wrap, backend ids never do).
+    from ..render.terminal import table as text_table
+    from ..render.terminal import width
+
+    rows = []
     totals = [0] * 6
     for b in record.backends:
         if b.status == "skipped" and not b.combinations:
-            table.add_row(b.backend, "-", "-", "-", "-", "-", "-", "skipped")
+            rows.append([b.backend, "-", "-", "-", "-", "-", "-", "skipped"])
             continue
         s = record.summary.get(b.backend, {})
         row = [s.get("declared_passed", 0), s.get("declared_wrong", 0) + s.get("declared_raised", 0),
@@ -62,9 +62,14 @@ def print_record(console: "Console", record: ProbeRecord, *, out: str | None = N
                sum(1 for d in record.drift if d.backend == b.backend)]
         totals = [t + v for t, v in zip(totals, row)]
         restarts = f", {b.worker_restarts} restarts" if b.worker_restarts else ""
-        table.add_row(b.backend, *map(str, row), f"{b.seconds:.0f} s{restarts}")
-    table.add_row("total", *map(str, totals), "", end_section=False)
-    console.print(table)
+        rows.append([b.backend, *map(str, row), f"{b.seconds:.0f} s{restarts}"])
+    rows.append(["total", *map(str, totals), ""])
+    console.print(f"probe on {record.card} ({record.device_tag}), {record.date}{' (quick)' if record.quick else ''}",
+                  markup=False, highlight=False)
+    headers = ["backend", "declared ok", "declared failing", "undeclared ok", "undeclared failing", "skipped",
+               "drift", "time"]
+    for line in text_table(headers, rows, width(), fixed=(0,)):
+        console.print(line, markup=False, highlight=False)
     failing = len(record.declared_but_failing())
     working = len(record.undeclared_but_working())
     line = (f"drift: {failing} declared-but-failing, {working} undeclared-but-working"

@@ -39,8 +39,8 @@ _FUSED = (f"fused into Humming's process_input kernel that quantizes/prepares GE
           f"({_EXPERTS} HummingExpertsBase.process_input -> humming.forward.may_process_input with "
           f"{_V} quantization/utils/humming/activation.py get_humming_activation); the expression is compiled "
           f"in fp32 by NVRTC (humming/kernel/process_input.py ProcessInputActivation)")
-_A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path builds a 16-bit input schema, and "
-        "on SM90 no e2m1/fp8/int8 activation schema is compatible with group-16 NvFP4 weights")
+_A16 = ("activations run as 16-bit (W4A16), as vLLM 0.33 does: its Humming path builds a 16-bit input schema on "
+        "every GPU (e2m1 activations would need SM100+, 8-bit ones weight groups >= 32)")
 
 _RECORD = "docs/verification/h200-humming.txt"
 _GRAPH_RECORD = "docs/verification/h100-decode.txt"
@@ -95,9 +95,18 @@ DECLARATION = BackendCapability(
     dtypes=("bf16", "fp16"),
     # Each one ran on the H200 in the probe record (docs/verification/h200-humming-probe.json) and the
     # model-shape tests (silu, gelu_tanh, swigluoai).
-    activations={act: ActivationImpl(kernel_name="humming process_input (fused expression)", source=_FUSED,
-                                     verified_on=("sm90",))
-                 for act in _FUSED_ACTIVATIONS},
+    activations={**{act: ActivationImpl(kernel_name="humming process_input (fused expression)", source=_FUSED,
+                                        verified_on=("sm90",))
+                    for act in _FUSED_ACTIVATIONS},
+                 # DeepSeek-V4's swiglu_limit: what vLLM 0.34.0 runs on Hopper (fused_moe/oracle/mxfp4.py
+                 # select_deepseek_v4_mxfp4_moe_backend: prioritize_humming puts HUMMING first on SM90; the clamp
+                 # comes through the activation config). Planning-only until the adapter has the expression.
+                 Activation.SILU_CLAMP: ActivationImpl(
+                     kernel_name="humming process_input (clamped SiLU)", adapter_implemented=False,
+                     source=(f"vLLM 0.34.0 model_executor/layers/fused_moe/oracle/mxfp4.py L461-485, L756-819; "
+                             f"fused_moe/experts/fused_humming_moe.py L205-216 get_humming_activation(activation, "
+                             f"activation_config); fused_moe/activation.py L165-197 ApplyMoEActivationConfig "
+                             f"(clamp_limit = swiglu_limit); {_V} utils/humming/activation.py clamped-SiLU template"))},
     quant=(
         QuantSupport(kind=QuantKind.INT4_W4A16, group_sizes=(-1, 16, 32, 64, 128, 256), zero_point=True,
                      verified_on=("sm90",),
@@ -115,6 +124,13 @@ DECLARATION = BackendCapability(
         QuantSupport(kind=QuantKind.MXFP4, verified_on=("sm90",), source=(
             f"{_EXPERTS} _supports_quant_scheme (kMxfp4Static, None); {_HM} schema/mxfp4.py Mxfp4WeightSchema "
             f"(e2m1, e8m0 scale per 32)")),
+        # A DeepSeek-V4 checkpoint asks for MXFP8 activations; vLLM's DeepSeek-V4 oracle gives HUMMING 16-bit
+        # ones (_backend_activation_key -> None). Planning-only: the adapter has not run this kind.
+        QuantSupport(kind=QuantKind.MXFP4_MXFP8, adapter_implemented=False, note=(
+            "runs MXFP4 x MXFP8 checkpoints with 16-bit activations, as vLLM 0.34's DeepSeek-V4 oracle gives "
+            "HUMMING (W4A16)"), source=(
+            "vLLM 0.34.0 model_executor/layers/fused_moe/oracle/mxfp4.py L488-507 _backend_activation_key (HUMMING "
+            "-> None: BF16 activations), L756-819 select_deepseek_v4_mxfp4_moe_backend")),
         QuantSupport(kind=QuantKind.FP8, adapter_implemented=False, source=(
             f"{_EXPERTS} _supports_quant_scheme (kFp8StaticTensorSym, kFp8StaticTensorSym); {_HM} schema/fp8.py; "
             f"moe-registry's adapter does not convert Fp8Tensor weights yet")),

@@ -48,7 +48,7 @@ DECLARATION = BackendCapability(
     dtype_devices=(DTypeRule(dtype="bf16", devices=(DeviceRule(min_sm=80, source="bf16 kernels from SM80"),), source=(
         "vLLM 0.33.0 _moe_C_stable_libtorch.abi3.so: 'Turing only support FP16 or INT8 activation.' (csrc "
         "marlin_mm: on SM 7.5 a_type must be float16 or int8); its fatbin has sm_75-only TUs for the Turing "
-        "fp16 variants next to sm_80 SASS + compute_80 PTX (../shared/reference/declaration-audit.md M2)")),),
+        "fp16 variants next to sm_80 SASS + compute_80 PTX (cuobjdump --list-elf of that library)")),),
     # The kernel never sees the activation; execution.activations runs every member (a new one must be
     # implemented there first). Verified only where a record shows it.
     activations={act: ActivationImpl(kernel_name="torch (between GEMMs)", source=_BETWEEN,
@@ -122,7 +122,8 @@ DECLARATION = BackendCapability(
         library_env="MOE_REGISTRY_VLLM_MOE_C",
         hint="pip install vllm (importing it registers torch.ops._moe_C), or point MOE_REGISTRY_VLLM_MOE_C at "
              "vLLM's _moe_C library",
-        source="../shared/reference/gpu-machine-notes.md (vLLM 0.33.0 _moe_C_stable_libtorch.abi3.so)"),),
+        source="vLLM 0.33.0 _moe_C_stable_libtorch.abi3.so registers torch.ops._moe_C.moe_wna16_marlin_gemm "
+               "when vllm._custom_ops is imported"),),
     priority={QuantFamily.INT4: 100, QuantFamily.INT8: 100, QuantFamily.NVFP4: 60, QuantFamily.MXFP4: 60,
               QuantFamily.FP8: 40},
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_MARLIN_MODELS, note=(

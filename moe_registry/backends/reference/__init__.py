@@ -53,6 +53,8 @@ DECLARATION = BackendCapability(
     requirements=(Requirement(kind="package", name="torch", package="torch", import_name="torch",
                               hint="pip install torch", source=_SELF),),
     priority={family: 0 for family in QuantFamily},
+    not_for_deployment=("the fp32 reference is moe-registry's test oracle (every weight held in fp32, a per-expert "
+                        "loop), not a kernel an engine deploys"),
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
         "probe 2026-11-28 on NVIDIA H100 80GB HBM3 against a float64 oracle: 480 declared combinations passed")),),
 )

@@ -66,6 +66,16 @@ def relu2(source: str) -> ActivationImpl:
                                                                       f"{_ENUM}; {source}")
 
 
+def swiglu_clamp(source: str) -> ActivationImpl:
+    """SwiGLU on clamped inputs (silu_clamp) is the Swiglu gate with ``gemm1_alpha = 1``,
+    ``gemm1_beta = 0`` and ``gemm1_clamp_limit = limit``: ``min(gate, L) * sigmoid(min(gate, L)) *
+    clamp(up, -L, L)``. Declared for planning: the adapter does not pass the clamp yet."""
+    return ActivationImpl(
+        kernel_name="Swiglu", kernel_value=3, adapter_implemented=False,
+        source=f"{CORE} gemm1_alpha/gemm1_beta/gemm1_clamp_limit docstrings; {source}",
+        note="Swiglu with gemm1_alpha = 1, gemm1_beta = 0, gemm1_clamp_limit = swiglu_limit")
+
+
 def swigluoai(source: str) -> ActivationImpl:
     """SwiGLU-OAI (gpt-oss) is the Swiglu gate with per-expert ``gemm1_alpha`` / ``gemm1_beta`` /
     ``gemm1_clamp_limit``: ``X2 * sigmoid(alpha * X2) * (X1 + beta)``, X1 clamped to +-limit and X2

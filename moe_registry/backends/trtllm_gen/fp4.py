@@ -44,6 +44,15 @@ DECLARATION = BackendCapability(
         Activation.GELU: f.geglu(f"vLLM PR #41050 (GELU enabled, Gemma 4); {f.VLLM_FI_UTILS} L48 maps GELU to Geglu"),
         Activation.GELU_TANH: f.geglu_for_tanh(f"{f.CORE} trtllm_fp4_block_scale_moe activation_type docstring"),
         Activation.RELU2_NO_MUL: f.relu2(f"{_NVFP4} _supports_activation"),
+        # DeepSeek-V4 (swiglu_limit): vLLM 0.34.0 runs it here on Blackwell (models/deepseek_v4/nvidia/model.py
+        # FusedMoEFactory(swiglu_limit) -> quantization/mxfp4.py get_fused_moe_quant_config(swiglu_limit) ->
+        # gemm1_clamp_limit; fused_moe/oracle/mxfp4.py select_deepseek_v4_mxfp4_moe_backend puts
+        # FLASHINFER_TRTLLM_MXFP4_MXFP8 first, TrtLlmMxfp4Mxfp8ExpertsModular (routing done outside) takes the
+        # DeepseekV4 routing). The adapter does not pass the clamp yet: planning-only, unverified (no SM100).
+        Activation.SILU_CLAMP: f.swiglu_clamp(
+            "vLLM 0.34.0 model_executor/layers/fused_moe/experts/trtllm_mxfp4_moe.py L135-141 _supports_activation "
+            "(SILU), L83-90 gemm1_clamp_limit; model_executor/layers/quantization/mxfp4.py L1054-1100 "
+            "(swiglu_limit -> the quant config's clamp); fused_moe/oracle/mxfp4.py L461-485, L756-819"),
         Activation.SWIGLUOAI: f.swigluoai(
             f"{_MXFP4} _supports_activation (SWIGLUOAI); {_NVFP4} L86-103, L166-195 (SwiGLU-OAI: clamp and beta "
             "divided by output1_scale_gate_scalar, alpha raw)"),

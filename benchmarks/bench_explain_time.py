@@ -1,0 +1,99 @@
+"""Wall time of `moe-registry explain PRESET --device h100` (text output, a fresh process) for every
+bundled preset, measured in the same run as `python -c pass`, rounds interleaved so both see the
+same machine load. Target (issue 20): median under 0.25 s for every preset.
+
+Bytecode is written once before timing (a pip install compiles it), so no run pays for compiling.
+``--compare DIR`` times a second source tree (another checkout's root) in the same rounds, so a
+before / after comparison shares the machine state too.
+
+Run: `python benchmarks/bench_explain_time.py --out benchmarks/results/explain-time-cpu.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _host import cpu_name  # benchmarks/ is sys.path[0] when run as a script
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 0.25
+
+
+def _presets(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "moe_registry" / "models").glob("*.json"))
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "COLUMNS")}
+    env["PYTHONPATH"] = str(root)
+    env["COLUMNS"] = "80"
+    return env
+
+
+def _time(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + system) of one fresh process: on a shared machine the CPU
+    time is the steadier of the two (it does not count the time the process waited for a core)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--compare", help="a second source tree to time in the same rounds (e.g. the base commit)")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    trees = {"this": ROOT} | ({"compare": Path(args.compare).resolve()} if args.compare else {})
+    for root in trees.values():
+        compileall.compile_dir(str(root / "moe_registry"), quiet=1)
+    presets = _presets(ROOT)
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {name: {p: [] for p in presets} for name in trees}
+    bare: list[tuple[float, float]] = []
+    for _ in range(args.rounds):
+        bare.append(_time([sys.executable, "-c", "pass"], _env(ROOT)))
+        for preset in presets:
+            for name, root in trees.items():
+                cmd = [sys.executable, "-m", "moe_registry.cli", "explain", preset, "--device", "h100"]
+                times[name][preset].append(_time(cmd, _env(root)))
+        bare.append(_time([sys.executable, "-c", "pass"], _env(ROOT)))
+
+    base_wall = statistics.median(w for w, _ in bare)
+    base_cpu = statistics.median(c for _, c in bare)
+    results = {
+        "date": datetime.date.today().isoformat(), "machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
+        "load_average": os.getloadavg(), "command": "moe-registry explain PRESET --device h100 (text, COLUMNS=80)",
+        "rounds": args.rounds, "target_s": TARGET_S, "python_c_pass_median_s": round(base_wall, 4),
+        "python_c_pass_median_cpu_s": round(base_cpu, 4), "trees": {name: str(root) for name, root in trees.items()},
+    }
+    for name in trees:
+        wall = {p: round(statistics.median(w for w, _ in v), 4) for p, v in times[name].items()}
+        cpu = {p: round(statistics.median(c for _, c in v), 4) for p, v in times[name].items()}
+        results[name] = {"median_s": wall, "median_cpu_s": cpu, "worst_median_s": max(wall.values()),
+                         "worst_median_cpu_s": max(cpu.values()),
+                         "worst_over_python_c_pass": round(max(wall.values()) / base_wall, 2)}
+        print(f"{name}: worst median {max(wall.values()):.3f} s wall, {max(cpu.values()):.3f} s CPU "
+              f"(python -c pass: {base_wall:.3f} s wall, {base_cpu:.3f} s CPU)")
+        for p in presets:
+            print(f"  {p:<28} {wall[p]:.3f} s  cpu {cpu[p]:.3f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -297,7 +297,9 @@ def test_priority_is_named_for_what_it_is_and_layer_kinds_are_labelled(capsys):
 def test_sglang_style_flags_get_sglang_flags(capsys):
     code, lines = run_text(capsys, "explain", "qwen3-30b-a3b", "--device", "h100", "--tp", "8", "--ep", "2")
     text = " ".join(" ".join(lines).split())
-    assert "the layout alone: --tp-size 8 --ep-size 2" in text and "vLLM: - (vLLM cannot run this layout" in text
+    # triton-fused-moe has an SGLang runner name (engines.sglang), so the SGLang line names it with the layout.
+    assert "SGLang: --tp-size 8 --ep-size 2 --moe-runner-backend triton" in text
+    assert "vLLM: - (vLLM cannot run this layout" in text
 
 
 def test_piped_output_has_no_trailing_spaces():
@@ -317,11 +319,16 @@ def test_select_hides_maintainer_hints_and_prints_a_shared_hint_once(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "declare it in its activations" not in out and "moe-registry probe" not in out
-    assert out.count("backends that run nvfp4:") == 1
+    # Backends that do not run the checkpoint's format are listed by name, once (-v: why each).
+    flat = " ".join(out.split())
+    assert "rejected, do not run nvfp4: trtllm-fp8, trtllm-fp8-channel, trtllm-fp8-block, trtllm-bf16," in flat
+    assert "does not run nvfp4" not in out and out.count("trtllm-fp8-channel") == 1
     assert "I 88->128" in " ".join(out.split()) or "intermediate 88->128" in " ".join(out.split())
     assert len(lines) <= 42 and all(len(l) <= 80 and l == l.rstrip() for l in lines)
     assert main([*argv, "-v"]) == 0
-    assert "declare it in its activations" in capsys.readouterr().out
+    verbose = capsys.readouterr().out
+    assert "declare it in its activations" in verbose and "does not run nvfp4" in verbose
+    assert "rejected, do not run" not in verbose
 
 
 def test_explain_and_select_never_import_rich_or_torch():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ..schemas.selection import Selection
+from ..schemas.selection import ReasonCode, Selection
 from .terminal import escape_control
 
 from . import JSON_SCHEMA_VERSION
@@ -122,8 +122,15 @@ def selection_lines(selection: Selection, *, width: int = 80, verbose: bool = Fa
     if len(selection.eligible) > 1:
         out += wrap("also eligible: " + ", ".join(c.backend for c in selection.eligible[1:]), width,
                     first="  ", indent="    ")
-    if selection.rejections:
-        out += reason_lines("rejected:", selection.rejections, width, verbose=verbose, first_only=not verbose)
+    rejections = list(selection.rejections)
+    # A deployer cannot make a backend run another weight format: list those by name only (-v: why).
+    other_format = [] if verbose else [rej.backend for rej in rejections
+                                       if any(r.code is ReasonCode.QUANT_UNSUPPORTED for r in rej.reasons)]
+    rejections = [rej for rej in rejections if rej.backend not in other_format]
+    if rejections:
+        out += reason_lines("rejected:", rejections, width, verbose=verbose, first_only=not verbose)
+    if other_format:
+        out += wrap(f"rejected, do not run {l.quant.kind.value}: {', '.join(other_format)}", width, indent="  ")
     if not verbose:
         out.append("(-v: every reason and hint as declared, notes and the fingerprint)")
     return out

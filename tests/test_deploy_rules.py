@@ -103,8 +103,11 @@ def test_verdicts_name_the_engine_pick_and_why():
                            "priority (70 vs 60), not by a measurement")
     undeclared = verdict(GROUP, answer("triton", "TRITON (TritonExperts)", "triton"))
     assert undeclared.text == "TRITON (TritonExperts), not humming: moe-registry's triton-fused-moe does not declare nvfp4"
-    missing = verdict(GROUP, answer("triton_unfused", "TRITON (OAI)", "oai-triton-kernels"))
-    assert missing.text == "TRITON (OAI), not humming: moe-registry declares no backend of that kernel"
+    # OpenAI's triton_kernels is declared (oai-triton-kernels), for MXFP4 only; DeepGEMM is not declared at all.
+    oai = verdict(GROUP, answer("triton_unfused", "TRITON (OAI)", "oai-triton-kernels"))
+    assert oai.text == "TRITON (OAI), not humming: moe-registry's oai-triton-kernels does not declare nvfp4"
+    missing = verdict(GROUP, answer("deep_gemm", "DEEPGEMM (DeepGemmExperts)", "deep-gemm"))
+    assert missing.text == "DEEPGEMM (DeepGemmExperts), not humming: moe-registry declares no backend of that kernel"
     rejected = verdict(GROUP, answer("flashinfer_trtllm", "X", "flashinfer-trtllm"))
     assert rejected.text == ("X, not humming: moe-registry rejects trtllm-fp4 here (device_unsupported: h100 (SM90), "
                              "needs SM100/SM103/SM107)")
@@ -193,12 +196,12 @@ def test_advice_json_shape():
     (group,) = vllm["groups"]
     assert group["range"] == "layers 0-35 (36)" and group["verdict"] == "differs"
     assert group["answer"]["flag"] == "triton" and group["answer"]["source"] == "model"
-    assert group["why"].startswith("TRITON (OAITritonMxfp4ExpertsMonolithic), not flashinfer-cutlass")
+    assert group["why"].startswith("TRITON (OAITritonMxfp4ExpertsMonolithic), not humming")
     assert sglang["groups"] == [{"range": "layers 0-35 (36)", "answer": None, "verdict": "unknown", "why": None}]
     assert data["what_to_type"] == {"gpus": 1, "engines": [
-        {"engine": "vllm", "flags": "--moe-backend flashinfer_cutlass",
+        {"engine": "vllm", "flags": "--moe-backend humming",
          "why": "runs moe-registry's pick; without it vLLM runs its default, triton"},
-        {"engine": "sglang", "flags": "--moe-runner-backend flashinfer_cutlass", "why": "SGLang's default: not known here"}]}
+        {"engine": "sglang", "flags": None, "why": "no SGLang flag runs humming; the layout alone: no flags"}]}
     assert data["suggestions"] == []
 
 

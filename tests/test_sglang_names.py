@@ -161,7 +161,8 @@ def test_sglang_answers_agree_by_kernel_family():
     ("qwen3-30b-a3b", "b200", "flashinfer_trtllm"),
     ("gemma-4-26b-a4b-nvfp4", "h100", "marlin"),  # humming first, no SGLang name: the next eligible one SGLang runs
     ("gemma-4-26b-a4b-nvfp4", "b200", "flashinfer_trtllm"),
-    ("gpt-oss-120b", "h100", "flashinfer_mxfp4"),
+    # humming first (no SGLang name), then oai-triton-kernels: SGLang's own triton_kernel runner.
+    ("gpt-oss-120b", "h100", "triton_kernel"),
     ("gpt-oss-120b", "b200", "flashinfer_mxfp4"),
     ("deepseek-v3", "b200", "flashinfer_trtllm"),
 ])

@@ -144,9 +144,11 @@ DECLARATION = BackendCapability(
         "built, ran and was captured in CUDA graphs at the gpt-oss-120b layer for T 1..4096 (finite outputs; "
         "benchmarks/results/decode-h100/), but not yet compared with the reference: tests/gpu/test_oai_triton_gpu.py "
         f"and {_GRAPHS} did not reach it within the session's device time")),),
-    engines=EngineNames(vllm="triton", source=(
+    engines=EngineNames(vllm="triton", sglang="triton_kernel", source=(
         f"{_ORACLE} L375 map_mxfp4_backend: 'triton' -> [Mxfp4MoeBackend.TRITON] (the MXFP4 oracle's meaning of "
-        "--moe-backend triton)")),
+        "--moe-backend triton); SGLang 0.5.23 --moe-runner-backend triton_kernel: srt/layers/quantization/mxfp4.py "
+        "L1447-1450 (Mxfp4MoEMethod runs triton_kernels' matmul_ogs), its gpt-oss default on Hopper at EP1 "
+        "(srt/arg_groups/model_overrides/gpt_oss.py L102-120; executed record docs/verification/sglang-0.5.23-executed.json)")),
 )
 
 

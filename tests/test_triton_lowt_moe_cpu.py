@@ -167,7 +167,10 @@ def test_default_configs_and_their_bounds():
     pytest.importorskip("triton")
     from moe_registry.backends.triton_lowt_moe import ops
 
-    assert ops.default_config(1, 8, 128).gemm2 == "token"
+    # T = 1 per expert slot (measured faster on the H100), T = 2 per token.
+    assert ops.default_config(1, 8, 128) == ops.Config(bm=8, gemm2="expert")
+    assert ops.default_config(2, 8, 128).gemm2 == "token"
+    assert ops.default_config(3, 8, 128).gemm2 == "expert"
     assert ops.default_config(16, 8, 128).gemm2 == "expert"
     assert ops.default_config(ops.SORT_ABOVE + 1, 8, 128).gemm2 == "sorted"
     assert ops.default_config(64, 2, 8).bm == 32  # 16 pairs per expert expected: one block holds most

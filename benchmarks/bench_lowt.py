@@ -11,6 +11,9 @@ at T in {1, 2, 4, 8, 16, 32, 64} and eager calls at T = 512 / 4096, for our defa
 variants. Floors: bytes of the distinct experts each input set hits (weights + scales as our kernels
 read them) plus activations, over the copy bandwidth measured in the same run, and over 3.35 TB/s.
 
+``--costs-from RECORD --out costs.json`` (no GPU): the record as a cost table for the measured policy
+(``cost_table``).
+
 ``--warm LAYER``: compile every kernel the timed pass will launch (Triton, Humming's NVRTC, Marlin's
 PTX JIT) without timing; the driver runs one such process per layer in parallel first, so the timed
 pass measures kernels, not compilers. Results are rewritten after every layer.
@@ -263,6 +266,55 @@ class Run:
         self.rec["summary"] = out
 
 
+# Token counts whose default config changed after the run in benchmarks/results/lowt-h100 (2026-12-07): there
+# "ours:default" timed the old one, and the variant named here timed exactly today's ops.default_config.
+CHANGED_SINCE_RUN = {1: "expert-gemm2"}
+PEERS = {"humming": "humming", "marlin": "marlin"}  # bench label -> registry backend ("vllm" is no backend here)
+
+
+def cost_table(rec: dict[str, Any], changed: dict[int, str] = CHANGED_SINCE_RUN) -> Any:
+    """A ``moe_registry.measured.CostTable`` from a ``--out`` record: triton-lowt-moe as the adapter runs it now
+    (its default config per T) and the registry backends timed beside it, each with its mode (graph at T <= 64,
+    eager above), for the layers that have such a peer. A variant row stands for the default only where its
+    config is the default's (checked)."""
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.measured import CostEntry, CostTable
+    from moe_registry.schemas.device import get_device
+    from moe_registry.schemas.layer import LayerSpec
+
+    meta = rec["meta"]
+    if meta.get("compute_capability") != "9.0" or "H100" not in meta.get("card", ""):
+        raise ValueError(f"a cost table of the H100 preset needs an H100 record, got {meta.get('card')}")
+    # Only layers where a registry backend ran beside ours: the measured policy puts a measured backend ahead of
+    # every unmeasured one, so ours alone in a table (the bf16 layers: vLLM's peer is no backend) would win unseen.
+    peered = {r["layer"] for r in rec["results"] if r["backend"] in PEERS}
+    entries = []
+    for row in rec["results"]:
+        name, label, T = row["layer"], row["backend"], row["T"]
+        if name not in peered:
+            continue
+        layer = LayerSpec(**LAYERS[name])
+        if label.startswith("ours:"):
+            variant = label.split(":", 1)[1]
+            if variant != changed.get(T, "default"):
+                continue
+            if variant != "default" and variants(name)[variant](T) != ops.default_config(T, layer.top_k,
+                                                                                        layer.local_num_experts):
+                raise ValueError(f"{name} T={T}: variant {variant} is not today's default config")
+            backend = "triton-lowt-moe"
+        elif label in PEERS:
+            backend = PEERS[label]
+        else:
+            continue
+        entries.append(CostEntry(backend=backend, layer=layer, tokens=T, mode=row["mode"], median_us=row["us"],
+                                 p10_us=row["p10_us"], p90_us=row["p90_us"]))
+    versions = {"python": meta["python"], "torch": meta["torch"].split("+")[0], "cuda": meta["torch_cuda"],
+                "triton": meta["triton"]}
+    device = get_device("h100").model_copy(update={"memory_gb": meta["memory_gib"]})
+    return CostTable(device=device, card=meta["card"], date=meta["date_utc"], versions=versions,
+                     entries=tuple(entries))
+
+
 def _with_config(base: Any, cfg_for: Callable[[int], Any]) -> Any:
     """A shallow copy of our adapter with another config rule (weights shared)."""
     import copy
@@ -286,7 +338,12 @@ def main() -> None:
     p.add_argument("--warm-limit", type=float, default=300.0, help="seconds before the warm-up processes are stopped")
     p.add_argument("--vllm-shim", default=os.path.join(_ROOT, ".gpu", "vllm_shim"))
     p.add_argument("--moe-c", default=os.environ.get("MOE_REGISTRY_VLLM_MOE_C"))
+    p.add_argument("--costs-from", metavar="RECORD", help="no GPU: write --out as the cost table of a recorded run")
     args = p.parse_args()
+    if args.costs_from:
+        with open(args.costs_from) as f:
+            cost_table(json.load(f)).save(args.out)
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_lowt.py needs a CUDA GPU")
     if args.warm:

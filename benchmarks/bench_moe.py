@@ -67,8 +67,12 @@ _C_LIB = None
 
 
 def register_vllm_c_activations() -> None:
-    """``torch.ops._C.{silu,gelu,gelu_tanh}_and_mul(out, input)`` as Triton kernels (vLLM's _C is not carried)."""
+    """``torch.ops._C.{silu,gelu,gelu_tanh}_and_mul(out, input)`` as Triton kernels (vLLM's _C is not carried).
+    Once per process: a second ``Library("_C", "DEF")`` raises ("Only a single TORCH_LIBRARY ..."), which is
+    how bench_lowt.py lost vLLM for its second bf16 layer on the H100 (benchmarks/results/lowt-h100)."""
     global _C_LIB
+    if _C_LIB is not None:
+        return
     import triton
     import triton.language as tl
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Compile the low-T kernels for SM90 on a machine without a GPU and report what the compiler made of
-them: registers, spills, shared memory, and the instruction mix of the SASS (``nvdisasm`` from the
+them: registers and spills (the wheel's ``ptxas -v``), shared memory, and the instruction mix of the SASS (``nvdisasm`` from the
 triton wheel). What costs no device time (benchmarks/lowt-notes.md says what each version showed).
 
     PYTHONPATH=/path/to/triton-3.6 python benchmarks/lowt_sass.py [--fmt nvfp4] [--dump DIR]
@@ -27,6 +27,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from moe_registry.backends.triton_lowt_moe import codes as F  # noqa: E402
 from moe_registry.backends.triton_lowt_moe import kernels as KN  # noqa: E402
+from moe_registry.backends.triton_lowt_moe.kernel import BLOCK_4BIT, BLOCK_16BIT  # noqa: E402
 
 FMTS = {"bf16": F.FMT_16BIT, "int4": F.FMT_INT4, "nvfp4": F.FMT_NVFP4, "mxfp4": F.FMT_MXFP4}
 PTR = {"a": "*bf16", "ids": "*i32", "tw": "*fp32", "bias": "*fp32", "c": "*bf16", "zero": "*fp32", "ok": "*i32",
@@ -78,6 +79,22 @@ def sass_mix(cubin: bytes) -> tuple[collections.Counter, str]:
     return ops, text
 
 
+def ptxas_usage(ptx: str) -> str:
+    """Registers per thread and spill bytes, from the triton wheel's own ``ptxas -v`` on the kernel's PTX (the
+    compile the GPU machine does; Triton's metadata has them only after loading on a device)."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        err = subprocess.run([ptxas, "-v", "-arch=sm_90a", src, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", err)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", err)
+    return (f"{regs.group(1) if regs else '?'} registers, spills {spills.group(1)} / {spills.group(2)} B"
+            if spills else f"{regs.group(1) if regs else '?'} registers")
+
+
 def loops(text: str) -> list[tuple[int, collections.Counter]]:
     """(instructions, op mix) of each loop body (a label up to a backward branch to it), largest first."""
     lines = text.splitlines()
@@ -99,26 +116,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fmt", default="nvfp4,int4,bf16,mxfp4")
     p.add_argument("--bn", type=int, default=32)
-    p.add_argument("--bk", type=int, default=256)
+    p.add_argument("--bk", type=int, help="K step (default: the adapter's, 256 for 4-bit, 128 for 16-bit)")
     p.add_argument("--bm", type=int, default=16)
     p.add_argument("--bm-token", type=int, default=8)
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=3)
-    p.add_argument("--kernel", default="gemm1,token")
+    p.add_argument("--kernel", default="gemm1,gemm2,token", help="gemm1, gemm2 (per expert slot, atomics), token")
     p.add_argument("--dump")
     a = p.parse_args()
     print(f"triton {triton.__version__}")
     for name in a.fmt.split(","):
         fmt = FMTS[name]
         group = 16 if fmt == F.FMT_NVFP4 else 32 if fmt == F.FMT_MXFP4 else 128
-        bk = min(a.bk, 128) if fmt == F.FMT_INT4 else a.bk
+        bk = a.bk or (BLOCK_16BIT if fmt == F.FMT_16BIT else BLOCK_4BIT)
         for kern in a.kernel.split(","):
-            if kern == "gemm1":
+            if kern in ("gemm1", "gemm2"):
                 fn = KN.lowt_moe_kernel
-                consts = dict(STAGE=1, FMT=fmt, GATED=True, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
+                stage = 1 if kern == "gemm1" else 2
+                consts = dict(STAGE=stage, FMT=fmt, GATED=stage == 1, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
-                              DOT_F32=False, ZERO_BLOCK=1024, TAIL=False)
-                stage = 1
+                              DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False)
             else:
                 fn = KN.lowt_token_kernel
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,
@@ -129,7 +146,8 @@ def main() -> None:
             ops, text = sass_mix(k.asm["cubin"])
             total = sum(ops.values())
             top = ", ".join(f"{op} {n}" for op, n in ops.most_common(14))
-            print(f"{name:6} {kern:6} smem {md.shared} instr {total}: {top}")
+            print(f"{name:6} {kern:6} bn {a.bn} bm {a.bm if kern != 'token' else a.bm_token} warps {a.warps} bk {bk}: "
+                  f"{ptxas_usage(k.asm['ptx'])}, smem {md.shared}, instr {total}: {top}")
             rows = a.bn * (2 if kern == "gemm1" else 1)
             per = rows * bk / (32 * a.warps)
             inner = [lp for lp in loops(text) if lp[1]["HMMA"] + lp[1]["HGMMA"] and not lp[1]["MUFU"]]

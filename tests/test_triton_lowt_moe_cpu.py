@@ -167,7 +167,10 @@ def test_default_configs_and_their_bounds():
     pytest.importorskip("triton")
     from moe_registry.backends.triton_lowt_moe import ops
 
-    assert ops.default_config(1, 8, 128).gemm2 == "token"
+    # T = 1 per expert slot (measured faster on the H100), T = 2 per token.
+    assert ops.default_config(1, 8, 128) == ops.Config(bm=8, gemm2="expert")
+    assert ops.default_config(2, 8, 128).gemm2 == "token"
+    assert ops.default_config(3, 8, 128).gemm2 == "expert"
     assert ops.default_config(16, 8, 128).gemm2 == "expert"
     assert ops.default_config(ops.SORT_ABOVE + 1, 8, 128).gemm2 == "sorted"
     assert ops.default_config(64, 2, 8).bm == 32  # 16 pairs per expert expected: one block holds most
@@ -302,3 +305,44 @@ def test_ptx_unpacking_is_exact():
             lo, hi = _pair_values(_emulate(unpack._int4_asm(True, fp16), ins), fp16)
             assert lo == [_half(_bits((n[0] - zz) * ss, fp16), fp16) for n, zz, ss in zip(nibbles, z, s)]
             assert hi == [_half(_bits((n[1] - zz) * ss, fp16), fp16) for n, zz, ss in zip(nibbles, z, s)]
+
+
+def test_the_committed_h100_cost_table_is_the_benchmark_record():
+    # benchmarks/results/lowt-h100/costs.json is bench_lowt.py's conversion of the run's record (ours at today's
+    # default config per T, the registry peers, each with its mode), and the measured policy picks
+    # triton-lowt-moe only where that run timed it fastest: Qwen3-30B int4 at T = 1, 2 (graphed) and 512 (eager).
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from moe_registry.measured import CostTable, MeasuredPolicy
+    from moe_registry.selection import select_backend
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks" / "results" / "lowt-h100"
+    if not results.is_dir():
+        pytest.skip("benchmarks/results is not beside the tests")
+    saved = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location("bench_lowt_under_test", root / "benchmarks" / "bench_lowt.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path[:] = saved
+    record = json.loads((results / "lowt-bench.json").read_text(encoding="utf-8"))
+    costs = CostTable.load(results / "costs.json")
+    assert bench.cost_table(record) == costs
+    assert {e.layer.quant.kind.value for e in costs.entries} == {"nvfp4", "int4_w4a16"}  # bf16: no registry peer ran
+    # T = 1 is the expert-gemm2 variant's row (today's default), not the run's "ours:default" (then per token)
+    qwen = LayerSpec(**bench.LAYERS["qwen3-int4"])
+    assert dict(costs.points("triton-lowt-moe", qwen, "graph"))[1] == next(
+        r["us"] for r in record["results"] if (r["layer"], r["backend"], r["T"]) == ("qwen3-int4", "ours:expert-gemm2", 1))
+    with pytest.raises(ValueError, match="not today's default"):
+        bench.cost_table(record, changed={4: "wide"})
+    picks = {(name, T): select_backend(LayerSpec(**bench.LAYERS[name]), "h100",
+                                       policy=MeasuredPolicy(costs, num_tokens=T)).backend
+             for name in ("gemma4-nvfp4", "qwen3-int4", "mixtral-awq") for T in (1, 2, 4, 64, 512, 4096)}
+    assert {k for k, b in picks.items() if b == "triton-lowt-moe"} == {("qwen3-int4", 1), ("qwen3-int4", 2),
+                                                                       ("qwen3-int4", 512)}
+    assert set(picks.values()) == {"triton-lowt-moe", "humming"}

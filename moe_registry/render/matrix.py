@@ -111,6 +111,8 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
     out.append(f"- features: expert biases {'yes' if f.bias else 'no'}, router weight on input "
                f"{'yes' if f.apply_router_weight_on_input else 'no'}, custom swigluoai constants "
                f"{'yes' if f.swigluoai_params else 'no'} (source: {f.source})")
+    if f.nondeterministic:
+        out.append(f"- not bit-for-bit reproducible: {f.nondeterministic}")
     for act, impl in d.activations.items():
         if impl.fidelity == "approximate":
             out.append(f"- {act.value} is approximate: {impl.note} (source: {impl.source})")

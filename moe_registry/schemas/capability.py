@@ -318,6 +318,9 @@ class FeatureSupport(Sourced):
     apply_router_weight_on_input: bool = False
     swigluoai_params: bool = False  # custom alpha / limit / up_offset / interleave
     cuda_graphs: bool = False  # a forward has no host sync and can be captured (moe_registry.execution.graphs)
+    # Why two forwards on the same inputs may differ in the last bits (e.g. float32 atomics summing in no fixed
+    # order); None: bit-for-bit reproducible. tests/gpu/test_graph_capture_gpu.py holds a backend to it.
+    nondeterministic: str | None = Field(default=None, min_length=1)
     tensor_parallel: bool = True
     expert_parallel: bool = True
 

@@ -5,6 +5,13 @@ The declaration's ``cuda_graphs`` is the claim "a forward has no host sync and r
 graph"; this is its check: ``GraphedExperts`` (what ``bench`` and an engine's decode run) must give the
 eager forward's output at each bucket T (the same kernels on the same inputs: equal up to 1e-6, 0.0
 measured), and at a T between buckets (padded rows: equal up to the kernel's own rounding, 1e-2).
+Eager is first compared with eager. A backend that declares itself bit-reproducible (no
+``features.nondeterministic``) must repeat itself within 1e-6. One that declares why it is not
+(triton-lowt-moe: float32 atomics) is held to what summation order can do, for eager against eager and
+graph against eager alike: each element within one unit in the last place of the output dtype, plus
+float32 roundings of the largest output for sums that cancel (``_order_only``). A multiple of the
+measured eager spread would not do: that spread is one or two elements rounded the other way (5.4e-6
+and 5.2e-6 on the H100), a count that is 0 in some runs and larger in the next.
 The parametrisation is derived from the registry, so a new backend or scheme that declares graphs is
 checked without editing this file. Layer shapes are the benchmark's models (so Humming's and Triton's
 JIT caches are shared with ``benchmarks/gpu_session.sh decode-bench``): Gemma 4 for NvFP4, Qwen3-30B for
@@ -38,6 +45,8 @@ _MODEL = {  # quant spelling -> (experts, top_k, hidden, intermediate, activatio
 }
 _MEDIUM = (32, 4, 1024, 768)
 ROWS: list[str] = []
+EXACT = 1e-6  # graphed vs eager, and eager vs eager, of a bit-reproducible backend (0.0 measured)
+REPEATS = 3  # eager reruns of a nondeterministic backend
 
 
 def _schemes(decl) -> list[str]:
@@ -77,6 +86,16 @@ def _layer(decl, scheme: str):
     return layer
 
 
+def _order_only(got, want, top_k: int) -> tuple[bool, int]:
+    """Whether ``got`` differs from ``want`` only as the same float32 sums added in another order can make
+    it (each element within one ulp of the output dtype, plus 4 k float32 roundings of the largest output
+    where a sum cancels), and how many elements differ at all."""
+    g, w = got.float(), want.float()
+    allowed = torch.finfo(want.dtype).eps * w.abs() + 4 * top_k * torch.finfo(torch.float32).eps * w.abs().max()
+    diff = (g - w).abs()
+    return bool((diff <= allowed).all()), int((diff > 0).sum())
+
+
 def _row(line: str) -> None:
     """One row per case, written at once (a run stopped by its time limit keeps what it checked)."""
     ROWS.append(line)
@@ -106,7 +125,9 @@ def test_graphed_equals_eager_at_every_bucket(sm90, backend, scheme):
         pytest.skip(f"{backend} runs {scheme} on a path that syncs with the host on this device")
     graphed = GraphedExperts(experts, buckets=DEFAULT_BUCKETS)
     where = f"{torch.cuda.get_device_name()} {backend:<20} {scheme:<20} {layer.describe()}"
+    nondeterministic = decl.features.nondeterministic is not None
     errors: dict[int, float] = {}
+    spread = 0.0  # largest eager-vs-eager relative difference seen
     try:
         for T in (*DEFAULT_BUCKETS, 3, 50):
             gen = torch.Generator(device=sm90).manual_seed(T)
@@ -114,14 +135,30 @@ def test_graphed_equals_eager_at_every_bucket(sm90, backend, scheme):
                                      generator=gen)
             x = torch.randn(T, layer.hidden_size, device=sm90, generator=gen).to(torch_dtype(layer))
             want = experts(x, w, ids).clone()
-            again = experts(x, w, ids).clone()  # eager against itself: a nondeterministic kernel shows here
+            # eager against itself: a nondeterministic kernel shows here
+            for _ in range(REPEATS if nondeterministic else 1):
+                again = experts(x, w, ids).clone()
+                spread = max(spread, relative_error(again, want))
+                if nondeterministic:
+                    ok, n = _order_only(again, want, layer.top_k)
+                    assert ok, (T, "eager differs from eager beyond summation order", relative_error(again, want), n)
+                else:
+                    assert relative_error(again, want) <= EXACT, (
+                        T, "eager differs from eager (declared bit-reproducible)", relative_error(again, want))
             got = graphed(x, w, ids).clone()
             errors[T] = relative_error(got, want)
-            assert relative_error(again, want) <= 1e-6, (T, "eager differs from eager", relative_error(again, want))
-            assert errors[T] <= (1e-6 if T in DEFAULT_BUCKETS else 1e-2), (T, errors[T])
+            if T not in DEFAULT_BUCKETS:  # padded rows: another bucket's config may round differently
+                assert errors[T] <= 1e-2, (T, errors[T])
+            elif nondeterministic:
+                ok, n = _order_only(got, want, layer.top_k)
+                assert ok, (T, "graphed differs from eager beyond summation order", errors[T], n)
+            else:
+                assert errors[T] <= EXACT, (T, errors[T])
     except BaseException as exc:
         _row(f"{where}: FAILED after T={','.join(map(str, errors))}: {type(exc).__name__}: {str(exc)[:300]}")
         raise
     worst = max(errors[T] for T in DEFAULT_BUCKETS)
+    order = (f"; declared nondeterministic: eager vs eager up to {spread:.1e}, every element within summation "
+             f"order" if nondeterministic else "")
     _row(f"{where}: graphed vs eager at T={','.join(map(str, DEFAULT_BUCKETS))}: max rel diff {worst:.1e} "
-         f"(padded T=3, 50: {errors[3]:.1e}, {errors[50]:.1e}); {len(graphed._graphs)} graphs")
+         f"(padded T=3, 50: {errors[3]:.1e}, {errors[50]:.1e}){order}; {len(graphed._graphs)} graphs")

@@ -2,8 +2,8 @@
 unpacking path, which the CPU tests (Triton's interpreter) cannot run.
 
 Every declared activation x weight format (bf16, fp16, int4 g128 symmetric, int4 g64 with zero points,
-NvFP4, MXFP4) on a medium shape whose intermediate leaves a partial last K step; T = 1 (GEMM2 per
-token), 5 / 64 (per expert slot, atomics) and 200 (pairs sorted into expert blocks); swigluoai with
+NvFP4, MXFP4) on a medium shape whose intermediate leaves a partial last K step; T = 2 (GEMM2 per
+token), 1 / 5 / 64 (per expert slot, atomics) and 200 (pairs sorted into expert blocks); swigluoai with
 biases; router weight on the input; the benchmark's layer shapes (Gemma 4 NvFP4, Qwen3-30B int4,
 Mixtral AWQ int4); then what decode needs: no host sync, CUDA-graph replay equal to eager, and an
 out-of-range expert id failing the stream (in a subprocess: it ends the CUDA context).
@@ -70,7 +70,7 @@ def _build(layer: LayerSpec, dev, seed: int = 0):
     return TritonLowTExperts(layer, weights), ReferenceExperts(layer, weights)
 
 
-def _check(layer: LayerSpec, dev, tokens=(1, 5, 64, 200), kinds=("imbalanced", "empty")):
+def _check(layer: LayerSpec, dev, tokens=(1, 2, 5, 64, 200), kinds=("imbalanced", "empty")):
     experts, ref = _build(layer, dev)
     errs = {}
     for T in tokens:
@@ -86,13 +86,13 @@ def _check(layer: LayerSpec, dev, tokens=(1, 5, 64, 200), kinds=("imbalanced", "
                                                                                  Activation.SILU_CLAMP)])
 def test_every_activation(sm90, act):
     # The activation is a run-time code: one compiled kernel per format serves them all.
-    _check(LayerSpec(**MEDIUM, **SCHEMES["nvfp4"], activation=act), sm90, tokens=(1, 5, 200), kinds=("imbalanced",))
+    _check(LayerSpec(**MEDIUM, **SCHEMES["nvfp4"], activation=act), sm90, tokens=(1, 2, 5, 200), kinds=("imbalanced",))
 
 
 @pytest.mark.parametrize("act", ["silu", "relu2_no_mul"])
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_every_format(sm90, scheme, act):
-    _check(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}, activation=act), sm90, tokens=(1, 5, 200))
+    _check(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}, activation=act), sm90, tokens=(1, 2, 5, 200))
 
 
 @pytest.mark.parametrize("scheme", ["bf16", "mxfp4", "int4-g64-zp"])
@@ -100,7 +100,7 @@ def test_every_format(sm90, scheme, act):
 def test_swigluoai_with_biases(sm90, interleaved, scheme):
     params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=interleaved)
     _check(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}, activation="swigluoai", activation_params=params, bias=True),
-           sm90, tokens=(1, 64))
+           sm90, tokens=(1, 2, 64))
 
 
 def test_silu_clamp(sm90):
@@ -110,7 +110,7 @@ def test_silu_clamp(sm90):
 
 def test_router_weight_on_input(sm90):
     _check(LayerSpec(**{**MEDIUM, "top_k": 1, **SCHEMES["int4-g128-aligned"]}, apply_router_weight_on_input=True),
-           sm90, tokens=(5, 64))
+           sm90, tokens=(2, 5, 64))
 
 
 @pytest.mark.parametrize("name", list(BENCH))
@@ -121,7 +121,7 @@ def test_bench_shapes(sm90, name):
 
 def test_no_host_sync_in_a_forward(sm90):
     experts, _ = _build(LayerSpec(**MEDIUM, **SCHEMES["nvfp4"]), sm90)
-    for T in (1, 8, 600):  # per-token GEMM2, per-expert atomics, sorted blocks
+    for T in (1, 2, 600):  # per-expert atomics, per-token GEMM2, sorted blocks (ops.default_config)
         x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
         experts(x, w, ids)
         torch.cuda.synchronize()
@@ -137,12 +137,13 @@ def test_graphed_experts_match_eager(sm90):
 
     experts, _ = _build(LayerSpec(**MEDIUM, **SCHEMES["int4-g128-aligned"]), sm90)
     graphed = GraphedExperts(experts, buckets=(1, 4, 16, 64))
-    for T in (1, 3, 16, 50, 64, 65):
+    for T in (1, 2, 3, 16, 50, 64, 65):
         x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
         want = experts(x, w, ids).clone()
         got = graphed(x, w, ids)
-        # float32 atomics (T > 2) add in any order: equal up to rounding of the float32 sums.
-        assert relative_error(got, want) < 1e-3, T
+        # float32 atomics (T != 2) add in any order: equal up to rounding of the float32 sums.
+        err = relative_error(got, want)
+        assert err < 1e-3, (T, err)
 
 
 _BAD_IDS = r"""

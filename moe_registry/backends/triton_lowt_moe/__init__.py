@@ -22,7 +22,9 @@ from ..triton_fused_moe import codes as C
 _K = "moe_registry/backends/triton_lowt_moe/kernels.py"
 _OPS = "moe_registry/backends/triton_lowt_moe/ops.py"
 _EPI = f"{_K} _activation (run-time code, GEMM1 accumulators in float32; the maths of triton_fused_moe._activate)"
-_VERIFIED: tuple[str, ...] = ()  # set once the probe record exists (docs/verification/)
+_PROBE = "docs/verification/h100-lowt-probe.json"  # moe-registry probe --quick, NVIDIA H100 80GB HBM3, 2026-12-07
+_VERIFIED = ("sm90",)  # every declared activation x scheme (and biases, router weight on input) passed in _PROBE
+_BENCH = "benchmarks/results/lowt-h100/lowt-bench.json"  # benchmarks/bench_lowt.py, same H100 session
 
 # The activation maths and codes are triton-fused-moe's (one _activate); silu_clamp runs as its swigluoai.
 _ACT = {**_FUSED_ACT, Activation.SILU_CLAMP: (C.ACT_SWIGLUOAI, (
@@ -75,22 +77,36 @@ DECLARATION = BackendCapability(
             f"({dim} is a GEMM's K)"))
         for dim in ("hidden", "intermediate")),
     routing=RoutingSupport(precomputed=True, source="the adapter takes topk_ids / topk_weights"),
-    features=FeatureSupport(bias=True, apply_router_weight_on_input=True, swigluoai_params=True, cuda_graphs=True,
-                            source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai "
-                                    f"params; {_OPS} fused_experts: shapes from metadata only, no host sync")),
+    features=FeatureSupport(
+        bias=True, apply_router_weight_on_input=True, swigluoai_params=True, cuda_graphs=True, verified_on=_VERIFIED,
+        nondeterministic=(
+            f"GEMM2 per expert slot ({_OPS} default_config: every T but 2; sorted above 64) adds each token's "
+            f"router-weighted expert outputs into a float32 accumulator with atomics in no fixed order, so repeated "
+            f"forwards differ in the last bits (relative 5.4e-6 / 5.2e-6 measured on the H100 for int4 / NvFP4, "
+            f"docs/verification/h100-graph-capture-e593d2a.txt); T = 2 (per token, register sum) is reproducible"),
+        source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; {_OPS} "
+                f"fused_experts: shapes from metadata only, no host sync; tests/gpu/test_triton_lowt_moe_gpu.py "
+                f"test_no_host_sync_in_a_forward passed on the H100 (docs/verification/h100-lowt-gpu-tests.log); "
+                f"graphed == eager on the H100 for bf16 at every bucket, NvFP4 at T <= 4, int4 at T <= 2 "
+                f"(docs/verification/h100-graph-capture-e593d2a.txt, the other T stopped by the test's old "
+                f"eager-reproducibility precondition); test_graphed_experts_match_eager (int4) failed there, its "
+                f"cause not recorded (docs/verification/README.md)")),
     requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
                               hint="pip install triton (ships with CUDA builds of torch)",
                               source=f"{_K} imports triton"),),
-    # Just above the reference and below every backend measured here (torch-grouped-mm's 30 for 4-bit is the
-    # lowest): not one GPU run of these kernels exists yet (benchmarks/lowt-notes.md), so no default moves to
-    # them. Raise it per family with the benchmark that shows them faster at decode (benchmarks/bench_lowt.py);
-    # per token bucket the measured policy decides.
+    # Just above the reference and below every other backend: measured on the H100 (_BENCH) slower than humming /
+    # marlin (4-bit) and vLLM's fused_experts (bf16) at almost every T (benchmarks/README.md, lowt-notes.md).
+    # Where it was faster (Qwen3-30B int4 g128 at T = 1 and 512) the measured policy picks it from the cost table
+    # benchmarks/results/lowt-h100/costs.json; a declared priority would move every layer of the family.
     priority={QuantFamily.UNQUANTIZED: 5, QuantFamily.INT4: 5, QuantFamily.NVFP4: 5, QuantFamily.MXFP4: 5},
-    hardware=(HardwareStatus(devices="sm90", status="not verified on hardware", note=(
-        "2026-12-07: no GPU machine could be started for this session's remaining device time; the PTX is "
-        "assembled by ptxas (triton 3.6, sm_90) and checked bit for bit by an emulation in "
-        "tests/test_triton_lowt_moe_cpu.py, the kernels' logic runs in Triton's interpreter there; "
-        "tests/gpu/test_triton_lowt_moe_gpu.py and the probe are not yet run")),),
+    hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
+        "2026-12-07, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, main at e593d2a: probe (quick) 180 "
+        "declared combinations passed (9 activations x bf16 / fp16 / int4 g128, g64 / NvFP4 / NvFP4 W4A16 / MXFP4 x "
+        "aligned T=16, T=1, I=704; biases, router weight on input), max rel err 3.8e-3, 150 undeclared refused, 0 "
+        "drift; int4 zero points are not in the probe: bench_lowt.py's check at the Mixtral AWQ shape (T 1 / 16 / 64, "
+        f"rel err <= 2.6e-3, {_BENCH}); tests/gpu/test_triton_lowt_moe_gpu.py stopped by its 140 s limit after 35 of "
+        "37 tests: 34 passed, test_graphed_experts_match_eager failed (no text: "
+        "docs/verification/h100-lowt-gpu-tests.log)")),),
 )
 
 

@@ -138,9 +138,11 @@ def default_config(T: int, top_k: int, num_experts: int) -> Config:
         return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted")
     per_expert = -(-T * top_k // num_experts)
     bm = min(64, max(8, next_pow2(2 * per_expert)))
-    if T == 1:
-        return Config(bn1=32, bn2=16, bm=bm, warps=2, warps2=1, gemm2="token")
-    return Config(bm=bm, gemm2="token" if T <= 2 else "expert")
+    # GEMM2 per expert slot at T = 1 too: on the H100 it beat GEMM2 per token (bn2 16, one warp: 1.3 programs
+    # per SM) on all five layers of benchmarks/results/lowt-h100 (Qwen3 int4 52.2 -> 30.1 us, Gemma 4 NvFP4
+    # 74.3 -> 65.0), this very config being the "expert-gemm2" variant there. T = 2 keeps GEMM2 per token, the
+    # only mode measured at T = 2.
+    return Config(bm=bm, gemm2="token" if T == 2 else "expert")
 
 
 # --- Launches ------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ TESTS="${MUTATION_TESTS:-${MUTATE_TESTS:-tests/test_selection_rules.py tests/tes
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
 tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
 tests/test_environment.py tests/test_deploy_answer.py tests/test_deploy_rules.py tests/test_real_configs.py}}"
-# MUTATION_ONLY="a.py b.py" (or MUTATE_ONLY) restricts the mutants to the modules a change touched (a copy of these settings).
-ONLY="${MUTATION_ONLY:-${MUTATE_ONLY:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}}"
+# MUTATION_ONLY="a.py b.py" (or MUTATE_ONLY / MUTATE) restricts the mutants to the modules a change touched.
+ONLY="${MUTATION_ONLY:-${MUTATE_ONLY:-${MUTATE:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}}}"
 {
   echo "[mutmut]"
   echo "source_paths=moe_registry"

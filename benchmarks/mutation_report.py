@@ -20,8 +20,9 @@ from datetime import date
 # Mutant names are module.function: a prefix groups a whole package (moe_registry.planner.plan.x__plan__mutmut_1
 # and moe_registry.planner.x_plan_model__mutmut_1, from planner/__init__.py, both count for moe_registry.planner;
 # likewise moe_registry.selection.rules.x_evaluate__mutmut_1 and moe_registry.selection.x__held__mutmut_1).
-MODULES = ("moe_registry.selection", "moe_registry.schemas.capability", "moe_registry.planner", "moe_registry.quant_config",
-           "moe_registry.engines.sglang.names")
+MODULES = tuple(os.environ.get("MUTATION_MODULES", "moe_registry.selection moe_registry.schemas.capability "
+                                                   "moe_registry.planner moe_registry.quant_config "
+                                                   "moe_registry.engines.sglang.names").split())
 KILLED = {"killed", "timeout"}  # a timeout means the mutant changed behaviour (an endless loop)
 
 

@@ -191,6 +191,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     plan = plan_model(args.model, device=device, parallel=_parallel(args), quant=quant, memory=args.memory, **choice)
     _warn_ignored_prefer(args.prefer, [lp.selection for lp in plan.layers], [lp.rejections for lp in plan.layers])
     mode = _output_mode(args)
+    if args.engine:
+        _explain_engine(plan, args.engine, mode)
+        return _plan_exit(plan)
     if mode == "markdown":
         _write_text(render.plan_markdown(plan))
         return _plan_exit(plan)
@@ -249,6 +252,21 @@ def _warn_ignored_prefer(prefer: list[str], selections: list, rejections: list) 
             reasons = first.rejection(backend).reasons if hasattr(first, "rejection") else first.reasons
             _error_line(f"warning: --prefer {backend} ignored: not eligible ({reasons[0].code.value}: "
                         f"{reasons[0].message})")
+
+
+def _explain_engine(plan: Any, engine: str, mode: str) -> None:
+    """The engine's own pick (its selection code executed) beside ours, per layer group."""
+    from . import render
+    from .engines.answer import engine_answers
+    from .render import engine as view
+
+    groups = view.plan_groups(plan, engine_answers(plan, engine, source="executed"))
+    if mode == "json":
+        _emit_json(view.engine_json(plan, groups, engine))
+    elif mode == "markdown":
+        _write_text(view.engine_markdown(plan, groups, engine))
+    else:
+        view.print_engine(render.console(), plan, groups, engine)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -519,6 +537,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "no backend when none fits (exit 3), report only (docs/cli-json.md)"))
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also every rejected backend, per-selection notes and fingerprints")
+    p.add_argument("--engine", choices=("vllm", "sglang"), help=(
+        "run the installed engine's own selection for every MoE layer (as if on --device) and show its pick and "
+        "its reasons beside ours"))
     _add_target(p)
     _add_choice(p)
     _add_output(p)

@@ -24,18 +24,16 @@ import hashlib
 import importlib
 import importlib.metadata
 import inspect
-import json
-import os
-import stat
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from . import cache
 from ._isolation import ChildOutcome, Outcome, child_main, guarded_call, plugin_timeout, quote_output, run_children
+from .cache import stat_line
 from .environment import Environment, find_module_spec, probe_environment, this_machine
 from .errors import InvalidArgument, UnknownBackend, one_line
 from .schemas.capability import BackendCapability
@@ -344,17 +342,8 @@ def _evaluated(outcome: ChildOutcome) -> _Evaluated:
     return declarations, problems
 
 
-CACHE_FORMAT = 1
-MAX_CACHE_BYTES = 16 * 2**20
+CACHE_FORMAT = 1  # of the evaluated plugin's entry (the cache's own format is moe_registry.cache.FORMAT)
 MAX_KEY_FILES = 4096  # files of one distribution whose modification times make the cache key
-
-
-def _stat_line(path: "str | os.PathLike[str]") -> str:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return f"{path} -"
-    return f"{path} {st.st_mtime_ns} {st.st_size}"
 
 
 def _plugin_key(entry: importlib.metadata.EntryPoint) -> str | None:
@@ -371,87 +360,39 @@ def _plugin_key(entry: importlib.metadata.EntryPoint) -> str | None:
             parts.append(f"dist {dist.metadata['Name']} {dist.version}")
             located = getattr(dist, "_path", None)
             if located is not None:
-                parts.append(_stat_line(located))
-            parts.extend(_stat_line(f.locate()) for f in (dist.files or [])[:MAX_KEY_FILES])
+                parts.append(stat_line(located))
+            parts.extend(stat_line(f.locate()) for f in (dist.files or [])[:MAX_KEY_FILES])
         module = entry.value.split(":")[0].strip()
         spec = find_module_spec(module)
         top = find_module_spec(module.split(".")[0])
         for found in (spec, top):
             if found is not None and found.origin:
-                parts.append(_stat_line(found.origin))
+                parts.append(stat_line(found.origin))
     except Exception:  # noqa: BLE001 - odd metadata: evaluate the plugin every time instead
         return None
     return "\n".join(parts)
 
 
-def _cache_dir() -> Path | None:
-    """``$XDG_CACHE_HOME/moe-registry`` (else ``~/.cache/moe-registry``), created private; None
-    when it cannot be made, is not a directory of this user's, or is writable by others."""
-    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache"))
-    if not os.path.isabs(base):
-        return None
-    directory = Path(base) / "moe-registry"
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(directory)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        return None
-    return directory
-
-
-def _cache_path(key: str) -> Path | None:
-    directory = _cache_dir()
-    return None if directory is None else directory / f"plugin-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-
-
 def _cache_read(key: str) -> _Evaluated | None:
-    """The cached evaluation for ``key``; None when absent, unreadable, corrupt or for another key
-    (it is then evaluated again and rewritten)."""
-    path = _cache_path(key)
-    if path is None:
+    """The cached evaluation for ``key``; None when absent or not an evaluation (it is then
+    evaluated again and rewritten)."""
+    data = cache.read("plugin", key)
+    if not isinstance(data, dict):
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CACHE_BYTES:
-                return None
-            data = json.loads(f.read(MAX_CACHE_BYTES + 1))
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("key") != key:
-            return None
         problems = [(str(stage), str(message)) for stage, message in data["problems"] if stage in _STAGES]
         raw = data["declarations"]
         if raw is None:
             return None, problems
         return [BackendCapability.model_validate(item) for item in raw], problems
-    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return None
 
 
 def _cache_write(key: str, evaluated: _Evaluated) -> None:
-    path = _cache_path(key)
-    if path is None:
-        return
-    import tempfile  # only when a plugin was evaluated: the common path reads the cache
-
     declarations, problems = evaluated
-    data = {"format": CACHE_FORMAT, "key": key, "problems": [list(p) for p in problems],
-            "declarations": None if declarations is None else [d.model_dump(mode="json") for d in declarations]}
-    try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".plugin-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(temp, path)  # atomic: a reader sees the old entry or the new one, never half
-    except (OSError, ValueError, TypeError):
-        try:
-            os.unlink(temp)
-        except (OSError, UnboundLocalError):
-            pass
+    cache.write("plugin", key, {"problems": [list(p) for p in problems], "declarations": None if declarations is None
+                                else [d.model_dump(mode="json") for d in declarations]})
 
 
 if __name__ == "__main__":  # a child evaluating one entry-point plugin (Registry._load_entry_points)

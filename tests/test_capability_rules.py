@@ -146,6 +146,11 @@ RELU2 = BASE.replace(activation="relu2_no_mul")
     (Condition(dims=(DimTest(dimension="hidden", max=256),)), BASE, True),
     (Condition(dims=(DimTest(dimension="hidden", max=256), DimTest(dimension="top_k", min=3))), BASE, False),
     (Condition(gated=True, activations=(Activation.GELU,)), BASE, False),  # every field must match
+    (Condition(expert_parallel=True), BASE.replace(parallel={"ep": 2}), True),
+    (Condition(expert_parallel=True), BASE.replace(parallel={"tp": 2}), False),
+    (Condition(expert_parallel=False), BASE.replace(parallel={"tp": 2}), True),
+    (Condition(expert_parallel=False), BASE.replace(parallel={"ep": 2}), False),
+    (Condition(expert_parallel=False, gated=False), BASE, False),  # ep matches, gated does not
 ])
 def test_condition_matches(condition, layer, matches):
     assert condition.matches(layer) is matches
@@ -156,10 +161,11 @@ def test_condition_describe():
     assert Condition(gated=False).describe() == "non-gated"
     assert Condition(apply_router_weight_on_input=False).describe() == "router weight on output"
     full = Condition(activations=(Activation.SILU, Activation.GELU), gated=True, quant=(QuantKind.NVFP4,),
-                     group_sizes=(64, 128), apply_router_weight_on_input=True,
+                     group_sizes=(64, 128), apply_router_weight_on_input=True, expert_parallel=True,
                      dims=(DimTest(dimension="hidden", min=128),))
     assert full.describe() == ("activation in {silu, gelu} and gated and quant in {nvfp4} and group size in {64, 128}"
-                               " and router weight on input and hidden >= 128")
+                               " and router weight on input and expert parallel and hidden >= 128")
+    assert Condition(expert_parallel=False).describe() == "no expert parallelism"
 
 
 # --- Defaults a declaration gets for what it leaves out ---------------------------------------
@@ -313,3 +319,21 @@ def test_priority_overrides_apply_on_their_devices_only_and_the_first_wins():
     assert d.priority_for(QuantFamily.INT4, get_device("sm75")) == 40  # none matches: the declared one
     assert d.priority_for(QuantFamily.UNQUANTIZED, get_device("h100")) == 50  # another family's rule
     assert d.priority_for(QuantFamily.NVFP4, get_device("h100")) == 0  # a family it has no priority for
+
+
+def test_a_priority_override_with_a_condition_applies_to_layers_it_matches():
+    # vLLM moves Triton first on Hopper for block FP8 without EP only (fused_moe/oracle/fp8.py L122-132).
+    d = decl(quant=(QuantSupport(kind=QuantKind.FP8, source=SRC), QuantSupport(kind=QuantKind.FP8_BLOCK, source=SRC)),
+             priority={QuantFamily.FP8: 75},
+             priority_overrides=(PriorityOverride(
+                 family=QuantFamily.FP8, devices=(DeviceRule(sm=(90,), source=SRC),), priority=85,
+                 when=Condition(quant=(QuantKind.FP8_BLOCK,), expert_parallel=False), source=SRC),))
+    block = BASE.replace(quant="fp8_block")
+    h100 = get_device("h100")
+    assert d.priority_for(QuantFamily.FP8, h100, block) == 85
+    assert d.priority_for(QuantFamily.FP8, h100, block.replace(parallel={"ep": 2})) == 75  # EP: not moved
+    assert d.priority_for(QuantFamily.FP8, h100, BASE.replace(quant="fp8")) == 75  # per-tensor: not moved
+    assert d.priority_for(QuantFamily.FP8, get_device("b200"), block) == 75  # another device
+    assert d.priority_for(QuantFamily.FP8, h100) == 75  # no layer: a conditional rule does not apply
+    assert PriorityOverride(family=QuantFamily.FP8, devices=(DeviceRule(sm=(90,), source=SRC),), priority=1,
+                            source=SRC).when == Condition()

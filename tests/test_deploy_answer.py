@@ -163,8 +163,9 @@ def test_the_memory_hint_no_longer_loops():
     assert data["memory"]["hint"] == "EP16 over 16 GPUs would hold 40.9 GB per GPU"
     (first, *_) = data["suggestions"]
     assert first["gpus"] == 16 and first["command"].endswith("--tp 8 --dp 2 --enable-expert-parallel")
-    assert first["engines"][0] == {"engine": "vllm", "flags": "-tp 8 -dp 2 --enable-expert-parallel --moe-backend "
-                                   "triton", "why": first["engines"][0]["why"]}
+    # Block FP8 with EP on Hopper: vLLM 0.34's oracle picks FLASHINFER_CUTLASS, as we do, so no --moe-backend.
+    assert first["engines"][0] == {"engine": "vllm", "flags": "-tp 8 -dp 2 --enable-expert-parallel",
+                                   "why": "vLLM's default already picks this"}
     # SGLang-style flags get an SGLang-style hint.
     code, data = run_json("explain", "deepseek-v3", "--device", "h100", "--tp", "8", "--ep", "2")
     assert data["suggestions"][0]["command"].endswith("--tp 16 --ep 16")
@@ -186,7 +187,7 @@ def test_gpt_oss_says_it_differs_from_vllms_default_and_why(capsys):
     code, lines = run_text(capsys, "explain", "gpt-oss-120b", "--device", "h100")
     text = " ".join(" ".join(lines).split())
     assert code == 0
-    assert "vLLM 0.33.0's default (moe-registry's model of its oracle" in text
+    assert "vLLM 0.34.0's default (moe-registry's model of its oracle" in text
     # Our pick on Hopper is humming, ranked above vLLM's kernel (oai-triton-kernels) by a committed measurement.
     assert "TRITON (OAITritonMxfp4ExpertsMonolithic), not humming: moe-registry ranks humming above " \
            "oai-triton-kernels by declared priority (90 vs 85), set from a measurement " \

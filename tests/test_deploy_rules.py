@@ -191,7 +191,7 @@ def test_advice_json_shape():
     defaults = {e: engine_defaults(plan, e) for e in ("vllm", "sglang")}
     data = advice_json(plan, defaults, (), ["moe-registry", "explain", "gpt-oss-120b"])
     vllm, sglang = data["engine_defaults"]
-    assert (vllm["engine"], vllm["source"], vllm["version"]) == ("vllm", "model", "0.33.0")
+    assert (vllm["engine"], vllm["source"], vllm["version"]) == ("vllm", "model", "0.34.0")
     assert (sglang["engine"], sglang["source"], sglang["version"]) == ("sglang", None, None)
     (group,) = vllm["groups"]
     assert group["range"] == "layers 0-35 (36)" and group["verdict"] == "differs"

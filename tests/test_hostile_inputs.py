@@ -664,13 +664,13 @@ def test_a_plugin_is_evaluated_once_and_then_read_from_the_cache(tmp_path, monke
     assert len(entries) == 1
     entries[0].write_text("{not json")  # a corrupt entry is ignored and rebuilt
     assert "acme-cached" in Registry().ids() and counter.read_text() == "xx"
-    assert json.loads(entries[0].read_text())["declarations"][0]["id"] == "acme-cached"
+    assert json.loads(entries[0].read_text())["value"]["declarations"][0]["id"] == "acme-cached"
     os.utime(tmp_path / "acme_cached.py", ns=(1, 1))  # the plugin changed: evaluated again
     assert "acme-cached" in Registry().ids() and counter.read_text() == "xxx"
 
 
 def test_an_unsafe_cache_directory_is_not_used(tmp_path, monkeypatch):
-    from moe_registry.registry import _cache_dir
+    from moe_registry.cache import cache_dir as _cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "moe-registry").mkdir(mode=0o777)

@@ -19,13 +19,14 @@ from _imports import PKG, REPO, import_graph, modules
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("errors", "schemas", "_isolation", "_files")),
+    ("foundation", ("errors", "schemas", "_isolation", "_files", "cache")),
     ("rules", ("environment", "registry", "selection", "quant_config", "memory", "models", "measured")),
     ("planning", ("planner", "engines")),
     ("kernels", ("formats", "execution", "backends")),
     ("instruments", ("verify", "measure", "distributed", "provenance", "backends.triton_fused_moe.tune")),
     ("presentation", ("render", "verify.report", "measure.report")),
-    ("interface", ("cli",)),
+    # The vLLM plugin is an entry point vLLM calls, like the CLI: it may reach every layer.
+    ("interface", ("cli", "engines.vllm.plugin")),
 )
 # The package itself is the lazy public facade: Python imports it before any submodule, so reading
 # ``__version__`` from it is free, and its deferred exports point everywhere by design.
@@ -120,7 +121,7 @@ def test_each_layer_imports_without_the_layers_above(level):
 
 ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 # Modules allowed over ~500 lines, each saying why in its docstring (the phrase below).
-LONG_MODULES = {"moe_registry.cli", "moe_registry.engines.vllm_oracle"}
+LONG_MODULES = {"moe_registry.cli", "moe_registry.engines.vllm.model"}
 MAX_LINES = 520
 
 

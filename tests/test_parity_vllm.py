@@ -1,7 +1,8 @@
-"""The vLLM 0.33.0 oracle model (moe_registry/engines/vllm_oracle.py) and docs/parity-vllm.md.
+"""The hand model of vLLM's oracle (moe_registry/engines/vllm/model.py), docs/parity-vllm.md, and the
+committed record of vLLM 0.34.0's own selection, executed (docs/parity/vllm-0.34.0.json).
 
-Expected answers come from reading vLLM 0.33.0 (paths relative to vllm/model_executor/layers/);
-each case cites the lines that decide it.
+Hand-model cases come from reading vLLM (paths relative to vllm/model_executor/layers/); each cites
+the lines that decide it. The record holds the hand model to what vLLM's code actually picked.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from moe_registry.engines import vllm_oracle as vo
+from moe_registry.engines.vllm import model as vo
+from moe_registry.engines.vllm import names, record
+from moe_registry.engines.answer import vllm_model_answer
 from moe_registry.engines.parity import (
     MISSING_BACKEND,
     PREFERRED,
@@ -172,19 +175,27 @@ def test_every_rule_and_move_names_its_upstream_line():
 
 
 def test_every_declared_engine_name_has_a_kernel_family():
-    # A declaration whose engines.vllm is unknown here could never agree with vLLM: name it in ENGINE_FAMILY.
+    # A declaration whose engines.vllm is unknown here could never agree with vLLM: name it in NAME_FAMILY.
     for decl in Registry(entry_points=False):
-        assert decl.engines.vllm is None or decl.engines.vllm in vo.ENGINE_FAMILY, decl.id
-    # The names the in-flight backends declare (humming, triton-fused-moe, trtllm-*) map to vLLM's families.
-    assert vo.family_of_engine("humming") == "humming"
-    assert vo.family_of_engine("triton") == "triton"
-    assert vo.family_of_engine("flashinfer_trtllm") == "flashinfer-trtllm"
+        assert decl.engines.vllm is None or decl.engines.vllm in names.NAME_FAMILY, decl.id
+    assert names.family_of_name("humming") == "humming"
+    assert names.family_of_name("triton") == "triton"
+    assert names.family_of_name("flashinfer_trtllm") == "flashinfer-trtllm"
+
+
+def test_every_hand_model_class_has_the_family_of_its_backend():
+    # The hand model and the executed answers name families from one table (names.CLASS_FAMILY).
+    for oracle in vo.ORACLES.values():
+        for backend in oracle.backends:
+            for cls in backend.classes:
+                if backend.family in names.CLASS_FAMILY.values():
+                    assert names.family_of_class(cls) == backend.family, (backend.name, cls)
 
 
 def test_mxfp4_triton_is_not_our_triton_fused_moe():
     # oracle/mxfp4.py L375: "triton" forces OpenAI's triton_kernels there, a different kernel family.
     c = vo.vllm_default(layer("mxfp4", activation="swigluoai", routing=RoutingMethod.TOPK_SOFTMAX), get_device("h100"))
-    assert c.moe_backend == "triton" and c.family != vo.family_of_engine("triton")
+    assert c.moe_backend == "triton" and c.family != names.family_of_name("triton")
 
 
 # --- Explanations are keyed data, not prose ----------------------------------------------------------
@@ -205,11 +216,11 @@ def test_missing_backend_applies_only_when_no_declaration_covers_the_quant():
     spec = layer()
     c = vo.vllm_default(spec, get_device("h100"))  # TRITON
     decls = (_decl("flashinfer-cutlass", "flashinfer_cutlass"),)
-    assert explain(spec, c, "flashinfer-cutlass", (), decls)[0] is MISSING_BACKEND[("triton", "*")]
+    assert explain(spec, vllm_model_answer(c), "flashinfer-cutlass", (), decls)[0] is MISSING_BACKEND[("triton", "*")]
     # Once a bf16 declaration of the Triton family exists, "missing" no longer explains the row:
     # an eligible same-family backend that lost needs a PREFERRED entry (measured) or it is unexplained.
     decls += (_decl("torch-grouped-mm", "triton"),)
-    got, via = explain(spec, c, "flashinfer-cutlass", (), decls)
+    got, via = explain(spec, vllm_model_answer(c), "flashinfer-cutlass", (), decls)
     assert got is None and "torch-grouped-mm eligible but ranked after flashinfer-cutlass" in via
 
 
@@ -220,11 +231,12 @@ def test_rejected_same_family_declaration_is_explained_by_its_reason():
     rej = (Rejection(backend=decl.id, reasons=(Reason(
         code=ReasonCode.SHAPE_UNALIGNED, field="intermediate", required="multiple of 16", actual="88",
         message="per-rank intermediate 88 splits nvfp4's 16-element scale groups"),)),)
-    got, via = explain(spec, c, None, rej, (decl,))
-    assert got is REJECTED[0][1] and via == "REJECTED[*, shape_unaligned, intermediate, scale groups]"
+    got, via = explain(spec, vllm_model_answer(c), None, rej, (decl,))
+    generic = next(e for m, e in REJECTED if m.family == "*" and m.phrase == "scale groups")
+    assert got is generic and via == "REJECTED[*, shape_unaligned, intermediate, scale groups]"
     rej = (Rejection(backend=decl.id, reasons=(Reason(code=ReasonCode.ROUTING_UNSUPPORTED, field="routing",
                                                      required="", actual="", message="x"),)),)
-    got, via = explain(spec, c, None, rej, (decl,))
+    got, via = explain(spec, vllm_model_answer(c), None, rej, (decl,))
     assert got is None and f"{decl.id} rejected (routing_unsupported)" in via
 
 
@@ -248,31 +260,69 @@ def test_explanation_tables_are_well_formed():
 
 
 @pytest.fixture(scope="module")
-def rows():
-    return parity_rows()
+def committed():
+    return record.load("0.34.0")
 
 
-def test_parity_document_is_current(rows):
-    committed = (ROOT / "docs" / "parity-vllm.md").read_text()
-    assert render_markdown(rows) == committed, "docs/parity-vllm.md is stale: python3 scripts/parity_vllm.py"
+@pytest.fixture(scope="module")
+def rows(committed):
+    return parity_rows(committed)
+
+
+def test_parity_document_is_current(rows, committed):
+    text = (ROOT / "docs" / "parity-vllm.md").read_text()
+    previous = record.load("0.33.0") if record.record_path("0.33.0").exists() else None
+    assert render_markdown(rows, committed, previous) == text, "docs/parity-vllm.md is stale: python3 scripts/parity_vllm.py"
 
 
 def test_every_row_agrees_or_is_explained(rows):
-    bad = [f"{r.model} {r.device} {r.parallel} {r.layers}: ours {r.ours}, vLLM {r.vllm.label()}"
+    bad = [f"{r.model} {r.device} {r.parallel} {r.layers}: ours {r.ours}, vLLM {r.vllm.kernel if r.vllm else None}"
            for r in rows if not r.explained]
     assert not bad, "rows without a reason (add a table entry in moe_registry/engines/parity.py):\n" + "\n".join(bad)
 
 
-def test_rows_cover_every_preset_and_the_tp_variants(rows):
+def test_the_hand_model_gives_vllms_executed_pick(rows):
+    # While the hand model exists it must say what vLLM's own code picked, on every row where vLLM
+    # answered about the MoE layer (a pick, or its oracle refusing the layer).
+    moe_rows = [r for r in rows if r.model_agrees is not None]
+    assert len(moe_rows) >= 50
+    bad = [f"{r.model} {r.device} {r.parallel}: hand model {r.model_answer.kernel if r.model_answer else None}, "
+           f"vLLM {r.vllm.kernel if r.vllm else None}" for r in moe_rows if not r.model_agrees]
+    assert not bad, "fix moe_registry/engines/vllm/model.py:\n" + "\n".join(bad)
+
+
+def test_rows_cover_presets_fixtures_tp_and_ep(rows, committed):
     from moe_registry.planner import list_presets
 
-    seen = {(r.model, r.device, r.parallel) for r in rows}
-    for name in list_presets():
+    seen = {(r.model, r.device, r.parallel) for r in rows} | {
+        (d.model, d.device, d.parallel.label()) for d, _ in record.results(committed)}
+    for name in [*list_presets(), "mixtral-8x7b-instruct-fp8", "qwen3-30b-a3b-fp8", "qwen3-30b-a3b-awq"]:
         for dev in ("h100", "b200"):
-            assert (name, dev, "single GPU") in seen
-    for name in ("gemma-4-26b-a4b-nvfp4", "deepseek-v3"):
+            assert (name, dev, "single GPU") in seen, name
+    for name in ("gemma-4-26b-a4b-nvfp4", "deepseek-v3", "qwen3-30b-a3b-fp8", "mixtral-8x7b-instruct-fp8"):
         for tp in (2, 4, 8):
             assert (name, "b200", f"TP{tp}") in seen and (name, "h100", f"TP{tp}") in seen
+    for name in ("deepseek-v3", "gpt-oss-120b", "qwen3-30b-a3b", "mixtral-8x7b-instruct-fp8"):
+        assert (name, "h100", "EP8") in seen and (name, "b200", "EP8") in seen
+
+
+def test_a_committed_record_round_trips():
+    data = record.load("0.34.0")
+    for deployment, result in record.results(data)[:6]:
+        again = record.expand(record.compact(result), deployment.id)
+        assert again.layers == result.layers and again.error == result.error
+
+
+def test_the_record_is_what_vllm_0_34_ran(committed):
+    # Facts the issue asked for, read from the executed record (not from our model of vLLM).
+    by_id = {d.id: r for d, r in record.results(committed)}
+    gemma = by_id["gemma-4-26b-a4b-nvfp4@b200:single GPU"].layers[0]
+    assert (gemma.backend, gemma.experts_class) == ("FLASHINFER_TRTLLM", "TrtLlmNvFp4ExpertsModular")
+    assert gemma.rejected[0].reason == "kernel does not support routing method 101"  # RoutingMethodType.Custom
+    mixtral = by_id["mixtral-8x7b-instruct-fp8@h100:single GPU"].layers[0]
+    assert (mixtral.backend, mixtral.experts_class) == ("FLASHINFER_CUTLASS", "FlashInferExperts")
+    assert committed["vllm"] == "0.34.0" and committed["environment"]["vllm"] == "0.34.0"
+    assert all(f.split(":")[0] for f in committed["fakes"])
 
 
 def test_nvfp4_monolithic_trtllm_refuses_all2all_even_with_ag_rs():
@@ -292,23 +342,25 @@ def test_a_new_same_family_backend_that_loses_makes_rows_unexplained():
     decl, humming = base.get("oai-triton-kernels"), base.get("humming")
     loser = decl.model_copy(update={"priority": {k: -1000 for k in decl.priority}, "priority_overrides": ()})
     humming = humming.model_copy(update={"priority_overrides": humming.priority_overrides[:1]})  # int4 only
-    rows = parity_rows(base.with_declaration(loser).with_declaration(humming))
+    data = record.load("0.34.0")
+    rows = parity_rows(data, base.with_declaration(loser).with_declaration(humming))
     hopper_gpt_oss = [r for r in rows if r.model == "gpt-oss-20b" and r.device == "h100"]
     assert hopper_gpt_oss and all(not r.explained and "oai-triton-kernels" in r.via for r in hopper_gpt_oss)
-    assert "**UNEXPLAINED**" in render_markdown(rows)
+    assert "**UNEXPLAINED**" in render_markdown(rows, data)
 
 
 def test_a_declaration_keyed_triton_is_openais_kernels_only_when_it_runs_mxfp4_only():
     base = Registry(entry_points=False)
-    assert vo.family_of_declaration(base.get("oai-triton-kernels")) == "oai-triton-kernels"
-    assert vo.family_of_declaration(base.get("triton-fused-moe")) == "triton"
+    assert names.family_of_declaration(base.get("oai-triton-kernels")) == "oai-triton-kernels"
+    assert names.family_of_declaration(base.get("triton-fused-moe")) == "triton"
     mixed = base.get("oai-triton-kernels").model_copy(update={"quant": base.get("humming").quant})
-    assert vo.family_of_declaration(mixed) == "triton"  # also runs other families: the --moe-backend meaning
-    assert vo.family_of_declaration(base.get("humming")) == "humming"
+    assert names.family_of_declaration(mixed) == "triton"  # also runs other families: the --moe-backend meaning
+    assert names.family_of_declaration(base.get("humming")) == "humming"
 
 
 def test_engines_never_import_torch():
-    code = ("import sys; from moe_registry.engines.parity import parity_rows; parity_rows(); "
+    code = ("import sys; from moe_registry.engines.parity import parity_rows; from moe_registry.engines.vllm import "
+            "record; parity_rows(record.load('0.34.0')); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from ..planner.results import ModelPlan
+    from .vllm.model import VllmChoice
     from ..schemas.capability import BackendCapability
+    from ..schemas.selection import Rejection
 
 Engine = Literal["vllm", "sglang"]
 Source = Literal["model", "executed"]
@@ -43,7 +45,7 @@ class EngineAnswer(BaseModel):
     source: Source
     flag: str | None  # the value of the engine's flag that forces this kernel (vLLM --moe-backend key)
     kernel: str | None  # the engine's own name for its pick, e.g. "HUMMING (HummingIndexedExperts)"
-    family: str | None  # kernel family, comparable with our declarations (engines.vllm_oracle.ENGINE_FAMILY)
+    family: str | None  # kernel family, comparable with our declarations (engines/vllm/names.py)
     rejected: tuple[EngineRejection, ...] = ()
     error: str | None = None  # the engine refuses the layer (no backend): its message
     assumptions: tuple[str, ...] = ()  # what was assumed or faked to get this answer
@@ -52,10 +54,91 @@ class EngineAnswer(BaseModel):
         """Does our chosen backend (None: none) run the kernel family the engine picks?"""
         if declaration is None:
             return self.family is None
-        # Both engines answer in one family vocabulary (vllm_oracle.ENGINE_FAMILY; SGLang's runners map
-        # into it in engines/sglang/names.py), and our declaration's family is its vLLM name's.
-        from .vllm_oracle import family_of_declaration  # the one family table
+        # Both engines answer in one family vocabulary (engines/vllm/names.py; SGLang's runners map into it
+        # in engines/sglang/names.py), and our declaration's family is its vLLM name's.
+        from .vllm.names import family_of_declaration  # the one family table
         return self.family is not None and family_of_declaration(declaration) == self.family
+
+
+# The engine's flag that pins a kernel, as its users type it.
+FLAG_OPTION = {"vllm": "--moe-backend", "sglang": "--moe-runner-backend"}
+
+
+class Comparison(BaseModel):
+    """Our choice beside the engine's for one layer group: agree, or why not and what would fix it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agree: bool
+    why: str = ""
+    fix: str = ""
+
+
+def _engine_name(declaration: BackendCapability, engine: Engine) -> str | None:
+    return declaration.engines.vllm if engine == "vllm" else declaration.engines.sglang
+
+
+def compare(answer: EngineAnswer, ours: str | None, rejections: tuple[Rejection, ...],
+            declarations: tuple[BackendCapability, ...]) -> Comparison:
+    """Our backend ``ours`` (None: no backend; ``rejections`` then hold every reason) against the
+    engine's answer. ``why`` names the first reason that separates the two, ``fix`` the engine flag
+    (or the registry's hint) that makes the engine run what we chose."""
+    by_id = {d.id: d for d in declarations}
+    mine = by_id.get(ours) if ours else None
+    if answer.agrees_with(mine):
+        return Comparison(agree=True)
+    option = FLAG_OPTION[answer.engine]
+    key = _engine_name(mine, answer.engine) if mine else None
+    fix = f"{option} {key}" if key else ""
+    if answer.error:  # and ours runs it (both refusing agree above)
+        return Comparison(agree=False, why=f"{answer.engine} refuses it: {answer.error}",
+                          fix=fix or f"run {ours} through moe-registry ({answer.engine} has no such kernel)")
+    if mine is None:
+        first = next((r.reasons[0] for r in rejections if r.reasons), None)
+        why = f"no backend here runs it: {first.render()}" if first else "no backend here runs it"
+        return Comparison(agree=False, why=why, fix=first.hint if first and first.hint else "")
+    same = [d for d in declarations if answer.agrees_with(d)]
+    rejected = {r.backend: r for r in rejections}
+    for decl in same:
+        if decl.id in rejected:
+            reason = rejected[decl.id].reasons[0]
+            return Comparison(agree=False, why=f"{decl.id} (the engine's kernel) rejected here: {reason.message}",
+                              fix=fix or reason.hint)
+    if same:
+        return Comparison(agree=False, why=f"{same[0].id} (the engine's kernel) is eligible; ours ranks {ours} first",
+                          fix=fix)
+    if key is None:
+        return Comparison(agree=False, why=f"ours, {ours}, is not a {answer.engine} kernel; no declaration here is "
+                          f"{answer.engine}'s {answer.kernel or 'pick'}", fix=f"run {ours} through moe-registry")
+    return Comparison(agree=False, why=f"no declaration here is {answer.engine}'s {answer.kernel or 'pick'}", fix=fix)
+
+
+def executed_key(engine: Engine, version: str, request: object) -> str:
+    """What an executed answer depends on, as a :mod:`moe_registry.cache` key: this interpreter, the
+    installed engine (version, and the time its metadata was written: a reinstall changes it), our
+    code that builds the engine's layers (``engines/<engine>/``), the environment variables the
+    engine and FlashInfer read, and the request itself (checkpoint files, device, layout)."""
+    import json
+    import os
+    import sys
+    from importlib import metadata
+    from pathlib import Path
+
+    from .. import __version__
+    from ..cache import stat_line
+
+    parts = [f"executed {engine} {version}", f"moe-registry {__version__}", sys.executable, sys.version]
+    try:
+        located = getattr(metadata.distribution(engine), "_path", None)
+        parts.append(stat_line(located) if located is not None else "no metadata path")
+    except metadata.PackageNotFoundError:
+        parts.append("no metadata")
+    ours = Path(__file__).parent / engine
+    parts.extend(stat_line(path) for path in sorted(ours.glob("*.py")))
+    prefixes = (f"{engine.upper()}_", "SGL_", "FLASHINFER_", "MOE_REGISTRY_", "CUDA_")
+    parts.extend(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(prefixes))
+    parts.append(json.dumps(request, sort_keys=True, default=str))
+    return "\n".join(parts)
 
 
 class EngineNotInstalled(ValueError):
@@ -79,24 +162,28 @@ def engine_answers(plan: ModelPlan, engine: str = "vllm", *, source: Source = "m
     try:
         provider = PROVIDERS[engine][source]
     except KeyError:
-        known = ", ".join(f"{e} ({'/'.join(sorted(s))})" for e, s in sorted(PROVIDERS.items())) or "none"
+        known = ", ".join(f"{e} ({'/'.join(sorted(s))})" for e, s in sorted(PROVIDERS.items()))
         raise ValueError(f"no {source} answer for engine {engine!r}; known: {known}") from None
     return provider(plan)
 
 
 def _load_builtin_providers() -> None:
     if "vllm" not in PROVIDERS:
+        from .vllm.executed import executed_answers
+
         register_provider("vllm", "model", _vllm_model)
+        register_provider("vllm", "executed", executed_answers)
     if "sglang" not in PROVIDERS:
-        from .sglang.executed import executed_answers  # torch-free; runs SGLang in a child process when called
-        register_provider("sglang", "executed", executed_answers)
+        from .sglang.executed import executed_answers as sglang_executed  # runs SGLang in a child process when called
+        register_provider("sglang", "executed", sglang_executed)
 
 
 # --- vLLM, from the hand model of its oracle -----------------------------------------------------
 
 
 def _vllm_model(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
-    from .vllm_oracle import ASSUMPTIONS, VLLM_VERSION, vllm_default
+    from .vllm.model import vllm_default
+    static = _fp8_static_activations(plan)
     out: list[EngineAnswer | None] = []
     for group in plan.groups():
         device = plan.device or (group.selection.device if group.selection else None)
@@ -104,11 +191,33 @@ def _vllm_model(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
             out.append(None)  # the model covers NVIDIA devices only
             continue
         method = plan.quant_method if plan.quant_method != "override" else None
-        c = vllm_default(group.layer, device, quant_method=method, model_type=plan.model_type)
-        rejected = tuple(EngineRejection(candidate=f"{l.backend} ({l.experts_class})" if l.experts_class else l.backend,
-                                         reason=l.rule, source=l.source) for l in c.losses)
-        error = None if c.backend else f"No {c.oracle} MoE backend supports the deployment configuration."
-        out.append(EngineAnswer(engine="vllm", version=VLLM_VERSION, source="model", flag=c.moe_backend,
-                                kernel=c.label() if c.backend else None, family=c.family, rejected=rejected,
-                                error=error, assumptions=ASSUMPTIONS))
+        out.append(vllm_model_answer(vllm_default(group.layer, device, quant_method=method, model_type=plan.model_type,
+                                                  fp8_static=static)))
     return tuple(out)
+
+
+def vllm_model_answer(c: VllmChoice) -> EngineAnswer:
+    """The hand model's walk of vLLM's oracle as an engine answer."""
+    from .vllm.model import ASSUMPTIONS, VLLM_VERSION
+    rejected = tuple(EngineRejection(candidate=f"{l.backend} ({l.experts_class})" if l.experts_class else l.backend,
+                                     reason=l.rule, source=l.source) for l in c.losses)
+    error = None if c.backend else f"No {c.oracle} MoE backend supports the deployment configuration."
+    return EngineAnswer(engine="vllm", version=VLLM_VERSION, source="model", flag=c.moe_backend,
+                        kernel=c.label() if c.backend else None, family=c.family, rejected=rejected,
+                        error=error, assumptions=ASSUMPTIONS)
+
+
+def _fp8_static_activations(plan: ModelPlan) -> bool:
+    """Does the plan's checkpoint quantize FP8 activations with static scales (``activation_scheme``)?
+    vLLM's FP8 oracle reads it (quantization/fp8.py); the LayerSpec does not carry it."""
+    if plan.quant_method != "fp8":
+        return False
+    from ..planner.sources import _load
+
+    try:
+        config = _load(plan.source.removeprefix("preset ")).config
+    except ValueError:
+        return False
+    text = config.get("text_config")
+    quant = config.get("quantization_config") or (text.get("quantization_config") if isinstance(text, dict) else None)
+    return isinstance(quant, dict) and quant.get("activation_scheme") == "static"

@@ -4,7 +4,7 @@ written by ``scripts/parity_sglang.py --execute`` where SGLang is installed).
 
 A row is one layer group of one preset on one device and layout. It agrees when our backend runs
 the kernel family SGLang's runner runs (:func:`.sglang.names.kernel_family`; our family is the one
-our declaration's vLLM name has, :data:`.vllm_oracle.ENGINE_FAMILY`, the shared vocabulary). A
+our declaration's vLLM name has, :data:`.vllm.names.NAME_FAMILY`, the shared vocabulary). A
 differing row is explained only from the keyed tables below, else it is UNEXPLAINED and
 ``tests/test_parity_sglang.py`` fails. The record also holds the branch probe: each candidate
 runner forced with ``--moe-runner-backend`` on one preset per quant kind, which is the evidence
@@ -25,7 +25,7 @@ from ..schemas.layer import LayerSpec, ParallelConfig
 from ..schemas.selection import ReasonCode, Rejection
 from .parity import MISSING_BACKEND, Explanation
 from .sglang.names import SGLANG_VERSION, kernel_family
-from .vllm_oracle import family_of_engine
+from .vllm.names import family_of_declaration
 
 RECORD = Path(__file__).resolve().parents[2] / "docs" / "verification" / f"sglang-{SGLANG_VERSION}-executed.json"
 DEVICES = ("h100", "b200")
@@ -76,11 +76,12 @@ SGLANG_DIFFERS: dict[tuple[str, str], Explanation] = {
         f"fp8.py L452-456; {_V}quantization/utils/humming/priority.py L10-48"),
     ("triton", "flashinfer-cutlass"): Explanation(
         "follows-vllm",
-        "SGLang's unquantized method runs Triton unless a model override picks another runner (Gemma 4 bf16 has none on "
-        "SM100); we rank FlashInfer CUTLASS ahead of Triton for bf16 outside SM9x as vLLM 0.33 does "
-        "(docs/parity-vllm.md agrees on this row); no committed benchmark compares the two here",
-        f"{_SG}layers/quantization/unquant.py L1193; arg_groups/model_overrides/gemma4.py L45-52 (modelopt_fp4 only); "
-        f"{_V}oracle/unquantized.py L76-80"),
+        "SGLang runs Triton here (its unquantized method unless a model override picks another runner, Gemma 4 bf16 has "
+        "none on SM100; its Fp8MoEMethod without DeepGEMM's all-to-all); we put FlashInfer CUTLASS first where vLLM "
+        "does: bf16 outside SM9x, and block FP8 on SM90 with expert parallelism (vLLM's FP8 oracle moves it to the "
+        "front there); docs/parity-vllm.md agrees on these rows; no committed benchmark compares the two here",
+        f"{_SG}layers/quantization/unquant.py L1193, fp8.py L2941-2961; arg_groups/model_overrides/gemma4.py L45-52 "
+        f"(modelopt_fp4 only); {_V}oracle/unquantized.py L76-80, oracle/fp8.py L122-130"),
     ("triton", "trtllm-bf16"): Explanation(
         "follows-vllm",
         "SGLang's unquantized method runs Triton unless a model override picks flashinfer_trtllm (Qwen3-MoE, GLM-4 MoE, "
@@ -180,7 +181,7 @@ def _explain(row_family: str | None, layer: LayerSpec, ours: str | None, error: 
 def parity_rows(record: dict[str, Any], registry: Registry | None = None) -> list[Row]:
     registry = registry or Registry(entry_points=False)
     declarations = registry.declarations()
-    families = {d.id: family_of_engine(d.engines.vllm) for d in declarations}
+    families = {d.id: family_of_declaration(d) for d in declarations}
     quant_kinds = {d.id: {q.kind.value for q in d.quant} for d in declarations}
     answers = record["cases"]
     rows = []

@@ -87,7 +87,7 @@ def _declarations() -> dict[str, BackendCapability]:
 
 def _priority(decl: BackendCapability, group: LayerGroup) -> int:
     assert group.selection is not None
-    return decl.priority_for(group.layer.quant.family, group.selection.device)
+    return decl.priority_for(group.layer.quant.family, group.selection.device, group.layer)
 
 
 def _because(group: LayerGroup, answer: EngineAnswer, decls: dict[str, BackendCapability]) -> str:
@@ -110,7 +110,7 @@ def _because(group: LayerGroup, answer: EngineAnswer, decls: dict[str, BackendCa
     ranks = (f"moe-registry ranks {s.backend} above {d.id} by declared priority ({_priority(decls[s.backend], group)} "
              f"vs {_priority(d, group)})")
     # A device rule's rank may rest on a committed benchmark: then say so, and where.
-    rule = decls[s.backend].priority_override_for(group.layer.quant.family, s.device)
+    rule = decls[s.backend].priority_override_for(group.layer.quant.family, s.device, group.layer)
     if rule is not None and "benchmarks/results/" in rule.source:
         return f"{ranks}, set from a measurement ({rule.source.split(' ', 1)[0]})"
     return f"{ranks}, not by a measurement"

@@ -103,6 +103,7 @@ def _backend_markdown(d: BackendCapability) -> list[str]:
            f"`{d.engines.trtllm or '-'}`",
            "- priority: " + ", ".join(f"{f.value} {p}" for f, p in d.priority.items())
            + "".join(f"; {o.family.value} {o.priority} on {' or '.join(r.describe() for r in o.devices)}"
+                     + (f" when {o.when.describe()}" if o.when.describe() != "always" else "")
                      for o in d.priority_overrides)]
     for dtype_rule in d.dtype_devices:
         out.append(f"- {dtype_rule.dtype} hidden states only on {' or '.join(r.describe() for r in dtype_rule.devices)} "

@@ -194,7 +194,7 @@ def faster_rejections(selection: Selection) -> list:
 
     def priority(backend: str) -> int:
         try:
-            return registry.get(backend).priority_for(family, selection.device)
+            return registry.get(backend).priority_for(family, selection.device, selection.layer)
         except Exception:
             return 0
 

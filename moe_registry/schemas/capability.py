@@ -144,9 +144,12 @@ class Condition(BaseModel):
     quant: tuple[QuantKind, ...] | None = None
     group_sizes: tuple[GroupSize, ...] | None = None  # the layer's quant group size is one of these
     apply_router_weight_on_input: bool | None = None
+    expert_parallel: bool | None = None  # the layer's experts are spread over EP ranks (ParallelConfig.ep > 1)
     dims: tuple[DimTest, ...] = ()
 
     def matches(self, layer: LayerSpec, sizes: Sizes | None = None) -> bool:
+        if self.expert_parallel is not None and (layer.parallel.ep > 1) != self.expert_parallel:
+            return False
         if (self.apply_router_weight_on_input is not None
                 and layer.apply_router_weight_on_input != self.apply_router_weight_on_input):
             return False
@@ -172,6 +175,8 @@ class Condition(BaseModel):
             parts.append("group size in {" + ", ".join(map(str, self.group_sizes)) + "}")
         if self.apply_router_weight_on_input is not None:
             parts.append("router weight on " + ("input" if self.apply_router_weight_on_input else "output"))
+        if self.expert_parallel is not None:
+            parts.append("expert parallel" if self.expert_parallel else "no expert parallelism")
         parts += [test.describe() for test in self.dims]
         return " and ".join(parts) or "always"
 
@@ -368,12 +373,14 @@ class EngineNames(BaseModel):
 
 class PriorityOverride(Sourced):
     """A quant family's priority on some devices only (vLLM ranks Humming ahead of Marlin on SM90
-    alone, and pushes FlashInfer's unquantized backends back on SM9x): where a rule matches, it
-    replaces ``priority[family]``; the first matching rule wins."""
+    alone, and pushes FlashInfer's unquantized backends back on SM9x), optionally only for layers
+    matching ``when`` (vLLM moves Triton first on Hopper for block FP8 without EP only): where a rule
+    matches, it replaces ``priority[family]``; the first matching rule wins."""
 
     family: QuantFamily
     devices: tuple[DeviceRule, ...] = Field(min_length=1)
     priority: Priority
+    when: Condition = Condition()
 
 
 class HardwareStatus(BaseModel):
@@ -438,12 +445,15 @@ class BackendCapability(BaseModel):
     def quant_support(self, kind: QuantKind) -> tuple[QuantSupport, ...]:
         return tuple(s for s in self.quant if s.kind is kind)
 
-    def priority_for(self, family: QuantFamily, device: DeviceSpec) -> int:
-        """The rank of this backend for a quant family on a device (0 when the family has none)."""
-        rule = self.priority_override_for(family, device)
+    def priority_for(self, family: QuantFamily, device: DeviceSpec, layer: LayerSpec | None = None) -> int:
+        """The rank of this backend for a quant family on a device (0 when the family has none); a rule
+        with a ``when`` applies to a ``layer`` it matches (never without a layer)."""
+        rule = self.priority_override_for(family, device, layer)
         return rule.priority if rule is not None else self.priority.get(family, 0)
 
-    def priority_override_for(self, family: QuantFamily, device: DeviceSpec) -> PriorityOverride | None:
-        """The override that sets this backend's rank on ``device`` (with its source), if any."""
+    def priority_override_for(self, family: QuantFamily, device: DeviceSpec,
+                              layer: LayerSpec | None = None) -> PriorityOverride | None:
+        """The override that sets this backend's rank on ``device`` for ``layer`` (with its source), if any."""
         return next((rule for rule in self.priority_overrides
-                     if rule.family is family and any(r.matches(device) for r in rule.devices)), None)
+                     if rule.family is family and any(r.matches(device) for r in rule.devices)
+                     and (rule.when == Condition() or (layer is not None and rule.when.matches(layer)))), None)

@@ -75,7 +75,7 @@ def _resolve(registry: Registry, layer: LayerSpec, device: DeviceSpec, env: Envi
             rejections.append(Rejection(backend=d.id, reasons=tuple(v.reasons), notes=tuple(v.notes)))
         else:
             held_bytes, held = _held(layer, v.support, v.sizes)
-            candidates.append(Candidate(backend=d.id, priority=d.priority_for(layer.quant.family, device),
+            candidates.append(Candidate(backend=d.id, priority=d.priority_for(layer.quant.family, device, layer),
                                         padding=_paddings(layer, v.padding), notes=tuple(v.notes),
                                         expert_weight_bytes=held_bytes, weights_held=held))
     if force is not None:

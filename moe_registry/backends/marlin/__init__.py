@@ -10,9 +10,16 @@ from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
     ActivationImpl, BackendCapability, Condition, DeviceRule, DimTest, DTypeRule, EngineNames, FeatureSupport,
-    HardwareStatus, KnownLimitation, QuantSupport, Requirement, RoutingSupport, ShapeRule,
+    HardwareStatus, KnownLimitation, PriorityOverride, QuantSupport, Requirement, RoutingSupport, ShapeRule,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
+
+_MXFP4_FIRST = (
+    "vLLM 0.34.0 fused_moe/oracle/mxfp4.py L445-457: on SM110 (new in 0.34) and SM12x the gpt-oss list moves TRITON "
+    "to just after BATCHED_MARLIN, so MARLIN is the default ('MARLIN prefills ~10% faster at equal decode "
+    "throughput' on consumer Blackwell; Thor not benchmarked); quantization/utils/humming/priority.py L10-48 moves "
+    "Humming ahead of Marlin on SM90 only")
+
 
 _VLLM = "vLLM 0.33.0 model_executor/layers/fused_moe/experts/marlin_moe.py"
 _UTILS = "vLLM 0.33.0 quantization/utils/marlin_utils.py"
@@ -126,6 +133,11 @@ DECLARATION = BackendCapability(
                "when vllm._custom_ops is imported"),),
     priority={QuantFamily.INT4: 100, QuantFamily.INT8: 100, QuantFamily.NVFP4: 60, QuantFamily.MXFP4: 60,
               QuantFamily.FP8: 40},
+    # vLLM 0.34.0 runs gpt-oss MXFP4 on Marlin first on SM110 and SM12x (Humming's move ahead of Marlin is SM90 only).
+    priority_overrides=(PriorityOverride(
+        family=QuantFamily.MXFP4, devices=(DeviceRule(sm=(110,), source=_MXFP4_FIRST),
+                                           DeviceRule(min_sm=120, max_sm=129, source=_MXFP4_FIRST)),
+        priority=75, source=_MXFP4_FIRST),),
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_MARLIN_MODELS, note=(
         "2026-11-28, NVIDIA H100 80GB HBM3, vLLM 0.33.0 _moe_C: int4_w4a16 at the Gemma 4 (g64) and Mixtral (g128) "
         "shapes x silu/gelu_tanh/relu2_no_mul, T 1/7/64/512 incl. imbalanced routing and an empty expert, rel err "

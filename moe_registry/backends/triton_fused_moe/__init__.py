@@ -11,8 +11,8 @@ from __future__ import annotations
 from moe_registry.registry import hookimpl
 from moe_registry.schemas.activation import Activation
 from moe_registry.schemas.capability import (
-    ActivationImpl, BackendCapability, DeviceRule, EngineNames, FeatureSupport, HardwareStatus, PriorityOverride, QuantSupport,
-    Requirement, RoutingSupport,
+    ActivationImpl, BackendCapability, Condition, DeviceRule, EngineNames, FeatureSupport, HardwareStatus,
+    PriorityOverride, QuantSupport, Requirement, RoutingSupport,
 )
 from moe_registry.schemas.quant import QuantFamily, QuantKind
 
@@ -36,9 +36,11 @@ _ACT = {
     Activation.GELU_TANH_NO_MUL: (C.ACT_GELU_TANH_NO_MUL, "gelu_tanh(h), non-gated"),
 }
 
-_HOPPER_FP8 = ("vLLM 0.33.0 model_executor/layers/fused_moe/oracle/fp8.py L122-132: 'On Hopper for Block Fp8, "
-               "prefer Triton for TP and FI CUTLASS for EP' (_move_to_front TRITON when is_device_capability(90) and "
-               "ep_size == 1); here for every FP8 layer on SM90 (the per-rank layer does not say whether EP is in use)")
+_HOPPER_FP8 = ("vLLM 0.33.0 model_executor/layers/fused_moe/oracle/fp8.py L122-132 (unchanged in 0.34.0): 'On Hopper "
+               "for Block Fp8, prefer Triton for TP and FI CUTLASS for EP' (_move_to_front TRITON when "
+               "is_device_capability(90) and ep_size == 1, for kFp8Static128BlockSym x kFp8Dynamic128Sym only); per-tensor "
+               "FP8 keeps vLLM's base order, FLASHINFER_CUTLASS before TRITON (executed: docs/parity/vllm-0.34.0.json, "
+               "Mixtral-8x7B-Instruct-FP8 on h100)")
 
 DECLARATION = BackendCapability(
     id="triton-fused-moe",
@@ -89,7 +91,8 @@ DECLARATION = BackendCapability(
     # to the front for block FP8 under TP (the override below).
     priority={QuantFamily.UNQUANTIZED: 65, QuantFamily.FP8: 75},
     priority_overrides=(PriorityOverride(
-        family=QuantFamily.FP8, devices=(DeviceRule(sm=(90,), source=_HOPPER_FP8),), priority=85, source=_HOPPER_FP8),),
+        family=QuantFamily.FP8, devices=(DeviceRule(sm=(90,), source=_HOPPER_FP8),), priority=85,
+        when=Condition(quant=(QuantKind.FP8_BLOCK,), expert_parallel=False), source=_HOPPER_FP8),),
     engines=EngineNames(vllm="triton", sglang="triton", source=(
         "vLLM 0.33.0 config/kernel.py MoEBackend 'triton' (TritonExperts, fused_moe.py); SGLang 0.5.23 "
         "MoeRunnerBackend.TRITON (layers/moe/fused_moe_triton/, the same design ported from vLLM; unquant.py L1193, "

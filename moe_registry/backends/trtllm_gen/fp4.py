@@ -67,7 +67,10 @@ DECLARATION = BackendCapability(
             f"L138-140 FLASHINFER_TRTLLM_MXFP4_BF16; {f.PREPARE} prepare_trtllm_fp4_weights (MXFP4xBF16)")),
         QuantSupport(kind=QuantKind.MXFP4_MXFP8, activation_scale_layout=ScaleLayout.LINEAR, source=(
             f"{_MXFP4} _supports_quant_scheme (kMxfp4Static, kMxfp8Dynamic); {f.PREPARE} "
-            "prepare_trtllm_fp4_activations (MXFP8 hidden states, linear scales)")),
+            "prepare_trtllm_fp4_activations (MXFP8 hidden states, linear scales); vLLM 0.34.0 splits the modular "
+            "path: TrtLlmMxfp4Mxfp8ExpertsModular takes (MXFP4, MXFP8) and TrtLlmMxfp4ExpertsModular only (MXFP4, "
+            "None), tried Mono, Mxfp8-Mod, Mod (experts/trtllm_mxfp4_moe.py L488, L502; oracle/mxfp4.py "
+            "backend_to_kernel_cls): the same FlashInfer entry point")),
     ),
     shape_rules=(
         ShapeRule(dimension="hidden", multiple_of=256, pad=True, source=(

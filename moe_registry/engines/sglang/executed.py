@@ -20,7 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..answer import EngineAnswer, EngineNotInstalled, EngineRejection
+from ... import cache
+from ..answer import EngineAnswer, EngineNotInstalled, EngineRejection, executed_key
 from .names import SGLANG_VERSION, kernel_family
 
 if TYPE_CHECKING:
@@ -86,13 +87,32 @@ def device_request(device: DeviceSpec) -> dict[str, Any]:
 
 
 def run_cases(device: DeviceSpec, cases: list[Case], *, timeout: float = TIMEOUT_S,
-              load_plugins: bool = False) -> tuple[list[Outcome], dict[str, Any]]:
+              load_plugins: bool = False, cached: bool = False) -> tuple[list[Outcome], dict[str, Any]]:
     """Run every case in one worker process for ``device``; returns the outcomes (same order) and
     the worker's provenance (version, fakes, assumptions). ``load_plugins``: SGLang loads its
     ``sglang.srt.plugins`` entry points first (ours among them), as a server does; off, SGLang
-    answers as if no plugin were installed."""
+    answers as if no plugin were installed. ``cached``: read and keep the answer in
+    :mod:`moe_registry.cache` (kept only when every case resolved without an error)."""
     require_sglang()
     request = {"device": device_request(device), "cases": [c.request() for c in cases], "load_plugins": load_plugins}
+    key = executed_key("sglang", SGLANG_VERSION, request) if cached else None
+    data = cache.read("sglang-executed", key) if key is not None else None
+    try:
+        outcomes, meta = _outcomes(cases, data) if isinstance(data, dict) else (None, None)
+    except (KeyError, TypeError, ValueError):
+        outcomes, meta = None, None
+    if outcomes is None or meta is None:
+        data = _run_worker(request, timeout)
+        try:
+            outcomes, meta = _outcomes(cases, data)
+        except (KeyError, TypeError, ValueError):
+            raise SGLangRunFailed("SGLang's resolution worker answered something other than one answer per case") from None
+        if key is not None and all(o.error is None for o in outcomes):
+            cache.write("sglang-executed", key, data)
+    return outcomes, meta
+
+
+def _run_worker(request: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = dict(os.environ)
     try:
         done = subprocess.run([sys.executable, "-m", "moe_registry.engines.sglang._worker"], input=json.dumps(request),
@@ -106,8 +126,12 @@ def run_cases(device: DeviceSpec, cases: list[Case], *, timeout: float = TIMEOUT
         data = json.loads(done.stdout)
     except json.JSONDecodeError:
         raise SGLangRunFailed("SGLang's resolution worker wrote no JSON answer") from None
+    return data
+
+
+def _outcomes(cases: list[Case], data: dict[str, Any]) -> tuple[list[Outcome], dict[str, Any]]:
     outcomes = [Outcome(c.key, a["config"], tuple(a["layers"]), a["error"], tuple(a["log"]), a.get("plugin"),
-                        a.get("seconds", {})) for c, a in zip(cases, data["answers"])]
+                        a.get("seconds", {})) for c, a in zip(cases, data["answers"], strict=True)]
     meta = {k: data[k] for k in ("version", "fakes", "assumptions")}
     return outcomes, meta
 
@@ -205,5 +229,5 @@ def executed_answers(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
         raise ValueError("SGLang's executed answer needs a target device (--device)")
     if plan.quant_method == "override":
         return tuple(None for _ in plan.groups())  # SGLang reads the checkpoint, not our override
-    outcomes, meta = run_cases(plan.device, [case_for_plan(plan)])
+    outcomes, meta = run_cases(plan.device, [case_for_plan(plan)], cached=True)
     return answers_from_outcome(plan, outcomes[0], meta)

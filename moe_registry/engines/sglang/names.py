@@ -1,5 +1,5 @@
 """Our backend ids <-> SGLang 0.5.23's MoE runner names (``--moe-runner-backend``), and the kernel
-family each SGLang runner runs, in the family vocabulary of :mod:`..vllm_oracle` (so a row of
+family each SGLang runner runs, in the family vocabulary of :mod:`..vllm.names` (so a row of
 either parity table agrees when the engine and we run the same kernel family).
 
 The SGLang flag of a backend is declared where the backend is (``EngineNames.sglang`` and, per

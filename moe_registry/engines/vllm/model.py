@@ -1,4 +1,9 @@
-"""A torch-free model of vLLM 0.33.0's *default* fused-MoE experts choice (``--moe-backend auto``).
+"""A torch-free model of vLLM 0.34.0's *default* fused-MoE experts choice (``--moe-backend auto``).
+
+Held equal to vLLM 0.34.0's own selection code, executed, on every row of the committed record
+(docs/parity/vllm-0.34.0.json, ``tests/test_parity_vllm.py``); it answers without vLLM installed, for
+the ``model`` source of :func:`~moe_registry.engines.answer.engine_answers`. Rules cite vLLM 0.33.0's
+line numbers where 0.34.0 kept the rule, and 0.34.0's (marked so) where 0.34.0 changed it.
 
 vLLM picks an experts kernel per MoE layer in one "oracle" per quantization family
 (``model_executor/layers/fused_moe/oracle/*.py``): a priority list, moved around by platform and
@@ -20,8 +25,8 @@ What is modelled, and how (the assumptions a deployment could change are in :dat
 - NVIDIA devices only (ROCm / XPU / CPU / TPU classes are listed where they sit in a priority list,
   and fail their device rule).
 
-Paths in sources are relative to ``vllm/model_executor/layers/`` of vLLM 0.33.0 unless they start
-with ``vllm/``. Line numbers are for that release.
+Paths in sources are relative to ``vllm/model_executor/layers/`` unless they start with ``vllm/``.
+Line numbers are 0.33.0's unless a source says 0.34.0.
 
 This file is longer than the ~500 lines the other modules keep to: it is data, one rule table per
 vLLM experts class and one ordered list per oracle, each beside its source line, and it reads top to
@@ -35,12 +40,11 @@ from dataclasses import dataclass, field
 from math import gcd
 from typing import Callable
 
-from ..schemas.device import DeviceSpec
-from ..schemas.layer import LayerSpec, RoutingMethod
-from ..schemas.capability import BackendCapability
-from ..schemas.quant import QuantFamily, QuantKind, family_of
+from ...schemas.device import DeviceSpec
+from ...schemas.layer import LayerSpec, RoutingMethod
+from ...schemas.quant import QuantKind
 
-VLLM_VERSION = "0.33.0"
+VLLM_VERSION = "0.34.0"
 
 ASSUMPTIONS = (
     "default install: flashinfer-python 0.7.2.post1, humming-kernels 0.1.19 (vllm-0.33.0 METADATA "
@@ -116,7 +120,7 @@ _ROUTING = {
 }
 
 
-def _keys(layer: LayerSpec, quant_method: str | None) -> tuple[str, str | None, str | None]:
+def _keys(layer: LayerSpec, quant_method: str | None, fp8_static: bool = False) -> tuple[str, str | None, str | None]:
     """(oracle, weight key, activation key) as the quant method of each checkpoint format builds them."""
     q = layer.quant
     kind = q.kind
@@ -132,7 +136,8 @@ def _keys(layer: LayerSpec, quant_method: str | None) -> tuple[str, str | None, 
         refine = gcd(128, ispp, layer.hidden_size)
         return "fp8", (f"kFp8StaticBlock{refine}Sym" if refine >= 32 else "kFp8Static128BlockSym"), "kFp8Dynamic128Sym"
     if kind is QuantKind.FP8:
-        static = quant_method == "modelopt"  # modelopt.py L503 static; fp8.py L509-516 dynamic default
+        # modelopt.py L503 static; fp8.py L509-516: the checkpoint's activation_scheme, dynamic by default
+        static = quant_method == "modelopt" or fp8_static
         return "fp8", "kFp8StaticTensorSym", "kFp8StaticTensorSym" if static else "kFp8DynamicTensorSym"
     if kind is QuantKind.NVFP4:
         return "nvfp4", "kNvfp4Static", "kNvfp4Dynamic"  # modelopt.py L858-877
@@ -159,11 +164,12 @@ def _keys(layer: LayerSpec, quant_method: str | None) -> tuple[str, str | None, 
 
 
 def vllm_layer(layer: LayerSpec, device: DeviceSpec, *, quant_method: str | None = None,
-               model_type: str | None = None) -> VllmLayer:
-    """Translate one of our layers to what vLLM's oracle reads (see module docstring for assumptions)."""
+               model_type: str | None = None, fp8_static: bool = False) -> VllmLayer:
+    """Translate one of our layers to what vLLM's oracle reads (see module docstring for assumptions).
+    ``fp8_static``: the checkpoint says ``activation_scheme: static`` (per-tensor FP8)."""
     if device.vendor != "nvidia" or device.sm is None:
         raise ValueError(f"the vLLM oracle model covers NVIDIA devices only, not {device.name}")
-    oracle, wkey, akey = _keys(layer, quant_method)
+    oracle, wkey, akey = _keys(layer, quant_method, fp8_static)
     p = layer.parallel
     use_ep = p.ep > 1
     return VllmLayer(
@@ -307,10 +313,16 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
          _quant({("kMxfp4Static", None), ("kMxfp4Static", "kMxfp8Dynamic")}, "L133-141"),
          _par(_MONO_PAR_STRICT, lambda l: not l.all2all and l.dp_size <= 1, "L176-183"),
          _routing({"DeepSeekV3", "Renormalize", "RenormalizeNaive"}, "L186-195"), STANDARD),
+    # 0.34.0 splits the modular class by activation key (experts/trtllm_mxfp4_moe.py L488-510).
+    _cls("TrtLlmMxfp4Mxfp8ExpertsModular", "experts/trtllm_mxfp4_moe.py",
+         _dev("CUDA SM10x + FlashInfer", _fam(100), "L121-123"), _gated("L129-130"),
+         _acts({"swigluoai", "silu"}, "L144-150"),
+         _quant({("kMxfp4Static", "kMxfp8Dynamic")}, "0.34.0 L502-510"),
+         _par("any", lambda l: True, "L304-307"), STANDARD),
     _cls("TrtLlmMxfp4ExpertsModular", "experts/trtllm_mxfp4_moe.py",
          _dev("CUDA SM10x + FlashInfer", _fam(100), "L121-123"), _gated("L129-130"),
          _acts({"swigluoai", "silu"}, "L144-150"),
-         _quant({("kMxfp4Static", None), ("kMxfp4Static", "kMxfp8Dynamic")}, "L133-141"),
+         _quant({("kMxfp4Static", None)}, "0.34.0 L488-499"),
          _par("any", lambda l: True, "L304-307"), STANDARD),
     _cls("TrtLlmMxint4ExpertsMonolithic", "experts/trtllm_mxint4_moe.py",
          _dev("CUDA SM10x + VLLM_USE_FLASHINFER_MOE_INT4=1 (default 0)", lambda sm: False,
@@ -342,7 +354,8 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
          _acts({"silu"}, "L88-89"), _quant({("kNvfp4Static", "kNvfp4Dynamic")}, "L78-86"), BATCHED),
     # --- vLLM CUTLASS ---
     _cls("CutlassExpertsFp4", "experts/cutlass_moe.py",
-         _dev("CUDA SM10x / SM11x / SM12x", lambda sm: sm // 10 in (10, 11, 12), "L716-722"),
+         _dev("CUDA SM10x / SM12x (0.34.0 drops SM110: 'grouped NVFP4 kernel is sm100-only')",
+              lambda sm: sm // 10 in (10, 12), "0.34.0 L722-731"),
          _quant({("kNvfp4Static", "kNvfp4Dynamic")}, "L729-734"), _acts(AMA, "L736-743"),
          _par("not FI-NVL / DeepEP-HT", lambda l: True, "L745-752"), STANDARD),
     _cls("CutlassExpertsW4A8Fp8", "experts/cutlass_moe.py",
@@ -445,7 +458,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
          _dev("ops.mxfp4_experts_quant_supported(cap) (compiled op; assumed SM10x/SM12x)",
               lambda sm: sm // 10 in (10, 12), "L1034-1042"),
          _quant({("kMxfp4Static", "kMxfp4Dynamic")}, "L1048-1053"), _acts(AMA, "L1055-1056"), STANDARD),
-    _cls("Mxfp4EmulationExperts", "experts/ocp_mx_emulation_moe.py",
+    _cls("OCP_MXQuantizationEmulationTritonExperts", "experts/ocp_mx_emulation_moe.py",
          Rule("reached only when every other MXFP4 backend failed", lambda l: True, "fused_moe/oracle/mxfp4.py L402-436")),
     _cls("Int4EmulationTritonExperts", "experts/int4_emulation_moe.py",
          Rule("reached only when every other WNA16 backend failed", lambda l: True, "fused_moe/oracle/int_wna16.py L122-134")),
@@ -574,9 +587,9 @@ ORACLES: dict[str, Oracle] = {o.name: o for o in (
     ), (_humming_before_marlin("nvfp4.py L213"),)),
     Oracle("mxfp4", "fused_moe/oracle/mxfp4.py L650-760 select_mxfp4_moe_backend (gpt-oss list L402-435)", (
         Backend("FLASHINFER_TRTLLM_MXFP4_BF16", "flashinfer_trtllm", "flashinfer-trtllm",
-                ("TrtLlmMxfp4ExpertsMonolithic", "TrtLlmMxfp4ExpertsModular")),
+                ("TrtLlmMxfp4ExpertsMonolithic", "TrtLlmMxfp4Mxfp8ExpertsModular", "TrtLlmMxfp4ExpertsModular")),
         Backend("FLASHINFER_TRTLLM_MXFP4_MXFP8", "flashinfer_trtllm", "flashinfer-trtllm",
-                ("TrtLlmMxfp4ExpertsMonolithic", "TrtLlmMxfp4ExpertsModular")),
+                ("TrtLlmMxfp4ExpertsMonolithic", "TrtLlmMxfp4Mxfp8ExpertsModular", "TrtLlmMxfp4ExpertsModular")),
         Backend("AITER_MXFP4_BF16", "aiter", "aiter", _ROCM),
         Backend("AITER_TRITON_MXFP4_BF16", "aiter_triton_mxfp4_bf16", "aiter", _ROCM),
         Backend("AITER_MXFP4_FP8", None, "aiter", _ROCM),
@@ -589,10 +602,10 @@ ORACLES: dict[str, Oracle] = {o.name: o for o in (
         Backend("BATCHED_MARLIN", None, "marlin", ("BatchedMarlinExperts",)),
         Backend("HUMMING", "humming", "humming", _BH),
         Backend("XPU", None, "xpu", _OTHER), Backend("CPU", None, "cpu", _OTHER),
-        Backend("EMULATION", "emulation", "emulation", ("Mxfp4EmulationExperts",)),
+        Backend("EMULATION", "emulation", "emulation", ("OCP_MXQuantizationEmulationTritonExperts",)),
     ), (
-        Move("SM12x: OAI Triton after batched Marlin", lambda l: l.family == 12, "after:BATCHED_MARLIN", "TRITON",
-             "fused_moe/oracle/mxfp4.py L425-434"),
+        Move("SM110 / SM12x: OAI Triton after batched Marlin (SM110 new in 0.34.0)", lambda l: l.family in (11, 12),
+             "after:BATCHED_MARLIN", "TRITON", "fused_moe/oracle/mxfp4.py L445-457 (0.34.0)"),
         _humming_before_marlin("mxfp4.py L435"),
     ), activation_filter=True),
     Oracle("wna16", "fused_moe/oracle/int_wna16.py L256-370 select_wna16_moe_backend", (
@@ -718,44 +731,6 @@ def _with_act(v: VllmLayer, key: str | None) -> VllmLayer:
 
 
 def vllm_default(layer: LayerSpec, device: DeviceSpec, *, quant_method: str | None = None,
-                 model_type: str | None = None) -> VllmChoice:
-    """vLLM 0.33.0's default experts backend for one of our layers on a device."""
-    return choose(vllm_layer(layer, device, quant_method=quant_method, model_type=model_type))
-
-
-# --- Equivalence with our declarations -----------------------------------------------------------
-
-# A declaration's ``engines.vllm`` is the --moe-backend key that forces the same kernel; the key
-# names one kernel family in the unquantized / FP8 / NvFP4 / WNA16 oracles. The one collision: in the
-# MXFP4 oracle "triton" forces OpenAI's triton_kernels (fused_moe/oracle/mxfp4.py L375), not TritonExperts,
-# so a declaration of vLLM's TritonExperts ("triton") is not the MXFP4 TRITON backend.
-ENGINE_FAMILY: dict[str, str] = {
-    "flashinfer_trtllm": "flashinfer-trtllm",
-    "flashinfer_cutlass": "flashinfer-cutlass",
-    "flashinfer_cutedsl": "flashinfer-cutedsl",
-    "triton": "triton",
-    "triton_unfused": "oai-triton-kernels",
-    "marlin": "marlin",
-    "humming": "humming",
-    "deep_gemm": "deep-gemm",
-    "cutlass": "vllm-cutlass",
-    "emulation": "emulation",
-}
-
-
-def family_of_engine(moe_backend: str | None) -> str | None:
-    return ENGINE_FAMILY.get(moe_backend) if moe_backend else None
-
-
-# The collision above, resolved per declaration: a declaration keyed "triton" that runs MXFP4 and nothing
-# else is OpenAI's triton_kernels (the MXFP4 oracle's TRITON, fused_moe/oracle/mxfp4.py L375).
-MXFP4_ONLY_FAMILY: dict[str, str] = {"triton": "oai-triton-kernels"}
-
-
-def family_of_declaration(decl: BackendCapability) -> str | None:
-    """The vLLM kernel family of one of our declarations (its ``engines.vllm`` key, and its quant kinds
-    where the key is ambiguous)."""
-    key = decl.engines.vllm
-    if key in MXFP4_ONLY_FAMILY and decl.quant and {family_of(q.kind) for q in decl.quant} == {QuantFamily.MXFP4}:
-        return MXFP4_ONLY_FAMILY[key]
-    return family_of_engine(key)
+                 model_type: str | None = None, fp8_static: bool = False) -> VllmChoice:
+    """vLLM's default experts backend (:data:`VLLM_VERSION`) for one of our layers on a device."""
+    return choose(vllm_layer(layer, device, quant_method=quant_method, model_type=model_type, fp8_static=fp8_static))

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import os
-import shutil
-import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -95,6 +92,9 @@ def _detect_with_torch() -> DeviceSpec | None:
 
 
 def _detect_with_nvidia_smi() -> DeviceSpec | None:
+    import shutil
+    import subprocess
+
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
@@ -163,9 +163,11 @@ def this_machine(software: Environment) -> Environment:
 
 
 def _distribution_version(name: str) -> str | None:
+    from importlib import metadata  # ~15 ms of imports (email.*): only when a version is read
+
     try:
-        version = importlib.metadata.version(name)
-    except (importlib.metadata.PackageNotFoundError, ValueError):
+        version = metadata.version(name)
+    except (metadata.PackageNotFoundError, ValueError):
         return None
     return _machine_text(version if isinstance(version, str) else None, limit=100)
 
@@ -335,6 +337,9 @@ def nvidia_smi(field: str, *, units: bool = True) -> str | None:
     """``nvidia-smi --query-gpu=FIELD`` of the first GPU ("name", "driver_version", "clocks.max.sm",
     or several, comma-separated, as one CSV line), without units ("1980" for "1980 MHz") when
     ``units`` is False; None when nvidia-smi is missing or fails."""
+    import shutil
+    import subprocess
+
     import shutil
     import subprocess
 

@@ -51,7 +51,7 @@ sglang_tests() {
         "$venv/bin/pip" install -q transformers==5.19.0 tokenizers==0.23.2 openai==2.8.0 orjson psutil pybase64 \
             requests pillow starlette msgspec pyzmq tqdm IPython aiohttp dill gguf partial_json_parser einops \
             "cuda-python>=13.0" nvidia-ml-py tabulate uvicorn setproctitle fastapi triton pydantic pluggy rich pytest \
-            google-re2
+            google-re2 loguru
     fi
     "$venv/bin/pip" install -q --no-deps -e "$ROOT"  # refreshes the entry points (sglang.srt.plugins) of this tree
     local log="$ROOT/docs/verification/sglang-engine-tests.log"

@@ -108,8 +108,12 @@ def test_providers_and_defaults(monkeypatch):
     monkeypatch.setattr(answer_mod, "PROVIDERS", {})
     answer_mod._load_builtin_providers()
     from moe_registry.engines.sglang import executed as sglang_executed
-    assert answer_mod.PROVIDERS == {"vllm": {"model": answer_mod._vllm_model, "executed": executed.executed_answers},
-                                    "sglang": {"executed": sglang_executed.executed_answers}}
+    assert answer_mod.PROVIDERS == {"vllm": {"model": answer_mod._vllm_model, "executed": answer_mod._vllm_executed},
+                                    "sglang": {"executed": answer_mod._sglang_executed}}
+    # The executed providers hand the plan to their engine module (imported only then).
+    monkeypatch.setattr(executed, "executed_answers", lambda plan: ("vllm", plan))
+    monkeypatch.setattr(sglang_executed, "executed_answers", lambda plan: ("sglang", plan))
+    assert answer_mod._vllm_executed("p") == ("vllm", "p") and answer_mod._sglang_executed("p") == ("sglang", "p")
     plan = plan_model("qwen3-30b-a3b", get_device("b200"))
     [model] = engine_answers(plan)  # vllm, model: the defaults
     assert (model.engine, model.source, model.kernel) == ("vllm", "model", "FLASHINFER_TRTLLM (TrtLlmBf16ExpertsMonolithic)")
@@ -120,6 +124,17 @@ def test_providers_and_defaults(monkeypatch):
     assert engine_answers(plan_model("qwen3-30b-a3b", get_device("cpu"))) == (None,)
     [override] = engine_answers(plan_model("qwen3-30b-a3b", get_device("h100"), quant="fp8"))
     assert override.kernel == "TRITON (TritonExperts)"  # dynamic per-tensor FP8 on Hopper, as vLLM's --quantization fp8
+
+
+def test_explain_without_engines_imports_no_engine_runner():
+    """explain's engine defaults read the model of vLLM's oracle; the modules that run an engine in a
+    child (~11 ms of imports) load only when an engine is installed."""
+    code = ("import sys; from moe_registry.planner import plan_model; from moe_registry.render.deploy import "
+            "engine_defaults, _installed; plan = plan_model('qwen3-30b-a3b', 'h100'); "
+            "[engine_defaults(plan, e) for e in ('vllm', 'sglang')]; "
+            "print([e for e in ('vllm', 'sglang') if not _installed(e) and f'moe_registry.engines.{e}.executed' in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]
 
 
 def test_register_provider():

@@ -87,20 +87,23 @@ def with_plugin():
     qwen = plan_model("qwen3-30b-a3b", device, ParallelConfig(tp=8, ep=2))
     single = plan_model("qwen3-30b-a3b", device)  # the registry picks triton here; the user asks for another
     explicit = case_for_plan(single, ("--moe-runner-backend", "flashinfer_cutlass"), key="explicit")
-    cases = [case_for_plan(gpt, key="gpt"), case_for_plan(qwen, key="qwen"), explicit]
+    # Nemotron-3-Nano bf16 relu2 on Hopper: SGLang's own pick is flashinfer_cutlass, the registry's triton-fused-moe.
+    nemotron = plan_model("nemotron-3-nano-30b-a3b", device)
+    cases = [case_for_plan(gpt, key="gpt"), case_for_plan(qwen, key="qwen"), explicit,
+             case_for_plan(nemotron, key="nemotron")]
     outcomes, _ = run_cases(device, cases, load_plugins=True)
-    return dict(zip(("gpt", "qwen", "explicit"), zip((gpt, qwen, single), outcomes)))
+    return dict(zip(("gpt", "qwen", "explicit", "nemotron"), zip((gpt, qwen, single, nemotron), outcomes)))
 
 
 def test_the_plugins_config_time_choice_is_accepted_by_sglang(with_plugin):
-    plan, outcome = with_plugin["gpt"]
+    plan, outcome = with_plugin["nemotron"]
     assert outcome.plugin is not None, "SGLang's load_plugins() did not load the moe_registry entry point"
     choice = outcome.plugin["choice"]
     assert choice["runner"] is not None and "one runner for the whole model" in choice["why"]
     ours = [s for s in outcome.config["steps"] if s["source"] == "moe_registry"]
-    # SGLang's own pick here is triton_kernel (gpt_oss.py); the registry's differs, so it is declared and SGLang
-    # validates and builds every layer with it.
-    assert choice["runner"] != "triton_kernel"
+    # SGLang's own pick here is flashinfer_cutlass (docs/parity-sglang.md); the registry's, triton, differs, so it
+    # is declared and SGLang validates and builds every layer with it.
+    assert choice["runner"] == "triton"
     assert ours and ours[0]["fields"]["moe_runner_backend"] == choice["runner"]
     assert outcome.error is None and outcome.config["moe_runner_backend"] == choice["runner"]
     assert {x["runner"] for x in outcome.layers} == {choice["runner"]}  # every layer built with it

@@ -169,13 +169,22 @@ def engine_answers(plan: ModelPlan, engine: str = "vllm", *, source: Source = "m
 
 def _load_builtin_providers() -> None:
     if "vllm" not in PROVIDERS:
-        from .vllm.executed import executed_answers
-
         register_provider("vllm", "model", _vllm_model)
-        register_provider("vllm", "executed", executed_answers)
+        register_provider("vllm", "executed", _vllm_executed)
     if "sglang" not in PROVIDERS:
-        from .sglang.executed import executed_answers as sglang_executed  # runs SGLang in a child process when called
-        register_provider("sglang", "executed", sglang_executed)
+        register_provider("sglang", "executed", _sglang_executed)
+
+
+# The executed providers import their engine modules only when asked (explain without an engine
+# installed never is): they run the engine in a child process.
+def _vllm_executed(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
+    from .vllm.executed import executed_answers
+    return executed_answers(plan)
+
+
+def _sglang_executed(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
+    from .sglang.executed import executed_answers
+    return executed_answers(plan)
 
 
 # --- vLLM, from the hand model of its oracle -----------------------------------------------------

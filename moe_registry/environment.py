@@ -340,9 +340,6 @@ def nvidia_smi(field: str, *, units: bool = True) -> str | None:
     import shutil
     import subprocess
 
-    import shutil
-    import subprocess
-
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None

@@ -135,7 +135,7 @@ def test_no_host_sync_in_a_forward(sm90):
 def test_graphed_experts_match_eager(sm90):
     from moe_registry.execution.graphs import GraphedExperts
 
-    experts, _ = _build(LayerSpec(**MEDIUM, **SCHEMES["int4-g128-aligned"]), sm90)
+    experts, _ = _build(LayerSpec(**{**MEDIUM, **SCHEMES["int4-g128-aligned"]}), sm90)
     graphed = GraphedExperts(experts, buckets=(1, 4, 16, 64))
     for T in (1, 2, 3, 16, 50, 64, 65):
         x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)

@@ -147,7 +147,17 @@ DECLARATION = BackendCapability(
                                                     f"topk_weights and aligns them with moe_align_block_size"),
     features=FeatureSupport(
         bias=True, apply_router_weight_on_input=False, swigluoai_params=True, cuda_graphs=True, tensor_parallel=True,
-        expert_parallel=True, source=(
+        expert_parallel=True,
+        nondeterministic=(
+            "stream-K (humming-kernels 0.1.19 config.py use_stream_k=True, the default vLLM runs) adds a GEMM's K "
+            "slices into the bf16 / fp16 output with atomics in no fixed order (include/humming/epilogue/"
+            "gmem_writer.cuh: tma_reduce_add, atomic_reduce_add_f162 when slice_count > 3; humming's own "
+            "testing/runner.py allows bf16 stream-K outliers for this), so repeated forwards differ by output-dtype "
+            "roundings: two eager forwards of the Mixtral int4 g128 zero-point layer (E8 k2 H4096 I14336) at T=1 "
+            "differed by 5.3e-3 to 5.5e-3 relative on the H100 (docs/verification/h100-gpu-tests-77375fe.log); "
+            "the Gemma 4 NvFP4, Qwen3-30B int4 and gpt-oss MXFP4 layers repeated within 1e-6 there; "
+            "use_batch_invariant=True turns stream-K off"),
+        source=(
             f"{_EXPERTS}: humming_forward(bias=w1_bias / w2_bias), LayerConfig.has_bias; apply() asserts not "
             f"apply_router_weight_on_input; {_V} utils/humming/activation.py clamped-SiLU template takes limit, "
             f"alpha, beta and binary_interleaved / binary_split rows; _supports_parallel_config True; cuda_graphs: "

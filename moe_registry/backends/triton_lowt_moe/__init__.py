@@ -89,8 +89,9 @@ DECLARATION = BackendCapability(
                 f"test_no_host_sync_in_a_forward passed on the H100 (docs/verification/h100-lowt-gpu-tests.log); "
                 f"graphed == eager on the H100 for bf16 at every bucket, NvFP4 at T <= 4, int4 at T <= 2 "
                 f"(docs/verification/h100-graph-capture-e593d2a.txt, the other T stopped by the test's old "
-                f"eager-reproducibility precondition); test_graphed_experts_match_eager (int4) failed there, its "
-                f"cause not recorded (docs/verification/README.md)")),
+                f"eager-reproducibility precondition); test_graphed_experts_match_eager (int4) failed there and again "
+                f"at 77375fe on a TypeError of the test itself (a repeated keyword argument: no kernel ran; "
+                f"docs/verification/h100-gpu-tests-77375fe.log), since fixed")),
     requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
                               hint="pip install triton (ships with CUDA builds of torch)",
                               source=f"{_K} imports triton"),),

@@ -24,7 +24,8 @@ cd "$WORK"
 TESTS="${MUTATION_TESTS:-${MUTATE_TESTS:-tests/test_selection_rules.py tests/test_selection.py tests/test_selection_properties.py tests/test_schemas.py
 tests/test_planner.py tests/test_published_configs.py tests/test_memory.py tests/test_presets.py tests/test_quant_config.py
 tests/test_declared.py tests/test_registry.py tests/test_capability_rules.py tests/test_planner_rules.py tests/test_selection_edges.py tests/test_core_arguments.py
-tests/test_environment.py tests/test_deploy_answer.py tests/test_deploy_rules.py tests/test_real_configs.py}}"
+tests/test_environment.py tests/test_deploy_answer.py tests/test_deploy_rules.py tests/test_real_configs.py
+tests/test_planner_layout_rules.py}}"
 # MUTATION_ONLY="a.py b.py" (or MUTATE_ONLY / MUTATE) restricts the mutants to the modules a change touched.
 ONLY="${MUTATION_ONLY:-${MUTATE_ONLY:-${MUTATE:-moe_registry/selection/*.py moe_registry/schemas/capability.py moe_registry/planner/*.py}}}"
 {

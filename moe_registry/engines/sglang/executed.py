@@ -96,19 +96,19 @@ def run_cases(device: DeviceSpec, cases: list[Case], *, timeout: float = TIMEOUT
     require_sglang()
     request = {"device": device_request(device), "cases": [c.request() for c in cases], "load_plugins": load_plugins}
     key = executed_key("sglang", SGLANG_VERSION, request) if cached else None
-    data = cache.read("sglang-executed", key) if key is not None else None
-    try:
-        outcomes, meta = _outcomes(cases, data) if isinstance(data, dict) else (None, None)
-    except (KeyError, TypeError, ValueError):
-        outcomes, meta = None, None
-    if outcomes is None or meta is None:
-        data = _run_worker(request, timeout)
+    hit = cache.read("sglang-executed", key) if key is not None else None
+    if isinstance(hit, dict):
         try:
-            outcomes, meta = _outcomes(cases, data)
+            return _outcomes(cases, hit)
         except (KeyError, TypeError, ValueError):
-            raise SGLangRunFailed("SGLang's resolution worker answered something other than one answer per case") from None
-        if key is not None and all(o.error is None for o in outcomes):
-            cache.write("sglang-executed", key, data)
+            pass  # an entry of another shape: ask SGLang again
+    data = _run_worker(request, timeout)
+    try:
+        outcomes, meta = _outcomes(cases, data)
+    except (KeyError, TypeError, ValueError):
+        raise SGLangRunFailed("SGLang's resolution worker answered something other than one answer per case") from None
+    if key is not None and all(o.error is None for o in outcomes):
+        cache.write("sglang-executed", key, data)
     return outcomes, meta
 
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,8 @@ def write(kind: str, key: str, value: Any) -> None:
     path = _path(kind, key)
     if path is None:
         return
+    import tempfile  # ~8 ms with shutil and random: only when an answer was computed, never on a cache hit
+
     temp = None
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{kind}-", suffix=".tmp")

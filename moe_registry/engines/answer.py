@@ -10,7 +10,8 @@ registering a provider in :data:`PROVIDERS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from ..planner.results import ModelPlan
     from .vllm.model import VllmChoice
     from ..schemas.capability import BackendCapability
-    from ..schemas.selection import Rejection
+    from ..schemas.quant import QuantKind
+    from ..schemas.selection import Reason, Rejection
 
 Engine = Literal["vllm", "sglang"]
 Source = Literal["model", "executed"]
@@ -78,6 +80,37 @@ def _engine_name(declaration: BackendCapability, engine: Engine) -> str | None:
     return declaration.engines.vllm if engine == "vllm" else declaration.engines.sglang
 
 
+@dataclass(frozen=True)
+class Separation:
+    """The first fact, in our declarations and selection, that separates our pick from the engine's
+    kernel. ``kind``: ``"no-kernel"`` (no declaration here is that kernel), ``"not-covering"`` (those
+    that are do not declare the layer's scheme: ``peers``), ``"rejected"`` (``peer`` is, and our
+    selection rejected it: ``reason``) or ``"ranked"`` (``peer`` is eligible and ranks below our pick)."""
+
+    kind: Literal["no-kernel", "not-covering", "rejected", "ranked"]
+    peers: tuple[BackendCapability, ...] = ()
+    peer: BackendCapability | None = None
+    reason: Reason | None = None
+
+
+def separation(answer: EngineAnswer, rejections: tuple[Rejection, ...],
+               declarations: Iterable[BackendCapability], quant: QuantKind | None = None) -> Separation:
+    """Why our selection did not land on the engine's kernel; ``quant`` (when given) first keeps the
+    declarations of that kernel that declare the scheme. The one finder behind :func:`compare` (the
+    plugin's and ``--engine``'s wording) and ``render.deploy`` (the deployer's)."""
+    same = tuple(d for d in declarations if answer.agrees_with(d))
+    if not same:
+        return Separation("no-kernel")
+    covering = same if quant is None else tuple(d for d in same if d.quant_support(quant))
+    if not covering:
+        return Separation("not-covering", peers=same)
+    rejected = {r.backend: r for r in rejections}
+    for decl in covering:
+        if decl.id in rejected:
+            return Separation("rejected", peers=covering, peer=decl, reason=rejected[decl.id].reasons[0])
+    return Separation("ranked", peers=covering, peer=covering[0])
+
+
 def compare(answer: EngineAnswer, ours: str | None, rejections: tuple[Rejection, ...],
             declarations: tuple[BackendCapability, ...]) -> Comparison:
     """Our backend ``ours`` (None: no backend; ``rejections`` then hold every reason) against the
@@ -97,15 +130,14 @@ def compare(answer: EngineAnswer, ours: str | None, rejections: tuple[Rejection,
         first = next((r.reasons[0] for r in rejections if r.reasons), None)
         why = f"no backend here runs it: {first.render()}" if first else "no backend here runs it"
         return Comparison(agree=False, why=why, fix=first.hint if first and first.hint else "")
-    same = [d for d in declarations if answer.agrees_with(d)]
-    rejected = {r.backend: r for r in rejections}
-    for decl in same:
-        if decl.id in rejected:
-            reason = rejected[decl.id].reasons[0]
-            return Comparison(agree=False, why=f"{decl.id} (the engine's kernel) rejected here: {reason.message}",
-                              fix=fix or reason.hint)
-    if same:
-        return Comparison(agree=False, why=f"{same[0].id} (the engine's kernel) is eligible; ours ranks {ours} first",
+    sep = separation(answer, rejections, declarations)
+    if sep.kind == "rejected":
+        assert sep.peer is not None and sep.reason is not None
+        return Comparison(agree=False, why=f"{sep.peer.id} (the engine's kernel) rejected here: {sep.reason.message}",
+                          fix=fix or sep.reason.hint)
+    if sep.kind == "ranked":
+        assert sep.peer is not None
+        return Comparison(agree=False, why=f"{sep.peer.id} (the engine's kernel) is eligible; ours ranks {ours} first",
                           fix=fix)
     if key is None:
         return Comparison(agree=False, why=f"ours, {ours}, is not a {answer.engine} kernel; no declaration here is "

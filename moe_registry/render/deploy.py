@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..engines.answer import FLAG_OPTION, separation
 from ..planner.layouts import Suggestion, cli_flags, gpu_count, sglang_flags, vllm_flags
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from ..schemas.capability import BackendCapability
 
 ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
-FLAG = {"vllm": "--moe-backend", "sglang": "--moe-runner-backend"}
 
 
 @dataclass(frozen=True)
@@ -94,19 +94,17 @@ def _because(group: LayerGroup, answer: EngineAnswer, decls: dict[str, BackendCa
     """Why our pick is not the engine's default, from the declarations and our selection."""
     assert group.selection is not None
     s, quant = group.selection, group.layer.quant.kind
-    same = [d for d in decls.values() if answer.agrees_with(d)]
-    covering = [d for d in same if d.quant_support(quant)]
-    if not same:
+    sep = separation(answer, s.rejections, decls.values(), quant)
+    if sep.kind == "no-kernel":
         return "moe-registry declares no backend of that kernel"
-    if not covering:
-        return f"moe-registry's {', '.join(d.id for d in same)} does not declare {quant.value}"
-    rejected = {r.backend: r for r in s.rejections}
-    for d in covering:
-        if d.id in rejected:
-            r = rejected[d.id].reasons[0]
-            what = f"{r.actual}, needs {r.required}" if r.actual and r.required else r.message
-            return f"moe-registry rejects {d.id} here ({r.code.value}: {what})"
-    d = covering[0]
+    if sep.kind == "not-covering":
+        return f"moe-registry's {', '.join(d.id for d in sep.peers)} does not declare {quant.value}"
+    assert sep.peer is not None
+    if sep.reason is not None:
+        r = sep.reason
+        what = f"{r.actual}, needs {r.required}" if r.actual and r.required else r.message
+        return f"moe-registry rejects {sep.peer.id} here ({r.code.value}: {what})"
+    d = sep.peer
     ranks = (f"moe-registry ranks {s.backend} above {d.id} by declared priority ({_priority(decls[s.backend], group)} "
              f"vs {_priority(d, group)})")
     # A device rule's rank may rest on a committed benchmark: then say so, and where.
@@ -161,10 +159,10 @@ def _engine_line(plan: ModelPlan, engine: str, defaults: EngineDefaults,
         missing = sorted({g.selection.backend for g in groups if engine_flag(g, engine) is None and g.selection})
         return None, f"no {name} flag runs {', '.join(missing)}; the layout alone: {layout or 'no flags'}"
     if len(needed) > 1:
-        return None, (f"the layer groups need different {FLAG[engine]} values ({', '.join(sorted(needed))}: "  # type: ignore[arg-type]
+        return None, (f"the layer groups need different {FLAG_OPTION[engine]} values ({', '.join(sorted(needed))}: "  # type: ignore[arg-type]
                       f"{name}'s flag is one for the whole model)")
     (value,) = needed
-    flags = f"{layout} {FLAG[engine]} {value}".strip()
+    flags = f"{layout} {FLAG_OPTION[engine]} {value}".strip()
     if defaults.source:
         theirs = sorted({a.flag or a.kernel or "none" for a, v in zip(defaults.answers, verdicts)
                          if a is not None and v.kind != "same"})

@@ -67,11 +67,11 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
 
     return {
         "default": lambda T: None,
-        "expert-gemm2": lambda T: at(T, C(bn1=32, bn2=32, bm=8 if T < 32 else 16, warps=2, warps2=2, gemm2="expert")),
-        "wide": lambda T: at(T, C(bn1=64, bn2=64, bm=8 if T < 32 else 16, warps=4, warps2=4, stages=4,
-                                  gemm2="token" if T <= 2 else "expert")),
-        "narrow": lambda T: at(T, C(bn1=16, bn2=16, bm=8 if T < 32 else 16, bm_token=8, warps=1, warps2=1, stages=4,
-                                    gemm2="token" if T <= 2 else "expert")),
+        # K not split (each tile's K steps in one program), GEMM2 per expert slot: the default of the last run.
+        "nosplit": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=1, split2=1)),
+        "splitmax": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=64, split2=64)),  # one K step per program
+        "token": lambda T: at(T, C(bm=8 if T < 32 else 16, gemm2="token")),  # GEMM2 per token, K of GEMM1 split
+        "narrow": lambda T: at(T, C(bn1=16, bn2=16, bm=8 if T < 32 else 16, bm_token=8, warps=1, warps2=1, stages=4)),
     }
 
 
@@ -268,7 +268,7 @@ class Run:
 
 # Token counts whose default config changed after the run in benchmarks/results/lowt-h100 (2026-12-07): there
 # "ours:default" timed the old one, and the variant named here timed exactly today's ops.default_config.
-CHANGED_SINCE_RUN = {1: "expert-gemm2"}
+CHANGED_SINCE_RUN: dict[int, str] = {}
 PEERS = {"humming": "humming", "marlin": "marlin"}  # bench label -> registry backend ("vllm" is no backend here)
 
 

@@ -31,10 +31,11 @@ from moe_registry.backends.triton_lowt_moe.kernel import BLOCK_4BIT, BLOCK_16BIT
 
 FMTS = {"bf16": F.FMT_16BIT, "int4": F.FMT_INT4, "nvfp4": F.FMT_NVFP4, "mxfp4": F.FMT_MXFP4}
 PTR = {"a": "*bf16", "ids": "*i32", "tw": "*fp32", "bias": "*fp32", "c": "*bf16", "zero": "*fp32", "ok": "*i32",
-       "gsc": "*fp32", "out": "*bf16", "z": "*u8", "sorted": "*i32", "block_expert": "*i32", "total": "*i32"}
+       "gsc": "*fp32", "out": "*bf16", "z": "*u8", "sorted": "*i32", "block_expert": "*i32", "total": "*i32",
+       "ws": "*fp32", "cnt": "*i32"}
 
 
-def _sig(fn: triton.JITFunction, fmt: int, stage: int) -> tuple[dict, dict]:
+def _sig(fn: triton.JITFunction, fmt: int, stage: int, finish: bool) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         base = name[:-4] if name.endswith("_ptr") else None
@@ -43,7 +44,7 @@ def _sig(fn: triton.JITFunction, fmt: int, stage: int) -> tuple[dict, dict]:
                 sig[name] = "*bf16" if fmt == F.FMT_16BIT else "*u8"
             elif base == "s":
                 sig[name] = "*bf16" if fmt == F.FMT_INT4 else "*u8"
-            elif base == "c" and stage == 2:
+            elif base == "c" and stage == 2 and not finish:
                 sig[name] = "*fp32"
             else:
                 sig[name] = PTR.get(base, "*fp32")
@@ -60,7 +61,7 @@ def _sig(fn: triton.JITFunction, fmt: int, stage: int) -> tuple[dict, dict]:
 
 
 def compile_one(fn: triton.JITFunction, consts: dict, fmt: int, stage: int, warps: int, stages: int) -> object:
-    sig, attrs = _sig(fn, fmt, stage)
+    sig, attrs = _sig(fn, fmt, stage, finish=stage == 2 and consts.get("SPLIT") is not None)
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
@@ -121,7 +122,8 @@ def main() -> None:
     p.add_argument("--bm-token", type=int, default=8)
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=3)
-    p.add_argument("--kernel", default="gemm1,gemm2,token", help="gemm1, gemm2 (per expert slot, atomics), token")
+    p.add_argument("--kernel", default="gemm1,gemm2,token", help="gemm1, gemm2 (per expert slot), token")
+    p.add_argument("--split", type=int, default=1, help="programs per tile sharing its K steps (gemm1, gemm2)")
     p.add_argument("--dump")
     a = p.parse_args()
     print(f"triton {triton.__version__}")
@@ -135,7 +137,7 @@ def main() -> None:
                 stage = 1 if kern == "gemm1" else 2
                 consts = dict(STAGE=stage, FMT=fmt, GATED=stage == 1, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
-                              DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False)
+                              DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False, SPLIT=a.split, BT=16)
             else:
                 fn = KN.lowt_token_kernel
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,

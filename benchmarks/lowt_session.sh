@@ -15,8 +15,8 @@ if [ -f .gpu/lowt-tcache.tar.xz ]; then mkdir -p /tmp/lowt-tc && tar xJf .gpu/lo
 cat "$OUT/r/env.txt"
 t0=$SECONDS
 if [ "${LOWT_TESTS:-1}" = 1 ]; then
-  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/gpu/test_triton_lowt_moe_gpu.py \
-    ${TESTS_K:+-k "$TESTS_K"} > "$OUT/r/gpu-tests.log" 2>&1 &
+  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
+    ${TESTS_FILES:-tests/gpu/test_triton_lowt_moe_gpu.py} ${TESTS_K:+-k "$TESTS_K"} > "$OUT/r/gpu-tests.log" 2>&1 &
   TESTS=$!
 fi
 if [ "${LOWT_PROBE:-1}" = 1 ]; then

@@ -127,6 +127,45 @@ def test_experts_with_more_pairs_than_a_block():
     assert _run(_layer(num_experts=2, quant="nvfp4_w4a16"), T=9, config=cfg) <= TOL
 
 
+_ZP64 = {"kind": "int4_w4a16", "group_size": 64, "zero_point": True}
+
+
+@pytest.mark.parametrize("quant, splits", [("bf16", (3, 2)), ("nvfp4_w4a16", (3, 2)), (_ZP64, (3, 2)),
+                                           ("nvfp4_w4a16", (0, 0)), (_ZP64, (2, 1))])
+def test_k_split_partial_sums_finish_in_the_last_program(quant, splits):
+    # H = 384, I = 320: three / three K steps of 128 (GEMM2's last one partial), shared by several programs per
+    # tile; the last to arrive adds the shares. Two forwards give the same bits (fixed order) and leave the
+    # counters at 0.
+    _interpreter()
+    from moe_registry.backends.reference.kernel import ReferenceExperts
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = make_layer(num_experts=4, top_k=2, hidden_size=384, intermediate_size=320, quant=quant)
+    weights = random_weights(layer, dtype=torch_dtype(layer), seed=3)
+    cfg = ops.Config(bm=8, split1=splits[0], split2=splits[1], fill=64)
+    experts = TritonLowTExperts(layer, weights, config=cfg, block_k=128)
+    ref = ReferenceExperts(layer, weights)
+    for T, kind in ((1, "random"), (5, "imbalanced")):
+        gen = torch.Generator().manual_seed(T)
+        w, ids = routing_pattern(T, 4, 2, device="cpu", kind=kind, generator=gen)
+        x = torch.randn(T, 384, generator=gen).to(torch.bfloat16)
+        out = experts(x, w, ids)
+        assert relative_error(out, ref(x, w, ids)) <= TOL, (T, splits)
+        assert torch.equal(experts(x, w, ids), out)
+        assert int(experts._counters.abs().sum()) == 0
+
+
+def test_k_split_with_biases_and_more_pairs_than_a_block():
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=True)
+    layer = make_layer(num_experts=2, top_k=2, hidden_size=384, intermediate_size=192, quant="mxfp4",
+                       activation="swigluoai", activation_params=params, bias=True)
+    assert _run(layer, T=9, config=ops.Config(bm=8, split1=3, split2=2)) <= TOL
+
+
 def test_out_of_range_ids_are_flagged_and_never_addresses():
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
@@ -167,15 +206,22 @@ def test_default_configs_and_their_bounds():
     pytest.importorskip("triton")
     from moe_registry.backends.triton_lowt_moe import ops
 
-    # T = 1 per expert slot (measured faster on the H100), T = 2 per token.
-    assert ops.default_config(1, 8, 128) == ops.Config(bm=8, gemm2="expert")
-    assert ops.default_config(2, 8, 128).gemm2 == "token"
-    assert ops.default_config(3, 8, 128).gemm2 == "expert"
+    # Up to SORT_ABOVE tokens: per expert slot with K split to fill the GPU; above: sorted blocks.
+    assert ops.default_config(1, 8, 128) == ops.Config(bm=8, gemm2="expert", split1=0, split2=0)
+    assert ops.default_config(2, 8, 128).gemm2 == "expert"
     assert ops.default_config(16, 8, 128).gemm2 == "expert"
     assert ops.default_config(ops.SORT_ABOVE + 1, 8, 128).gemm2 == "sorted"
     assert ops.default_config(64, 2, 8).bm == 32  # 16 pairs per expert expected: one block holds most
     with pytest.raises(ValueError, match="gemm2"):
         ops.Config(gemm2="grouped")
+    with pytest.raises(ValueError, match="splits"):
+        ops.Config(split1=-1)
+    # Splits: enough programs to reach ``fill``, never more than one per K step, every split with a step.
+    assert ops.splits_for(0, 176, 11, 1024) == 6  # Gemma 4 GEMM1 at T = 1: 6 programs per tile, 2 steps each
+    assert ops.splits_for(0, 2048, 11, 1024) == 1
+    assert ops.splits_for(4, 1, 3, 1024) == 3
+    assert ops.splits_for(8, 1, 11, 1024) == 6  # 8 asked: 2 steps each -> 6 splits, none empty
+    assert ops.splits_for(0, 1, 1, 1024) == 1
 
 
 def test_packing_refuses_act_order_and_wrong_placement():

@@ -80,10 +80,11 @@ DECLARATION = BackendCapability(
     features=FeatureSupport(
         bias=True, apply_router_weight_on_input=True, swigluoai_params=True, cuda_graphs=True, verified_on=_VERIFIED,
         nondeterministic=(
-            f"GEMM2 per expert slot ({_OPS} default_config: every T but 2; sorted above 64) adds each token's "
+            f"above 64 tokens ({_OPS} default_config: pairs sorted into expert blocks) GEMM2 adds each token's "
             f"router-weighted expert outputs into a float32 accumulator with atomics in no fixed order, so repeated "
             f"forwards differ in the last bits (relative 5.4e-6 / 5.2e-6 measured on the H100 for int4 / NvFP4, "
-            f"docs/verification/h100-graph-capture-e593d2a.txt); T = 2 (per token, register sum) is reproducible"),
+            f"docs/verification/h100-graph-capture-e593d2a.txt); up to 64 tokens the partial sums are added by "
+            f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH): reproducible"),
         source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; {_OPS} "
                 f"fused_experts: shapes from metadata only, no host sync; tests/gpu/test_triton_lowt_moe_gpu.py "
                 f"test_no_host_sync_in_a_forward passed on the H100 (docs/verification/h100-lowt-gpu-tests.log); "

@@ -57,6 +57,13 @@ class TritonLowTExperts(Experts):
         self.asm = self.device.type == "cuda"
         # Cleared by the kernels when an id is out of range, never set back (the GPU kernel also stops).
         self._ok = torch.ones(1, dtype=torch.int32, device=self.device)
+        # The kernels' arrival counters (0 between forwards), sized for the default configs of every T that
+        # uses them; a config that needs more gets fresh ones per call (a memset).
+        L = layer
+        need = max(ops.counters_needed(T, L.top_k, L.local_num_experts, L.hidden_size, L.local_intermediate_size,
+                                       ops.default_config(T, L.top_k, L.local_num_experts))
+                   for T in (1, ops.SORT_ABOVE))
+        self._counters = torch.zeros(need, dtype=torch.int32, device=self.device)
 
     def _scales_cast(self, w: Any) -> Any:
         """int4 scales in the layer dtype where they are not: the pre-scaled steps multiply in it
@@ -86,9 +93,12 @@ class TritonLowTExperts(Experts):
         if T == 0:
             return hidden_states.new_empty((0, self.layer.hidden_size))
         L = self.layer
+        cfg = self.config_for(T)
+        need = ops.counters_needed(T, L.top_k, L.local_num_experts, L.hidden_size, L.local_intermediate_size, cfg)
         return ops.fused_experts(hidden_states, topk_weights, topk_ids, self.w13, self.w2, L.local_num_experts,
-                                 L.local_intermediate_size, self.epilogue, self.config_for(T), w13_bias=self.w13_bias,
-                                 w2_bias=self.w2_bias, ok=self._ok, asm=self.asm)
+                                 L.local_intermediate_size, self.epilogue, cfg, w13_bias=self.w13_bias,
+                                 w2_bias=self.w2_bias, ok=self._ok, asm=self.asm,
+                                 counters=self._counters if self._counters.numel() >= need else None)
 
     def direct_call(self, ids_dtype: torch.dtype = torch.int32) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         """``(fn, args, kwargs)``: ``fn(x, topk_weights, topk_ids)`` runs the kernels without guards."""

@@ -61,8 +61,8 @@ ACT_GELU_TANH_NO_MUL = tl.constexpr(A.ACT_GELU_TANH_NO_MUL)
 
 @triton.jit
 def _expert_of_slot(ids_ptr, P, E, slot, E_P2: tl.constexpr, PCHUNK: tl.constexpr):
-    """(expert, pairs routed to it, any id outside [0, E)) of the ``slot``-th used expert in id
-    order; 0 pairs when fewer experts are used. Out-of-range ids count for no expert."""
+    """(expert, pairs routed to it, any id outside [0, E), experts used) of the ``slot``-th used expert
+    in id order; 0 pairs when fewer experts are used. Out-of-range ids count for no expert."""
     counts = tl.zeros([E_P2], dtype=tl.int32)
     bad = tl.zeros([PCHUNK], dtype=tl.int32)
     for p0 in range(0, P, PCHUNK):
@@ -76,7 +76,7 @@ def _expert_of_slot(ids_ptr, P, E, slot, E_P2: tl.constexpr, PCHUNK: tl.constexp
     hit = (used > 0) & ((tl.cumsum(used, 0) - 1) == slot)
     expert = tl.sum(tl.where(hit, tl.arange(0, E_P2), 0), 0)
     n_pairs = tl.sum(tl.where(hit, counts, 0), 0)
-    return expert, n_pairs, tl.sum(bad, 0) > 0
+    return expert, n_pairs, tl.sum(bad, 0) > 0, tl.sum(used, 0)
 
 
 @triton.jit
@@ -249,32 +249,67 @@ def _activation(g, u, act, alpha, limit, up_add, GATED: tl.constexpr):
 
 
 @triton.jit
+def _gemm1_out(acc_g, acc_u, pairs, p_ok, offs_n, n_ok, g_rows, u_rows, e64, bias_ptr, s_be, c_ptr, s_cm, act, alpha,
+               limit, up_add, GATED: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """GEMM1's epilogue on whole sums ``[BN, BM]``: bias, activation, the intermediate in the layer dtype."""
+    if HAS_BIAS:
+        acc_g += tl.load(bias_ptr + e64 * s_be + g_rows)[:, None]
+        if GATED:
+            acc_u += tl.load(bias_ptr + e64 * s_be + u_rows)[:, None]
+    out = _activation(acc_g, acc_u, act, alpha, limit, up_add, GATED)
+    ptrs = c_ptr + pairs[None, :].to(tl.int64) * s_cm + offs_n[:, None]
+    tl.store(ptrs, out.to(c_ptr.dtype.element_ty), mask=n_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
+def _arrive(cnt_ptr, last):
+    """Count this program in at ``cnt_ptr`` after its partial sums are stored; True for the ``last``-th
+    (0-based) arrival, which then finishes the tile and sets the counter back to 0 for the next forward.
+    The barrier puts every thread's stores before the release; acquire makes the others' visible."""
+    tl.debug_barrier()
+    old = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    return old == last
+
+
+@triton.jit
 def lowt_moe_kernel(
     a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, bias_ptr, c_ptr, zero_ptr, ok_ptr,
-    sorted_ptr, block_expert_ptr, total_ptr,
+    sorted_ptr, block_expert_ptr, total_ptr, ws_ptr, cnt_ptr,
     P, E, N_OUT, K, TOPK, zero_n,
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     row_stride, up_offset, act, alpha, limit, up_add,
     STAGE: tl.constexpr, FMT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr,
     GROUP: tl.constexpr, ROUTED_ON_INPUT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr,
     PCHUNK: tl.constexpr, E_P2: tl.constexpr, ASM: tl.constexpr, DOT_F32: tl.constexpr, ZERO_BLOCK: tl.constexpr,
-    TAIL: tl.constexpr, SORTED: tl.constexpr,
+    TAIL: tl.constexpr, SORTED: tl.constexpr, SPLIT: tl.constexpr, BT: tl.constexpr,
 ):
-    """One (expert slot, N tile) program. STAGE 1: ``c [P, N_OUT] = act(W13[e] x^T)`` per pair (GEMM1,
-    gate rows ``n * row_stride``, up rows ``+ up_offset``), and zero ``zero_ptr[:zero_n]``.
-    STAGE 2: ``c [T, N_OUT] += w * (W2[e] a^T + b)`` with float32 atomics (GEMM2 by expert).
+    """One (expert slot, N tile, K split) program.
+
+    STAGE 1 (GEMM1): ``c [P, N_OUT] = act(W13[e] x^T)`` per pair (gate rows ``n * row_stride``, up rows
+    ``+ up_offset``). With SPLIT > 1 each program sums its share of the K steps into ``ws [SPLIT, P, 2,
+    N_OUT]`` (float32, plain stores) and the last of the tile's SPLIT programs to arrive (``cnt_ptr``, one
+    counter per slot and tile) adds the shares in split order and applies the activation.
+    STAGE 2 (GEMM2 by expert slot): each program stores ``w * (W2[e] a^T + b)`` over its K share into
+    ``ws [SPLIT, P, N_OUT]``; the last of the tile's (experts used x SPLIT) programs (one counter per tile)
+    writes ``c [T, N_OUT] = sum over the token's k pairs and the splits``, in that fixed order, in the
+    layer dtype: no atomics on data, no cast launch, the same bits at every run.
+    Counters are 0 on entry and left 0.
     SORTED (large batches): a program owns one block of BM pairs of one expert from
-    ``triton_fused_moe.ops.align`` instead of a slot (the pairs were sorted by expert beforehand)."""
+    ``triton_fused_moe.ops.align`` instead of a slot (the pairs were sorted by expert beforehand); GEMM2
+    then adds into a float32 ``c`` with atomics (zeroed by GEMM1: ``zero_ptr[:zero_n]``), cast later."""
     G1: tl.constexpr = GATED and (STAGE == 1)
+    FINISH: tl.constexpr = (not SORTED) and (STAGE == 2 or SPLIT > 1)  # partial sums + last arrival
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BN)
-    slot = pid // n_tiles
-    tile = pid % n_tiles
+    split = pid % SPLIT
+    slot = pid // SPLIT // n_tiles
+    tile = pid // SPLIT % n_tiles
     if STAGE == 1 and zero_n > 0:  # GEMM2's accumulator, zeroed here so that no launch is spent on it
         per = tl.cdiv(tl.cdiv(zero_n, tl.num_programs(0)), ZERO_BLOCK) * ZERO_BLOCK
         for z0 in range(pid * per, pid * per + per, ZERO_BLOCK):
             zo = z0 + tl.arange(0, ZERO_BLOCK)
             tl.store(zero_ptr + zo, tl.zeros([ZERO_BLOCK], dtype=tl.float32), mask=zo < zero_n)
+    n_used = 0
     if SORTED:
         if STAGE == 1 and ASM:
             _trap_if(1 - tl.load(ok_ptr + tl.arange(0, 1)))  # align cleared it: an id outside [0, E)
@@ -285,7 +320,7 @@ def lowt_moe_kernel(
             return
         n_pairs = BM
     else:
-        expert, n_pairs, bad = _expert_of_slot(ids_ptr, P, E, slot, E_P2, PCHUNK)
+        expert, n_pairs, bad, n_used = _expert_of_slot(ids_ptr, P, E, slot, E_P2, PCHUNK)
         if bad:
             tl.store(ok_ptr, 0)  # sticky: tests on the CPU read it
             if ASM:
@@ -301,6 +336,10 @@ def lowt_moe_kernel(
     w_ptr_e = w_ptr + e64 * s_we
     s_ptr_e = s_ptr + e64 * s_se
     z_ptr_e = z_ptr + e64 * s_se
+    full = K // BK
+    per_split = tl.cdiv(tl.cdiv(K, BK), SPLIT)  # K steps per split; the last split may have fewer
+    k_first = split * per_split
+    k_stop = tl.minimum(k_first + per_split, full)
     for first in range(0, n_pairs, BM):
         if SORTED:
             pairs = tl.load(sorted_ptr + slot * BM + tl.arange(0, BM))
@@ -312,40 +351,82 @@ def lowt_moe_kernel(
         a_rows = tl.where(p_ok, a_rows, 0).to(tl.int64)
         acc_g = tl.zeros((BN, BM), dtype=tl.float32)
         acc_u = tl.zeros((BN, BM), dtype=tl.float32)
-        full = K // BK
-        for step in range(0, full):
+        for step in range(k_first, k_stop):
             tg, tu = _kstep(a_ptr, a_rows, p_ok, s_am, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
                             step * BK, BK, FMT, G1, HAS_ZP, GROUP, BN, BK, BM, ASM, DOT_F32, False)
             acc_g += tg
             acc_u += tu
         if TAIL:
-            tg, tu = _kstep(a_ptr, a_rows, p_ok, s_am, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                            full * BK, K - full * BK, FMT, G1, HAS_ZP, GROUP, BN, BK, BM, ASM, DOT_F32, True)
-            acc_g += tg
-            acc_u += tu
+            if full // per_split == split:  # the partial last step is this split's
+                tg, tu = _kstep(a_ptr, a_rows, p_ok, s_am, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                                full * BK, K - full * BK, FMT, G1, HAS_ZP, GROUP, BN, BK, BM, ASM, DOT_F32, True)
+                acc_g += tg
+                acc_u += tu
         if FMT == FMT_NVFP4:
             gsc = tl.load(gsc_ptr + expert)
             acc_g = acc_g * gsc
             acc_u = acc_u * gsc
         tw = tl.load(tw_ptr + pairs, mask=p_ok, other=0.0)
+        keep = n_ok[:, None] & p_ok[None, :]
         if STAGE == 1:
             if ROUTED_ON_INPUT:  # (w x) W^T = w (x W^T): the router weight scales GEMM1's columns
                 acc_g = acc_g * tw[None, :]
                 acc_u = acc_u * tw[None, :]
-            if HAS_BIAS:
-                acc_g += tl.load(bias_ptr + e64 * s_be + g_rows)[:, None]
+            if FINISH:
+                ws = ws_ptr + ((split * P + pairs[None, :].to(tl.int64)) * 2) * N_OUT + offs_n[:, None]
+                tl.store(ws, acc_g, mask=keep)
                 if GATED:
-                    acc_u += tl.load(bias_ptr + e64 * s_be + u_rows)[:, None]
-            out = _activation(acc_g, acc_u, act, alpha, limit, up_add, GATED)
-            ptrs = c_ptr + pairs[None, :].to(tl.int64) * s_cm + offs_n[:, None]
-            tl.store(ptrs, out.to(c_ptr.dtype.element_ty), mask=n_ok[:, None] & p_ok[None, :])
+                    tl.store(ws + N_OUT, acc_u, mask=keep)
+            else:
+                _gemm1_out(acc_g, acc_u, pairs, p_ok, offs_n, n_ok, g_rows, u_rows, e64, bias_ptr, s_be, c_ptr, s_cm,
+                           act, alpha, limit, up_add, GATED, HAS_BIAS)
         else:
             if HAS_BIAS:
-                acc_g += tl.load(bias_ptr + e64 * s_be + n_safe)[:, None]
+                if split == 0:
+                    acc_g += tl.load(bias_ptr + e64 * s_be + n_safe)[:, None]
             if not ROUTED_ON_INPUT:
                 acc_g = acc_g * tw[None, :]
-            ptrs = c_ptr + tokens[None, :].to(tl.int64) * s_cm + offs_n[:, None]
-            tl.atomic_add(ptrs, acc_g, mask=n_ok[:, None] & p_ok[None, :], sem="relaxed")
+            if FINISH:
+                tl.store(ws_ptr + (split * P + pairs[None, :].to(tl.int64)) * N_OUT + offs_n[:, None], acc_g,
+                         mask=keep)
+            else:
+                ptrs = c_ptr + tokens[None, :].to(tl.int64) * s_cm + offs_n[:, None]
+                tl.atomic_add(ptrs, acc_g, mask=keep, sem="relaxed")
+    if FINISH:
+        if STAGE == 1:
+            cnt = cnt_ptr + slot * n_tiles + tile
+            if _arrive(cnt, SPLIT - 1):
+                for first in range(0, n_pairs, BM):
+                    pairs, p_ok = _pairs_of(ids_ptr, P, expert, first, BM, PCHUNK)
+                    keep = n_ok[:, None] & p_ok[None, :]
+                    ws = ws_ptr + (pairs[None, :].to(tl.int64) * 2) * N_OUT + offs_n[:, None]
+                    acc_g = tl.zeros((BN, BM), dtype=tl.float32)
+                    acc_u = tl.zeros((BN, BM), dtype=tl.float32)
+                    for s in tl.static_range(SPLIT):
+                        acc_g += tl.load(ws + s * P * 2 * N_OUT, mask=keep, other=0.0, cache_modifier=".cg")
+                        if GATED:
+                            acc_u += tl.load(ws + s * P * 2 * N_OUT + N_OUT, mask=keep, other=0.0,
+                                             cache_modifier=".cg")
+                    _gemm1_out(acc_g, acc_u, pairs, p_ok, offs_n, n_ok, g_rows, u_rows, e64, bias_ptr, s_be, c_ptr,
+                               s_cm, act, alpha, limit, up_add, GATED, HAS_BIAS)
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
+        else:
+            cnt = cnt_ptr + tile
+            if _arrive(cnt, n_used * SPLIT - 1):
+                for t0 in range(0, P // TOPK, BT):
+                    tokens = t0 + tl.arange(0, BT)
+                    t_ok = tokens < P // TOPK
+                    y = tl.zeros((BN, BT), dtype=tl.float32)
+                    for j in range(0, TOPK):
+                        pair = tokens * TOPK + j
+                        eid = tl.load(ids_ptr + pair, mask=t_ok, other=-1).to(tl.int32)
+                        have = n_ok[:, None] & (t_ok & (eid >= 0) & (eid < E))[None, :]  # bad ids wrote no row
+                        ws = ws_ptr + pair[None, :].to(tl.int64) * N_OUT + offs_n[:, None]
+                        for s in tl.static_range(SPLIT):
+                            y += tl.load(ws + s * P * N_OUT, mask=have, other=0.0, cache_modifier=".cg")
+                    tl.store(c_ptr + tokens[None, :].to(tl.int64) * s_cm + offs_n[:, None],
+                             y.to(c_ptr.dtype.element_ty), mask=n_ok[:, None] & t_ok[None, :])
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit

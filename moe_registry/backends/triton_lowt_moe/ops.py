@@ -111,8 +111,12 @@ class Config:
     M side: 16 per warp keeps each warp on its own rows, so no unpacking is repeated); ``bm``: pairs per
     program (the dot's N side; ``bm_token`` for GEMM2 per token, whose one real column is the pair);
     ``warps`` / ``warps2``: per program of GEMM1 / GEMM2; ``stages``: Triton's software pipelining depth;
-    ``gemm2``: ``"token"`` (per token, two launches in all), ``"expert"`` (per expert slot, float32 atomics
-    and a cast) or ``"sorted"`` (align first, blocks of ``bm`` pairs; the prefill path)."""
+    ``gemm2``: ``"token"`` (per token, two launches in all), ``"expert"`` (per expert slot; partial sums
+    finished by the last program of each tile: two launches, reproducible) or ``"sorted"`` (align first,
+    blocks of ``bm`` pairs, float32 atomics and a cast; the prefill path).
+    ``split1`` / ``split2``: programs sharing the K steps of one GEMM1 / GEMM2 tile (not for ``"sorted"``;
+    GEMM2's only with ``"expert"``); 0: as many as bring the grid to ``fill`` programs, at most one per K
+    step. At T = 1 a tile's work is one long dependent chain per warp: splitting K shortens it."""
 
     bn1: int = 32
     bn2: int = 32
@@ -121,28 +125,37 @@ class Config:
     warps: int = 2
     warps2: int = 2
     stages: int = 3
-    gemm2: str = "token"
+    gemm2: str = "expert"
+    split1: int = 0
+    split2: int = 0
+    fill: int = 1024
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
             raise ValueError(f"Config.gemm2 must be one of {', '.join(GEMM2_MODES)}, got {self.gemm2!r}")
+        if min(self.split1, self.split2) < 0 or self.fill < 1:
+            raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")
 
     def label(self) -> str:
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
-                f"{self.gemm2}")
+                f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
 
 def default_config(T: int, top_k: int, num_experts: int) -> Config:
     """Tiles by the expected pairs per expert: the token side covers them in one pass where it can."""
     if T > SORT_ABOVE:
-        return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted")
+        return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted", split1=1)
     per_expert = -(-T * top_k // num_experts)
     bm = min(64, max(8, next_pow2(2 * per_expert)))
-    # GEMM2 per expert slot at T = 1 too: on the H100 it beat GEMM2 per token (bn2 16, one warp: 1.3 programs
-    # per SM) on all five layers of benchmarks/results/lowt-h100 (Qwen3 int4 52.2 -> 30.1 us, Gemma 4 NvFP4
-    # 74.3 -> 65.0), this very config being the "expert-gemm2" variant there. T = 2 keeps GEMM2 per token, the
-    # only mode measured at T = 2.
-    return Config(bm=bm, gemm2="token" if T == 2 else "expert")
+    return Config(bm=bm)
+
+
+def splits_for(requested: int, tiles: int, steps: int, fill: int) -> int:
+    """Programs per tile sharing its ``steps`` K steps: ``requested`` (0: enough to reach ``fill`` programs
+    over ``tiles``), at most ``steps``, rounded so that every split has a step."""
+    want = requested or -(-fill // max(1, tiles))
+    per = -(-steps // max(1, min(want, steps)))
+    return -(-steps // per)
 
 
 # --- Launches ------------------------------------------------------------------------------------------
@@ -159,13 +172,19 @@ def _strides(pw: PackedWeight) -> tuple[int, int, int, int]:
     return pw.w.stride(0), pw.w.stride(1), s_se, s_sn
 
 
+def counters_needed(T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, cfg: Config) -> int:
+    """int32 counters a forward with ``cfg`` uses (``fused_experts``'s ``counters``)."""
+    return min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1) + triton.cdiv(hidden, cfg.bn2)
+
+
 def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, w13: PackedWeight,
                   w2: PackedWeight, num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, *,
                   w13_bias: torch.Tensor | None = None, w2_bias: torch.Tensor | None = None,
-                  ok: torch.Tensor, asm: bool) -> torch.Tensor:
+                  ok: torch.Tensor, asm: bool, counters: torch.Tensor | None = None) -> torch.Tensor:
     """The whole forward without guards: ``x [T, H]`` -> ``[T, H]`` in x's dtype. ``ok`` (int32 [1],
     1 on entry) is cleared when an id is outside [0, E), and with ``asm`` (the GPU) the kernel then
-    stops with a device error. Biases float32."""
+    stops with a device error. Biases float32. ``counters``: int32 zeros of at least ``counters_needed``
+    (the kernels leave them 0; an adapter keeps one, None: a fresh one per call)."""
     T, H = x.shape
     k = topk_ids.shape[1]
     P = T * k
@@ -174,47 +193,58 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     tw = topk_weights.reshape(-1)
     inter = torch.empty((P, intermediate), dtype=x.dtype, device=dev)
     out = torch.empty((T, H), dtype=x.dtype, device=dev)
-    atomic = cfg.gemm2 != "token"
-    acc = torch.empty((T, H), dtype=torch.float32, device=dev) if atomic else tw
+    sorted_ = cfg.gemm2 == "sorted"
     dummy = tw
     interp = not asm  # the interpreter (no PTX) multiplies in float32
-    if cfg.gemm2 == "sorted":
+    if sorted_:
         al = align(topk_ids, num_experts, cfg.bm, ok)
         srt, blk, tot, programs = al.sorted_pairs, al.block_expert, al.total, al.max_blocks
+        split1 = split2 = 1
     else:
         srt = blk = tot = ids
         programs = min(num_experts, P)
+        tiles1, tiles2 = programs * triton.cdiv(intermediate, cfg.bn1), programs * triton.cdiv(H, cfg.bn2)
+        split1 = splits_for(cfg.split1, tiles1, triton.cdiv(H, w13.block), cfg.fill)
+        split2 = splits_for(cfg.split2, tiles2, triton.cdiv(intermediate, w2.block), cfg.fill)
+        if cfg.gemm2 == "token":
+            split2 = 1
+    finish2 = cfg.gemm2 == "expert"
+    if split1 > 1 or finish2:
+        need = counters_needed(T, k, num_experts, H, intermediate, cfg)
+        if counters is None:
+            counters = torch.zeros(need, dtype=torch.int32, device=dev)
+        elif counters.numel() < need or counters.dtype != torch.int32:
+            raise ValueError(f"counters: int32 [>= {need}] needed, got {counters.dtype} [{counters.numel()}]")
+    else:
+        counters = dummy
+    cnt1 = counters
+    cnt2 = counters[min(num_experts, P) * triton.cdiv(intermediate, cfg.bn1):] if finish2 else dummy
+    # Partial sums (float32, written before they are read: no zeroing); offsets stay within int32.
+    ws1 = torch.empty((split1, P, 2, intermediate), dtype=torch.float32, device=dev) if split1 > 1 else dummy
+    ws2 = torch.empty((split2, P, H), dtype=torch.float32, device=dev) if finish2 else dummy
+    if max(ws1.numel(), ws2.numel()) >= 2**31:
+        raise ValueError(f"{T} tokens x {k} experts: partial sums beyond int32 offsets; use fewer splits")
+    acc = torch.empty((T, H), dtype=torch.float32, device=dev) if sorted_ else tw
     common = dict(E_P2=max(16, next_pow2(num_experts)), PCHUNK=16 if P <= 16 else 128, ASM=asm, DOT_F32=interp,
-                  num_stages=cfg.stages, SORTED=cfg.gemm2 == "sorted", ZERO_BLOCK=1024)
+                  num_stages=cfg.stages, SORTED=sorted_, ZERO_BLOCK=1024, BT=16)
     limit = float(ep.limit) if ep.limit is not None else float("inf")
 
     w, s, z, g = _args(w13, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w13)
-    KN.lowt_moe_kernel[(programs * triton.cdiv(intermediate, cfg.bn1),)](
-        x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, acc, ok, srt, blk, tot,
-        P, num_experts, intermediate, H, k, T * H if atomic else 0,
+    KN.lowt_moe_kernel[(programs * triton.cdiv(intermediate, cfg.bn1) * split1,)](
+        x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, acc, ok, srt, blk, tot, ws1, cnt1,
+        P, num_experts, intermediate, H, k, T * H if sorted_ else 0,
         x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
         ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
         STAGE=1, FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None,
         GROUP=w13.group, ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn1, BK=w13.block, BM=cfg.bm,
-        TAIL=H % w13.block != 0, num_warps=cfg.warps, **common)
+        TAIL=H % w13.block != 0, SPLIT=split1, num_warps=cfg.warps, **common)
 
     w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
     b2 = w2_bias if w2_bias is not None else dummy
     s_b2 = w2_bias.stride(0) if w2_bias is not None else 0
-    if atomic:
-        KN.lowt_moe_kernel[(programs * triton.cdiv(H, cfg.bn2),)](
-            inter, ids, tw, w, s, z, g, b2, acc, acc, ok, srt, blk, tot,
-            P, num_experts, H, intermediate, k, 0,
-            inter.stride(0), s_we, s_wn, s_se, s_sn, acc.stride(0), s_b2,
-            1, 0, 0, 1.0, limit, 0.0,
-            STAGE=2, FMT=w2.fmt, GATED=False, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None,
-            GROUP=w2.group, ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn2, BK=w2.block, BM=cfg.bm,
-            TAIL=intermediate % w2.block != 0, num_warps=cfg.warps2, **common)
-        n = T * H
-        KN.cast_kernel[(triton.cdiv(n, 1024),)](acc, out, n, BLOCK=1024, num_warps=4)
-    else:
+    if cfg.gemm2 == "token":
         KN.lowt_token_kernel[(T * triton.cdiv(H, cfg.bn2),)](
             inter, ids, tw, w, s, z, g, b2, out,
             num_experts, H, intermediate, k,
@@ -222,4 +252,17 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
             FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
             ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn2, BK=w2.block, BM=cfg.bm_token, ASM=asm, DOT_F32=interp,
             TAIL=intermediate % w2.block != 0, num_warps=cfg.warps2, num_stages=cfg.stages)
+        return out
+    c = acc if sorted_ else out
+    KN.lowt_moe_kernel[(programs * triton.cdiv(H, cfg.bn2) * split2,)](
+        inter, ids, tw, w, s, z, g, b2, c, acc, ok, srt, blk, tot, ws2, cnt2,
+        P, num_experts, H, intermediate, k, 0,
+        inter.stride(0), s_we, s_wn, s_se, s_sn, c.stride(0), s_b2,
+        1, 0, 0, 1.0, limit, 0.0,
+        STAGE=2, FMT=w2.fmt, GATED=False, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None,
+        GROUP=w2.group, ROUTED_ON_INPUT=ep.routed_on_input, BN=cfg.bn2, BK=w2.block, BM=cfg.bm,
+        TAIL=intermediate % w2.block != 0, SPLIT=split2, num_warps=cfg.warps2, **common)
+    if sorted_:
+        n = T * H
+        KN.cast_kernel[(triton.cdiv(n, 1024),)](acc, out, n, BLOCK=1024, num_warps=4)
     return out

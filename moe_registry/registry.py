@@ -26,17 +26,21 @@ import importlib.metadata
 import inspect
 import sys
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
 
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import cache
-from ._isolation import ChildOutcome, Outcome, child_main, guarded_call, plugin_timeout, quote_output, run_children
 from .cache import stat_line
 from .environment import Environment, find_module_spec, probe_environment, this_machine
 from .errors import InvalidArgument, UnknownBackend, one_line
 from .schemas.capability import BackendCapability
+
+# ._isolation (subprocess, signals, threads: ~3 ms to import) runs third-party code, so it is
+# imported where a plugin is evaluated: the built-ins alone, the usual `explain`, never load it.
+if TYPE_CHECKING:
+    from ._isolation import ChildOutcome
 
 PROJECT = "moe_registry"
 # Real plugins declare a handful of backends; thousands would make every command slow (issue 13).
@@ -124,7 +128,12 @@ class Registry:
                 answers[index] = cached
         pending = [index for index in range(len(entries)) if index not in answers]
         requests = [{"name": entries[i].name, "value": entries[i].value} for i in pending]
-        for index, outcome in zip(pending, run_children("moe_registry.registry", requests) if pending else []):
+        outcomes: list[ChildOutcome] = []
+        if pending:
+            from ._isolation import run_children
+
+            outcomes = run_children("moe_registry.registry", requests)
+        for index, outcome in zip(pending, outcomes):
             answers[index] = _evaluated(outcome)
             key = keys[index]
             if key is not None:
@@ -140,6 +149,8 @@ class Registry:
 
     def _report_output(self, name: str, when: str, output: str) -> None:
         if output.strip():
+            from ._isolation import quote_output
+
             self.problems.append(PluginProblem(
                 plugin=name, stage="output", message=f"wrote to stdout/stderr at {when} (captured): {quote_output(output)}"))
 
@@ -155,14 +166,16 @@ class Registry:
             # backends and with_declaration's fixed list need no thread.
             collect = lambda f=impl.function: [_validated(item) for item in _materialise(f())]  # noqa: E731
             if name in BUILTIN_BACKENDS or isinstance(impl.plugin, _FixedDeclarations):
-                outcome = Outcome(value=collect())
+                items = collect()
             else:
+                from ._isolation import guarded_call
+
                 outcome = guarded_call(collect)
-            self._report_output(name, "hook call", outcome.output)
-            if outcome.error is not None:  # isolate: one plugin's bug must not hide the others
-                self.problems.append(PluginProblem(plugin=name, stage="call", message=outcome.error))
-                continue
-            items = outcome.value
+                self._report_output(name, "hook call", outcome.output)
+                if outcome.error is not None:  # isolate: one plugin's bug must not hide the others
+                    self.problems.append(PluginProblem(plugin=name, stage="call", message=outcome.error))
+                    continue
+                items = outcome.value
             if len(items) > MAX_DECLARATIONS_PER_PLUGIN:
                 self.problems.append(PluginProblem(plugin=name, stage="validate", message=(
                     f"returned more than {MAX_DECLARATIONS_PER_PLUGIN} declarations; a plugin may contribute at most "
@@ -313,6 +326,8 @@ def _evaluate_in_child(request: dict[str, Any], say: Callable[[Any], None]) -> d
 def _evaluated(outcome: ChildOutcome) -> _Evaluated:
     """A child's answer as validated declarations (validated again here: the child ran plugin
     code) and problems."""
+    from ._isolation import quote_output
+
     problems: list[tuple[str, str]] = []
     if outcome.output.strip():
         problems.append(("output", f"wrote to stdout/stderr (captured): {quote_output(outcome.output)}"))
@@ -351,6 +366,7 @@ def _plugin_key(entry: importlib.metadata.EntryPoint) -> str | None:
     the entry point, its distribution's name and version, and the modification times of the
     distribution's files and of the entry point's module. None: do not cache."""
     from . import __version__
+    from ._isolation import plugin_timeout
 
     parts = [f"format {CACHE_FORMAT}", f"moe-registry {__version__}", sys.version, f"budget {plugin_timeout():g}",
              f"entry {entry.name} = {entry.value}"]
@@ -396,4 +412,6 @@ def _cache_write(key: str, evaluated: _Evaluated) -> None:
 
 
 if __name__ == "__main__":  # a child evaluating one entry-point plugin (Registry._load_entry_points)
+    from ._isolation import child_main
+
     child_main(_evaluate_in_child)

@@ -175,6 +175,23 @@ def test_console_script_does_not_import_torch():
     assert out.split() == ["0", "False"]
 
 
+@pytest.mark.parametrize("preset, formats", [("qwen3-235b-a22b", []), ("deepseek-v3", ["fp8"])])
+def test_explain_imports_no_plugin_isolation_and_only_its_quant_format(preset, formats):
+    # explain's start-up (benchmarks/bench_explain_time.py): the plugin-isolation machinery (subprocess,
+    # signals, threads) loads only to evaluate a plugin, a quantization format's parser only for a
+    # checkpoint in that format.
+    import importlib.metadata
+
+    if list(importlib.metadata.entry_points(group="moe_registry")):
+        pytest.skip("an entry-point plugin is installed: the registry evaluates it")
+    probe = ("import sys, io, contextlib; from moe_registry.cli import main\n"
+             f"with contextlib.redirect_stdout(io.StringIO()): rc = main(['explain', '{preset}', '--device', 'h100'])\n"
+             "print(rc, 'moe_registry._isolation' in sys.modules, sorted(m.rsplit('.', 1)[1] for m in sys.modules\n"
+             "      if m.startswith('moe_registry.quant_config.') and m.rsplit('.', 1)[1] not in ('base', 'patterns')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"0 False {formats}"
+
+
 def test_no_color_env_gives_plain_text():
     env = {"NO_COLOR": "1", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-m", "moe_registry.cli", "backends"], capture_output=True, text=True,

@@ -78,8 +78,9 @@ and AWQ, ``fp8`` for FP8 and MXFP4); this one picks the format and parses it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..schemas.quant import QuantScheme
 from .base import (
@@ -93,10 +94,6 @@ from .base import (
     _as_list,
     unquantized_scheme,
 )
-from .compressed_tensors import CompressedTensorsQuant, _parse_compressed_tensors
-from .fp8 import Fp8Quant, Mxfp4Quant, _parse_fp8
-from .int4 import WeightOnlyInt4Quant, _parse_int4
-from .modelopt import ModelOptQuant, _parse_modelopt
 from .patterns import (
     MAX_FALLBACK_CHOICES,
     MAX_NAME_CHECKS,
@@ -144,6 +141,31 @@ __all__ = [
 
 SUPPORTED_METHODS = ("modelopt", "compressed-tensors", "gptq", "awq", "fp8", "mxfp4")
 
+# A config is in one format, so only that format's module is imported (parse_quant_config): the four
+# of them, with their dataclasses, cost ~8 ms at import, which every `explain` would pay. Their
+# classes are still reachable from here, on first access (PEP 562).
+_FORMAT_CLASSES = {
+    "CompressedTensorsQuant": "compressed_tensors",
+    "Fp8Quant": "fp8",
+    "Mxfp4Quant": "fp8",
+    "WeightOnlyInt4Quant": "int4",
+    "ModelOptQuant": "modelopt",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _FORMAT_CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+if TYPE_CHECKING:
+    from .compressed_tensors import CompressedTensorsQuant
+    from .fp8 import Fp8Quant, Mxfp4Quant
+    from .int4 import WeightOnlyInt4Quant
+    from .modelopt import ModelOptQuant
+
 
 # --- Parsing ----------------------------------------------------------------------------------
 
@@ -172,14 +194,24 @@ def parse_quant_config(qc: Any, *, source: str, dtype: str = "bf16") -> QuantCon
     unq = unquantized_scheme(dtype)
     method = _method_of(qc)
     if method == "modelopt":
+        from .modelopt import _parse_modelopt
+
         return _parse_modelopt(qc, source, unq)
     if method == "compressed-tensors":
+        from .compressed_tensors import _parse_compressed_tensors
+
         return _parse_compressed_tensors(qc, source, unq)
     if method in ("gptq", "awq"):
+        from .int4 import _parse_int4
+
         return _parse_int4(qc, method, source, unq)
     if method == "fp8":
+        from .fp8 import _parse_fp8
+
         return _parse_fp8(qc, source, unq)
     if method == "mxfp4":
+        from .fp8 import Mxfp4Quant
+
         not_convert = tuple(_as_list(qc.get("modules_to_not_convert"), f"{source} modules_to_not_convert"))
         check_entries(not_convert, f"{source} modules_to_not_convert")
         return Mxfp4Quant(method="mxfp4", summary="MXFP4 experts", source=source, unquantized=unq,

@@ -192,6 +192,26 @@ def test_explain_imports_no_plugin_isolation_and_only_its_quant_format(preset, f
     assert out.strip() == f"0 False {formats}"
 
 
+def test_planning_commands_pause_the_garbage_collector(capsys, monkeypatch):
+    import gc
+
+    from moe_registry.render import deploy
+
+    seen: list[bool] = []
+    real = deploy.engine_defaults
+    monkeypatch.setattr(deploy, "engine_defaults", lambda plan, engine: seen.append(gc.isenabled()) or real(plan, engine))
+    assert gc.isenabled()
+    code, _, _ = run(capsys, "explain", "qwen3-30b-a3b", "--device", "h100")
+    assert code == 0 and seen == [False, False]
+    assert gc.isenabled()  # main() gives an in-process caller its collector back
+    # The program (`moe-registry`, `python -m moe_registry.cli`) leaves it off to the exit, so the
+    # interpreter's last full collection is skipped too.
+    probe = ("import atexit, gc, sys; from moe_registry import cli; sys.argv = ['moe-registry', 'models']; "
+             "atexit.register(lambda: print('collector on at exit:', gc.isenabled(), file=sys.stderr)); cli.entry()")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and "collector on at exit: False" in done.stderr, done.stderr
+
+
 def test_no_color_env_gives_plain_text():
     env = {"NO_COLOR": "1", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-m", "moe_registry.cli", "backends"], capture_output=True, text=True,

@@ -40,12 +40,14 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
-def _time(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds user + system) of one fresh process: on a shared machine the CPU
-    time is the steadier of the two (it does not count the time the process waited for a core)."""
+def _time(cmd: list[str], root: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + system) of one fresh process run in ``root``: on a shared
+    machine the CPU time is the steadier of the two (it does not count the time the process waited
+    for a core). The process starts in ``root`` because `python -m` puts the working directory ahead
+    of PYTHONPATH: started elsewhere inside a checkout, a --compare tree would time that checkout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(root), cwd=root, check=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -65,12 +67,12 @@ def main() -> int:
     times: dict[str, dict[str, list[tuple[float, float]]]] = {name: {p: [] for p in presets} for name in trees}
     bare: list[tuple[float, float]] = []
     for _ in range(args.rounds):
-        bare.append(_time([sys.executable, "-c", "pass"], _env(ROOT)))
+        bare.append(_time([sys.executable, "-c", "pass"], ROOT))
         for preset in presets:
             for name, root in trees.items():
                 cmd = [sys.executable, "-m", "moe_registry.cli", "explain", preset, "--device", "h100"]
-                times[name][preset].append(_time(cmd, _env(root)))
-        bare.append(_time([sys.executable, "-c", "pass"], _env(ROOT)))
+                times[name][preset].append(_time(cmd, root))
+        bare.append(_time([sys.executable, "-c", "pass"], ROOT))
 
     base_wall = statistics.median(w for w, _ in bare)
     base_cpu = statistics.median(c for _, c in bare)

@@ -67,10 +67,10 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
 
     return {
         "default": lambda T: None,
-        # K not split (each tile's K steps in one program), GEMM2 per expert slot: the default of the last run.
-        "nosplit": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=1, split2=1)),
-        "splitmax": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=64, split2=64)),  # one K step per program
-        "token": lambda T: at(T, C(bm=8 if T < 32 else 16, gemm2="token")),  # GEMM2 per token, K of GEMM1 split
+        # K split across programs: enough to fill 1024 programs (the "default" of lowt-h100-split), one step each.
+        "splitauto": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=0, split2=0)),
+        "splitmax": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=64, split2=64)),
+        "token": lambda T: at(T, C(bm=8 if T < 32 else 16, gemm2="token")),  # GEMM2 per token
         "narrow": lambda T: at(T, C(bn1=16, bn2=16, bm=8 if T < 32 else 16, bm_token=8, warps=1, warps2=1, stages=4)),
     }
 

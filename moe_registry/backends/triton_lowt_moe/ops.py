@@ -116,7 +116,8 @@ class Config:
     blocks of ``bm`` pairs, float32 atomics and a cast; the prefill path).
     ``split1`` / ``split2``: programs sharing the K steps of one GEMM1 / GEMM2 tile (not for ``"sorted"``;
     GEMM2's only with ``"expert"``); 0: as many as bring the grid to ``fill`` programs, at most one per K
-    step. At T = 1 a tile's work is one long dependent chain per warp: splitting K shortens it."""
+    step. Default 1: on the H100 every split tried was slower at every T (benchmarks/results/lowt-h100,
+    variants ``splitmax`` and the auto split of 1024 programs; lowt-notes.md says by how much)."""
 
     bn1: int = 32
     bn2: int = 32
@@ -126,8 +127,8 @@ class Config:
     warps2: int = 2
     stages: int = 3
     gemm2: str = "expert"
-    split1: int = 0
-    split2: int = 0
+    split1: int = 1
+    split2: int = 1
     fill: int = 1024
 
     def __post_init__(self) -> None:
@@ -144,7 +145,7 @@ class Config:
 def default_config(T: int, top_k: int, num_experts: int) -> Config:
     """Tiles by the expected pairs per expert: the token side covers them in one pass where it can."""
     if T > SORT_ABOVE:
-        return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted", split1=1)
+        return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted")
     per_expert = -(-T * top_k // num_experts)
     bm = min(64, max(8, next_pow2(2 * per_expert)))
     return Config(bm=bm)

@@ -6,6 +6,11 @@ Bytecode is written once before timing (a pip install compiles it), so no run pa
 ``--compare DIR`` times a second source tree (another checkout's root) in the same rounds, so a
 before / after comparison shares the machine state too.
 
+``--instructions`` also counts the instructions of one run per preset and tree (and of
+`python -c pass`) under valgrind (cachegrind, no cache simulation; PYTHONHASHSEED=0): the count
+does not move with the machine's load or with the speed of a shared host, so it shows what a
+change saves where the wall times of a small VM vary by more than that.
+
 Run: `python benchmarks/bench_explain_time.py --out benchmarks/results/explain-time-cpu.json`.
 """
 
@@ -16,7 +21,9 @@ import compileall
 import datetime
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +47,10 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
+def _explain(preset: str) -> list[str]:
+    return [sys.executable, "-m", "moe_registry.cli", "explain", preset, "--device", "h100"]
+
+
 def _time(cmd: list[str], root: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds user + system) of one fresh process run in ``root``: on a shared
     machine the CPU time is the steadier of the two (it does not count the time the process waited
@@ -53,12 +64,28 @@ def _time(cmd: list[str], root: Path) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def _instructions(cmd: list[str], root: Path) -> float:
+    """Millions of instructions one run of ``cmd`` executes (valgrind's cachegrind ``I refs``)."""
+    env = _env(root) | {"PYTHONHASHSEED": "0"}  # set iteration orders: the same count every run
+    done = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                           *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=root,
+                          check=False)  # explain exits 3 where a layer has no backend: still counted
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-500:]}")
+    return round(int(found.group(1).replace(",", "")) / 1e6, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--compare", help="a second source tree to time in the same rounds (e.g. the base commit)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each run's instructions under valgrind (deterministic; ~10 s a run)")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind on PATH")
 
     trees = {"this": ROOT} | ({"compare": Path(args.compare).resolve()} if args.compare else {})
     for root in trees.values():
@@ -70,8 +97,7 @@ def main() -> int:
         bare.append(_time([sys.executable, "-c", "pass"], ROOT))
         for preset in presets:
             for name, root in trees.items():
-                cmd = [sys.executable, "-m", "moe_registry.cli", "explain", preset, "--device", "h100"]
-                times[name][preset].append(_time(cmd, root))
+                times[name][preset].append(_time(_explain(preset), root))
         bare.append(_time([sys.executable, "-c", "pass"], ROOT))
 
     base_wall = statistics.median(w for w, _ in bare)
@@ -92,6 +118,12 @@ def main() -> int:
               f"(python -c pass: {base_wall:.3f} s wall, {base_cpu:.3f} s CPU)")
         for p in presets:
             print(f"  {p:<28} {wall[p]:.3f} s  cpu {cpu[p]:.3f} s")
+    if args.instructions:
+        results["python_c_pass_instructions_M"] = _instructions([sys.executable, "-c", "pass"], ROOT)
+        for name, root in trees.items():
+            counts = {p: _instructions(_explain(p), root) for p in presets}
+            results[name]["instructions_M"] = counts
+            print(f"{name}: instructions (millions) " + ", ".join(f"{p} {n:.1f}" for p, n in counts.items()))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -22,6 +22,7 @@ pass measures kernels, not compilers. Results are rewritten after every layer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -209,6 +210,8 @@ class Run:
                        "p10_us": t.p10_us, "p90_us": t.p90_us, "experts_hit": hit, "bytes": nbytes,
                        "floor_us": nbytes / bw * 1e6, "spec_floor_us": nbytes / SPEC_BW * 1e6}
                 row["floor_pct"] = 100.0 * row["floor_us"] / t.median_us
+                if label.startswith("ours:"):  # what the row timed, so that a later default can be matched to it
+                    row["config"] = fn.__self__.config_for(T).label()  # type: ignore[attr-defined]
                 self.rec["results"].append(row)
                 print(f"  {label:<22} {mode:<5} T={T:<5} {t.median_us:9.1f} us  floor {row['floor_us']:7.1f} us "
                       f"({row['floor_pct']:5.1f}%)", flush=True)
@@ -266,18 +269,36 @@ class Run:
         self.rec["summary"] = out
 
 
-# Token counts whose default config changed after the run in benchmarks/results/lowt-h100 (2026-12-07): there
-# "ours:default" timed the old one, and the variant named here timed exactly today's ops.default_config.
-CHANGED_SINCE_RUN: dict[int, str] = {}
+# The record behind the committed cost table: benchmarks/results/lowt-h100-split (tree 0242030), whose default split
+# K to fill 1024 programs (Config split1 = split2 = 0); today's default does not split. A row of ours stands for today's
+# default where its config launches the same tiles and splits (``ops.resolved``, checked per layer and T): the
+# run's "ours:default" where its split came to 1, else a variant with today's config ("nosplit" at T = 1 and 4).
+RUN_DEFAULT = {"split1": 0, "split2": 0}
+
+
+def run_variants(T: int) -> dict[str, Any]:
+    """The variants of that run at T, as its tree (0242030) configured them (None: the default)."""
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    if T > 64:
+        return {}
+    C, bm = ops.Config, 8 if T < 32 else 16
+    return {"nosplit": C(bm=bm, split1=1, split2=1), "splitmax": C(bm=bm, split1=64, split2=64),
+            "token": C(bm=bm, gemm2="token", split1=0), "narrow": C(bn1=16, bn2=16, bm=bm, bm_token=8, warps=1, warps2=1,
+                                                                    stages=4, split1=0, split2=0)}
 PEERS = {"humming": "humming", "marlin": "marlin"}  # bench label -> registry backend ("vllm" is no backend here)
 
 
-def cost_table(rec: dict[str, Any], changed: dict[int, str] = CHANGED_SINCE_RUN) -> Any:
+def cost_table(rec: dict[str, Any], run_default: dict[str, int] = RUN_DEFAULT,
+               ran_variants: Callable[[int], dict[str, Any]] = run_variants) -> Any:
     """A ``moe_registry.measured.CostTable`` from a ``--out`` record: triton-lowt-moe as the adapter runs it now
     (its default config per T) and the registry backends timed beside it, each with its mode (graph at T <= 64,
-    eager above), for the layers that have such a peer. A variant row stands for the default only where its
-    config is the default's (checked)."""
+    eager above), for the layers that have such a peer. ``run_default``: what the run's default config had
+    beside today's; ``ran_variants``: the run's variant configs at T. Ours at a T only from a row whose config
+    launches exactly today's default (the run's default first, then the variants in order); none where no row
+    does."""
     from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.backends.triton_lowt_moe.kernel import BLOCK_4BIT
     from moe_registry.measured import CostEntry, CostTable
     from moe_registry.schemas.device import get_device
     from moe_registry.schemas.layer import LayerSpec
@@ -288,26 +309,46 @@ def cost_table(rec: dict[str, Any], changed: dict[int, str] = CHANGED_SINCE_RUN)
     # Only layers where a registry backend ran beside ours: the measured policy puts a measured backend ahead of
     # every unmeasured one, so ours alone in a table (the bf16 layers: vLLM's peer is no backend) would win unseen.
     peered = {r["layer"] for r in rec["results"] if r["backend"] in PEERS}
+
+    def launches(cfg: Any, layer: Any, T: int) -> Any:
+        return ops.resolved(cfg, T, layer.top_k, layer.local_num_experts, layer.hidden_size,
+                            layer.local_intermediate_size, BLOCK_4BIT)
+
+    def stands_for_today(name: str, variant: str, T: int) -> bool:
+        layer = LayerSpec(**LAYERS[name])
+        today = ops.default_config(T, layer.top_k, layer.local_num_experts)
+        ran: Any
+        if variant == "default":
+            ran = dataclasses.replace(today, **run_default) if today.gemm2 != "sorted" else today  # type: ignore[arg-type]
+        else:
+            ran = ran_variants(T).get(variant)
+            if ran is None:
+                return False
+        return launches(ran, layer, T) == launches(today, layer, T)
+
+    order = ["default", *ran_variants(1)]
+    chosen: dict[tuple[str, int], str] = {}
+    for row in rec["results"]:
+        name, label, T = row["layer"], row["backend"], row["T"]
+        if name in peered and label.startswith("ours:") and stands_for_today(name, label[5:], T):
+            best = chosen.get((name, T))
+            if best is None or order.index(label[5:]) < order.index(best):
+                chosen[(name, T)] = label[5:]
     entries = []
     for row in rec["results"]:
         name, label, T = row["layer"], row["backend"], row["T"]
         if name not in peered:
             continue
-        layer = LayerSpec(**LAYERS[name])
         if label.startswith("ours:"):
-            variant = label.split(":", 1)[1]
-            if variant != changed.get(T, "default"):
+            if chosen.get((name, T)) != label[5:]:
                 continue
-            if variant != "default" and variants(name)[variant](T) != ops.default_config(T, layer.top_k,
-                                                                                        layer.local_num_experts):
-                raise ValueError(f"{name} T={T}: variant {variant} is not today's default config")
             backend = "triton-lowt-moe"
         elif label in PEERS:
             backend = PEERS[label]
         else:
             continue
-        entries.append(CostEntry(backend=backend, layer=layer, tokens=T, mode=row["mode"], median_us=row["us"],
-                                 p10_us=row["p10_us"], p90_us=row["p90_us"]))
+        entries.append(CostEntry(backend=backend, layer=LayerSpec(**LAYERS[name]), tokens=T, mode=row["mode"],
+                                 median_us=row["us"], p10_us=row["p10_us"], p90_us=row["p90_us"]))
     versions = {"python": meta["python"], "torch": meta["torch"].split("+")[0], "cuda": meta["torch_cuda"],
                 "triton": meta["triton"]}
     device = get_device("h100").model_copy(update={"memory_gb": meta["memory_gib"]})

@@ -354,9 +354,10 @@ def test_ptx_unpacking_is_exact():
 
 
 def test_the_committed_h100_cost_table_is_the_benchmark_record():
-    # benchmarks/results/lowt-h100/costs.json is bench_lowt.py's conversion of the run's record (ours at today's
-    # default config per T, the registry peers, each with its mode), and the measured policy picks
-    # triton-lowt-moe only where that run timed it fastest: Qwen3-30B int4 at T = 1, 2 (graphed) and 512 (eager).
+    # benchmarks/results/lowt-h100-split/costs.json is bench_lowt.py's conversion of that run's record: ours only
+    # from rows whose config launches today's default (the run split K by default; today's does not), the
+    # registry peers, each with its mode. The measured policy then picks triton-lowt-moe where that run timed it
+    # fastest: Qwen3-30B int4 at T = 1 (and T = 2, interpolated) and Gemma 4 NvFP4 at T = 512 (eager).
     import importlib.util
     import json
     from pathlib import Path
@@ -366,7 +367,7 @@ def test_the_committed_h100_cost_table_is_the_benchmark_record():
     from moe_registry.selection import select_backend
 
     root = Path(__file__).resolve().parents[1]
-    results = root / "benchmarks" / "results" / "lowt-h100"
+    results = root / "benchmarks" / "results" / "lowt-h100-split"
     if not results.is_dir():
         pytest.skip("benchmarks/results is not beside the tests")
     saved = list(sys.path)
@@ -380,15 +381,24 @@ def test_the_committed_h100_cost_table_is_the_benchmark_record():
     costs = CostTable.load(results / "costs.json")
     assert bench.cost_table(record) == costs
     assert {e.layer.quant.kind.value for e in costs.entries} == {"nvfp4", "int4_w4a16"}  # bf16: no registry peer ran
-    # T = 1 is the expert-gemm2 variant's row (today's default), not the run's "ours:default" (then per token)
-    qwen = LayerSpec(**bench.LAYERS["qwen3-int4"])
-    assert dict(costs.points("triton-lowt-moe", qwen, "graph"))[1] == next(
-        r["us"] for r in record["results"] if (r["layer"], r["backend"], r["T"]) == ("qwen3-int4", "ours:expert-gemm2", 1))
-    with pytest.raises(ValueError, match="not today's default"):
-        bench.cost_table(record, changed={4: "wide"})
+
+    def row(layer: str, label: str, T: int) -> float:
+        return next(r["us"] for r in record["results"] if (r["layer"], r["backend"], r["T"]) == (layer, label, T))
+
+    gemma, mixtral = (LayerSpec(**bench.LAYERS[n]) for n in ("gemma4-nvfp4", "mixtral-awq"))
+    ours = dict(costs.points("triton-lowt-moe", gemma, "graph"))
+    # T = 1 / 4: the run's default split K, so the no-split variant's rows stand for today's default; T = 2: no row
+    # of that run has today's config; T = 16: the run's default split nothing there, so its own row stands.
+    assert (ours[1], ours[4], ours[16]) == (row("gemma4-nvfp4", "ours:nosplit", 1), row("gemma4-nvfp4", "ours:nosplit", 4),
+                                            row("gemma4-nvfp4", "ours:default", 16))
+    assert 2 not in ours and 2 in dict(costs.points("humming", gemma, "graph"))
+    # Mixtral at T = 4: the run's default split came to one program per tile (8 experts x 448 tiles), so it stands.
+    assert dict(costs.points("triton-lowt-moe", mixtral, "graph"))[4] == row("mixtral-awq", "ours:default", 4)
+    # Had the run's default been today's, its split rows would stand everywhere (and T = 2 would be there).
+    assert 2 in dict(bench.cost_table(record, run_default={}).points("triton-lowt-moe", gemma, "graph"))
     picks = {(name, T): select_backend(LayerSpec(**bench.LAYERS[name]), "h100",
                                        policy=MeasuredPolicy(costs, num_tokens=T)).backend
              for name in ("gemma4-nvfp4", "qwen3-int4", "mixtral-awq") for T in (1, 2, 4, 64, 512, 4096)}
     assert {k for k, b in picks.items() if b == "triton-lowt-moe"} == {("qwen3-int4", 1), ("qwen3-int4", 2),
-                                                                       ("qwen3-int4", 512)}
-    assert set(picks.values()) == {"triton-lowt-moe", "humming"}
+                                                                       ("gemma4-nvfp4", 512)}
+    assert set(picks.values()) == {"triton-lowt-moe", "humming", "marlin"}

@@ -84,7 +84,9 @@ DECLARATION = BackendCapability(
             f"router-weighted expert outputs into a float32 accumulator with atomics in no fixed order, so repeated "
             f"forwards differ in the last bits (relative 5.4e-6 / 5.2e-6 measured on the H100 for int4 / NvFP4, "
             f"docs/verification/h100-graph-capture-e593d2a.txt); up to 64 tokens the partial sums are added by "
-            f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH): reproducible"),
+            f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH): reproducible by "
+            f"construction (tests/test_triton_lowt_moe_cpu.py repeats the bits in the interpreter; the GPU test "
+            f"test_k_split_configs_repeat_their_bits is written, its run not yet recorded)"),
         source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; {_OPS} "
                 f"fused_experts: shapes from metadata only, no host sync; tests/gpu/test_triton_lowt_moe_gpu.py "
                 f"test_no_host_sync_in_a_forward passed on the H100 (docs/verification/h100-lowt-gpu-tests.log); "
@@ -98,8 +100,8 @@ DECLARATION = BackendCapability(
                               source=f"{_K} imports triton"),),
     # Just above the reference and below every other backend: measured on the H100 (_BENCH) slower than humming /
     # marlin (4-bit) and vLLM's fused_experts (bf16) at almost every T (benchmarks/README.md, lowt-notes.md).
-    # Where it was faster (Qwen3-30B int4 g128 at T = 1 and 512) the measured policy picks it from the cost table
-    # benchmarks/results/lowt-h100/costs.json; a declared priority would move every layer of the family.
+    # Where it was faster (Qwen3-30B int4 g128 at T = 1, Gemma 4 NvFP4 at T = 512) the measured policy picks it from
+    # the cost table benchmarks/results/lowt-h100-split/costs.json; a declared priority would move the whole family.
     priority={QuantFamily.UNQUANTIZED: 5, QuantFamily.INT4: 5, QuantFamily.NVFP4: 5, QuantFamily.MXFP4: 5},
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
         "2026-12-07, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, main at e593d2a: probe (quick) 180 "
@@ -108,7 +110,10 @@ DECLARATION = BackendCapability(
         "drift; int4 zero points are not in the probe: bench_lowt.py's check at the Mixtral AWQ shape (T 1 / 16 / 64, "
         f"rel err <= 2.6e-3, {_BENCH}); tests/gpu/test_triton_lowt_moe_gpu.py stopped by its 140 s limit after 35 of "
         "37 tests: 34 passed, test_graphed_experts_match_eager failed (no text: "
-        "docs/verification/h100-lowt-gpu-tests.log)")),),
+        "docs/verification/h100-lowt-gpu-tests.log). Same card and versions, tree 0242030 (K split and the "
+        "finishing GEMM2, today's kernels): bench_lowt.py's check of today's default configs on all five layers at "
+        "T 1 / 16 / 64, rel err <= 2.7e-3 (benchmarks/results/lowt-h100-split/bench.log); GPU tests: 35 passed, "
+        "none failed, before the call's limit (names not recorded)")),),
 )
 
 

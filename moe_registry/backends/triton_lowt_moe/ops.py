@@ -14,6 +14,7 @@ Everything in a forward is asynchronous and shaped by metadata only (capturable 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +117,8 @@ class Config:
     blocks of ``bm`` pairs, float32 atomics and a cast; the prefill path).
     ``split1`` / ``split2``: programs sharing the K steps of one GEMM1 / GEMM2 tile (not for ``"sorted"``;
     GEMM2's only with ``"expert"``); 0: as many as bring the grid to ``fill`` programs, at most one per K
-    step. Default 1: on the H100 every split tried was slower at every T (benchmarks/results/lowt-h100,
-    variants ``splitmax`` and the auto split of 1024 programs; lowt-notes.md says by how much)."""
+    step. Default 1: on the H100 every split tried was slower at every T (benchmarks/results/lowt-h100-split:
+    one K step per program, and the split to 1024 programs; lowt-notes.md says by how much)."""
 
     bn1: int = 32
     bn2: int = 32
@@ -159,6 +160,16 @@ def splits_for(requested: int, tiles: int, steps: int, fill: int) -> int:
     return -(-steps // per)
 
 
+def resolved(cfg: Config, T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, block: int) -> Config:
+    """``cfg`` with the splits a forward of T tokens launches (``block``: the K step of both weights)."""
+    if cfg.gemm2 == "sorted":
+        return dataclasses.replace(cfg, split1=1, split2=1)
+    slots = min(num_experts, T * top_k)
+    split1 = splits_for(cfg.split1, slots * triton.cdiv(intermediate, cfg.bn1), triton.cdiv(hidden, block), cfg.fill)
+    split2 = splits_for(cfg.split2, slots * triton.cdiv(hidden, cfg.bn2), triton.cdiv(intermediate, block), cfg.fill)
+    return dataclasses.replace(cfg, split1=split1, split2=1 if cfg.gemm2 == "token" else split2)
+
+
 # --- Launches ------------------------------------------------------------------------------------------
 
 def _args(pw: PackedWeight, dummy: torch.Tensor) -> tuple[Any, ...]:
@@ -197,18 +208,16 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     sorted_ = cfg.gemm2 == "sorted"
     dummy = tw
     interp = not asm  # the interpreter (no PTX) multiplies in float32
+    if w13.block != w2.block:
+        raise ValueError(f"both weights must be packed for one K step, got {w13.block} and {w2.block}")
+    launch = resolved(cfg, T, k, num_experts, H, intermediate, w13.block)
+    split1, split2 = launch.split1, launch.split2
     if sorted_:
         al = align(topk_ids, num_experts, cfg.bm, ok)
         srt, blk, tot, programs = al.sorted_pairs, al.block_expert, al.total, al.max_blocks
-        split1 = split2 = 1
     else:
         srt = blk = tot = ids
         programs = min(num_experts, P)
-        tiles1, tiles2 = programs * triton.cdiv(intermediate, cfg.bn1), programs * triton.cdiv(H, cfg.bn2)
-        split1 = splits_for(cfg.split1, tiles1, triton.cdiv(H, w13.block), cfg.fill)
-        split2 = splits_for(cfg.split2, tiles2, triton.cdiv(intermediate, w2.block), cfg.fill)
-        if cfg.gemm2 == "token":
-            split2 = 1
     finish2 = cfg.gemm2 == "expert"
     if split1 > 1 or finish2:
         need = counters_needed(T, k, num_experts, H, intermediate, cfg)

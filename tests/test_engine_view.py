@@ -317,21 +317,19 @@ def test_the_model_provider_reads_what_vllm_reads_off_the_checkpoint(monkeypatch
 
 
 def test_fp8_activation_scheme_from_the_checkpoint():
+    # The planner reads activation_scheme with the rest of the quantization config (one read of the checkpoint);
+    # vLLM's FP8 oracle (the hand model) takes it from the plan.
     static = plan_model(str(ROOT / "tests" / "fixtures" / "checkpoints" / "mixtral-8x7b-instruct-fp8"), get_device("h100"))
-    assert answer_mod._fp8_static_activations(static)
+    assert static.quant_method == "fp8" and static.fp8_static_activations
     block = plan_model(str(ROOT / "tests" / "fixtures" / "checkpoints" / "qwen3-30b-a3b-fp8"), get_device("h100"))
-    assert not answer_mod._fp8_static_activations(block)  # dynamic
-    assert not answer_mod._fp8_static_activations(plan_model("deepseek-v3", get_device("h100")))  # a preset: dynamic
-    assert not answer_mod._fp8_static_activations(static.model_copy(update={"quant_method": "modelopt"}))
-    gone = static.model_copy(update={"source": "/nonexistent/config.json"})
-    assert not answer_mod._fp8_static_activations(gone)
-    # a preset's source reads "preset NAME": the name is what is loaded
-    as_preset = static.model_copy(update={"source": "preset " + str(ROOT / "tests" / "fixtures" / "checkpoints" /
-                                                                    "mixtral-8x7b-instruct-fp8")})
-    assert answer_mod._fp8_static_activations(as_preset)
-    # no quantization config at all (and no text_config): not static
-    bare = plan_model("mixtral-8x7b", get_device("h100")).model_copy(update={"quant_method": "fp8"})
-    assert not answer_mod._fp8_static_activations(bare)
+    assert block.quant_method == "fp8" and not block.fp8_static_activations  # dynamic
+    assert not plan_model("deepseek-v3", get_device("h100")).fp8_static_activations  # a preset: dynamic
+    assert not plan_model("gemma-4-26b-a4b-nvfp4", get_device("h100")).fp8_static_activations  # not FP8
+    # the flag reaches the hand model: static per-tensor FP8 and dynamic FP8 take different vLLM paths
+    static_answers = answer_mod.engine_answers(static, "vllm", source="model")
+    dynamic_answers = answer_mod.engine_answers(static.model_copy(update={"fp8_static_activations": False}), "vllm",
+                                                source="model")
+    assert static_answers != dynamic_answers
 
 
 def test_fp8_activation_scheme_nested_in_text_config(tmp_path):
@@ -341,10 +339,7 @@ def test_fp8_activation_scheme_nested_in_text_config(tmp_path):
     wrapped = {"model_type": "wrapper", "architectures": config["architectures"], "text_config": {**config,
                                                                                                  "quantization_config": quant}}
     (tmp_path / "config.json").write_text(json.dumps(wrapped))
-    plan = plan_model(str(ROOT / "tests" / "fixtures" / "checkpoints" / "mixtral-8x7b-instruct-fp8"), get_device("h100"))
-    assert answer_mod._fp8_static_activations(plan.model_copy(update={"source": str(tmp_path / "config.json")}))
-    (tmp_path / "config.json").write_text(json.dumps({**config, "quantization_config": "static"}))
-    assert not answer_mod._fp8_static_activations(plan.model_copy(update={"source": str(tmp_path / "config.json")}))
+    assert plan_model(str(tmp_path / "config.json"), get_device("h100")).fp8_static_activations
 
 
 def test_the_hand_models_answer_shape():

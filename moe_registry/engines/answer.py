@@ -224,7 +224,6 @@ def _sglang_executed(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
 
 def _vllm_model(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
     from .vllm.model import vllm_default
-    static = _fp8_static_activations(plan)
     out: list[EngineAnswer | None] = []
     for group in plan.groups():
         device = plan.device or (group.selection.device if group.selection else None)
@@ -233,7 +232,7 @@ def _vllm_model(plan: ModelPlan) -> tuple[EngineAnswer | None, ...]:
             continue
         method = plan.quant_method if plan.quant_method != "override" else None
         out.append(vllm_model_answer(vllm_default(group.layer, device, quant_method=method, model_type=plan.model_type,
-                                                  fp8_static=static)))
+                                                  fp8_static=plan.fp8_static_activations)))
     return tuple(out)
 
 
@@ -246,19 +245,3 @@ def vllm_model_answer(c: VllmChoice) -> EngineAnswer:
     return EngineAnswer(engine="vllm", version=VLLM_VERSION, source="model", flag=c.moe_backend,
                         kernel=c.label() if c.backend else None, family=c.family, rejected=rejected,
                         error=error, assumptions=ASSUMPTIONS)
-
-
-def _fp8_static_activations(plan: ModelPlan) -> bool:
-    """Does the plan's checkpoint quantize FP8 activations with static scales (``activation_scheme``)?
-    vLLM's FP8 oracle reads it (quantization/fp8.py); the LayerSpec does not carry it."""
-    if plan.quant_method != "fp8":
-        return False
-    from ..planner.sources import _load
-
-    try:
-        config = _load(plan.source.removeprefix("preset ")).config
-    except ValueError:
-        return False
-    text = config.get("text_config")
-    quant = config.get("quantization_config") or (text.get("quantization_config") if isinstance(text, dict) else None)
-    return isinstance(quant, dict) and quant.get("activation_scheme") == "static"

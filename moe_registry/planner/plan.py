@@ -165,6 +165,8 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
     return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
                      device=device, parallel=parallel, quantization=summary,
                      model_type=model_type or None, quant_method=qconf.method if qconf else None,
+                     # only an FP8 config has it (its parser module is imported when a checkpoint needs it)
+                     fp8_static_activations=bool(getattr(qconf, "static_activations", False)),
                      num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
 
 

@@ -112,6 +112,7 @@ class ModelPlan(BaseModel):
     # model_type and its quantization config's format ("modelopt", "fp8", "gptq", ...; None: unquantized).
     model_type: str | None = None
     quant_method: str | None = None
+    fp8_static_activations: bool = False  # FP8 with activation_scheme "static" (vLLM's FP8 oracle reads it)
     num_hidden_layers: int
     layers: tuple[LayerPlan, ...]
     notes: tuple[str, ...] = ()

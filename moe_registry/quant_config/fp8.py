@@ -17,6 +17,7 @@ from .patterns import _ancestor_plain, _excludes, _fp8_plain, check_entries
 class Fp8Quant(QuantConfig):
     block: bool = False
     ignored: tuple[str, ...] = ()
+    static_activations: bool = False  # activation_scheme "static": per-tensor activation scales in the checkpoint
 
     def scheme_for(self, name: str) -> QuantScheme:
         if any(_excludes(entry, name, _fp8_plain) for entry in self.ignored):
@@ -47,4 +48,4 @@ def _parse_fp8(qc: Mapping[str, Any], source: str, unq: QuantScheme) -> Fp8Quant
     ignored = tuple(ignored_layers + not_convert)
     summary = "FP8 128x128 blocks" if block is not None else "FP8 per tensor"
     return Fp8Quant(method="fp8", summary=summary, source=source, unquantized=unq, block=block is not None,
-                    ignored=ignored)
+                    ignored=ignored, static_activations=qc.get("activation_scheme") == "static")

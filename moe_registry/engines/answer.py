@@ -84,8 +84,8 @@ def _engine_name(declaration: BackendCapability, engine: Engine) -> str | None:
 class Separation:
     """The first fact, in our declarations and selection, that separates our pick from the engine's
     kernel. ``kind``: ``"no-kernel"`` (no declaration here is that kernel), ``"not-covering"`` (those
-    that are do not declare the layer's scheme: ``peers``), ``"rejected"`` (``peer`` is, and our
-    selection rejected it: ``reason``) or ``"ranked"`` (``peer`` is eligible and ranks below our pick)."""
+    that are, ``peers``, do not declare the layer's scheme), ``"rejected"`` (``peer`` is that kernel and
+    our selection rejected it: ``reason``) or ``"ranked"`` (``peer`` is eligible and ranks below our pick)."""
 
     kind: Literal["no-kernel", "not-covering", "rejected", "ranked"]
     peers: tuple[BackendCapability, ...] = ()
@@ -107,8 +107,8 @@ def separation(answer: EngineAnswer, rejections: tuple[Rejection, ...],
     rejected = {r.backend: r for r in rejections}
     for decl in covering:
         if decl.id in rejected:
-            return Separation("rejected", peers=covering, peer=decl, reason=rejected[decl.id].reasons[0])
-    return Separation("ranked", peers=covering, peer=covering[0])
+            return Separation("rejected", peer=decl, reason=rejected[decl.id].reasons[0])
+    return Separation("ranked", peer=covering[0])
 
 
 def compare(answer: EngineAnswer, ours: str | None, rejections: tuple[Rejection, ...],

@@ -58,7 +58,9 @@ class TritonLowTExperts(Experts):
         # Cleared by the kernels when an id is out of range, never set back (the GPU kernel also stops).
         self._ok = torch.ones(1, dtype=torch.int32, device=self.device)
         # The kernels' arrival counters (0 between forwards), sized for the default configs of every T that
-        # uses them; a config that needs more gets fresh ones per call (a memset).
+        # uses them; a config that needs more gets fresh ones per call (a memset). Shared by this adapter's
+        # forwards: run them on one stream (two in flight at once, e.g. graphs replayed on two streams, would
+        # count into the same tiles).
         L = layer
         need = max(ops.counters_needed(T, L.top_k, L.local_num_experts, L.hidden_size, L.local_intermediate_size,
                                        ops.default_config(T, L.top_k, L.local_num_experts))

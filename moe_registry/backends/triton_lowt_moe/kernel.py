@@ -57,15 +57,17 @@ class TritonLowTExperts(Experts):
         self.asm = self.device.type == "cuda"
         # Cleared by the kernels when an id is out of range, never set back (the GPU kernel also stops).
         self._ok = torch.ones(1, dtype=torch.int32, device=self.device)
-        # The kernels' arrival counters (0 between forwards), sized for the default configs of every T that
-        # uses them; a config that needs more gets fresh ones per call (a memset). Shared by this adapter's
-        # forwards: run them on one stream (two in flight at once, e.g. graphs replayed on two streams, would
-        # count into the same tiles).
+        # The kernels' arrival counters (0 between forwards), one set per CUDA stream so that forwards in flight
+        # on two streams at once (micro-batches overlapped on two streams) never count into the same tiles;
+        # sized for the default configs of every T that uses them (a config that needs more gets fresh zeros
+        # per call, a memset). Never replaced or freed while the adapter lives: a captured graph keeps the address.
         L = layer
-        need = max(ops.counters_needed(T, L.top_k, L.local_num_experts, L.hidden_size, L.local_intermediate_size,
-                                       ops.default_config(T, L.top_k, L.local_num_experts))
-                   for T in (1, ops.SORT_ABOVE))
-        self._counters = torch.zeros(need, dtype=torch.int32, device=self.device)
+        self._counter_size = max(ops.counters_needed(T, L.top_k, L.local_num_experts, L.hidden_size,
+                                                     L.local_intermediate_size,
+                                                     ops.default_config(T, L.top_k, L.local_num_experts))
+                                 for T in (1, ops.SORT_ABOVE))
+        self._counters: dict[int, torch.Tensor] = {}
+        self._stream_counters()
 
     def _scales_cast(self, w: Any) -> Any:
         """int4 scales in the layer dtype where they are not: the pre-scaled steps multiply in it
@@ -76,6 +78,13 @@ class TritonLowTExperts(Experts):
             return dataclasses.replace(w, scales=scales_in_dtype(
                 w.scales, self.dtype, backend=self.backend, why="its kernels scale small groups in the layer dtype"))
         return w
+
+    def _stream_counters(self) -> torch.Tensor:
+        """The counters of the current stream (made on its first forward)."""
+        key = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        if key not in self._counters:
+            self._counters[key] = torch.zeros(self._counter_size, dtype=torch.int32, device=self.device)
+        return self._counters[key]
 
     def config_for(self, T: int) -> ops.Config:
         if self.config is None:
@@ -100,7 +109,7 @@ class TritonLowTExperts(Experts):
         return ops.fused_experts(hidden_states, topk_weights, topk_ids, self.w13, self.w2, L.local_num_experts,
                                  L.local_intermediate_size, self.epilogue, cfg, w13_bias=self.w13_bias,
                                  w2_bias=self.w2_bias, ok=self._ok, asm=self.asm,
-                                 counters=self._counters if self._counters.numel() >= need else None)
+                                 counters=self._stream_counters() if self._counter_size >= need else None)
 
     def direct_call(self, ids_dtype: torch.dtype = torch.int32) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         """``(fn, args, kwargs)``: ``fn(x, topk_weights, topk_ids)`` runs the kernels without guards."""

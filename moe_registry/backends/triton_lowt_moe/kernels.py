@@ -264,8 +264,8 @@ def _gemm1_out(acc_g, acc_u, pairs, p_ok, offs_n, n_ok, g_rows, u_rows, e64, bia
 @triton.jit
 def _arrive(cnt_ptr, last):
     """Count this program in at ``cnt_ptr`` after its partial sums are stored; True for the ``last``-th
-    (0-based) arrival, which then finishes the tile and sets the counter back to 0 for the next forward.
-    The barrier puts every thread's stores before the release; acquire makes the others' visible."""
+    (0-based) arrival, whose caller then finishes the tile and sets the counter back to 0 for the next
+    forward. The barrier puts every thread's stores before the release; acquire makes the others' visible."""
     tl.debug_barrier()
     old = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
     return old == last

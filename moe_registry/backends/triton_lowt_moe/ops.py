@@ -184,9 +184,15 @@ def _strides(pw: PackedWeight) -> tuple[int, int, int, int]:
     return pw.w.stride(0), pw.w.stride(1), s_se, s_sn
 
 
+def _gemm1_counters(T: int, top_k: int, num_experts: int, intermediate: int, cfg: Config) -> int:
+    """GEMM1's counters, one per (expert slot, N tile), at the start of ``counters``; GEMM2's (one per N
+    tile) follow them."""
+    return min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1)
+
+
 def counters_needed(T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, cfg: Config) -> int:
     """int32 counters a forward with ``cfg`` uses (``fused_experts``'s ``counters``)."""
-    return min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1) + triton.cdiv(hidden, cfg.bn2)
+    return _gemm1_counters(T, top_k, num_experts, intermediate, cfg) + triton.cdiv(hidden, cfg.bn2)
 
 
 def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, w13: PackedWeight,
@@ -228,7 +234,7 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     else:
         counters = dummy
     cnt1 = counters
-    cnt2 = counters[min(num_experts, P) * triton.cdiv(intermediate, cfg.bn1):] if finish2 else dummy
+    cnt2 = counters[_gemm1_counters(T, k, num_experts, intermediate, cfg):] if finish2 else dummy
     # Partial sums (float32, written before they are read: no zeroing); offsets stay within int32.
     ws1 = torch.empty((split1, P, 2, intermediate), dtype=torch.float32, device=dev) if split1 > 1 else dummy
     ws2 = torch.empty((split2, P, H), dtype=torch.float32, device=dev) if finish2 else dummy

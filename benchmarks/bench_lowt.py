@@ -51,7 +51,7 @@ LAYERS: dict[str, dict[str, Any]] = {
     "qwen3-bf16": dict(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, activation="silu"),
 }
 GRAPH_T = (1, 2, 4, 8, 16, 32, 64)
-VARIANT_T = (1, 4, 16, 64)  # where the non-default configs are timed too
+VARIANT_T = (1, 2, 4, 8, 16)  # where the non-default configs are timed too
 EAGER_T = (512, 4096)
 CHECK_T = (1, 16, 64)
 SPEC_BW = 3.35e12  # H100 SXM HBM3 (engines-2026-12.md section 5)
@@ -66,13 +66,15 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
     def at(T: int, cfg: Any) -> Any:
         return cfg if T <= 64 else None
 
+    def gemv(T: int, **kw: Any) -> Any:  # the GEMV kernels (a program per pair and row tile) up to 16 tokens
+        return C(gemv=True, **kw) if T <= 16 else None
+
     return {
         "default": lambda T: None,
-        # K split across programs: enough to fill 1024 programs (the "default" of lowt-h100-split), one step each.
-        "splitauto": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=0, split2=0)),
-        "splitmax": lambda T: at(T, C(bm=8 if T < 32 else 16, split1=64, split2=64)),
-        "token": lambda T: at(T, C(bm=8 if T < 32 else 16, gemm2="token")),  # GEMM2 per token
-        "narrow": lambda T: at(T, C(bn1=16, bn2=16, bm=8 if T < 32 else 16, bm_token=8, warps=1, warps2=1, stages=4)),
+        "gemv16": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2),
+        "gemv16u1": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=1),
+        "gemv32": lambda T: gemv(T, bn1=32, bn2=32, warps=4, warps2=4, unroll=2),
+        "gemv8": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4),
     }
 
 

@@ -122,8 +122,10 @@ def main() -> None:
     p.add_argument("--bm-token", type=int, default=8)
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=3)
-    p.add_argument("--kernel", default="gemm1,gemm2,token", help="gemm1, gemm2 (per expert slot), token")
+    p.add_argument("--kernel", default="gemm1,gemm2,token",
+                   help="gemm1, gemm2 (per expert slot), token, gemv1, gemv2 (the GEMV kernels; --bn rows per program)")
     p.add_argument("--split", type=int, default=1, help="programs per tile sharing its K steps (gemm1, gemm2)")
+    p.add_argument("--unroll", type=int, default=2, help="K steps per loop iteration of the GEMV kernels")
     p.add_argument("--dump")
     a = p.parse_args()
     print(f"triton {triton.__version__}")
@@ -138,6 +140,15 @@ def main() -> None:
                 consts = dict(STAGE=stage, FMT=fmt, GATED=stage == 1, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
                               DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False, SPLIT=a.split, BT=16)
+            elif kern in ("gemv1", "gemv2"):
+                fn = KN.gemv1_kernel if kern == "gemv1" else KN.gemv2_kernel
+                stage = 1 if kern == "gemv1" else 2
+                consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
+                              BK=bk, ASM=fmt != 0, TAIL=False, UNROLL=a.unroll)
+                if stage == 1:
+                    consts["GATED"] = True
+                else:
+                    consts["BT"] = 2
             else:
                 fn = KN.lowt_token_kernel
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,
@@ -150,9 +161,10 @@ def main() -> None:
             top = ", ".join(f"{op} {n}" for op, n in ops.most_common(14))
             print(f"{name:6} {kern:6} bn {a.bn} bm {a.bm if kern != 'token' else a.bm_token} warps {a.warps} bk {bk}: "
                   f"{ptxas_usage(k.asm['ptx'])}, smem {md.shared}, instr {total}: {top}")
-            rows = a.bn * (2 if kern == "gemm1" else 1)
-            per = rows * bk / (32 * a.warps)
-            inner = [lp for lp in loops(text) if lp[1]["HMMA"] + lp[1]["HGMMA"] and not lp[1]["MUFU"]]
+            rows = a.bn * (2 if kern in ("gemm1", "gemv1") else 1)
+            per = rows * bk / (32 * a.warps) * (a.unroll if kern.startswith("gemv") else 1)
+            inner = [lp for lp in loops(text) if (lp[1]["HMMA"] + lp[1]["HGMMA"] or kern.startswith("gemv"))
+                     and not lp[1]["MUFU"]]
             for n, mix in inner[:1]:
                 print(f"    main loop {n} instr = {n / per:.2f} per weight element per thread: "
                       + ", ".join(f"{op} {c}" for op, c in mix.most_common(12)))

@@ -166,6 +166,64 @@ def test_k_split_with_biases_and_more_pairs_than_a_block():
     assert _run(layer, T=9, config=ops.Config(bm=8, split1=3, split2=2)) <= TOL
 
 
+_GEMV = {"gemv": True, "bn1": 16, "bn2": 32, "warps": 4, "warps2": 4}
+
+
+@pytest.mark.parametrize("quant", ["bf16", "nvfp4_w4a16", "mxfp4", _ZP64,
+                                   {"kind": "int4_w4a16", "group_size": 32},
+                                   {"kind": "int4_w4a16", "group_size": -1, "zero_point": True}])
+@pytest.mark.parametrize("T", [1, 3])
+def test_gemv_kernels_every_format(quant, T):
+    # A program per (pair, row tile): GEMM1 192 rows in tiles of 16 over H = 128 (one K step), GEMM2 128 rows in
+    # tiles of 32 over I = 192 (one K step and a partial one of 64).
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    assert _run(_layer(quant=quant), T=T, config=ops.Config(**_GEMV)) <= TOL
+
+
+def test_gemv_kernels_epilogues_and_partial_row_tiles():
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=True)
+    cfg = ops.Config(gemv=True, bn1=128, bn2=64, warps=4, warps2=4)  # I = 192: one full and one partial tile
+    assert _run(_layer(quant="mxfp4", activation="swigluoai", activation_params=params, bias=True), T=2,
+                config=cfg) <= TOL
+    assert _run(_layer(quant="nvfp4_w4a16", activation="relu2"), T=2, config=cfg) <= TOL
+    assert _run(_layer(top_k=1, apply_router_weight_on_input=True, quant={"kind": "int4_w4a16", "group_size": 64}),
+                T=5, config=cfg) <= TOL
+    assert _run(_layer(dtype="fp16", quant={"kind": "int4_w4a16", "group_size": 64}), T=3, config=cfg) <= 1e-2
+
+
+def test_gemv_kernels_finish_with_counters_left_zero_and_repeat_their_bits():
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = _layer(quant="nvfp4_w4a16")
+    experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
+    cfg = ops.Config(**_GEMV)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    w = torch.rand(3, 2)
+    ids = torch.tensor([[0, 1], [1, 3], [3, 2]], dtype=torch.int32)
+    assert ops.counters_needed(3, 2, 4, 128, 192, cfg) == 4  # GEMM2's four row tiles, nothing for GEMM1
+    counters = torch.zeros(4, dtype=torch.int32)
+    ok = torch.ones(1, dtype=torch.int32)
+    runs = [ops.fused_experts(x, w, ids, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False,
+                              counters=counters) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) and not counters.any() and int(ok) == 1
+    bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
+    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False,
+                            counters=counters)
+    assert int(ok) == 0 and not counters.any()
+    # Pairs with a bad id add nothing: token 0 is whole, token 1 has only expert 2, token 2 only expert 3.
+    good = ops.fused_experts(x, w * torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), bad.clamp(0, 3),
+                             experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
+                             asm=False)
+    assert torch.equal(out, good)
+
+
 def test_out_of_range_ids_are_flagged_and_never_addresses():
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops

@@ -166,6 +166,54 @@ def test_k_split_configs_repeat_their_bits(sm90, scheme):
             assert relative_error(out, want) <= _tol(layer), (T, cfg)
 
 
+GEMV = dict(gemv=True, warps=4, warps2=4)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_gemv_configs_every_format(sm90, scheme):
+    # The GEMV kernels (a program per pair and row tile, CUDA-core products, PTX unpacking): within the tolerance
+    # at every row tiling and unroll, each forward repeating its bits (GEMM2's pairs summed in a fixed order).
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    layer = LayerSpec(**{**MEDIUM, **SCHEMES[scheme]})
+    experts, ref = _build(layer, sm90)
+    for T in (1, 2, 5, 16):
+        x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
+        want = ref(x, w, ids)
+        for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4)):
+            experts.config = ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll)
+            out = experts(x, w, ids)
+            assert torch.equal(experts(x, w, ids), out), (T, bn, unroll)
+            assert relative_error(out, want) <= _tol(layer), (T, bn, unroll, relative_error(out, want))
+
+
+@pytest.mark.parametrize("name", list(BENCH))
+def test_gemv_bench_shapes_and_epilogues(sm90, name):
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    layer = LayerSpec(name=name, **BENCH[name])
+    experts, ref = _build(layer, sm90)
+    experts.config = ops.Config(**GEMV, bn1=16, bn2=16)
+    for T in (1, 4):
+        x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
+        assert relative_error(experts(x, w, ids), ref(x, w, ids)) <= _tol(layer), T
+    del experts, ref
+    torch.cuda.empty_cache()
+
+
+def test_gemv_epilogues(sm90):
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=True)
+    for extra in (dict(**SCHEMES["mxfp4"], activation="swigluoai", activation_params=params, bias=True),
+                  dict(**SCHEMES["int4-g128-aligned"], top_k=1, apply_router_weight_on_input=True)):
+        small = LayerSpec(**{**MEDIUM, **extra})
+        experts, ref = _build(small, sm90)
+        experts.config = ops.Config(**GEMV, bn1=32, bn2=16)
+        x, w, ids = _inputs(small, 3, sm90, "imbalanced", seed=3)
+        assert relative_error(experts(x, w, ids), ref(x, w, ids)) <= _tol(small), extra
+
+
 _BAD_IDS = r"""
 import sys, torch
 from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
@@ -174,6 +222,9 @@ from moe_registry.schemas.layer import LayerSpec
 layer = LayerSpec(num_experts=16, top_k=4, hidden_size=256, intermediate_size=128, quant="nvfp4_w4a16")
 experts = TritonLowTExperts(layer, random_weights(layer, device="cuda"))
 T = int(sys.argv[1])
+if sys.argv[2] == "gemv":
+    from moe_registry.backends.triton_lowt_moe import ops
+    experts.config = ops.Config(gemv=True, bn1=16, bn2=16, warps=4, warps2=4)
 x = torch.randn(T, 256, device="cuda").to(torch.bfloat16)
 w = torch.full((T, 4), 0.25, device="cuda")
 ids = torch.arange(T * 4, device="cuda", dtype=torch.int32).view(T, 4) % 16
@@ -184,8 +235,9 @@ print("NO ERROR")
 """
 
 
-@pytest.mark.parametrize("T", [1, 8, 100])
-def test_out_of_range_ids_fail_on_the_device(sm90, T):
+@pytest.mark.parametrize("T, kernels", [(1, "default"), (8, "default"), (100, "default"), (2, "gemv")])
+def test_out_of_range_ids_fail_on_the_device(sm90, T, kernels):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
-    r = subprocess.run([sys.executable, "-c", _BAD_IDS, str(T)], capture_output=True, text=True, timeout=180, env=env)
+    r = subprocess.run([sys.executable, "-c", _BAD_IDS, str(T), kernels], capture_output=True, text=True, timeout=180,
+                       env=env)
     assert r.returncode != 0 and "NO ERROR" not in r.stdout, r.stdout + r.stderr[-2000:]

@@ -131,6 +131,8 @@ class Config:
     split1: int = 1
     split2: int = 1
     fill: int = 1024
+    gemv: bool = False
+    unroll: int = 2
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
@@ -139,6 +141,8 @@ class Config:
             raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")
 
     def label(self) -> str:
+        if self.gemv:
+            return f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
@@ -162,7 +166,7 @@ def splits_for(requested: int, tiles: int, steps: int, fill: int) -> int:
 
 def resolved(cfg: Config, T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, block: int) -> Config:
     """``cfg`` with the splits a forward of T tokens launches (``block``: the K step of both weights)."""
-    if cfg.gemm2 == "sorted":
+    if cfg.gemm2 == "sorted" or cfg.gemv:
         return dataclasses.replace(cfg, split1=1, split2=1)
     slots = min(num_experts, T * top_k)
     split1 = splits_for(cfg.split1, slots * triton.cdiv(intermediate, cfg.bn1), triton.cdiv(hidden, block), cfg.fill)
@@ -186,8 +190,8 @@ def _strides(pw: PackedWeight) -> tuple[int, int, int, int]:
 
 def _gemm1_counters(T: int, top_k: int, num_experts: int, intermediate: int, cfg: Config) -> int:
     """GEMM1's counters, one per (expert slot, N tile), at the start of ``counters``; GEMM2's (one per N
-    tile) follow them."""
-    return min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1)
+    tile) follow them. The GEMV kernels count GEMM2's tiles only."""
+    return 0 if cfg.gemv else min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1)
 
 
 def counters_needed(T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, cfg: Config) -> int:
@@ -216,6 +220,9 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     interp = not asm  # the interpreter (no PTX) multiplies in float32
     if w13.block != w2.block:
         raise ValueError(f"both weights must be packed for one K step, got {w13.block} and {w2.block}")
+    if cfg.gemv:
+        return _gemv_experts(x, tw, ids, w13, w2, num_experts, intermediate, ep, cfg, w13_bias, w2_bias, ok, asm,
+                             counters)
     launch = resolved(cfg, T, k, num_experts, H, intermediate, w13.block)
     split1, split2 = launch.split1, launch.split2
     if sorted_:
@@ -281,4 +288,47 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     if sorted_:
         n = T * H
         KN.cast_kernel[(triton.cdiv(n, 1024),)](acc, out, n, BLOCK=1024, num_warps=4)
+    return out
+
+
+def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: PackedWeight, w2: PackedWeight,
+                  num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, w13_bias: torch.Tensor | None,
+                  w2_bias: torch.Tensor | None, ok: torch.Tensor, asm: bool,
+                  counters: torch.Tensor | None) -> torch.Tensor:
+    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): a program per (pair, ``bn1`` / ``bn2`` rows)."""
+    T, H = x.shape
+    P = ids.numel()
+    k = P // T
+    dev = x.device
+    need = counters_needed(T, k, num_experts, H, intermediate, cfg)
+    if counters is None:
+        counters = torch.zeros(need, dtype=torch.int32, device=dev)
+    elif counters.numel() < need or counters.dtype != torch.int32:
+        raise ValueError(f"counters: int32 [>= {need}] needed, got {counters.dtype} [{counters.numel()}]")
+    inter = torch.empty((P, intermediate), dtype=x.dtype, device=dev)
+    out = torch.empty((T, H), dtype=x.dtype, device=dev)
+    ws = torch.empty((P, H), dtype=torch.float32, device=dev)  # written before it is read: no zeroing
+    dummy = tw
+    limit = float(ep.limit) if ep.limit is not None else float("inf")
+    w, s, z, g = _args(w13, dummy)
+    s_we, s_wn, s_se, s_sn = _strides(w13)
+    KN.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
+        x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, ok,
+        num_experts, intermediate, H, k,
+        x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
+        ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
+        FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None, GROUP=w13.group,
+        ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm, TAIL=H % w13.block != 0,
+        UNROLL=cfg.unroll,
+        num_warps=cfg.warps, num_stages=cfg.stages)
+    w, s, z, g = _args(w2, dummy)
+    s_we, s_wn, s_se, s_sn = _strides(w2)
+    KN.gemv2_kernel[(P * triton.cdiv(H, cfg.bn2),)](
+        inter, ids, tw, w, s, z, g, w2_bias if w2_bias is not None else dummy, out, ws, counters,
+        P, num_experts, H, intermediate, k,
+        inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), w2_bias.stride(0) if w2_bias is not None else 0,
+        FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
+        ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn2, BK=w2.block, ASM=asm, TAIL=intermediate % w2.block != 0,
+        UNROLL=cfg.unroll,
+        BT=16, num_warps=cfg.warps2, num_stages=cfg.stages)
     return out

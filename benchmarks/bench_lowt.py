@@ -66,15 +66,16 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
     def at(T: int, cfg: Any) -> Any:
         return cfg if T <= 64 else None
 
-    def gemv(T: int, **kw: Any) -> Any:  # the GEMV kernels (a program per pair and row tile) up to 16 tokens
+    def gemv(T: int, **kw: Any) -> Any:  # the GEMV kernels up to 16 tokens
         return C(gemv=True, **kw) if T <= 16 else None
 
     return {
         "default": lambda T: None,
-        "gemv16": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2),
-        "gemv16u1": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=1),
-        "gemv32": lambda T: gemv(T, bn1=32, bn2=32, warps=4, warps2=4, unroll=2),
-        "gemv8": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4),
+        "gemv16": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, unroll2=4),
+        "gemv16u8": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, unroll2=8),
+        "gemv8": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, unroll2=8),
+        "gemv32": lambda T: gemv(T, bn1=32, bn2=32, warps=4, warps2=4, unroll=2, unroll2=2),
+        "dot": lambda T: C(bm=8 if T < 32 else 16) if T <= 16 else None,  # the per-expert-slot dot kernels
     }
 
 
@@ -318,7 +319,8 @@ def cost_table(rec: dict[str, Any], run_default: dict[str, int] = RUN_DEFAULT,
 
     def stands_for_today(name: str, variant: str, T: int) -> bool:
         layer = LayerSpec(**LAYERS[name])
-        today = ops.default_config(T, layer.top_k, layer.local_num_experts)
+        today = ops.default_config(T, layer.top_k, layer.local_num_experts,
+                                   quantized=layer.quant.kind.value not in ("bf16", "fp16"))
         ran: Any
         if variant == "default":
             ran = dataclasses.replace(today, **run_default) if today.gemm2 != "sorted" else today  # type: ignore[arg-type]

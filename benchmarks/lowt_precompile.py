@@ -102,7 +102,7 @@ def launch(layer, T: int, cfg=None, block: int | None = None) -> None:
     w13, w2 = packed(R, H), packed(H, I)
     code = DECLARATION.activations[layer.activation].kernel_value
     ep = epilogue_for(layer, code)
-    cfg = cfg or ops.default_config(T, k, E)
+    cfg = cfg or ops.default_config(T, k, E, quantized=layer.quant.kind.value != layer.dtype)
     x = torch.empty(T, H, dtype=dt)
     w = torch.empty(T, k)
     ids = torch.zeros(T, k, dtype=torch.int32)

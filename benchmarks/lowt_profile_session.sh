@@ -8,7 +8,7 @@ pip install --no-index --no-deps --target /tmp/site .whl/*.whl -q 2>/dev/null; x
 export PYTHONPATH=/tmp/site:$PWD MOE_REGISTRY_VLLM_MOE_C=/tmp/moe_C.so PYTHONUNBUFFERED=1 HUMMING_CACHE_DIR=/tmp/hc
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/r/env.txt; python3 -c "import torch,triton;print(torch.__version__,triton.__version__)" >> $OUT/r/env.txt
 t0=$SECONDS
-(timeout ${TESTS_LIMIT:-200} python3 -m pytest -m gpu -v -p no:cacheprovider tests/gpu/test_triton_lowt_moe_gpu.py tests/gpu/test_graph_capture_gpu.py -k "${TESTS_K:-test_triton_lowt_moe_gpu or humming or lowt or graphed_experts_match_eager}" > $OUT/r/gpu-tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s" >> $OUT/r/gpu-tests.log) &
+(timeout ${TESTS_LIMIT:-200} python3 -m pytest -m gpu -v -p no:cacheprovider ${TESTS_ARGS:-} tests/gpu/test_triton_lowt_moe_gpu.py tests/gpu/test_graph_capture_gpu.py -k "${TESTS_K:-test_triton_lowt_moe_gpu or humming or lowt or graphed_experts_match_eager}" > $OUT/r/gpu-tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s" >> $OUT/r/gpu-tests.log) &
 [ "${BENCH:-1}" = 1 ] && { python3 benchmarks/bench_lowt.py --phase warm --variants ${VARIANTS:-default} ${BENCH_ARGS:-} --warm-limit ${WARM_LIMIT:-200} > $OUT/r/warm.log 2>&1 & }
 python3 benchmarks/lowt_profile.py ${PROFILE_ARGS:-} > /dev/null 2>&1   # compile only (timings discarded: GPU shared)
 wait; echo "parallel part done at $((SECONDS-t0))s"; tail -3 $OUT/r/gpu-tests.log

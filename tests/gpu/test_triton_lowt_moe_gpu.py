@@ -122,7 +122,7 @@ def test_bench_shapes(sm90, name):
 
 def test_no_host_sync_in_a_forward(sm90):
     experts, _ = _build(LayerSpec(**MEDIUM, **SCHEMES["nvfp4"]), sm90)
-    for T in (1, 2, 600):  # per expert slot with K split (ops.default_config), sorted blocks
+    for T in (1, 2, 20, 600):  # GEMV kernels, per expert slot, sorted blocks (ops.default_config)
         x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
         experts(x, w, ids)
         torch.cuda.synchronize()
@@ -180,8 +180,8 @@ def test_gemv_configs_every_format(sm90, scheme):
     for T in (1, 2, 5, 16):
         x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
         want = ref(x, w, ids)
-        for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4)):
-            experts.config = ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll)
+        for bn, unroll in ((16, 1), (16, 2), (32, 3), (8, 8)):
+            experts.config = ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll, unroll2=unroll)
             out = experts(x, w, ids)
             assert torch.equal(experts(x, w, ids), out), (T, bn, unroll)
             assert relative_error(out, want) <= _tol(layer), (T, bn, unroll, relative_error(out, want))

@@ -39,11 +39,12 @@ DECLARATION = BackendCapability(
     id="triton-lowt-moe",
     name="Triton low-T fused MoE (moe-registry)",
     provider="moe-registry (Triton >= 3.4 kernels)",
-    description="Decode-sized fused MoE: each used expert's weight tile read once for all its tokens (experts "
-                "found by an in-kernel histogram, no sort and no host sync), 4-bit weights dequantized in "
-                "registers, the activation fused into GEMM1, the router-weighted top-k sum fused into GEMM2 "
-                "(per token, or float32 atomics); large batches sort pairs into expert blocks first. "
-                "Capturable in CUDA graphs.",
+    description="Decode-sized fused MoE: a few tokens run as batched GEMVs on the CUDA cores (a program per "
+                "pair and row tile; GEMM2 per token over its k experts); more tokens read each used expert's "
+                "weight tile once for all its tokens in a tensor-core dot (experts found by an in-kernel "
+                "histogram, no sort and no host sync); 4-bit weights dequantized in registers, the activation "
+                "fused into GEMM1, the router-weighted top-k sum fused into GEMM2; large batches sort pairs into "
+                "expert blocks first. Capturable in CUDA graphs.",
     kernel="moe_registry.backends.triton_lowt_moe.kernels.lowt_moe_kernel",
     adapter="moe_registry.backends.triton_lowt_moe.kernel:TritonLowTExperts",
     devices=(DeviceRule(sm=(90,), source=(
@@ -84,7 +85,8 @@ DECLARATION = BackendCapability(
             f"router-weighted expert outputs into a float32 accumulator with atomics in no fixed order, so repeated "
             f"forwards differ in the last bits (relative 5.4e-6 / 5.2e-6 measured on the H100 for int4 / NvFP4, "
             f"docs/verification/h100-graph-capture-e593d2a.txt); up to 64 tokens the partial sums are added by "
-            f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH): reproducible by "
+            f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH), or, for a few tokens "
+            f"({_OPS} GEMV_FOR), summed in one program per token and row tile ({_K} gemv2_kernel): reproducible by "
             f"construction (tests/test_triton_lowt_moe_cpu.py repeats the bits in the interpreter; the GPU test "
             f"test_k_split_configs_repeat_their_bits is written, its run not yet recorded)"),
         source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; {_OPS} "

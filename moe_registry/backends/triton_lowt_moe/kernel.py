@@ -64,7 +64,8 @@ class TritonLowTExperts(Experts):
         L = layer
         self._counter_size = max(ops.counters_needed(T, L.top_k, L.local_num_experts, L.hidden_size,
                                                      L.local_intermediate_size,
-                                                     ops.default_config(T, L.top_k, L.local_num_experts))
+                                                     ops.default_config(T, L.top_k, L.local_num_experts,
+                                                                        quantized=weights.is_quantized))
                                  for T in (1, ops.SORT_ABOVE))
         self._counters: dict[int, torch.Tensor] = {}
         self._stream_counters()
@@ -88,7 +89,8 @@ class TritonLowTExperts(Experts):
 
     def config_for(self, T: int) -> ops.Config:
         if self.config is None:
-            return ops.default_config(T, self.layer.top_k, self.layer.local_num_experts)
+            return ops.default_config(T, self.layer.top_k, self.layer.local_num_experts,
+                                      quantized=self.w13.fmt != ops.F.FMT_16BIT)
         return self.config(T) if callable(self.config) else self.config
 
     def forward(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor,

@@ -835,10 +835,16 @@ def entry() -> NoReturn:
     """The program, ``moe-registry`` and ``python -m moe_registry.cli``: :func:`main`, then exit. The
     process ends with the command, so a planning command's collector pause (see main) lasts to the
     end, and the interpreter skips the full collection it would otherwise run on exit (~2 % of
-    `explain`'s instructions: a pass over every object the run created, with nothing left to free)."""
-    if _command_of(sys.argv[1:]) in PLANNING_COMMANDS:
+    `explain`'s instructions: a pass over every object the run created, with nothing left to free).
+    The collection the interpreter runs while it tears the modules down runs even so; frozen
+    (``gc.freeze``), the objects the command made are not walked there either (~4 % more)."""
+    planning = _command_of(sys.argv[1:]) in PLANNING_COMMANDS
+    if planning:
         gc.disable()
-    sys.exit(main())
+    code = main()
+    if planning:
+        gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,8 @@
 JSON reading (``MAX_CONFIG_BYTES``, ``MAX_JSON_DEPTH``) that accepts what Python's json module and
 transformers accept (``Infinity`` included); non-finite numbers are refused where they are used."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 import json
 import os

@@ -2,7 +2,8 @@
 rules: :mod:`moe_registry.quant_config`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace

@@ -5,7 +5,8 @@ pairs (quantization/utils/quant_utils.py L197-330) but also carry what QuantKey 
 group size and the activation-scale layout (vllm-moe-backends.md section 8, item 9).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from enum import Enum
 from typing import Any, NamedTuple

@@ -1,7 +1,8 @@
 """Rules: every rule of one declaration against one layer, each failure with a hint (``evaluate``,
 ``judge``). Pure: no torch, no I/O."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 import dataclasses
 import math

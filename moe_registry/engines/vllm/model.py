@@ -34,7 +34,8 @@ bottom the way vLLM's oracle files do; split, a class's rules would sit apart fr
 orders them.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from math import gcd
 from typing import Callable, NamedTuple

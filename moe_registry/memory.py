@@ -22,7 +22,8 @@ The rule (also in docs/cli-json.md and in every ``explain --json`` as ``memory.r
   rejects it, with its reasons).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from typing import Callable, Literal
 

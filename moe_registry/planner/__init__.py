@@ -72,7 +72,7 @@ the public API.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import models as _presets
@@ -88,7 +88,7 @@ from ..schemas.activation import Activation, SiluClampParams, SwigluOAIParams
 from ..schemas.device import DeviceSpec
 from ..schemas.layer import LayerSpec, ParallelConfig
 from ..schemas.quant import QuantScheme
-from .plan import _plan
+from .plan import _check_arguments, _Layout, _plan, _read
 from .reading import _dtype, _pick_text_config, _quant_of
 from .results import (
     ConfigNotFound,
@@ -153,6 +153,27 @@ def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None =
     """
     return _plan(_load(source), device=device, parallel=parallel, quant=quant, select=select,
                  select_kwargs=_with_environment(select_kwargs, environment), memory_mode=memory)
+
+
+def _planner(source: str | os.PathLike[str], device: DeviceSpec | str | None = None,
+             quant: QuantScheme | str | None = None, *, memory: str = "prefer",
+             environment: Environment | None = None, **select_kwargs: Any) -> Callable[[ParallelConfig], ModelPlan]:
+    """``lambda parallel: plan_model(source, device, parallel, quant, ...)`` that reads ``source``
+    (its config, its quantization config, each layer's scheme) once, at its first call, for all the
+    layouts it plans: ``explain`` plans the model, then each layout it suggests."""
+    select_kwargs = _with_environment(select_kwargs, environment)
+    read: list[_Layout] = []
+
+    def plan_on(parallel: ParallelConfig) -> ModelPlan:
+        if not read:  # plan_model's order: the source, the arguments, then the config
+            src = _load(source)
+            _check_arguments(device, parallel, quant)
+            read.append(_read(src, device, quant))
+        else:
+            _check_arguments(device, parallel, quant)
+        return read[0](parallel, True, select_kwargs, memory)
+
+    return plan_on
 
 
 def _with_environment(select_kwargs: dict[str, Any], environment: Environment | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ quantization scheme, and one backend selection per distinct layer with the whole
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -57,12 +58,26 @@ _PACKAGE = __package__.rpartition(".")[0]  # moe_registry: _select imports ..sel
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
           quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any],
           memory_mode: str = "prefer") -> ModelPlan:
+    _check_arguments(device, parallel, quant)
+    return _read(src, device, quant)(parallel, select, select_kwargs, memory_mode)
+
+
+def _check_arguments(device: object, parallel: object, quant: object) -> None:
     if not isinstance(parallel, ParallelConfig):
         raise PlanError(f"parallel must be a ParallelConfig, got {type(parallel).__name__}")
     if quant is not None and not isinstance(quant, (QuantScheme, str)):
         raise PlanError(f"quant must be a QuantScheme or a string such as 'nvfp4', got {type(quant).__name__}")
     if device is not None and not isinstance(device, (DeviceSpec, str)):
         raise PlanError(f"device must be a preset name or a DeviceSpec, got {type(device).__name__}")
+
+
+_Layout = Callable[[ParallelConfig, bool, dict[str, Any], str], ModelPlan]  # see _read
+
+
+def _read(src: _Source, device: DeviceSpec | str | None, quant: QuantScheme | str | None) -> _Layout:
+    """Read a source (its config, its quantization config): the function that plans it on a layout
+    (``parallel, select, select_kwargs, memory_mode``). It reads nothing again, and resolves each
+    layer's quantization scheme once for all the layouts it plans (``explain``'s suggestions)."""
     config = src.config
     text, wrapper = _pick_text_config(config)
     where = src.source if text is config else f"{src.source} text_config"
@@ -137,37 +152,47 @@ def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelCo
 
     # Layers
     template = _name_template(model_type, family, wrapper)
-    specs: list[LayerSpec] = []
-    for i in indices:
-        name = template.format(i=i)
-        scheme = _scheme_for(qconf, name, unquantized)
-        if expert_scheme is not None and scheme != unquantized:
-            scheme = expert_scheme
-        try:
-            specs.append(LayerSpec(name=name, index=i, num_experts=experts[i], top_k=top_ks[i], hidden_size=hidden,
-                                   intermediate_size=widths[i], activation=activation, activation_params=act_params,
-                                   quant=scheme, dtype=dtype, routing=routing, bias=bias,
-                                   apply_router_weight_on_input=weight_on_input, parallel=parallel,
-                                   attention_heads=attention_heads, kv_heads=kv_heads))
-        except ValidationError as exc:
-            cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
-            raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
+    target: DeviceSpec | None = device
+    schemes: dict[str, QuantScheme] = {}  # per layer name: the same on every layout
 
-    _check_attention_tp(parallel, attention_heads, kv_heads, where)
-    summary = qconf.summary if qconf else unquantized.label()
-    if expert_scheme is not None:
-        summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"
-    memory = None
-    if select:
-        layers, memory = _select(specs, device, select_kwargs, memory_mode)
-    else:
-        layers = tuple(LayerPlan(layer=s) for s in specs)
-    return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
-                     device=device, parallel=parallel, quantization=summary,
-                     model_type=model_type or None, quant_method=qconf.method if qconf else None,
-                     # only an FP8 config has it (its parser module is imported when a checkpoint needs it)
-                     fp8_static_activations=bool(getattr(qconf, "static_activations", False)),
-                     num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
+    def layout(parallel: ParallelConfig, select: bool, select_kwargs: dict[str, Any],
+               memory_mode: str = "prefer") -> ModelPlan:
+        specs: list[LayerSpec] = []
+        for i in indices:
+            name = template.format(i=i)
+            scheme = schemes.get(name)
+            if scheme is None:
+                scheme = _scheme_for(qconf, name, unquantized)
+                if expert_scheme is not None and scheme != unquantized:
+                    scheme = expert_scheme
+                schemes[name] = scheme
+            try:
+                specs.append(LayerSpec(name=name, index=i, num_experts=experts[i], top_k=top_ks[i],
+                                       hidden_size=hidden, intermediate_size=widths[i], activation=activation,
+                                       activation_params=act_params, quant=scheme, dtype=dtype, routing=routing,
+                                       bias=bias, apply_router_weight_on_input=weight_on_input, parallel=parallel,
+                                       attention_heads=attention_heads, kv_heads=kv_heads))
+            except ValidationError as exc:
+                cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
+                raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
+
+        _check_attention_tp(parallel, attention_heads, kv_heads, where)
+        summary = qconf.summary if qconf else unquantized.label()
+        if expert_scheme is not None:
+            summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"
+        memory = None
+        if select:
+            layers, memory = _select(specs, target, select_kwargs, memory_mode)
+        else:
+            layers = tuple(LayerPlan(layer=s) for s in specs)
+        return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
+                         device=target, parallel=parallel, quantization=summary,
+                         model_type=model_type or None, quant_method=qconf.method if qconf else None,
+                         # only an FP8 config has it (its parser module is imported when a checkpoint needs it)
+                         fp8_static_activations=bool(getattr(qconf, "static_activations", False)),
+                         num_hidden_layers=num_layers, layers=layers, notes=tuple(notes), memory=memory)
+
+    return layout
 
 
 def _not_for_deployment(target: DeviceSpec, kwargs: dict[str, Any]) -> tuple:

@@ -1,7 +1,8 @@
 """What planning gives back: the plan (:class:`ModelPlan` of :class:`LayerPlan`, grouped into
 :class:`LayerGroup`) or a one-line :class:`PlanError` subclass naming the file, key or layer at fault."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from pydantic import BaseModel, ConfigDict
 

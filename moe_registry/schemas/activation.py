@@ -5,7 +5,8 @@ its tanh approximation) get two ids, so a backend that computes one for the othe
 in its declaration (``ActivationImpl.fidelity = "approximate"``) instead of claiming support.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 import math
 from enum import Enum

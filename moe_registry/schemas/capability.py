@@ -5,7 +5,8 @@ engine-flag names, the probe's expectations and the adapters' guards are all der
 (vLLM's #41050: the GELU allow-list and two asserts said the same thing, and only one was edited).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from collections.abc import Mapping
 from typing import Annotated, Literal

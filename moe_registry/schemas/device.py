@@ -5,7 +5,8 @@ data. Figures for memory, bandwidth and bf16 peak are vendor datasheet values (d
 sparsity) used only for roofline arithmetic in benchmarks; ``None`` where no datasheet is cited.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from typing import Literal
 

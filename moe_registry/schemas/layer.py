@@ -4,7 +4,8 @@ Split as in TensorRT-LLM's moe_resolution.py (MoEProblem / MoEDeployment). Field
 unknown (routing, activation-scale layout) stay ``None``; rules that need them abstain.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from enum import Enum
 from typing import Literal

@@ -1,6 +1,7 @@
 """What selection answers: the chosen backend, and for every other backend every reason it lost."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
 from enum import Enum
 from typing import Literal

@@ -34,11 +34,11 @@ bottom the way vLLM's oracle files do; split, a class's rules would sit apart fr
 orders them.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
+# NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
-from dataclasses import dataclass, field
 from math import gcd
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ...schemas.device import DeviceSpec
 from ...schemas.layer import LayerSpec, RoutingMethod
@@ -66,8 +66,9 @@ ASSUMPTIONS = (
 # --- The layer as vLLM's oracles see it ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VllmLayer:
+# The records below are NamedTuples, not frozen dataclasses: ~4x cheaper to define, and explain's
+# start-up counts (issue 20). Nothing here treats them as tuples.
+class VllmLayer(NamedTuple):
     """The ``FusedMoEConfig`` fields and quant keys the oracles read, derived from a LayerSpec."""
 
     oracle: str  # unquantized | fp8 | nvfp4 | mxfp4 | wna16 | w4a8
@@ -192,12 +193,11 @@ def vllm_layer(layer: LayerSpec, device: DeviceSpec, *, quant_method: str | None
 PRE, DEVICE, GATED, ACTIVATION, QUANT, PARALLEL, ROUTING, SHAPE, FORMAT, POST = range(10)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One check of ``is_supported_config`` (or an oracle pre-filter): passes or names why not."""
 
     text: str
-    test: Callable[[VllmLayer], bool] = field(compare=False, repr=False)
+    test: Callable[[VllmLayer], bool]
     source: str
     stage: int = POST
 
@@ -252,8 +252,7 @@ _MONO_PAR_AGRS = "no all2all kernels or AG/RS, no EPLB"
 _MONO_PAR_STRICT = "no all2all kernels, no EPLB, dp_size <= 1"
 
 
-@dataclass(frozen=True)
-class ExpertsClass:
+class ExpertsClass(NamedTuple):
     name: str
     file: str
     rules: tuple[Rule, ...]  # in the order is_supported_config evaluates them
@@ -468,8 +467,7 @@ CLASSES: dict[str, ExpertsClass] = {c.name: c for c in (
 # --- Oracles -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Backend:
+class Backend(NamedTuple):
     """One entry of an oracle's priority list: its enum value, the ``--moe-backend`` key that forces
     it, the kernel family (for equivalence with our declarations) and the experts classes tried."""
 
@@ -480,19 +478,17 @@ class Backend:
     prefilter: tuple[Rule, ...] = ()  # checks made before the classes (WNA16 _backend_incompatibility_reason)
 
 
-@dataclass(frozen=True)
-class Move:
+class Move(NamedTuple):
     """A named change to the priority list, applied in order."""
 
     text: str
-    when: Callable[[VllmLayer], bool] = field(compare=False, repr=False)
+    when: Callable[[VllmLayer], bool]
     op: str  # front | back | remove | before:<name> | after:<name>
     backend: str
     source: str
 
 
-@dataclass(frozen=True)
-class Oracle:
+class Oracle(NamedTuple):
     name: str
     function: str  # select_* function and its source
     backends: tuple[Backend, ...]  # base priority order
@@ -638,8 +634,7 @@ ORACLES: dict[str, Oracle] = {o.name: o for o in (
 # --- Walking an oracle ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Loss:
+class Loss(NamedTuple):
     """A candidate that lost: the first failing rule, as vLLM reports only the first."""
 
     backend: str
@@ -648,8 +643,7 @@ class Loss:
     source: str
 
 
-@dataclass(frozen=True)
-class VllmChoice:
+class VllmChoice(NamedTuple):
     oracle: str
     backend: str | None  # oracle enum value; None when vLLM raises "No ... MoE backend supports ..."
     experts_class: str | None
@@ -726,8 +720,7 @@ def choose(v: VllmLayer) -> VllmChoice:
 
 
 def _with_act(v: VllmLayer, key: str | None) -> VllmLayer:
-    from dataclasses import replace
-    return replace(v, activation_key=key)
+    return v._replace(activation_key=key)
 
 
 def vllm_default(layer: LayerSpec, device: DeviceSpec, *, quant_method: str | None = None,

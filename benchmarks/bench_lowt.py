@@ -293,13 +293,15 @@ PEERS = {"humming": "humming", "marlin": "marlin"}  # bench label -> registry ba
 
 
 def cost_table(rec: dict[str, Any], run_default: dict[str, int] = RUN_DEFAULT,
-               ran_variants: Callable[[int], dict[str, Any]] = run_variants) -> Any:
+               ran_variants: Callable[[int], dict[str, Any]] = run_variants, prefill: dict[str, Any] | None = None) -> Any:
     """A ``moe_registry.measured.CostTable`` from a ``--out`` record: triton-lowt-moe as the adapter runs it now
     (its default config per T) and the registry backends timed beside it, each with its mode (graph at T <= 64,
     eager above), for the layers that have such a peer. ``run_default``: what the run's default config had
     beside today's; ``ran_variants``: the run's variant configs at T. Ours at a T only from a row whose config
     launches exactly today's default (the run's default first, then the variants in order); none where no row
-    does."""
+    does. A row that records its config (``config``, runs from 40b0593 on) stands for today's default where that
+    label is today's. ``prefill``: a second record whose eager rows (T > 64) replace ``rec``'s (a decode-only
+    run, ``--no-eager``): each T's rows still come from one run."""
     from moe_registry.backends.triton_lowt_moe import ops
     from moe_registry.backends.triton_lowt_moe.kernel import BLOCK_4BIT
     from moe_registry.measured import CostEntry, CostTable
@@ -317,10 +319,12 @@ def cost_table(rec: dict[str, Any], run_default: dict[str, int] = RUN_DEFAULT,
         return ops.resolved(cfg, T, layer.top_k, layer.local_num_experts, layer.hidden_size,
                             layer.local_intermediate_size, BLOCK_4BIT)
 
-    def stands_for_today(name: str, variant: str, T: int) -> bool:
+    def stands_for_today(name: str, variant: str, T: int, config: str | None) -> bool:
         layer = LayerSpec(**LAYERS[name])
         today = ops.default_config(T, layer.top_k, layer.local_num_experts,
                                    quantized=layer.quant.kind.value not in ("bf16", "fp16"))
+        if config is not None:
+            return config == today.label()
         ran: Any
         if variant == "default":
             ran = dataclasses.replace(today, **run_default) if today.gemm2 != "sorted" else today  # type: ignore[arg-type]
@@ -330,16 +334,20 @@ def cost_table(rec: dict[str, Any], run_default: dict[str, int] = RUN_DEFAULT,
                 return False
         return launches(ran, layer, T) == launches(today, layer, T)
 
-    order = ["default", *ran_variants(1)]
+    rows = rec["results"]
+    if prefill is not None:
+        rows = [r for r in rows if r["mode"] != "eager"] + [r for r in prefill["results"] if r["mode"] == "eager"]
+    variants_ran = list(dict.fromkeys(r["backend"][5:] for r in rows if r["backend"].startswith("ours:")))
+    order = list(dict.fromkeys(["default", *ran_variants(1), *variants_ran]))
     chosen: dict[tuple[str, int], str] = {}
-    for row in rec["results"]:
+    for row in rows:
         name, label, T = row["layer"], row["backend"], row["T"]
-        if name in peered and label.startswith("ours:") and stands_for_today(name, label[5:], T):
+        if name in peered and label.startswith("ours:") and stands_for_today(name, label[5:], T, row.get("config")):
             best = chosen.get((name, T))
             if best is None or order.index(label[5:]) < order.index(best):
                 chosen[(name, T)] = label[5:]
     entries = []
-    for row in rec["results"]:
+    for row in rows:
         name, label, T = row["layer"], row["backend"], row["T"]
         if name not in peered:
             continue
@@ -356,8 +364,10 @@ def cost_table(rec: dict[str, Any], run_default: dict[str, int] = RUN_DEFAULT,
     versions = {"python": meta["python"], "torch": meta["torch"].split("+")[0], "cuda": meta["torch_cuda"],
                 "triton": meta["triton"]}
     device = get_device("h100").model_copy(update={"memory_gb": meta["memory_gib"]})
-    return CostTable(device=device, card=meta["card"], date=meta["date_utc"], versions=versions,
-                     entries=tuple(entries))
+    date = meta["date_utc"]
+    if prefill is not None:
+        date = f"{date} (T <= 64); {prefill['meta']['date_utc']} (eager, T > 64)"
+    return CostTable(device=device, card=meta["card"], date=date, versions=versions, entries=tuple(entries))
 
 
 def _with_config(base: Any, cfg_for: Callable[[int], Any]) -> Any:
@@ -384,10 +394,16 @@ def main() -> None:
     p.add_argument("--vllm-shim", default=os.path.join(_ROOT, ".gpu", "vllm_shim"))
     p.add_argument("--moe-c", default=os.environ.get("MOE_REGISTRY_VLLM_MOE_C"))
     p.add_argument("--costs-from", metavar="RECORD", help="no GPU: write --out as the cost table of a recorded run")
+    p.add_argument("--prefill-from", metavar="RECORD", help="with --costs-from: the eager rows (T > 64) of this run")
     args = p.parse_args()
     if args.costs_from:
         with open(args.costs_from) as f:
-            cost_table(json.load(f)).save(args.out)
+            rec = json.load(f)
+        prefill = None
+        if args.prefill_from:
+            with open(args.prefill_from) as f:
+                prefill = json.load(f)
+        cost_table(rec, prefill=prefill).save(args.out)
         return
     if not torch.cuda.is_available():
         sys.exit("bench_lowt.py needs a CUDA GPU")

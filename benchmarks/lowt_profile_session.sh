@@ -10,8 +10,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/r/env.tx
 t0=$SECONDS
 (timeout ${TESTS_LIMIT:-200} python3 -m pytest -m gpu -v -p no:cacheprovider ${TESTS_ARGS:-} tests/gpu/test_triton_lowt_moe_gpu.py tests/gpu/test_graph_capture_gpu.py -k "${TESTS_K:-test_triton_lowt_moe_gpu or humming or lowt or graphed_experts_match_eager}" > $OUT/r/gpu-tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s" >> $OUT/r/gpu-tests.log) &
 [ "${BENCH:-1}" = 1 ] && { python3 benchmarks/bench_lowt.py --phase warm --variants ${VARIANTS:-default} ${BENCH_ARGS:-} --warm-limit ${WARM_LIMIT:-200} > $OUT/r/warm.log 2>&1 & }
-python3 benchmarks/lowt_profile.py ${PROFILE_ARGS:-} > /dev/null 2>&1   # compile only (timings discarded: GPU shared)
+[ "${PROFILE:-1}" = 1 ] && python3 benchmarks/lowt_profile.py ${PROFILE_ARGS:-} > /dev/null 2>&1   # compile only (timings discarded: GPU shared)
 wait; echo "parallel part done at $((SECONDS-t0))s"; tail -3 $OUT/r/gpu-tests.log
-python3 benchmarks/lowt_profile.py ${PROFILE_ARGS:-} --out $OUT/r/profile.json > $OUT/r/profile.log 2>&1; cat $OUT/r/profile.log
+[ "${PROFILE:-1}" = 1 ] && { python3 benchmarks/lowt_profile.py ${PROFILE_ARGS:-} --out $OUT/r/profile.json > $OUT/r/profile.log 2>&1; cat $OUT/r/profile.log; }
 [ "${BENCH:-1}" = 1 ] && timeout ${BENCH_LIMIT:-150} python3 benchmarks/bench_lowt.py --phase time --variants ${VARIANTS:-default} ${BENCH_ARGS:-} --out $OUT/r/lowt-bench.json > $OUT/r/bench.log 2>&1
 echo "bench rc=$? at $((SECONDS-t0))s"; [ -f $OUT/r/bench.log ] && sed -n '/^layer /,$p' $OUT/r/bench.log

@@ -32,10 +32,9 @@ def configs() -> dict[str, object]:
     from moe_registry.backends.triton_lowt_moe import ops
 
     gemv = dict(gemv=True, warps=4, warps2=4)
-    return {"default": None, "gemv16": ops.Config(**gemv, bn1=16, bn2=16, unroll=2, unroll2=4),
-            "gemv16u8": ops.Config(**gemv, bn1=16, bn2=16, unroll=2, unroll2=8),
-            "gemv8": ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, unroll2=8),
-            "gemv32": ops.Config(**gemv, bn1=32, bn2=32, unroll=2, unroll2=2), "dot": ops.Config(bm=8)}
+    return {"default": None, "gemv16": ops.Config(**gemv, bn1=16, bn2=16), "gemv32": ops.Config(**gemv, bn1=32, bn2=32),
+            "gemv16u1": ops.Config(**gemv, bn1=16, bn2=16, unroll=1),
+            "gemv8": ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)}
 
 
 def kernel_times(fn, args) -> list[tuple[str, float]]:

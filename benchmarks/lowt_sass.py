@@ -146,9 +146,9 @@ def main() -> None:
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
                               BK=bk, ASM=fmt != 0, TAIL=False, UNROLL=a.unroll)
                 if stage == 1:
-                    consts.update(GATED=True, SCALE2=fmt == F.FMT_NVFP4)
+                    consts["GATED"] = True
                 else:
-                    consts["TOPK"] = 8
+                    consts["BT"] = 2
             else:
                 fn = KN.lowt_token_kernel
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,

@@ -166,7 +166,7 @@ def test_k_split_with_biases_and_more_pairs_than_a_block():
     assert _run(layer, T=9, config=ops.Config(bm=8, split1=3, split2=2)) <= TOL
 
 
-_GEMV = {"gemv": True, "bn1": 16, "bn2": 32, "warps": 4, "warps2": 4, "unroll": 2, "unroll2": 3}
+_GEMV = {"gemv": True, "bn1": 16, "bn2": 32, "warps": 4, "warps2": 4, "unroll": 3}
 
 
 @pytest.mark.parametrize("quant", ["bf16", "nvfp4_w4a16", "mxfp4", _ZP64,
@@ -196,7 +196,7 @@ def test_gemv_kernels_epilogues_and_partial_row_tiles():
     assert _run(_layer(dtype="fp16", quant={"kind": "int4_w4a16", "group_size": 64}), T=3, config=cfg) <= 1e-2
 
 
-def test_gemv_kernels_repeat_their_bits_and_skip_bad_ids():
+def test_gemv_kernels_finish_with_counters_left_zero_and_repeat_their_bits():
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
     from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
@@ -204,17 +204,19 @@ def test_gemv_kernels_repeat_their_bits_and_skip_bad_ids():
     layer = _layer(quant="nvfp4_w4a16")
     experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
     cfg = ops.Config(**_GEMV)
-    assert ops.counters_needed(3, 2, 4, 128, 192, cfg) == 0  # no arrival counters, no partial sums
     x = torch.randn(3, 128).to(torch.bfloat16)
     w = torch.rand(3, 2)
     ids = torch.tensor([[0, 1], [1, 3], [3, 2]], dtype=torch.int32)
+    assert ops.counters_needed(3, 2, 4, 128, 192, cfg) == 4  # GEMM2's four row tiles, nothing for GEMM1
+    counters = torch.zeros(4, dtype=torch.int32)
     ok = torch.ones(1, dtype=torch.int32)
-    runs = [ops.fused_experts(x, w, ids, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False)
-            for _ in range(2)]
-    assert torch.equal(runs[0], runs[1]) and int(ok) == 1
+    runs = [ops.fused_experts(x, w, ids, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False,
+                              counters=counters) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) and not counters.any() and int(ok) == 1
     bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
-    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False)
-    assert int(ok) == 0
+    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False,
+                            counters=counters)
+    assert int(ok) == 0 and not counters.any()
     # A pair with a bad id adds nothing: the same bits as its expert clamped into range with router weight 0.
     good = ops.fused_experts(x, w * torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), bad.clamp(0, 3),
                              experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
@@ -264,18 +266,19 @@ def test_default_configs_and_their_bounds():
 
     # GEMV kernels while a batch's pairs mostly hit distinct experts (4-bit: T x k <= E / 2; 16-bit: T = 1), then
     # per expert slot with K not split (measured faster on the H100), and sorted blocks above SORT_ABOVE.
-    gemv = ops.Config(gemv=True, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, unroll2=4)
-    assert ops.default_config(1, 8, 128, quantized=True) == gemv
+    gemv1 = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)
+    gemv = ops.Config(gemv=True, bn1=16, bn2=16, warps=4, warps2=4, unroll=2)
+    assert ops.default_config(1, 8, 128, quantized=True) == gemv1
     assert ops.default_config(8, 8, 128, quantized=True) == gemv  # 64 pairs on 128 experts
     assert ops.default_config(9, 8, 128, quantized=True) == ops.Config(bm=8, gemm2="expert", split1=1, split2=1)
     assert ops.default_config(2, 2, 8, quantized=True) == gemv  # Mixtral: 4 pairs on 8 experts
     assert not ops.default_config(3, 2, 8, quantized=True).gemv
-    assert ops.default_config(1, 8, 128, quantized=False) == gemv
+    assert ops.default_config(1, 8, 128, quantized=False) == gemv1
     assert ops.default_config(2, 8, 128, quantized=False).gemm2 == "expert"
     assert ops.default_config(16, 8, 128, quantized=True).gemm2 == "expert"
     assert ops.default_config(ops.SORT_ABOVE + 1, 8, 128, quantized=True).gemm2 == "sorted"
     assert ops.default_config(64, 2, 8, quantized=True).bm == 32  # 16 pairs per expert expected: one block holds most
-    assert ops.counters_needed(1, 8, 128, 2816, 704, gemv) == 0
+    assert ops.counters_needed(1, 8, 128, 2816, 704, gemv1) == 352  # GEMM2's row tiles only
     with pytest.raises(ValueError, match="gemm2"):
         ops.Config(gemm2="grouped")
     with pytest.raises(ValueError, match="splits"):

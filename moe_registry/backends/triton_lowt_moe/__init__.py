@@ -40,7 +40,7 @@ DECLARATION = BackendCapability(
     name="Triton low-T fused MoE (moe-registry)",
     provider="moe-registry (Triton >= 3.4 kernels)",
     description="Decode-sized fused MoE: a few tokens run as batched GEMVs on the CUDA cores (a program per "
-                "pair and row tile; GEMM2 per token over its k experts); more tokens read each used expert's "
+                "pair and row tile; GEMM2's pairs summed by each row tile's last program); more tokens read each used expert's "
                 "weight tile once for all its tokens in a tensor-core dot (experts found by an in-kernel "
                 "histogram, no sort and no host sync); 4-bit weights dequantized in registers, the activation "
                 "fused into GEMM1, the router-weighted top-k sum fused into GEMM2; large batches sort pairs into "
@@ -86,7 +86,8 @@ DECLARATION = BackendCapability(
             f"forwards differ in the last bits (relative 5.4e-6 / 5.2e-6 measured on the H100 for int4 / NvFP4, "
             f"docs/verification/h100-graph-capture-e593d2a.txt); up to 64 tokens the partial sums are added by "
             f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH), or, for a few tokens "
-            f"({_OPS} GEMV_FOR), summed in one program per token and row tile ({_K} gemv2_kernel): reproducible by "
+            f"({_OPS} GEMV_FOR), summed in pair order by the last program of each row tile ({_K} gemv2_kernel): "
+            f"reproducible by "
             f"construction (tests/test_triton_lowt_moe_cpu.py repeats the bits in the interpreter; the GPU test "
             f"test_k_split_configs_repeat_their_bits is written, its run not yet recorded)"),
         source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; {_OPS} "

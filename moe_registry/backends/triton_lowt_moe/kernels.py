@@ -507,48 +507,47 @@ def cast_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
 # --- GEMV kernels (T of a few tokens) ----------------------------------------------------------------
 # At T = 1-4 a weight row meets one or two activation rows: the dot above wastes most of its token side
 # and holds its unpacked operands in the MMA layout (255 registers per thread, <= 8 warps per SM, so the
-# weight loads of too few warps are in flight). These kernels multiply on the CUDA cores instead, products
-# accumulated elementwise in float32 and summed once at the end. GEMM1: a program per (pair, row tile),
-# writing the activated intermediate in float32, already times the pair's router weight and GEMM2's NvFP4
-# factor; GEMM2: a program per (token, row tile) walking its k experts' K steps as one loop, so that the
-# loads of several experts are in flight together and one accumulator holds the token's sum (no atomics,
-# no partial sums, written once). Same packing, unpacking and epilogues as the dot kernels.
+# weight loads of too few warps are in flight). These kernels multiply on the CUDA cores instead: one
+# program per (pair, row tile), products accumulated elementwise in float32 and summed once at the end,
+# few registers, so ~20 warps per SM keep the HBM busy. Same packing, unpacking and epilogues as above.
 
 
 @triton.jit
-def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT: tl.constexpr,
+def _gemv_step(acc, x_ptr, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT: tl.constexpr,
                HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
                MASKED: tl.constexpr):
     """``acc`` plus the float32 products of one K step (at ``k0``, ``klen`` elements) of weight ``rows`` with
     the activation row at ``x_ptr``, elementwise (``[BR, BK]`` 16-bit, ``[BR, BK/2]`` 4-bit: low and high
-    nibbles both added): the caller sums them once. ``live`` False (a step past the end, a bad expert id)
-    adds nothing: its activations read as 0 and its weight loads are predicated off. 4-bit int4 is
-    pre-scaled (``(q - z) * s`` rounded once to the layer dtype, as Marlin's dequantization does). The
-    activations are loaded per weight row (the same addresses, from L1), so that they arrive in the
-    weights' register layout with no shared-memory shuffle."""
+    nibbles both added): the caller sums them once. 4-bit int4 is pre-scaled (``(q - z) * s`` rounded once
+    to the layer dtype, as Marlin's dequantization does). The activations are loaded per row (the same
+    addresses, from L1) so that they arrive in the weights' register layout, with no shared-memory shuffle."""
+    ADT: tl.constexpr = x_ptr.dtype.element_ty
     if FMT == FMT_16BIT:
         k = k0 + tl.arange(0, BK)
         x_ptrs = x_ptr + k[None, :] + tl.zeros((BR, BK), dtype=tl.int32)
-        ok = tl.full([1, 1], 1, tl.int1) & live  # a tensor even where ``live`` is a plain bool
         if MASKED:
-            ok = (k < k0 + klen)[None, :] & ok
-        x = tl.load(x_ptrs, mask=ok, other=0.0)
-        w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :], mask=ok, other=0.0)
+            k_ok = (k < k0 + klen)[None, :]
+            x = tl.load(x_ptrs, mask=k_ok, other=0.0)
+            w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :], mask=k_ok, other=0.0)
+        else:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :])
         acc += w.to(tl.float32) * x.to(tl.float32)
     else:
-        # int4's multipliers are its scales, in the layer dtype; NvFP4 / MXFP4 unpack to bf16 (unpack.py)
-        ADT: tl.constexpr = s_ptr_e.dtype.element_ty if FMT == FMT_INT4 else tl.bfloat16
         BKB: tl.constexpr = BK // 2
         half = klen // 2
         i = tl.arange(0, BKB)
         ptrs = w_ptr_e + rows[:, None] * s_wn + (k0 // 2 + i)[None, :]
         x_ptrs = x_ptr + k0 + i[None, :] + tl.zeros((BR, BKB), dtype=tl.int32)
-        ok = tl.full([1, 1], 1, tl.int1) & live  # a tensor even where ``live`` is a plain bool
         if MASKED:
-            ok = (i < half)[None, :] & ok
-        w = tl.load(ptrs, mask=ok, other=0)
-        xlo = tl.load(x_ptrs, mask=ok, other=0.0)
-        xhi = tl.load(x_ptrs + (half if MASKED else BKB), mask=ok, other=0.0)
+            i_ok = (i < half)[None, :]
+            w = tl.load(ptrs, mask=i_ok, other=0)
+            xlo = tl.load(x_ptrs, mask=i_ok, other=0.0)
+            xhi = tl.load(x_ptrs + half, mask=i_ok, other=0.0)
+        else:
+            w = tl.load(ptrs)
+            xlo = tl.load(x_ptrs)
+            xhi = tl.load(x_ptrs + BKB)
         PRESCALE: tl.constexpr = FMT == FMT_INT4
         m_lo, z_lo = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0, half, FMT, GROUP, HAS_ZP, ADT, ASM, BR, BKB,
                                        MASKED)
@@ -561,26 +560,52 @@ def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0
 
 
 @triton.jit
-def _gemv_acc(FMT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
+def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
+               GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+               ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr):
+    """``([BR], [BR])`` float32: weight rows ``g_rows`` and (GATED) ``u_rows``, all K, times the activation
+    row at ``x_ptr``. Both row sets advance in the same loop and ``UNROLL`` steps per iteration, so that
+    their weight loads are in flight together (at T = 1 too few warps are resident to cover the HBM's
+    latency with one step's loads each); whole steps unmasked, then the partial last one."""
     W: tl.constexpr = BK if FMT == FMT_16BIT else BK // 2
-    return tl.zeros((BR, W), dtype=tl.float32)
+    acc_g = tl.zeros((BR, W), dtype=tl.float32)
+    acc_u = tl.zeros((BR, W), dtype=tl.float32)
+    full = K // BK
+    for step in range(0, full - full % UNROLL, UNROLL):
+        for j in tl.static_range(UNROLL):
+            acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, (step + j) * BK, BK, FMT,
+                               HAS_ZP, GROUP, BR, BK, ASM, False)
+            if GATED:
+                acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, (step + j) * BK, BK,
+                                   FMT, HAS_ZP, GROUP, BR, BK, ASM, False)
+    for step in range(full - full % UNROLL, full):
+        acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, step * BK, BK, FMT, HAS_ZP,
+                           GROUP, BR, BK, ASM, False)
+        if GATED:
+            acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, step * BK, BK, FMT, HAS_ZP,
+                               GROUP, BR, BK, ASM, False)
+    if TAIL:
+        acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK, FMT,
+                           HAS_ZP, GROUP, BR, BK, ASM, True)
+        if GATED:
+            acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK,
+                               FMT, HAS_ZP, GROUP, BR, BK, ASM, True)
+    return tl.sum(acc_g, 1), tl.sum(acc_u, 1)
 
 
 @triton.jit
 def gemv1_kernel(
-    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, gsc2_ptr, bias_ptr, c_ptr, ok_ptr,
+    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, bias_ptr, c_ptr, ok_ptr,
     E, N_OUT, K, TOPK,
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     row_stride, up_offset, act, alpha, limit, up_add,
     FMT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
-    ROUTED_ON_INPUT: tl.constexpr, SCALE2: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
-    TAIL: tl.constexpr, UNROLL: tl.constexpr,
+    ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
-    """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = f * act(W13[e] x_t)`` in
-    float32, ``f`` the pair's router weight (unless it already scaled the input) times GEMM2's NvFP4 factor
-    of expert e (SCALE2), so that GEMM2 sums plain products. Gate rows ``n * row_stride``, up rows
-    ``+ up_offset``, both in one loop, UNROLL K steps per iteration (their loads in flight together). An
-    id outside [0, E) clears ``ok`` (and stops the kernel on the GPU, as the dot kernels do)."""
+    """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = act(W13[e] x_t)`` in the layer
+    dtype (gate rows ``n * row_stride``, up rows ``+ up_offset``). An id outside [0, E) clears ``ok`` (and
+    stops the kernel on the GPU, as the dot kernels do); its row is not written."""
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BR)
     pair = pid // n_tiles
@@ -600,25 +625,8 @@ def gemv1_kernel(
     s_ptr_e = s_ptr + e64 * s_se
     z_ptr_e = z_ptr + e64 * s_se
     x_ptr = a_ptr + (pair // TOPK).to(tl.int64) * s_am
-    acc_g = _gemv_acc(FMT, BR, BK)
-    acc_u = _gemv_acc(FMT, BR, BK)
-    full = K // BK
-    for c in range(0, full, UNROLL):
-        for j in tl.static_range(UNROLL):
-            live = c + j < full
-            acc_g = _gemv_step(acc_g, x_ptr, live, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, (c + j) * BK, BK,
-                               FMT, HAS_ZP, GROUP, BR, BK, ASM, False)
-            if GATED:
-                acc_u = _gemv_step(acc_u, x_ptr, live, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, (c + j) * BK,
-                                   BK, FMT, HAS_ZP, GROUP, BR, BK, ASM, False)
-    if TAIL:
-        acc_g = _gemv_step(acc_g, x_ptr, True, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, full * BK,
-                           K - full * BK, FMT, HAS_ZP, GROUP, BR, BK, ASM, True)
-        if GATED:
-            acc_u = _gemv_step(acc_u, x_ptr, True, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, full * BK,
-                               K - full * BK, FMT, HAS_ZP, GROUP, BR, BK, ASM, True)
-    g = tl.sum(acc_g, 1)
-    u = tl.sum(acc_u, 1)
+    g, u = _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT, GATED, HAS_ZP, GROUP, BR,
+                      BK, ASM, TAIL, UNROLL)
     if FMT == FMT_NVFP4:
         gsc = tl.load(gsc_ptr + e64)
         g = g * gsc
@@ -632,63 +640,55 @@ def gemv1_kernel(
         if GATED:
             u += tl.load(bias_ptr + e64 * s_be + u_rows)
     out = _activation(g, u, act, alpha, limit, up_add, GATED)
-    if not ROUTED_ON_INPUT:
-        out = out * tl.load(tw_ptr + pair)
-    if SCALE2:
-        out = out * tl.load(gsc2_ptr + e64)
-    tl.store(c_ptr + pair.to(tl.int64) * s_cm + offs_n, out, mask=n_ok)
+    tl.store(c_ptr + pair.to(tl.int64) * s_cm + offs_n, out.to(c_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
 def gemv2_kernel(
-    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr,
-    E, N_OUT, K,
+    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr,
+    P, E, N_OUT, K, TOPK,
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
-    ROUTED_ON_INPUT: tl.constexpr, TOPK: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
-    TAIL: tl.constexpr, UNROLL: tl.constexpr,
+    ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
+    UNROLL: tl.constexpr, BT: tl.constexpr,
 ):
-    """GEMM2 as GEMVs: program (token t, tile of BR rows) writes ``c[t, tile] = sum_j W2[e_j] a_(t k + j)``
-    (+ the router-weighted biases) in the layer dtype, ``a`` being GEMM1's float32 output (router weight and
-    NvFP4 factor applied there). The token's k experts x K steps run as one loop, UNROLL steps per
-    iteration, so that loads of several experts are in flight together; then the partial last steps.
-    Experts with ids outside [0, E) add nothing (GEMM1 flagged them)."""
-    KP: tl.constexpr = triton.next_power_of_2(TOPK)
+    """GEMM2 as GEMVs: program (pair, tile of BR rows) stores ``w * (W2[e] a_pair + b)`` (float32) into
+    ``ws [P, N_OUT]``; the tile's last program to arrive (``cnt_ptr``, one counter per tile, 0 on entry and
+    left 0) writes ``c[t, tile]`` = the sum over the token's k pairs in pair order, in the layer dtype: no
+    atomics on data, no cast launch, the same bits at every run. Ids outside [0, E) add nothing (GEMM1
+    flagged them)."""
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BR)
-    t = pid // n_tiles
+    pair = pid // n_tiles
     tile = pid % n_tiles
     offs_n = tile * BR + tl.arange(0, BR)
     n_ok = offs_n < N_OUT
-    rows = tl.where(n_ok, offs_n, 0)
-    slots = tl.arange(0, KP)
-    eids = tl.load(ids_ptr + t * TOPK + slots, mask=slots < TOPK, other=-1).to(tl.int32)
-    eids = tl.where((eids >= 0) & (eids < E), eids, -1)  # -1: adds nothing
-    acc = _gemv_acc(FMT, BR, BK)
-    full = K // BK
-    n = TOPK * full
-    for c in range(0, n, UNROLL):
-        for u in tl.static_range(UNROLL):
-            it = c + u
-            j = it // full
-            e = tl.sum(tl.where(slots == j, eids, 0), 0) - (j >= TOPK).to(tl.int32)  # -1 past the last expert
-            e64 = tl.maximum(e, 0).to(tl.int64)
-            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, (it < n) & (e >= 0), w_ptr + e64 * s_we,
-                             s_wn, rows, s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, (it - j * full) * BK, BK, FMT,
-                             HAS_ZP, GROUP, BR, BK, ASM, False)
-    if TAIL:
-        for j in tl.static_range(TOPK):
-            e = tl.sum(tl.where(slots == j, eids, 0), 0)
-            e64 = tl.maximum(e, 0).to(tl.int64)
-            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, e >= 0, w_ptr + e64 * s_we, s_wn, rows,
-                             s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, full * BK, K - full * BK, FMT, HAS_ZP,
-                             GROUP, BR, BK, ASM, True)
-    y = tl.sum(acc, 1)
-    if HAS_BIAS:
-        for j in tl.static_range(TOPK):
-            e = tl.sum(tl.where(slots == j, eids, 0), 0)
-            b = tl.load(bias_ptr + tl.maximum(e, 0).to(tl.int64) * s_be + rows)
-            if not ROUTED_ON_INPUT:
-                b = b * tl.load(tw_ptr + t * TOPK + j)
-            y += tl.where(e >= 0, b, 0.0)
-    tl.store(c_ptr + t.to(tl.int64) * s_cm + offs_n, y.to(c_ptr.dtype.element_ty), mask=n_ok)
+    n_safe = tl.where(n_ok, offs_n, 0)
+    expert = tl.load(ids_ptr + pair).to(tl.int32)
+    y = tl.zeros((BR,), dtype=tl.float32)
+    if (expert >= 0) & (expert < E):
+        e64 = expert.to(tl.int64)
+        y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
+                          s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL,
+                          UNROLL)
+        if FMT == FMT_NVFP4:
+            y = y * tl.load(gsc_ptr + e64)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + e64 * s_be + n_safe)
+        if not ROUTED_ON_INPUT:
+            y = y * tl.load(tw_ptr + pair)
+    tl.store(ws_ptr + pair.to(tl.int64) * N_OUT + offs_n, y, mask=n_ok)
+    cnt = cnt_ptr + tile
+    if _arrive(cnt, P - 1):
+        T = P // TOPK
+        for t0 in range(0, T, BT):
+            tokens = t0 + tl.arange(0, BT)
+            t_ok = tokens < T
+            keep = n_ok[:, None] & t_ok[None, :]
+            acc = tl.zeros((BR, BT), dtype=tl.float32)
+            for j in range(0, TOPK):
+                ws = ws_ptr + (tokens * TOPK + j)[None, :].to(tl.int64) * N_OUT + offs_n[:, None]
+                acc += tl.load(ws, mask=keep, other=0.0, cache_modifier=".cg")
+            tl.store(c_ptr + tokens[None, :].to(tl.int64) * s_cm + offs_n[:, None], acc.to(c_ptr.dtype.element_ty),
+                     mask=keep)
+        tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")

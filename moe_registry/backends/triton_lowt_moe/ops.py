@@ -133,7 +133,6 @@ class Config:
     fill: int = 1024
     gemv: bool = False
     unroll: int = 2
-    unroll2: int = 4
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
@@ -143,7 +142,7 @@ class Config:
 
     def label(self) -> str:
         if self.gemv:
-            return f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll}/{self.unroll2}"
+            return f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
@@ -155,10 +154,13 @@ def default_config(T: int, top_k: int, num_experts: int, *, quantized: bool) -> 
     """The GEMV kernels where a batch's pairs mostly hit distinct experts (``GEMV_FOR``; measured on the H100,
     benchmarks/results/lowt-h100-gemv: 4-bit 1.3-2.8x the dot kernels up to 16 tokens on 128 experts, slower
     from 4 tokens on Mixtral's 8, where pairs share experts and each pair reads its own; 16-bit only at T = 1,
-    the dot kernels being near the HBM floor from T = 2). Otherwise tiles by the expected pairs per expert:
-    the token side covers them in one pass where it can."""
+    the dot kernels being near the HBM floor from T = 2), in that run's fastest tiling (``gemv8`` at T = 1,
+    ``gemv16`` above). Otherwise tiles by the expected pairs per expert: the token side covers them in one pass
+    where it can."""
     if (T * top_k * 2 <= num_experts) if quantized else T == 1:
-        return Config(gemv=True, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, unroll2=4)
+        if T == 1:
+            return Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)
+        return Config(gemv=True, bn1=16, bn2=16, warps=4, warps2=4, unroll=2)
     if T > SORT_ABOVE:
         return Config(bn1=64, bn2=64, bm=64, warps=4, warps2=4, stages=3, gemm2="sorted")
     per_expert = -(-T * top_k // num_experts)
@@ -200,14 +202,12 @@ def _strides(pw: PackedWeight) -> tuple[int, int, int, int]:
 
 def _gemm1_counters(T: int, top_k: int, num_experts: int, intermediate: int, cfg: Config) -> int:
     """GEMM1's counters, one per (expert slot, N tile), at the start of ``counters``; GEMM2's (one per N
-    tile) follow them."""
-    return min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1)
+    tile) follow them. The GEMV kernels count GEMM2's tiles only."""
+    return 0 if cfg.gemv else min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1)
 
 
 def counters_needed(T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, cfg: Config) -> int:
-    """int32 counters a forward with ``cfg`` uses (``fused_experts``'s ``counters``; the GEMV kernels none)."""
-    if cfg.gemv:
-        return 0
+    """int32 counters a forward with ``cfg`` uses (``fused_experts``'s ``counters``)."""
     return _gemm1_counters(T, top_k, num_experts, intermediate, cfg) + triton.cdiv(hidden, cfg.bn2)
 
 
@@ -233,7 +233,8 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     if w13.block != w2.block:
         raise ValueError(f"both weights must be packed for one K step, got {w13.block} and {w2.block}")
     if cfg.gemv:
-        return _gemv_experts(x, tw, ids, w13, w2, num_experts, intermediate, ep, cfg, w13_bias, w2_bias, ok, asm)
+        return _gemv_experts(x, tw, ids, w13, w2, num_experts, intermediate, ep, cfg, w13_bias, w2_bias, ok, asm,
+                             counters)
     launch = resolved(cfg, T, k, num_experts, H, intermediate, w13.block)
     split1, split2 = launch.split1, launch.split2
     if sorted_:
@@ -304,35 +305,42 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
 
 def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: PackedWeight, w2: PackedWeight,
                   num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, w13_bias: torch.Tensor | None,
-                  w2_bias: torch.Tensor | None, ok: torch.Tensor, asm: bool) -> torch.Tensor:
-    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): GEMM1 a program per (pair, ``bn1`` rows), GEMM2
-    per (token, ``bn2`` rows); the intermediate in float32, scaled by the router weight and GEMM2's NvFP4 factor."""
+                  w2_bias: torch.Tensor | None, ok: torch.Tensor, asm: bool,
+                  counters: torch.Tensor | None) -> torch.Tensor:
+    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): a program per (pair, ``bn1`` / ``bn2`` rows)."""
     T, H = x.shape
     P = ids.numel()
     k = P // T
     dev = x.device
-    inter = torch.empty((P, intermediate), dtype=torch.float32, device=dev)
+    need = counters_needed(T, k, num_experts, H, intermediate, cfg)
+    if counters is None:
+        counters = torch.zeros(need, dtype=torch.int32, device=dev)
+    elif counters.numel() < need or counters.dtype != torch.int32:
+        raise ValueError(f"counters: int32 [>= {need}] needed, got {counters.dtype} [{counters.numel()}]")
+    inter = torch.empty((P, intermediate), dtype=x.dtype, device=dev)
     out = torch.empty((T, H), dtype=x.dtype, device=dev)
+    ws = torch.empty((P, H), dtype=torch.float32, device=dev)  # written before it is read: no zeroing
     dummy = tw
     limit = float(ep.limit) if ep.limit is not None else float("inf")
     w, s, z, g = _args(w13, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w13)
     KN.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
-        x, ids, tw, w, s, z, g, w2.global_mult if w2.global_mult is not None else dummy,
-        w13_bias if w13_bias is not None else dummy, inter, ok,
+        x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, ok,
         num_experts, intermediate, H, k,
         x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
         ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
         FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None, GROUP=w13.group,
-        ROUTED_ON_INPUT=ep.routed_on_input, SCALE2=w2.global_mult is not None, BR=cfg.bn1, BK=w13.block, ASM=asm,
-        TAIL=H % w13.block != 0, UNROLL=cfg.unroll, num_warps=cfg.warps, num_stages=cfg.stages)
-    w, s, z, _ = _args(w2, dummy)
+        ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm, TAIL=H % w13.block != 0,
+        UNROLL=cfg.unroll,
+        num_warps=cfg.warps, num_stages=cfg.stages)
+    w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
-    KN.gemv2_kernel[(T * triton.cdiv(H, cfg.bn2),)](
-        inter, ids, tw, w, s, z, w2_bias if w2_bias is not None else dummy, out,
-        num_experts, H, intermediate,
+    KN.gemv2_kernel[(P * triton.cdiv(H, cfg.bn2),)](
+        inter, ids, tw, w, s, z, g, w2_bias if w2_bias is not None else dummy, out, ws, counters,
+        P, num_experts, H, intermediate, k,
         inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), w2_bias.stride(0) if w2_bias is not None else 0,
         FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
-        ROUTED_ON_INPUT=ep.routed_on_input, TOPK=k, BR=cfg.bn2, BK=w2.block, ASM=asm,
-        TAIL=intermediate % w2.block != 0, UNROLL=cfg.unroll2, num_warps=cfg.warps2, num_stages=cfg.stages)
+        ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn2, BK=w2.block, ASM=asm, TAIL=intermediate % w2.block != 0,
+        UNROLL=cfg.unroll,
+        BT=16, num_warps=cfg.warps2, num_stages=cfg.stages)
     return out

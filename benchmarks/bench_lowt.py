@@ -272,7 +272,8 @@ class Run:
         self.rec["summary"] = out
 
 
-# The record behind the committed cost table: benchmarks/results/lowt-h100-split (tree 0242030), whose default split
+# The prefill (eager) rows of the committed cost table, and the test of this function on a record without configs:
+# benchmarks/results/lowt-h100-split (tree 0242030), whose default split
 # K to fill 1024 programs (Config split1 = split2 = 0); today's default does not split. A row of ours stands for today's
 # default where its config launches the same tiles and splits (``ops.resolved``, checked per layer and T): the
 # run's "ours:default" where its split came to 1, else a variant with today's config ("nosplit" at T = 1 and 4).

@@ -421,10 +421,11 @@ def test_ptx_unpacking_is_exact():
 
 
 def test_the_committed_h100_cost_table_is_the_benchmark_record():
-    # benchmarks/results/lowt-h100-split/costs.json is bench_lowt.py's conversion of that run's record: ours only
-    # from rows whose config launches today's default (the run split K by default; today's does not), the
-    # registry peers, each with its mode. The measured policy then picks triton-lowt-moe where that run timed it
-    # fastest: Qwen3-30B int4 at T = 1 (and T = 2, interpolated) and Gemma 4 NvFP4 at T = 512 (eager).
+    # benchmarks/results/lowt-h100-gemv/costs.json is bench_lowt.py's conversion of two H100 runs: the graphed
+    # decode rows (T <= 64) of the GEMV run (lowt-h100-gemv) and the eager prefill rows (T = 512 / 4096) of the
+    # earlier split run (lowt-h100-split; its prefill path is today's), each T's rows from one run. Ours only from
+    # rows whose recorded config is today's default (the GEMV run records it) or, in the split run, whose config
+    # launches it. The measured policy then picks triton-lowt-moe where it was timed fastest.
     import importlib.util
     import json
     from pathlib import Path
@@ -434,8 +435,8 @@ def test_the_committed_h100_cost_table_is_the_benchmark_record():
     from moe_registry.selection import select_backend
 
     root = Path(__file__).resolve().parents[1]
-    results = root / "benchmarks" / "results" / "lowt-h100-split"
-    if not results.is_dir():
+    results = root / "benchmarks" / "results"
+    if not (results / "lowt-h100-gemv").is_dir():
         pytest.skip("benchmarks/results is not beside the tests")
     saved = list(sys.path)
     try:
@@ -444,28 +445,28 @@ def test_the_committed_h100_cost_table_is_the_benchmark_record():
         spec.loader.exec_module(bench)
     finally:
         sys.path[:] = saved
-    record = json.loads((results / "lowt-bench.json").read_text(encoding="utf-8"))
-    costs = CostTable.load(results / "costs.json")
-    assert bench.cost_table(record) == costs
+    decode = json.loads((results / "lowt-h100-gemv" / "lowt-bench.json").read_text(encoding="utf-8"))
+    prefill = json.loads((results / "lowt-h100-split" / "lowt-bench.json").read_text(encoding="utf-8"))
+    costs = CostTable.load(results / "lowt-h100-gemv" / "costs.json")
+    assert bench.cost_table(decode, prefill=prefill) == costs
     assert {e.layer.quant.kind.value for e in costs.entries} == {"nvfp4", "int4_w4a16"}  # bf16: no registry peer ran
 
-    def row(layer: str, label: str, T: int) -> float:
-        return next(r["us"] for r in record["results"] if (r["layer"], r["backend"], r["T"]) == (layer, label, T))
+    def row(rec: dict, layer: str, label: str, T: int) -> float:
+        return next(r["us"] for r in rec["results"] if (r["layer"], r["backend"], r["T"]) == (layer, label, T))
 
-    gemma, mixtral = (LayerSpec(**bench.LAYERS[n]) for n in ("gemma4-nvfp4", "mixtral-awq"))
+    gemma = LayerSpec(**bench.LAYERS["gemma4-nvfp4"])
     ours = dict(costs.points("triton-lowt-moe", gemma, "graph"))
-    # T = 1 / 4: the run's default split K, so the no-split variant's rows stand for today's default; T = 2: no row
-    # of that run has today's config; T = 16: the run's default split nothing there, so its own row stands.
-    assert (ours[1], ours[4], ours[16]) == (row("gemma4-nvfp4", "ours:nosplit", 1), row("gemma4-nvfp4", "ours:nosplit", 4),
-                                            row("gemma4-nvfp4", "ours:default", 16))
-    assert 2 not in ours and 2 in dict(costs.points("humming", gemma, "graph"))
-    # Mixtral at T = 4: the run's default split came to one program per tile (8 experts x 448 tiles), so it stands.
-    assert dict(costs.points("triton-lowt-moe", mixtral, "graph"))[4] == row("mixtral-awq", "ours:default", 4)
-    # Had the run's default been today's, its split rows would stand everywhere (and T = 2 would be there).
-    assert 2 in dict(bench.cost_table(record, run_default={}).points("triton-lowt-moe", gemma, "graph"))
+    # Today's default: the gemv8 tiling at T = 1, gemv16 at T = 2-8 (pairs mostly on distinct experts), the dot
+    # kernels from T = 16: each T's row is the variant that ran today's config.
+    assert (ours[1], ours[2], ours[8], ours[16]) == (
+        row(decode, "gemma4-nvfp4", "ours:gemv8", 1), row(decode, "gemma4-nvfp4", "ours:gemv16", 2),
+        row(decode, "gemma4-nvfp4", "ours:gemv16", 8), row(decode, "gemma4-nvfp4", "ours:default", 16))
+    assert dict(costs.points("triton-lowt-moe", gemma, "eager"))[512] == row(prefill, "gemma4-nvfp4", "ours:default",
+                                                                             512)
     picks = {(name, T): select_backend(LayerSpec(**bench.LAYERS[name]), "h100",
                                        policy=MeasuredPolicy(costs, num_tokens=T)).backend
-             for name in ("gemma4-nvfp4", "qwen3-int4", "mixtral-awq") for T in (1, 2, 4, 64, 512, 4096)}
-    assert {k for k, b in picks.items() if b == "triton-lowt-moe"} == {("qwen3-int4", 1), ("qwen3-int4", 2),
-                                                                       ("gemma4-nvfp4", 512)}
+             for name in ("gemma4-nvfp4", "qwen3-int4", "mixtral-awq") for T in (1, 2, 4, 8, 64, 512, 4096)}
+    assert {k for k, b in picks.items() if b == "triton-lowt-moe"} == {
+        ("gemma4-nvfp4", 1), ("gemma4-nvfp4", 2), ("qwen3-int4", 1), ("qwen3-int4", 2), ("qwen3-int4", 4),
+        ("gemma4-nvfp4", 512)}
     assert set(picks.values()) == {"triton-lowt-moe", "humming", "marlin"}

@@ -101,10 +101,11 @@ DECLARATION = BackendCapability(
     requirements=(Requirement(kind="package", name="triton", package="triton", import_name="triton",
                               hint="pip install triton (ships with CUDA builds of torch)",
                               source=f"{_K} imports triton"),),
-    # Just above the reference and below every other backend: measured on the H100 (_BENCH) slower than humming /
-    # marlin (4-bit) and vLLM's fused_experts (bf16) at almost every T (benchmarks/README.md, lowt-notes.md).
-    # Where it was faster (Qwen3-30B int4 g128 at T = 1, Gemma 4 NvFP4 at T = 512) the measured policy picks it from
-    # the cost table benchmarks/results/lowt-h100-split/costs.json; a declared priority would move the whole family.
+    # Just above the reference and below every other backend: measured on the H100 slower than humming / marlin
+    # (4-bit) from T = 4-8 and on Mixtral, at parity with vLLM's fused_experts (bf16) from T = 2 (benchmarks/README.md,
+    # lowt-notes.md). Where it was faster (T = 1-2 on Gemma 4 NvFP4, 1-4 on Qwen3-30B int4 g128, Gemma 4 NvFP4 at
+    # T = 512) the measured policy picks it from the cost table benchmarks/results/lowt-h100-gemv/costs.json; a
+    # declared priority would move the whole family at every T.
     priority={QuantFamily.UNQUANTIZED: 5, QuantFamily.INT4: 5, QuantFamily.NVFP4: 5, QuantFamily.MXFP4: 5},
     hardware=(HardwareStatus(devices="sm90", status="verified", record=_PROBE, note=(
         "2026-12-07, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0, main at e593d2a: probe (quick) 180 "
@@ -116,7 +117,13 @@ DECLARATION = BackendCapability(
         "docs/verification/h100-lowt-gpu-tests.log). Same card and versions, tree 0242030 (K split and the "
         "finishing GEMM2, today's kernels): bench_lowt.py's check of today's default configs on all five layers at "
         "T 1 / 16 / 64, rel err <= 2.7e-3 (benchmarks/results/lowt-h100-split/bench.log); GPU tests: 35 passed, "
-        "none failed, before the call's limit (names not recorded)")),),
+        "none failed, before the call's limit (names not recorded). Tree 371dfc1, same card and versions: the GEMV "
+        "kernels (today's default for a few tokens) in every weight format at four tilings (T 1 / 2 / 5 / 16, each "
+        "forward repeating its bits), the benchmark shapes, swigluoai with biases, router weight on input, a bad id "
+        "stopping the stream, and graphed == eager with that tree's default configs: 18 GPU tests passed "
+        "(docs/verification/h100-lowt-gemv-371dfc1.log); "
+        "bench_lowt.py's checks of every GEMV tiling on all five layers, rel err <= 3.7e-3 "
+        "(benchmarks/results/lowt-h100-gemv/bench.log)")),),
 )
 
 

@@ -26,6 +26,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from moe_registry.backends.triton_lowt_moe import codes as F  # noqa: E402
+from moe_registry.backends.triton_lowt_moe import gemv as GV  # noqa: E402
 from moe_registry.backends.triton_lowt_moe import kernels as KN  # noqa: E402
 from moe_registry.backends.triton_lowt_moe.kernel import BLOCK_4BIT, BLOCK_16BIT  # noqa: E402
 
@@ -141,7 +142,7 @@ def main() -> None:
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
                               DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False, SPLIT=a.split, BT=16)
             elif kern in ("gemv1", "gemv2"):
-                fn = KN.gemv1_kernel if kern == "gemv1" else KN.gemv2_kernel
+                fn = GV.gemv1_kernel if kern == "gemv1" else GV.gemv2_kernel
                 stage = 1 if kern == "gemv1" else 2
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
                               BK=bk, ASM=fmt != 0, TAIL=False, UNROLL=a.unroll)

@@ -20,6 +20,7 @@ from ..triton_fused_moe import _ACT as _FUSED_ACT
 from ..triton_fused_moe import codes as C
 
 _K = "moe_registry/backends/triton_lowt_moe/kernels.py"
+_GV = "moe_registry/backends/triton_lowt_moe/gemv.py"
 _OPS = "moe_registry/backends/triton_lowt_moe/ops.py"
 _EPI = f"{_K} _activation (run-time code, GEMM1 accumulators in float32; the maths of triton_fused_moe._activate)"
 _PROBE = "docs/verification/h100-lowt-probe.json"  # moe-registry probe --quick, NVIDIA H100 80GB HBM3, 2026-12-07
@@ -86,10 +87,12 @@ DECLARATION = BackendCapability(
             f"forwards differ in the last bits (relative 5.4e-6 / 5.2e-6 measured on the H100 for int4 / NvFP4, "
             f"docs/verification/h100-graph-capture-e593d2a.txt); up to 64 tokens the partial sums are added by "
             f"the last program of each tile in a fixed order ({_K} lowt_moe_kernel FINISH), or, for a few tokens "
-            f"({_OPS} GEMV_FOR), summed in pair order by the last program of each row tile ({_K} gemv2_kernel): "
+            f"({_OPS} GEMV_FOR), summed in pair order by the last program of each row tile ({_GV} gemv2_kernel): "
             f"reproducible by "
-            f"construction (tests/test_triton_lowt_moe_cpu.py repeats the bits in the interpreter; the GPU test "
-            f"test_k_split_configs_repeat_their_bits is written, its run not yet recorded)"),
+            f"construction (tests/test_triton_lowt_moe_cpu.py repeats the bits in the interpreter; on the H100 "
+            f"test_gemv_configs_every_format repeated the GEMV kernels' bits, docs/verification/"
+            f"h100-lowt-gemv-371dfc1.log; the dot kernels' test_k_split_configs_repeat_their_bits is written, its "
+            f"run not yet recorded)"),
         source=(f"{_K} lowt_moe_kernel / lowt_token_kernel HAS_BIAS / ROUTED_ON_INPUT / swigluoai params; {_OPS} "
                 f"fused_experts: shapes from metadata only, no host sync; tests/gpu/test_triton_lowt_moe_gpu.py "
                 f"test_no_host_sync_in_a_forward passed on the H100 (docs/verification/h100-lowt-gpu-tests.log); "

@@ -26,6 +26,7 @@ from ...formats.mxfp4 import MXFP4_BLOCK, MxFp4Tensor
 from ...formats.nvfp4 import NVFP4_BLOCK, NvFp4Tensor
 from ..triton_fused_moe.ops import Epilogue, align, next_pow2
 from . import codes as F
+from . import gemv as GV
 from . import kernels as KN
 
 ONE_GROUP = 1 << 30  # the group size given to the kernels for per-channel int4 (one scale over all K)
@@ -324,7 +325,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
     limit = float(ep.limit) if ep.limit is not None else float("inf")
     w, s, z, g = _args(w13, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w13)
-    KN.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
+    GV.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
         x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, ok,
         num_experts, intermediate, H, k,
         x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
@@ -335,7 +336,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
         num_warps=cfg.warps, num_stages=cfg.stages)
     w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
-    KN.gemv2_kernel[(P * triton.cdiv(H, cfg.bn2),)](
+    GV.gemv2_kernel[(P * triton.cdiv(H, cfg.bn2),)](
         inter, ids, tw, w, s, z, g, w2_bias if w2_bias is not None else dummy, out, ws, counters,
         P, num_experts, H, intermediate, k,
         inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), w2_bias.stride(0) if w2_bias is not None else 0,

@@ -1,0 +1,197 @@
+"""The GEMV kernels of ``triton-lowt-moe`` (``ops.Config(gemv=True)``, the default for a few tokens:
+``ops.GEMV_FOR``). At T = 1-4 a weight row meets one or two activation rows: the dot kernels (``kernels.py``)
+waste most of their token side and hold the unpacked operands in the MMA layout (255 registers per thread,
+<= 8 warps per SM, so the weight loads of too few warps are in flight). These kernels multiply on the CUDA
+cores instead: one program per (pair, row tile), products accumulated elementwise in float32 and summed once
+at the end, few registers, so ~20 warps per SM keep the HBM busy. Same packing, unpacking (``unpack.py``),
+epilogues and bad-id handling as the dot kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _trap_if
+from .unpack import _half_multipliers, _unpack
+
+
+@triton.jit
+def _gemv_step(acc, x_ptr, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT: tl.constexpr,
+               HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
+               MASKED: tl.constexpr):
+    """``acc`` plus the float32 products of one K step (at ``k0``, ``klen`` elements) of weight ``rows`` with
+    the activation row at ``x_ptr``, elementwise (``[BR, BK]`` 16-bit, ``[BR, BK/2]`` 4-bit: low and high
+    nibbles both added): the caller sums them once. 4-bit int4 is pre-scaled (``(q - z) * s`` rounded once
+    to the layer dtype, as Marlin's dequantization does). The activations are loaded per row (the same
+    addresses, from L1) so that they arrive in the weights' register layout, with no shared-memory shuffle."""
+    ADT: tl.constexpr = x_ptr.dtype.element_ty
+    if FMT == FMT_16BIT:
+        k = k0 + tl.arange(0, BK)
+        x_ptrs = x_ptr + k[None, :] + tl.zeros((BR, BK), dtype=tl.int32)
+        if MASKED:
+            k_ok = (k < k0 + klen)[None, :]
+            x = tl.load(x_ptrs, mask=k_ok, other=0.0)
+            w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :], mask=k_ok, other=0.0)
+        else:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :])
+        acc += w.to(tl.float32) * x.to(tl.float32)
+    else:
+        BKB: tl.constexpr = BK // 2
+        half = klen // 2
+        i = tl.arange(0, BKB)
+        ptrs = w_ptr_e + rows[:, None] * s_wn + (k0 // 2 + i)[None, :]
+        x_ptrs = x_ptr + k0 + i[None, :] + tl.zeros((BR, BKB), dtype=tl.int32)
+        if MASKED:
+            i_ok = (i < half)[None, :]
+            w = tl.load(ptrs, mask=i_ok, other=0)
+            xlo = tl.load(x_ptrs, mask=i_ok, other=0.0)
+            xhi = tl.load(x_ptrs + half, mask=i_ok, other=0.0)
+        else:
+            w = tl.load(ptrs)
+            xlo = tl.load(x_ptrs)
+            xhi = tl.load(x_ptrs + BKB)
+        PRESCALE: tl.constexpr = FMT == FMT_INT4
+        m_lo, z_lo = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0, half, FMT, GROUP, HAS_ZP, ADT, ASM, BR, BKB,
+                                       MASKED)
+        m_hi, z_hi = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0 + half, half, FMT, GROUP, HAS_ZP, ADT, ASM,
+                                       BR, BKB, MASKED)
+        lo, hi = _unpack(w, m_lo, m_hi, z_lo, z_hi, FMT, PRESCALE, ADT, ASM)
+        acc += lo.to(tl.float32) * xlo.to(tl.float32)
+        acc += hi.to(tl.float32) * xhi.to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
+               GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+               ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr):
+    """``([BR], [BR])`` float32: weight rows ``g_rows`` and (GATED) ``u_rows``, all K, times the activation
+    row at ``x_ptr``. Both row sets advance in the same loop and ``UNROLL`` steps per iteration, so that
+    their weight loads are in flight together (at T = 1 too few warps are resident to cover the HBM's
+    latency with one step's loads each); whole steps unmasked, then the partial last one."""
+    W: tl.constexpr = BK if FMT == FMT_16BIT else BK // 2
+    acc_g = tl.zeros((BR, W), dtype=tl.float32)
+    acc_u = tl.zeros((BR, W), dtype=tl.float32)
+    full = K // BK
+    for step in range(0, full - full % UNROLL, UNROLL):
+        for j in tl.static_range(UNROLL):
+            acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, (step + j) * BK, BK, FMT,
+                               HAS_ZP, GROUP, BR, BK, ASM, False)
+            if GATED:
+                acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, (step + j) * BK, BK,
+                                   FMT, HAS_ZP, GROUP, BR, BK, ASM, False)
+    for step in range(full - full % UNROLL, full):
+        acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, step * BK, BK, FMT, HAS_ZP,
+                           GROUP, BR, BK, ASM, False)
+        if GATED:
+            acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, step * BK, BK, FMT, HAS_ZP,
+                               GROUP, BR, BK, ASM, False)
+    if TAIL:
+        acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK, FMT,
+                           HAS_ZP, GROUP, BR, BK, ASM, True)
+        if GATED:
+            acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK,
+                               FMT, HAS_ZP, GROUP, BR, BK, ASM, True)
+    return tl.sum(acc_g, 1), tl.sum(acc_u, 1)
+
+
+@triton.jit
+def gemv1_kernel(
+    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, bias_ptr, c_ptr, ok_ptr,
+    E, N_OUT, K, TOPK,
+    s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
+    row_stride, up_offset, act, alpha, limit, up_add,
+    FMT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
+    ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = act(W13[e] x_t)`` in the layer
+    dtype (gate rows ``n * row_stride``, up rows ``+ up_offset``). An id outside [0, E) clears ``ok`` (and
+    stops the kernel on the GPU, as the dot kernels do); its row is not written."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N_OUT, BR)
+    pair = pid // n_tiles
+    tile = pid % n_tiles
+    expert = tl.load(ids_ptr + pair).to(tl.int32)
+    if (expert < 0) | (expert >= E):
+        tl.store(ok_ptr, 0)
+        if ASM:
+            _trap_if(tl.full([1], 1, tl.int32))
+        return
+    offs_n = tile * BR + tl.arange(0, BR)
+    n_ok = offs_n < N_OUT
+    g_rows = tl.where(n_ok, offs_n, 0) * row_stride
+    u_rows = g_rows + up_offset
+    e64 = expert.to(tl.int64)
+    w_ptr_e = w_ptr + e64 * s_we
+    s_ptr_e = s_ptr + e64 * s_se
+    z_ptr_e = z_ptr + e64 * s_se
+    x_ptr = a_ptr + (pair // TOPK).to(tl.int64) * s_am
+    g, u = _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT, GATED, HAS_ZP, GROUP, BR,
+                      BK, ASM, TAIL, UNROLL)
+    if FMT == FMT_NVFP4:
+        gsc = tl.load(gsc_ptr + e64)
+        g = g * gsc
+        u = u * gsc
+    if ROUTED_ON_INPUT:  # (w x) W^T = w (x W^T)
+        tw = tl.load(tw_ptr + pair)
+        g = g * tw
+        u = u * tw
+    if HAS_BIAS:
+        g += tl.load(bias_ptr + e64 * s_be + g_rows)
+        if GATED:
+            u += tl.load(bias_ptr + e64 * s_be + u_rows)
+    out = _activation(g, u, act, alpha, limit, up_add, GATED)
+    tl.store(c_ptr + pair.to(tl.int64) * s_cm + offs_n, out.to(c_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def gemv2_kernel(
+    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, bias_ptr, c_ptr, ws_ptr, cnt_ptr,
+    P, E, N_OUT, K, TOPK,
+    s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
+    FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
+    ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
+    UNROLL: tl.constexpr, BT: tl.constexpr,
+):
+    """GEMM2 as GEMVs: program (pair, tile of BR rows) stores ``w * (W2[e] a_pair + b)`` (float32) into
+    ``ws [P, N_OUT]``; the tile's last program to arrive (``cnt_ptr``, one counter per tile, 0 on entry and
+    left 0) writes ``c[t, tile]`` = the sum over the token's k pairs in pair order, in the layer dtype: no
+    atomics on data, no cast launch, the same bits at every run. Ids outside [0, E) add nothing (GEMM1
+    flagged them)."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N_OUT, BR)
+    pair = pid // n_tiles
+    tile = pid % n_tiles
+    offs_n = tile * BR + tl.arange(0, BR)
+    n_ok = offs_n < N_OUT
+    n_safe = tl.where(n_ok, offs_n, 0)
+    expert = tl.load(ids_ptr + pair).to(tl.int32)
+    y = tl.zeros((BR,), dtype=tl.float32)
+    if (expert >= 0) & (expert < E):
+        e64 = expert.to(tl.int64)
+        y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
+                          s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL,
+                          UNROLL)
+        if FMT == FMT_NVFP4:
+            y = y * tl.load(gsc_ptr + e64)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + e64 * s_be + n_safe)
+        if not ROUTED_ON_INPUT:
+            y = y * tl.load(tw_ptr + pair)
+    tl.store(ws_ptr + pair.to(tl.int64) * N_OUT + offs_n, y, mask=n_ok)
+    cnt = cnt_ptr + tile
+    if _arrive(cnt, P - 1):
+        T = P // TOPK
+        for t0 in range(0, T, BT):
+            tokens = t0 + tl.arange(0, BT)
+            t_ok = tokens < T
+            keep = n_ok[:, None] & t_ok[None, :]
+            acc = tl.zeros((BR, BT), dtype=tl.float32)
+            for j in range(0, TOPK):
+                ws = ws_ptr + (tokens * TOPK + j)[None, :].to(tl.int64) * N_OUT + offs_n[:, None]
+                acc += tl.load(ws, mask=keep, other=0.0, cache_modifier=".cg")
+            tl.store(c_ptr + tokens[None, :].to(tl.int64) * s_cm + offs_n[:, None], acc.to(c_ptr.dtype.element_ty),
+                     mask=keep)
+        tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")

@@ -26,6 +26,7 @@ import importlib.metadata
 import inspect
 import sys
 from collections.abc import Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
 
 import pluggy
@@ -98,7 +99,7 @@ class Registry:
         self._outside: dict[str, str] = {}  # backend id -> the entry-point plugin that declared it
         if builtins:
             for module in BUILTIN_BACKENDS:
-                self._register(importlib.import_module(module), module)
+                self._register(_BuiltinHooks(importlib.import_module(module)), module)
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:
@@ -242,6 +243,23 @@ class Registry:
         accelerator and ``$MOE_REGISTRY_BACKEND`` (read now). Pass it, or a copy with changes, as
         ``select_backend(..., environment=...)``."""
         return this_machine(self.environment())
+
+
+_HOOK_NAMES = tuple(name for name, spec in vars(BackendSpec).items() if hasattr(spec, f"{PROJECT}_spec"))
+
+
+class _BuiltinHooks:
+    """A built-in backend module's hook implementations, registered in the module's place: pluggy
+    looks at every attribute of what it registers (``dir`` and one parse per name), and a module has
+    dozens (its imports, constants, classes); this object has only the hooks the module defines."""
+
+    def __init__(self, module: ModuleType):
+        for name in _HOOK_NAMES:
+            if hasattr(module, name):
+                setattr(self, name, getattr(module, name))
+
+    def __dir__(self) -> list[str]:
+        return list(vars(self))
 
 
 class _FixedDeclarations:

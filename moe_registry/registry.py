@@ -81,7 +81,8 @@ _STAGES = frozenset(Stage.__args__)  # type: ignore[attr-defined]
 
 
 class PluginProblem(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Built when first used, not at import: `explain` makes one only when a plugin fails.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     plugin: str
     stage: Stage

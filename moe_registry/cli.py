@@ -837,7 +837,8 @@ def entry() -> NoReturn:
     end, and the interpreter skips the full collection it would otherwise run on exit (~2 % of
     `explain`'s instructions: a pass over every object the run created, with nothing left to free).
     The collection the interpreter runs while it tears the modules down runs even so; frozen
-    (``gc.freeze``), the objects the command made are not walked there either (~4 % more)."""
+    (``gc.freeze``), the objects the command made are not walked there either (~4 % more). The
+    teardown itself is skipped when it can be (:func:`_exit_now`)."""
     planning = _command_of(sys.argv[1:]) in PLANNING_COMMANDS
     if planning:
         gc.disable()

@@ -524,14 +524,22 @@ class _Skipped:
         return lambda *args, **kwargs: self
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, *, sole: bool = False) -> argparse.ArgumentParser:
     """Every subcommand; with ``only``, the arguments of that one alone (the others parse nothing,
-    and are never dispatched to)."""
+    and are never dispatched to). ``sole``: the command line starts with ``only``, so the other
+    subcommands are not registered at all (each parser argparse makes costs a few gettext look-ups,
+    ~1 % of `explain`): the top-level parser only hands the rest of the line to ``only``'s, whose
+    help, errors and results are the same."""
     parser = _Parser(prog="moe-registry", description=(
         "Which fused-MoE kernel runs each layer of a model, on any GPU, and why the others were rejected."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("explain", help="explain the backend of every MoE layer of a model", epilog=PARALLEL_HELP,
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if sole and only is not None and name != only:
+            return _Skipped()  # type: ignore[return-value]
+        return sub.add_parser(name, **kwargs)
+
+    p = add_parser("explain", help="explain the backend of every MoE layer of a model", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p = p if only in (None, "explain") else _Skipped()  # type: ignore[assignment]
     p.add_argument("model", help="bundled preset name (see `moe-registry models`), model directory, or config.json")
@@ -549,7 +557,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_output(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
+    p = add_parser("select", help="select the backend of one layer", epilog=PARALLEL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p = p if only in (None, "select") else _Skipped()  # type: ignore[assignment]
     _add_layer_shape(p, required=True)
@@ -560,23 +568,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_output(p)
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("backends", help="the capability matrix generated from the declarations")
+    p = add_parser("backends", help="the capability matrix generated from the declarations")
     p = p if only in (None, "backends") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--device", help="only what runs on this device preset")
     _add_output(p)
     p.set_defaults(func=cmd_backends)
 
-    p = sub.add_parser("schema", help="JSON Schema of declarations, layer specs and selections")
+    p = add_parser("schema", help="JSON Schema of declarations, layer specs and selections")
     p = p if only in (None, "schema") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--which", choices=("all", "capability", "layer", "selection"), default="all")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("models", help="the bundled model presets")
+    p = add_parser("models", help="the bundled model presets")
     p = p if only in (None, "models") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("run", help="run one layer of a preset on this machine and compare with the reference")
+    p = add_parser("run", help="run one layer of a preset on this machine and compare with the reference")
     p = p if only in (None, "run") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--preset", required=True)
     p.add_argument("--layer", type=int, default=0, help="index among the MoE layers' model layers (default 0)")
@@ -594,7 +602,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("probe", help="check every declaration against the real kernels on this machine")
+    p = add_parser("probe", help="check every declaration against the real kernels on this machine")
     p = p if only in (None, "probe") else _Skipped()  # type: ignore[assignment]
     p.add_argument("--backend", action="append", default=[], help="probe only this backend (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
@@ -603,7 +611,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("bench", help="time every eligible, available backend on a layer or a model's layers",
+    p = add_parser("bench", help="time every eligible, available backend on a layer or a model's layers",
                        epilog=PARALLEL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p = p if only in (None, "bench") else _Skipped()  # type: ignore[assignment]
     p.add_argument("target", help="preset name, model directory, config.json, or 'layer' with --experts etc.")
@@ -623,7 +631,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_layer_shape(p, required=False)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("tune", help="tune triton-fused-moe's launch configs for this GPU (writes JSON data)")
+    p = add_parser("tune", help="tune triton-fused-moe's launch configs for this GPU (writes JSON data)")
     p = p if only in (None, "tune") else _Skipped()  # type: ignore[assignment]
     p.add_argument("target", help="preset name, model directory, config.json, or layer:experts=..,top_k=..,...")
     p.add_argument("--tokens", default="1,16,64,512,4096", help="comma-separated token counts")
@@ -725,7 +733,8 @@ def _main(argv: list[str], json_mode: bool) -> int:
 
     parsed = False
     try:
-        args = build_parser(_command_of(argv)).parse_args(argv)
+        command = _command_of(argv)
+        args = build_parser(command, sole=argv[:1] == [command]).parse_args(argv)
         json_mode = bool(getattr(args, "json", False))
         handler: Callable[[argparse.Namespace], int] = args.func
         parsed = True
@@ -837,14 +846,37 @@ def entry() -> NoReturn:
     end, and the interpreter skips the full collection it would otherwise run on exit (~2 % of
     `explain`'s instructions: a pass over every object the run created, with nothing left to free).
     The collection the interpreter runs while it tears the modules down runs even so; frozen
-    (``gc.freeze``), the objects the command made are not walked there either (~4 % more)."""
+    (``gc.freeze``), the objects the command made are not walked there either (~4 % more). The
+    teardown itself is skipped when it can be (:func:`_exit_now`)."""
     planning = _command_of(sys.argv[1:]) in PLANNING_COMMANDS
     if planning:
         gc.disable()
     code = main()
     if planning:
         gc.freeze()
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """End a planning command without tearing the interpreter down: deallocating every module and
+    object one by one is ~5 % of `explain`'s instructions, for a process that ends anyway. What the
+    interpreter would do that can be seen still happens: atexit handlers run and the standard streams
+    are flushed. Returns (and the interpreter exits as usual) while another thread runs, or when a
+    stream cannot be flushed, so that the interpreter reports it as it always does."""
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            return
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

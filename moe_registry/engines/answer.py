@@ -68,7 +68,8 @@ FLAG_OPTION = {"vllm": "--moe-backend", "sglang": "--moe-runner-backend"}
 class Comparison(BaseModel):
     """Our choice beside the engine's for one layer group: agree, or why not and what would fix it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Built when first used, not at import: `explain` makes one only when asked about an engine.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     agree: bool
     why: str = ""

@@ -73,7 +73,8 @@ whose parameters have no :class:`QuantScheme` (int8, FP8 per channel, MXFP8 weig
 
 Modules: ``base`` (:class:`QuantConfig`, the errors, helpers every parser shares), ``patterns``
 (name matching), one per format family (``modelopt``, ``compressed_tensors``, ``int4`` for GPTQ
-and AWQ, ``fp8`` for FP8 and MXFP4); this one picks the format and parses it.
+and AWQ, ``fp8`` for FP8 and MXFP4), ``override`` (``--quant``); this one picks the format and
+parses it.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ from typing import TYPE_CHECKING, Any
 from ..schemas.quant import QuantScheme
 from .base import (
     InconsistentMoEQuant,
-    OverrideQuant,
     PlanError,
     QuantConfig,
     QuantConfigError,
@@ -150,6 +150,7 @@ _FORMAT_CLASSES = {
     "Mxfp4Quant": "fp8",
     "WeightOnlyInt4Quant": "int4",
     "ModelOptQuant": "modelopt",
+    "OverrideQuant": "override",
 }
 
 
@@ -165,6 +166,7 @@ if TYPE_CHECKING:
     from .fp8 import Fp8Quant, Mxfp4Quant
     from .int4 import WeightOnlyInt4Quant
     from .modelopt import ModelOptQuant
+    from .override import OverrideQuant
 
 
 # --- Parsing ----------------------------------------------------------------------------------
@@ -230,4 +232,6 @@ def override_quant(scheme: QuantScheme | str) -> OverrideQuant:
             raise UnsupportedQuantScheme(f"--quant {scheme!r}: {exc}") from None
     if not isinstance(scheme, QuantScheme):
         raise UnsupportedQuantScheme(f"quant must be a QuantScheme or a string, got {type(scheme).__name__}")
+    from .override import OverrideQuant
+
     return OverrideQuant(method="override", summary=f"{scheme.label()} (override)", source="quant=", scheme=scheme)

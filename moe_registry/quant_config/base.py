@@ -87,13 +87,3 @@ class QuantConfig:
 
     def scheme_for(self, name: str) -> QuantScheme:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class OverrideQuant(QuantConfig):
-    """``--quant`` given on the command line: every MoE layer gets this scheme."""
-
-    scheme: QuantScheme = field(default_factory=QuantScheme)
-
-    def scheme_for(self, name: str) -> QuantScheme:
-        return self.scheme

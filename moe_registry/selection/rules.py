@@ -4,7 +4,6 @@
 # No `from __future__ import annotations`: string annotations cost a compile() each when pydantic or
 # NamedTuple reads them at import, which explain's start-up counts (issue 20).
 
-import dataclasses
 import math
 from typing import NamedTuple, Sequence
 
@@ -29,13 +28,19 @@ def _device_rule_hint(rules) -> str:
     return f"would be eligible on {needs}" + (f" (e.g. {where})" if where else "")
 
 
-@dataclasses.dataclass
 class _Verdict:
-    reasons: list[Reason] = dataclasses.field(default_factory=list)
-    notes: list[Note] = dataclasses.field(default_factory=list)
-    padding: dict[Dimension, int] = dataclasses.field(default_factory=dict)  # dimension -> multiple
-    sizes: dict[Dimension, int] = dataclasses.field(default_factory=dict)  # per-rank sizes the kernel sees
-    support: QuantSupport | None = None  # the scheme support that runs the layer, if any
+    """What the rules found so far about one declaration for one layer (filled in place). A plain
+    class, not a dataclass: a dataclass costs an exec() per generated method at import, which
+    explain's start-up counts (issue 20)."""
+
+    __slots__ = ("reasons", "notes", "padding", "sizes", "support")
+
+    def __init__(self) -> None:
+        self.reasons: list[Reason] = []
+        self.notes: list[Note] = []
+        self.padding: dict[Dimension, int] = {}  # dimension -> multiple
+        self.sizes: dict[Dimension, int] = {}  # per-rank sizes the kernel sees
+        self.support: QuantSupport | None = None  # the scheme support that runs the layer, if any
 
     def reject(self, code: ReasonCode, field: str, required: str, actual: str, message: str,
                hint: str = "", source: str = "") -> None:

@@ -299,3 +299,42 @@ def test_gpt_oss_plans_on_a_four_bit_backend_with_the_2880_padding_on_h100():
         assert {(p.dimension, p.padded) for p in marlin.padding} == {("hidden", 3072), ("intermediate", 2944)}
         assert all(r.code is not ReasonCode.FEATURE_UNSUPPORTED for rej in s.rejections if rej.backend == "marlin"
                    for r in rej.reasons)
+
+
+# --- _planner: explain's one reading for several layouts -------------------------------------------------
+
+
+def test_planner_plans_each_layout_as_plan_model_does():
+    from moe_registry.planner import _planner
+
+    plan_on = _planner("gemma-4-26b-a4b", "h100", "nvfp4", memory="report")
+    for parallel in (ParallelConfig(), ParallelConfig(tp=2), ParallelConfig(ep=4)):
+        want = plan_model("gemma-4-26b-a4b", "h100", parallel, "nvfp4", memory="report")
+        assert plan_on(parallel).model_dump() == want.model_dump(), parallel
+    assert {lp.layer.quant.kind.value for lp in plan_on(ParallelConfig()).layers} == {"nvfp4"}
+
+
+def test_planner_checks_its_arguments_on_every_call_after_the_source():
+    from moe_registry.planner import _planner
+
+    with pytest.raises(ConfigNotFound):  # the source first, as plan_model
+        _planner("/nonexistent/config.json", 5, None, memory="prefer")(ParallelConfig())
+    with pytest.raises(PlanError, match="device must be"):
+        _planner("qwen3-30b-a3b", 5, None, memory="prefer")(ParallelConfig())
+    with pytest.raises(PlanError, match="quant must be"):
+        _planner("qwen3-30b-a3b", "h100", 4, memory="prefer")(ParallelConfig())
+    plan_on = _planner("qwen3-30b-a3b", "h100", None, memory="prefer")
+    plan_on(ParallelConfig())
+    with pytest.raises(PlanError, match="parallel must be"):
+        plan_on("tp2")  # type: ignore[arg-type]
+
+
+def test_planner_passes_the_environment_to_selection():
+    from moe_registry.environment import Environment
+    from moe_registry.planner import _planner
+    from moe_registry.schemas.device import get_device
+
+    env = Environment(planning=False, device=get_device("h100"))
+    got = _planner("qwen3-30b-a3b", None, None, memory="prefer", environment=env)(ParallelConfig())
+    assert got.model_dump() == plan_model("qwen3-30b-a3b", environment=env).model_dump()
+    assert got.layers[0].selection is not None and got.layers[0].selection.device.name == "h100"

@@ -155,9 +155,9 @@ def plan_model(source: str | os.PathLike[str], device: DeviceSpec | str | None =
                  select_kwargs=_with_environment(select_kwargs, environment), memory_mode=memory)
 
 
-def _planner(source: str | os.PathLike[str], device: DeviceSpec | str | None = None,
-             quant: QuantScheme | str | None = None, *, memory: str = "prefer",
-             environment: Environment | None = None, **select_kwargs: Any) -> Callable[[ParallelConfig], ModelPlan]:
+def _planner(source: str | os.PathLike[str], device: DeviceSpec | str | None, quant: QuantScheme | str | None, *,
+             memory: str, environment: Environment | None = None,
+             **select_kwargs: Any) -> Callable[[ParallelConfig], ModelPlan]:
     """``lambda parallel: plan_model(source, device, parallel, quant, ...)`` that reads ``source``
     (its config, its quantization config, each layer's scheme) once, at its first call, for all the
     layouts it plans: ``explain`` plans the model, then each layout it suggests."""
@@ -165,12 +165,10 @@ def _planner(source: str | os.PathLike[str], device: DeviceSpec | str | None = N
     read: list[_Layout] = []
 
     def plan_on(parallel: ParallelConfig) -> ModelPlan:
-        if not read:  # plan_model's order: the source, the arguments, then the config
-            src = _load(source)
-            _check_arguments(device, parallel, quant)
+        src = None if read else _load(source)  # plan_model's order: the source, the arguments, then the config
+        _check_arguments(device, parallel, quant)
+        if src is not None:
             read.append(_read(src, device, quant))
-        else:
-            _check_arguments(device, parallel, quant)
         return read[0](parallel, True, select_kwargs, memory)
 
     return plan_on

@@ -56,8 +56,7 @@ _PACKAGE = __package__.rpartition(".")[0]  # moe_registry: _select imports ..sel
 
 
 def _plan(src: _Source, *, device: DeviceSpec | str | None, parallel: ParallelConfig,
-          quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any],
-          memory_mode: str = "prefer") -> ModelPlan:
+          quant: QuantScheme | str | None, select: bool, select_kwargs: dict[str, Any], memory_mode: str) -> ModelPlan:
     _check_arguments(device, parallel, quant)
     return _read(src, device, quant)(parallel, select, select_kwargs, memory_mode)
 

@@ -153,7 +153,7 @@ GEMV_FOR = "4-bit weights while T x top_k <= num_experts / 2; 16-bit weights at 
 
 def default_config(T: int, top_k: int, num_experts: int, *, quantized: bool) -> Config:
     """The GEMV kernels where a batch's pairs mostly hit distinct experts (``GEMV_FOR``; measured on the H100,
-    benchmarks/results/lowt-h100-gemv: 4-bit 1.3-2.8x the dot kernels up to 16 tokens on 128 experts, slower
+    benchmarks/results/lowt-h100-gemv: 4-bit 1.3-2.0x the dot kernels up to 16 tokens on 128 experts, slower
     from 4 tokens on Mixtral's 8, where pairs share experts and each pair reads its own; 16-bit only at T = 1,
     the dot kernels being near the HBM floor from T = 2), in that run's fastest tiling (``gemv8`` at T = 1,
     ``gemv16`` above). Otherwise tiles by the expected pairs per expert: the token side covers them in one pass

@@ -137,14 +137,18 @@ def test_graphed_experts_match_eager(sm90):
     from moe_registry.execution.graphs import GraphedExperts
 
     experts, _ = _build(LayerSpec(**{**MEDIUM, **SCHEMES["int4-g128-aligned"]}), sm90)
-    graphed = GraphedExperts(experts, buckets=(1, 4, 16, 64))
-    for T in (1, 2, 3, 16, 50, 64, 65):
+    buckets = (1, 4, 16, 64)
+    graphed = GraphedExperts(experts, buckets=buckets)
+    for T in (1, 2, 3, 4, 16, 50, 64, 65):
         x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
         want = experts(x, w, ids).clone()
         got = graphed(x, w, ids)
-        # Up to 64 tokens the sums have a fixed order (graph == eager); 65 pads to no bucket: eager, atomics.
         err = relative_error(got, want)
-        assert err < 1e-3, (T, err)
+        # At a bucket's own size the graph replays eager's kernels (sums in a fixed order: graph == eager); a T
+        # padded up to a bucket runs that bucket's config, which may be other kernels (here T = 2: the GEMV
+        # kernels eagerly, the dot kernels at bucket 4; measured 3.7e-3 on the H100): within the tolerance of the
+        # reference. 65 pads to no bucket: eager.
+        assert err < (1e-3 if T in buckets or T > buckets[-1] else _tol(experts.layer)), (T, err)
 
 
 @pytest.mark.parametrize("scheme", ["nvfp4", "int4-g128-aligned", "bf16"])

@@ -126,7 +126,10 @@ DECLARATION = BackendCapability(
         "stopping the stream, and graphed == eager with that tree's default configs: 18 GPU tests passed "
         "(docs/verification/h100-lowt-gemv-371dfc1.log); "
         "bench_lowt.py's checks of every GEMV tiling on all five layers, rel err <= 3.7e-3 "
-        "(benchmarks/results/lowt-h100-gemv/bench.log)")),),
+        "(benchmarks/results/lowt-h100-gemv/bench.log). Tree 5857230 (GEMV the default for a few tokens): every "
+        "format x two activations at T 1 / 2 / 5 / 200, no host sync, GEMV epilogues, bad ids: 27 passed; graphed "
+        "vs eager within the reference tolerance where a T is padded to a bucket with another default "
+        "(docs/verification/h100-lowt-default-gemv-5857230.log)")),),
 )
 
 

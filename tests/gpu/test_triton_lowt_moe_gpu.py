@@ -157,17 +157,23 @@ def test_k_split_configs_repeat_their_bits(sm90, scheme):
     # forward with the same inputs gives the same bits (partial sums added in a fixed order, no atomics).
     from moe_registry.backends.triton_lowt_moe import ops
 
-    layer = LayerSpec(**{**MEDIUM, **SCHEMES[scheme]})
-    experts, ref = _build(layer, sm90)
-    for T in (1, 4, 16, 64):
-        x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
+    _each_config_repeats_its_bits(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90, (1, 4, 16, 64), (
+        None, ops.Config(bm=8, split1=1, split2=1), ops.Config(bm=8, split1=64, split2=64),
+        ops.Config(bm=8, gemm2="token")))
+
+
+def _each_config_repeats_its_bits(layer: LayerSpec, dev, tokens, configs) -> None:
+    """Each config within the tolerance of the reference at every T, each forward with the same inputs giving
+    the same bits."""
+    experts, ref = _build(layer, dev)
+    for T in tokens:
+        x, w, ids = _inputs(layer, T, dev, "imbalanced", seed=T)
         want = ref(x, w, ids)
-        for cfg in (None, ops.Config(bm=8, split1=1, split2=1), ops.Config(bm=8, split1=64, split2=64),
-                    ops.Config(bm=8, gemm2="token")):
+        for cfg in configs:
             experts.config = cfg
             out = experts(x, w, ids)
             assert torch.equal(experts(x, w, ids), out), (T, cfg)
-            assert relative_error(out, want) <= _tol(layer), (T, cfg)
+            assert relative_error(out, want) <= _tol(layer), (T, cfg, relative_error(out, want))
 
 
 GEMV = dict(gemv=True, warps=4, warps2=4)
@@ -179,16 +185,8 @@ def test_gemv_configs_every_format(sm90, scheme):
     # at every row tiling and unroll, each forward repeating its bits (GEMM2's pairs summed in a fixed order).
     from moe_registry.backends.triton_lowt_moe import ops
 
-    layer = LayerSpec(**{**MEDIUM, **SCHEMES[scheme]})
-    experts, ref = _build(layer, sm90)
-    for T in (1, 2, 5, 16):
-        x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
-        want = ref(x, w, ids)
-        for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4)):
-            experts.config = ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll)
-            out = experts(x, w, ids)
-            assert torch.equal(experts(x, w, ids), out), (T, bn, unroll)
-            assert relative_error(out, want) <= _tol(layer), (T, bn, unroll, relative_error(out, want))
+    _each_config_repeats_its_bits(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90, (1, 2, 5, 16), [
+        ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll) for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4))])
 
 
 @pytest.mark.parametrize("name", list(BENCH))

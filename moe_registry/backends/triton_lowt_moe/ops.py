@@ -212,6 +212,15 @@ def counters_needed(T: int, top_k: int, num_experts: int, hidden: int, intermedi
     return _gemm1_counters(T, top_k, num_experts, intermediate, cfg) + triton.cdiv(hidden, cfg.bn2)
 
 
+def _counters(counters: torch.Tensor | None, need: int, dev: torch.device) -> torch.Tensor:
+    """The caller's arrival counters if they hold ``need`` int32 zeros' room, fresh zeros when it gave none."""
+    if counters is None:
+        return torch.zeros(need, dtype=torch.int32, device=dev)
+    if counters.numel() < need or counters.dtype != torch.int32:
+        raise ValueError(f"counters: int32 [>= {need}] needed, got {counters.dtype} [{counters.numel()}]")
+    return counters
+
+
 def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, w13: PackedWeight,
                   w2: PackedWeight, num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, *,
                   w13_bias: torch.Tensor | None = None, w2_bias: torch.Tensor | None = None,
@@ -246,11 +255,7 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
         programs = min(num_experts, P)
     finish2 = cfg.gemm2 == "expert"
     if split1 > 1 or finish2:
-        need = counters_needed(T, k, num_experts, H, intermediate, cfg)
-        if counters is None:
-            counters = torch.zeros(need, dtype=torch.int32, device=dev)
-        elif counters.numel() < need or counters.dtype != torch.int32:
-            raise ValueError(f"counters: int32 [>= {need}] needed, got {counters.dtype} [{counters.numel()}]")
+        counters = _counters(counters, counters_needed(T, k, num_experts, H, intermediate, cfg), dev)
     else:
         counters = dummy
     cnt1 = counters
@@ -313,11 +318,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
     P = ids.numel()
     k = P // T
     dev = x.device
-    need = counters_needed(T, k, num_experts, H, intermediate, cfg)
-    if counters is None:
-        counters = torch.zeros(need, dtype=torch.int32, device=dev)
-    elif counters.numel() < need or counters.dtype != torch.int32:
-        raise ValueError(f"counters: int32 [>= {need}] needed, got {counters.dtype} [{counters.numel()}]")
+    counters = _counters(counters, counters_needed(T, k, num_experts, H, intermediate, cfg), dev)
     inter = torch.empty((P, intermediate), dtype=x.dtype, device=dev)
     out = torch.empty((T, H), dtype=x.dtype, device=dev)
     ws = torch.empty((P, H), dtype=torch.float32, device=dev)  # written before it is read: no zeroing

@@ -31,10 +31,10 @@ REPS = 20
 def configs() -> dict[str, object]:
     from moe_registry.backends.triton_lowt_moe import ops
 
-    gemv = dict(gemv=True, warps=4, warps2=4)
-    return {"default": None, "gemv16": ops.Config(**gemv, bn1=16, bn2=16), "gemv32": ops.Config(**gemv, bn1=32, bn2=32),
-            "gemv16u1": ops.Config(**gemv, bn1=16, bn2=16, unroll=1),
-            "gemv8": ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)}
+    gemv8 = dict(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)
+    return {"default": None, "gemv16": ops.Config(gemv=True, warps=4, warps2=4, bn1=16, bn2=16),
+            "gemv8": ops.Config(**gemv8), "gemv8t": ops.Config(**gemv8, gemm2="token"),
+            "gemv8tp": ops.Config(**gemv8, gemm2="token", pdl=True)}
 
 
 def kernel_times(fn, args) -> list[tuple[str, float]]:

@@ -36,12 +36,14 @@ PTR = {"a": "*bf16", "ids": "*i32", "tw": "*fp32", "bias": "*fp32", "c": "*bf16"
        "ws": "*fp32", "cnt": "*i32"}
 
 
-def _sig(fn: triton.JITFunction, fmt: int, stage: int, finish: bool) -> tuple[dict, dict]:
+def _sig(fn: triton.JITFunction, fmt: int, stage: int, finish: bool, ptrs: dict | None = None) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         base = name[:-4] if name.endswith("_ptr") else None
         if base is not None:
-            if base == "w":
+            if ptrs and base in ptrs:
+                sig[name] = ptrs[base]
+            elif base == "w":
                 sig[name] = "*bf16" if fmt == F.FMT_16BIT else "*u8"
             elif base == "s":
                 sig[name] = "*bf16" if fmt == F.FMT_INT4 else "*u8"
@@ -61,8 +63,9 @@ def _sig(fn: triton.JITFunction, fmt: int, stage: int, finish: bool) -> tuple[di
     return sig, attrs
 
 
-def compile_one(fn: triton.JITFunction, consts: dict, fmt: int, stage: int, warps: int, stages: int) -> object:
-    sig, attrs = _sig(fn, fmt, stage, finish=stage == 2 and consts.get("SPLIT") is not None)
+def compile_one(fn: triton.JITFunction, consts: dict, fmt: int, stage: int, warps: int, stages: int,
+                ptrs: dict | None = None) -> object:
+    sig, attrs = _sig(fn, fmt, stage, finish=stage == 2 and consts.get("SPLIT") is not None, ptrs=ptrs)
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
@@ -124,9 +127,11 @@ def main() -> None:
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--kernel", default="gemm1,gemm2,token",
-                   help="gemm1, gemm2 (per expert slot), token, gemv1, gemv2 (the GEMV kernels; --bn rows per program)")
+                   help="gemm1, gemm2 (per expert slot), token, gemv1, gemv2 (the GEMV kernels; --bn rows per program), "
+                        "gemv1t, gemvt (GEMV with GEMM2 per token)")
     p.add_argument("--split", type=int, default=1, help="programs per tile sharing its K steps (gemm1, gemm2)")
     p.add_argument("--unroll", type=int, default=2, help="K steps per loop iteration of the GEMV kernels")
+    p.add_argument("--pdl", action="store_true", help="the GEMV kernels' programmatic dependent launch calls")
     p.add_argument("--dump")
     a = p.parse_args()
     print(f"triton {triton.__version__}")
@@ -135,19 +140,25 @@ def main() -> None:
         group = 16 if fmt == F.FMT_NVFP4 else 32 if fmt == F.FMT_MXFP4 else 128
         bk = a.bk or (BLOCK_16BIT if fmt == F.FMT_16BIT else BLOCK_4BIT)
         for kern in a.kernel.split(","):
+            ptrs = None
             if kern in ("gemm1", "gemm2"):
                 fn = KN.lowt_moe_kernel
                 stage = 1 if kern == "gemm1" else 2
                 consts = dict(STAGE=stage, FMT=fmt, GATED=stage == 1, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
                               DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False, SPLIT=a.split, BT=16)
-            elif kern in ("gemv1", "gemv2"):
-                fn = GV.gemv1_kernel if kern == "gemv1" else GV.gemv2_kernel
-                stage = 1 if kern == "gemv1" else 2
+            elif kern in ("gemv1", "gemv2", "gemv1t", "gemvt"):
+                fn = {"gemv1": GV.gemv1_kernel, "gemv1t": GV.gemv1_kernel, "gemv2": GV.gemv2_kernel,
+                      "gemvt": GV.gemv_token_kernel}[kern]
+                stage = 1 if kern.startswith("gemv1") else 2
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
-                              BK=bk, ASM=fmt != 0, TAIL=False, UNROLL=a.unroll)
+                              BK=bk, ASM=fmt != 0, TAIL=False, UNROLL=a.unroll, PDL=a.pdl)
                 if stage == 1:
-                    consts["GATED"] = True
+                    consts.update(GATED=True, TOKEN2=kern == "gemv1t", SCALE2=kern == "gemv1t" and fmt == F.FMT_NVFP4)
+                    ptrs = {"c": "*fp32"} if kern == "gemv1t" else None
+                elif kern == "gemvt":
+                    consts["TOPK"] = 8
+                    ptrs = {"a": "*fp32", "c": "*bf16"}
                 else:
                     consts["BT"] = 2
             else:
@@ -155,7 +166,7 @@ def main() -> None:
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,
                               BK=bk, BM=a.bm_token, ASM=fmt != 0, DOT_F32=False, TAIL=False)
                 stage = 2
-            k = compile_one(fn, consts, fmt, stage, a.warps, a.stages)
+            k = compile_one(fn, consts, fmt, stage, a.warps, a.stages, ptrs)
             md = k.metadata
             ops, text = sass_mix(k.asm["cubin"])
             total = sum(ops.values())

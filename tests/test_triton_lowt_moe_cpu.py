@@ -173,13 +173,15 @@ _GEMV = {"gemv": True, "bn1": 16, "bn2": 32, "warps": 4, "warps2": 4, "unroll": 
                                    {"kind": "int4_w4a16", "group_size": 32},
                                    {"kind": "int4_w4a16", "group_size": -1, "zero_point": True}])
 @pytest.mark.parametrize("T", [1, 3])
-def test_gemv_kernels_every_format(quant, T):
+@pytest.mark.parametrize("gemm2", ["expert", "token"])
+def test_gemv_kernels_every_format(quant, T, gemm2):
     # A program per (pair, row tile): GEMM1 192 rows in tiles of 16 over H = 128 (one K step), GEMM2 128 rows in
-    # tiles of 32 over I = 192 (one K step and a partial one of 64).
+    # tiles of 32 over I = 192 (one K step and a partial one of 64), per pair or per token (its k experts' steps
+    # as one loop, 3 in flight: the loop's last iteration has dead steps).
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
 
-    assert _run(_layer(quant=quant), T=T, config=ops.Config(**_GEMV)) <= TOL
+    assert _run(_layer(quant=quant), T=T, config=ops.Config(**_GEMV, gemm2=gemm2, unroll2=3)) <= TOL
 
 
 def test_gemv_kernels_epilogues_and_partial_row_tiles():
@@ -187,13 +189,14 @@ def test_gemv_kernels_epilogues_and_partial_row_tiles():
     from moe_registry.backends.triton_lowt_moe import ops
 
     params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=True)
-    cfg = ops.Config(gemv=True, bn1=128, bn2=64, warps=4, warps2=4)  # I = 192: one full and one partial tile
-    assert _run(_layer(quant="mxfp4", activation="swigluoai", activation_params=params, bias=True), T=2,
-                config=cfg) <= TOL
-    assert _run(_layer(quant="nvfp4_w4a16", activation="relu2"), T=2, config=cfg) <= TOL
-    assert _run(_layer(top_k=1, apply_router_weight_on_input=True, quant={"kind": "int4_w4a16", "group_size": 64}),
-                T=5, config=cfg) <= TOL
-    assert _run(_layer(dtype="fp16", quant={"kind": "int4_w4a16", "group_size": 64}), T=3, config=cfg) <= 1e-2
+    for gemm2 in ("expert", "token"):
+        cfg = ops.Config(gemv=True, bn1=128, bn2=64, warps=4, warps2=4, gemm2=gemm2)  # I = 192: a full, a partial tile
+        assert _run(_layer(quant="mxfp4", activation="swigluoai", activation_params=params, bias=True), T=2,
+                    config=cfg) <= TOL
+        assert _run(_layer(quant="nvfp4_w4a16", activation="relu2"), T=2, config=cfg) <= TOL
+        assert _run(_layer(top_k=1, apply_router_weight_on_input=True,
+                           quant={"kind": "int4_w4a16", "group_size": 64}), T=5, config=cfg) <= TOL
+        assert _run(_layer(dtype="fp16", quant={"kind": "int4_w4a16", "group_size": 64}), T=3, config=cfg) <= 1e-2
 
 
 def test_gemv_kernels_finish_with_counters_left_zero_and_repeat_their_bits():
@@ -222,6 +225,29 @@ def test_gemv_kernels_finish_with_counters_left_zero_and_repeat_their_bits():
                              experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
                              asm=False)
     assert torch.equal(out, good)
+
+
+def test_gemv_per_token_needs_no_counters_and_bad_ids_add_nothing():
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = _layer(quant="nvfp4_w4a16")
+    experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
+    cfg = ops.Config(**_GEMV, gemm2="token", pdl=True)  # pdl: nothing on the interpreter
+    assert ops.counters_needed(3, 2, 4, 128, 192, cfg) == 0
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    w = torch.rand(3, 2)
+    bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
+    ok = torch.ones(1, dtype=torch.int32)
+    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False)
+    assert int(ok) == 0
+    good = ops.fused_experts(x, w * torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), bad.clamp(0, 3),
+                             experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
+                             asm=False)
+    assert torch.equal(out, good)
+    with pytest.raises(ValueError, match="sorted"):
+        ops.Config(gemv=True, gemm2="sorted")
 
 
 def test_out_of_range_ids_are_flagged_and_never_addresses():

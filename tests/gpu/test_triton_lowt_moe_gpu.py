@@ -186,7 +186,29 @@ def test_gemv_configs_every_format(sm90, scheme):
     from moe_registry.backends.triton_lowt_moe import ops
 
     _each_config_repeats_its_bits(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90, (1, 2, 5, 16), [
-        ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll) for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4))])
+        *(ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll) for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4))),
+        # GEMM2 per token (its k experts' steps as one loop), with and without programmatic dependent launch
+        *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", unroll2=u2, pdl=pdl)
+          for u2, pdl in ((4, False), (4, True), (3, True))),
+        ops.Config(**GEMV, bn1=16, bn2=16, gemm2="token", pdl=True)])
+
+
+@pytest.mark.parametrize("scheme", ["nvfp4", "int4-g128-aligned", "bf16"])
+def test_gemv_programmatic_launch_graphed_equals_eager(sm90, scheme):
+    # GEMM2 launched as a programmatic dependent of GEMM1 (griddepcontrol): captured in a CUDA graph, the replay
+    # gives eager's bits at each bucket's own size, back to back, so GEMM2 never reads a stale intermediate.
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.execution.graphs import GraphedExperts
+
+    experts, ref = _build(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90)
+    experts.config = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True)
+    graphed = GraphedExperts(experts, buckets=(1, 2, 4))
+    for T in (1, 2, 4, 1):
+        x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
+        want = experts(x, w, ids).clone()
+        outs = [graphed(x, w, ids).clone() for _ in range(3)]
+        assert all(torch.equal(o, want) for o in outs), (T, [relative_error(o, want) for o in outs])
+        assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), T
 
 
 @pytest.mark.parametrize("name", list(BENCH))

@@ -4,53 +4,59 @@ waste most of their token side and hold the unpacked operands in the MMA layout 
 <= 8 warps per SM, so the weight loads of too few warps are in flight). These kernels multiply on the CUDA
 cores instead: one program per (pair, row tile), products accumulated elementwise in float32 and summed once
 at the end, few registers, so ~20 warps per SM keep the HBM busy. Same packing, unpacking (``unpack.py``),
-epilogues and bad-id handling as the dot kernels."""
+epilogues and bad-id handling as the dot kernels.
+
+GEMM2 comes in two forms (``ops.Config.gemm2``): ``"expert"`` (``gemv2_kernel``: a program per (pair, row tile),
+the token's k pairs summed in pair order by the tile's last program) and ``"token"`` (``gemv_token_kernel``: a
+program per (token, row tile) walking its k experts' K steps as one loop, so loads of several experts are in
+flight together; GEMM1 then writes its output in float32, already times the router weight and GEMM2's NvFP4
+factor). ``PDL``: programmatic dependent launch (Hopper on): GEMM1 lets GEMM2 launch at once and GEMM2 waits
+for GEMM1's results (``griddepcontrol.wait``) only where it reads them, so its start overlaps GEMM1's tail."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _trap_if
 from .unpack import _half_multipliers, _unpack
 
 
 @triton.jit
-def _gemv_step(acc, x_ptr, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT: tl.constexpr,
+def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT: tl.constexpr,
                HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
                MASKED: tl.constexpr):
     """``acc`` plus the float32 products of one K step (at ``k0``, ``klen`` elements) of weight ``rows`` with
     the activation row at ``x_ptr``, elementwise (``[BR, BK]`` 16-bit, ``[BR, BK/2]`` 4-bit: low and high
-    nibbles both added): the caller sums them once. 4-bit int4 is pre-scaled (``(q - z) * s`` rounded once
-    to the layer dtype, as Marlin's dequantization does). The activations are loaded per row (the same
-    addresses, from L1) so that they arrive in the weights' register layout, with no shared-memory shuffle."""
-    ADT: tl.constexpr = x_ptr.dtype.element_ty
+    nibbles both added): the caller sums them once. ``live`` False (a step past the end, a bad expert id)
+    adds nothing: its loads are predicated off and read as 0. 4-bit int4 is pre-scaled (``(q - z) * s``
+    rounded once to the layer dtype, as Marlin's dequantization does). The activations are loaded per row
+    (the same addresses, from L1) so that they arrive in the weights' register layout, with no shared-memory
+    shuffle."""
+    ok = tl.full([1, 1], 1, tl.int1) & live  # a tensor even where ``live`` is a plain bool
     if FMT == FMT_16BIT:
         k = k0 + tl.arange(0, BK)
         x_ptrs = x_ptr + k[None, :] + tl.zeros((BR, BK), dtype=tl.int32)
         if MASKED:
-            k_ok = (k < k0 + klen)[None, :]
-            x = tl.load(x_ptrs, mask=k_ok, other=0.0)
-            w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :], mask=k_ok, other=0.0)
-        else:
-            x = tl.load(x_ptrs)
-            w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :])
+            ok = (k < k0 + klen)[None, :] & ok
+        x = tl.load(x_ptrs, mask=ok, other=0.0)
+        w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :], mask=ok, other=0.0)
         acc += w.to(tl.float32) * x.to(tl.float32)
     else:
+        # int4's multipliers are its scales, in the layer dtype; NvFP4 / MXFP4 unpack to bf16 (unpack.py)
+        ADT: tl.constexpr = s_ptr_e.dtype.element_ty if FMT == FMT_INT4 else tl.bfloat16
         BKB: tl.constexpr = BK // 2
         half = klen // 2
         i = tl.arange(0, BKB)
         ptrs = w_ptr_e + rows[:, None] * s_wn + (k0 // 2 + i)[None, :]
         x_ptrs = x_ptr + k0 + i[None, :] + tl.zeros((BR, BKB), dtype=tl.int32)
         if MASKED:
-            i_ok = (i < half)[None, :]
-            w = tl.load(ptrs, mask=i_ok, other=0)
-            xlo = tl.load(x_ptrs, mask=i_ok, other=0.0)
-            xhi = tl.load(x_ptrs + half, mask=i_ok, other=0.0)
-        else:
-            w = tl.load(ptrs)
-            xlo = tl.load(x_ptrs)
-            xhi = tl.load(x_ptrs + BKB)
+            ok = (i < half)[None, :] & ok
+        w = tl.load(ptrs, mask=ok, other=0)
+        xlo = tl.load(x_ptrs, mask=ok, other=0.0)
+        xhi = tl.load(x_ptrs + (half if MASKED else BKB), mask=ok, other=0.0)
         PRESCALE: tl.constexpr = FMT == FMT_INT4
         m_lo, z_lo = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0, half, FMT, GROUP, HAS_ZP, ADT, ASM, BR, BKB,
                                        MASKED)
@@ -63,6 +69,25 @@ def _gemv_step(acc, x_ptr, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen
 
 
 @triton.jit
+def _gemv_acc(FMT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
+    W: tl.constexpr = BK if FMT == FMT_16BIT else BK // 2
+    return tl.zeros((BR, W), dtype=tl.float32)
+
+
+@triton.jit
+def _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen,
+                  FMT: tl.constexpr, GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr,
+                  BK: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):
+    """One K step of the gate rows and (GATED) the up rows."""
+    acc_g = _gemv_step(acc_g, x_ptr, True, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP, GROUP,
+                       BR, BK, ASM, MASKED)
+    if GATED:
+        acc_u = _gemv_step(acc_u, x_ptr, True, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP,
+                           GROUP, BR, BK, ASM, MASKED)
+    return acc_g, acc_u
+
+
+@triton.jit
 def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
                GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
                ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr):
@@ -70,45 +95,39 @@ def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, 
     row at ``x_ptr``. Both row sets advance in the same loop and ``UNROLL`` steps per iteration, so that
     their weight loads are in flight together (at T = 1 too few warps are resident to cover the HBM's
     latency with one step's loads each); whole steps unmasked, then the partial last one."""
-    W: tl.constexpr = BK if FMT == FMT_16BIT else BK // 2
-    acc_g = tl.zeros((BR, W), dtype=tl.float32)
-    acc_u = tl.zeros((BR, W), dtype=tl.float32)
+    acc_g = _gemv_acc(FMT, BR, BK)
+    acc_u = _gemv_acc(FMT, BR, BK)
     full = K // BK
     for step in range(0, full - full % UNROLL, UNROLL):
         for j in tl.static_range(UNROLL):
-            acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, (step + j) * BK, BK, FMT,
-                               HAS_ZP, GROUP, BR, BK, ASM, False)
-            if GATED:
-                acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, (step + j) * BK, BK,
-                                   FMT, HAS_ZP, GROUP, BR, BK, ASM, False)
+            acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                                         (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False)
     for step in range(full - full % UNROLL, full):
-        acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, step * BK, BK, FMT, HAS_ZP,
-                           GROUP, BR, BK, ASM, False)
-        if GATED:
-            acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, step * BK, BK, FMT, HAS_ZP,
-                               GROUP, BR, BK, ASM, False)
+        acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                                     step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False)
     if TAIL:
-        acc_g = _gemv_step(acc_g, x_ptr, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK, FMT,
-                           HAS_ZP, GROUP, BR, BK, ASM, True)
-        if GATED:
-            acc_u = _gemv_step(acc_u, x_ptr, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK,
-                               FMT, HAS_ZP, GROUP, BR, BK, ASM, True)
+        acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                                     full * BK, K - full * BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True)
     return tl.sum(acc_g, 1), tl.sum(acc_u, 1)
 
 
 @triton.jit
 def gemv1_kernel(
-    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, bias_ptr, c_ptr, ok_ptr,
+    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, gsc_ptr, gsc2_ptr, bias_ptr, c_ptr, ok_ptr,
     E, N_OUT, K, TOPK,
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     row_stride, up_offset, act, alpha, limit, up_add,
     FMT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, TOKEN2: tl.constexpr, SCALE2: tl.constexpr, PDL: tl.constexpr,
 ):
-    """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = act(W13[e] x_t)`` in the layer
-    dtype (gate rows ``n * row_stride``, up rows ``+ up_offset``). An id outside [0, E) clears ``ok`` (and
+    """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = act(W13[e] x_t)`` (gate rows
+    ``n * row_stride``, up rows ``+ up_offset``) in c's dtype: the layer dtype, or (TOKEN2, for GEMM2 per token)
+    float32 already times the pair's router weight (unless it scaled the input) and, SCALE2, GEMM2's NvFP4
+    factor of expert e (``gsc2``), so that GEMM2 sums plain products. An id outside [0, E) clears ``ok`` (and
     stops the kernel on the GPU, as the dot kernels do); its row is not written."""
+    if PDL:
+        gdc_launch_dependents()  # GEMM2 may launch now; it waits for this grid before reading c
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BR)
     pair = pid // n_tiles
@@ -143,6 +162,11 @@ def gemv1_kernel(
         if GATED:
             u += tl.load(bias_ptr + e64 * s_be + u_rows)
     out = _activation(g, u, act, alpha, limit, up_add, GATED)
+    if TOKEN2:
+        if not ROUTED_ON_INPUT:
+            out = out * tl.load(tw_ptr + pair)
+        if SCALE2:
+            out = out * tl.load(gsc2_ptr + e64)
     tl.store(c_ptr + pair.to(tl.int64) * s_cm + offs_n, out.to(c_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -153,7 +177,7 @@ def gemv2_kernel(
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
-    UNROLL: tl.constexpr, BT: tl.constexpr,
+    UNROLL: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr,
 ):
     """GEMM2 as GEMVs: program (pair, tile of BR rows) stores ``w * (W2[e] a_pair + b)`` (float32) into
     ``ws [P, N_OUT]``; the tile's last program to arrive (``cnt_ptr``, one counter per tile, 0 on entry and
@@ -169,6 +193,8 @@ def gemv2_kernel(
     n_safe = tl.where(n_ok, offs_n, 0)
     expert = tl.load(ids_ptr + pair).to(tl.int32)
     y = tl.zeros((BR,), dtype=tl.float32)
+    if PDL:
+        gdc_wait()  # GEMM1's output (and the counters' last reset) visible from here
     if (expert >= 0) & (expert < E):
         e64 = expert.to(tl.int64)
         y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
@@ -195,3 +221,61 @@ def gemv2_kernel(
             tl.store(c_ptr + tokens[None, :].to(tl.int64) * s_cm + offs_n[:, None], acc.to(c_ptr.dtype.element_ty),
                      mask=keep)
         tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def gemv_token_kernel(
+    a_ptr, ids_ptr, tw_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, c_ptr,
+    E, N_OUT, K,
+    s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
+    FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
+    ROUTED_ON_INPUT: tl.constexpr, TOPK: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
+    TAIL: tl.constexpr, UNROLL: tl.constexpr, PDL: tl.constexpr,
+):
+    """GEMM2 per token: program (token t, tile of BR rows) writes ``c[t, tile] = sum_j W2[e_j] a_(t k + j)``
+    (+ the router-weighted biases) in the layer dtype, ``a`` being GEMM1's float32 output (router weight and
+    NvFP4 factor applied there, TOKEN2). The token's k experts x K steps run as one loop, UNROLL steps per
+    iteration, so that loads of several experts are in flight together; then the partial last steps. One
+    accumulator, written once: no partial sums, no counters, no atomics. Experts with ids outside [0, E) add
+    nothing (GEMM1 flagged them)."""
+    KP: tl.constexpr = triton.next_power_of_2(TOPK)
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N_OUT, BR)
+    t = pid // n_tiles
+    tile = pid % n_tiles
+    offs_n = tile * BR + tl.arange(0, BR)
+    n_ok = offs_n < N_OUT
+    rows = tl.where(n_ok, offs_n, 0)
+    slots = tl.arange(0, KP)
+    eids = tl.load(ids_ptr + t * TOPK + slots, mask=slots < TOPK, other=-1).to(tl.int32)
+    eids = tl.where((eids >= 0) & (eids < E), eids, -1)  # -1: adds nothing
+    if PDL:
+        gdc_wait()  # GEMM1's output visible from here
+    acc = _gemv_acc(FMT, BR, BK)
+    full = K // BK
+    n = TOPK * full
+    for c in range(0, n, UNROLL):
+        for u in tl.static_range(UNROLL):
+            it = c + u
+            j = it // full
+            e = tl.sum(tl.where(slots == j, eids, 0), 0) - (j >= TOPK).to(tl.int32)  # -1 past the last expert
+            e64 = tl.maximum(e, 0).to(tl.int64)
+            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, (it < n) & (e >= 0), w_ptr + e64 * s_we,
+                             s_wn, rows, s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, (it - j * full) * BK, BK, FMT,
+                             HAS_ZP, GROUP, BR, BK, ASM, False)
+    if TAIL:
+        for j in tl.static_range(TOPK):
+            e = tl.sum(tl.where(slots == j, eids, 0), 0)
+            e64 = tl.maximum(e, 0).to(tl.int64)
+            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, e >= 0, w_ptr + e64 * s_we, s_wn, rows,
+                             s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, full * BK, K - full * BK, FMT, HAS_ZP,
+                             GROUP, BR, BK, ASM, True)
+    y = tl.sum(acc, 1)
+    if HAS_BIAS:
+        for j in tl.static_range(TOPK):
+            e = tl.sum(tl.where(slots == j, eids, 0), 0)
+            b = tl.load(bias_ptr + tl.maximum(e, 0).to(tl.int64) * s_be + rows)
+            if not ROUTED_ON_INPUT:
+                b = b * tl.load(tw_ptr + t * TOPK + j)
+            y += tl.where(e >= 0, b, 0.0)
+    tl.store(c_ptr + t.to(tl.int64) * s_cm + offs_n, y.to(c_ptr.dtype.element_ty), mask=n_ok)

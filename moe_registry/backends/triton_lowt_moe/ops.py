@@ -119,7 +119,11 @@ class Config:
     ``split1`` / ``split2``: programs sharing the K steps of one GEMM1 / GEMM2 tile (not for ``"sorted"``;
     GEMM2's only with ``"expert"``); 0: as many as bring the grid to ``fill`` programs, at most one per K
     step. Default 1: on the H100 every split tried was slower at every T (benchmarks/results/lowt-h100-split:
-    one K step per program, and the split to 1024 programs; lowt-notes.md says by how much)."""
+    one K step per program, and the split to 1024 programs; lowt-notes.md says by how much).
+    ``gemv``: the GEMV kernels (``gemv.py``; GEMM2 ``"expert"``: per pair, finished by each row tile's last
+    program, or ``"token"``: per token over its k experts), ``unroll`` / ``unroll2`` K steps in flight per
+    program of GEMM1 / GEMM2 (per token); ``pdl``: GEMM2 launched as a programmatic dependent of GEMM1
+    (Hopper on; ignored by the CPU interpreter)."""
 
     bn1: int = 32
     bn2: int = 32
@@ -134,16 +138,22 @@ class Config:
     fill: int = 1024
     gemv: bool = False
     unroll: int = 2
+    unroll2: int = 4
+    pdl: bool = False
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
             raise ValueError(f"Config.gemm2 must be one of {', '.join(GEMM2_MODES)}, got {self.gemm2!r}")
+        if self.gemv and self.gemm2 == "sorted":
+            raise ValueError("Config.gemm2 'sorted' is the dot kernels' prefill path, not a GEMV kernel")
         if min(self.split1, self.split2) < 0 or self.fill < 1:
             raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")
 
     def label(self) -> str:
         if self.gemv:
-            return f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
+            # GEMM2 per pair ("expert") unnamed: the label benchmark records since 40b0593 carry
+            return (f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
+                    f"{f' token u{self.unroll2}' if self.gemm2 == 'token' else ''}{' pdl' if self.pdl else ''}")
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
@@ -203,12 +213,14 @@ def _strides(pw: PackedWeight) -> tuple[int, int, int, int]:
 
 def _gemm1_counters(T: int, top_k: int, num_experts: int, intermediate: int, cfg: Config) -> int:
     """GEMM1's counters, one per (expert slot, N tile), at the start of ``counters``; GEMM2's (one per N
-    tile) follow them. The GEMV kernels count GEMM2's tiles only."""
+    tile) follow them. The GEMV kernels count GEMM2's tiles only (per pair), none per token."""
     return 0 if cfg.gemv else min(num_experts, T * top_k) * triton.cdiv(intermediate, cfg.bn1)
 
 
 def counters_needed(T: int, top_k: int, num_experts: int, hidden: int, intermediate: int, cfg: Config) -> int:
     """int32 counters a forward with ``cfg`` uses (``fused_experts``'s ``counters``)."""
+    if cfg.gemv and cfg.gemm2 == "token":
+        return 0
     return _gemm1_counters(T, top_k, num_experts, intermediate, cfg) + triton.cdiv(hidden, cfg.bn2)
 
 
@@ -313,36 +325,55 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
                   num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, w13_bias: torch.Tensor | None,
                   w2_bias: torch.Tensor | None, ok: torch.Tensor, asm: bool,
                   counters: torch.Tensor | None) -> torch.Tensor:
-    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): a program per (pair, ``bn1`` / ``bn2`` rows)."""
+    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): GEMM1 a program per (pair, ``bn1`` rows); GEMM2 per
+    (pair, ``bn2`` rows) finished by each tile's last program, or (``gemm2="token"``) per (token, ``bn2`` rows)
+    over a float32 intermediate that GEMM1 scaled by the router weight and GEMM2's NvFP4 factor."""
     T, H = x.shape
     P = ids.numel()
     k = P // T
     dev = x.device
-    counters = _counters(counters, counters_needed(T, k, num_experts, H, intermediate, cfg), dev)
-    inter = torch.empty((P, intermediate), dtype=x.dtype, device=dev)
+    token = cfg.gemm2 == "token"
+    pdl = cfg.pdl and asm
+    inter = torch.empty((P, intermediate), dtype=torch.float32 if token else x.dtype, device=dev)
     out = torch.empty((T, H), dtype=x.dtype, device=dev)
-    ws = torch.empty((P, H), dtype=torch.float32, device=dev)  # written before it is read: no zeroing
     dummy = tw
     limit = float(ep.limit) if ep.limit is not None else float("inf")
     w, s, z, g = _args(w13, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w13)
+    scale2 = token and w2.global_mult is not None
     GV.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
-        x, ids, tw, w, s, z, g, w13_bias if w13_bias is not None else dummy, inter, ok,
+        x, ids, tw, w, s, z, g, w2.global_mult if scale2 else dummy, w13_bias if w13_bias is not None else dummy,
+        inter, ok,
         num_experts, intermediate, H, k,
         x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
         ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
         FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None, GROUP=w13.group,
         ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm, TAIL=H % w13.block != 0,
-        UNROLL=cfg.unroll,
+        UNROLL=cfg.unroll, TOKEN2=token, SCALE2=scale2, PDL=pdl,
         num_warps=cfg.warps, num_stages=cfg.stages)
     w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
+    b2 = w2_bias if w2_bias is not None else dummy
+    s_b2 = w2_bias.stride(0) if w2_bias is not None else 0
+    launch = {"launch_pdl": True} if pdl else {}
+    if token:
+        GV.gemv_token_kernel[(T * triton.cdiv(H, cfg.bn2),)](
+            inter, ids, tw, w, s, z, b2, out,
+            num_experts, H, intermediate,
+            inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), s_b2,
+            FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
+            ROUTED_ON_INPUT=ep.routed_on_input, TOPK=k, BR=cfg.bn2, BK=w2.block, ASM=asm,
+            TAIL=intermediate % w2.block != 0, UNROLL=cfg.unroll2, PDL=pdl,
+            num_warps=cfg.warps2, num_stages=cfg.stages, **launch)
+        return out
+    counters = _counters(counters, counters_needed(T, k, num_experts, H, intermediate, cfg), dev)
+    ws = torch.empty((P, H), dtype=torch.float32, device=dev)  # written before it is read: no zeroing
     GV.gemv2_kernel[(P * triton.cdiv(H, cfg.bn2),)](
-        inter, ids, tw, w, s, z, g, w2_bias if w2_bias is not None else dummy, out, ws, counters,
+        inter, ids, tw, w, s, z, g, b2, out, ws, counters,
         P, num_experts, H, intermediate, k,
-        inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), w2_bias.stride(0) if w2_bias is not None else 0,
+        inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), s_b2,
         FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
         ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn2, BK=w2.block, ASM=asm, TAIL=intermediate % w2.block != 0,
-        UNROLL=cfg.unroll,
-        BT=16, num_warps=cfg.warps2, num_stages=cfg.stages)
+        UNROLL=cfg.unroll, BT=16, PDL=pdl,
+        num_warps=cfg.warps2, num_stages=cfg.stages, **launch)
     return out

@@ -73,11 +73,14 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "default": lambda T: None,
         "gemv16": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2),
         "gemv8": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4),
-        # programmatic dependent launch of GEMM2; GEMM2 per token (its k experts' steps as one loop)
-        "gemv8p": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True),
+        # GEMM2 per token (t: its k experts' steps as one loop), programmatic dependent launch of GEMM2 (p),
+        # products chained in 16-bit pairs (x)
+        "gemv8x": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pairs=True),
         "gemv8t": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token"),
         "gemv8tp": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True),
-        "gemv16tp": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, gemm2="token", pdl=True),
+        "gemv8tpx": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
+        "gemv16tpx": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, gemm2="token", pdl=True,
+                                    pairs=True),
         "dot": lambda T: C(bm=8 if T < 32 else 16) if T <= 16 else None,  # the per-expert-slot dot kernels
     }
 

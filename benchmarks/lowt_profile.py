@@ -34,7 +34,8 @@ def configs() -> dict[str, object]:
     gemv8 = dict(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)
     return {"default": None, "gemv16": ops.Config(gemv=True, warps=4, warps2=4, bn1=16, bn2=16),
             "gemv8": ops.Config(**gemv8), "gemv8t": ops.Config(**gemv8, gemm2="token"),
-            "gemv8tp": ops.Config(**gemv8, gemm2="token", pdl=True)}
+            "gemv8tp": ops.Config(**gemv8, gemm2="token", pdl=True), "gemv8x": ops.Config(**gemv8, pairs=True),
+            "gemv8tpx": ops.Config(**gemv8, gemm2="token", pdl=True, pairs=True)}
 
 
 def kernel_times(fn, args) -> list[tuple[str, float]]:

@@ -132,6 +132,7 @@ def main() -> None:
     p.add_argument("--split", type=int, default=1, help="programs per tile sharing its K steps (gemm1, gemm2)")
     p.add_argument("--unroll", type=int, default=2, help="K steps per loop iteration of the GEMV kernels")
     p.add_argument("--pdl", action="store_true", help="the GEMV kernels' programmatic dependent launch calls")
+    p.add_argument("--pairs", action="store_true", help="the GEMV kernels' products in 16-bit pairs (Config.pairs)")
     p.add_argument("--dump")
     a = p.parse_args()
     print(f"triton {triton.__version__}")
@@ -152,13 +153,14 @@ def main() -> None:
                       "gemvt": GV.gemv_token_kernel}[kern]
                 stage = 1 if kern.startswith("gemv1") else 2
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
-                              BK=bk, ASM=fmt != 0, TAIL=False, UNROLL=a.unroll, PDL=a.pdl)
+                              BK=bk, ASM=True, TAIL=False, UNROLL=a.unroll, PDL=a.pdl,
+                              PAIRS=a.pairs)
                 if stage == 1:
                     consts.update(GATED=True, TOKEN2=kern == "gemv1t", SCALE2=kern == "gemv1t" and fmt == F.FMT_NVFP4)
-                    ptrs = {"c": "*fp32"} if kern == "gemv1t" else None
+                    ptrs = {"c": "*fp32"} if kern == "gemv1t" and not a.pairs else None
                 elif kern == "gemvt":
                     consts["TOPK"] = 8
-                    ptrs = {"a": "*fp32", "c": "*bf16"}
+                    ptrs = {"a": "*bf16" if a.pairs else "*fp32", "c": "*bf16"}
                 else:
                     consts["BT"] = 2
             else:
@@ -173,7 +175,7 @@ def main() -> None:
             top = ", ".join(f"{op} {n}" for op, n in ops.most_common(14))
             print(f"{name:6} {kern:6} bn {a.bn} bm {a.bm if kern != 'token' else a.bm_token} warps {a.warps} bk {bk}: "
                   f"{ptxas_usage(k.asm['ptx'])}, smem {md.shared}, instr {total}: {top}")
-            rows = a.bn * (2 if kern in ("gemm1", "gemv1") else 1)
+            rows = a.bn * (2 if kern in ("gemm1", "gemv1", "gemv1t") else 1)
             per = rows * bk / (32 * a.warps) * (a.unroll if kern.startswith("gemv") else 1)
             inner = [lp for lp in loops(text) if (lp[1]["HMMA"] + lp[1]["HGMMA"] or kern.startswith("gemv"))
                      and not lp[1]["MUFU"]]

@@ -173,15 +173,17 @@ _GEMV = {"gemv": True, "bn1": 16, "bn2": 32, "warps": 4, "warps2": 4, "unroll": 
                                    {"kind": "int4_w4a16", "group_size": 32},
                                    {"kind": "int4_w4a16", "group_size": -1, "zero_point": True}])
 @pytest.mark.parametrize("T", [1, 3])
-@pytest.mark.parametrize("gemm2", ["expert", "token"])
-def test_gemv_kernels_every_format(quant, T, gemm2):
+@pytest.mark.parametrize("gemm2, pairs", [("expert", False), ("token", False), ("token", True)])
+def test_gemv_kernels_every_format(quant, T, gemm2, pairs):
     # A program per (pair, row tile): GEMM1 192 rows in tiles of 16 over H = 128 (one K step), GEMM2 128 rows in
     # tiles of 32 over I = 192 (one K step and a partial one of 64), per pair or per token (its k experts' steps
-    # as one loop, 3 in flight: the loop's last iteration has dead steps).
+    # as one loop, 3 in flight: the loop's last iteration has dead steps); pairs: products chained per iteration
+    # (in float32 on the interpreter: the control flow, not the 16-bit rounding, which the GPU tests hold).
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
 
-    assert _run(_layer(quant=quant), T=T, config=ops.Config(**_GEMV, gemm2=gemm2, unroll2=3)) <= TOL
+    cfg = ops.Config(**{**_GEMV, "unroll": 1 if pairs else 3}, gemm2=gemm2, unroll2=3, pairs=pairs)
+    assert _run(_layer(quant=quant), T=T, config=cfg) <= TOL
 
 
 def test_gemv_kernels_epilogues_and_partial_row_tiles():

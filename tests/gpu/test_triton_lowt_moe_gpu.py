@@ -190,7 +190,11 @@ def test_gemv_configs_every_format(sm90, scheme):
         # GEMM2 per token (its k experts' steps as one loop), with and without programmatic dependent launch
         *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", unroll2=u2, pdl=pdl)
           for u2, pdl in ((4, False), (4, True), (3, True))),
-        ops.Config(**GEMV, bn1=16, bn2=16, gemm2="token", pdl=True)])
+        ops.Config(**GEMV, bn1=16, bn2=16, gemm2="token", pdl=True),
+        # products chained in 16-bit pairs for a loop iteration (fma.rn.bf16x2 / f16x2), per pair and per token
+        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pairs=True),
+        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
+        ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, gemm2="token", pdl=True, pairs=True)])
 
 
 @pytest.mark.parametrize("scheme", ["nvfp4", "int4-g128-aligned", "bf16"])
@@ -201,14 +205,16 @@ def test_gemv_programmatic_launch_graphed_equals_eager(sm90, scheme):
     from moe_registry.execution.graphs import GraphedExperts
 
     experts, ref = _build(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90)
-    experts.config = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True)
-    graphed = GraphedExperts(experts, buckets=(1, 2, 4))
-    for T in (1, 2, 4, 1):
-        x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
-        want = experts(x, w, ids).clone()
-        outs = [graphed(x, w, ids).clone() for _ in range(3)]
-        assert all(torch.equal(o, want) for o in outs), (T, [relative_error(o, want) for o in outs])
-        assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), T
+    for pairs in (False, True):
+        experts.config = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True,
+                                    pairs=pairs)
+        graphed = GraphedExperts(experts, buckets=(1, 2, 4))
+        for T in (1, 2, 4, 1):
+            x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
+            want = experts(x, w, ids).clone()
+            outs = [graphed(x, w, ids).clone() for _ in range(3)]
+            assert all(torch.equal(o, want) for o in outs), (pairs, T, [relative_error(o, want) for o in outs])
+            assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), (pairs, T)
 
 
 @pytest.mark.parametrize("name", list(BENCH))

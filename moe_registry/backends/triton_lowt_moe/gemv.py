@@ -25,12 +25,30 @@ from .unpack import _half_multipliers, _unpack
 
 
 @triton.jit
+def _madd(acc, a, b, PAIRS: tl.constexpr, ASM: tl.constexpr):
+    """``acc + a * b`` elementwise: in float32, or (PAIRS) in a's 16-bit dtype with one fma per two products
+    (``fma.rn.bf16x2`` / ``f16x2``; the interpreter, whose unpacked values are float32, in float32)."""
+    if not PAIRS:
+        out = acc + a.to(tl.float32) * b.to(tl.float32)
+    elif not ASM:
+        out = (a.to(tl.float32) * b.to(tl.float32) + acc.to(tl.float32)).to(a.dtype)
+    elif a.dtype == tl.float16:
+        out = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b.to(a.dtype), acc],
+                                        dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        out = tl.inline_asm_elementwise("fma.rn.bf16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b.to(a.dtype), acc],
+                                        dtype=tl.bfloat16, is_pure=True, pack=2)
+    return out
+
+
+@triton.jit
 def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT: tl.constexpr,
                HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
-               MASKED: tl.constexpr):
-    """``acc`` plus the float32 products of one K step (at ``k0``, ``klen`` elements) of weight ``rows`` with
+               MASKED: tl.constexpr, PAIRS: tl.constexpr):
+    """``acc`` plus the products of one K step (at ``k0``, ``klen`` elements) of weight ``rows`` with
     the activation row at ``x_ptr``, elementwise (``[BR, BK]`` 16-bit, ``[BR, BK/2]`` 4-bit: low and high
-    nibbles both added): the caller sums them once. ``live`` False (a step past the end, a bad expert id)
+    nibbles both added; float32, or with PAIRS in the weights' 16-bit dtype, ``_madd``): the caller sums them
+    once. ``live`` False (a step past the end, a bad expert id)
     adds nothing: its loads are predicated off and read as 0. 4-bit int4 is pre-scaled (``(q - z) * s``
     rounded once to the layer dtype, as Marlin's dequantization does). The activations are loaded per row
     (the same addresses, from L1) so that they arrive in the weights' register layout, with no shared-memory
@@ -43,7 +61,7 @@ def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0
             ok = (k < k0 + klen)[None, :] & ok
         x = tl.load(x_ptrs, mask=ok, other=0.0)
         w = tl.load(w_ptr_e + rows[:, None] * s_wn + k[None, :], mask=ok, other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)
+        acc = _madd(acc, w, x, PAIRS, ASM)
     else:
         # int4's multipliers are its scales, in the layer dtype; NvFP4 / MXFP4 unpack to bf16 (unpack.py)
         ADT: tl.constexpr = s_ptr_e.dtype.element_ty if FMT == FMT_INT4 else tl.bfloat16
@@ -63,51 +81,78 @@ def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0
         m_hi, z_hi = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0 + half, half, FMT, GROUP, HAS_ZP, ADT, ASM,
                                        BR, BKB, MASKED)
         lo, hi = _unpack(w, m_lo, m_hi, z_lo, z_hi, FMT, PRESCALE, ADT, ASM)
-        acc += lo.to(tl.float32) * xlo.to(tl.float32)
-        acc += hi.to(tl.float32) * xhi.to(tl.float32)
+        acc = _madd(acc, lo, xlo, PAIRS, ASM)
+        acc = _madd(acc, hi, xhi, PAIRS, ASM)
     return acc
 
 
 @triton.jit
-def _gemv_acc(FMT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
+def _gemv_acc(FMT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr = tl.float32):
     W: tl.constexpr = BK if FMT == FMT_16BIT else BK // 2
-    return tl.zeros((BR, W), dtype=tl.float32)
+    return tl.zeros((BR, W), dtype=DT)
+
+
+@triton.jit
+def _pairs_dtype(w_ptr, s_ptr, FMT: tl.constexpr, ASM: tl.constexpr):
+    """A zero of the dtype PAIRS multiplies in: the unpacked weights' (16-bit weights as stored, int4 its
+    scales', NvFP4 / MXFP4 bf16); float32 on the interpreter, whose unpacked values are float32."""
+    if not ASM:
+        DT: tl.constexpr = tl.float32
+    elif FMT == FMT_16BIT:
+        DT: tl.constexpr = w_ptr.dtype.element_ty
+    elif FMT == FMT_INT4:
+        DT: tl.constexpr = s_ptr.dtype.element_ty
+    else:
+        DT: tl.constexpr = tl.bfloat16
+    return tl.zeros((1,), dtype=DT)
 
 
 @triton.jit
 def _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen,
                   FMT: tl.constexpr, GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr,
-                  BK: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):
+                  BK: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
     """One K step of the gate rows and (GATED) the up rows."""
     acc_g = _gemv_step(acc_g, x_ptr, True, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP, GROUP,
-                       BR, BK, ASM, MASKED)
+                       BR, BK, ASM, MASKED, PAIRS)
     if GATED:
         acc_u = _gemv_step(acc_u, x_ptr, True, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP,
-                           GROUP, BR, BK, ASM, MASKED)
+                           GROUP, BR, BK, ASM, MASKED, PAIRS)
     return acc_g, acc_u
 
 
 @triton.jit
 def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
                GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
-               ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr):
+               ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr, PAIRS: tl.constexpr):
     """``([BR], [BR])`` float32: weight rows ``g_rows`` and (GATED) ``u_rows``, all K, times the activation
     row at ``x_ptr``. Both row sets advance in the same loop and ``UNROLL`` steps per iteration, so that
     their weight loads are in flight together (at T = 1 too few warps are resident to cover the HBM's
-    latency with one step's loads each); whole steps unmasked, then the partial last one."""
+    latency with one step's loads each); whole steps unmasked, then the partial last one. PAIRS: each
+    iteration's products chained in 16-bit pairs (``_madd``), then added to the float32 sums."""
     acc_g = _gemv_acc(FMT, BR, BK)
     acc_u = _gemv_acc(FMT, BR, BK)
     full = K // BK
     for step in range(0, full - full % UNROLL, UNROLL):
-        for j in tl.static_range(UNROLL):
-            acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                                         (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False)
+        if PAIRS:
+            DT: tl.constexpr = _pairs_dtype(w_ptr_e, s_ptr_e, FMT, ASM).dtype
+            h_g = _gemv_acc(FMT, BR, BK, DT)
+            h_u = _gemv_acc(FMT, BR, BK, DT)
+            for j in tl.static_range(UNROLL):
+                h_g, h_u = _gemv_gate_up(h_g, h_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                                         (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, True)
+            acc_g += h_g.to(tl.float32)
+            acc_u += h_u.to(tl.float32)
+        else:
+            for j in tl.static_range(UNROLL):
+                acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e,
+                                             s_sn, (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False,
+                                             False)
     for step in range(full - full % UNROLL, full):
         acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                                     step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False)
+                                     step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, False)
     if TAIL:
         acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                                     full * BK, K - full * BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True)
+                                     full * BK, K - full * BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True, False)
     return tl.sum(acc_g, 1), tl.sum(acc_u, 1)
 
 
@@ -119,7 +164,7 @@ def gemv1_kernel(
     row_stride, up_offset, act, alpha, limit, up_add,
     FMT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
-    UNROLL: tl.constexpr, TOKEN2: tl.constexpr, SCALE2: tl.constexpr, PDL: tl.constexpr,
+    UNROLL: tl.constexpr, TOKEN2: tl.constexpr, SCALE2: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = act(W13[e] x_t)`` (gate rows
     ``n * row_stride``, up rows ``+ up_offset``) in c's dtype: the layer dtype, or (TOKEN2, for GEMM2 per token)
@@ -148,7 +193,7 @@ def gemv1_kernel(
     z_ptr_e = z_ptr + e64 * s_se
     x_ptr = a_ptr + (pair // TOPK).to(tl.int64) * s_am
     g, u = _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT, GATED, HAS_ZP, GROUP, BR,
-                      BK, ASM, TAIL, UNROLL)
+                      BK, ASM, TAIL, UNROLL, PAIRS)
     if FMT == FMT_NVFP4:
         gsc = tl.load(gsc_ptr + e64)
         g = g * gsc
@@ -177,7 +222,7 @@ def gemv2_kernel(
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
-    UNROLL: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr,
+    UNROLL: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """GEMM2 as GEMVs: program (pair, tile of BR rows) stores ``w * (W2[e] a_pair + b)`` (float32) into
     ``ws [P, N_OUT]``; the tile's last program to arrive (``cnt_ptr``, one counter per tile, 0 on entry and
@@ -199,7 +244,7 @@ def gemv2_kernel(
         e64 = expert.to(tl.int64)
         y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
                           s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL,
-                          UNROLL)
+                          UNROLL, PAIRS)
         if FMT == FMT_NVFP4:
             y = y * tl.load(gsc_ptr + e64)
         if HAS_BIAS:
@@ -230,7 +275,7 @@ def gemv_token_kernel(
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, TOPK: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
-    TAIL: tl.constexpr, UNROLL: tl.constexpr, PDL: tl.constexpr,
+    TAIL: tl.constexpr, UNROLL: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """GEMM2 per token: program (token t, tile of BR rows) writes ``c[t, tile] = sum_j W2[e_j] a_(t k + j)``
     (+ the router-weighted biases) in the layer dtype, ``a`` being GEMM1's float32 output (router weight and
@@ -254,22 +299,25 @@ def gemv_token_kernel(
     acc = _gemv_acc(FMT, BR, BK)
     full = K // BK
     n = TOPK * full
+    DT: tl.constexpr = _pairs_dtype(w_ptr, s_ptr, FMT, ASM).dtype if PAIRS else tl.float32
     for c in range(0, n, UNROLL):
+        h = _gemv_acc(FMT, BR, BK, DT)
         for u in tl.static_range(UNROLL):
             it = c + u
             j = it // full
             e = tl.sum(tl.where(slots == j, eids, 0), 0) - (j >= TOPK).to(tl.int32)  # -1 past the last expert
             e64 = tl.maximum(e, 0).to(tl.int64)
-            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, (it < n) & (e >= 0), w_ptr + e64 * s_we,
-                             s_wn, rows, s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, (it - j * full) * BK, BK, FMT,
-                             HAS_ZP, GROUP, BR, BK, ASM, False)
+            h = _gemv_step(h, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, (it < n) & (e >= 0), w_ptr + e64 * s_we,
+                           s_wn, rows, s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, (it - j * full) * BK, BK, FMT,
+                           HAS_ZP, GROUP, BR, BK, ASM, False, PAIRS)
+        acc += h.to(tl.float32)
     if TAIL:
         for j in tl.static_range(TOPK):
             e = tl.sum(tl.where(slots == j, eids, 0), 0)
             e64 = tl.maximum(e, 0).to(tl.int64)
             acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, e >= 0, w_ptr + e64 * s_we, s_wn, rows,
                              s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, full * BK, K - full * BK, FMT, HAS_ZP,
-                             GROUP, BR, BK, ASM, True)
+                             GROUP, BR, BK, ASM, True, False)
     y = tl.sum(acc, 1)
     if HAS_BIAS:
         for j in tl.static_range(TOPK):

@@ -123,7 +123,9 @@ class Config:
     ``gemv``: the GEMV kernels (``gemv.py``; GEMM2 ``"expert"``: per pair, finished by each row tile's last
     program, or ``"token"``: per token over its k experts), ``unroll`` / ``unroll2`` K steps in flight per
     program of GEMM1 / GEMM2 (per token); ``pdl``: GEMM2 launched as a programmatic dependent of GEMM1
-    (Hopper on; ignored by the CPU interpreter)."""
+    (Hopper on; ignored by the CPU interpreter); ``pairs``: the products of each loop iteration chained in
+    16-bit pairs (one ``fma.rn.bf16x2`` per two weights instead of two conversions and an FFMA per weight),
+    added to the float32 sums once per iteration; GEMM2 per token then reads a 16-bit intermediate."""
 
     bn1: int = 32
     bn2: int = 32
@@ -140,6 +142,7 @@ class Config:
     unroll: int = 2
     unroll2: int = 4
     pdl: bool = False
+    pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
@@ -153,7 +156,8 @@ class Config:
         if self.gemv:
             # GEMM2 per pair ("expert") unnamed: the label benchmark records since 40b0593 carry
             return (f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
-                    f"{f' token u{self.unroll2}' if self.gemm2 == 'token' else ''}{' pdl' if self.pdl else ''}")
+                    f"{f' token u{self.unroll2}' if self.gemm2 == 'token' else ''}{' pdl' if self.pdl else ''}"
+                    f"{' pairs' if self.pairs else ''}")
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
@@ -334,7 +338,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
     dev = x.device
     token = cfg.gemm2 == "token"
     pdl = cfg.pdl and asm
-    inter = torch.empty((P, intermediate), dtype=torch.float32 if token else x.dtype, device=dev)
+    inter = torch.empty((P, intermediate), dtype=torch.float32 if token and not cfg.pairs else x.dtype, device=dev)
     out = torch.empty((T, H), dtype=x.dtype, device=dev)
     dummy = tw
     limit = float(ep.limit) if ep.limit is not None else float("inf")
@@ -349,7 +353,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
         ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
         FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None, GROUP=w13.group,
         ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm, TAIL=H % w13.block != 0,
-        UNROLL=cfg.unroll, TOKEN2=token, SCALE2=scale2, PDL=pdl,
+        UNROLL=cfg.unroll, TOKEN2=token, SCALE2=scale2, PDL=pdl, PAIRS=cfg.pairs,
         num_warps=cfg.warps, num_stages=cfg.stages)
     w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
@@ -363,7 +367,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
             inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), s_b2,
             FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
             ROUTED_ON_INPUT=ep.routed_on_input, TOPK=k, BR=cfg.bn2, BK=w2.block, ASM=asm,
-            TAIL=intermediate % w2.block != 0, UNROLL=cfg.unroll2, PDL=pdl,
+            TAIL=intermediate % w2.block != 0, UNROLL=cfg.unroll2, PDL=pdl, PAIRS=cfg.pairs,
             num_warps=cfg.warps2, num_stages=cfg.stages, **launch)
         return out
     counters = _counters(counters, counters_needed(T, k, num_experts, H, intermediate, cfg), dev)
@@ -374,6 +378,6 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
         inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), s_b2,
         FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
         ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn2, BK=w2.block, ASM=asm, TAIL=intermediate % w2.block != 0,
-        UNROLL=cfg.unroll, BT=16, PDL=pdl,
+        UNROLL=cfg.unroll, BT=16, PDL=pdl, PAIRS=cfg.pairs,
         num_warps=cfg.warps2, num_stages=cfg.stages, **launch)
     return out

@@ -51,7 +51,7 @@ LAYERS: dict[str, dict[str, Any]] = {
     "qwen3-bf16": dict(num_experts=128, top_k=8, hidden_size=2048, intermediate_size=768, activation="silu"),
 }
 GRAPH_T = (1, 2, 4, 8, 16, 32, 64)
-VARIANT_T = (1, 2, 4, 8, 16)  # where the non-default configs are timed too
+VARIANT_T = (1, 2, 4, 8, 16, 32, 64)  # where the non-default configs are timed too (where they give one)
 EAGER_T = (512, 4096)
 CHECK_T = (1, 16, 64)
 SPEC_BW = 3.35e12  # H100 SXM HBM3 (engines-2026-12.md section 5)
@@ -66,8 +66,8 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
     def at(T: int, cfg: Any) -> Any:
         return cfg if T <= 64 else None
 
-    def gemv(T: int, **kw: Any) -> Any:  # the GEMV kernels up to 16 tokens
-        return C(gemv=True, **kw) if T <= 16 else None
+    def gemv(T: int, **kw: Any) -> Any:  # the GEMV kernels up to 16 tokens, with 16-bit pairs up to 64
+        return C(gemv=True, **kw) if T <= (64 if kw.get("pairs") else 16) else None
 
     return {
         "default": lambda T: None,
@@ -91,6 +91,7 @@ class Run:
         self.dev = torch.device("cuda")
         self.rec: dict[str, Any] = {"results": [], "errors": [], "checks": [], "notes": []}
         self.t0 = time.perf_counter()
+        self.timed_at: dict[str, set[int]] = {}  # per backend label: the T it is timed at (``backends``)
 
     def error(self, where: str, exc: BaseException) -> None:
         msg = f"{where}: {type(exc).__name__}: {str(exc)[:300]}"
@@ -112,11 +113,15 @@ class Run:
         out: dict[str, Callable[..., Any]] = {}
         ours = TritonLowTExperts(layer, weights)
         self.per_expert_bytes = (ours.weight_bytes) / layer.local_num_experts
+        self.timed_at.clear()
         for label, cfg in variants(name).items():
             if label != "default" and self.args.variants == "default":
                 continue
             exp = ours if label == "default" else _with_config(ours, cfg)
             out[f"ours:{label}"] = exp.forward
+            # a variant is timed at the T where it gives a config of its own (None: the default's, timed already)
+            self.timed_at[f"ours:{label}"] = set(GRAPH_T + EAGER_T) if label == "default" else {
+                T for T in VARIANT_T if cfg(T) is not None}
         kind = layer.quant.kind.value
         wanted = self.args.peers.split(",")
         if kind != "bf16" and "humming" in wanted:
@@ -175,7 +180,7 @@ class Run:
         if warm_only:
             for label, fn in fns.items():
                 for T in tokens:
-                    if label.startswith("ours:") and label != "ours:default" and T not in VARIANT_T:
+                    if label.startswith("ours:") and T not in self.timed_at[label]:
                         continue
                     try:
                         fn(*sets[T][0][0])
@@ -202,7 +207,7 @@ class Run:
             inputs, hit = sets[T]
             nbytes = hit * self.per_expert_bytes + 4.0 * T * layer.hidden_size + 8.0 * T * layer.top_k
             for label, fn in fns.items():
-                if label.startswith("ours:") and label != "ours:default" and T not in VARIANT_T:
+                if label.startswith("ours:") and T not in self.timed_at[label]:
                     continue
                 mode = "graph" if T <= 64 else "eager"
                 try:

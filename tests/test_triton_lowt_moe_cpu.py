@@ -173,16 +173,18 @@ _GEMV = {"gemv": True, "bn1": 16, "bn2": 32, "warps": 4, "warps2": 4, "unroll": 
                                    {"kind": "int4_w4a16", "group_size": 32},
                                    {"kind": "int4_w4a16", "group_size": -1, "zero_point": True}])
 @pytest.mark.parametrize("T", [1, 3])
-@pytest.mark.parametrize("gemm2, pairs", [("expert", False), ("token", False), ("token", True)])
-def test_gemv_kernels_every_format(quant, T, gemm2, pairs):
+@pytest.mark.parametrize("gemm2, pairs, unroll", [("expert", False, 3), ("token", False, 3), ("token", True, 1),
+                                                  ("expert", True, 3)])
+def test_gemv_kernels_every_format(quant, T, gemm2, pairs, unroll):
     # A program per (pair, row tile): GEMM1 192 rows in tiles of 16 over H = 128 (one K step), GEMM2 128 rows in
     # tiles of 32 over I = 192 (one K step and a partial one of 64), per pair or per token (its k experts' steps
     # as one loop, 3 in flight: the loop's last iteration has dead steps); pairs: products chained per iteration
-    # (in float32 on the interpreter: the control flow, not the 16-bit rounding, which the GPU tests hold).
+    # (in float32 on the interpreter: the control flow, not the 16-bit rounding, which the GPU tests hold), the
+    # one whole step in an unrolled iteration of its own (unroll 1) or in a last iteration with two dead steps.
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
 
-    cfg = ops.Config(**{**_GEMV, "unroll": 1 if pairs else 3}, gemm2=gemm2, unroll2=3, pairs=pairs)
+    cfg = ops.Config(**{**_GEMV, "unroll": unroll}, gemm2=gemm2, unroll2=3, pairs=pairs)
     assert _run(_layer(quant=quant), T=T, config=cfg) <= TOL
 
 

@@ -129,7 +129,9 @@ DECLARATION = BackendCapability(
         "(benchmarks/results/lowt-h100-gemv/bench.log). Tree 5857230 (GEMV the default for a few tokens): every "
         "format x two activations at T 1 / 2 / 5 / 200, no host sync, GEMV epilogues, bad ids: 27 passed; graphed "
         "vs eager within the reference tolerance where a T is padded to a bucket with another default "
-        "(docs/verification/h100-lowt-default-gemv-5857230.log)")),),
+        "(docs/verification/h100-lowt-default-gemv-5857230.log). Not run on a GPU: the configs beside the default "
+        f"written after it ({_OPS} Config gemm2='token' with the GEMV kernels, pdl, pairs): CPU interpreter and an "
+        "sm_90 compile only")),),
 )
 
 

@@ -96,28 +96,44 @@ def _gemv_acc(FMT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, DT: tl.cons
 def _pairs_dtype(w_ptr, s_ptr, FMT: tl.constexpr, ASM: tl.constexpr):
     """A zero of the dtype PAIRS multiplies in: the unpacked weights' (16-bit weights as stored, int4 its
     scales', NvFP4 / MXFP4 bf16); float32 on the interpreter, whose unpacked values are float32."""
-    if not ASM:
-        DT: tl.constexpr = tl.float32
-    elif FMT == FMT_16BIT:
-        DT: tl.constexpr = w_ptr.dtype.element_ty
-    elif FMT == FMT_INT4:
-        DT: tl.constexpr = s_ptr.dtype.element_ty
-    else:
-        DT: tl.constexpr = tl.bfloat16
+    DT: tl.constexpr = (tl.float32 if not ASM else w_ptr.dtype.element_ty if FMT == FMT_16BIT
+                        else s_ptr.dtype.element_ty if FMT == FMT_INT4 else tl.bfloat16)
     return tl.zeros((1,), dtype=DT)
 
 
 @triton.jit
-def _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen,
+def _gemv_gate_up(acc_g, acc_u, x_ptr, live, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen,
                   FMT: tl.constexpr, GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr,
                   BK: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
     """One K step of the gate rows and (GATED) the up rows."""
-    acc_g = _gemv_step(acc_g, x_ptr, True, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP, GROUP,
+    acc_g = _gemv_step(acc_g, x_ptr, live, w_ptr_e, s_wn, g_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP, GROUP,
                        BR, BK, ASM, MASKED, PAIRS)
     if GATED:
-        acc_u = _gemv_step(acc_u, x_ptr, True, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP,
+        acc_u = _gemv_step(acc_u, x_ptr, live, w_ptr_e, s_wn, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, klen, FMT, HAS_ZP,
                            GROUP, BR, BK, ASM, MASKED, PAIRS)
     return acc_g, acc_u
+
+
+@triton.jit
+def _gemv_paired(acc_g, acc_u, x_ptr, step, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                 FMT: tl.constexpr, GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr,
+                 BK: tl.constexpr, ASM: tl.constexpr, UNROLL: tl.constexpr, LAST: tl.constexpr):
+    """UNROLL whole K steps from ``step``, their products chained in 16-bit pairs (``_madd``), then added to the
+    float32 sums. LAST: steps at or past ``full`` are predicated off and address the last whole step (their
+    scale loads, unmasked, stay inside the tensor)."""
+    DT: tl.constexpr = _pairs_dtype(w_ptr_e, s_ptr_e, FMT, ASM).dtype
+    h_g = _gemv_acc(FMT, BR, BK, DT)
+    h_u = _gemv_acc(FMT, BR, BK, DT)
+    for j in tl.static_range(UNROLL):
+        if LAST:
+            live = step + j < full
+            k0 = tl.minimum(step + j, full - 1) * BK
+        else:
+            live = True
+            k0 = (step + j) * BK
+        h_g, h_u = _gemv_gate_up(h_g, h_u, x_ptr, live, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, k0, BK,
+                                 FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, True)
+    return acc_g + h_g.to(tl.float32), acc_u + h_u.to(tl.float32)
 
 
 @triton.jit
@@ -128,30 +144,31 @@ def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, 
     row at ``x_ptr``. Both row sets advance in the same loop and ``UNROLL`` steps per iteration, so that
     their weight loads are in flight together (at T = 1 too few warps are resident to cover the HBM's
     latency with one step's loads each); whole steps unmasked, then the partial last one. PAIRS: each
-    iteration's products chained in 16-bit pairs (``_madd``), then added to the float32 sums."""
+    iteration's products chained in 16-bit pairs (``_gemv_paired``), every whole step among them: the remaining
+    ones run as one more iteration with the steps past the end predicated off (else up to UNROLL - 1 steps would
+    take the float32 path: 3 of GEMM1's 11 at Gemma 4, all of a K of 3 steps)."""
     acc_g = _gemv_acc(FMT, BR, BK)
     acc_u = _gemv_acc(FMT, BR, BK)
     full = K // BK
-    for step in range(0, full - full % UNROLL, UNROLL):
-        if PAIRS:
-            DT: tl.constexpr = _pairs_dtype(w_ptr_e, s_ptr_e, FMT, ASM).dtype
-            h_g = _gemv_acc(FMT, BR, BK, DT)
-            h_u = _gemv_acc(FMT, BR, BK, DT)
+    if PAIRS:
+        whole = full - full % UNROLL
+        for step in range(0, whole, UNROLL):
+            acc_g, acc_u = _gemv_paired(acc_g, acc_u, x_ptr, step, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
+                                        z_ptr_e, s_sn, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, UNROLL, False)
+        if whole < full:  # the remaining steps as one more iteration, the ones past the end predicated off
+            acc_g, acc_u = _gemv_paired(acc_g, acc_u, x_ptr, whole, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
+                                        z_ptr_e, s_sn, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, UNROLL, True)
+    else:
+        for step in range(0, full - full % UNROLL, UNROLL):
             for j in tl.static_range(UNROLL):
-                h_g, h_u = _gemv_gate_up(h_g, h_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                                         (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, True)
-            acc_g += h_g.to(tl.float32)
-            acc_u += h_u.to(tl.float32)
-        else:
-            for j in tl.static_range(UNROLL):
-                acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e,
-                                             s_sn, (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False,
-                                             False)
-    for step in range(full - full % UNROLL, full):
-        acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                                     step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, False)
+                acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
+                                             z_ptr_e, s_sn, (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM,
+                                             False, False)
+        for step in range(full - full % UNROLL, full):
+            acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e,
+                                         s_sn, step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, False)
     if TAIL:
-        acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+        acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
                                      full * BK, K - full * BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True, False)
     return tl.sum(acc_g, 1), tl.sum(acc_u, 1)
 
@@ -278,11 +295,11 @@ def gemv_token_kernel(
     TAIL: tl.constexpr, UNROLL: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """GEMM2 per token: program (token t, tile of BR rows) writes ``c[t, tile] = sum_j W2[e_j] a_(t k + j)``
-    (+ the router-weighted biases) in the layer dtype, ``a`` being GEMM1's float32 output (router weight and
-    NvFP4 factor applied there, TOKEN2). The token's k experts x K steps run as one loop, UNROLL steps per
-    iteration, so that loads of several experts are in flight together; then the partial last steps. One
-    accumulator, written once: no partial sums, no counters, no atomics. Experts with ids outside [0, E) add
-    nothing (GEMM1 flagged them)."""
+    (+ the router-weighted biases) in the layer dtype, ``a`` being GEMM1's output (float32, or with PAIRS the layer
+    dtype; router weight and NvFP4 factor applied there, TOKEN2). The token's k experts x K steps run as one loop,
+    UNROLL steps per iteration, so that loads of several experts are in flight together; then the partial last
+    steps. One accumulator, written once: no partial sums, no counters, no atomics. Experts with ids outside
+    [0, E) add nothing (GEMM1 flagged them)."""
     KP: tl.constexpr = triton.next_power_of_2(TOPK)
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BR)

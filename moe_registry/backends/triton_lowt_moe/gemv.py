@@ -20,7 +20,7 @@ import triton.language as tl
 
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _trap_if
+from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _row_tile, _trap_if
 from .unpack import _half_multipliers, _unpack
 
 
@@ -193,14 +193,13 @@ def gemv1_kernel(
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BR)
     pair = pid // n_tiles
-    tile = pid % n_tiles
     expert = tl.load(ids_ptr + pair).to(tl.int32)
     if (expert < 0) | (expert >= E):
         tl.store(ok_ptr, 0)
         if ASM:
             _trap_if(tl.full([1], 1, tl.int32))
         return
-    offs_n = tile * BR + tl.arange(0, BR)
+    offs_n = pid % n_tiles * BR + tl.arange(0, BR)  # the row tile after the id check (measured this way)
     n_ok = offs_n < N_OUT
     g_rows = tl.where(n_ok, offs_n, 0) * row_stride
     u_rows = g_rows + up_offset
@@ -246,13 +245,8 @@ def gemv2_kernel(
     left 0) writes ``c[t, tile]`` = the sum over the token's k pairs in pair order, in the layer dtype: no
     atomics on data, no cast launch, the same bits at every run. Ids outside [0, E) add nothing (GEMM1
     flagged them)."""
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N_OUT, BR)
-    pair = pid // n_tiles
-    tile = pid % n_tiles
-    offs_n = tile * BR + tl.arange(0, BR)
-    n_ok = offs_n < N_OUT
-    n_safe = tl.where(n_ok, offs_n, 0)
+    pair, offs_n, n_ok, n_safe = _row_tile(N_OUT, BR)
+    tile = tl.program_id(0) % tl.cdiv(N_OUT, BR)
     expert = tl.load(ids_ptr + pair).to(tl.int32)
     y = tl.zeros((BR,), dtype=tl.float32)
     if PDL:
@@ -301,13 +295,7 @@ def gemv_token_kernel(
     steps. One accumulator, written once: no partial sums, no counters, no atomics. Experts with ids outside
     [0, E) add nothing (GEMM1 flagged them)."""
     KP: tl.constexpr = triton.next_power_of_2(TOPK)
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N_OUT, BR)
-    t = pid // n_tiles
-    tile = pid % n_tiles
-    offs_n = tile * BR + tl.arange(0, BR)
-    n_ok = offs_n < N_OUT
-    rows = tl.where(n_ok, offs_n, 0)
+    t, offs_n, n_ok, rows = _row_tile(N_OUT, BR)
     slots = tl.arange(0, KP)
     eids = tl.load(ids_ptr + t * TOPK + slots, mask=slots < TOPK, other=-1).to(tl.int32)
     eids = tl.where((eids >= 0) & (eids < E), eids, -1)  # -1: adds nothing

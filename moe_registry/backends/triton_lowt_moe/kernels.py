@@ -263,6 +263,17 @@ def _gemm1_out(acc_g, acc_u, pairs, p_ok, offs_n, n_ok, g_rows, u_rows, e64, bia
 
 
 @triton.jit
+def _row_tile(N_OUT, BN: tl.constexpr):
+    """This program's (item, row offsets ``[BN]``, which exist, the offsets clamped into range) for a grid of
+    (item, tile of BN output rows), the tiles of one item adjacent."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N_OUT, BN)
+    offs_n = pid % n_tiles * BN + tl.arange(0, BN)
+    n_ok = offs_n < N_OUT
+    return pid // n_tiles, offs_n, n_ok, tl.where(n_ok, offs_n, 0)
+
+
+@triton.jit
 def _arrive(cnt_ptr, last):
     """Count this program in at ``cnt_ptr`` after its partial sums are stored; True for the ``last``-th
     (0-based) arrival, whose caller then finishes the tile and sets the counter back to 0 for the next
@@ -465,13 +476,7 @@ def lowt_token_kernel(
     experts, summed in registers and written once in the layer dtype (no atomics, no extra launch).
     One loop over (expert, whole K step) so that loads pipeline across experts, then the partial last
     steps. Ids outside [0, E) add nothing (GEMM1 already flagged them)."""
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N_OUT, BN)
-    t = pid // n_tiles
-    tile = pid % n_tiles
-    offs_n = tile * BN + tl.arange(0, BN)
-    n_ok = offs_n < N_OUT
-    n_safe = tl.where(n_ok, offs_n, 0)
+    t, offs_n, n_ok, n_safe = _row_tile(N_OUT, BN)
     col0 = tl.arange(0, BM) == 0  # the dot's token side; column 0 is the pair
     full = K // BK
     total = tl.zeros((BN, BM), dtype=tl.float32)

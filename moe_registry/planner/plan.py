@@ -157,6 +157,8 @@ def _read(src: _Source, device: DeviceSpec | str | None, quant: QuantScheme | st
     def layout(parallel: ParallelConfig, select: bool, select_kwargs: dict[str, Any],
                memory_mode: str = "prefer") -> ModelPlan:
         specs: list[LayerSpec] = []
+        keys: list[LayerSpec] = []  # each layer's shape key (LayerSpec.shape_key): what selection depends on
+        shapes: dict[tuple, LayerSpec] = {}
         for i in indices:
             name = template.format(i=i)
             scheme = schemes.get(name)
@@ -165,15 +167,22 @@ def _read(src: _Source, device: DeviceSpec | str | None, quant: QuantScheme | st
                 if expert_scheme is not None and scheme != unquantized:
                     scheme = expert_scheme
                 schemes[name] = scheme
-            try:
-                specs.append(LayerSpec(name=name, index=i, num_experts=experts[i], top_k=top_ks[i],
-                                       hidden_size=hidden, intermediate_size=widths[i], activation=activation,
-                                       activation_params=act_params, quant=scheme, dtype=dtype, routing=routing,
-                                       bias=bias, apply_router_weight_on_input=weight_on_input, parallel=parallel,
-                                       attention_heads=attention_heads, kv_heads=kv_heads))
-            except ValidationError as exc:
-                cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
-                raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
+            # The config's values are validated once per distinct layer, as its shape key; the layer
+            # adds only its own name and index (a string we format, an index below MAX_LAYERS).
+            shape = (experts[i], top_ks[i], widths[i], scheme)
+            key = shapes.get(shape)
+            if key is None:
+                try:
+                    key = shapes[shape] = LayerSpec(
+                        num_experts=experts[i], top_k=top_ks[i], hidden_size=hidden, intermediate_size=widths[i],
+                        activation=activation, activation_params=act_params, quant=scheme, dtype=dtype,
+                        routing=routing, bias=bias, apply_router_weight_on_input=weight_on_input, parallel=parallel,
+                        attention_heads=attention_heads, kv_heads=kv_heads)
+                except ValidationError as exc:
+                    cls = ParallelismError if (widths[i] % parallel.tp or experts[i] % parallel.ep) else InvalidLayer
+                    raise cls(f"{name} (layer {i}): {validation_one_line(exc, first_only=True)}") from None
+            keys.append(key)
+            specs.append(key.model_copy(update={"name": name, "index": i}))
 
         _check_attention_tp(parallel, attention_heads, kv_heads, where)
         summary = qconf.summary if qconf else unquantized.label()
@@ -181,7 +190,7 @@ def _read(src: _Source, device: DeviceSpec | str | None, quant: QuantScheme | st
             summary += f"; routed experts {expert_scheme.label()} (expert_dtype fp4)"
         memory = None
         if select:
-            layers, memory = _select(specs, target, select_kwargs, memory_mode)
+            layers, memory = _select(specs, keys, target, select_kwargs, memory_mode)
         else:
             layers = tuple(LayerPlan(layer=s) for s in specs)
         return ModelPlan(model=src.model, model_id=src.model_id, source=src.source, provenance=src.provenance,
@@ -235,8 +244,9 @@ def _scheme_for(qconf: QuantConfig | None, name: str, unquantized: QuantScheme) 
                                f"({one_line(exc)})") from None
 
 
-def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],
+def _select(specs: list[LayerSpec], keys: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str, Any],
             memory_mode: str) -> tuple[tuple[LayerPlan, ...], "MemoryFit | None"]:
+    """Select each layer of ``specs`` once per distinct shape key (``keys``, one per spec)."""
     try:
         from ..selection import select_backend
     except ModuleNotFoundError as exc:
@@ -250,7 +260,6 @@ def _select(specs: list[LayerSpec], device: DeviceSpec | None, kwargs: dict[str,
         raise PlanError(f"unknown memory mode {memory_mode!r}; one of {', '.join(MEMORY_MODES)}")
 
     counts: dict[LayerSpec, int] = {}
-    keys = [spec.shape_key() for spec in specs]
     for key in keys:  # identical layers are selected once, without name and index
         counts[key] = counts.get(key, 0) + 1
 

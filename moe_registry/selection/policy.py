@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from ..schemas.device import DeviceSpec
 from ..schemas.layer import LayerSpec
@@ -29,8 +28,9 @@ class Policy(Protocol):
     def key(self) -> str: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class DeclaredPriority:
+# A NamedTuple, not a frozen dataclass: ~4x cheaper to define (explain's start-up counts, issue 20);
+# read-only fields, and hashed and compared by value all the same.
+class DeclaredPriority(NamedTuple):
     """The default: declared priority for the layer's quant family, highest first; among equals,
     no padding before padding, then the backend id (so the order never depends on dict order).
 

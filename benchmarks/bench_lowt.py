@@ -81,6 +81,11 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "gemv8tpx": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
         "gemv16tpx": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, gemm2="token", pdl=True,
                                     pairs=True),
+        # GEMM1 over an expert's pairs, 2 / 4 per pass (each weight unpacked once per pass), from 4 tokens
+        "slot2": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
+                                slots=True, bm=2) if T >= 4 else None,
+        "slot4": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
+                                slots=True, bm=4) if T >= 4 else None,
         "dot": lambda T: C(bm=8 if T < 32 else 16) if T <= 16 else None,  # the per-expert-slot dot kernels
     }
 

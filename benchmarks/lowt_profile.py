@@ -35,7 +35,8 @@ def configs() -> dict[str, object]:
     return {"default": None, "gemv16": ops.Config(gemv=True, warps=4, warps2=4, bn1=16, bn2=16),
             "gemv8": ops.Config(**gemv8), "gemv8t": ops.Config(**gemv8, gemm2="token"),
             "gemv8tp": ops.Config(**gemv8, gemm2="token", pdl=True), "gemv8x": ops.Config(**gemv8, pairs=True),
-            "gemv8tpx": ops.Config(**gemv8, gemm2="token", pdl=True, pairs=True)}
+            "gemv8tpx": ops.Config(**gemv8, gemm2="token", pdl=True, pairs=True),
+            "slot4": ops.Config(**{**gemv8, "unroll": 2}, gemm2="token", pdl=True, pairs=True, slots=True, bm=4)}
 
 
 def kernel_times(fn, args) -> list[tuple[str, float]]:

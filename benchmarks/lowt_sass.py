@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--kernel", default="gemm1,gemm2,token",
                    help="gemm1, gemm2 (per expert slot), token, gemv1, gemv2 (the GEMV kernels; --bn rows per program), "
-                        "gemv1t, gemvt (GEMV with GEMM2 per token)")
+                        "gemv1t, gemvt (GEMV with GEMM2 per token), slot1 (GEMM1 over an expert's --bm pairs)")
     p.add_argument("--split", type=int, default=1, help="programs per tile sharing its K steps (gemm1, gemm2)")
     p.add_argument("--unroll", type=int, default=2, help="K steps per loop iteration of the GEMV kernels")
     p.add_argument("--pdl", action="store_true", help="the GEMV kernels' programmatic dependent launch calls")
@@ -148,6 +148,11 @@ def main() -> None:
                 consts = dict(STAGE=stage, FMT=fmt, GATED=stage == 1, HAS_BIAS=False, HAS_ZP=False, GROUP=group,
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
                               DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False, SPLIT=a.split, BT=16)
+            elif kern == "slot1":
+                fn, stage = GV.gemv_slot1_kernel, 1
+                consts = dict(FMT=fmt, GATED=True, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False,
+                              BR=a.bn, BK=bk, ASM=True, TAIL=False, UNROLL=a.unroll, SCALE2=fmt == F.FMT_NVFP4,
+                              PDL=a.pdl, BM=a.bm, E_P2=128, PCHUNK=128)
             elif kern in ("gemv1", "gemv2", "gemv1t", "gemvt"):
                 fn = {"gemv1": GV.gemv1_kernel, "gemv1t": GV.gemv1_kernel, "gemv2": GV.gemv2_kernel,
                       "gemvt": GV.gemv_token_kernel}[kern]
@@ -175,9 +180,9 @@ def main() -> None:
             top = ", ".join(f"{op} {n}" for op, n in ops.most_common(14))
             print(f"{name:6} {kern:6} bn {a.bn} bm {a.bm if kern != 'token' else a.bm_token} warps {a.warps} bk {bk}: "
                   f"{ptxas_usage(k.asm['ptx'])}, smem {md.shared}, instr {total}: {top}")
-            rows = a.bn * (2 if kern in ("gemm1", "gemv1", "gemv1t") else 1)
-            per = rows * bk / (32 * a.warps) * (a.unroll if kern.startswith("gemv") else 1)
-            inner = [lp for lp in loops(text) if (lp[1]["HMMA"] + lp[1]["HGMMA"] or kern.startswith("gemv"))
+            rows = a.bn * (2 if kern in ("gemm1", "gemv1", "gemv1t", "slot1") else 1)
+            per = rows * bk / (32 * a.warps) * (a.unroll if kern.startswith(("gemv", "slot")) else 1)
+            inner = [lp for lp in loops(text) if (lp[1]["HMMA"] + lp[1]["HGMMA"] or kern.startswith(("gemv", "slot")))
                      and not lp[1]["MUFU"]]
             for n, mix in inner[:1]:
                 print(f"    main loop {n} instr = {n / per:.2f} per weight element per thread: "

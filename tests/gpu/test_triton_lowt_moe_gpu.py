@@ -194,7 +194,10 @@ def test_gemv_configs_every_format(sm90, scheme):
         # products chained in 16-bit pairs for a loop iteration (fma.rn.bf16x2 / f16x2), per pair and per token
         ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pairs=True),
         ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
-        ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, gemm2="token", pdl=True, pairs=True)])
+        ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, gemm2="token", pdl=True, pairs=True),
+        # GEMM1 over an expert's pairs, 1 / 2 / 4 per pass
+        *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
+                     slots=True, bm=bm) for bm in (1, 2, 4))])
 
 
 @pytest.mark.parametrize("scheme", ["nvfp4", "int4-g128-aligned", "bf16"])

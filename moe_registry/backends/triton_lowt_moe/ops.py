@@ -125,7 +125,9 @@ class Config:
     program of GEMM1 / GEMM2 (per token); ``pdl``: GEMM2 launched as a programmatic dependent of GEMM1
     (Hopper on; ignored by the CPU interpreter); ``pairs``: the products of each loop iteration chained in
     16-bit pairs (one ``fma.rn.bf16x2`` per two weights instead of two conversions and an FFMA per weight),
-    added to the float32 sums once per iteration; GEMM2 per token then reads a 16-bit intermediate."""
+    added to the float32 sums once per iteration; GEMM2 per token then reads a 16-bit intermediate; ``slots``:
+    GEMM1 per (expert slot, row tile) over the expert's pairs, ``bm`` (1, 2 or 4) at a time, each weight
+    unpacked once per pass (``gemv_slot1_kernel``; with gemm2 "token" and pairs)."""
 
     bn1: int = 32
     bn2: int = 32
@@ -143,12 +145,15 @@ class Config:
     unroll2: int = 4
     pdl: bool = False
     pairs: bool = False
+    slots: bool = False
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
             raise ValueError(f"Config.gemm2 must be one of {', '.join(GEMM2_MODES)}, got {self.gemm2!r}")
         if self.gemv and self.gemm2 == "sorted":
             raise ValueError("Config.gemm2 'sorted' is the dot kernels' prefill path, not a GEMV kernel")
+        if self.slots and not (self.gemv and self.gemm2 == "token" and self.pairs and self.bm in (1, 2, 4)):
+            raise ValueError("Config.slots needs gemv, gemm2 'token', pairs and bm of 1, 2 or 4 (pairs per pass)")
         if min(self.split1, self.split2) < 0 or self.fill < 1:
             raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")
 
@@ -157,7 +162,7 @@ class Config:
             # GEMM2 per pair ("expert") unnamed: the label benchmark records since 40b0593 carry
             return (f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
                     f"{f' token u{self.unroll2}' if self.gemm2 == 'token' else ''}{' pdl' if self.pdl else ''}"
-                    f"{' pairs' if self.pairs else ''}")
+                    f"{' pairs' if self.pairs else ''}{f' slots bm{self.bm}' if self.slots else ''}")
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
@@ -345,16 +350,27 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
     w, s, z, g = _args(w13, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w13)
     scale2 = token and w2.global_mult is not None
-    GV.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
-        x, ids, tw, w, s, z, g, w2.global_mult if scale2 else dummy, w13_bias if w13_bias is not None else dummy,
-        inter, ok,
-        num_experts, intermediate, H, k,
-        x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), w13_bias.stride(0) if w13_bias is not None else 0,
-        ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
-        FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None, GROUP=w13.group,
-        ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm, TAIL=H % w13.block != 0,
-        UNROLL=cfg.unroll, TOKEN2=token, SCALE2=scale2, PDL=pdl, PAIRS=cfg.pairs,
-        num_warps=cfg.warps, num_stages=cfg.stages)
+    b1 = w13_bias if w13_bias is not None else dummy
+    s_b1 = w13_bias.stride(0) if w13_bias is not None else 0
+    g2 = w2.global_mult if scale2 else dummy
+    same = dict(FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None,
+                GROUP=w13.group, ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm,
+                TAIL=H % w13.block != 0, UNROLL=cfg.unroll, SCALE2=scale2, PDL=pdl, num_warps=cfg.warps,
+                num_stages=cfg.stages)
+    if cfg.slots:  # a program per (expert slot, row tile) over the expert's pairs
+        GV.gemv_slot1_kernel[(min(num_experts, P) * triton.cdiv(intermediate, cfg.bn1),)](
+            x, ids, tw, w, s, z, g, g2, b1, inter, ok,
+            P, num_experts, intermediate, H, k,
+            x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), s_b1,
+            ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
+            BM=cfg.bm, E_P2=max(16, next_pow2(num_experts)), PCHUNK=16 if P <= 16 else 128, **same)
+    else:
+        GV.gemv1_kernel[(P * triton.cdiv(intermediate, cfg.bn1),)](
+            x, ids, tw, w, s, z, g, g2, b1, inter, ok,
+            num_experts, intermediate, H, k,
+            x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), s_b1,
+            ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
+            TOKEN2=token, PAIRS=cfg.pairs, **same)
     w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
     b2 = w2_bias if w2_bias is not None else dummy

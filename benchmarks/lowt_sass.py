@@ -27,6 +27,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from moe_registry.backends.triton_lowt_moe import codes as F  # noqa: E402
 from moe_registry.backends.triton_lowt_moe import gemv as GV  # noqa: E402
+from moe_registry.backends.triton_lowt_moe import slots as SL  # noqa: E402
 from moe_registry.backends.triton_lowt_moe import kernels as KN  # noqa: E402
 from moe_registry.backends.triton_lowt_moe.kernel import BLOCK_4BIT, BLOCK_16BIT  # noqa: E402
 
@@ -149,7 +150,7 @@ def main() -> None:
                               ROUTED_ON_INPUT=False, BN=a.bn, BK=bk, BM=a.bm, PCHUNK=16, E_P2=128, ASM=fmt != 0,
                               DOT_F32=False, ZERO_BLOCK=1024, TAIL=False, SORTED=False, SPLIT=a.split, BT=16)
             elif kern == "slot1":
-                fn, stage = GV.gemv_slot1_kernel, 1
+                fn, stage = SL.gemv_slot1_kernel, 1
                 consts = dict(FMT=fmt, GATED=True, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False,
                               BR=a.bn, BK=bk, ASM=True, TAIL=False, UNROLL=a.unroll, SCALE2=fmt == F.FMT_NVFP4,
                               PDL=a.pdl, BM=a.bm, E_P2=128, PCHUNK=128)

@@ -28,6 +28,7 @@ from ..triton_fused_moe.ops import Epilogue, align, next_pow2
 from . import codes as F
 from . import gemv as GV
 from . import kernels as KN
+from . import slots as SL
 
 ONE_GROUP = 1 << 30  # the group size given to the kernels for per-channel int4 (one scale over all K)
 NVFP4_FOLD = 1024.0  # 2^10: the tile holds value * scale * 2^-10 (kernels module doc)
@@ -127,7 +128,7 @@ class Config:
     16-bit pairs (one ``fma.rn.bf16x2`` per two weights instead of two conversions and an FFMA per weight),
     added to the float32 sums once per iteration; GEMM2 per token then reads a 16-bit intermediate; ``slots``:
     GEMM1 per (expert slot, row tile) over the expert's pairs, ``bm`` (1, 2 or 4) at a time, each weight
-    unpacked once per pass (``gemv_slot1_kernel``; with gemm2 "token" and pairs)."""
+    unpacked once per pass (``slots.py``; with gemm2 "token" and pairs)."""
 
     bn1: int = 32
     bn2: int = 32
@@ -358,7 +359,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
                 TAIL=H % w13.block != 0, UNROLL=cfg.unroll, SCALE2=scale2, PDL=pdl, num_warps=cfg.warps,
                 num_stages=cfg.stages)
     if cfg.slots:  # a program per (expert slot, row tile) over the expert's pairs
-        GV.gemv_slot1_kernel[(min(num_experts, P) * triton.cdiv(intermediate, cfg.bn1),)](
+        SL.gemv_slot1_kernel[(min(num_experts, P) * triton.cdiv(intermediate, cfg.bn1),)](
             x, ids, tw, w, s, z, g, g2, b1, inter, ok,
             P, num_experts, intermediate, H, k,
             x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), s_b1,

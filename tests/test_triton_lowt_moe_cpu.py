@@ -234,6 +234,26 @@ def test_gemv_kernels_finish_with_counters_left_zero_and_repeat_their_bits():
 _SLOTS = {**_GEMV, "gemm2": "token", "pairs": True, "slots": True}
 
 
+def _bad_ids_add_nothing(cfg) -> None:
+    """Ids outside [0, E) clear ``ok``, and their pairs add nothing: the same bits as those experts clamped into
+    range with router weight 0."""
+    from moe_registry.backends.triton_lowt_moe import ops
+    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
+
+    layer = _layer(quant="nvfp4_w4a16")
+    experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    w = torch.rand(3, 2)
+    bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
+    ok = torch.ones(1, dtype=torch.int32)
+    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False)
+    assert int(ok) == 0
+    good = ops.fused_experts(x, w * torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), bad.clamp(0, 3),
+                             experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
+                             asm=False)
+    assert torch.equal(out, good)
+
+
 @pytest.mark.parametrize("quant, bm", [("bf16", 4), ("nvfp4_w4a16", 1), ("nvfp4_w4a16", 2), ("nvfp4_w4a16", 4),
                                        ("mxfp4", 4), (_ZP64, 2), ({"kind": "int4_w4a16", "group_size": 32}, 4)])
 def test_gemv_slots_every_format(quant, bm):
@@ -249,7 +269,6 @@ def test_gemv_slots_every_format(quant, bm):
 def test_gemv_slots_epilogues_bad_ids_and_config_checks():
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
-    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
 
     params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=True)
     cfg = ops.Config(**_SLOTS, bm=2)
@@ -258,18 +277,7 @@ def test_gemv_slots_epilogues_bad_ids_and_config_checks():
     assert _run(_layer(quant="nvfp4_w4a16", activation="relu2"), T=3, config=cfg) <= TOL
     assert _run(_layer(top_k=1, apply_router_weight_on_input=True, quant={"kind": "int4_w4a16", "group_size": 64}),
                 T=5, config=cfg) <= TOL
-    layer = _layer(quant="nvfp4_w4a16")
-    experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
-    x = torch.randn(3, 128).to(torch.bfloat16)
-    w = torch.rand(3, 2)
-    bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
-    ok = torch.ones(1, dtype=torch.int32)
-    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False)
-    assert int(ok) == 0
-    good = ops.fused_experts(x, w * torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), bad.clamp(0, 3),
-                             experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
-                             asm=False)
-    assert torch.equal(out, good)
+    _bad_ids_add_nothing(cfg)
     for wrong in (dict(bm=8), dict(pairs=False), dict(gemm2="expert")):
         with pytest.raises(ValueError, match="slots"):
             ops.Config(**{**_SLOTS, "bm": 2, **wrong})
@@ -278,22 +286,10 @@ def test_gemv_slots_epilogues_bad_ids_and_config_checks():
 def test_gemv_per_token_needs_no_counters_and_bad_ids_add_nothing():
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops
-    from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
 
-    layer = _layer(quant="nvfp4_w4a16")
-    experts = TritonLowTExperts(layer, random_weights(layer), block_k=128)
     cfg = ops.Config(**_GEMV, gemm2="token", pdl=True)  # pdl: nothing on the interpreter
     assert ops.counters_needed(3, 2, 4, 128, 192, cfg) == 0
-    x = torch.randn(3, 128).to(torch.bfloat16)
-    w = torch.rand(3, 2)
-    bad = torch.tensor([[0, 1], [2, 9], [3, -1]], dtype=torch.int32)
-    ok = torch.ones(1, dtype=torch.int32)
-    out = ops.fused_experts(x, w, bad, experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=ok, asm=False)
-    assert int(ok) == 0
-    good = ops.fused_experts(x, w * torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), bad.clamp(0, 3),
-                             experts.w13, experts.w2, 4, 192, experts.epilogue, cfg, ok=torch.ones(1, dtype=torch.int32),
-                             asm=False)
-    assert torch.equal(out, good)
+    _bad_ids_add_nothing(cfg)
     with pytest.raises(ValueError, match="sorted"):
         ops.Config(gemv=True, gemm2="sorted")
 

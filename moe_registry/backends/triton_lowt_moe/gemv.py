@@ -20,7 +20,7 @@ import triton.language as tl
 
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _row_tile, _trap_if
+from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _expert_ptrs, _row_tile, _trap_if
 from .unpack import _half_multipliers, _unpack
 
 
@@ -249,10 +249,7 @@ def gemv1_kernel(
     n_ok = offs_n < N_OUT
     g_rows = tl.where(n_ok, offs_n, 0) * row_stride
     u_rows = g_rows + up_offset
-    e64 = expert.to(tl.int64)
-    w_ptr_e = w_ptr + e64 * s_we
-    s_ptr_e = s_ptr + e64 * s_se
-    z_ptr_e = z_ptr + e64 * s_se
+    e64, w_ptr_e, s_ptr_e, z_ptr_e = _expert_ptrs(expert, w_ptr, s_ptr, z_ptr, s_we, s_se)
     x_ptr = a_ptr + (pair // TOPK).to(tl.int64) * s_am
     g, u = _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT, GATED, HAS_ZP, GROUP, BR,
                       BK, ASM, TAIL, UNROLL, PAIRS)

@@ -263,6 +263,13 @@ def _gemm1_out(acc_g, acc_u, pairs, p_ok, offs_n, n_ok, g_rows, u_rows, e64, bia
 
 
 @triton.jit
+def _expert_ptrs(expert, w_ptr, s_ptr, z_ptr, s_we, s_se):
+    """(the expert id in int64, where its weights, scales and zero points start)."""
+    e64 = expert.to(tl.int64)
+    return e64, w_ptr + e64 * s_we, s_ptr + e64 * s_se, z_ptr + e64 * s_se
+
+
+@triton.jit
 def _row_tile(N_OUT, BN: tl.constexpr):
     """This program's (item, row offsets ``[BN]``, which exist, the offsets clamped into range) for a grid of
     (item, tile of BN output rows), the tiles of one item adjacent."""
@@ -344,10 +351,7 @@ def lowt_moe_kernel(
     n_safe = tl.where(n_ok, offs_n, 0)
     g_rows = n_safe * row_stride
     u_rows = g_rows + up_offset
-    e64 = expert.to(tl.int64)
-    w_ptr_e = w_ptr + e64 * s_we
-    s_ptr_e = s_ptr + e64 * s_se
-    z_ptr_e = z_ptr + e64 * s_se
+    e64, w_ptr_e, s_ptr_e, z_ptr_e = _expert_ptrs(expert, w_ptr, s_ptr, z_ptr, s_we, s_se)
     full = K // BK
     per_split = tl.cdiv(tl.cdiv(K, BK), SPLIT)  # K steps per split; the last split may have fewer
     k_first = split * per_split

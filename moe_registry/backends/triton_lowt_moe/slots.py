@@ -12,7 +12,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
 from .gemv import _gemm1_out, _gemv_acc, _pairs_dtype, _products, _w_tile, _w_values, _x_tiles
-from .kernels import _expert_of_slot, _pairs_of, _row_tile, _trap_if
+from .kernels import _expert_of_slot, _expert_ptrs, _pairs_of, _row_tile, _trap_if
 
 
 @triton.jit
@@ -98,10 +98,7 @@ def gemv_slot1_kernel(
         return
     g_rows = n_safe * row_stride
     u_rows = g_rows + up_offset
-    e64 = expert.to(tl.int64)
-    w_ptr_e = w_ptr + e64 * s_we
-    s_ptr_e = s_ptr + e64 * s_se
-    z_ptr_e = z_ptr + e64 * s_se
+    e64, w_ptr_e, s_ptr_e, z_ptr_e = _expert_ptrs(expert, w_ptr, s_ptr, z_ptr, s_we, s_se)
     full = K // BK
     DT: tl.constexpr = _pairs_dtype(w_ptr, s_ptr, FMT, ASM).dtype
     for first in range(0, n_pairs, BM):

@@ -130,8 +130,8 @@ DECLARATION = BackendCapability(
         "format x two activations at T 1 / 2 / 5 / 200, no host sync, GEMV epilogues, bad ids: 27 passed; graphed "
         "vs eager within the reference tolerance where a T is padded to a bucket with another default "
         "(docs/verification/h100-lowt-default-gemv-5857230.log). Not run on a GPU: the configs beside the default "
-        f"written after it ({_OPS} Config gemm2='token' with the GEMV kernels, pdl, pairs): CPU interpreter and an "
-        "sm_90 compile only")),),
+        f"written after it ({_OPS} Config gemm2='token' with the GEMV kernels, pdl, pairs, slots): CPU interpreter and "
+        "an sm_90 compile only")),),
 )
 
 

@@ -335,9 +335,10 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
                   num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, w13_bias: torch.Tensor | None,
                   w2_bias: torch.Tensor | None, ok: torch.Tensor, asm: bool,
                   counters: torch.Tensor | None) -> torch.Tensor:
-    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): GEMM1 a program per (pair, ``bn1`` rows); GEMM2 per
-    (pair, ``bn2`` rows) finished by each tile's last program, or (``gemm2="token"``) per (token, ``bn2`` rows)
-    over a float32 intermediate that GEMM1 scaled by the router weight and GEMM2's NvFP4 factor."""
+    """``fused_experts`` on the GEMV kernels (``cfg.gemv``): GEMM1 a program per (pair, ``bn1`` rows), or
+    (``slots``) per (expert slot, ``bn1`` rows) over the expert's pairs; GEMM2 per (pair, ``bn2`` rows) finished
+    by each tile's last program, or (``gemm2="token"``) per (token, ``bn2`` rows) over an intermediate that GEMM1
+    scaled by the router weight and GEMM2's NvFP4 factor (float32; the layer dtype with ``pairs``)."""
     T, H = x.shape
     P = ids.numel()
     k = P // T

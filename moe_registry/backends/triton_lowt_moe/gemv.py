@@ -9,9 +9,10 @@ epilogues and bad-id handling as the dot kernels.
 GEMM2 comes in two forms (``ops.Config.gemm2``): ``"expert"`` (``gemv2_kernel``: a program per (pair, row tile),
 the token's k pairs summed in pair order by the tile's last program) and ``"token"`` (``gemv_token_kernel``: a
 program per (token, row tile) walking its k experts' K steps as one loop, so loads of several experts are in
-flight together; GEMM1 then writes its output in float32, already times the router weight and GEMM2's NvFP4
-factor). ``PDL``: programmatic dependent launch (Hopper on): GEMM1 lets GEMM2 launch at once and GEMM2 waits
-for GEMM1's results (``griddepcontrol.wait``) only where it reads them, so its start overlaps GEMM1's tail."""
+flight together; GEMM1 then writes its output already times the router weight and GEMM2's NvFP4 factor, in
+float32, or in the layer dtype with ``pairs``). ``PDL``: programmatic dependent launch (Hopper on): GEMM1 lets
+GEMM2 launch at once and GEMM2 waits for GEMM1's results (``griddepcontrol.wait``) only where it reads them, so its
+start overlaps GEMM1's tail."""
 
 from __future__ import annotations
 
@@ -130,6 +131,12 @@ def _gemv_step(acc, x_ptr, live, w_ptr_e, s_wn, rows, s_ptr_e, z_ptr_e, s_sn, k0
         xlo, xhi = _x_tiles(x_ptr, live, k0, klen, FMT, BR, BK, MASKED)
     lo, hi = _w_values(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BR, BK, ASM, MASKED)
     return _products(acc, lo, hi, xlo, xhi, FMT, PAIRS, ASM)
+
+
+@triton.jit
+def _lane(v, j, BM: tl.constexpr):
+    """Element ``j`` of the ``[BM]`` vector ``v`` as a scalar (0 for ``j`` outside it)."""
+    return tl.sum(tl.where(tl.arange(0, BM) == j, v, 0), 0)
 
 
 @triton.jit
@@ -305,7 +312,7 @@ def gemv2_kernel(
     if PDL:
         gdc_wait()  # GEMM1's output (and the counters' last reset) visible from here
     if (expert >= 0) & (expert < E):
-        e64 = expert.to(tl.int64)
+        e64 = expert.to(tl.int64)  # the pointers inline, not _expert_ptrs: this order compiles as verified
         y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
                           s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL,
                           UNROLL, PAIRS)
@@ -363,23 +370,22 @@ def gemv_token_kernel(
         for u in tl.static_range(UNROLL):
             it = c + u
             j = it // full
-            e = tl.sum(tl.where(slots == j, eids, 0), 0) - (j >= TOPK).to(tl.int32)  # -1 past the last expert
-            e64 = tl.maximum(e, 0).to(tl.int64)
-            h = _gemv_step(h, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, (it < n) & (e >= 0), w_ptr + e64 * s_we,
-                           s_wn, rows, s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, (it - j * full) * BK, BK, FMT,
-                           HAS_ZP, GROUP, BR, BK, ASM, False, PAIRS)
+            e = _lane(eids, j, KP) - (j >= TOPK).to(tl.int32)  # -1 past the last expert
+            _, w_ptr_e, s_ptr_e, z_ptr_e = _expert_ptrs(tl.maximum(e, 0), w_ptr, s_ptr, z_ptr, s_we, s_se)
+            h = _gemv_step(h, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, (it < n) & (e >= 0), w_ptr_e, s_wn, rows,
+                           s_ptr_e, z_ptr_e, s_sn, (it - j * full) * BK, BK, FMT, HAS_ZP, GROUP, BR, BK, ASM, False,
+                           PAIRS)
         acc += h.to(tl.float32)
     if TAIL:
         for j in tl.static_range(TOPK):
-            e = tl.sum(tl.where(slots == j, eids, 0), 0)
-            e64 = tl.maximum(e, 0).to(tl.int64)
-            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, e >= 0, w_ptr + e64 * s_we, s_wn, rows,
-                             s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, full * BK, K - full * BK, FMT, HAS_ZP,
-                             GROUP, BR, BK, ASM, True, False)
+            e = _lane(eids, j, KP)
+            _, w_ptr_e, s_ptr_e, z_ptr_e = _expert_ptrs(tl.maximum(e, 0), w_ptr, s_ptr, z_ptr, s_we, s_se)
+            acc = _gemv_step(acc, a_ptr + (t * TOPK + j).to(tl.int64) * s_am, e >= 0, w_ptr_e, s_wn, rows, s_ptr_e,
+                             z_ptr_e, s_sn, full * BK, K - full * BK, FMT, HAS_ZP, GROUP, BR, BK, ASM, True, False)
     y = tl.sum(acc, 1)
     if HAS_BIAS:
         for j in tl.static_range(TOPK):
-            e = tl.sum(tl.where(slots == j, eids, 0), 0)
+            e = _lane(eids, j, KP)
             b = tl.load(bias_ptr + tl.maximum(e, 0).to(tl.int64) * s_be + rows)
             if not ROUTED_ON_INPUT:
                 b = b * tl.load(tw_ptr + t * TOPK + j)

@@ -11,14 +11,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
-from .gemv import _gemm1_out, _gemv_acc, _pairs_dtype, _products, _w_tile, _w_values, _x_tiles
+from .gemv import _gemm1_out, _gemv_acc, _lane, _pairs_dtype, _products, _w_tile, _w_values, _x_tiles
 from .kernels import _expert_of_slot, _expert_ptrs, _pairs_of, _row_tile, _trap_if
-
-
-@triton.jit
-def _lane(v, j: tl.constexpr, BM: tl.constexpr):
-    """Element ``j`` of the ``[BM]`` vector ``v`` as a scalar."""
-    return tl.sum(tl.where(tl.arange(0, BM) == j, v, 0), 0)
 
 
 @triton.jit
@@ -66,9 +60,19 @@ def _rows_of(n_ok, present):
 
 
 @triton.jit
-def _row_sums(h):
-    """A 16-bit chain's (or float32 products') row sums in float32."""
-    return tl.sum(h.to(tl.float32), 1)
+def _add_row_sums(a0, a1, a2, a3, a4, a5, a6, a7, h0, h1, h2, h3, h4, h5, h6, h7, BM: tl.constexpr):
+    """The float32 sums ``a*`` of the first BM pairs' (gate, up) rows plus the row sums of their chains ``h*``."""
+    a0 += tl.sum(h0.to(tl.float32), 1)
+    a1 += tl.sum(h1.to(tl.float32), 1)
+    if BM > 1:
+        a2 += tl.sum(h2.to(tl.float32), 1)
+        a3 += tl.sum(h3.to(tl.float32), 1)
+    if BM > 2:
+        a4 += tl.sum(h4.to(tl.float32), 1)
+        a5 += tl.sum(h5.to(tl.float32), 1)
+        a6 += tl.sum(h6.to(tl.float32), 1)
+        a7 += tl.sum(h7.to(tl.float32), 1)
+    return a0, a1, a2, a3, a4, a5, a6, a7
 
 
 @triton.jit
@@ -126,16 +130,8 @@ def gemv_slot1_kernel(
                     h0, h1, h2, h3, h4, h5, h6, h7, x0, x1, x2, x3, ok0, ok1, ok2, ok3, w_ptr_e, s_wn, g_rows, u_rows,
                     s_ptr_e, z_ptr_e, s_sn, tl.minimum(step + j, full - 1) * BK, BK, step + j < full, FMT, GATED,
                     HAS_ZP, GROUP, BR, BK, ASM, False, True, BM)
-            a0 += _row_sums(h0)
-            a1 += _row_sums(h1)
-            if BM > 1:
-                a2 += _row_sums(h2)
-                a3 += _row_sums(h3)
-            if BM > 2:
-                a4 += _row_sums(h4)
-                a5 += _row_sums(h5)
-                a6 += _row_sums(h6)
-                a7 += _row_sums(h7)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _add_row_sums(a0, a1, a2, a3, a4, a5, a6, a7, h0, h1, h2, h3, h4, h5,
+                                                           h6, h7, BM)
         if TAIL:
             h0 = _gemv_acc(FMT, BR, BK)
             h1, h2, h3, h4, h5, h6, h7 = h0, h0, h0, h0, h0, h0, h0
@@ -143,21 +139,13 @@ def gemv_slot1_kernel(
                 h0, h1, h2, h3, h4, h5, h6, h7, x0, x1, x2, x3, ok0, ok1, ok2, ok3, w_ptr_e, s_wn, g_rows, u_rows,
                 s_ptr_e, z_ptr_e, s_sn, full * BK, K - full * BK, True, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True,
                 False, BM)
-            a0 += _row_sums(h0)
-            a1 += _row_sums(h1)
-            a2 += _row_sums(h2)
-            a3 += _row_sums(h3)
-            a4 += _row_sums(h4)
-            a5 += _row_sums(h5)
-            a6 += _row_sums(h6)
-            a7 += _row_sums(h7)
-        _gemm1_out(a0, a1, p0, _rows_of(n_ok, ok0), e64, tw_ptr, gsc_ptr, gsc2_ptr, bias_ptr, s_be, g_rows, u_rows, c_ptr, s_cm,
-                   offs_n, act, alpha, limit, up_add, FMT, GATED, HAS_BIAS, ROUTED_ON_INPUT, True, SCALE2)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _add_row_sums(a0, a1, a2, a3, a4, a5, a6, a7, h0, h1, h2, h3, h4, h5,
+                                                           h6, h7, BM)
+        out = (e64, tw_ptr, gsc_ptr, gsc2_ptr, bias_ptr, s_be, g_rows, u_rows, c_ptr, s_cm, offs_n, act, alpha, limit,
+               up_add, FMT, GATED, HAS_BIAS, ROUTED_ON_INPUT, True, SCALE2)
+        _gemm1_out(a0, a1, p0, _rows_of(n_ok, ok0), *out)
         if BM > 1:
-            _gemm1_out(a2, a3, p1, _rows_of(n_ok, ok1), e64, tw_ptr, gsc_ptr, gsc2_ptr, bias_ptr, s_be, g_rows, u_rows, c_ptr,
-                       s_cm, offs_n, act, alpha, limit, up_add, FMT, GATED, HAS_BIAS, ROUTED_ON_INPUT, True, SCALE2)
+            _gemm1_out(a2, a3, p1, _rows_of(n_ok, ok1), *out)
         if BM > 2:
-            _gemm1_out(a4, a5, p2, _rows_of(n_ok, ok2), e64, tw_ptr, gsc_ptr, gsc2_ptr, bias_ptr, s_be, g_rows, u_rows, c_ptr,
-                       s_cm, offs_n, act, alpha, limit, up_add, FMT, GATED, HAS_BIAS, ROUTED_ON_INPUT, True, SCALE2)
-            _gemm1_out(a6, a7, p3, _rows_of(n_ok, ok3), e64, tw_ptr, gsc_ptr, gsc2_ptr, bias_ptr, s_be, g_rows, u_rows, c_ptr,
-                       s_cm, offs_n, act, alpha, limit, up_add, FMT, GATED, HAS_BIAS, ROUTED_ON_INPUT, True, SCALE2)
+            _gemm1_out(a4, a5, p2, _rows_of(n_ok, ok2), *out)
+            _gemm1_out(a6, a7, p3, _rows_of(n_ok, ok3), *out)

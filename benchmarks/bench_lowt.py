@@ -79,6 +79,10 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "gemv8t": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token"),
         "gemv8tp": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True),
         "gemv8tpx": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
+        # GEMM2 per pair (partial sums) launched as a programmatic dependent of GEMM1, without and with pairs
+        "gemv8p": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True),
+        "gemv8px": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True, pairs=True),
+        "gemv16px": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, pdl=True, pairs=True),
         "gemv16tpx": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, gemm2="token", pdl=True,
                                     pairs=True),
         # GEMM1 over an expert's pairs, 2 / 4 per pass (each weight unpacked once per pass), from 4 tokens
@@ -120,7 +124,7 @@ class Run:
         self.per_expert_bytes = (ours.weight_bytes) / layer.local_num_experts
         self.timed_at.clear()
         for label, cfg in variants(name).items():
-            if label != "default" and self.args.variants == "default":
+            if self.args.variants != "all" and label not in ("default", *self.args.variants.split(",")):
                 continue
             exp = ours if label == "default" else _with_config(ours, cfg)
             out[f"ours:{label}"] = exp.forward
@@ -401,7 +405,8 @@ def main() -> None:
     p.add_argument("--out", default=os.devnull)
     p.add_argument("--layers", default=",".join(LAYERS))
     p.add_argument("--peers", default="humming,marlin,vllm")
-    p.add_argument("--variants", default="all", choices=("all", "default"))
+    p.add_argument("--variants", default="all", help="all, default, or a comma list of variant names (the default "
+                   "config is always timed)")
     p.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True, help="also T = 512, 4096 eagerly")
     p.add_argument("--replays", type=int, default=100)
     p.add_argument("--warm", help="compile for this layer only (no timing), then exit")
@@ -413,6 +418,9 @@ def main() -> None:
     p.add_argument("--costs-from", metavar="RECORD", help="no GPU: write --out as the cost table of a recorded run")
     p.add_argument("--prefill-from", metavar="RECORD", help="with --costs-from: the eager rows (T > 64) of this run")
     args = p.parse_args()
+    unknown = set(args.variants.split(",")) - {"all", *variants("")} if args.variants != "all" else set()
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     if args.costs_from:
         with open(args.costs_from) as f:
             rec = json.load(f)

@@ -191,8 +191,12 @@ def test_gemv_configs_every_format(sm90, scheme):
         *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", unroll2=u2, pdl=pdl)
           for u2, pdl in ((4, False), (4, True), (3, True))),
         ops.Config(**GEMV, bn1=16, bn2=16, gemm2="token", pdl=True),
+        # GEMM2 per pair launched as a programmatic dependent of GEMM1
+        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True),
         # products chained in 16-bit pairs for a loop iteration (fma.rn.bf16x2 / f16x2), per pair and per token
         ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pairs=True),
+        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True, pairs=True),
+        ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, pdl=True, pairs=True),
         ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
         ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, gemm2="token", pdl=True, pairs=True),
         # GEMM1 over an expert's pairs, 1 / 2 / 4 per pass
@@ -202,22 +206,23 @@ def test_gemv_configs_every_format(sm90, scheme):
 
 @pytest.mark.parametrize("scheme", ["nvfp4", "int4-g128-aligned", "bf16"])
 def test_gemv_programmatic_launch_graphed_equals_eager(sm90, scheme):
-    # GEMM2 launched as a programmatic dependent of GEMM1 (griddepcontrol): captured in a CUDA graph, the replay
-    # gives eager's bits at each bucket's own size, back to back, so GEMM2 never reads a stale intermediate.
+    # GEMM2 (per token or per pair) launched as a programmatic dependent of GEMM1 (griddepcontrol): captured in a
+    # CUDA graph, the replay gives eager's bits at each bucket's own size, back to back, so GEMM2 never reads a
+    # stale intermediate (nor per pair stale arrival counters).
     from moe_registry.backends.triton_lowt_moe import ops
     from moe_registry.execution.graphs import GraphedExperts
 
     experts, ref = _build(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90)
-    for pairs in (False, True):
-        experts.config = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True,
+    for gemm2, pairs in (("token", False), ("token", True), ("expert", False), ("expert", True)):
+        experts.config = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2=gemm2, pdl=True,
                                     pairs=pairs)
         graphed = GraphedExperts(experts, buckets=(1, 2, 4))
         for T in (1, 2, 4, 1):
             x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
             want = experts(x, w, ids).clone()
             outs = [graphed(x, w, ids).clone() for _ in range(3)]
-            assert all(torch.equal(o, want) for o in outs), (pairs, T, [relative_error(o, want) for o in outs])
-            assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), (pairs, T)
+            assert all(torch.equal(o, want) for o in outs), (gemm2, pairs, T, [relative_error(o, want) for o in outs])
+            assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), (gemm2, pairs, T)
 
 
 @pytest.mark.parametrize("name", list(BENCH))

@@ -83,6 +83,9 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "gemv8p": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True),
         "gemv8px": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True, pairs=True),
         "gemv16px": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, pdl=True, pairs=True),
+        # more loads in flight (8 K steps per thread: 135 registers, sm_90) or twice the programs (4 rows, one warp)
+        "gemv8u8px": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=8, pdl=True, pairs=True),
+        "gemv4px": lambda T: gemv(T, bn1=4, bn2=4, warps=1, warps2=1, unroll=4, pdl=True, pairs=True),
         "gemv16tpx": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, gemm2="token", pdl=True,
                                     pairs=True),
         # GEMM1 over an expert's pairs, 2 / 4 per pass (each weight unpacked once per pass), from 4 tokens

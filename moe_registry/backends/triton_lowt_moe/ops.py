@@ -128,7 +128,9 @@ class Config:
     16-bit pairs (one ``fma.rn.bf16x2`` per two weights instead of two conversions and an FFMA per weight),
     added to the float32 sums once per iteration; GEMM2 per token then reads a 16-bit intermediate; ``slots``:
     GEMM1 per (expert slot, row tile) over the expert's pairs, ``bm`` (1, 2 or 4) at a time, each weight
-    unpacked once per pass (``slots.py``; with gemm2 "token" and pairs)."""
+    unpacked once per pass (``slots.py``; with gemm2 "token" and pairs). On the H100 (343abfb run, lowt-notes.md)
+    GEMV GEMM2 per token was 40-60 % slower than per pair at T = 1-2 (too few programs in flight), slots slower
+    everywhere, pairs 2-20 % faster with 2.4x the error: none of them is a default."""
 
     bn1: int = 32
     bn2: int = 32

@@ -131,7 +131,7 @@ DECLARATION = BackendCapability(
         "vs eager within the reference tolerance where a T is padded to a bucket with another default "
         "(docs/verification/h100-lowt-default-gemv-5857230.log). The configs beside the default written after it "
         f"({_OPS} Config gemm2='token' with the GEMV kernels, pdl, pairs, slots), tree 343abfb, same card and "
-        "versions: bench_lowt.py's checks against the reference on four layers at T 1 / 16 / 64, rel err <= 6.6e-3 "
+        "versions: bench_lowt.py's checks against the reference on four layers at T 1 / 16 / 64, rel err <= 7.0e-3 "
         "(benchmarks/results/lowt-h100-variants/run1-343abfb/bench.log); their GPU tests (bit repeats, PDL graphed "
         "== eager) ran out of memory beside the bench's warm-up and have not passed (no GPU was lent again)")),),
 )

@@ -426,7 +426,7 @@ def main() -> None:
     p.add_argument("--costs-from", metavar="RECORD", help="no GPU: write --out as the cost table of a recorded run")
     p.add_argument("--prefill-from", metavar="RECORD", help="with --costs-from: the eager rows (T > 64) of this run")
     args = p.parse_args()
-    unknown = set(args.variants.split(",")) - {"all", *variants("")} if args.variants != "all" else set()
+    unknown = set(args.variants.split(",")) - set(variants("")) if args.variants != "all" else set()
     if unknown:
         p.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     if args.costs_from:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU session for triton-lowt-moe after a kernel change: the GPU tests (lowt + graph capture of humming and ours)
 # alone, then the benchmark warm-up and the profile's compiles in parallel, then the per-launch profile
-# (benchmarks/lowt_profile.py) and the timed benchmark alone on the GPU. From the repo root with .whl and .gpu/moe_C.so.xz carried;
-# results under $OUT/r.
+# (benchmarks/lowt_profile.py) and the timed benchmark alone on the GPU. From the repo root with .whl and
+# .gpu/moe_C.so.xz carried; results under $OUT/r.
 set -u; mkdir -p $OUT/r
 pip install --no-index --no-deps --target /tmp/site .whl/*.whl -q 2>/dev/null; xz -dc .gpu/moe_C.so.xz > /tmp/moe_C.so
 export PYTHONPATH=/tmp/site:$PWD MOE_REGISTRY_VLLM_MOE_C=/tmp/moe_C.so PYTHONUNBUFFERED=1 HUMMING_CACHE_DIR=/tmp/hc

@@ -177,6 +177,7 @@ def _each_config_repeats_its_bits(layer: LayerSpec, dev, tokens, configs) -> Non
 
 
 GEMV = dict(gemv=True, warps=4, warps2=4)
+GEMV8 = dict(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)  # the T = 1 default's tiling
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
@@ -188,16 +189,15 @@ def test_gemv_configs_every_format(sm90, scheme):
     _each_config_repeats_its_bits(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90, (1, 2, 5, 16), [
         *(ops.Config(**GEMV, bn1=bn, bn2=bn, unroll=unroll) for bn, unroll in ((16, 1), (16, 2), (32, 2), (8, 4))),
         # GEMM2 per token (its k experts' steps as one loop), with and without programmatic dependent launch
-        *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", unroll2=u2, pdl=pdl)
-          for u2, pdl in ((4, False), (4, True), (3, True))),
+        *(ops.Config(**GEMV8, gemm2="token", unroll2=u2, pdl=pdl) for u2, pdl in ((4, False), (4, True), (3, True))),
         ops.Config(**GEMV, bn1=16, bn2=16, gemm2="token", pdl=True),
         # GEMM2 per pair launched as a programmatic dependent of GEMM1
-        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True),
+        ops.Config(**GEMV8, pdl=True),
         # products chained in 16-bit pairs for a loop iteration (fma.rn.bf16x2 / f16x2), per pair and per token
-        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pairs=True),
-        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True, pairs=True),
+        ops.Config(**GEMV8, pairs=True),
+        ops.Config(**GEMV8, pdl=True, pairs=True),
         ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, pdl=True, pairs=True),
-        ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
+        ops.Config(**GEMV8, gemm2="token", pdl=True, pairs=True),
         ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, gemm2="token", pdl=True, pairs=True),
         # GEMM1 over an expert's pairs, 1 / 2 / 4 per pass
         *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
@@ -214,8 +214,7 @@ def test_gemv_programmatic_launch_graphed_equals_eager(sm90, scheme):
 
     experts, ref = _build(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90)
     for gemm2, pairs in (("token", False), ("token", True), ("expert", False), ("expert", True)):
-        experts.config = ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2=gemm2, pdl=True,
-                                    pairs=pairs)
+        experts.config = ops.Config(**GEMV8, gemm2=gemm2, pdl=True, pairs=pairs)
         graphed = GraphedExperts(experts, buckets=(1, 2, 4))
         for T in (1, 2, 4, 1):
             x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)

@@ -63,36 +63,36 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
 
     C = ops.Config
 
-    def at(T: int, cfg: Any) -> Any:
-        return cfg if T <= 64 else None
-
     def gemv(T: int, **kw: Any) -> Any:  # the GEMV kernels up to 16 tokens, with 16-bit pairs up to 64
         return C(gemv=True, **kw) if T <= (64 if kw.get("pairs") else 16) else None
 
+    def gemv8(T: int, **kw: Any) -> Any:  # the T = 1 default's tiling: 8 rows, 2 warps, 4 K steps in flight
+        return gemv(T, **{"bn1": 8, "bn2": 8, "warps": 2, "warps2": 2, "unroll": 4, **kw})
+
+    def gemv16(T: int, **kw: Any) -> Any:  # the GEMV default's tiling above T = 1: 16 rows, 4 warps, 2 K steps in flight
+        return gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, **kw)
+
     return {
         "default": lambda T: None,
-        "gemv16": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2),
-        "gemv8": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4),
+        "gemv16": lambda T: gemv16(T),
+        "gemv8": lambda T: gemv8(T),
         # GEMM2 per token (t: its k experts' steps as one loop), programmatic dependent launch of GEMM2 (p),
         # products chained in 16-bit pairs (x)
-        "gemv8x": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pairs=True),
-        "gemv8t": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token"),
-        "gemv8tp": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True),
-        "gemv8tpx": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, gemm2="token", pdl=True, pairs=True),
+        "gemv8x": lambda T: gemv8(T, pairs=True),
+        "gemv8t": lambda T: gemv8(T, gemm2="token"),
+        "gemv8tp": lambda T: gemv8(T, gemm2="token", pdl=True),
+        "gemv8tpx": lambda T: gemv8(T, gemm2="token", pdl=True, pairs=True),
         # GEMM2 per pair (partial sums) launched as a programmatic dependent of GEMM1, without and with pairs
-        "gemv8p": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True),
-        "gemv8px": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=4, pdl=True, pairs=True),
-        "gemv16px": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, pdl=True, pairs=True),
+        "gemv8p": lambda T: gemv8(T, pdl=True),
+        "gemv8px": lambda T: gemv8(T, pdl=True, pairs=True),
+        "gemv16px": lambda T: gemv16(T, pdl=True, pairs=True),
         # more loads in flight (8 K steps per thread: 135 registers, sm_90) or twice the programs (4 rows, one warp)
-        "gemv8u8px": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=8, pdl=True, pairs=True),
+        "gemv8u8px": lambda T: gemv8(T, unroll=8, pdl=True, pairs=True),
         "gemv4px": lambda T: gemv(T, bn1=4, bn2=4, warps=1, warps2=1, unroll=4, pdl=True, pairs=True),
-        "gemv16tpx": lambda T: gemv(T, bn1=16, bn2=16, warps=4, warps2=4, unroll=2, gemm2="token", pdl=True,
-                                    pairs=True),
+        "gemv16tpx": lambda T: gemv16(T, gemm2="token", pdl=True, pairs=True),
         # GEMM1 over an expert's pairs, 2 / 4 per pass (each weight unpacked once per pass), from 4 tokens
-        "slot2": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
-                                slots=True, bm=2) if T >= 4 else None,
-        "slot4": lambda T: gemv(T, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
-                                slots=True, bm=4) if T >= 4 else None,
+        "slot2": lambda T: gemv8(T, unroll=2, gemm2="token", pdl=True, pairs=True, slots=True, bm=2) if T >= 4 else None,
+        "slot4": lambda T: gemv8(T, unroll=2, gemm2="token", pdl=True, pairs=True, slots=True, bm=4) if T >= 4 else None,
         "dot": lambda T: C(bm=8 if T < 32 else 16) if T <= 16 else None,  # the per-expert-slot dot kernels
     }
 

@@ -10,6 +10,13 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/r/env.tx
 t0=$SECONDS
 # The tests first and alone: beside the warm-up processes (Mixtral's held 32 GB) 14 of 20 ran out of memory (343abfb)
 timeout ${TESTS_LIMIT:-200} python3 -m pytest -m gpu -v -p no:cacheprovider ${TESTS_ARGS:-} tests/gpu/test_triton_lowt_moe_gpu.py tests/gpu/test_graph_capture_gpu.py -k "${TESTS_K:-test_triton_lowt_moe_gpu or humming or lowt or graphed_experts_match_eager}" > $OUT/r/gpu-tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s" >> $OUT/r/gpu-tests.log
+# Nsight Compute alone on the GPU (NCU=1): per launch of one forward per config, DRAM throughput, occupancy, stalls
+[ "${NCU:-0}" = 1 ] && for L in ${NCU_LAYERS:-gemma4-nvfp4 qwen3-int4}; do
+  timeout ${NCU_LIMIT:-90} ncu --clock-control none --profile-from-start off -k regex:gemv --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats python3 benchmarks/lowt_profile.py --ncu --layers $L --tokens ${NCU_T:-1} \
+    --configs ${NCU_CONFIGS:-gemv8,gemv8px,gemv16} >> $OUT/r/ncu.txt 2>&1; echo "ncu $L rc=$? at $((SECONDS-t0))s" >> $OUT/r/ncu.txt
+done
 [ "${BENCH:-1}" = 1 ] && { python3 benchmarks/bench_lowt.py --phase warm --variants ${VARIANTS:-default} ${BENCH_ARGS:-} --warm-limit ${WARM_LIMIT:-200} > $OUT/r/warm.log 2>&1 & }
 [ "${PROFILE:-1}" = 1 ] && python3 benchmarks/lowt_profile.py ${PROFILE_ARGS:-} > /dev/null 2>&1   # compile only (timings discarded: GPU shared)
 wait; echo "parallel part done at $((SECONDS-t0))s"; tail -3 $OUT/r/gpu-tests.log

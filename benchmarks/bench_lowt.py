@@ -90,6 +90,12 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "gemv8u8px": lambda T: gemv8(T, unroll=8, pdl=True, pairs=True),
         "gemv4px": lambda T: gemv(T, bn1=4, bn2=4, warps=1, warps2=1, unroll=4, pdl=True, pairs=True),
         "gemv16tpx": lambda T: gemv16(T, gemm2="token", pdl=True, pairs=True),
+        # every K step of a program as straight-line code (w): all of its loads may be in flight at once
+        "gemv8pw": lambda T: gemv8(T, pdl=True, whole=True),
+        "gemv8pxw": lambda T: gemv8(T, pdl=True, pairs=True, whole=True),
+        "gemv8w4pxw": lambda T: gemv8(T, warps=4, warps2=4, pdl=True, pairs=True, whole=True),
+        "gemv16pxw": lambda T: gemv16(T, pdl=True, pairs=True, whole=True),
+        "gemv8r16pxw": lambda T: gemv8(T, bn2=16, warps2=4, pdl=True, pairs=True, whole=True),  # GEMM2: half the programs
         # GEMM1 over an expert's pairs, 2 / 4 per pass (each weight unpacked once per pass), from 4 tokens
         "slot2": lambda T: gemv8(T, unroll=2, gemm2="token", pdl=True, pairs=True, slots=True, bm=2) if T >= 4 else None,
         "slot4": lambda T: gemv8(T, unroll=2, gemm2="token", pdl=True, pairs=True, slots=True, bm=4) if T >= 4 else None,

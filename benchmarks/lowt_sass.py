@@ -134,6 +134,8 @@ def main() -> None:
     p.add_argument("--unroll", type=int, default=2, help="K steps per loop iteration of the GEMV kernels")
     p.add_argument("--pdl", action="store_true", help="the GEMV kernels' programmatic dependent launch calls")
     p.add_argument("--pairs", action="store_true", help="the GEMV kernels' products in 16-bit pairs (Config.pairs)")
+    p.add_argument("--steps", type=int, default=0, help="the GEMV kernels' STEPS (Config.whole: K steps unrolled)")
+    p.add_argument("--tail", action="store_true", help="the GEMV kernels with a partial last K step (TAIL)")
     p.add_argument("--dump")
     a = p.parse_args()
     print(f"triton {triton.__version__}")
@@ -159,8 +161,10 @@ def main() -> None:
                       "gemvt": GV.gemv_token_kernel}[kern]
                 stage = 1 if kern.startswith("gemv1") else 2
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
-                              BK=bk, ASM=True, TAIL=False, UNROLL=a.unroll, PDL=a.pdl,
+                              BK=bk, ASM=True, TAIL=a.tail, UNROLL=a.unroll, PDL=a.pdl,
                               PAIRS=a.pairs)
+                if kern in ("gemv1", "gemv2"):
+                    consts["STEPS"] = a.steps
                 if stage == 1:
                     consts.update(GATED=True, TOKEN2=kern == "gemv1t", SCALE2=kern == "gemv1t" and fmt == F.FMT_NVFP4)
                     ptrs = {"c": "*fp32"} if kern == "gemv1t" and not a.pairs else None
@@ -183,8 +187,17 @@ def main() -> None:
                   f"{ptxas_usage(k.asm['ptx'])}, smem {md.shared}, instr {total}: {top}")
             rows = a.bn * (2 if kern in ("gemm1", "gemv1", "gemv1t", "slot1") else 1)
             per = rows * bk / (32 * a.warps) * (a.unroll if kern.startswith(("gemv", "slot")) else 1)
-            inner = [lp for lp in loops(text) if (lp[1]["HMMA"] + lp[1]["HGMMA"] or kern.startswith(("gemv", "slot")))
+            inner = [lp for lp in loops(text) if lp[0] > 8  # (a trap's branch to itself is no loop)
+                     and (lp[1]["HMMA"] + lp[1]["HGMMA"] or kern.startswith(("gemv", "slot")))
                      and not lp[1]["MUFU"]]
+            if not inner:  # straight-line (STEPS): where the loads sit among the instructions
+                body = [m.group(1).split(".")[0] for ln in text.splitlines()
+                        if (m := re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", ln))]
+                ldg = [i for i, op in enumerate(body) if op == "LDG"]
+                math = [i for i, op in enumerate(body) if op in ("HFMA2", "FFMA", "HMUL2")]
+                first = math[0] if math else len(body)
+                print(f"    straight-line: {len(ldg)} LDG, {sum(i < first for i in ldg)} before the first product "
+                      f"(instruction {first} of {len(body)}); LDG positions {ldg[:6]}...{ldg[-6:]}")
             for n, mix in inner[:1]:
                 print(f"    main loop {n} instr = {n / per:.2f} per weight element per thread: "
                       + ", ".join(f"{op} {c}" for op, c in mix.most_common(12)))

@@ -188,6 +188,29 @@ def test_gemv_kernels_every_format(quant, T, gemm2, pairs, unroll):
     assert _run(_layer(quant=quant), T=T, config=cfg) <= TOL
 
 
+@pytest.mark.parametrize("quant", ["bf16", "nvfp4_w4a16", "mxfp4", _ZP64])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_gemv_whole_k_as_straight_line_code(quant, pairs):
+    # Config.whole: GEMM1's 3 K steps of 128 (H = 384) and GEMM2's 2 whole ones (I = 320) unrolled at compile time,
+    # unroll 2: GEMM1's last group has one step, GEMM2's partial step of 64 follows as the tail.
+    _interpreter()
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    layer = make_layer(num_experts=4, top_k=2, hidden_size=384, intermediate_size=320, quant=quant)
+    cfg = ops.Config(**{**_GEMV, "unroll": 2}, pairs=pairs, whole=True)
+    assert [ops.whole_steps(cfg, K, 128) for K in (384, 320, 64, 128 * ops.WHOLE_MAX + 128)] == [3, 2, 0, 0]
+    assert ops.whole_steps(ops.Config(**_GEMV), 384, 128) == 0
+    assert _run(layer, T=2, config=cfg) <= TOL
+
+
+def test_whole_k_is_a_gemv_option():
+    from moe_registry.backends.triton_lowt_moe import ops
+
+    with pytest.raises(ValueError, match="whole"):
+        ops.Config(whole=True)
+    assert ops.Config(gemv=True, whole=True).label().endswith(" whole")
+
+
 def test_gemv_kernels_epilogues_and_partial_row_tiles():
     _interpreter()
     from moe_registry.backends.triton_lowt_moe import ops

@@ -199,6 +199,10 @@ def test_gemv_configs_every_format(sm90, scheme):
         ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, pdl=True, pairs=True),
         ops.Config(**GEMV8, gemm2="token", pdl=True, pairs=True),
         ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, gemm2="token", pdl=True, pairs=True),
+        # every K step as straight-line code, its loads first (H = 1024: 4 whole steps; I = 704: 2 and a partial one)
+        ops.Config(**GEMV8, pdl=True, whole=True),
+        ops.Config(**GEMV8, pdl=True, pairs=True, whole=True),
+        ops.Config(**GEMV, bn1=16, bn2=16, unroll=2, pdl=True, pairs=True, whole=True),
         # GEMM1 over an expert's pairs, 1 / 2 / 4 per pass
         *(ops.Config(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=2, gemm2="token", pdl=True, pairs=True,
                      slots=True, bm=bm) for bm in (1, 2, 4))])
@@ -213,15 +217,17 @@ def test_gemv_programmatic_launch_graphed_equals_eager(sm90, scheme):
     from moe_registry.execution.graphs import GraphedExperts
 
     experts, ref = _build(LayerSpec(**{**MEDIUM, **SCHEMES[scheme]}), sm90)
-    for gemm2, pairs in (("token", False), ("token", True), ("expert", False), ("expert", True)):
-        experts.config = ops.Config(**GEMV8, gemm2=gemm2, pdl=True, pairs=pairs)
+    for gemm2, pairs, whole in (("token", False, False), ("token", True, False), ("expert", False, False),
+                                ("expert", True, False), ("expert", True, True)):
+        experts.config = ops.Config(**GEMV8, gemm2=gemm2, pdl=True, pairs=pairs, whole=whole)
         graphed = GraphedExperts(experts, buckets=(1, 2, 4))
         for T in (1, 2, 4, 1):
             x, w, ids = _inputs(experts.layer, T, sm90, "imbalanced", seed=T)
             want = experts(x, w, ids).clone()
             outs = [graphed(x, w, ids).clone() for _ in range(3)]
-            assert all(torch.equal(o, want) for o in outs), (gemm2, pairs, T, [relative_error(o, want) for o in outs])
-            assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), (gemm2, pairs, T)
+            assert all(torch.equal(o, want) for o in outs), (gemm2, pairs, whole, T,
+                                                             [relative_error(o, want) for o in outs])
+            assert relative_error(want, ref(x, w, ids)) <= _tol(experts.layer), (gemm2, pairs, whole, T)
 
 
 @pytest.mark.parametrize("name", list(BENCH))
@@ -230,10 +236,11 @@ def test_gemv_bench_shapes_and_epilogues(sm90, name):
 
     layer = LayerSpec(name=name, **BENCH[name])
     experts, ref = _build(layer, sm90)
-    experts.config = ops.Config(**GEMV, bn1=16, bn2=16)
-    for T in (1, 4):
-        x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
-        assert relative_error(experts(x, w, ids), ref(x, w, ids)) <= _tol(layer), T
+    for cfg in (ops.Config(**GEMV, bn1=16, bn2=16), ops.Config(**GEMV8, pdl=True, pairs=True, whole=True)):
+        experts.config = cfg  # whole: Mixtral's K of 4096 is 16 steps (the most), its 14336 keeps the loop
+        for T in (1, 4):
+            x, w, ids = _inputs(layer, T, sm90, "imbalanced", seed=T)
+            assert relative_error(experts(x, w, ids), ref(x, w, ids)) <= _tol(layer), (T, cfg)
     del experts, ref
     torch.cuda.empty_cache()
 

@@ -22,7 +22,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .kernels import FMT_16BIT, FMT_INT4, FMT_NVFP4, _activation, _arrive, _expert_ptrs, _row_tile, _trap_if
-from .unpack import _half_multipliers, _unpack
+from .unpack import _half_entries, _half_values, _unpack
 
 
 @triton.jit
@@ -91,17 +91,35 @@ def _w_values(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_
     pre-scaled: ``(q - z) * s`` rounded once to the layer dtype, as Marlin's dequantization does); 16-bit
     weights as they are (twice)."""
     if FMT == FMT_16BIT:
+        return w, w
+    e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
+    return _values_from((w, e_lo, e_hi), s_ptr_e, FMT, HAS_ZP, GROUP, BR, BK, ASM, MASKED)
+
+
+@triton.jit
+def _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr,
+                      GROUP: tl.constexpr, BK: tl.constexpr, MASKED: tl.constexpr):
+    """The scale entries of one K step's two halves (``_half_entries``), as loaded; 4-bit only."""
+    BKB: tl.constexpr = BK // 2
+    half = klen // 2
+    return (_half_entries(s_ptr_e, z_ptr_e, rows, s_sn, k0, half, FMT, GROUP, HAS_ZP, BKB, MASKED),
+            _half_entries(s_ptr_e, z_ptr_e, rows, s_sn, k0 + half, half, FMT, GROUP, HAS_ZP, BKB, MASKED))
+
+
+@triton.jit
+def _values_from(loaded, s_ptr_e, FMT: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr,
+                 BK: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):
+    """``_w_values`` of a step's (weights, low half's scale entries, high half's) as loaded."""
+    w = loaded[0]
+    if FMT == FMT_16BIT:
         lo = w
         hi = w
     else:
         # int4's multipliers are its scales, in the layer dtype; NvFP4 / MXFP4 unpack to bf16 (unpack.py)
         ADT: tl.constexpr = s_ptr_e.dtype.element_ty if FMT == FMT_INT4 else tl.bfloat16
         BKB: tl.constexpr = BK // 2
-        half = klen // 2
-        m_lo, z_lo = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0, half, FMT, GROUP, HAS_ZP, ADT, ASM, BR, BKB,
-                                       MASKED)
-        m_hi, z_hi = _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k0 + half, half, FMT, GROUP, HAS_ZP, ADT, ASM,
-                                       BR, BKB, MASKED)
+        m_lo, z_lo = _half_values(loaded[1], FMT, GROUP, HAS_ZP, ADT, ASM, BR, BKB, MASKED)
+        m_hi, z_hi = _half_values(loaded[2], FMT, GROUP, HAS_ZP, ADT, ASM, BR, BKB, MASKED)
         lo, hi = _unpack(w, m_lo, m_hi, z_lo, z_hi, FMT, FMT == FMT_INT4, ADT, ASM)
     return lo, hi
 
@@ -190,39 +208,123 @@ def _gemv_paired(acc_g, acc_u, x_ptr, step, full, w_ptr_e, s_wn, g_rows, u_rows,
 
 
 @triton.jit
+def _step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, rows, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr,
+                  GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, MASKED: tl.constexpr):
+    """What one K step of ``rows`` reads from HBM, loaded: (weights, low half's scale entries, high half's)
+    as stored (16-bit weights: the weights alone)."""
+    w = _w_tile(True, w_ptr_e, s_wn, rows, k0, klen, FMT, BR, BK, MASKED)
+    if FMT == FMT_16BIT:
+        return (w,)
+    e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
+    return (w, e_lo, e_hi)
+
+
+@triton.jit
+def _step_from(acc, loaded, x_ptr, s_ptr_e, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
+               BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
+    """``_gemv_step`` from what ``_step_entries`` loaded."""
+    xlo, xhi = _x_tiles(x_ptr, True, k0, klen, FMT, BR, BK, MASKED)
+    lo, hi = _values_from(loaded, s_ptr_e, FMT, HAS_ZP, GROUP, BR, BK, ASM, MASKED)
+    return _products(acc, lo, hi, xlo, xhi, FMT, PAIRS, ASM)
+
+
+@triton.jit
+def _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
+                GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+                ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr, PAIRS: tl.constexpr,
+                STEPS: tl.constexpr):
+    """All K as straight-line code (``_gemv_rows`` with STEPS > 0): the weights and scale entries of the
+    STEPS whole steps (and the partial last one's weights) loaded first (tuples), then the products, so that a
+    program's whole K is one round trip to HBM instead of one or more per loop iteration. PAIRS: each UNROLL
+    whole steps' products chained in 16-bit pairs; the partial step in float32."""
+    DT: tl.constexpr = _pairs_dtype(w_ptr_e, s_ptr_e, FMT, ASM).dtype if PAIRS else tl.float32
+    lg = ()
+    lu = ()
+    for j in tl.static_range(STEPS):
+        lg = lg + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, g_rows, j * BK, BK, FMT, HAS_ZP, GROUP, BR, BK,
+                                 False),)
+        if GATED:
+            lu = lu + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, u_rows, j * BK, BK, FMT, HAS_ZP, GROUP, BR,
+                                     BK, False),)
+    if TAIL:  # the partial step's weights too; its scales per element at use (preloaded, 2x the registers)
+        tlen = K - STEPS * BK
+        tg = _w_tile(True, w_ptr_e, s_wn, g_rows, STEPS * BK, tlen, FMT, BR, BK, True)
+        tu = tg
+        if GATED:
+            tu = _w_tile(True, w_ptr_e, s_wn, u_rows, STEPS * BK, tlen, FMT, BR, BK, True)
+    for s0 in tl.static_range(0, STEPS, UNROLL):
+        h_g = _gemv_acc(FMT, BR, BK, DT)
+        h_u = _gemv_acc(FMT, BR, BK, DT)
+        for j in tl.static_range(UNROLL):
+            if s0 + j < STEPS:
+                h_g = _step_from(h_g, lg[s0 + j], x_ptr, s_ptr_e, (s0 + j) * BK, BK, FMT, HAS_ZP, GROUP, BR, BK, ASM,
+                                 False, PAIRS)
+                if GATED:
+                    h_u = _step_from(h_u, lu[s0 + j], x_ptr, s_ptr_e, (s0 + j) * BK, BK, FMT, HAS_ZP, GROUP, BR, BK,
+                                     ASM, False, PAIRS)
+        acc_g += h_g.to(tl.float32)
+        acc_u += h_u.to(tl.float32)
+    if TAIL:
+        acc_g = _step_from(acc_g, _with_entries(tg, s_ptr_e, z_ptr_e, g_rows, s_sn, STEPS * BK, tlen, FMT, HAS_ZP,
+                                                GROUP, BK), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP, BR,
+                           BK, ASM, True, False)
+        if GATED:
+            acc_u = _step_from(acc_u, _with_entries(tu, s_ptr_e, z_ptr_e, u_rows, s_sn, STEPS * BK, tlen, FMT, HAS_ZP,
+                                                    GROUP, BK), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP,
+                               BR, BK, ASM, True, False)
+    return acc_g, acc_u
+
+
+@triton.jit
+def _with_entries(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr,
+                  GROUP: tl.constexpr, BK: tl.constexpr):
+    """(w, its masked step's scale entries) as ``_step_entries`` gives them."""
+    if FMT == FMT_16BIT:
+        return (w,)
+    e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, True)
+    return (w, e_lo, e_hi)
+
+
+@triton.jit
 def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
                GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
-               ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr, PAIRS: tl.constexpr):
+               ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr, PAIRS: tl.constexpr,
+               STEPS: tl.constexpr = 0):
     """``([BR], [BR])`` float32: weight rows ``g_rows`` and (GATED) ``u_rows``, all K, times the activation
     row at ``x_ptr``. Both row sets advance in the same loop and ``UNROLL`` steps per iteration, so that
     their weight loads are in flight together (at T = 1 too few warps are resident to cover the HBM's
     latency with one step's loads each); whole steps unmasked, then the partial last one. PAIRS: each
     iteration's products chained in 16-bit pairs (``_gemv_paired``), every whole step among them: the remaining
     ones run as one more iteration with the steps past the end predicated off (else up to UNROLL - 1 steps would
-    take the float32 path: 3 of GEMM1's 11 at Gemma 4, all of a K of 3 steps)."""
+    take the float32 path: 3 of GEMM1's 11 at Gemma 4, all of a K of 3 steps). STEPS > 0 (``Config.whole``,
+    K // BK known at compile time): ``_gemv_whole``, then the tail, with no loop."""
     acc_g = _gemv_acc(FMT, BR, BK)
     acc_u = _gemv_acc(FMT, BR, BK)
-    full = K // BK
-    if PAIRS:
-        whole = full - full % UNROLL
-        for step in range(0, whole, UNROLL):
-            acc_g, acc_u = _gemv_paired(acc_g, acc_u, x_ptr, step, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
-                                        z_ptr_e, s_sn, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, UNROLL, False)
-        if whole < full:  # the remaining steps as one more iteration, the ones past the end predicated off
-            acc_g, acc_u = _gemv_paired(acc_g, acc_u, x_ptr, whole, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
-                                        z_ptr_e, s_sn, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, UNROLL, True)
+    if STEPS > 0:  # the tail included
+        acc_g, acc_u = _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K,
+                                   FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, TAIL, UNROLL, PAIRS, STEPS)
     else:
-        for step in range(0, full - full % UNROLL, UNROLL):
-            for j in tl.static_range(UNROLL):
-                acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
-                                             z_ptr_e, s_sn, (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM,
-                                             False, False)
-        for step in range(full - full % UNROLL, full):
-            acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e,
-                                         s_sn, step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, False)
-    if TAIL:
-        acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
-                                     full * BK, K - full * BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True, False)
+        full = K // BK
+        if PAIRS:
+            whole = full - full % UNROLL
+            for step in range(0, whole, UNROLL):
+                acc_g, acc_u = _gemv_paired(acc_g, acc_u, x_ptr, step, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
+                                            z_ptr_e, s_sn, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, UNROLL, False)
+            if whole < full:  # the remaining steps as one more iteration, the ones past the end predicated off
+                acc_g, acc_u = _gemv_paired(acc_g, acc_u, x_ptr, whole, full, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
+                                            z_ptr_e, s_sn, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, UNROLL, True)
+        else:
+            for step in range(0, full - full % UNROLL, UNROLL):
+                for j in tl.static_range(UNROLL):
+                    acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e,
+                                                 z_ptr_e, s_sn, (step + j) * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM,
+                                                 False, False)
+            for step in range(full - full % UNROLL, full):
+                acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e,
+                                             s_sn, step * BK, BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, False, False)
+        if TAIL:
+            acc_g, acc_u = _gemv_gate_up(acc_g, acc_u, x_ptr, True, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn,
+                                         full * BK, K - full * BK, FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, True, False)
     return tl.sum(acc_g, 1), tl.sum(acc_u, 1)
 
 
@@ -235,6 +337,7 @@ def gemv1_kernel(
     FMT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
     UNROLL: tl.constexpr, TOKEN2: tl.constexpr, SCALE2: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr,
+    STEPS: tl.constexpr = 0,
 ):
     """GEMM1 as GEMVs: program (pair, tile of BR rows) writes ``c[pair, tile] = act(W13[e] x_t)`` (gate rows
     ``n * row_stride``, up rows ``+ up_offset``) in c's dtype: the layer dtype, or (TOKEN2, for GEMM2 per token)
@@ -259,7 +362,7 @@ def gemv1_kernel(
     e64, w_ptr_e, s_ptr_e, z_ptr_e = _expert_ptrs(expert, w_ptr, s_ptr, z_ptr, s_we, s_se)
     x_ptr = a_ptr + (pair // TOPK).to(tl.int64) * s_am
     g, u = _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT, GATED, HAS_ZP, GROUP, BR,
-                      BK, ASM, TAIL, UNROLL, PAIRS)
+                      BK, ASM, TAIL, UNROLL, PAIRS, STEPS)
     _gemm1_out(g, u, pair, n_ok, e64, tw_ptr, gsc_ptr, gsc2_ptr, bias_ptr, s_be, g_rows, u_rows, c_ptr, s_cm, offs_n,
                act, alpha, limit, up_add, FMT, GATED, HAS_BIAS, ROUTED_ON_INPUT, TOKEN2, SCALE2)
 
@@ -298,7 +401,7 @@ def gemv2_kernel(
     s_am, s_we, s_wn, s_se, s_sn, s_cm, s_be,
     FMT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr,
     ROUTED_ON_INPUT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr,
-    UNROLL: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr,
+    UNROLL: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr, PAIRS: tl.constexpr, STEPS: tl.constexpr = 0,
 ):
     """GEMM2 as GEMVs: program (pair, tile of BR rows) stores ``w * (W2[e] a_pair + b)`` (float32) into
     ``ws [P, N_OUT]``; the tile's last program to arrive (``cnt_ptr``, one counter per tile, 0 on entry and
@@ -315,7 +418,7 @@ def gemv2_kernel(
         e64 = expert.to(tl.int64)  # the pointers inline, not _expert_ptrs: this order compiles as verified
         y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
                           s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL,
-                          UNROLL, PAIRS)
+                          UNROLL, PAIRS, STEPS)
         if FMT == FMT_NVFP4:
             y = y * tl.load(gsc_ptr + e64)
         if HAS_BIAS:

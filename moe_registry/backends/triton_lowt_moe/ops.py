@@ -128,7 +128,10 @@ class Config:
     16-bit pairs (one ``fma.rn.bf16x2`` per two weights instead of two conversions and an FFMA per weight),
     added to the float32 sums once per iteration; GEMM2 per token then reads a 16-bit intermediate; ``slots``:
     GEMM1 per (expert slot, row tile) over the expert's pairs, ``bm`` (1, 2 or 4) at a time, each weight
-    unpacked once per pass (``slots.py``; with gemm2 "token" and pairs). On the H100 (343abfb run, lowt-notes.md)
+    unpacked once per pass (``slots.py``; with gemm2 "token" and pairs); ``whole``: each GEMV program's K steps
+    as straight-line code, no loop (the step count a compile-time constant, where K has at most ``WHOLE_MAX``
+    steps), so every step's loads may be in flight at once: one round trip to memory per program, not one per
+    ``unroll`` steps (per pair GEMM2 and GEMM1, not ``slots``). On the H100 (343abfb run, lowt-notes.md)
     GEMV GEMM2 per token was 40-60 % slower than per pair at T = 1-2 (too few programs in flight), slots slower
     everywhere, pairs 2-20 % faster with 2.4x the error: none of them is a default."""
 
@@ -149,6 +152,7 @@ class Config:
     pdl: bool = False
     pairs: bool = False
     slots: bool = False
+    whole: bool = False
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
@@ -157,6 +161,8 @@ class Config:
             raise ValueError("Config.gemm2 'sorted' is the dot kernels' prefill path, not a GEMV kernel")
         if self.slots and not (self.gemv and self.gemm2 == "token" and self.pairs and self.bm in (1, 2, 4)):
             raise ValueError("Config.slots needs gemv, gemm2 'token', pairs and bm of 1, 2 or 4 (pairs per pass)")
+        if self.whole and not self.gemv:
+            raise ValueError("Config.whole is a GEMV kernels' option (gemv=True)")
         if min(self.split1, self.split2) < 0 or self.fill < 1:
             raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")
 
@@ -165,9 +171,19 @@ class Config:
             # GEMM2 per pair ("expert") unnamed: the label benchmark records since 40b0593 carry
             return (f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
                     f"{f' token u{self.unroll2}' if self.gemm2 == 'token' else ''}{' pdl' if self.pdl else ''}"
-                    f"{' pairs' if self.pairs else ''}{f' slots bm{self.bm}' if self.slots else ''}")
+                    f"{' pairs' if self.pairs else ''}{f' slots bm{self.bm}' if self.slots else ''}"
+                    f"{' whole' if self.whole else ''}")
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
+
+
+WHOLE_MAX = 16  # K steps: above this ``Config.whole`` keeps the loop (Mixtral's 56: code size, compile time)
+
+
+def whole_steps(cfg: Config, K: int, block: int) -> int:
+    """The GEMV kernels' STEPS for a K of ``K``: its whole steps with ``cfg.whole`` where there are at most
+    WHOLE_MAX, else 0 (the loop over steps)."""
+    return K // block if cfg.whole and K // block <= WHOLE_MAX else 0
 
 
 GEMV_FOR = "4-bit weights while T x top_k <= num_experts / 2; 16-bit weights at T = 1"
@@ -374,7 +390,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
             num_experts, intermediate, H, k,
             x.stride(0), s_we, s_wn, s_se, s_sn, inter.stride(0), s_b1,
             ep.row_stride, ep.up_offset, ep.act, float(ep.alpha), limit, float(ep.up_add),
-            TOKEN2=token, PAIRS=cfg.pairs, **same)
+            TOKEN2=token, PAIRS=cfg.pairs, STEPS=whole_steps(cfg, H, w13.block), **same)
     w, s, z, g = _args(w2, dummy)
     s_we, s_wn, s_se, s_sn = _strides(w2)
     b2 = w2_bias if w2_bias is not None else dummy
@@ -398,6 +414,6 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
         inter.stride(0), s_we, s_wn, s_se, s_sn, out.stride(0), s_b2,
         FMT=w2.fmt, HAS_BIAS=w2_bias is not None, HAS_ZP=w2.zeros is not None, GROUP=w2.group,
         ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn2, BK=w2.block, ASM=asm, TAIL=intermediate % w2.block != 0,
-        UNROLL=cfg.unroll, BT=16, PDL=pdl, PAIRS=cfg.pairs,
+        UNROLL=cfg.unroll, BT=16, PDL=pdl, PAIRS=cfg.pairs, STEPS=whole_steps(cfg, intermediate, w2.block),
         num_warps=cfg.warps2, num_stages=cfg.stages, **launch)
     return out

@@ -88,7 +88,7 @@ def _e2m1_value(nib):
 def _unpack(w, m_lo, m_hi, z_lo, z_hi, FMT: tl.constexpr, PRESCALE: tl.constexpr, ADT: tl.constexpr,
             ASM: tl.constexpr):
     """(low-nibble values, high-nibble values) of the bytes ``w [BN, BKB]`` as dot operands of dtype ADT.
-    ``m_*``: per-byte multipliers as ``_multipliers`` makes them; ``z_*``: pre-scaled int4 ``z + magic``.
+    ``m_*``: per-byte multipliers as ``_half_multipliers`` makes them; ``z_*``: pre-scaled int4 ``z + magic``.
     ASM: the PTX path (GPU); otherwise the same values in plain Triton and float32 (the interpreter, which
     cannot run PTX, and multiplies in float32 anyway)."""
     if ASM:
@@ -131,15 +131,28 @@ def _unpack(w, m_lo, m_hi, z_lo, z_hi, FMT: tl.constexpr, PRESCALE: tl.constexpr
 
 
 @triton.jit
-def _multipliers(s_ptr_e, z_ptr_e, ptrs, mask, FMT: tl.constexpr, HAS_ZP: tl.constexpr, ADT: tl.constexpr,
-                 ASM: tl.constexpr, MASKED: tl.constexpr):
-    """(multiplier, z + magic) of the scale entries at ``ptrs``: NvFP4 ``e4m3 * 2^116`` (ASM, bf16) or
-    ``e4m3 * 2^-10`` (float32); MXFP4 ``2^(e - 127)``; int4 the scale and ``z + magic`` in ADT."""
-    if FMT == FMT_NVFP4:
+def _scale_entries(s_ptr_e, z_ptr_e, ptrs, mask, FMT: tl.constexpr, HAS_ZP: tl.constexpr, MASKED: tl.constexpr):
+    """The stored scale entries at ``ptrs`` and (int4 with zero points) the zero points' (else the scales again),
+    as loaded: converted by ``_from_entries``."""
+    other = 127 if FMT == FMT_MXFP4 else 0  # a masked MXFP4 entry reads as 2^0
+    if MASKED:
+        raw = tl.load(s_ptr_e + ptrs, mask=mask, other=other)
+    else:
+        raw = tl.load(s_ptr_e + ptrs)
+    zq = raw
+    if FMT == FMT_INT4 and HAS_ZP:
         if MASKED:
-            raw = tl.load(s_ptr_e + ptrs, mask=mask, other=0)
+            zq = tl.load(z_ptr_e + ptrs, mask=mask, other=0)
         else:
-            raw = tl.load(s_ptr_e + ptrs)
+            zq = tl.load(z_ptr_e + ptrs)
+    return raw, zq
+
+
+@triton.jit
+def _from_entries(raw, zq, FMT: tl.constexpr, HAS_ZP: tl.constexpr, ADT: tl.constexpr, ASM: tl.constexpr):
+    """(multiplier, z + magic) of stored scale entries (``_scale_entries``): NvFP4 ``e4m3 * 2^116`` (ASM, bf16)
+    or ``e4m3 * 2^-10`` (float32); MXFP4 ``2^(e - 127)``; int4 the scale and ``z + magic`` in ADT."""
+    if FMT == FMT_NVFP4:
         v = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         if ASM:
             m = (v * TWO_116).to(tl.bfloat16)
@@ -147,26 +160,16 @@ def _multipliers(s_ptr_e, z_ptr_e, ptrs, mask, FMT: tl.constexpr, HAS_ZP: tl.con
             m = v * TWO_M10
         z = m
     elif FMT == FMT_MXFP4:
-        if MASKED:
-            raw = tl.load(s_ptr_e + ptrs, mask=mask, other=127).to(tl.int32)
-        else:
-            raw = tl.load(s_ptr_e + ptrs).to(tl.int32)
+        e = raw.to(tl.int32)
         if ASM:
-            m = (raw << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)  # 2^(e - 127); e = 0 (2^-127) reads as 0
+            m = (e << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)  # 2^(e - 127); e = 0 (2^-127) reads as 0
         else:
-            m = (raw << 23).to(tl.float32, bitcast=True)
+            m = (e << 23).to(tl.float32, bitcast=True)
         z = m
     else:
         ZMAGIC: tl.constexpr = 1024.0 if ADT == tl.float16 else 128.0
-        if MASKED:
-            m = tl.load(s_ptr_e + ptrs, mask=mask, other=0.0).to(ADT)
-        else:
-            m = tl.load(s_ptr_e + ptrs).to(ADT)
+        m = raw.to(ADT)
         if HAS_ZP:
-            if MASKED:
-                zq = tl.load(z_ptr_e + ptrs, mask=mask, other=0)
-            else:
-                zq = tl.load(z_ptr_e + ptrs)
             z = (zq.to(tl.float32) + ZMAGIC).to(ADT)
         else:
             z = (tl.zeros_like(m.to(tl.float32)) + (ZMAGIC + 8.0)).to(ADT)
@@ -174,22 +177,41 @@ def _multipliers(s_ptr_e, z_ptr_e, ptrs, mask, FMT: tl.constexpr, HAS_ZP: tl.con
 
 
 @triton.jit
-def _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k_first, klen, FMT: tl.constexpr, GROUP: tl.constexpr,
-                      HAS_ZP: tl.constexpr, ADT: tl.constexpr, ASM: tl.constexpr, BN: tl.constexpr,
-                      BKB: tl.constexpr, MASKED: tl.constexpr):
-    """Per-byte (multiplier, z + magic) ``[BN, BKB]`` for the elements ``k_first + i`` of ``rows``.
-    Whole groups (the main loop): each group's entry loaded once and broadcast in registers; the masked
-    tail step loads per element (``i < klen``)."""
+def _half_entries(s_ptr_e, z_ptr_e, rows, s_sn, k_first, klen, FMT: tl.constexpr, GROUP: tl.constexpr,
+                  HAS_ZP: tl.constexpr, BKB: tl.constexpr, MASKED: tl.constexpr):
+    """The stored scale (and zero point) entries for the elements ``k_first + i`` of ``rows``, as loaded
+    (``_half_values`` converts them). Whole groups (the main loop): each group's entry once, ``[BN, groups]``;
+    the masked tail step per element (``i < klen``), ``[BN, BKB]``."""
     if MASKED:
         i = tl.arange(0, BKB)
         ok = i < klen
         ptrs = rows[:, None] * s_sn + ((k_first + tl.where(ok, i, 0)) // GROUP)[None, :]
-        return _multipliers(s_ptr_e, z_ptr_e, ptrs, ok[None, :], FMT, HAS_ZP, ADT, ASM, True)
+        return _scale_entries(s_ptr_e, z_ptr_e, ptrs, ok[None, :], FMT, HAS_ZP, True)
     else:
         GB: tl.constexpr = GROUP if GROUP < BKB else BKB  # elements (bytes) of one group in the half
+        g = k_first // GROUP + tl.arange(0, BKB // GB)
+        return _scale_entries(s_ptr_e, z_ptr_e, rows[:, None] * s_sn + g[None, :], None, FMT, HAS_ZP, False)
+
+
+@triton.jit
+def _half_values(entries, FMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZP: tl.constexpr, ADT: tl.constexpr,
+                 ASM: tl.constexpr, BN: tl.constexpr, BKB: tl.constexpr, MASKED: tl.constexpr):
+    """Per-byte (multiplier, z + magic) ``[BN, BKB]`` of ``_half_entries``: whole groups converted once per
+    group, then broadcast in registers."""
+    m, z = _from_entries(entries[0], entries[1], FMT, HAS_ZP, ADT, ASM)
+    if not MASKED:
+        GB: tl.constexpr = GROUP if GROUP < BKB else BKB
         NG: tl.constexpr = BKB // GB
-        g = k_first // GROUP + tl.arange(0, NG)
-        m, z = _multipliers(s_ptr_e, z_ptr_e, rows[:, None] * s_sn + g[None, :], None, FMT, HAS_ZP, ADT, ASM, False)
         m = tl.reshape(tl.broadcast_to(m[:, :, None], (BN, NG, GB)), (BN, BKB))
         z = tl.reshape(tl.broadcast_to(z[:, :, None], (BN, NG, GB)), (BN, BKB))
-        return m, z
+    return m, z
+
+
+@triton.jit
+def _half_multipliers(s_ptr_e, z_ptr_e, rows, s_sn, k_first, klen, FMT: tl.constexpr, GROUP: tl.constexpr,
+                      HAS_ZP: tl.constexpr, ADT: tl.constexpr, ASM: tl.constexpr, BN: tl.constexpr,
+                      BKB: tl.constexpr, MASKED: tl.constexpr):
+    """Per-byte (multiplier, z + magic) ``[BN, BKB]`` for the elements ``k_first + i`` of ``rows``
+    (``_half_entries``, then ``_half_values``)."""
+    entries = _half_entries(s_ptr_e, z_ptr_e, rows, s_sn, k_first, klen, FMT, GROUP, HAS_ZP, BKB, MASKED)
+    return _half_values(entries, FMT, GROUP, HAS_ZP, ADT, ASM, BN, BKB, MASKED)

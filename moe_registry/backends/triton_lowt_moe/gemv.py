@@ -241,11 +241,11 @@ def _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_p
     lg = ()
     lu = ()
     for j in tl.static_range(STEPS):
-        lg = lg + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, g_rows, j * BK, BK, FMT, HAS_ZP, GROUP, BR, BK,
-                                 False),)
+        lg = lg + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, g_rows, j * BK, BK, FMT, HAS_ZP,  # type: ignore[assignment]
+                                 GROUP, BR, BK, False),)
         if GATED:
-            lu = lu + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, u_rows, j * BK, BK, FMT, HAS_ZP, GROUP, BR,
-                                     BK, False),)
+            lu = lu + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, u_rows, j * BK, BK, FMT,  # type: ignore[assignment]
+                                     HAS_ZP, GROUP, BR, BK, False),)
     if TAIL:  # the partial step's weights too; its scales per element at use (preloaded, 2x the registers)
         tlen = K - STEPS * BK
         tg = _w_tile(True, w_ptr_e, s_wn, g_rows, STEPS * BK, tlen, FMT, BR, BK, True)

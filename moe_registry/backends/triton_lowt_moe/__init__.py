@@ -133,7 +133,8 @@ DECLARATION = BackendCapability(
         f"({_OPS} Config gemm2='token' with the GEMV kernels, pdl, pairs, slots), tree 343abfb, same card and "
         "versions: bench_lowt.py's checks against the reference on four layers at T 1 / 16 / 64, rel err <= 7.0e-3 "
         "(benchmarks/results/lowt-h100-variants/run1-343abfb/bench.log); their GPU tests (bit repeats, PDL graphed "
-        "== eager) ran out of memory beside the bench's warm-up and have not passed (no GPU was lent again)")),),
+        "== eager) ran out of memory beside the bench's warm-up and have not passed (no GPU was lent again). "
+        f"{_OPS} Config whole (every K step's loads first, 2026-12-08): interpreter tests only, never run on a GPU")),),
 )
 
 

@@ -65,10 +65,11 @@ def _sig(fn: triton.JITFunction, fmt: int, stage: int, finish: bool, ptrs: dict 
 
 
 def compile_one(fn: triton.JITFunction, consts: dict, fmt: int, stage: int, warps: int, stages: int,
-                ptrs: dict | None = None) -> object:
+                ptrs: dict | None = None, maxnreg: int | None = None) -> object:
     sig, attrs = _sig(fn, fmt, stage, finish=stage == 2 and consts.get("SPLIT") is not None, ptrs=ptrs)
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages,
+                                                                           **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
 def sass_mix(cubin: bytes) -> tuple[collections.Counter, str]:
@@ -135,6 +136,7 @@ def main() -> None:
     p.add_argument("--pdl", action="store_true", help="the GEMV kernels' programmatic dependent launch calls")
     p.add_argument("--pairs", action="store_true", help="the GEMV kernels' products in 16-bit pairs (Config.pairs)")
     p.add_argument("--steps", type=int, default=0, help="the GEMV kernels' STEPS (Config.whole: K steps unrolled)")
+    p.add_argument("--maxnreg", type=int, help="registers per thread at most (Config.maxnreg / maxnreg2)")
     p.add_argument("--tail", action="store_true", help="the GEMV kernels with a partial last K step (TAIL)")
     p.add_argument("--dump")
     a = p.parse_args()
@@ -178,7 +180,7 @@ def main() -> None:
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BN=a.bn,
                               BK=bk, BM=a.bm_token, ASM=fmt != 0, DOT_F32=False, TAIL=False)
                 stage = 2
-            k = compile_one(fn, consts, fmt, stage, a.warps, a.stages, ptrs)
+            k = compile_one(fn, consts, fmt, stage, a.warps, a.stages, ptrs, a.maxnreg)
             md = k.metadata
             ops, text = sass_mix(k.asm["cubin"])
             total = sum(ops.values())

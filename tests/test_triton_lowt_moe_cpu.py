@@ -203,12 +203,19 @@ def test_gemv_whole_k_as_straight_line_code(quant, pairs):
     assert _run(layer, T=2, config=cfg) <= TOL
 
 
-def test_whole_k_is_a_gemv_option():
+def test_whole_k_and_register_caps_are_gemv_options():
     from moe_registry.backends.triton_lowt_moe import ops
 
-    with pytest.raises(ValueError, match="whole"):
-        ops.Config(whole=True)
+    for kw in (dict(whole=True), dict(maxnreg=64), dict(maxnreg2=48)):
+        with pytest.raises(ValueError, match="GEMV"):
+            ops.Config(**kw)
+    for bad in (-1, 16, 256):
+        with pytest.raises(ValueError, match="24..255"):
+            ops.Config(gemv=True, maxnreg2=bad)
     assert ops.Config(gemv=True, whole=True).label().endswith(" whole")
+    assert ops.Config(gemv=True, maxnreg2=48).label().endswith(" r2=48")
+    # the cap is a GPU compile option: the interpreter runs without it
+    assert _run(_layer(quant="nvfp4_w4a16"), T=1, config=ops.Config(**_GEMV, maxnreg=64, maxnreg2=48)) <= TOL
 
 
 def test_gemv_kernels_epilogues_and_partial_row_tiles():

@@ -131,9 +131,11 @@ class Config:
     unpacked once per pass (``slots.py``; with gemm2 "token" and pairs); ``whole``: each GEMV program's K steps
     as straight-line code, no loop (the step count a compile-time constant, where K has at most ``WHOLE_MAX``
     steps), so every step's loads may be in flight at once: one round trip to memory per program, not one per
-    ``unroll`` steps (per pair GEMM2 and GEMM1, not ``slots``). On the H100 (343abfb run, lowt-notes.md)
-    GEMV GEMM2 per token was 40-60 % slower than per pair at T = 1-2 (too few programs in flight), slots slower
-    everywhere, pairs 2-20 % faster with 2.4x the error: none of them is a default."""
+    ``unroll`` steps (per pair GEMM2 and GEMM1, not ``slots``); ``maxnreg`` / ``maxnreg2``: registers per thread
+    at most in the GEMV GEMM1 / GEMM2 (0: the compiler's choice), so that a grid fits the GPU in one wave (Gemma 4's
+    T = 1 GEMM2, 2816 programs of 2 warps, needs <= 48; the compiler takes 72 with ``whole``). On the H100 (343abfb
+    run, lowt-notes.md) GEMV GEMM2 per token was 40-60 % slower than per pair at T = 1-2 (too few programs in flight),
+    slots slower everywhere, pairs 2-20 % faster with 2.4x the error: none of them is a default."""
 
     bn1: int = 32
     bn2: int = 32
@@ -153,6 +155,8 @@ class Config:
     pairs: bool = False
     slots: bool = False
     whole: bool = False
+    maxnreg: int = 0
+    maxnreg2: int = 0
 
     def __post_init__(self) -> None:
         if self.gemm2 not in GEMM2_MODES:
@@ -161,8 +165,10 @@ class Config:
             raise ValueError("Config.gemm2 'sorted' is the dot kernels' prefill path, not a GEMV kernel")
         if self.slots and not (self.gemv and self.gemm2 == "token" and self.pairs and self.bm in (1, 2, 4)):
             raise ValueError("Config.slots needs gemv, gemm2 'token', pairs and bm of 1, 2 or 4 (pairs per pass)")
-        if self.whole and not self.gemv:
-            raise ValueError("Config.whole is a GEMV kernels' option (gemv=True)")
+        if (self.whole or self.maxnreg or self.maxnreg2) and not self.gemv:
+            raise ValueError("Config.whole and maxnreg / maxnreg2 are GEMV kernels' options (gemv=True)")
+        if min(self.maxnreg, self.maxnreg2) < 0 or any(0 < r < 24 or r > 255 for r in (self.maxnreg, self.maxnreg2)):
+            raise ValueError(f"Config.maxnreg / maxnreg2 must be 0 or 24..255, got {self.maxnreg}, {self.maxnreg2}")
         if min(self.split1, self.split2) < 0 or self.fill < 1:
             raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")
 
@@ -172,7 +178,8 @@ class Config:
             return (f"gemv rows{self.bn1}/{self.bn2} w{self.warps}/{self.warps2} u{self.unroll} s{self.stages}"
                     f"{f' token u{self.unroll2}' if self.gemm2 == 'token' else ''}{' pdl' if self.pdl else ''}"
                     f"{' pairs' if self.pairs else ''}{f' slots bm{self.bm}' if self.slots else ''}"
-                    f"{' whole' if self.whole else ''}")
+                    f"{' whole' if self.whole else ''}"
+                    f"{''.join(f' r{n}={r}' for n, r in ((1, self.maxnreg), (2, self.maxnreg2)) if r)}")
         return (f"bn{self.bn1}/{self.bn2} bm{self.bm}/{self.bm_token} w{self.warps}/{self.warps2} s{self.stages} "
                 f"{self.gemm2} k{self.split1 or 'auto'}/{self.split2 or 'auto'}")
 
@@ -349,6 +356,11 @@ def fused_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     return out
 
 
+def _registers(maxnreg: int, asm: bool) -> dict[str, int]:
+    """The launch option capping registers per thread (a compile option of the GPU's; not the interpreter's)."""
+    return {"maxnreg": maxnreg} if maxnreg and asm else {}
+
+
 def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: PackedWeight, w2: PackedWeight,
                   num_experts: int, intermediate: int, ep: Epilogue, cfg: Config, w13_bias: torch.Tensor | None,
                   w2_bias: torch.Tensor | None, ok: torch.Tensor, asm: bool,
@@ -376,7 +388,7 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
     same = dict(FMT=w13.fmt, GATED=ep.gated, HAS_BIAS=w13_bias is not None, HAS_ZP=w13.zeros is not None,
                 GROUP=w13.group, ROUTED_ON_INPUT=ep.routed_on_input, BR=cfg.bn1, BK=w13.block, ASM=asm,
                 TAIL=H % w13.block != 0, UNROLL=cfg.unroll, SCALE2=scale2, PDL=pdl, num_warps=cfg.warps,
-                num_stages=cfg.stages)
+                num_stages=cfg.stages, **_registers(cfg.maxnreg, asm))
     if cfg.slots:  # a program per (expert slot, row tile) over the expert's pairs
         SL.gemv_slot1_kernel[(min(num_experts, P) * triton.cdiv(intermediate, cfg.bn1),)](
             x, ids, tw, w, s, z, g, g2, b1, inter, ok,
@@ -395,7 +407,8 @@ def _gemv_experts(x: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor, w13: Pac
     s_we, s_wn, s_se, s_sn = _strides(w2)
     b2 = w2_bias if w2_bias is not None else dummy
     s_b2 = w2_bias.stride(0) if w2_bias is not None else 0
-    launch = {"launch_pdl": True} if pdl else {}
+    launch: dict[str, Any] = {"launch_pdl": True} if pdl else {}
+    launch.update(_registers(cfg.maxnreg2, asm))
     if token:
         GV.gemv_token_kernel[(T * triton.cdiv(H, cfg.bn2),)](
             inter, ids, tw, w, s, z, b2, out,

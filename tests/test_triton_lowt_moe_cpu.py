@@ -223,8 +223,9 @@ def test_gemv_kernels_epilogues_and_partial_row_tiles():
     from moe_registry.backends.triton_lowt_moe import ops
 
     params = SwigluOAIParams(alpha=1.702, limit=7.0, up_offset=1.0, interleaved=True)
-    for gemm2 in ("expert", "token"):
-        cfg = ops.Config(gemv=True, bn1=128, bn2=64, warps=4, warps2=4, gemm2=gemm2)  # I = 192: a full, a partial tile
+    for gemm2, whole in (("expert", False), ("token", False), ("expert", True)):  # whole: ungated relu2 too
+        cfg = ops.Config(gemv=True, bn1=128, bn2=64, warps=4, warps2=4, gemm2=gemm2,  # I = 192: a full, a partial tile
+                         whole=whole)
         assert _run(_layer(quant="mxfp4", activation="swigluoai", activation_params=params, bias=True), T=2,
                     config=cfg) <= TOL
         assert _run(_layer(quant="nvfp4_w4a16", activation="relu2"), T=2, config=cfg) <= TOL

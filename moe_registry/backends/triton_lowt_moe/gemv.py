@@ -90,10 +90,8 @@ def _w_values(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_
     """(low, high) nibble values of 4-bit bytes ``w`` (``_w_tile``) with their group scales applied (int4
     pre-scaled: ``(q - z) * s`` rounded once to the layer dtype, as Marlin's dequantization does); 16-bit
     weights as they are (twice)."""
-    if FMT == FMT_16BIT:
-        return w, w
-    e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
-    return _values_from((w, e_lo, e_hi), s_ptr_e, FMT, HAS_ZP, GROUP, BR, BK, ASM, MASKED)
+    return _values_from(_with_entries(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED),
+                        s_ptr_e, FMT, HAS_ZP, GROUP, BR, BK, ASM, MASKED)
 
 
 @triton.jit
@@ -213,6 +211,13 @@ def _step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, rows, k0, klen, FMT: tl
     """What one K step of ``rows`` reads from HBM, loaded: (weights, low half's scale entries, high half's)
     as stored (16-bit weights: the weights alone)."""
     w = _w_tile(True, w_ptr_e, s_wn, rows, k0, klen, FMT, BR, BK, MASKED)
+    return _with_entries(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
+
+
+@triton.jit
+def _with_entries(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr,
+                  GROUP: tl.constexpr, BK: tl.constexpr, MASKED: tl.constexpr):
+    """``_step_entries`` of a step whose weights ``w`` are loaded already."""
     if FMT == FMT_16BIT:
         return (w,)
     e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
@@ -266,23 +271,13 @@ def _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_p
         acc_u += h_u.to(tl.float32)
     if TAIL:
         acc_g = _step_from(acc_g, _with_entries(tg, s_ptr_e, z_ptr_e, g_rows, s_sn, STEPS * BK, tlen, FMT, HAS_ZP,
-                                                GROUP, BK), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP, BR,
+                                                GROUP, BK, True), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP, BR,
                            BK, ASM, True, False)
         if GATED:
             acc_u = _step_from(acc_u, _with_entries(tu, s_ptr_e, z_ptr_e, u_rows, s_sn, STEPS * BK, tlen, FMT, HAS_ZP,
-                                                    GROUP, BK), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP,
+                                                    GROUP, BK, True), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP,
                                BR, BK, ASM, True, False)
     return acc_g, acc_u
-
-
-@triton.jit
-def _with_entries(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr,
-                  GROUP: tl.constexpr, BK: tl.constexpr):
-    """(w, its masked step's scale entries) as ``_step_entries`` gives them."""
-    if FMT == FMT_16BIT:
-        return (w,)
-    e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, True)
-    return (w, e_lo, e_hi)
 
 
 @triton.jit

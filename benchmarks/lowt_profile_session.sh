@@ -12,7 +12,7 @@ t0=$SECONDS
 timeout ${TESTS_LIMIT:-200} python3 -m pytest -m gpu -v -p no:cacheprovider ${TESTS_ARGS:-} tests/gpu/test_triton_lowt_moe_gpu.py tests/gpu/test_graph_capture_gpu.py -k "${TESTS_K:-test_triton_lowt_moe_gpu or humming or lowt or graphed_experts_match_eager}" > $OUT/r/gpu-tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s" >> $OUT/r/gpu-tests.log
 # Nsight Compute alone on the GPU (NCU=1): per launch of one forward per config, DRAM throughput, occupancy, stalls
 [ "${NCU:-0}" = 1 ] && for L in ${NCU_LAYERS:-gemma4-nvfp4 qwen3-int4}; do
-  timeout ${NCU_LIMIT:-90} ncu --clock-control none --profile-from-start off -k regex:gemv --section SpeedOfLight \
+  timeout ${NCU_LIMIT:-90} ncu --clock-control none --profile-from-start off --nvtx -k regex:gemv --section SpeedOfLight \
     --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats python3 benchmarks/lowt_profile.py --ncu --layers $L --tokens ${NCU_T:-1} \
     --configs ${NCU_CONFIGS:-gemv8,gemv8px,gemv16} >> $OUT/r/ncu.txt 2>&1; echo "ncu $L rc=$? at $((SECONDS-t0))s" >> $OUT/r/ncu.txt

@@ -167,7 +167,7 @@ class Config:
             raise ValueError("Config.slots needs gemv, gemm2 'token', pairs and bm of 1, 2 or 4 (pairs per pass)")
         if (self.whole or self.maxnreg or self.maxnreg2) and not self.gemv:
             raise ValueError("Config.whole and maxnreg / maxnreg2 are GEMV kernels' options (gemv=True)")
-        if min(self.maxnreg, self.maxnreg2) < 0 or any(0 < r < 24 or r > 255 for r in (self.maxnreg, self.maxnreg2)):
+        if any(r and not 24 <= r <= 255 for r in (self.maxnreg, self.maxnreg2)):
             raise ValueError(f"Config.maxnreg / maxnreg2 must be 0 or 24..255, got {self.maxnreg}, {self.maxnreg2}")
         if min(self.split1, self.split2) < 0 or self.fill < 1:
             raise ValueError(f"Config splits must be >= 0 and fill >= 1, got {self.split1}, {self.split2}, {self.fill}")

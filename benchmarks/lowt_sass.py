@@ -165,7 +165,7 @@ def main() -> None:
                 consts = dict(FMT=fmt, HAS_BIAS=False, HAS_ZP=False, GROUP=group, ROUTED_ON_INPUT=False, BR=a.bn,
                               BK=bk, ASM=True, TAIL=a.tail, UNROLL=a.unroll, PDL=a.pdl,
                               PAIRS=a.pairs)
-                if kern in ("gemv1", "gemv2"):
+                if kern in ("gemv1", "gemv2", "gemv1t"):
                     consts["STEPS"] = a.steps
                 if stage == 1:
                     consts.update(GATED=True, TOKEN2=kern == "gemv1t", SCALE2=kern == "gemv1t" and fmt == F.FMT_NVFP4)

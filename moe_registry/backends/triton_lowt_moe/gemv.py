@@ -217,11 +217,14 @@ def _step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, rows, k0, klen, FMT: tl
 @triton.jit
 def _with_entries(w, s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT: tl.constexpr, HAS_ZP: tl.constexpr,
                   GROUP: tl.constexpr, BK: tl.constexpr, MASKED: tl.constexpr):
-    """``_step_entries`` of a step whose weights ``w`` are loaded already."""
+    """``_step_entries`` of a step whose weights ``w`` are loaded already. One return: Triton 3.6 (the GPU
+    machine's) rejects a constexpr branch's early return of another type ("Inconsistent return types")."""
     if FMT == FMT_16BIT:
-        return (w,)
-    e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
-    return (w, e_lo, e_hi)
+        loaded = (w,)
+    else:
+        e_lo, e_hi = _scale_entries_of(s_ptr_e, z_ptr_e, rows, s_sn, k0, klen, FMT, HAS_ZP, GROUP, BK, MASKED)
+        loaded = (w, e_lo, e_hi)  # type: ignore[assignment]
+    return loaded
 
 
 @triton.jit

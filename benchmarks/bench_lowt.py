@@ -90,7 +90,9 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "gemv8u8px": lambda T: gemv8(T, unroll=8, pdl=True, pairs=True),
         "gemv4px": lambda T: gemv(T, bn1=4, bn2=4, warps=1, warps2=1, unroll=4, pdl=True, pairs=True),
         "gemv16tpx": lambda T: gemv16(T, gemm2="token", pdl=True, pairs=True),
-        # every K step of a program as straight-line code (w): all of its loads may be in flight at once
+        # every K step of a program as straight-line code (w): all of its loads may be in flight at once; with PDL
+        # GEMM2 issues its weights' loads before it waits for GEMM1 (gemv8xw: whole without PDL, to tell the two apart)
+        "gemv8xw": lambda T: gemv8(T, pairs=True, whole=True),
         "gemv8pw": lambda T: gemv8(T, pdl=True, whole=True),
         "gemv8pxw": lambda T: gemv8(T, pdl=True, pairs=True, whole=True),
         "gemv8w4pxw": lambda T: gemv8(T, warps=4, warps2=4, pdl=True, pairs=True, whole=True),

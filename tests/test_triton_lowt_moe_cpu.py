@@ -216,6 +216,8 @@ def test_whole_k_and_register_caps_are_gemv_options():
     assert ops.Config(gemv=True, maxnreg2=48).label().endswith(" r2=48")
     # the cap is a GPU compile option: the interpreter runs without it
     assert _run(_layer(quant="nvfp4_w4a16"), T=1, config=ops.Config(**_GEMV, maxnreg=64, maxnreg2=48)) <= TOL
+    # whole K: GEMM2 loads a bad id's weights from expert 0 before it knows (its PDL wait comes later); they add nothing
+    _bad_ids_add_nothing(ops.Config(**_GEMV, whole=True))
 
 
 def test_gemv_kernels_epilogues_and_partial_row_tiles():

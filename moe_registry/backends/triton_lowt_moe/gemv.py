@@ -237,15 +237,13 @@ def _step_from(acc, loaded, x_ptr, s_ptr_e, k0, klen, FMT: tl.constexpr, HAS_ZP:
 
 
 @triton.jit
-def _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, FMT: tl.constexpr,
-                GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
-                ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr, PAIRS: tl.constexpr,
-                STEPS: tl.constexpr):
-    """All K as straight-line code (``_gemv_rows`` with STEPS > 0): the weights and scale entries of the
-    STEPS whole steps (and the partial last one's weights) loaded first (tuples), then the products, so that a
-    program's whole K is one round trip to HBM instead of one or more per loop iteration. PAIRS: each UNROLL
-    whole steps' products chained in 16-bit pairs; the partial step in float32."""
-    DT: tl.constexpr = _pairs_dtype(w_ptr_e, s_ptr_e, FMT, ASM).dtype if PAIRS else tl.float32
+def _whole_loads(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, g_rows, u_rows, K, FMT: tl.constexpr, GATED: tl.constexpr,
+                 HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, TAIL: tl.constexpr,
+                 STEPS: tl.constexpr):
+    """What the whole K of the gate rows and (GATED) the up rows reads of the weights, issued at once (Triton
+    tuples): ``(gate steps, up steps, tails)``, each step's weights and scale entries (``_step_entries``); tails
+    (TAIL) the partial last step's weights of both row sets (its per-element scales load at use: preloaded, they
+    took twice the registers). Nothing here reads the activations, so GEMM2 issues it before its PDL wait."""
     lg = ()
     lu = ()
     for j in tl.static_range(STEPS):
@@ -254,12 +252,27 @@ def _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_p
         if GATED:
             lu = lu + (_step_entries(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, u_rows, j * BK, BK, FMT,  # type: ignore[assignment]
                                      HAS_ZP, GROUP, BR, BK, False),)
-    if TAIL:  # the partial step's weights too; its scales per element at use (preloaded, 2x the registers)
+    tails = ()
+    if TAIL:
         tlen = K - STEPS * BK
         tg = _w_tile(True, w_ptr_e, s_wn, g_rows, STEPS * BK, tlen, FMT, BR, BK, True)
         tu = tg
         if GATED:
             tu = _w_tile(True, w_ptr_e, s_wn, u_rows, STEPS * BK, tlen, FMT, BR, BK, True)
+        tails = (tg, tu)  # type: ignore[assignment]
+    return lg, lu, tails
+
+
+@triton.jit
+def _whole_products(acc_g, acc_u, loads, x_ptr, w_ptr_e, s_ptr_e, z_ptr_e, g_rows, u_rows, s_sn, K,
+                    FMT: tl.constexpr, GATED: tl.constexpr, HAS_ZP: tl.constexpr, GROUP: tl.constexpr, BR: tl.constexpr,
+                    BK: tl.constexpr, ASM: tl.constexpr, TAIL: tl.constexpr, UNROLL: tl.constexpr, PAIRS: tl.constexpr,
+                    STEPS: tl.constexpr):
+    """``acc_g`` / ``acc_u`` plus the products of ``_whole_loads``' ``loads`` with the activation row at ``x_ptr``,
+    as straight-line code: each UNROLL whole steps' products chained (PAIRS: in 16-bit pairs) and added to the
+    float32 sums, then the partial step in float32 (``w_ptr_e``: the weights' dtype, for PAIRS)."""
+    DT: tl.constexpr = _pairs_dtype(w_ptr_e, s_ptr_e, FMT, ASM).dtype if PAIRS else tl.float32
+    lg, lu, tails = loads
     for s0 in tl.static_range(0, STEPS, UNROLL):
         h_g = _gemv_acc(FMT, BR, BK, DT)
         h_u = _gemv_acc(FMT, BR, BK, DT)
@@ -273,13 +286,15 @@ def _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_p
         acc_g += h_g.to(tl.float32)
         acc_u += h_u.to(tl.float32)
     if TAIL:
-        acc_g = _step_from(acc_g, _with_entries(tg, s_ptr_e, z_ptr_e, g_rows, s_sn, STEPS * BK, tlen, FMT, HAS_ZP,
-                                                GROUP, BK, True), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP, BR,
-                           BK, ASM, True, False)
+        k0 = STEPS * BK
+        tlen = K - k0
+        acc_g = _step_from(acc_g, _with_entries(tails[0], s_ptr_e, z_ptr_e, g_rows, s_sn, k0, tlen, FMT, HAS_ZP, GROUP,
+                                                BK, True), x_ptr, s_ptr_e, k0, tlen, FMT, HAS_ZP, GROUP, BR, BK, ASM, True,
+                           False)
         if GATED:
-            acc_u = _step_from(acc_u, _with_entries(tu, s_ptr_e, z_ptr_e, u_rows, s_sn, STEPS * BK, tlen, FMT, HAS_ZP,
-                                                    GROUP, BK, True), x_ptr, s_ptr_e, STEPS * BK, tlen, FMT, HAS_ZP, GROUP,
-                               BR, BK, ASM, True, False)
+            acc_u = _step_from(acc_u, _with_entries(tails[1], s_ptr_e, z_ptr_e, u_rows, s_sn, k0, tlen, FMT, HAS_ZP,
+                                                    GROUP, BK, True), x_ptr, s_ptr_e, k0, tlen, FMT, HAS_ZP, GROUP, BR,
+                               BK, ASM, True, False)
     return acc_g, acc_u
 
 
@@ -295,12 +310,14 @@ def _gemv_rows(x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K, 
     iteration's products chained in 16-bit pairs (``_gemv_paired``), every whole step among them: the remaining
     ones run as one more iteration with the steps past the end predicated off (else up to UNROLL - 1 steps would
     take the float32 path: 3 of GEMM1's 11 at Gemma 4, all of a K of 3 steps). STEPS > 0 (``Config.whole``,
-    K // BK known at compile time): ``_gemv_whole``, then the tail, with no loop."""
+    K // BK known at compile time): ``_whole_loads`` then ``_whole_products``, with no loop."""
     acc_g = _gemv_acc(FMT, BR, BK)
     acc_u = _gemv_acc(FMT, BR, BK)
     if STEPS > 0:  # the tail included
-        acc_g, acc_u = _gemv_whole(acc_g, acc_u, x_ptr, w_ptr_e, s_wn, g_rows, u_rows, s_ptr_e, z_ptr_e, s_sn, K,
-                                   FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, TAIL, UNROLL, PAIRS, STEPS)
+        loads = _whole_loads(w_ptr_e, s_ptr_e, z_ptr_e, s_wn, s_sn, g_rows, u_rows, K, FMT, GATED, HAS_ZP, GROUP, BR, BK,
+                             TAIL, STEPS)
+        acc_g, acc_u = _whole_products(acc_g, acc_u, loads, x_ptr, w_ptr_e, s_ptr_e, z_ptr_e, g_rows, u_rows, s_sn, K,
+                                       FMT, GATED, HAS_ZP, GROUP, BR, BK, ASM, TAIL, UNROLL, PAIRS, STEPS)
     else:
         full = K // BK
         if PAIRS:
@@ -410,13 +427,26 @@ def gemv2_kernel(
     tile = tl.program_id(0) % tl.cdiv(N_OUT, BR)
     expert = tl.load(ids_ptr + pair).to(tl.int32)
     y = tl.zeros((BR,), dtype=tl.float32)
+    if STEPS > 0:  # whole K: the weights do not depend on GEMM1, so they are in flight before the PDL wait
+        e_any = tl.where((expert >= 0) & (expert < E), expert, 0).to(tl.int64)  # a bad id reads expert 0, unused
+        w_e = w_ptr + e_any * s_we
+        s_e = s_ptr + e_any * s_se
+        z_e = z_ptr + e_any * s_se
+        loads = _whole_loads(w_e, s_e, z_e, s_wn, s_sn, n_safe, n_safe, K, FMT, False, HAS_ZP, GROUP, BR, BK, TAIL,
+                             STEPS)
     if PDL:
         gdc_wait()  # GEMM1's output (and the counters' last reset) visible from here
     if (expert >= 0) & (expert < E):
         e64 = expert.to(tl.int64)  # the pointers inline, not _expert_ptrs: this order compiles as verified
-        y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
-                          s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL,
-                          UNROLL, PAIRS, STEPS)
+        if STEPS > 0:
+            acc = _gemv_acc(FMT, BR, BK)
+            acc, _ = _whole_products(acc, acc, loads, a_ptr + pair.to(tl.int64) * s_am, w_e, s_e, z_e, n_safe, n_safe,
+                                     s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM, TAIL, UNROLL, PAIRS, STEPS)
+            y = tl.sum(acc, 1)
+        else:
+            y, _ = _gemv_rows(a_ptr + pair.to(tl.int64) * s_am, w_ptr + e64 * s_we, s_wn, n_safe, n_safe,
+                              s_ptr + e64 * s_se, z_ptr + e64 * s_se, s_sn, K, FMT, False, HAS_ZP, GROUP, BR, BK, ASM,
+                              TAIL, UNROLL, PAIRS, STEPS)
         if FMT == FMT_NVFP4:
             y = y * tl.load(gsc_ptr + e64)
         if HAS_BIAS:

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
-from .gemv import _gemm1_out, _gemv_acc, _lane, _pairs_dtype, _products, _w_tile, _w_values, _x_tiles
+from .gemv import _gemm1_out, _lane
+from .steps import _gemv_acc, _pairs_dtype, _products, _w_tile, _w_values, _x_tiles
 from .kernels import _expert_of_slot, _expert_ptrs, _pairs_of, _row_tile, _trap_if
 
 

@@ -98,7 +98,9 @@ def variants(name: str) -> dict[str, Callable[[int], Any]]:
         "gemv8w4pxw": lambda T: gemv8(T, warps=4, warps2=4, pdl=True, pairs=True, whole=True),
         "gemv16pxw": lambda T: gemv16(T, pdl=True, pairs=True, whole=True),
         "gemv8r16pxw": lambda T: gemv8(T, bn2=16, warps2=4, pdl=True, pairs=True, whole=True),  # GEMM2: half the programs
-        # GEMM2's registers capped so that Gemma 4's T = 1 grid is one wave (48: spills 74 B) or 1.33 (64: none)
+        # GEMM2's registers capped: Gemma 4's T = 1 grid (2816 programs) in one wave at 40 (sm_90 compile: 150 B of
+        # spills), 1.02 waves at 48 (21 programs per SM; 54 B), 1.33 at 64 (8 B)
+        "gemv8pxw40": lambda T: gemv8(T, pdl=True, pairs=True, whole=True, maxnreg2=40),
         "gemv8pxw48": lambda T: gemv8(T, pdl=True, pairs=True, whole=True, maxnreg2=48),
         "gemv8pxw64": lambda T: gemv8(T, pdl=True, pairs=True, whole=True, maxnreg2=64),
         # GEMM1 over an expert's pairs, 2 / 4 per pass (each weight unpacked once per pass), from 4 tokens

@@ -65,7 +65,7 @@ def configs(quantized: bool) -> dict[str, Any]:
     gemv8 = dict(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)
     out = {f"default T={T}": ops.default_config(T, 8, 128, quantized=quantized) for T in (1, 4, 16, 128)}
     out.update({
-        "gemv pdl pairs whole maxnreg": ops.Config(**gemv8, pdl=True, pairs=True, whole=True, maxnreg=96, maxnreg2=48),
+        "gemv pdl pairs whole maxnreg": ops.Config(**gemv8, pdl=True, pairs=True, whole=True, maxnreg=96, maxnreg2=40),
         "gemv whole": ops.Config(**gemv8, whole=True),
         "gemv token pdl pairs": ops.Config(**gemv8, gemm2="token", pdl=True, pairs=True),
         "gemv token": ops.Config(**gemv8, gemm2="token"),

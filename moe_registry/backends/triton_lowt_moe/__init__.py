@@ -134,7 +134,10 @@ DECLARATION = BackendCapability(
         "versions: bench_lowt.py's checks against the reference on four layers at T 1 / 16 / 64, rel err <= 7.0e-3 "
         "(benchmarks/results/lowt-h100-variants/run1-343abfb/bench.log); their GPU tests (bit repeats, PDL graphed "
         "== eager) ran out of memory beside the bench's warm-up and have not passed (no GPU was lent again). "
-        f"{_OPS} Config whole (every K step's loads first, 2026-12-08): interpreter tests only, never run on a GPU")),),
+        f"{_OPS} Config whole (every K step's loads first, 2026-12-08; GEMM2's before its PDL wait since e0e9dfe): "
+        "interpreter tests only, never run on a GPU. Trees 5e8eaa9 to 6bf3430 did not compile the 16-bit GEMV kernels "
+        "with triton 3.6 (fixed in 898cfe6); since then every launch of the forward in six formats x eleven configs "
+        "compiles for sm_90 with triton 3.6 on a CPU (tests/sm90_compile.py), none of it run")),),
 )
 
 

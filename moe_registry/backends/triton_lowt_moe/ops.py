@@ -133,7 +133,8 @@ class Config:
     steps), so every step's loads may be in flight at once: one round trip to memory per program, not one per
     ``unroll`` steps (per pair GEMM2 and GEMM1, not ``slots``); ``maxnreg`` / ``maxnreg2``: registers per thread
     at most in the GEMV GEMM1 / GEMM2 (0: the compiler's choice), so that a grid fits the GPU in one wave (Gemma 4's
-    T = 1 GEMM2, 2816 programs of 2 warps, needs <= 48; the compiler takes 72 with ``whole``). On the H100 (343abfb
+    T = 1 GEMM2, 2816 programs of 2 warps, needs <= 40: registers go per warp in units of 256, so at 48 an SM holds 21
+    programs, 2772 in all; the compiler takes 72 with ``whole``). On the H100 (343abfb
     run, lowt-notes.md) GEMV GEMM2 per token was 40-60 % slower than per pair at T = 1-2 (too few programs in flight),
     slots slower everywhere, pairs 2-20 % faster with 2.4x the error: none of them is a default."""
 

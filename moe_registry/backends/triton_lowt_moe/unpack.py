@@ -47,13 +47,20 @@ def _e2m1_asm(mx: bool) -> str:
     """e2m1 codes (sign bit 3, magnitude bits 0-2) -> bf16 bits with the sign at 15 and the magnitude at
     6-8: the value times 2^-126 (0.5 becomes the subnormal 2^-127, which mul.bf16x2 takes exactly);
     then times the multiplier ($5-$8): NvFP4 ``e4m3 scale * 2^116`` (the tile holds
-    ``value * scale * 2^-10``, exact); MXFP4 times 2^126 first, then ``2^(e - 127)``."""
-    lines = ["{", ".reg .b32 t, u, a, b, c;", *_SPLIT]
+    ``value * scale * 2^-10``, exact); MXFP4 times 2^126 first, then ``2^(e - 127)``.
+    Each byte goes to the high byte of a 16-bit half (t: bytes 0, 1; u: bytes 2, 3), the rest of the half 0: a
+    low nibble's bf16 is then ``(h >> 2 | h << 4) & 0x81c0`` (the two terms never meet inside the mask: one lop3),
+    a high nibble's ``h & 0x8000 | (h >> 6) & 0x01c0`` (its sign already at 15, but the low nibble sits under the
+    magnitude's field): 3 instructions per two values before the multiply, where shifting and masking sign and
+    magnitude apart took 5."""
+    lines = ["{", ".reg .b32 t, u, a, b, c;", "prmt.b32 t, $4, 0, 0x1404;", "prmt.b32 u, $4, 0, 0x3424;"]
     if mx:
         lines.append("mov.b32 c, 0x7e807e80;")  # 2^126, 2^126
-    for out, src, mag, sgn in ((0, "t", 6, 12), (1, "u", 6, 12), (2, "t", 2, 8), (3, "u", 2, 8)):
-        lines += [f"shl.b32 a, {src}, {mag};", "and.b32 a, a, 0x01c001c0;", f"shl.b32 b, {src}, {sgn};",
-                  "and.b32 b, b, 0x80008000;", "or.b32 a, a, b;"]
+    for out, src, low in ((0, "t", True), (1, "u", True), (2, "t", False), (3, "u", False)):
+        if low:  # lop3 0xa8: (a | b) & c
+            lines += [f"shr.u32 a, {src}, 2;", f"shl.b32 b, {src}, 4;", "lop3.b32 a, a, b, 0x81c081c0, 0xa8;"]
+        else:  # lop3 0xec: (a & c) | b
+            lines += [f"shr.u32 a, {src}, 6;", "and.b32 a, a, 0x01c001c0;", f"lop3.b32 a, {src}, a, 0x80008000, 0xec;"]
         if mx:
             lines.append("mul.rn.bf16x2 a, a, c;")
         lines.append(f"mul.rn.bf16x2 ${out}, a, ${5 + out};")

@@ -33,6 +33,24 @@ from moe_registry.schemas.layer import LayerSpec  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from moe_registry.backends.triton_lowt_moe.unpack import _unpack  # noqa: E402
+
+
+@triton.jit
+def _unpack_probe(w_ptr, m_ptr, z_ptr, lo_ptr, hi_ptr, FMT: tl.constexpr, PRESCALE: tl.constexpr, F16: tl.constexpr,
+                  N: tl.constexpr):
+    """The kernels' PTX unpacking of N bytes, each byte's multiplier (and z + magic) for both its nibbles."""
+    i = tl.arange(0, N)
+    ADT: tl.constexpr = tl.float16 if F16 else tl.bfloat16
+    m = tl.load(m_ptr + i)
+    z = tl.load(z_ptr + i)
+    lo, hi = _unpack(tl.load(w_ptr + i), m, m, z, z, FMT, PRESCALE, ADT, True)
+    tl.store(lo_ptr + i, lo)
+    tl.store(hi_ptr + i, hi)
+
 MEDIUM = dict(num_experts=16, top_k=4, hidden_size=1024, intermediate_size=704)
 SCHEMES = {
     "bf16": dict(quant="bf16"),
@@ -131,6 +149,43 @@ def test_no_host_sync_in_a_forward(sm90):
             experts(x, w, ids)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_ptx_unpacking_is_exact_on_the_device(sm90):
+    # The PTX of unpack.py run by the GPU on every byte value (4 copies, random multipliers): NvFP4, MXFP4 and
+    # int4 (plain, and pre-scaled with zero points in bf16 and fp16) equal, bit for bit, the formats' values times
+    # the multipliers (tests/test_triton_lowt_moe_cpu.py checks the same against an emulation of the PTX).
+    from moe_registry.backends.triton_lowt_moe import codes as F
+    from moe_registry.formats._common import E2M1_LUT
+
+    gen = torch.Generator().manual_seed(7)
+    N = 1024
+    w = torch.arange(N, dtype=torch.int32).remainder(256).to(torch.uint8)
+    lo_q, hi_q = (w & 0xF).long(), (w >> 4).long()
+    e2m1 = E2M1_LUT.float()
+    e4m3 = torch.randint(1, 127, (N,), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    expo = torch.randint(100, 150, (N,), generator=gen)
+    zq = torch.randint(0, 16, (N,), generator=gen).float()
+    scale = torch.randn(N, generator=gen) * 0.01
+    cases = {  # name: (FMT, PRESCALE, F16, multiplier, z + magic, expected lo, expected hi), all float32
+        "nvfp4": (F.FMT_NVFP4, False, False, e4m3 * 2.0**116, e4m3, e2m1[lo_q] * e4m3 * 2.0**-10,
+                  e2m1[hi_q] * e4m3 * 2.0**-10),
+        "mxfp4": (F.FMT_MXFP4, False, False, torch.exp2(expo - 127.0), e4m3, e2m1[lo_q] * torch.exp2(expo - 127.0),
+                  e2m1[hi_q] * torch.exp2(expo - 127.0)),
+        "int4": (F.FMT_INT4, False, False, scale, zq, lo_q + 128.0, hi_q + 128.0),
+    }
+    for f16, dt in ((False, torch.bfloat16), (True, torch.float16)):
+        s = scale.to(dt).float()
+        cases[f"int4 pre-scaled {dt}"] = (F.FMT_INT4, True, f16, s, zq + (1024.0 if f16 else 128.0),
+                                          (lo_q - zq) * s, (hi_q - zq) * s)
+    for name, (fmt, prescale, f16, mult, zc, want_lo, want_hi) in cases.items():
+        dt = torch.float16 if f16 else torch.bfloat16
+        lo = torch.empty(N, dtype=dt, device=sm90)
+        hi = torch.empty(N, dtype=dt, device=sm90)
+        _unpack_probe[(1,)](w.to(sm90), mult.to(dt).to(sm90), zc.to(dt).to(sm90), lo, hi, FMT=fmt, PRESCALE=prescale,
+                            F16=f16, N=N, num_warps=4)
+        assert torch.equal(lo.cpu(), want_lo.to(dt)), name
+        assert torch.equal(hi.cpu(), want_hi.to(dt)), name
 
 
 def test_graphed_experts_match_eager(sm90):

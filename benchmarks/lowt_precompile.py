@@ -112,8 +112,9 @@ def launch(layer, T: int, cfg=None, block: int | None = None) -> None:
     ops.fused_experts(x, w, ids, w13, w2, E, I, ep, cfg, w13_bias=bias13, w2_bias=bias2, ok=ok, asm=True)
 
 
-def jobs(which: set[str]):
-    """(label, layer, T, config) for every launch the GPU session makes."""
+def jobs(which: set[str], variants: set[str] | None = None, layers: set[str] | None = None):
+    """(label, layer, T, config) for every launch the GPU session makes (the benchmark's: of ``variants`` and
+    ``layers`` only, where given, as the call's ``--variants`` / ``--layers``)."""
     from moe_registry.schemas.activation import SiluClampParams, SwigluOAIParams
     from moe_registry.schemas.layer import LayerSpec
     from moe_registry.verify.grid import FEATURE_COMBOS, default_scheme, layer_for, shape_classes
@@ -125,11 +126,13 @@ def jobs(which: set[str]):
         import bench_lowt as B
 
         for name, spec in B.LAYERS.items():
+            if layers is not None and name not in layers:
+                continue
             layer = LayerSpec(name=name, **spec)
             for T in B.GRAPH_T + B.EAGER_T:
                 out.append((f"bench {name}", layer, T, None))
             for label, rule in B.variants(name).items():
-                if label != "default":
+                if label != "default" and (variants is None or label in variants):
                     for T in B.VARIANT_T:
                         out.append((f"bench {name} {label}", layer, T, rule(T)))
     if "tests" in which:
@@ -201,6 +204,8 @@ def main() -> None:
     p.add_argument("--cache", required=True)
     p.add_argument("--remote-libtriton")
     p.add_argument("--set", default="bench,tests,probe")
+    p.add_argument("--variants", help="the benchmark's variants to compile (default: all), as bench_lowt.py --variants")
+    p.add_argument("--layers", help="the benchmark's layers to compile (default: all)")
     a = p.parse_args()
     os.environ["TRITON_CACHE_DIR"] = os.path.abspath(a.cache)
     os.environ.pop("TRITON_INTERPRET", None)
@@ -210,7 +215,8 @@ def main() -> None:
     print(f"triton {triton.__version__} -> {a.cache}", flush=True)
     seen = set()
     t0 = time.time()
-    todo = jobs(set(a.set.split(",")))
+    todo = jobs(set(a.set.split(",")), set(a.variants.split(",")) if a.variants else None,
+                set(a.layers.split(",")) if a.layers else None)
     for i, (label, layer, T, cfg) in enumerate(todo):
         key = (layer.model_dump_json(), T, repr(cfg))
         if key in seen:

@@ -6,6 +6,9 @@
 set -u; mkdir -p $OUT/r
 pip install --no-index --no-deps --target /tmp/site .whl/*.whl -q 2>/dev/null; xz -dc .gpu/moe_C.so.xz > /tmp/moe_C.so
 export PYTHONPATH=/tmp/site:$PWD MOE_REGISTRY_VLLM_MOE_C=/tmp/moe_C.so PYTHONUNBUFFERED=1 HUMMING_CACHE_DIR=/tmp/hc
+# A Triton cache filled without a GPU (benchmarks/lowt_precompile.py), when carried.
+if [ -f .gpu/lowt-tcache.tar.xz ]; then mkdir -p /tmp/lowt-tc && tar xJf .gpu/lowt-tcache.tar.xz -C /tmp/lowt-tc &&
+  export TRITON_CACHE_DIR=/tmp/lowt-tc/tcache; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/r/env.txt; python3 -c "import torch,triton;print(torch.__version__,triton.__version__)" >> $OUT/r/env.txt
 t0=$SECONDS
 # The tests first and alone: beside the warm-up processes (Mixtral's held 32 GB) 14 of 20 ran out of memory (343abfb)

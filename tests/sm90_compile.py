@@ -1,8 +1,10 @@
 """Compile, for sm_90 (Hopper) on a machine without a GPU, every Triton launch that triton-lowt-moe's forward
 makes for a set of configs and weight formats: the launches are recorded (no kernel runs) from the real
-``ops.fused_experts`` path with ``asm=True`` (as on a GPU: PTX unpacking, PDL, register caps), then each is built
-by Triton's own compiler down to a cubin (its bundled ptxas). The interpreter tests run the kernels' Python and
-never see what only the compiler rejects (a type, a constexpr, an inconsistent return); this does.
+``ops.fused_experts`` path with ``asm=True`` (as on a GPU: PTX unpacking, PDL, register caps), then each is made
+again, in parallel workers, through Triton's own launcher as a compile-only warm-up for a faked SM90 device
+(``benchmarks/lowt_precompile.py install_fakes``: the signature and specialization the GPU computes) down to a cubin
+(Triton's bundled ptxas). The interpreter tests run the kernels' Python and never see what only the compiler
+rejects (a type, a constexpr, an inconsistent return); this does.
 
     python tests/sm90_compile.py [--layers NAME,NAME] [--jobs N]
 
@@ -25,22 +27,19 @@ os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not the interprete
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # 3.6's default (3.9 warns that it will change)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 from moe_registry.schemas.activation import SwigluOAIParams  # noqa: E402
 
 from _factories import make_layer  # noqa: E402
+from lowt_precompile import install_fakes  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)
-_PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
-        torch.int64: "*i64", torch.uint8: "*u8", torch.int8: "*i8"}
-_OPTIONS = ("num_warps", "num_stages", "maxnreg")  # compile options among a launch's keywords (launch_pdl is not)
+Launch = tuple[JITFunction, Any, tuple, dict]  # (kernel, grid, arguments, keywords) as ops.fused_experts made it
 
 # The weight formats, each with the epilogue a real model pairs it with; 4-bit K steps of 256 (the adapter's):
 # H = 512 two whole steps, I = 384 one and a partial one (16-bit steps of 128: H = 640 five, I = 320 two and a
@@ -76,8 +75,8 @@ def configs(quantized: bool) -> dict[str, Any]:
     return out
 
 
-def record(layer_name: str, config_names: list[str] | None = None) -> list[tuple[JITFunction, dict, dict, dict]]:
-    """The launches (kernel, signature, constexprs, options) of one forward per config on ``layer_name``."""
+def record(layer_name: str, config_names: list[str] | None = None) -> list[Launch]:
+    """The launches of one forward per config on ``layer_name``."""
     from moe_registry.backends.triton_lowt_moe import ops
     from moe_registry.backends.triton_lowt_moe.kernel import TritonLowTExperts
     from moe_registry.execution.patterns import routing_pattern
@@ -94,10 +93,10 @@ def record(layer_name: str, config_names: list[str] | None = None) -> list[tuple
         experts = TritonLowTExperts(layer, random_weights(layer, dtype=dtype, seed=0))
     finally:
         build["interpreter_active"] = active
-    launches: list[tuple[JITFunction, dict, dict, dict]] = []
+    launches: list[Launch] = []
 
     def launcher(fn: JITFunction, grid: Any) -> Any:
-        return lambda *args, **kwargs: launches.append((fn, *_signature(fn, args, kwargs)))
+        return lambda *args, **kwargs: launches.append((fn, grid, args, kwargs))
 
     saved = JITFunction.__getitem__
     JITFunction.__getitem__ = launcher  # type: ignore[method-assign]
@@ -117,48 +116,27 @@ def record(layer_name: str, config_names: list[str] | None = None) -> list[tuple
     return launches
 
 
-def _signature(fn: JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
-    """Triton's signature (types by the arguments), constexprs (given or defaults) and compile options."""
-    bound = dict(zip((p.name for p in fn.params), args))
-    bound.update({k: v for k, v in kwargs.items() if k not in _OPTIONS and k != "launch_pdl"})
-    sig: dict[str, str] = {}
-    consts: dict[str, Any] = {}
-    for p in fn.params:
-        v = bound[p.name] if p.name in bound else p.default
-        if p.is_constexpr:
-            sig[p.name] = "constexpr"
-            consts[p.name] = v
-        elif isinstance(v, torch.Tensor):
-            sig[p.name] = _PTR[v.dtype]
-        elif isinstance(v, bool):
-            sig[p.name] = "i1"
-        elif isinstance(v, int):
-            sig[p.name] = "i32" if -2**31 <= v < 2**31 else "i64"
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: no Triton type for argument {p.name}={v!r}")
-    return sig, consts, {k: kwargs[k] for k in _OPTIONS if k in kwargs}
+def _key(launch: Launch) -> str:
+    """What a compile depends on: the kernel, its arguments' types (tensors by dtype) and its keywords."""
+    fn, _, args, kwargs = launch
+    types = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args)
+    return repr((fn.__module__, fn.__name__, types, sorted(kwargs.items())))
 
 
-def _key(launch: tuple[JITFunction, dict, dict, dict]) -> str:
-    fn, sig, consts, options = launch
-    return repr((fn.__module__, fn.__name__, sorted(sig.items()), sorted(consts.items()), sorted(options.items())))
-
-
-_LAUNCHES: list[tuple[JITFunction, dict, dict, dict]] = []  # read by the forked workers (kernels do not pickle)
+_LAUNCHES: list[Launch] = []  # read by the forked workers (kernels do not pickle)
 
 
 def compile_launch(i: int) -> str | None:
     """None when launch ``i`` compiles to a cubin, else one line: the kernel, its constexprs and the error."""
-    fn, sig, consts, options = _LAUNCHES[i]
+    fn, grid, args, kwargs = _LAUNCHES[i]
     try:
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET, options=options)
+        fn[grid](*args, **kwargs)  # a compile-only warm-up (install_fakes)
         return None
     except Exception as e:  # every compiler error is a finding, reported in one line: its root cause
         while e.__cause__ is not None:
             e = e.__cause__  # type: ignore[assignment]
-        flags = " ".join(f"{k}={v}" for k, v in consts.items() if k.isupper())
+        flags = " ".join(f"{k}={v}" for k, v in kwargs.items() if k.isupper())
+        options = {k: v for k, v in kwargs.items() if not k.isupper()}
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
         where = next((ln.split("(")[0] for ln in lines if ln.startswith("def ")), "")  # the jit function it was in
         text = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
@@ -177,8 +155,9 @@ def _rejected(x_ptr, N: tl.constexpr):
 
 def self_check() -> int:
     """The checker tells a kernel that compiles from one the compiler rejects (so a pass means something)."""
-    ok = ({"x_ptr": "*fp32", "N": "constexpr"}, {"N": 4}, {"num_warps": 1})
-    _LAUNCHES[:] = [(_compiles, *ok), (_rejected, ok[0], {"N": 3}, ok[2])]
+    install_fakes(None)
+    x = (torch.empty(4),)
+    _LAUNCHES[:] = [(_compiles, (1,), x, {"N": 4, "num_warps": 1}), (_rejected, (1,), x, {"N": 3, "num_warps": 1})]
     good, bad = compile_launch(0), compile_launch(1)
     print(f"compiles: {good}; rejected: {bad}")
     return 0 if good is None and bad is not None and "_rejected" in bad else 1
@@ -201,6 +180,7 @@ def main() -> int:
         for launch in record(name):
             unique.setdefault(_key(launch), launch)
     _LAUNCHES[:] = unique.values()
+    install_fakes(None)  # after recording: the workers inherit the faked SM90 device
     print(f"triton {triton.__version__}: {len(unique)} distinct launches to compile for sm_90", flush=True)
     fork = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=fork) as pool:

@@ -13,17 +13,17 @@ ratio of its rows, minus one), at least ``--noise``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 DEFAULT = "ours:default"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Candidate:
     T: int
     backend: str
@@ -65,11 +65,9 @@ def candidates(record: dict[str, Any], *, noise: float, max_err: float, layers: 
                 continue  # a default must hold on every layer: a config not timed on one of them is not judged
             speedups = {layer: us[(layer, T, DEFAULT)] / us[(layer, T, backend)] for layer in on}
             seen = [errs[(layer, backend)] for layer in on if (layer, backend) in errs]
-            err = max(seen) if seen else None
-            worst = min(speedups.values())
-            mean = math.exp(statistics.fmean(math.log(s) for s in speedups.values()))
-            wins = worst >= 1 - noise and mean > 1 + noise and err is not None and err <= max_err
-            found.append(Candidate(T, backend, speedups, err, wins))
+            c = Candidate(T, backend, speedups, max(seen) if seen else None, wins=False)
+            wins = c.worst >= 1 - noise and c.mean > 1 + noise and c.max_err is not None and c.max_err <= max_err
+            found.append(dataclasses.replace(c, wins=wins))
         out[T] = sorted(found, key=lambda c: -c.mean)
     return out
 

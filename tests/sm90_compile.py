@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
+import functools
 import multiprocessing
 import os
 import sys
@@ -61,14 +63,14 @@ def configs(quantized: bool) -> dict[str, Any]:
     beside them (``ops.Config``'s fields: pairs, PDL, whole K, register caps, GEMM2 per token, slots, K splits)."""
     from moe_registry.backends.triton_lowt_moe import ops
 
-    gemv8 = dict(gemv=True, bn1=8, bn2=8, warps=2, warps2=2, unroll=4)
     out = {f"default T={T}": ops.default_config(T, 8, 128, quantized=quantized) for T in (1, 4, 16, 128)}
+    gemv8 = functools.partial(dataclasses.replace, ops.default_config(1, 8, 128, quantized=True))  # its GEMV tiling
     out.update({
-        "gemv pdl pairs whole maxnreg": ops.Config(**gemv8, pdl=True, pairs=True, whole=True, maxnreg=96, maxnreg2=40),
-        "gemv whole": ops.Config(**gemv8, whole=True),
-        "gemv token pdl pairs": ops.Config(**gemv8, gemm2="token", pdl=True, pairs=True),
-        "gemv token": ops.Config(**gemv8, gemm2="token"),
-        "slots bm2": ops.Config(**gemv8, gemm2="token", pairs=True, slots=True, bm=2),
+        "gemv pdl pairs whole maxnreg": gemv8(pdl=True, pairs=True, whole=True, maxnreg=96, maxnreg2=40),
+        "gemv whole": gemv8(whole=True),
+        "gemv token pdl pairs": gemv8(gemm2="token", pdl=True, pairs=True),
+        "gemv token": gemv8(gemm2="token"),
+        "slots bm2": gemv8(gemm2="token", pairs=True, slots=True, bm=2),
         "dot k-split": ops.Config(bm=8, split1=2, split2=2),
         "dot token": ops.Config(bm=8, gemm2="token"),
     })
